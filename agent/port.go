@@ -1,0 +1,54 @@
+package agent
+
+// API CONTRACT: what the agent needs from a port. *driver.Port implements it
+// through a small adapter in cmd/vserial-agent (driver must not import
+// agent, so PortStats is converted there); tests use a fake. The agent
+// imports none of driver, ring, uio or dma.
+
+import (
+	"context"
+	"io"
+)
+
+// Port is one virtio-console port as the agent sees it.
+type Port interface {
+	// ID is the port number on its device.
+	ID() uint32
+	// Name is the name the host gave the port (PORT_NAME), or "" if none yet.
+	Name() string
+	// Recv blocks until host→guest bytes are available, then hands them to w
+	// straight from device memory (each slice is valid only during its Write
+	// call) and returns how many bytes w took. Bytes w did not take are
+	// dropped and counted as discarded. Recv returns an error once the
+	// port is hot-unplugged (Removed then reports true), and ctx.Err() when
+	// ctx ends.
+	Recv(ctx context.Context, w io.Writer) (int, error)
+	// Send makes one Read call on r into free transmit buffers (waiting for
+	// free buffers while none are available) and queues what it read for the
+	// device. It returns the bytes read and r's error (io.EOF included). The
+	// bytes are the port's responsibility from then on: Flush waits for them.
+	Send(ctx context.Context, r io.Reader) (int, error)
+	// Flush waits until the device has taken every byte Send queued.
+	Flush(ctx context.Context) error
+	// SetGuestOpen tells the host that a guest program has the port open
+	// (PORT_OPEN 1) or closed it (PORT_OPEN 0). Closing discards received
+	// bytes nobody read, as Linux does, and counts them.
+	SetGuestOpen(ctx context.Context, open bool) error
+	// HostConnected reports whether the host side of the port is connected.
+	HostConnected() bool
+	// Changed returns a channel that is closed at the next change of
+	// HostConnected, of Name, or when the port is removed.
+	Changed() <-chan struct{}
+	// Removed reports whether the device removed the port.
+	Removed() bool
+	// Stats returns the port's counters.
+	Stats() PortStats
+}
+
+// PortStats are a port's counters.
+type PortStats struct {
+	BytesIn    uint64 // host → guest, delivered to a client
+	BytesOut   uint64 // guest → host, taken by the device
+	Discarded  uint64 // host → guest bytes dropped (no reader, closed)
+	Violations uint64 // device protocol violations on this port
+}

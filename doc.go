@@ -1,0 +1,4 @@
+// Package vserial is the root of a guest-side, userspace virtio-console
+// driver and agent. The code lives in the sub-packages; see README.md.
+// This package holds only repository-wide tests (import layering).
+package vserial
