@@ -6,12 +6,17 @@ require (
 	github.com/dustin/go-humanize v1.0.1 // indirect
 	github.com/hugelgupf/go-shlex v0.0.0-20200702092117-c80c9d0918fa // indirect
 	github.com/hugelgupf/vmtest v0.0.0-20240307030256-5d9f3d34a58d // indirect
+	github.com/klauspost/compress v1.18.0 // indirect
+	github.com/klauspost/pgzip v1.2.6 // indirect
 	github.com/pierrec/lz4/v4 v4.1.22 // indirect
 	github.com/spf13/pflag v1.1.0 // indirect
 	github.com/u-root/gobusybox/src v0.0.0-20250101170133-2e884e4509c7 // indirect
 	github.com/u-root/mkuimage v0.0.0-20250905073043-9a40452f5d3b // indirect
 	github.com/u-root/u-root v0.16.0 // indirect
 	github.com/u-root/uio v0.0.0-20240224005618-d2acac8f3701 // indirect
+	github.com/ulikunitz/xz v0.5.15 // indirect
+	github.com/vishvananda/netlink v1.3.0 // indirect
+	github.com/vishvananda/netns v0.0.4 // indirect
 	golang.org/x/exp v0.0.0-20250305212735-054e65f0b394 // indirect
 	golang.org/x/mod v0.29.0 // indirect
 	golang.org/x/sync v0.18.0 // indirect
@@ -21,4 +26,23 @@ require (
 	mvdan.cc/sh/v3 v3.11.0 // indirect
 )
 
-tool github.com/u-root/u-root
+tool (
+	github.com/u-root/u-root
+	github.com/u-root/u-root/cmds/core/cat
+	github.com/u-root/u-root/cmds/core/dmesg
+	github.com/u-root/u-root/cmds/core/echo
+	github.com/u-root/u-root/cmds/core/grep
+	github.com/u-root/u-root/cmds/core/init
+	github.com/u-root/u-root/cmds/core/insmod
+	github.com/u-root/u-root/cmds/core/kill
+	github.com/u-root/u-root/cmds/core/ls
+	github.com/u-root/u-root/cmds/core/lsmod
+	github.com/u-root/u-root/cmds/core/mkdir
+	github.com/u-root/u-root/cmds/core/mknod
+	github.com/u-root/u-root/cmds/core/mount
+	github.com/u-root/u-root/cmds/core/pci
+	github.com/u-root/u-root/cmds/core/ps
+	github.com/u-root/u-root/cmds/core/rmmod
+	github.com/u-root/u-root/cmds/core/sleep
+	github.com/u-root/u-root/cmds/core/uname
+)
