@@ -5,9 +5,12 @@ package ring
 // signatures without telling the integrator).
 
 import (
+	"encoding/binary"
 	"errors"
+	"fmt"
 
 	"github.com/vserial/vserial/dma"
+	"github.com/vserial/vserial/ring/internal/shm"
 )
 
 // Layout selects how the three parts of a split virtqueue sit in memory.
@@ -59,19 +62,193 @@ var (
 	// ErrDeviceProtocol is matched (errors.Is) by every violation of the
 	// split-ring rules by the device.
 	ErrDeviceProtocol = errors.New("ring: device protocol violation")
+	// ErrBadChain means Add was given a chain the split ring cannot carry:
+	// no segments, a device-readable segment after a device-writable one, or
+	// more than 2^32-1 bytes in total.
+	ErrBadChain = errors.New("ring: invalid chain")
 )
 
+// ProtocolError is a violation of the split-ring rules by the device. It
+// matches ErrDeviceProtocol.
+type ProtocolError struct {
+	What  string // the rule that was broken, in the spec's words
+	Value uint64 // the offending value the device wrote
+}
+
+func (e *ProtocolError) Error() string {
+	return fmt.Sprintf("ring: device protocol violation: %s (%d)", e.What, e.Value)
+}
+
+// Is makes errors.Is(err, ErrDeviceProtocol) true.
+func (e *ProtocolError) Is(target error) bool { return target == ErrDeviceProtocol }
+
+// Descriptor flags (spec 2.7.5).
+const (
+	descFNext     = 1
+	descFWrite    = 2
+	descFIndirect = 4
+	descSize      = 16
+)
+
+// Ring flags (spec 2.7.6, 2.7.8).
+const (
+	availFNoInterrupt = 1
+	usedFNoNotify     = 1
+)
+
+const legacyAlign = 4096
+
+// descState is the driver's private copy of what it knows about a
+// descriptor. The descriptor table itself is device-visible memory, so the
+// free list and chain bookkeeping never read it back (Linux keeps the same
+// copy in desc_extra).
+type descState struct {
+	next     uint16 // free-list and chain link
+	tail     uint16 // heads only: last descriptor of the chain
+	ndesc    uint16 // heads only: ring descriptors taken; 0 when not a head in flight
+	pos      uint16 // heads only: avail index the head was placed at
+	writable uint32 // heads only: device-writable bytes posted
+}
+
 // Queue is the driver side of one split virtqueue.
-// (Signatures below are the contract; bodies are being written.)
+//
+// Shared words and their writers:
+//   - descriptor table, indirect tables, avail ring entries: the driver only;
+//   - avail flags|idx (driver area offset 0) and used_event: the driver only,
+//     stored with 32-bit atomics;
+//   - used flags|idx (device area offset 0) and avail_event: the device only,
+//     loaded with 32-bit atomics;
+//   - used ring entries: the device only, read after the used idx load.
 type Queue struct {
-	cfg Config
-	mem []dma.Region
+	cfg   Config
+	mem   []dma.Region
+	alloc dma.Allocator
+
+	desc     []byte // descriptor table, 16·N bytes
+	avail    []byte // driver area: flags, idx, ring[N], used_event (+padding)
+	used     []byte // device area: flags, idx, ring[N]{id,len}, avail_event (+padding)
+	indirect []byte // N indirect tables of cfg.Indirect descriptors, or nil
+
+	descAddr, driverAddr, deviceAddr, indirectAddr uint64
+
+	mask          uint16
+	usedEventWord int  // offset in avail of the 32-bit word holding used_event
+	usedEventHigh bool // used_event is the high half of that word (N == 1)
+	availEventOff int  // offset in used of avail_event (always 4-aligned)
+
+	state    []descState
+	freeHead uint16
+	numFree  int
+	inFlight int
+
+	availIdx   uint16 // next avail slot to fill, including unpublished chains
+	published  uint16 // the avail idx last stored to memory
+	availFlags uint16 // shadow of avail.flags
+	lastUsed   uint16 // next used slot to read
+	usedIdx    uint16 // cached used.idx, reloaded only when drained
+	usedEvent  uint16 // shadow of used_event
+	irqOff     bool   // DisableInterrupts in effect
+
+	broken error
+	stats  Stats
+	closed bool
 }
 
 // New allocates and zeroes the queue's memory from alloc and returns the queue.
 func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
-	return nil, errors.New("ring: not implemented yet")
+	if !shm.LittleEndian() {
+		return nil, errors.New("ring: new: big-endian hosts are not supported (the split ring is little-endian and published with 32-bit atomics)")
+	}
+	n := int(cfg.Size)
+	if n == 0 || n > 32768 || n&(n-1) != 0 {
+		return nil, fmt.Errorf("ring: new: queue size %d is not a power of two in 1..32768", cfg.Size)
+	}
+	if cfg.Layout != Modern && cfg.Layout != Legacy {
+		return nil, fmt.Errorf("ring: new: unknown layout %d", cfg.Layout)
+	}
+	if cfg.Indirect < 0 || cfg.Indirect > n {
+		// Spec 2.7.5.3.1: no chain longer than the queue size, indirect or not.
+		return nil, fmt.Errorf("ring: new: indirect table of %d descriptors: want 0..%d", cfg.Indirect, n)
+	}
+	q := &Queue{cfg: cfg, alloc: alloc, mask: uint16(n - 1)}
+	ok := false
+	defer func() {
+		if !ok {
+			q.Close()
+		}
+	}()
+	// Sizes per spec 2.7 (VIRTIO-NOTES §4.2), plus 2 bytes after each ring
+	// so the 32-bit word holding used_event / avail_event lies inside.
+	availSize := 6 + 2*n + 2
+	usedSize := 6 + 8*n + 2
+	switch cfg.Layout {
+	case Modern:
+		d, err := q.allocate(descSize*n, 16)
+		if err != nil {
+			return nil, err
+		}
+		a, err := q.allocate(availSize, 4)
+		if err != nil {
+			return nil, err
+		}
+		u, err := q.allocate(usedSize, 4)
+		if err != nil {
+			return nil, err
+		}
+		q.desc, q.avail, q.used = d.Bytes(), a.Bytes(), u.Bytes()
+		q.descAddr, q.driverAddr, q.deviceAddr = d.Addr(), a.Addr(), u.Addr()
+	case Legacy:
+		// Spec 2.7.2 / VIRTIO-NOTES §3.3: one block, avail right after the
+		// descriptors, used at the next 4096 boundary. The padding before
+		// the used ring already holds the used_event word; 4 bytes past
+		// the spec's size hold the avail_event word.
+		usedOff := alignUp(descSize*n+6+2*n, legacyAlign)
+		total := usedOff + 6 + 8*n + 4
+		b, err := q.allocate(total, legacyAlign)
+		if err != nil {
+			return nil, err
+		}
+		mem := b.Bytes()
+		q.desc = mem[:descSize*n : descSize*n]
+		q.avail = mem[descSize*n : usedOff : usedOff]
+		q.used = mem[usedOff:total:total]
+		q.descAddr = b.Addr()
+		q.driverAddr = b.Addr() + uint64(descSize*n)
+		q.deviceAddr = b.Addr() + uint64(usedOff)
+	}
+	if cfg.Indirect > 0 {
+		t, err := q.allocate(descSize*cfg.Indirect*n, 16)
+		if err != nil {
+			return nil, err
+		}
+		q.indirect, q.indirectAddr = t.Bytes(), t.Addr()
+	}
+	if !shm.Aligned4(q.avail) || !shm.Aligned4(q.used) {
+		return nil, errors.New("ring: new: allocator returned memory that is not 4-byte aligned for the CPU; 32-bit atomics need it")
+	}
+	ue := 4 + 2*n
+	q.usedEventWord, q.usedEventHigh = ue&^3, ue&3 != 0
+	q.availEventOff = 4 + 8*n
+	q.state = make([]descState, n)
+	q.Reset()
+	ok = true
+	return q, nil
 }
+
+func (q *Queue) allocate(size, align int) (dma.Region, error) {
+	r, err := q.alloc.Alloc(size, align)
+	if err != nil {
+		return dma.Region{}, fmt.Errorf("ring: new: allocate %d bytes: %w", size, err)
+	}
+	if r.Len() != size {
+		q.mem = append(q.mem, r)
+		return dma.Region{}, fmt.Errorf("ring: new: allocator returned %d bytes, asked for %d", r.Len(), size)
+	}
+	q.mem = append(q.mem, r)
+	return r, nil
+}
+
+func alignUp(x, a int) int { return (x + a - 1) &^ (a - 1) }
 
 // Size returns the number of descriptors.
 func (q *Queue) Size() uint16 { return q.cfg.Size }
@@ -79,46 +256,351 @@ func (q *Queue) Size() uint16 { return q.cfg.Size }
 // DescAddr, DriverAddr and DeviceAddr return the device addresses of the
 // descriptor table, the driver (avail) area and the device (used) area. For
 // the legacy layout DescAddr is the start of the block (QUEUE_PFN << 12).
-func (q *Queue) DescAddr() uint64   { return 0 }
-func (q *Queue) DriverAddr() uint64 { return 0 }
-func (q *Queue) DeviceAddr() uint64 { return 0 }
+func (q *Queue) DescAddr() uint64   { return q.descAddr }
+func (q *Queue) DriverAddr() uint64 { return q.driverAddr }
+func (q *Queue) DeviceAddr() uint64 { return q.deviceAddr }
+
+// putDesc writes descriptor i of table t (spec 2.7.5, little-endian).
+func putDesc(t []byte, i int, addr uint64, n uint32, flags, next uint16) {
+	d := t[i*descSize : i*descSize+descSize : i*descSize+descSize]
+	binary.LittleEndian.PutUint64(d[0:], addr)
+	binary.LittleEndian.PutUint32(d[8:], n)
+	binary.LittleEndian.PutUint16(d[12:], flags)
+	binary.LittleEndian.PutUint16(d[14:], next)
+}
 
 // Add writes a chain (device-readable segments first) and returns its head.
 // The chain is not visible to the device until Publish. ErrFull if there are
-// not enough free descriptors.
-func (q *Queue) Add(segs []Segment) (head uint16, err error) { return 0, ErrFull }
+// not enough free descriptors; ErrBadChain if the chain is malformed; the
+// protocol error if the queue is broken.
+func (q *Queue) Add(segs []Segment) (head uint16, err error) {
+	if q.broken != nil {
+		return 0, q.broken
+	}
+	n := len(segs)
+	if n == 0 {
+		return 0, ErrBadChain
+	}
+	var total, writable uint64
+	sawWrite := false
+	for i := range segs {
+		s := &segs[i]
+		total += uint64(s.Len)
+		if s.Write {
+			writable += uint64(s.Len)
+			sawWrite = true
+		} else if sawWrite {
+			// Spec 2.7.4.2: device-readable descriptors come first.
+			return 0, ErrBadChain
+		}
+	}
+	if total > 1<<32-1 || n > int(q.cfg.Size) {
+		return 0, ErrBadChain
+	}
+	indirect := n > 1 && n <= q.cfg.Indirect
+	need := n
+	if indirect {
+		need = 1
+	}
+	if need > q.numFree {
+		return 0, ErrFull
+	}
+
+	head = q.freeHead
+	tail := head
+	if indirect {
+		// Spec 2.7.5.3: the table for this head, entries chained from 0.
+		tsz := descSize * q.cfg.Indirect
+		tbl := q.indirect[int(head)*tsz : int(head+1)*tsz]
+		for i := range segs {
+			s := &segs[i]
+			var flags uint16
+			if s.Write {
+				flags = descFWrite
+			}
+			if i < n-1 {
+				flags |= descFNext
+			}
+			putDesc(tbl, i, s.Addr, s.Len, flags, uint16(i+1))
+		}
+		putDesc(q.desc, int(head), q.indirectAddr+uint64(int(head)*tsz), uint32(n*descSize), descFIndirect, 0)
+		q.freeHead = q.state[head].next
+	} else {
+		idx := head
+		for i := range segs {
+			s := &segs[i]
+			var flags uint16
+			if s.Write {
+				flags = descFWrite
+			}
+			next := q.state[idx].next
+			if i < n-1 {
+				flags |= descFNext
+			}
+			putDesc(q.desc, int(idx), s.Addr, s.Len, flags, next)
+			tail = idx
+			idx = next
+		}
+		q.freeHead = idx
+	}
+	q.numFree -= need
+
+	st := &q.state[head]
+	st.tail, st.ndesc, st.pos, st.writable = tail, uint16(need), q.availIdx, uint32(writable)
+
+	// Spec 2.7.13.2: place the head in the next avail ring slot. It becomes
+	// visible with the idx store in Publish (virtqueue_add_split).
+	q.putAvail(q.availIdx&q.mask, head)
+	q.availIdx++
+	q.inFlight++
+	q.stats.Added++
+	return head, nil
+}
+
+// putAvail writes avail.ring[slot]. With N == 1 the slot shares its 32-bit
+// word with used_event, which is stored atomically, so the slot is too.
+func (q *Queue) putAvail(slot, head uint16) {
+	off := 4 + 2*int(slot)
+	if q.usedEventHigh {
+		w := shm.Load32(q.avail, 4) // our own word: no one else writes it
+		shm.Store32(q.avail, 4, w&^0xffff|uint32(head))
+		return
+	}
+	binary.LittleEndian.PutUint16(q.avail[off:off+2], head)
+}
 
 // Publish makes every chain added since the last Publish available with one
 // index update and reports whether the device must be notified.
-func (q *Queue) Publish() (notify bool) { return false }
+func (q *Queue) Publish() (notify bool) {
+	if q.broken != nil || q.availIdx == q.published {
+		return false
+	}
+	old, new := q.published, q.availIdx
+	// Spec 2.7.13.3 (virtqueue_add_split: virtio_wmb before avail->idx):
+	// descriptors and ring entries must be visible before the idx. The idx
+	// and the flags beside it are published as one 32-bit atomic store,
+	// which is a release.
+	shm.Store32(q.avail, 0, uint32(q.availFlags)|uint32(new)<<16)
+	q.published = new
+	// Spec 2.7.13.4 (virtqueue_kick_prepare_split: virtio_mb): the idx store
+	// must be visible before we read the device's suppression word, or a
+	// kick the device is owed can be lost. Go's atomics are sequentially
+	// consistent, so the store above and the load below are ordered.
+	if q.cfg.EventIdx {
+		// Spec 2.7.10: kick iff the new idx crossed avail_event.
+		ev := uint16(shm.Load32(q.used, q.availEventOff))
+		return needEvent(ev, new, old)
+	}
+	// Spec 2.7.7: without EVENT_IDX, kick unless the device set NO_NOTIFY.
+	return shm.Load32(q.used, 0)&usedFNoNotify == 0
+}
+
+// needEvent reports whether moving an index from old to new crossed event,
+// i.e. event lies in [old, new) modulo 2^16 (spec 2.7.10, vring_need_event).
+func needEvent(event, new, old uint16) bool {
+	return new-event-1 < new-old
+}
+
+// reload reads used.idx once (one 32-bit load of used flags|idx, an acquire
+// that pairs with the device's release store) and validates how far it moved.
+// It reports whether new used entries are pending.
+func (q *Queue) reload() bool {
+	// Spec 2.7.14 (virtqueue_get_buf_ctx_split: virtio_rmb after reading
+	// used->idx): the load is an acquire, so the used entries read after it
+	// are at least as new as the idx.
+	idx := uint16(shm.Load32(q.used, 0) >> 16)
+	moved := idx - q.lastUsed
+	// The device can only return chains it was given: used.idx may not run
+	// ahead of the chains published and not yet reaped (which never exceeds
+	// the queue size).
+	if outstanding := q.published - q.lastUsed; moved > outstanding {
+		q.violate("used idx advanced past the chains made available", uint64(idx))
+		return false
+	}
+	q.usedIdx = idx
+	return moved != 0
+}
+
+func (q *Queue) violate(what string, v uint64) {
+	q.stats.Violations++
+	q.broken = &ProtocolError{What: what, Value: v}
+}
 
 // Pop returns the next used chain and frees its descriptors. ok is false when
 // nothing is pending. A device protocol violation is returned as an error
 // matching ErrDeviceProtocol, and the queue stays broken until Reset.
-func (q *Queue) Pop() (u Used, ok bool, err error) { return Used{}, false, nil }
+func (q *Queue) Pop() (u Used, ok bool, err error) {
+	if q.broken != nil {
+		return Used{}, false, q.broken
+	}
+	if q.lastUsed == q.usedIdx && !q.reload() {
+		if q.broken != nil {
+			return Used{}, false, q.broken
+		}
+		// Drained. With EVENT_IDX and interrupts wanted, move used_event to
+		// what we consumed so the next used buffer interrupts, then look
+		// again (virtqueue_get_buf_ctx_split updates used_event per buffer;
+		// we do it once per drain and re-check, as
+		// virtqueue_enable_cb_prepare_split + virtqueue_poll do).
+		if !q.cfg.EventIdx || q.irqOff || q.usedEvent == q.lastUsed {
+			return Used{}, false, nil
+		}
+		q.storeUsedEvent(q.lastUsed)
+		if !q.reload() {
+			return Used{}, false, q.broken
+		}
+	}
+	slot := int(q.lastUsed & q.mask)
+	e := q.used[4+8*slot : 12+8*slot : 12+8*slot]
+	id := binary.LittleEndian.Uint32(e[0:])
+	n := binary.LittleEndian.Uint32(e[4:])
+	if id >= uint32(q.cfg.Size) {
+		q.violate("used id out of range", uint64(id))
+		return Used{}, false, q.broken
+	}
+	st := &q.state[id]
+	if st.ndesc == 0 || q.unpublished(st.pos) {
+		q.violate("used id not in flight", uint64(id))
+		return Used{}, false, q.broken
+	}
+	if n > st.writable {
+		// Spec 2.7.8.2: the driver must not rely on len beyond what it
+		// posted; clamp (QEMU reports full lengths it had to truncate).
+		q.stats.Clamped++
+		n = st.writable
+	}
+	// Return the chain to the free list: its private links already run
+	// head → tail.
+	q.state[st.tail].next = q.freeHead
+	q.freeHead = uint16(id)
+	q.numFree += int(st.ndesc)
+	st.ndesc = 0
+	q.inFlight--
+	q.lastUsed++
+	q.stats.Used++
+	return Used{Head: uint16(id), Len: n}, true, nil
+}
+
+// unpublished reports whether avail position pos was filled by Add but not
+// yet made visible by Publish.
+func (q *Queue) unpublished(pos uint16) bool {
+	return pos-q.published < q.availIdx-q.published
+}
+
+// storeUsedEvent writes used_event with a 32-bit atomic store.
+func (q *Queue) storeUsedEvent(v uint16) {
+	q.usedEvent = v
+	if q.usedEventHigh {
+		w := shm.Load32(q.avail, q.usedEventWord) // our own word
+		shm.Store32(q.avail, q.usedEventWord, w&0xffff|uint32(v)<<16)
+		return
+	}
+	// The high half is padding we own; keep it zero.
+	shm.Store32(q.avail, q.usedEventWord, uint32(v))
+}
 
 // DisableInterrupts asks the device not to interrupt for used buffers.
-func (q *Queue) DisableInterrupts() {}
+// The request is advisory (spec 2.7.7); interrupts may still arrive.
+func (q *Queue) DisableInterrupts() {
+	if q.irqOff {
+		return
+	}
+	q.irqOff = true
+	if q.cfg.EventIdx {
+		// Spec 2.7.10: with EVENT_IDX avail.flags stays 0. Park used_event
+		// just behind what we consumed, where the device reaches it only
+		// after a full 2^16 wrap (virtqueue_disable_cb_split writes a far
+		// value for the same reason).
+		q.storeUsedEvent(q.lastUsed - 1)
+		return
+	}
+	q.availFlags = availFNoInterrupt
+	shm.Store32(q.avail, 0, uint32(q.availFlags)|uint32(q.published)<<16)
+}
 
 // EnableInterrupts asks for an interrupt at the next used buffer and reports
 // whether used buffers are already pending (then the caller must Pop again).
-func (q *Queue) EnableInterrupts() (pending bool) { return false }
+func (q *Queue) EnableInterrupts() (pending bool) {
+	if q.broken != nil {
+		return true
+	}
+	q.irqOff = false
+	// Spec 2.7.14.4 (virtqueue_enable_cb_prepare_split): write used_event
+	// or clear NO_INTERRUPT ...
+	if q.cfg.EventIdx {
+		if q.usedEvent != q.lastUsed {
+			q.storeUsedEvent(q.lastUsed)
+		}
+	} else if q.availFlags != 0 {
+		q.availFlags = 0
+		shm.Store32(q.avail, 0, uint32(q.published)<<16)
+	}
+	if q.lastUsed != q.usedIdx {
+		return true
+	}
+	// ... then a full barrier and a fresh look at used.idx
+	// (virtqueue_poll_split after virtio_mb): the seq-cst store above
+	// precedes this load, so a buffer the device used before seeing our
+	// request is found here rather than lost.
+	return uint16(shm.Load32(q.used, 0)>>16) != q.lastUsed
+}
 
 // NumFree returns the number of free descriptors.
-func (q *Queue) NumFree() int { return 0 }
+func (q *Queue) NumFree() int { return q.numFree }
 
 // InFlight returns the number of chains added and not yet returned.
-func (q *Queue) InFlight() int { return 0 }
+func (q *Queue) InFlight() int { return q.inFlight }
 
-// InFlightHeads calls fn for every chain still owned by the device.
-func (q *Queue) InFlightHeads(fn func(head uint16)) {}
+// InFlightHeads calls fn for every chain still owned by the device
+// (published or not yet published).
+func (q *Queue) InFlightHeads(fn func(head uint16)) {
+	for i := range q.state {
+		if q.state[i].ndesc != 0 {
+			fn(uint16(i))
+		}
+	}
+}
 
 // Reset forgets every in-flight chain and re-zeroes the rings. Call it only
 // after the device has been reset (or the queue reset), never on a live queue.
-func (q *Queue) Reset() {}
+// Stats are kept: they count the queue's whole life.
+func (q *Queue) Reset() {
+	clear(q.desc)
+	clear(q.avail)
+	clear(q.used)
+	clear(q.indirect)
+	for i := range q.state {
+		q.state[i] = descState{next: uint16(i + 1)}
+	}
+	q.freeHead, q.numFree, q.inFlight = 0, len(q.state), 0
+	q.availIdx, q.published, q.availFlags = 0, 0, 0
+	q.lastUsed, q.usedIdx, q.usedEvent = 0, 0, 0
+	q.irqOff = false
+	q.broken = nil
+}
+
+// Err returns the protocol violation that broke the queue, or nil.
+func (q *Queue) Err() error { return q.broken }
 
 // Stats returns the queue's counters.
-func (q *Queue) Stats() Stats { return Stats{} }
+func (q *Queue) Stats() Stats { return q.stats }
 
-// Close frees the queue's memory.
-func (q *Queue) Close() error { return nil }
+// Close frees the queue's memory. It is idempotent.
+func (q *Queue) Close() error {
+	if q.closed {
+		return nil
+	}
+	q.closed = true
+	var errs []error
+	for _, r := range q.mem {
+		if err := q.alloc.Free(r); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	q.mem = nil
+	q.desc, q.avail, q.used, q.indirect = nil, nil, nil, nil
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("ring: close: %w", err)
+	}
+	return nil
+}
