@@ -209,7 +209,7 @@ func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
 			return nil, err
 		}
 		mem := b.Bytes()
-		q.desc = mem[:descSize*n : descSize*n]
+		q.desc = mem[: descSize*n : descSize*n]
 		q.avail = mem[descSize*n : usedOff : usedOff]
 		q.used = mem[usedOff:total:total]
 		q.descAddr = b.Addr()

@@ -190,12 +190,17 @@ func (d *Device) PopAppend(dst []Buf) (c Chain, ok bool, err error) {
 	return c, true, nil
 }
 
-// availEntry reads avail.ring[slot] through its 32-bit word (with N == 1 the
-// word also holds used_event, which the driver stores atomically).
+// availEntry reads avail.ring[slot]. The entry is driver-written memory read
+// after the avail idx load. With N == 1 the entry shares its 32-bit word with
+// used_event, which the driver stores atomically, so it is loaded atomically
+// too; otherwise a plain load keeps the neighbouring slot, which the driver
+// may be filling, out of the access.
 func (d *Device) availEntry(slot uint16) uint16 {
 	off := 4 + 2*int(slot)
-	w := shm.Load32(d.avail, off&^3)
-	return uint16(w >> (8 * (off & 3)))
+	if d.usedEventHigh {
+		return uint16(shm.Load32(d.avail, 4))
+	}
+	return binary.LittleEndian.Uint16(d.avail[off : off+2])
 }
 
 func (d *Device) walk(c *Chain) error {
