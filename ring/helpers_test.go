@@ -18,6 +18,9 @@ type rig struct {
 	q    *ring.Queue
 	dev  *ringtest.Device
 	bufs []dma.Region
+	// ndesc records ring descriptors per head, for tests that check the
+	// free list's accounting.
+	ndesc map[uint16]int
 }
 
 func newRig(t testing.TB, cfg ring.Config) *rig {

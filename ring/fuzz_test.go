@@ -1,0 +1,176 @@
+package ring_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/vserial/vserial/ring"
+	"github.com/vserial/vserial/ring/ringtest"
+)
+
+const fuzzSize = 8
+
+// fuzzConfig decodes the layout and features from the fuzzer's flag byte.
+func fuzzConfig(flags uint8) ring.Config {
+	cfg := ring.Config{Size: fuzzSize, EventIdx: flags&1 != 0}
+	if flags&2 != 0 {
+		cfg.Layout = ring.Legacy
+	}
+	if flags&4 != 0 {
+		cfg.Indirect = 3
+	}
+	return cfg
+}
+
+// fuzzState builds a queue with nAdd chains added (the last one left
+// unpublished when flags&8), and lets a well-behaved device complete
+// (flags>>4)&7 of them, so the used ring holds a state ringtest produced.
+func fuzzState(t testing.TB, flags, nAdd uint8) (r *rig, posted map[uint16]uint32, unpublished int) {
+	r = newRig(t, fuzzConfig(flags))
+	posted = map[uint16]uint32{}
+	r.ndesc = map[uint16]int{}
+	unpublished = -1
+	n := int(nAdd) % (fuzzSize + 1)
+	for k := range n {
+		segs := r.rw(1+k, 2+k)
+		if k%3 == 2 {
+			segs = append(segs, r.one(3)...)
+		}
+		h, err := r.q.Add(segs)
+		if errors.Is(err, ring.ErrFull) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.ndesc[h] = len(segs)
+		if len(segs) <= r.cfg.Indirect {
+			r.ndesc[h] = 1
+		}
+		var w uint32
+		for _, s := range segs {
+			if s.Write {
+				w += s.Len
+			}
+		}
+		if k == n-1 && flags&8 != 0 {
+			unpublished = int(h)
+			break
+		}
+		posted[h] = w
+		r.q.Publish()
+	}
+	if unpublished >= 0 {
+		// Added after the last Publish: not the device's to see.
+		delete(posted, uint16(unpublished))
+	}
+	for range (flags >> 4) & 7 {
+		c, ok, err := r.dev.Pop()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		r.dev.Push(c.Head, c.Writable())
+	}
+	return r, posted, unpublished
+}
+
+// FuzzHostileUsedRing lets a hostile device write arbitrary used ring
+// contents, used idx and avail_event over a state a well-behaved device left.
+// The driver must not panic, must return only errors matching
+// ErrDeviceProtocol, must never hand out a head that was not in flight or a
+// length beyond what was posted, and must keep its descriptor accounting.
+func FuzzHostileUsedRing(f *testing.F) {
+	// Seeds: used areas as ringtest leaves them, well-behaved and after each
+	// misbehaviour switch.
+	for i, m := range []ringtest.Misbehaviour{{}, {BadID: true}, {Duplicate: true}, {LongLen: 1000}, {IdxJump: 3}, {DelayPublish: true}} {
+		for _, flags := range []uint8{0x30, 0x31, 0x27, 0x7e} {
+			r, _, _ := fuzzState(f, flags, 6)
+			r.dev.Misbehave(m)
+			if c, ok, _ := r.dev.Pop(); ok {
+				r.dev.Push(c.Head, c.Writable())
+				r.dev.Push(c.Head, 1)
+			}
+			f.Add(flags, uint8(6), append([]byte(nil), r.usedArea()...), uint16(i))
+		}
+	}
+	f.Add(uint8(0x11), uint8(4), []byte{0, 0, 0xff, 0xff}, uint16(0xffff))
+	f.Add(uint8(0x09), uint8(3), []byte{0, 0, 1, 0, 2, 0, 0, 0, 0xff, 0xff, 0xff, 0xff}, uint16(1))
+
+	f.Fuzz(func(t *testing.T, flags, nAdd uint8, used []byte, availEvent uint16) {
+		r, posted, unpublished := fuzzState(t, flags, nAdd)
+		area := r.usedArea()
+		copy(area, used) // the hostile device overwrites a prefix
+		if len(used) <= 4+8*fuzzSize {
+			// and, independently, the avail_event word.
+			area[4+8*fuzzSize] = byte(availEvent)
+			area[5+8*fuzzSize] = byte(availEvent >> 8)
+		}
+		if flags&0x80 != 0 {
+			r.q.DisableInterrupts()
+		}
+		var broken error
+		for range 2 * fuzzSize {
+			u, ok, err := r.q.Pop()
+			if err != nil {
+				if !errors.Is(err, ring.ErrDeviceProtocol) {
+					t.Fatalf("Pop error %v does not match ErrDeviceProtocol", err)
+				}
+				if ok {
+					t.Fatal("Pop returned ok with an error")
+				}
+				if broken != nil && err != broken {
+					t.Fatalf("broken queue changed its error from %v to %v", broken, err)
+				}
+				broken = err
+				continue
+			}
+			if broken != nil {
+				t.Fatalf("Pop succeeded (%+v, %v) after the queue broke with %v", u, ok, broken)
+			}
+			if !ok {
+				break
+			}
+			w, inFlight := posted[u.Head]
+			if !inFlight {
+				t.Fatalf("Pop handed out head %d, not in flight (unpublished %d)", u.Head, unpublished)
+			}
+			if u.Len > w {
+				t.Fatalf("head %d: len %d beyond the %d writable bytes posted", u.Head, u.Len, w)
+			}
+			delete(posted, u.Head)
+		}
+		pending := r.q.EnableInterrupts()
+		if broken != nil && !pending {
+			t.Fatal("broken queue reported nothing pending")
+		}
+		kick := r.q.Publish() // reads the hostile avail_event / used.flags
+		_ = kick              // any answer is allowed; it must only not panic
+		if broken == nil {
+			// Every chain not popped is still listed, and the free list
+			// holds exactly the descriptors they do not.
+			used, descs := 0, 0
+			r.q.InFlightHeads(func(h uint16) {
+				used++
+				descs += r.ndesc[h]
+				if _, ok := posted[h]; !ok && int(h) != unpublished {
+					t.Errorf("InFlightHeads lists %d, which was popped", h)
+				}
+			})
+			want := len(posted)
+			if unpublished >= 0 {
+				want++
+			}
+			if used != want || r.q.InFlight() != want {
+				t.Fatalf("in flight: %d heads listed, InFlight %d, want %d", used, r.q.InFlight(), want)
+			}
+			if r.q.NumFree() != fuzzSize-descs {
+				t.Fatalf("NumFree %d with %d descriptors in flight", r.q.NumFree(), descs)
+			}
+		} else if r.q.Stats().Violations != 1 {
+			t.Fatalf("Violations = %d, want 1", r.q.Stats().Violations)
+		}
+	})
+}
