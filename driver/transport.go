@@ -4,6 +4,11 @@ package driver
 // and the console protocol. The transport helper implements modern and
 // legacy; the console code uses only this interface.
 
+import (
+	"fmt"
+	"log/slog"
+)
+
 // Device status bits (spec 2.1).
 const (
 	StatusAcknowledge      = 1
@@ -50,4 +55,114 @@ type transport interface {
 	WriteConfig(off int, p []byte) error
 	// SetConfigVector sets the MSI-X vector for config changes (NoVector: none).
 	SetConfigVector(v uint16) error
+}
+
+// Transport-level feature bits (spec 6; VIRTIO-NOTES 6).
+const (
+	// FeatureVersion1 is VIRTIO_F_VERSION_1; a modern device requires it.
+	FeatureVersion1 = uint64(1) << 32
+	// FeatureAccessPlatform is VIRTIO_F_ACCESS_PLATFORM: device addresses go
+	// through the platform IOMMU. Mandatory to accept when offered by QEMU
+	// with iommu_platform=on.
+	FeatureAccessPlatform = uint64(1) << 33
+	// featureBad is bit 30, QEMU's legacy "bad feature" probe: never accepted.
+	featureBad = uint64(1) << 30
+)
+
+// newTransport finds the virtio-pci interface of fn: the modern one when the
+// function has a COMMON_CFG capability (spec 4.1.5.1.1.1), otherwise the
+// legacy I/O BAR0. It enables decoding and Bus Master, but does not reset
+// the device.
+func newTransport(fn Function, log *slog.Logger) (transport, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cs := fn.Config()
+	caps, err := readCaps(cs)
+	if err != nil {
+		return nil, fmt.Errorf("driver: transport: %w", err)
+	}
+	if caps.common != nil {
+		t, err := newModern(fn, caps)
+		if err != nil {
+			return nil, fmt.Errorf("driver: transport: modern: %w", err)
+		}
+		if err := enableDevice(cs, false); err != nil {
+			return nil, fmt.Errorf("driver: transport: enable device: %w", err)
+		}
+		log.Info("virtio transport", "interface", "modern",
+			"common_bar", caps.common.bar, "notify_mult", caps.notify.mult)
+		return t, nil
+	}
+	t, err := newLegacy(fn, caps)
+	if err != nil {
+		return nil, fmt.Errorf("driver: transport: legacy: %w", err)
+	}
+	if err := enableDevice(cs, true); err != nil {
+		return nil, fmt.Errorf("driver: transport: enable device: %w", err)
+	}
+	log.Info("virtio transport", "interface", "legacy", "msix_cap", caps.msix != 0)
+	return t, nil
+}
+
+// negotiateFeatures runs steps 5-7 of device initialisation (spec 3.1.1;
+// legacy 3.1.2): it reads the device's features, accepts want ∩ offered
+// (plus VERSION_1 on the modern interface), writes them and, on the modern
+// interface, sets FEATURES_OK and checks that the device kept it. Bit 30 and
+// unoffered bits are never accepted. A bit of required that the device does
+// not offer, or a refused FEATURES_OK, sets FAILED and returns an error
+// (ErrFeatureMissing, ErrFeaturesRefused).
+//
+// The caller must have set ACKNOWLEDGE and DRIVER, and must put
+// FeatureAccessPlatform in want when it can honour it (an IOMMU is in use);
+// QEMU refuses FEATURES_OK when it offered ACCESS_PLATFORM and it was not
+// accepted.
+func negotiateFeatures(t transport, want, required uint64) (accepted uint64, err error) {
+	fail := func(err error) (uint64, error) {
+		if serr := t.AddStatus(StatusFailed); serr != nil {
+			return 0, fmt.Errorf("%w (and setting FAILED: %v)", err, serr)
+		}
+		return 0, err
+	}
+	offered, err := t.DeviceFeatures()
+	if err != nil {
+		return 0, err
+	}
+	if t.Legacy() {
+		// Only 32 feature bits exist on the legacy interface.
+		want &= 0xffff_ffff
+		if required>>32 != 0 {
+			return fail(fmt.Errorf("driver: transport: negotiate: %w: %#x needs the modern interface", ErrFeatureMissing, required>>32<<32))
+		}
+	} else {
+		if offered&FeatureVersion1 == 0 {
+			return fail(fmt.Errorf("driver: transport: negotiate: %w: modern device does not offer VERSION_1 (offered %#x)", ErrFeatureMissing, offered))
+		}
+		want |= FeatureVersion1
+	}
+	if missing := required &^ offered; missing != 0 {
+		return fail(fmt.Errorf("driver: transport: negotiate: %w: device offers %#x, lacks required %#x", ErrFeatureMissing, offered, missing))
+	}
+	accepted = want & offered &^ featureBad
+	if err := t.SetDriverFeatures(accepted); err != nil {
+		return fail(err)
+	}
+	if t.Legacy() {
+		return accepted, nil
+	}
+	if err := t.AddStatus(StatusFeaturesOK); err != nil {
+		return fail(err)
+	}
+	st, err := t.Status()
+	if err != nil {
+		return fail(err)
+	}
+	if st&StatusFeaturesOK == 0 {
+		hint := ""
+		if offered&FeatureAccessPlatform != 0 && accepted&FeatureAccessPlatform == 0 {
+			hint = " (the device offers ACCESS_PLATFORM, which was not accepted: use an IOMMU-backed binding such as vfio-pci)"
+		}
+		return fail(fmt.Errorf("driver: transport: negotiate: %w: accepted %#x of offered %#x%s", ErrFeaturesRefused, accepted, offered, hint))
+	}
+	return accepted, nil
 }
