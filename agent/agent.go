@@ -1,0 +1,343 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultSocketDir              = "/run/vserial"
+	DefaultSocketMode fs.FileMode = 0o660
+	DefaultDirMode    fs.FileMode = 0o755
+)
+
+// ControlName is the file name of the control socket in the socket directory.
+const ControlName = ".control"
+
+var (
+	// ErrClosed is returned by methods of an Agent after Close.
+	ErrClosed = errors.New("agent: closed")
+	// ErrUnsafeDir is wrapped by New when the socket directory is a symbolic
+	// link, not a directory, or owned by another user.
+	ErrUnsafeDir = errors.New("unsafe socket directory")
+	// ErrBusy is wrapped by New when another agent answers on the control
+	// socket of the directory.
+	ErrBusy = errors.New("socket directory in use by another agent")
+)
+
+// Config configures an Agent. The zero value of each field selects its
+// default.
+type Config struct {
+	// SocketDir is where the port sockets are created (default
+	// DefaultSocketDir). It is created with DirMode if missing.
+	SocketDir string
+	// SocketMode is the permission of every socket file (default 0660).
+	SocketMode fs.FileMode
+	// DirMode is the permission SocketDir gets when New creates it (default
+	// 0755). An existing directory keeps its mode.
+	DirMode fs.FileMode
+	// Logger receives one line per event (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// PortStatus describes one port for `vserial-agent list`.
+type PortStatus struct {
+	Device          int
+	ID              uint32
+	Name            string // the name the host gave, "" if none
+	Socket          string // path of the socket, "" if the port has none
+	HostConnected   bool
+	ClientConnected bool
+	Stats           PortStats
+	RejectedClients uint64
+}
+
+// Agent publishes ports as Unix sockets. Its methods are safe for concurrent
+// use.
+type Agent struct {
+	dir      string
+	sockMode fs.FileMode
+	log      *slog.Logger
+	maxName  int // longest socket name that fits sun_path with dir
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine the agent starts
+
+	mu       sync.Mutex
+	closed   bool
+	ports    map[portKey]*port
+	owners   map[string]*port // socket file name → the port publishing it
+	controls map[net.Listener]bool
+	ctlFile  bool // ListenControl created SOCKET_DIR/.control
+	tmpSeq   atomic.Uint32
+}
+
+type portKey struct {
+	dev int
+	id  uint32
+}
+
+// sunPathMax is the longest socket path Linux and Go accept: sun_path is 108
+// bytes and Go requires room for the terminating NUL.
+const sunPathMax = 107
+
+// tmpNameLen is the length of the temporary names sockets are bound under
+// (".new-" and 8 hex digits).
+const tmpNameLen = 13
+
+// New prepares the socket directory and returns an agent with no ports.
+func New(cfg Config) (*Agent, error) {
+	if cfg.SocketDir == "" {
+		cfg.SocketDir = DefaultSocketDir
+	}
+	if cfg.SocketMode == 0 {
+		cfg.SocketMode = DefaultSocketMode
+	}
+	if cfg.DirMode == 0 {
+		cfg.DirMode = DefaultDirMode
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.SocketMode&^fs.ModePerm != 0 || cfg.DirMode&^fs.ModePerm != 0 {
+		return nil, fmt.Errorf("agent: socket mode %v and dir mode %v must be plain permission bits (at most 0777)", cfg.SocketMode, cfg.DirMode)
+	}
+	dir, err := filepath.Abs(cfg.SocketDir)
+	if err != nil {
+		return nil, fmt.Errorf("agent: socket dir %q: %w", cfg.SocketDir, err)
+	}
+	maxName := sunPathMax - len(dir) - 1
+	if maxName < tmpNameLen {
+		return nil, fmt.Errorf("agent: socket dir %s: path too long for Unix sockets (%d bytes; at most %d)", dir, len(dir), sunPathMax-1-tmpNameLen)
+	}
+	log := cfg.Logger
+	if err := prepareDir(dir, cfg.DirMode, log); err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		dir:      dir,
+		sockMode: cfg.SocketMode,
+		log:      log,
+		maxName:  maxName,
+		ports:    make(map[portKey]*port),
+		owners:   make(map[string]*port),
+		controls: make(map[net.Listener]bool),
+	}
+	if err := a.removeStale(); err != nil {
+		return nil, err
+	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	return a, nil
+}
+
+// Dir returns the absolute path of the socket directory.
+func (a *Agent) Dir() string { return a.dir }
+
+// prepareDir creates dir if missing and checks that it is a real directory
+// owned by the effective user.
+func prepareDir(dir string, mode fs.FileMode, log *slog.Logger) error {
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return fmt.Errorf("agent: create socket dir: %w", err)
+		}
+		err = os.Mkdir(dir, mode)
+		if err == nil {
+			// Mkdir applies the umask; the operator asked for mode.
+			err = os.Chmod(dir, mode)
+			log.Info("created socket dir", "dir", dir, "mode", fmt.Sprintf("%#o", mode))
+		} else if errors.Is(err, fs.ErrExist) {
+			err = nil
+		}
+		if err != nil {
+			return fmt.Errorf("agent: create socket dir: %w", err)
+		}
+		fi, err = os.Lstat(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("agent: socket dir: %w", err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("agent: socket dir %s is a symbolic link; give the real directory instead: %w", dir, ErrUnsafeDir)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("agent: socket dir %s is not a directory (%v): %w", dir, fi.Mode().Type(), ErrUnsafeDir)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("agent: socket dir %s: cannot read its owner: %w", dir, ErrUnsafeDir)
+	}
+	if euid := os.Geteuid(); int(st.Uid) != euid {
+		return fmt.Errorf("agent: socket dir %s is owned by uid %d, not by us (euid %d); use a directory of our own: %w", dir, st.Uid, euid, ErrUnsafeDir)
+	}
+	if fi.Mode().Perm()&0o002 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+		log.Warn("socket dir is writable by everyone: other users can replace the port sockets", "dir", dir, "mode", fmt.Sprintf("%#o", fi.Mode().Perm()))
+	}
+	return nil
+}
+
+// removeStale removes the sockets an earlier agent left behind, unless that
+// agent still answers on the control socket.
+func (a *Agent) removeStale() error {
+	ctl := filepath.Join(a.dir, ControlName)
+	if c, err := net.Dial("unix", ctl); err == nil {
+		c.Close()
+		return fmt.Errorf("agent: %s answers; stop the other agent or use another --socket-dir: %w", ctl, ErrBusy)
+	}
+	entries, err := os.ReadDir(a.dir)
+	if err != nil {
+		return fmt.Errorf("agent: read socket dir: %w", err)
+	}
+	for _, e := range entries {
+		path := filepath.Join(a.dir, e.Name())
+		if e.Type()&fs.ModeSocket == 0 || !a.mayCreate(e.Name()) {
+			a.log.Info("leaving foreign file in socket dir alone", "path", path, "type", e.Type().String())
+			continue
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("agent: remove stale socket: %w", err)
+		}
+		a.log.Info("removed stale socket", "path", path)
+	}
+	return nil
+}
+
+// mayCreate reports whether name is a socket name the agent could create.
+func (a *Agent) mayCreate(name string) bool {
+	if name == ControlName || isTempName(name) || isVportName(name) {
+		return true
+	}
+	return a.checkName(name) == nil
+}
+
+// AddPort publishes p, a port of device dev (an index the caller chooses,
+// used in vport<dev>p<id> names). The socket exists when AddPort returns
+// (unless creating it failed, which is logged). A port whose previous
+// incarnation was removed may be added again.
+func (a *Agent) AddPort(dev int, p Port) error {
+	if p == nil {
+		return errors.New("agent: add port: nil port")
+	}
+	if dev < 0 {
+		return fmt.Errorf("agent: add port: negative device index %d", dev)
+	}
+	key := portKey{dev, p.ID()}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return ErrClosed
+	}
+	if old := a.ports[key]; old != nil {
+		if old.p == p || !old.p.Removed() {
+			a.mu.Unlock()
+			return fmt.Errorf("agent: add port: device %d already has port %d", dev, p.ID())
+		}
+		a.dropLocked(old, "replaced by a new port with the same id")
+	}
+	pt := newPort(a, dev, p)
+	a.ports[key] = pt
+	a.wg.Add(1)
+	a.mu.Unlock()
+
+	pt.log.Info("port added", "name", p.Name(), "host_connected", p.HostConnected())
+	a.placeSocket(pt)
+	go pt.watch()
+	return nil
+}
+
+// Status returns the state of every port, ordered by device and id.
+func (a *Agent) Status() []PortStatus {
+	a.mu.Lock()
+	out := make([]PortStatus, 0, len(a.ports))
+	for _, pt := range a.ports {
+		st := PortStatus{
+			Device:          pt.dev,
+			ID:              pt.p.ID(),
+			Name:            pt.p.Name(),
+			HostConnected:   pt.p.HostConnected(),
+			ClientConnected: pt.client != nil,
+			Stats:           pt.p.Stats(),
+			RejectedClients: pt.rejected.Load(),
+		}
+		if pt.sock != "" {
+			st.Socket = filepath.Join(a.dir, pt.sock)
+		}
+		out = append(out, st)
+	}
+	a.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Device != out[j].Device {
+			return out[i].Device < out[j].Device
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// Close stops accepting, ends every client session (telling the host the
+// guest closed the port), removes the sockets and waits for every goroutine
+// the agent started. It is idempotent and always returns nil.
+func (a *Agent) Close() error {
+	a.mu.Lock()
+	if !a.closed {
+		a.closed = true
+		for _, pt := range a.ports {
+			a.dropLocked(pt, "agent closing")
+		}
+		for l := range a.controls {
+			l.Close()
+		}
+		if a.ctlFile {
+			os.Remove(filepath.Join(a.dir, ControlName))
+		}
+		a.cancel()
+		a.log.Info("agent closed", "dir", a.dir)
+	}
+	a.mu.Unlock()
+	a.wg.Wait()
+	return nil
+}
+
+// dropLocked unpublishes pt: closes its listener, removes its socket file
+// and ends its session. a.mu is held.
+func (a *Agent) dropLocked(pt *port, why string) {
+	if pt.gone {
+		return
+	}
+	pt.gone = true
+	if a.ports[portKey{pt.dev, pt.p.ID()}] == pt {
+		delete(a.ports, portKey{pt.dev, pt.p.ID()})
+	}
+	if pt.ln != nil {
+		a.unpublishLocked(pt)
+	}
+	pt.cancel() // ends the watcher and the session
+	pt.log.Info("port removed", "why", why)
+	// A name this port held may be wanted by another port.
+	for _, o := range a.ports {
+		o.poke()
+	}
+}
+
+// unpublishLocked closes pt's listener and removes its socket file.
+func (a *Agent) unpublishLocked(pt *port) {
+	pt.ln.Close()
+	if err := os.Remove(filepath.Join(a.dir, pt.sock)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		pt.log.Warn("cannot remove socket", "socket", filepath.Join(a.dir, pt.sock), "err", err)
+	}
+	delete(a.owners, pt.sock)
+	pt.ln = nil
+	pt.sock = ""
+}

@@ -1,0 +1,277 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// closeTimeout bounds the PORT_OPEN 0 message sent when a session ends, so
+// a dead device cannot hold Close forever.
+const closeTimeout = 5 * time.Second
+
+var (
+	// errHostGone stops a read from the client because the host side of the
+	// port is not connected: the bytes stay in the socket.
+	errHostGone = errors.New("agent: host not connected")
+	// errPortRemoved ends a session whose port the device removed.
+	errPortRemoved = errors.New("agent: port removed")
+)
+
+// longAgo is a deadline in the past, to wake a blocked socket operation.
+var longAgo = time.Unix(1, 0)
+
+// session is one client connection of a port.
+type session struct {
+	pt     *port
+	c      *net.UnixConn
+	ctx    context.Context // ends the pumps
+	cancel context.CancelFunc
+}
+
+func newSession(pt *port, c *net.UnixConn) *session {
+	ctx, cancel := context.WithCancel(pt.ctx)
+	return &session{pt: pt, c: c, ctx: ctx, cancel: cancel}
+}
+
+// run opens the port for the client, pumps bytes both ways until the client
+// leaves (or the port goes away, or the agent closes), then closes the port.
+func (s *session) run() {
+	pt, p := s.pt, s.pt.p
+	defer pt.a.wg.Done()
+	defer s.cancel()
+	// Ending the session's context wakes whatever socket call a pump is
+	// blocked in.
+	stop := context.AfterFunc(s.ctx, func() { s.c.SetDeadline(longAgo) })
+	defer stop()
+
+	pt.log.Info("client connected")
+	raw, err := s.c.SyscallConn()
+	if err == nil {
+		err = p.SetGuestOpen(s.ctx, true)
+	}
+	opened := err == nil
+	if opened {
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.hostToGuest()
+		}()
+		err = s.guestToHost(raw)
+		s.cancel()
+		wg.Wait()
+	} else {
+		err = fmt.Errorf("open port: %w", err)
+	}
+	s.c.Close()
+	if opened && !p.Removed() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), closeTimeout)
+		if cerr := p.SetGuestOpen(ctx, false); cerr != nil {
+			pt.log.Warn("cannot tell the host the port closed", "err", cerr)
+		}
+		cancel()
+	}
+	a := pt.a
+	a.mu.Lock()
+	if pt.client == s {
+		pt.client = nil
+	}
+	a.mu.Unlock()
+	pt.log.Info("client gone", "why", s.why(err))
+}
+
+// why turns the error that ended a session into words for the log.
+func (s *session) why(err error) string {
+	switch {
+	case errors.Is(err, io.EOF):
+		return "client closed"
+	case s.pt.p.Removed() || errors.Is(err, errPortRemoved):
+		return "port removed"
+	case s.pt.a.ctx.Err() != nil:
+		return "agent closing"
+	case s.pt.ctx.Err() != nil:
+		return "port dropped"
+	}
+	return err.Error()
+}
+
+// guestToHost moves client bytes to the device while the host is connected,
+// and returns io.EOF once the client closed and everything it sent was taken
+// by the device.
+func (s *session) guestToHost(raw syscall.RawConn) error {
+	p := s.pt.p
+	r := &gatedReader{p: p, raw: raw}
+	for {
+		hup, err := s.awaitHost(raw)
+		if err != nil {
+			return err
+		}
+		if !hup {
+			_, err = p.Send(s.ctx, r)
+			if err == nil || errors.Is(err, errHostGone) {
+				continue
+			}
+			if !errors.Is(err, io.EOF) {
+				return err
+			}
+		}
+		if err := p.Flush(s.ctx); err != nil {
+			return fmt.Errorf("flush: %w", err)
+		}
+		return io.EOF
+	}
+}
+
+// awaitHost returns when the host side is connected, or with hup set when
+// the client hung up with nothing left unread (its session can end even
+// though the host is away).
+func (s *session) awaitHost(raw syscall.RawConn) (hup bool, err error) {
+	p := s.pt.p
+	for {
+		if p.HostConnected() {
+			return false, nil
+		}
+		ch := p.Changed()
+		if p.HostConnected() {
+			return false, nil
+		}
+		if p.Removed() {
+			return false, errPortRemoved
+		}
+		if err := s.ctx.Err(); err != nil {
+			return false, err
+		}
+		hup, err := s.waitHangup(raw, ch)
+		if hup || err != nil {
+			return hup, err
+		}
+	}
+}
+
+// waitHangup waits, without reading, until ch is closed (false, nil) or the
+// client hangs up with no bytes unread (true, nil).
+func (s *session) waitHangup(raw syscall.RawConn, ch <-chan struct{}) (bool, error) {
+	done, helperDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(helperDone)
+		select {
+		case <-ch:
+			s.c.SetReadDeadline(longAgo)
+		case <-done:
+		}
+	}()
+	var hup bool
+	var perr error
+	err := raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, e := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case e == unix.EAGAIN || e == unix.EINTR:
+			return false
+		case e != nil:
+			perr = e
+			return true
+		case n == 0:
+			hup = true
+			return true
+		}
+		// Bytes are waiting for the host: sleep until the next socket event
+		// (more bytes, or a hang-up).
+		return false
+	})
+	close(done)
+	<-helperDone
+	switch {
+	case hup:
+		return true, nil
+	case perr != nil:
+		return false, os.NewSyscallError("recvfrom", perr)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// Set by the helper (ch closed) or by the session's AfterFunc; the
+		// second must win, so look at ctx after clearing.
+		s.c.SetReadDeadline(time.Time{})
+		return false, s.ctx.Err()
+	}
+	return false, err
+}
+
+// gatedReader reads from the client only while the host is connected. It
+// checks the host state immediately before each read(2), including after
+// waiting for the socket to become readable, so bytes that arrive after the
+// host left stay in the socket.
+type gatedReader struct {
+	p   Port
+	raw syscall.RawConn
+}
+
+func (r *gatedReader) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	var n int
+	var rerr error
+	gone := false
+	err := r.raw.Read(func(fd uintptr) bool {
+		if !r.p.HostConnected() {
+			gone = true
+			return true
+		}
+		for {
+			n, rerr = unix.Read(int(fd), b)
+			if rerr != unix.EINTR {
+				break
+			}
+		}
+		return rerr != unix.EAGAIN
+	})
+	switch {
+	case gone:
+		return 0, errHostGone
+	case err != nil:
+		return 0, err
+	case rerr != nil:
+		return 0, os.NewSyscallError("read", rerr)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// hostToGuest hands host bytes to the client until the session ends or the
+// client stops taking them.
+func (s *session) hostToGuest() {
+	w := &connWriter{c: s.c}
+	for {
+		_, err := s.pt.p.Recv(s.ctx, w)
+		if w.err != nil || err != nil {
+			return
+		}
+	}
+}
+
+// connWriter remembers the first write error, which tells the pump the
+// client is gone.
+type connWriter struct {
+	c   *net.UnixConn
+	err error
+}
+
+func (w *connWriter) Write(b []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	n, err := w.c.Write(b)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
+}
