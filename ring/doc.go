@@ -9,8 +9,35 @@
 //
 // Everything the device writes (used ids, used lengths, the used index, the
 // avail_event word) is treated as hostile: it is checked before use and a
-// violation is returned as an error matching ErrDeviceProtocol, never a
-// panic or an out-of-range access.
+// violation is returned as a *ProtocolError matching ErrDeviceProtocol,
+// never a panic or an out-of-range access. The queue then stays broken until
+// Reset.
 //
-// A Queue is not safe for concurrent use; its owner serialises access.
+// # Who writes what
+//
+// Driver only: the descriptor table, the indirect tables, avail.ring[], the
+// avail flags|idx word (driver area offset 0) and used_event. Device only: the
+// used flags|idx word (device area offset 0), used.ring[] and avail_event.
+// The driver keeps private copies of everything it needs (free list, chain
+// tails, posted lengths, its own indices) and never reads its own shared
+// words back, except to merge halves of a word it alone writes.
+//
+// # Memory ordering (spec 2.7.13, 2.7.14; VIRTIO-NOTES §4.9)
+//
+// Go has no fences and no 16-bit atomics, so every index and suppression word
+// is accessed as a 32-bit sync/atomic word (package ring/internal/shm, the
+// only unsafe code): avail flags|idx is published with one store, used
+// flags|idx is read with one load, used_event and avail_event sit in the low
+// half of a word of their own (2 padding bytes are allocated after each ring,
+// 4 after the legacy block). Go's atomics are sequentially consistent, which
+// gives the release, acquire and store→load orderings Linux gets from
+// virtio_wmb, virtio_rmb and virtio_mb. The used idx is read once per wakeup
+// and cached until the entries it covers are consumed.
+//
+// Both layouts are supported: Modern (three allocations) and Legacy (one
+// block, used ring at the next 4096 boundary, spec 2.7.2). Only little-endian
+// hosts are supported; New refuses others.
+//
+// A Queue is not safe for concurrent use; its owner serialises access. The
+// device may run concurrently on another CPU (or goroutine, see ringtest).
 package ring
