@@ -1,0 +1,214 @@
+package uio
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+
+	"github.com/vserial/vserial/dma"
+)
+
+// pageSource hands out chunks of zeroed, locked, physically contiguous
+// memory with their physical address. The allocator carves regions out of
+// them; a region never spans two chunks.
+type pageSource interface {
+	// chunkSize is the size of every chunk (2 MiB or 4 KiB).
+	chunkSize() int
+	get() (mem []byte, phys uint64, err error)
+	put(mem []byte) error
+	describe() string
+}
+
+// Allocator is the dma.Allocator of a uio Function: device addresses are
+// physical addresses. It sub-allocates chunks from a page source (2 MiB
+// hugepages, or 4 KiB pages as a fallback) first-fit with alignment, never
+// across a chunk boundary, and maps another chunk when none has room.
+// Chunks stay mapped until Close.
+type Allocator struct {
+	mu       sync.Mutex
+	src      pageSource
+	fallback pageSource // used instead of src if src cannot supply the first chunk
+	log      *slog.Logger
+	chunks   []*chunk
+	live     map[uint64]allocation // by device address
+	closed   bool
+}
+
+type chunk struct {
+	mem  []byte
+	phys uint64
+	free []span // sorted by off, coalesced
+}
+
+type span struct{ off, n int }
+
+type allocation struct {
+	c      *chunk
+	off, n int // n: rounded size held
+	size   int // size asked for
+}
+
+// granule is the allocation granularity: sizes are rounded up to it so free
+// spans stay 8-byte aligned.
+const granule = 8
+
+func newAllocator(src, fallback pageSource, log *slog.Logger) *Allocator {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Allocator{src: src, fallback: fallback, log: log, live: map[uint64]allocation{}}
+}
+
+// ChunkSize is the largest allocation and alignment the allocator serves:
+// 2 MiB with hugepages, 4096 with the small-page fallback.
+func (a *Allocator) ChunkSize() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.src.chunkSize()
+}
+
+// Alloc implements dma.Allocator: a zeroed region of size bytes whose
+// physical address is a multiple of align, inside one chunk.
+func (a *Allocator) Alloc(size, align int) (dma.Region, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	fail := func(err error) (dma.Region, error) {
+		return dma.Region{}, &OpError{Op: fmt.Sprintf("dma alloc %d bytes", size), Err: err}
+	}
+	if a.closed {
+		return fail(ErrClosed)
+	}
+	if size <= 0 {
+		return fail(errors.New("size must be positive"))
+	}
+	if align <= 0 || align&(align-1) != 0 {
+		return fail(fmt.Errorf("alignment %d is not a power of two", align))
+	}
+	if len(a.chunks) == 0 {
+		// The first chunk decides the page size, so map it before checking.
+		if err := a.grow(); err != nil {
+			return fail(err)
+		}
+	}
+	cs := a.src.chunkSize()
+	if size > cs || align > cs {
+		return fail(fmt.Errorf("%w: %d bytes aligned to %d, %s serve at most %d", ErrTooBig, size, align, a.src.describe(), cs))
+	}
+	n := (size + granule - 1) &^ (granule - 1)
+	for {
+		for _, c := range a.chunks {
+			if off, ok := c.take(n, align); ok {
+				return a.hand(c, off, n, size), nil
+			}
+		}
+		if err := a.grow(); err != nil {
+			return fail(err)
+		}
+	}
+}
+
+func (a *Allocator) hand(c *chunk, off, n, size int) dma.Region {
+	b := c.mem[off : off+size : off+size]
+	clear(b)
+	addr := c.phys + uint64(off)
+	a.live[addr] = allocation{c: c, off: off, n: n, size: size}
+	return dma.NewRegion(b, addr)
+}
+
+// grow maps one more chunk, switching to the fallback source if the primary
+// cannot supply the very first one.
+func (a *Allocator) grow() error {
+	mem, phys, err := a.src.get()
+	if err != nil && len(a.chunks) == 0 && a.fallback != nil {
+		a.log.Warn("uio: dma: falling back to small pages",
+			"from", a.src.describe(), "to", a.fallback.describe(), "err", err,
+			"caveat", "4 KiB pages may be migrated by the kernel despite mlock; set vm.compact_unevictable_allowed=0 or reserve hugepages")
+		a.src, a.fallback = a.fallback, nil
+		mem, phys, err = a.src.get()
+	}
+	if err != nil {
+		return err
+	}
+	a.chunks = append(a.chunks, &chunk{mem: mem, phys: phys, free: []span{{0, len(mem)}}})
+	return nil
+}
+
+// take carves n bytes whose physical address is aligned to align out of the
+// first free span that has room.
+func (c *chunk) take(n, align int) (int, bool) {
+	for i, s := range c.free {
+		pa := c.phys + uint64(s.off)
+		start := s.off + int((-pa)&uint64(align-1))
+		if start+n > s.off+s.n {
+			continue
+		}
+		var repl []span
+		if start > s.off {
+			repl = append(repl, span{s.off, start - s.off})
+		}
+		if end := s.off + s.n; start+n < end {
+			repl = append(repl, span{start + n, end - start - n})
+		}
+		c.free = append(c.free[:i], append(repl, c.free[i+1:]...)...)
+		return start, true
+	}
+	return 0, false
+}
+
+// give returns [off, off+n) to the free list and merges it with neighbours.
+func (c *chunk) give(off, n int) {
+	i := sort.Search(len(c.free), func(i int) bool { return c.free[i].off > off })
+	c.free = append(c.free, span{})
+	copy(c.free[i+1:], c.free[i:])
+	c.free[i] = span{off, n}
+	if i+1 < len(c.free) && c.free[i].off+c.free[i].n == c.free[i+1].off {
+		c.free[i].n += c.free[i+1].n
+		c.free = append(c.free[:i+1], c.free[i+2:]...)
+	}
+	if i > 0 && c.free[i-1].off+c.free[i-1].n == c.free[i].off {
+		c.free[i-1].n += c.free[i].n
+		c.free = append(c.free[:i], c.free[i+1:]...)
+	}
+}
+
+// Free implements dma.Allocator.
+func (a *Allocator) Free(r dma.Region) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return &OpError{Op: "dma free", Err: ErrClosed}
+	}
+	al, ok := a.live[r.Addr()]
+	if !ok || al.size != r.Len() {
+		return &OpError{Op: "dma free", Err: fmt.Errorf("%#x (+%d): not a live allocation", r.Addr(), r.Len())}
+	}
+	delete(a.live, r.Addr())
+	al.c.give(al.off, al.n)
+	return nil
+}
+
+// Chunks reports how many chunks are mapped.
+func (a *Allocator) Chunks() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.chunks)
+}
+
+// Close unmaps every chunk. Regions handed out are invalid afterwards; the
+// caller must have reset the device so it no longer writes to them.
+func (a *Allocator) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return nil
+	}
+	a.closed = true
+	var errs []error
+	for _, c := range a.chunks {
+		errs = append(errs, a.src.put(c.mem))
+	}
+	a.chunks, a.live = nil, nil
+	return errors.Join(errs...)
+}
