@@ -249,15 +249,20 @@ func (d *Device) walk(c *Chain) error {
 			return d.fail("head %d: device-readable descriptor after a device-writable one", c.Head)
 		}
 		sawWrite = sawWrite || write
-		b := Buf{Addr: addr, Len: n, Write: write}
+		var data []byte
 		if !d.cfg.SkipData {
-			data, err := d.mem.Resolve(addr, int(n))
-			if err != nil {
+			var err error
+			if data, err = d.mem.Resolve(addr, int(n)); err != nil {
 				return d.fail("head %d: buffer: %v", c.Head, err)
 			}
-			b.Data = data
 		}
-		c.Bufs = append(c.Bufs, b)
+		if len(c.Bufs) == cap(c.Bufs) {
+			c.Bufs = append(c.Bufs, Buf{})
+		} else {
+			c.Bufs = c.Bufs[:len(c.Bufs)+1]
+		}
+		b := &c.Bufs[len(c.Bufs)-1]
+		b.Addr, b.Len, b.Write, b.Data = addr, n, write, data
 		if flags&1 == 0 {
 			return nil
 		}
