@@ -791,3 +791,65 @@ func TestIRQWaitUnblockedByClose(t *testing.T) {
 		t.Fatalf("Wait: %v, want os.ErrClosed", err)
 	}
 }
+
+// The transport brings QEMU's console model (the one the console protocol
+// is tested against) to DRIVER_OK on every interface without a violation.
+func TestBringUpAgainstConsoleModel(t *testing.T) {
+	for _, opts := range []virtiotest.Options{{}, {Transitional: true}, {LegacyOnly: true}, {MSIXVectors: 2}} {
+		con := virtiotest.NewConsole(virtiotest.ConsoleConfig{MaxPorts: 2})
+		f, fn := newFake(t, con, opts)
+		tr := mustTransport(t, fn)
+		acc := initialise(t, tr, featMultiport)
+		if acc&featMultiport == 0 {
+			t.Fatalf("%+v: MULTIPORT not accepted: %#x", opts, acc)
+		}
+		p := make([]byte, 4)
+		if err := tr.ReadConfig(4, p); err != nil {
+			t.Fatal(err)
+		}
+		if n := binary.LittleEndian.Uint32(p); n != 2 {
+			t.Fatalf("%+v: max_nr_ports %d, want 2", opts, n)
+		}
+		nq := 0
+		for q := uint16(0); ; q++ {
+			max, err := tr.QueueMax(q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if max == 0 {
+				break
+			}
+			if err := tr.SetupQueue(q, queueMem(t, fn, tr.Legacy(), max)); err != nil {
+				t.Fatalf("%+v: queue %d: %v", opts, q, err)
+			}
+			nq++
+		}
+		if nq != 6 {
+			t.Fatalf("%+v: %d queues, want 2·(2+1)", opts, nq)
+		}
+		if err := tr.AddStatus(StatusDriverOK); err != nil {
+			t.Fatal(err)
+		}
+		if !con.Started() || f.Status()&StatusDriverOK == 0 {
+			t.Fatalf("%+v: console not started (status %#x)", opts, f.Status())
+		}
+	}
+}
+
+// An interrupt wakes a Wait that is already parked in the poller.
+func TestIRQInterruptWakesParkedWait(t *testing.T) {
+	m := consoleLike()
+	_, fn := newFake(t, m, virtiotest.Options{})
+	tr := mustTransport(t, fn)
+	bringUp(t, tr, fn, m, featMultiport)
+	errc := make(chan error, 1)
+	go func() { errc <- fn.IRQ().Wait(context.Background()) }()
+	time.Sleep(time.Millisecond) // usually parked by now; correct either way
+	m.Bus().Interrupt(1)
+	if err := <-errc; err != nil {
+		t.Fatalf("Wait: %v", err)
+	}
+	if v, _ := tr.ISR(); v != 1 {
+		t.Fatalf("ISR %#x after a queue interrupt, want 1", v)
+	}
+}

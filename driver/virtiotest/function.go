@@ -175,6 +175,11 @@ type Function struct {
 	heap  *dmatest.Heap
 	irq   *IRQ
 
+	// Fixed at New.
+	modelFeatures uint64
+	mandatory     uint64
+	maxes         []uint16
+
 	mu         sync.Mutex
 	cfg        [256]byte
 	numQueues  uint16
@@ -218,8 +223,17 @@ func New(model Model, opts Options) (*Function, error) {
 	for f.legacyLen < uint64(24+f.cfgSize) {
 		f.legacyLen *= 2
 	}
+	// The model's answers are read once: the function never calls the model
+	// with its lock held (a model may hold its own lock while calling Bus).
+	f.modelFeatures = model.Features()
+	if mf, ok := model.(MandatoryFeatures); ok {
+		f.mandatory = mf.MandatoryFeatures()
+	}
+	var maxes []uint16
 	for q := range maxScanQueues {
-		if model.QueueMax(uint16(q)) != 0 {
+		n := model.QueueMax(uint16(q))
+		maxes = append(maxes, n)
+		if n != 0 {
 			f.numQueues = uint16(q) + 1
 		}
 	}
@@ -227,7 +241,9 @@ func New(model Model, opts Options) (*Function, error) {
 		f.numQueues = opts.Misbehave.NumQueues
 	}
 	f.queues = make([]queue, f.numQueues)
-	f.offered = model.Features() &^ (featNotifyOnEmpty | featAnyLayout | featBad)
+	f.maxes = make([]uint16, f.numQueues)
+	copy(f.maxes, maxes)
+	f.offered = f.modelFeatures &^ (featNotifyOnEmpty | featAnyLayout | featBad)
 	if !opts.LegacyOnly {
 		f.offered |= featVersion1
 	}
@@ -421,7 +437,7 @@ func (f *Function) resetLocked() {
 	f.dfSelect, f.gfSelect, f.accepted, f.queueSel = 0, 0, 0, 0
 	f.cfgVector = NoVector
 	for q := range f.queues {
-		max := f.model.QueueMax(uint16(q))
+		max := f.maxes[q]
 		switch {
 		case f.opts.Misbehave.QueueSizeZero:
 			max = 0

@@ -386,10 +386,7 @@ func (f *Function) enableQueueLocked(qi uint16, layout ring.Layout) {
 
 // mandatoryLocked returns the features the driver must accept.
 func (f *Function) mandatoryLocked() uint64 {
-	var m uint64
-	if mf, ok := f.model.(MandatoryFeatures); ok {
-		m = mf.MandatoryFeatures()
-	}
+	m := f.mandatory
 	if f.opts.IOMMUPlatform {
 		m |= featAccessPlatform
 	}
@@ -468,7 +465,7 @@ func (f *Function) legacyLocked(off uint64, width int, write bool, v uint32) (ui
 	if !write {
 		switch off {
 		case 0:
-			return uint32(f.model.Features()) | uint32(featNotifyOnEmpty|featAnyLayout), nil
+			return uint32(f.modelFeatures) | uint32(featNotifyOnEmpty|featAnyLayout), nil
 		case 4:
 			return uint32(f.accepted), nil
 		case 8:
@@ -503,7 +500,7 @@ func (f *Function) legacyLocked(off uint64, width int, write bool, v uint32) (ui
 	}
 	switch off {
 	case 4:
-		offered := uint64(f.model.Features()&0xffff_ffff) | featNotifyOnEmpty | featAnyLayout
+		offered := f.modelFeatures&0xffff_ffff | featNotifyOnEmpty | featAnyLayout
 		if uint64(v)&featBad != 0 {
 			f.violate("legacy driver accepted bit 30 (QEMU's bad-feature probe)")
 		}
