@@ -121,7 +121,7 @@ func (a *Allocator) hand(c *chunk, off, n, size int) dma.Region {
 // cannot supply the very first one.
 func (a *Allocator) grow() error {
 	mem, phys, err := a.src.get()
-	if err != nil && len(a.chunks) == 0 && a.fallback != nil {
+	if errors.Is(err, ErrNoHugepages) && len(a.chunks) == 0 && a.fallback != nil {
 		a.log.Warn("uio: dma: falling back to small pages",
 			"from", a.src.describe(), "to", a.fallback.describe(), "err", err,
 			"caveat", "4 KiB pages may be migrated by the kernel despite mlock; set vm.compact_unevictable_allowed=0 or reserve hugepages")
@@ -211,4 +211,24 @@ func (a *Allocator) Close() error {
 	}
 	a.chunks, a.live = nil, nil
 	return errors.Join(errs...)
+}
+
+// prime maps the first chunk if there is none yet.
+func (a *Allocator) prime() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return ErrClosed
+	}
+	if len(a.chunks) > 0 {
+		return nil
+	}
+	return a.grow()
+}
+
+// describe names the page source in use.
+func (a *Allocator) describe() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.src.describe()
 }

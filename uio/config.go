@@ -115,3 +115,13 @@ func (c *Config) unmaskIntx() error {
 }
 
 func (c *Config) close() error { return c.f.Close() }
+
+// disableBusMaster clears Bus Master so the device can no longer reach
+// memory (QEMU also drops DRIVER_OK then).
+func (c *Config) disableBusMaster() error {
+	cmd, err := c.read16(cfgCommand)
+	if err != nil {
+		return err
+	}
+	return c.write16(cfgCommand, cmd&^cmdBusMaster)
+}

@@ -1,0 +1,143 @@
+package uio
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+const hugeSize = 2 << 20
+
+// hugeSource maps one 2 MiB hugepage per chunk. A hugepage is physically
+// contiguous, so one pagemap lookup gives the physical address of all of it
+// (we still check every 4 KiB subpage). hugetlb pages are never swapped or
+// migrated while mapped, and MAP_LOCKED|MAP_POPULATE faults them in up front.
+type hugeSource struct {
+	pagemap string // /proc/self/pagemap
+	nrFile  string // the nr_hugepages file for 2 MiB pages
+	reserve bool   // may raise nr_hugepages when none is free
+}
+
+func (h *hugeSource) chunkSize() int   { return hugeSize }
+func (h *hugeSource) describe() string { return "2 MiB hugepages" }
+
+func mapHuge() ([]byte, error) {
+	return unix.Mmap(-1, 0, hugeSize, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_SHARED|unix.MAP_ANONYMOUS|unix.MAP_HUGETLB|unix.MAP_HUGE_2MB|unix.MAP_POPULATE|unix.MAP_LOCKED)
+}
+
+func (h *hugeSource) get() ([]byte, uint64, error) {
+	mem, err := mapHuge()
+	var rerr error
+	if errors.Is(err, unix.ENOMEM) && h.reserve {
+		// hugetlb accounts at mmap time: ENOMEM means no free hugepage.
+		if rerr = reserveHugepages(h.nrFile, 1); rerr == nil {
+			mem, err = mapHuge()
+		}
+	}
+	switch {
+	case errors.Is(err, unix.ENOMEM):
+		msg := "no free 2 MiB hugepage"
+		if rerr != nil {
+			msg += fmt.Sprintf(" and reserving one failed (%v)", rerr)
+		}
+		return nil, 0, fmt.Errorf("%w: %s: set vm.nr_hugepages=N (sysctl or %s) or boot with hugepages=N",
+			ErrNoHugepages, msg, h.nrFile)
+	case errors.Is(err, unix.EAGAIN):
+		return nil, 0, fmt.Errorf("%w: mmap MAP_LOCKED refused (RLIMIT_MEMLOCK too low? run as root): %v", ErrNoHugepages, err)
+	case err != nil:
+		return nil, 0, fmt.Errorf("%w: mmap: %v", ErrNoHugepages, err)
+	}
+	phys, err := physOf(h.pagemap, addrOf(mem), hugeSize)
+	if err != nil {
+		unix.Munmap(mem)
+		return nil, 0, err
+	}
+	if phys%hugeSize != 0 {
+		unix.Munmap(mem)
+		return nil, 0, fmt.Errorf("hugepage at physical %#x is not 2 MiB aligned", phys)
+	}
+	return mem, phys, nil
+}
+
+func (h *hugeSource) put(mem []byte) error { return unix.Munmap(mem) }
+
+// reserveHugepages raises the 2 MiB hugepage pool in nrFile by n and checks
+// that the kernel actually found the pages (it reserves fewer when memory
+// is fragmented, silently).
+func reserveHugepages(nrFile string, n int) error {
+	cur, err := readCount(nrFile)
+	if err != nil {
+		return err
+	}
+	want := cur + n
+	if err := os.WriteFile(nrFile, []byte(strconv.Itoa(want)+"\n"), 0); err != nil {
+		return fmt.Errorf("raise hugepage pool: %w", err)
+	}
+	got, err := readCount(nrFile)
+	if err != nil {
+		return err
+	}
+	if got < want {
+		return fmt.Errorf("raise hugepage pool: %s is %d after writing %d (memory too fragmented?)", nrFile, got, want)
+	}
+	return nil
+}
+
+func readCount(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	s := strings.TrimSuffix(string(b), "\n")
+	v, err := strconv.Atoi(s)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("%s: %q is not a count", path, s)
+	}
+	return v, nil
+}
+
+// smallSource maps single 4 KiB pages, locked with mlock. Caveat: mlock
+// keeps a page resident but does not pin its physical address. The kernel
+// may still migrate it (compaction of unevictable pages while
+// vm.compact_unevictable_allowed=1, the default; NUMA balancing; memory
+// hot-remove), after which the device would write to the old frame. It is a
+// fallback for guests without hugepages (Options.AllowSmallPages), not a
+// mode to rely on. Each chunk is one page, so every allocation is at most
+// 4096 bytes; the split-ring parts for a queue of up to 256 entries fit.
+type smallSource struct {
+	pagemap string
+}
+
+func (s *smallSource) chunkSize() int   { return os.Getpagesize() }
+func (s *smallSource) describe() string { return "locked 4 KiB pages" }
+
+func (s *smallSource) get() ([]byte, uint64, error) {
+	page := os.Getpagesize()
+	mem, err := unix.Mmap(-1, 0, page, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+	if err != nil {
+		return nil, 0, fmt.Errorf("mmap a page: %w", err)
+	}
+	// A forked child must not turn the page copy-on-write under the device.
+	if err := unix.Madvise(mem, unix.MADV_DONTFORK); err != nil {
+		unix.Munmap(mem)
+		return nil, 0, fmt.Errorf("madvise DONTFORK: %w", err)
+	}
+	if err := unix.Mlock(mem); err != nil {
+		unix.Munmap(mem)
+		return nil, 0, fmt.Errorf("mlock (RLIMIT_MEMLOCK too low? run as root): %w", err)
+	}
+	phys, err := physOf(s.pagemap, addrOf(mem), page)
+	if err != nil {
+		unix.Munmap(mem)
+		return nil, 0, err
+	}
+	return mem, phys, nil
+}
+
+func (s *smallSource) put(mem []byte) error { return unix.Munmap(mem) }

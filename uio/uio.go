@@ -1,0 +1,280 @@
+package uio
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vserial/vserial/dma"
+)
+
+// Options configure Open. The zero value is the production setting.
+type Options struct {
+	// Pagemap is the pagemap file of this process; default /proc/self/pagemap.
+	Pagemap string
+	// HugepagesFile is the pool size of 2 MiB hugepages; default
+	// SYSFS/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages. (Not
+	// /proc/sys/vm/nr_hugepages: that one counts pages of the default size,
+	// which may be 1 GiB.)
+	HugepagesFile string
+	// NoReserve forbids raising the hugepage pool when no page is free.
+	// By default Open adds the page it needs to the pool, which persists
+	// after the process exits (it is a system setting).
+	NoReserve bool
+	// AllowSmallPages falls back to single locked 4 KiB pages when no
+	// hugepage can be had. Each allocation is then at most 4096 bytes, and
+	// the kernel may migrate such a page under the device; see the
+	// smallSource comment. Off by default.
+	AllowSmallPages bool
+	// CPUInfo is read to detect confidential guests; default /proc/cpuinfo.
+	CPUInfo string
+	// IgnoreConfidential opens the device even if the guest looks
+	// confidential (for a wrong detection; see Confidential).
+	IgnoreConfidential bool
+	// Logger receives one line per notable event; default slog.Default().
+	Logger *slog.Logger
+
+	// source replaces the page sources in tests.
+	source pageSource
+}
+
+// Function is a PCI function opened through uio_pci_generic. Its method set
+// matches driver.Function (Config, BAR, IRQ, DMA, IOMMU) with concrete
+// types; cmd adapts it.
+type Function struct {
+	addr   string
+	dir    string
+	log    *slog.Logger
+	cfg    *Config
+	irq    *IRQ
+	alloc  *Allocator
+	res    []Resource
+	mu     sync.Mutex
+	bars   [6]*BAR
+	closed bool
+}
+
+var addrRE = regexp.MustCompile(`^[0-9a-f]{4,8}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]$`)
+
+var uioNameRE = regexp.MustCompile(`^uio[0-9]+$`)
+
+// Open opens the function at addr (canonical form, "0000:00:03.0"), which
+// must already be bound to uio_pci_generic. sysfs is the sysfs root ("/sys"),
+// dev the device directory ("/dev"). See the package documentation for what
+// Open sets up.
+func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
+	fail := func(err error) (*Function, error) { return nil, &OpError{Op: "open", Addr: addr, Err: err} }
+	if !addrRE.MatchString(addr) {
+		return fail(fmt.Errorf("malformed PCI address %q (want DDDD:BB:DD.F)", addr))
+	}
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		return fail(errors.New("big-endian hosts are not supported (MMIO accessors assume little-endian)"))
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if !opts.IgnoreConfidential {
+		ci := opts.CPUInfo
+		if ci == "" {
+			ci = "/proc/cpuinfo"
+		}
+		kind, err := Confidential(ci, dev)
+		if err != nil {
+			log.Warn("uio: cannot tell whether this is a confidential guest", "err", err)
+		} else if kind != "" {
+			return fail(fmt.Errorf("%w (%s): the device can only reach memory the kernel shares, so a uio driver cannot work; use the in-kernel virtio_console driver", ErrConfidential, kind))
+		}
+	}
+
+	dir := filepath.Join(sysfs, "bus", "pci", "devices", addr)
+	if _, err := os.Stat(dir); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fail(fmt.Errorf("%w: %s", ErrNoDevice, dir))
+		}
+		return fail(err)
+	}
+	uioName, err := findUIO(dir)
+	if err != nil {
+		return fail(err)
+	}
+
+	// Everything acquired below is released in reverse order on failure.
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+
+	devPath := filepath.Join(dev, uioName)
+	fd, err := unix.Open(devPath, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fail(&os.PathError{Op: "open", Path: devPath, Err: err})
+	}
+	// Non-blocking before NewFile, so the file joins the poller and Wait
+	// sleeps there instead of in a thread blocked in read(2).
+	irqFile := os.NewFile(uintptr(fd), devPath)
+	undo = append(undo, func() { irqFile.Close() })
+
+	cf, err := os.OpenFile(filepath.Join(dir, "config"), os.O_RDWR, 0)
+	if err != nil {
+		return fail(err)
+	}
+	cfg := newConfig(cf)
+	undo = append(undo, func() { cf.Close() })
+
+	rb, err := os.ReadFile(filepath.Join(dir, "resource"))
+	if err != nil {
+		return fail(err)
+	}
+	res, err := parseResources(string(rb))
+	if err != nil {
+		return fail(fmt.Errorf("%s: %w", filepath.Join(dir, "resource"), err))
+	}
+
+	if err := cfg.enable(); err != nil {
+		return fail(fmt.Errorf("set Bus Master: %w", err))
+	}
+
+	src, fallback := opts.source, pageSource(nil)
+	if src == nil {
+		pm := opts.Pagemap
+		if pm == "" {
+			pm = "/proc/self/pagemap"
+		}
+		nr := opts.HugepagesFile
+		if nr == "" {
+			nr = filepath.Join(sysfs, "kernel", "mm", "hugepages", "hugepages-2048kB", "nr_hugepages")
+		}
+		src = &hugeSource{pagemap: pm, nrFile: nr, reserve: !opts.NoReserve}
+		if opts.AllowSmallPages {
+			fallback = &smallSource{pagemap: pm}
+		}
+	}
+	alloc := newAllocator(src, fallback, log)
+	// Map the first chunk now, so a missing hugepage or privilege shows up
+	// at start-up rather than at the first queue setup.
+	if err := alloc.prime(); err != nil {
+		return fail(fmt.Errorf("dma memory: %w", err))
+	}
+	undo = append(undo, func() { alloc.Close() })
+
+	f := &Function{
+		addr: addr, dir: dir, log: log,
+		cfg: cfg, irq: newIRQ(irqFile, cfg), alloc: alloc, res: res,
+	}
+	log.Info("uio: opened", "addr", addr, "uio", uioName, "dma", alloc.describe())
+	return f, nil
+}
+
+// findUIO returns the name of the uioN device under dir/uio, or ErrNotBound
+// naming the driver that holds the function.
+func findUIO(dir string) (string, error) {
+	ents, err := os.ReadDir(filepath.Join(dir, "uio"))
+	if errors.Is(err, os.ErrNotExist) {
+		drv := "no driver"
+		if t, err := os.Readlink(filepath.Join(dir, "driver")); err == nil {
+			drv = filepath.Base(t)
+		}
+		return "", fmt.Errorf("%w (held by %s)", ErrNotBound, drv)
+	}
+	if err != nil {
+		return "", err
+	}
+	var names []string
+	for _, e := range ents {
+		if uioNameRE.MatchString(e.Name()) {
+			names = append(names, e.Name())
+		}
+	}
+	if len(names) != 1 {
+		return "", fmt.Errorf("%w: %s lists %d uio devices [%s], want 1", ErrNotBound, filepath.Join(dir, "uio"), len(names), strings.Join(names, " "))
+	}
+	return names[0], nil
+}
+
+// Addr is the function's PCI address.
+func (f *Function) Addr() string { return f.addr }
+
+// Config returns configuration space.
+func (f *Function) Config() *Config { return f.cfg }
+
+// BAR returns region i (0-5), mapping or opening it on first use.
+func (f *Function) BAR(i int) (*BAR, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	op := fmt.Sprintf("bar %d", i)
+	if f.closed {
+		return nil, &OpError{Op: op, Addr: f.addr, Err: ErrClosed}
+	}
+	if i < 0 || i >= len(f.bars) {
+		return nil, &OpError{Op: op, Addr: f.addr, Err: fmt.Errorf("%w: index out of range", ErrNoBAR)}
+	}
+	if f.bars[i] != nil {
+		return f.bars[i], nil
+	}
+	if i >= len(f.res) {
+		return nil, &OpError{Op: op, Addr: f.addr, Err: ErrNoBAR}
+	}
+	b, err := openBAR(f.dir, i, f.res[i])
+	if err != nil {
+		return nil, &OpError{Op: op, Addr: f.addr, Err: err}
+	}
+	f.bars[i] = b
+	return b, nil
+}
+
+// IRQ returns the INTx interrupt.
+func (f *Function) IRQ() *IRQ { return f.irq }
+
+// DMA returns the allocator of device-visible memory.
+func (f *Function) DMA() dma.Allocator { return f.alloc }
+
+// Allocator is DMA with its concrete type, for statistics.
+func (f *Function) Allocator() *Allocator { return f.alloc }
+
+// IOMMU is false: uio_pci_generic gives the device physical addresses.
+func (f *Function) IOMMU() bool { return false }
+
+// Close releases everything Open acquired. The caller resets the device
+// first. Close clears Bus Master before it unmaps DMA memory, so even a
+// device that was not reset cannot write into freed pages; it then closes
+// /dev/uioN (which wakes a blocked Wait with os.ErrClosed; the kernel also
+// clears Bus Master when the last descriptor closes), unmaps BARs and DMA
+// memory, and closes the config file. It is idempotent.
+func (f *Function) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil
+	}
+	f.closed = true
+	var errs []error
+	if err := f.cfg.disableBusMaster(); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, f.irq.close())
+	for i, b := range f.bars {
+		if b != nil {
+			errs = append(errs, b.close())
+			f.bars[i] = nil
+		}
+	}
+	errs = append(errs, f.alloc.Close(), f.cfg.close())
+	if err := errors.Join(errs...); err != nil {
+		return &OpError{Op: "close", Addr: f.addr, Err: err}
+	}
+	f.log.Info("uio: closed", "addr", f.addr)
+	return nil
+}
