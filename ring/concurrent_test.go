@@ -254,6 +254,8 @@ func TestConcurrentSoakWrapsIndices(t *testing.T) {
 		{"modern/eventidx/indirect", ring.Config{Size: 16, EventIdx: true, Indirect: 4}, chains},
 		{"legacy", ring.Config{Size: 8, Layout: ring.Legacy}, chains / 3},
 		{"modern/direct", ring.Config{Size: 32}, chains / 3},
+		// N = 1: avail.ring[0] and used_event share one 32-bit word.
+		{"legacy/size1/eventidx", ring.Config{Size: 1, Layout: ring.Legacy, EventIdx: true}, chains / 10},
 	}
 	for i, c := range cfgs {
 		t.Run(c.name, func(t *testing.T) {

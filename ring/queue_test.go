@@ -385,3 +385,34 @@ func TestResetReturnsToCleanState(t *testing.T) {
 		})
 	}
 }
+
+// The largest split queue (spec 2.7: 32768) works in both layouts, with
+// indices wrapping past 65535.
+func TestLargestQueueSizeWrapsIndices(t *testing.T) {
+	for _, layout := range []ring.Layout{ring.Modern, ring.Legacy} {
+		r := newRig(t, ring.Config{Size: 32768, Layout: layout, EventIdx: true, Indirect: 2})
+		seg := r.rw(1, 1)
+		for round := range 3 {
+			var used []ring.Used
+			for range 32768 {
+				used = append(used, ring.Used{Head: r.add(seg...), Len: 1})
+			}
+			if _, err := r.q.Add(seg); !errors.Is(err, ring.ErrFull) {
+				t.Fatalf("round %d: Add on a full queue: %v", round, err)
+			}
+			r.q.Publish()
+			for range 32768 {
+				r.devPop()
+			}
+			r.dev.PushN(used)
+			for i := range 32768 {
+				if u := r.pop(); u.Head != used[i].Head || u.Len != 1 {
+					t.Fatalf("round %d: pop %d = %+v, want %+v", round, i, u, used[i])
+				}
+			}
+			if r.q.NumFree() != 32768 {
+				t.Fatalf("round %d: NumFree %d", round, r.q.NumFree())
+			}
+		}
+	}
+}
