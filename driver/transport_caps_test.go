@@ -251,3 +251,38 @@ func TestMSIXCapabilityFound(t *testing.T) {
 		t.Fatalf("msix cap at %#x, enabled %v, err %v", caps.msix, on, err)
 	}
 }
+
+// FuzzCapabilityWalk feeds arbitrary configuration spaces to newTransport:
+// it must never panic, and a transport it returns must only touch its BARs
+// inside their bounds.
+func FuzzCapabilityWalk(f *testing.F) {
+	good := qemuLike()
+	f.Add(good.cfg[:], uint32(0x4000))
+	loop := qemuLike()
+	loop.cfg[0x85] = 0x40
+	f.Add(loop.cfg[:], uint32(0x4000))
+	f.Add(good.cfg[:], uint32(0x100))
+	f.Fuzz(func(t *testing.T, cfg []byte, barLen uint32) {
+		fn := &capFunction{bars: map[int]uint64{}}
+		copy(fn.cfg[:], cfg)
+		for i := range 6 {
+			fn.bars[i] = uint64(barLen)
+		}
+		tr, err := newTransport(fn, nil)
+		if err != nil {
+			return
+		}
+		m, ok := tr.(*modern)
+		if !ok {
+			return
+		}
+		for _, r := range []region{m.common, m.notify, m.isr} {
+			if r.off+r.length > r.bar.Len() || r.off+r.length < r.off {
+				t.Fatalf("region [%#x, +%#x) outside BAR of %#x", r.off, r.length, r.bar.Len())
+			}
+		}
+		if m.hasDevice && m.device.off+m.device.length > m.device.bar.Len() {
+			t.Fatalf("device region outside its BAR")
+		}
+	})
+}
