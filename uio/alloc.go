@@ -118,7 +118,7 @@ func (a *Allocator) hand(c *chunk, off, n, size int) dma.Region {
 }
 
 // grow maps one more chunk, switching to the fallback source if the primary
-// cannot supply the very first one.
+// has no hugepage for the very first one.
 func (a *Allocator) grow() error {
 	mem, phys, err := a.src.get()
 	if errors.Is(err, ErrNoHugepages) && len(a.chunks) == 0 && a.fallback != nil {
