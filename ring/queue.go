@@ -66,6 +66,8 @@ var (
 	// no segments, a device-readable segment after a device-writable one, or
 	// more than 2^32-1 bytes in total.
 	ErrBadChain = errors.New("ring: invalid chain")
+	// ErrClosed is returned by Add and Pop after Close.
+	ErrClosed = errors.New("ring: queue closed")
 )
 
 // ProtocolError is a violation of the split-ring rules by the device. It
@@ -502,7 +504,7 @@ func (q *Queue) storeUsedEvent(v uint16) {
 // DisableInterrupts asks the device not to interrupt for used buffers.
 // The request is advisory (spec 2.7.7); interrupts may still arrive.
 func (q *Queue) DisableInterrupts() {
-	if q.irqOff {
+	if q.irqOff || q.closed {
 		return
 	}
 	q.irqOff = true
@@ -563,8 +565,12 @@ func (q *Queue) InFlightHeads(fn func(head uint16)) {
 
 // Reset forgets every in-flight chain and re-zeroes the rings. Call it only
 // after the device has been reset (or the queue reset), never on a live queue.
-// Stats are kept: they count the queue's whole life.
+// Stats are kept: they count the queue's whole life. Reset after Close does
+// nothing.
 func (q *Queue) Reset() {
+	if q.closed {
+		return
+	}
 	clear(q.desc)
 	clear(q.avail)
 	clear(q.used)
@@ -579,7 +585,8 @@ func (q *Queue) Reset() {
 	q.broken = nil
 }
 
-// Err returns the protocol violation that broke the queue, or nil.
+// Err returns the protocol violation that broke the queue (ErrClosed after
+// Close), or nil.
 func (q *Queue) Err() error { return q.broken }
 
 // Stats returns the queue's counters.
@@ -591,6 +598,7 @@ func (q *Queue) Close() error {
 		return nil
 	}
 	q.closed = true
+	q.broken = ErrClosed
 	var errs []error
 	for _, r := range q.mem {
 		if err := q.alloc.Free(r); err != nil {

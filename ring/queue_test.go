@@ -416,3 +416,31 @@ func TestLargestQueueSizeWrapsIndices(t *testing.T) {
 		}
 	}
 }
+
+func TestClosedQueueRefusesWork(t *testing.T) {
+	h := dmatest.NewHeap()
+	q, err := ring.New(h, ring.Config{Size: 4, EventIdx: true, Indirect: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := h.Live(); n != 0 {
+		t.Fatalf("Close left %d allocations", n)
+	}
+	if _, err := q.Add([]ring.Segment{{Addr: 1, Len: 1}}); !errors.Is(err, ring.ErrClosed) {
+		t.Fatalf("Add after Close: %v", err)
+	}
+	if _, _, err := q.Pop(); !errors.Is(err, ring.ErrClosed) {
+		t.Fatalf("Pop after Close: %v", err)
+	}
+	q.DisableInterrupts()
+	q.Reset()
+	if q.Publish() || !q.EnableInterrupts() || !errors.Is(q.Err(), ring.ErrClosed) {
+		t.Fatal("closed queue reported no error pending")
+	}
+	if err := q.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}

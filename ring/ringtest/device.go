@@ -23,6 +23,9 @@ type Memory interface {
 }
 
 // Config describes the queue the device serves; it mirrors ring.Config.
+// The driver and device areas must be laid out as ring.New lays them out: 4-byte
+// aligned, with the 2 padding bytes after each ring that complete the 32-bit
+// words holding used_event and avail_event.
 type Config struct {
 	Size     uint16
 	Layout   ring.Layout
