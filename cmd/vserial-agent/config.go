@@ -1,0 +1,218 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"github.com/vserial/vserial/agent"
+	"github.com/vserial/vserial/pciscan"
+)
+
+// Exit codes, listed in the top-level help.
+const (
+	exitOK          = 0 // success; run: clean shutdown after SIGTERM/SIGINT
+	exitFailure     = 1 // runtime failure
+	exitUsage       = 2 // unknown command or flag, bad flag value
+	exitUnsupported = 3 // valid but not supported yet (--bind=vfio)
+)
+
+// usageError is a mistake on the command line; it exits with exitUsage.
+type usageError struct {
+	cmd string
+	err error
+}
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usagef(cmd, format string, args ...any) error {
+	return &usageError{cmd: cmd, err: fmt.Errorf(format, args...)}
+}
+
+// errUnsupported marks a configuration that is valid but not implemented;
+// it exits with exitUnsupported.
+var errUnsupported = errors.New("not supported yet")
+
+// maxPortsLimit is the most ports a virtio-pci console can have: queue
+// indexes are 16 bits and a device has 2·(max_nr_ports+1) queues.
+const maxPortsLimit = 32766
+
+// Bind modes.
+const (
+	bindUIO  = "uio"
+	bindVFIO = "vfio"
+	bindAuto = "auto"
+)
+
+// runConfig is everything `vserial-agent run` was told, checked.
+type runConfig struct {
+	Agent    agent.Config // Logger is filled in by run
+	Devices  []string     // canonical PCI addresses; empty: every free console
+	Bind     string       // bindUIO (auto resolves to it for now)
+	MaxPorts int          // 0: as many as the device offers
+	LogLevel slog.Level
+	Sysfs    string
+}
+
+// listConfig is everything `vserial-agent list` was told.
+type listConfig struct {
+	SocketDir string
+	JSON      bool
+	Sysfs     string
+}
+
+// parseRun turns `run` arguments into a checked runConfig. -h/--help returns
+// pflag.ErrHelp after writing the help to out.
+func parseRun(args []string, out io.Writer) (runConfig, error) {
+	const cmd = "run"
+	fl := pflag.NewFlagSet(cmd, pflag.ContinueOnError)
+	fl.SetOutput(io.Discard)
+	socketDir := fl.String("socket-dir", agent.DefaultSocketDir, "directory for the port sockets and the .control socket")
+	socketMode := fl.String("socket-mode", fmt.Sprintf("%04o", agent.DefaultSocketMode), "permission bits of each socket, octal")
+	dirMode := fl.String("dir-mode", fmt.Sprintf("%04o", agent.DefaultDirMode), "permission bits of the socket directory when it is created, octal")
+	devices := fl.StringArray("device", nil, "PCI address DDDD:BB:DD.F of a virtio-console function to drive (repeatable; default: every virtio-console function no driver holds)")
+	bind := fl.String("bind", bindAuto, "how to take the function: uio (uio_pci_generic), vfio (vfio-pci; not supported yet) or auto")
+	maxPorts := fl.Int("max-ports", 0, "set up at most this many ports per device (0: as many as the device offers)")
+	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
+	sysfs := fl.String("sysfs", "/sys", "sysfs root (for tests)")
+	fl.MarkHidden("sysfs")
+	fl.Usage = func() {}
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fmt.Fprintf(out, "Usage: vserial-agent run [flags]\n\nDrive virtio-console functions and publish every port as a Unix socket.\nSIGTERM or SIGINT shut down cleanly (exit 0).\n\nFlags:\n%s", fl.FlagUsages())
+			return runConfig{}, err
+		}
+		return runConfig{}, &usageError{cmd, err}
+	}
+	if fl.NArg() > 0 {
+		return runConfig{}, usagef(cmd, "unexpected argument %q (run takes only flags)", fl.Arg(0))
+	}
+	var cfg runConfig
+	var err error
+	if cfg.Agent.SocketDir, err = checkDir(cmd, "--socket-dir", *socketDir); err != nil {
+		return runConfig{}, err
+	}
+	if cfg.Agent.SocketMode, err = parseMode(cmd, "--socket-mode", *socketMode, 0o600, agent.DefaultSocketMode); err != nil {
+		return runConfig{}, err
+	}
+	if cfg.Agent.DirMode, err = parseMode(cmd, "--dir-mode", *dirMode, 0o700, agent.DefaultDirMode); err != nil {
+		return runConfig{}, err
+	}
+	seen := map[string]bool{}
+	for _, d := range *devices {
+		a, err := pciscan.ParseAddr(d)
+		if err != nil {
+			return runConfig{}, usagef(cmd, "--device %q: not a PCI address (want DDDD:BB:DD.F, e.g. 0000:00:03.0)", d)
+		}
+		if seen[a] {
+			return runConfig{}, usagef(cmd, "--device %s given twice", a)
+		}
+		seen[a] = true
+		cfg.Devices = append(cfg.Devices, a)
+	}
+	switch *bind {
+	case bindUIO, bindAuto:
+		// auto prefers VFIO with an IOMMU once it exists; today it is uio.
+		cfg.Bind = bindUIO
+	case bindVFIO:
+		return runConfig{}, fmt.Errorf("--bind=vfio: binding to vfio-pci is %w; use --bind=uio (or auto)", errUnsupported)
+	default:
+		return runConfig{}, usagef(cmd, "--bind %q: want uio, vfio or auto", *bind)
+	}
+	if *maxPorts < 0 || *maxPorts > maxPortsLimit {
+		return runConfig{}, usagef(cmd, "--max-ports %d: want 0 (as many as the device offers) to %d", *maxPorts, maxPortsLimit)
+	}
+	cfg.MaxPorts = *maxPorts
+	if cfg.LogLevel, err = parseLevel(cmd, *logLevel); err != nil {
+		return runConfig{}, err
+	}
+	if cfg.Sysfs, err = checkDir(cmd, "--sysfs", *sysfs); err != nil {
+		return runConfig{}, err
+	}
+	return cfg, nil
+}
+
+// parseList turns `list` arguments into a listConfig.
+func parseList(args []string, out io.Writer) (listConfig, error) {
+	const cmd = "list"
+	fl := pflag.NewFlagSet(cmd, pflag.ContinueOnError)
+	fl.SetOutput(io.Discard)
+	socketDir := fl.String("socket-dir", agent.DefaultSocketDir, "socket directory of the agent to ask for its ports")
+	asJSON := fl.Bool("json", false, "print JSON instead of text")
+	sysfs := fl.String("sysfs", "/sys", "sysfs root (for tests)")
+	fl.MarkHidden("sysfs")
+	fl.Usage = func() {}
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fmt.Fprintf(out, "Usage: vserial-agent list [flags]\n\nShow the virtio-console functions in sysfs and the ports of the agent\nserving --socket-dir (asked over its .control socket).\n\nFlags:\n%s", fl.FlagUsages())
+			return listConfig{}, err
+		}
+		return listConfig{}, &usageError{cmd, err}
+	}
+	if fl.NArg() > 0 {
+		return listConfig{}, usagef(cmd, "unexpected argument %q (list takes only flags)", fl.Arg(0))
+	}
+	cfg := listConfig{JSON: *asJSON}
+	var err error
+	if cfg.SocketDir, err = checkDir(cmd, "--socket-dir", *socketDir); err != nil {
+		return listConfig{}, err
+	}
+	if cfg.Sysfs, err = checkDir(cmd, "--sysfs", *sysfs); err != nil {
+		return listConfig{}, err
+	}
+	return cfg, nil
+}
+
+// checkDir checks a directory flag and makes it absolute.
+func checkDir(cmd, flag, v string) (string, error) {
+	if strings.TrimSpace(v) == "" {
+		return "", usagef(cmd, "%s: empty path", flag)
+	}
+	if strings.ContainsRune(v, 0) {
+		return "", usagef(cmd, "%s %q: contains a NUL byte", flag, v)
+	}
+	abs, err := filepath.Abs(v)
+	if err != nil {
+		return "", usagef(cmd, "%s %q: %v", flag, v, err)
+	}
+	return abs, nil
+}
+
+// parseMode parses an octal permission such as 0660 or 660 and checks that
+// it grants the owner at least need.
+func parseMode(cmd, flag, v string, need, example fs.FileMode) (fs.FileMode, error) {
+	s := strings.TrimPrefix(strings.TrimPrefix(v, "0o"), "0O")
+	m, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || s == "" {
+		return 0, usagef(cmd, "%s %q: not an octal permission (want e.g. %04o)", flag, v, example)
+	}
+	if m > 0o777 {
+		return 0, usagef(cmd, "%s %q: only permission bits (at most 0777) are allowed", flag, v)
+	}
+	mode := fs.FileMode(m)
+	if mode&need != need {
+		return 0, usagef(cmd, "%s %q: the owner needs at least %04o", flag, v, need)
+	}
+	return mode, nil
+}
+
+func parseLevel(cmd, v string) (slog.Level, error) {
+	switch strings.ToLower(v) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, usagef(cmd, "--log-level %q: want debug, info, warn or error", v)
+}

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+func TestParseRunDefaults(t *testing.T) {
+	cfg, err := parseRun(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Agent.SocketDir != "/run/vserial" || cfg.Agent.SocketMode != 0o660 || cfg.Agent.DirMode != 0o755 {
+		t.Errorf("agent config %+v", cfg.Agent)
+	}
+	if cfg.Bind != bindUIO || cfg.MaxPorts != 0 || cfg.LogLevel != slog.LevelInfo || cfg.Sysfs != "/sys" || len(cfg.Devices) != 0 {
+		t.Errorf("config %+v", cfg)
+	}
+}
+
+func TestParseRunValues(t *testing.T) {
+	cfg, err := parseRun([]string{
+		"--socket-dir", "/tmp/x", "--socket-mode", "600", "--dir-mode=0o700",
+		"--device", "00:03.0", "--device", "0000:00:04.0",
+		"--bind", "uio", "--max-ports", "8", "--log-level", "DEBUG", "--sysfs", "/tmp/sys",
+	}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Agent.SocketDir != "/tmp/x" || cfg.Agent.SocketMode != 0o600 || cfg.Agent.DirMode != 0o700 {
+		t.Errorf("agent config %+v", cfg.Agent)
+	}
+	if strings.Join(cfg.Devices, ",") != "0000:00:03.0,0000:00:04.0" {
+		t.Errorf("devices %v: want canonical addresses in order", cfg.Devices)
+	}
+	if cfg.MaxPorts != 8 || cfg.LogLevel != slog.LevelDebug || cfg.Sysfs != "/tmp/sys" {
+		t.Errorf("config %+v", cfg)
+	}
+}
+
+func TestParseRunRejects(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string // in the message
+	}{
+		{[]string{"--socket-dir", ""}, "--socket-dir: empty"},
+		{[]string{"--socket-mode", "rw"}, "not an octal permission"},
+		{[]string{"--socket-mode", "0999"}, "not an octal permission"},
+		{[]string{"--socket-mode", "4660"}, "at most 0777"},
+		{[]string{"--socket-mode", "0460"}, "owner needs at least 0600"},
+		{[]string{"--dir-mode", "0600"}, "owner needs at least 0700"},
+		{[]string{"--dir-mode", ""}, "not an octal permission"},
+		{[]string{"--device", "nonsense"}, `--device "nonsense": not a PCI address`},
+		{[]string{"--device", "0000:00:20.0"}, "not a PCI address"},
+		{[]string{"--device", "00:03.0", "--device", "0000:00:03.0"}, "given twice"},
+		{[]string{"--bind", "kernel"}, `--bind "kernel": want uio, vfio or auto`},
+		{[]string{"--max-ports", "-1"}, "--max-ports -1"},
+		{[]string{"--max-ports", "40000"}, "--max-ports 40000"},
+		{[]string{"--max-ports", "many"}, "invalid argument"},
+		{[]string{"--log-level", "loud"}, `--log-level "loud"`},
+		{[]string{"--sysfs", ""}, "--sysfs: empty"},
+		{[]string{"--frobnicate"}, "unknown flag"},
+		{[]string{"extra"}, `unexpected argument "extra"`},
+	} {
+		_, err := parseRun(c.args, io.Discard)
+		var ue *usageError
+		if !errors.As(err, &ue) {
+			t.Errorf("%v: err %v, want a usage error", c.args, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: message %q does not say %q", c.args, err, c.want)
+		}
+	}
+}
+
+func TestParseRunVFIOUnsupported(t *testing.T) {
+	_, err := parseRun([]string{"--bind", "vfio"}, io.Discard)
+	if !errors.Is(err, errUnsupported) || !strings.Contains(err.Error(), "--bind=uio") {
+		t.Fatalf("--bind vfio: %v, want errUnsupported with a hint", err)
+	}
+}
+
+func TestParseRunHelp(t *testing.T) {
+	var out bytes.Buffer
+	_, err := parseRun([]string{"--help"}, &out)
+	if !errors.Is(err, pflag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, want := range []string{"--socket-dir", "--device", "--bind", "--max-ports", "--log-level"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("run help lacks %s", want)
+		}
+	}
+	if strings.Contains(out.String(), "--sysfs") {
+		t.Error("run help shows the hidden --sysfs flag")
+	}
+}
+
+func TestParseList(t *testing.T) {
+	cfg, err := parseList([]string{"--json", "--socket-dir", "/tmp/d"}, io.Discard)
+	if err != nil || !cfg.JSON || cfg.SocketDir != "/tmp/d" || cfg.Sysfs != "/sys" {
+		t.Fatalf("parseList = %+v, %v", cfg, err)
+	}
+	var ue *usageError
+	if _, err := parseList([]string{"--jsn"}, io.Discard); !errors.As(err, &ue) {
+		t.Errorf("unknown flag: %v, want a usage error", err)
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		code int
+		out  string // in stdout+stderr
+	}{
+		{nil, exitUsage, "Usage:"},
+		{[]string{"--help"}, exitOK, "Exit codes:"},
+		{[]string{"help", "run"}, exitOK, "--socket-mode"},
+		{[]string{"list", "-h"}, exitOK, "--json"},
+		{[]string{"frob"}, exitUsage, `unknown command "frob"`},
+		{[]string{"run", "--log-level", "x"}, exitUsage, "Run 'vserial-agent run --help'"},
+		{[]string{"run", "--bind=vfio"}, exitUnsupported, "not supported yet"},
+	} {
+		var out bytes.Buffer
+		code := realMain(context.Background(), c.args, &out, &out, nil)
+		if code != c.code || !strings.Contains(out.String(), c.out) {
+			t.Errorf("%v: exit %d, output %q; want exit %d and %q", c.args, code, out.String(), c.code, c.out)
+		}
+	}
+	// The help documents every exit code the command uses.
+	for _, code := range []int{exitOK, exitFailure, exitUsage, exitUnsupported} {
+		if !strings.Contains(mainUsage, "\n  "+string(rune('0'+code))+"  ") {
+			t.Errorf("exit code %d is not documented in the help", code)
+		}
+	}
+}
+
+func TestParseModeValues(t *testing.T) {
+	for in, want := range map[string]fs.FileMode{"0660": 0o660, "660": 0o660, "0o640": 0o640, "777": 0o777} {
+		got, err := parseMode("run", "--socket-mode", in, 0o600, 0o660)
+		if err != nil || got != want {
+			t.Errorf("parseMode(%q) = %#o, %v; want %#o", in, got, err, want)
+		}
+	}
+}

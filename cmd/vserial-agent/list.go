@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vserial/vserial/agent"
+	"github.com/vserial/vserial/pciscan"
+)
+
+// queryTimeout bounds the status request to a running agent.
+const queryTimeout = 5 * time.Second
+
+// listReport is the output of `list --json`.
+type listReport struct {
+	Functions      []functionJSON `json:"functions"`
+	FunctionsError string         `json:"functions_error,omitempty"`
+	Agent          agentJSON      `json:"agent"`
+}
+
+type functionJSON struct {
+	Addr       string `json:"addr"`
+	Vendor     string `json:"vendor"`
+	Device     string `json:"device"`
+	SubVendor  string `json:"subsystem_vendor"`
+	SubDevice  string `json:"subsystem_device"`
+	Revision   string `json:"revision"`
+	Class      string `json:"class"`
+	Driver     string `json:"driver"` // "" when no driver holds it
+	IOMMUGroup string `json:"iommu_group"`
+	Path       string `json:"path"`
+}
+
+type agentJSON struct {
+	SocketDir string     `json:"socket_dir"`
+	Running   bool       `json:"running"`
+	Error     string     `json:"error,omitempty"`
+	Ports     []portJSON `json:"ports"`
+}
+
+type portJSON struct {
+	Device          int    `json:"device"`
+	ID              uint32 `json:"id"`
+	Name            string `json:"name"`
+	Socket          string `json:"socket"`
+	HostConnected   bool   `json:"host_connected"`
+	ClientConnected bool   `json:"client_connected"`
+	BytesIn         uint64 `json:"bytes_in"`
+	BytesOut        uint64 `json:"bytes_out"`
+	Discarded       uint64 `json:"discarded"`
+	Violations      uint64 `json:"violations"`
+	RejectedClients uint64 `json:"rejected_clients"`
+}
+
+// list is `vserial-agent list`. It exits 1 when sysfs cannot be read or a
+// running agent cannot be asked; no agent running is not an error.
+func list(ctx context.Context, cfg listConfig, stdout, stderr io.Writer) int {
+	fns, scanErr := pciscan.Scan(cfg.Sysfs)
+	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	ports, queryErr := agent.QueryStatus(qctx, cfg.SocketDir)
+	cancel()
+	rep := buildReport(cfg.SocketDir, fns, scanErr, ports, queryErr)
+	var err error
+	if cfg.JSON {
+		err = writeJSON(stdout, rep)
+	} else {
+		err = writeText(stdout, rep)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "vserial-agent list: %v\n", err)
+		return exitFailure
+	}
+	code := exitOK
+	if scanErr != nil {
+		fmt.Fprintf(stderr, "vserial-agent list: %v\n", scanErr)
+		code = exitFailure
+	}
+	if queryErr != nil && !errors.Is(queryErr, agent.ErrNotRunning) {
+		fmt.Fprintf(stderr, "vserial-agent list: %v\n", queryErr)
+		code = exitFailure
+	}
+	return code
+}
+
+// buildReport assembles what list prints: the virtio-console functions and
+// the agent's ports.
+func buildReport(socketDir string, fns []pciscan.Function, scanErr error, ports []agent.PortStatus, queryErr error) listReport {
+	rep := listReport{
+		Functions: []functionJSON{},
+		Agent:     agentJSON{SocketDir: socketDir, Ports: []portJSON{}},
+	}
+	if scanErr != nil {
+		rep.FunctionsError = scanErr.Error()
+	}
+	for _, f := range fns {
+		if !pciscan.IsConsole(f) {
+			continue
+		}
+		rep.Functions = append(rep.Functions, functionJSON{
+			Addr:       f.Addr,
+			Vendor:     fmt.Sprintf("%04x", f.Vendor),
+			Device:     fmt.Sprintf("%04x", f.Device),
+			SubVendor:  fmt.Sprintf("%04x", f.SubVendor),
+			SubDevice:  fmt.Sprintf("%04x", f.SubDevice),
+			Revision:   fmt.Sprintf("%02x", f.Revision),
+			Class:      fmt.Sprintf("%06x", f.Class),
+			Driver:     f.Driver,
+			IOMMUGroup: f.IOMMUGroup,
+			Path:       f.Path,
+		})
+	}
+	switch {
+	case queryErr == nil:
+		rep.Agent.Running = true
+	case errors.Is(queryErr, agent.ErrNotRunning):
+	default:
+		rep.Agent.Error = queryErr.Error()
+	}
+	for _, p := range ports {
+		rep.Agent.Ports = append(rep.Agent.Ports, portJSON{
+			Device:          p.Device,
+			ID:              p.ID,
+			Name:            p.Name,
+			Socket:          p.Socket,
+			HostConnected:   p.HostConnected,
+			ClientConnected: p.ClientConnected,
+			BytesIn:         p.Stats.BytesIn,
+			BytesOut:        p.Stats.BytesOut,
+			Discarded:       p.Stats.Discarded,
+			Violations:      p.Stats.Violations,
+			RejectedClients: p.RejectedClients,
+		})
+	}
+	return rep
+}
+
+func writeJSON(w io.Writer, rep listReport) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+func writeText(w io.Writer, rep listReport) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	switch {
+	case rep.FunctionsError != "":
+		fmt.Fprintf(tw, "virtio-console functions: cannot scan: %s\n", rep.FunctionsError)
+	case len(rep.Functions) == 0:
+		fmt.Fprintf(tw, "virtio-console functions: none\n")
+	default:
+		fmt.Fprintf(tw, "FUNCTION\tID\tSUBSYSTEM\tDRIVER\tIOMMU GROUP\n")
+		for _, f := range rep.Functions {
+			fmt.Fprintf(tw, "%s\t%s:%s\t%s:%s\t%s\t%s\n", f.Addr, f.Vendor, f.Device, f.SubVendor, f.SubDevice, dash(f.Driver), dash(f.IOMMUGroup))
+		}
+	}
+	fmt.Fprintln(tw)
+	switch {
+	case rep.Agent.Error != "":
+		fmt.Fprintf(tw, "agent on %s: %s\n", rep.Agent.SocketDir, rep.Agent.Error)
+	case !rep.Agent.Running:
+		fmt.Fprintf(tw, "agent on %s: not running\n", rep.Agent.SocketDir)
+	case len(rep.Agent.Ports) == 0:
+		fmt.Fprintf(tw, "agent on %s: no ports\n", rep.Agent.SocketDir)
+	default:
+		fmt.Fprintf(tw, "DEV\tPORT\tNAME\tSOCKET\tHOST\tCLIENT\tIN\tOUT\tDISCARDED\tREJECTED\n")
+		for _, p := range rep.Agent.Ports {
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", p.Device, p.ID, dash(p.Name), dash(p.Socket),
+				yesNo(p.HostConnected), yesNo(p.ClientConnected), p.BytesIn, p.BytesOut, p.Discarded, p.RejectedClients)
+		}
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vserial/vserial/agent"
+	"github.com/vserial/vserial/agent/agenttest"
+	"github.com/vserial/vserial/pciscan"
+)
+
+// fakeFunction writes one PCI function into a sysfs tree under root.
+func fakeFunction(t *testing.T, root, addr, vendor, device, subdev, driver string) {
+	t.Helper()
+	dir := filepath.Join(root, "bus", "pci", "devices", addr)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, v := range map[string]string{
+		"vendor": vendor, "device": device, "subsystem_vendor": "0x1af4", "subsystem_device": subdev,
+		"revision": "0x01", "class": "0x078000",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if driver != "" {
+		if err := os.Symlink("../../../bus/pci/drivers/"+driver, filepath.Join(dir, "driver")); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "vsc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+func TestListJSONFormat(t *testing.T) {
+	fns := []pciscan.Function{
+		{Addr: "0000:00:03.0", Vendor: 0x1af4, Device: 0x1043, SubVendor: 0x1af4, SubDevice: 0x1100, Revision: 1, Class: 0x078000, Path: "/sys/bus/pci/devices/0000:00:03.0"},
+		{Addr: "0000:00:04.0", Vendor: 0x8086, Device: 0x10d3, Class: 0x020000, Driver: "e1000e"}, // not a console: left out
+	}
+	ports := []agent.PortStatus{{
+		Device: 0, ID: 1, Name: "org.qemu.guest_agent.0", Socket: "/run/vserial/org.qemu.guest_agent.0",
+		HostConnected: true, ClientConnected: true,
+		Stats:           agent.PortStats{BytesIn: 10, BytesOut: 20, Discarded: 3, Violations: 1},
+		RejectedClients: 2,
+	}}
+	var out bytes.Buffer
+	if err := writeJSON(&out, buildReport("/run/vserial", fns, nil, ports, nil)); err != nil {
+		t.Fatal(err)
+	}
+	const want = `{
+  "functions": [
+    {
+      "addr": "0000:00:03.0",
+      "vendor": "1af4",
+      "device": "1043",
+      "subsystem_vendor": "1af4",
+      "subsystem_device": "1100",
+      "revision": "01",
+      "class": "078000",
+      "driver": "",
+      "iommu_group": "",
+      "path": "/sys/bus/pci/devices/0000:00:03.0"
+    }
+  ],
+  "agent": {
+    "socket_dir": "/run/vserial",
+    "running": true,
+    "ports": [
+      {
+        "device": 0,
+        "id": 1,
+        "name": "org.qemu.guest_agent.0",
+        "socket": "/run/vserial/org.qemu.guest_agent.0",
+        "host_connected": true,
+        "client_connected": true,
+        "bytes_in": 10,
+        "bytes_out": 20,
+        "discarded": 3,
+        "violations": 1,
+        "rejected_clients": 2
+      }
+    ]
+  }
+}
+`
+	if out.String() != want {
+		t.Errorf("list --json output:\n%s\nwant:\n%s", out.String(), want)
+	}
+}
+
+func TestListJSONEmptyAndErrors(t *testing.T) {
+	var out bytes.Buffer
+	notRunning := errors.Join(errors.New("dial"), agent.ErrNotRunning)
+	writeJSON(&out, buildReport("/d", nil, errors.New("no sysfs"), nil, notRunning))
+	var rep map[string]any
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatal(err)
+	}
+	// Lists are [] rather than null, so consumers can iterate blindly.
+	if !strings.Contains(out.String(), `"functions": []`) || !strings.Contains(out.String(), `"ports": []`) {
+		t.Errorf("empty lists not rendered as []: %s", out.String())
+	}
+	if rep["functions_error"] != "no sysfs" {
+		t.Errorf("functions_error = %v", rep["functions_error"])
+	}
+	ag := rep["agent"].(map[string]any)
+	if ag["running"] != false || ag["error"] != nil {
+		t.Errorf("agent not running should be running=false and no error: %v", ag)
+	}
+	out.Reset()
+	writeJSON(&out, buildReport("/d", nil, nil, nil, errors.New("agent says: boom")))
+	if !strings.Contains(out.String(), `"error": "agent says: boom"`) {
+		t.Errorf("query error missing: %s", out.String())
+	}
+}
+
+func TestListText(t *testing.T) {
+	var out bytes.Buffer
+	fns := []pciscan.Function{{Addr: "0000:00:03.0", Vendor: 0x1af4, Device: 0x1003, SubVendor: 0x1af4, SubDevice: 3, Driver: "virtio-pci"}}
+	ports := []agent.PortStatus{{Device: 0, ID: 2, Socket: "/d/vport0p2"}}
+	writeText(&out, buildReport("/d", fns, nil, ports, nil))
+	for _, want := range []string{"0000:00:03.0", "1af4:1003", "virtio-pci", "/d/vport0p2", "DISCARDED"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("text output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestListAgainstRunningAgent runs `list --json` against a fake sysfs and a
+// live agent's control socket.
+func TestListAgainstRunningAgent(t *testing.T) {
+	sys := shortTempDir(t)
+	fakeFunction(t, sys, "0000:00:03.0", "0x1af4", "0x1043", "0x1100", "")
+	fakeFunction(t, sys, "0000:00:05.0", "0x1af4", "0x1003", "0x0003", "virtio-pci")
+	dir := filepath.Join(shortTempDir(t), "run")
+
+	var out, errOut bytes.Buffer
+	if code := realMain(context.Background(), []string{"list", "--json", "--socket-dir", dir, "--sysfs", sys}, &out, &errOut, nil); code != exitOK {
+		t.Fatalf("list with no agent: exit %d: %s", code, errOut.String())
+	}
+	var rep listReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Agent.Running || len(rep.Functions) != 2 || rep.Functions[1].Driver != "virtio-pci" {
+		t.Errorf("report with no agent: %+v", rep)
+	}
+
+	a, err := agent.New(agent.Config{SocketDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	l, err := a.ListenControl()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go a.ServeControl(l)
+	p := agenttest.NewPort(1, "named")
+	p.SetHostConnected(true)
+	a.AddPort(0, p)
+	out.Reset()
+	if code := realMain(context.Background(), []string{"list", "--json", "--socket-dir", dir, "--sysfs", sys}, &out, &errOut, nil); code != exitOK {
+		t.Fatalf("list: exit %d: %s", code, errOut.String())
+	}
+	rep = listReport{}
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatal(err)
+	}
+	want := portJSON{Device: 0, ID: 1, Name: "named", Socket: filepath.Join(dir, "named"), HostConnected: true}
+	if !rep.Agent.Running || len(rep.Agent.Ports) != 1 || rep.Agent.Ports[0] != want {
+		t.Errorf("agent part of the report: %+v, want one port %+v", rep.Agent, want)
+	}
+}
+
+func TestListBadSysfsExits1(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := realMain(context.Background(), []string{"list", "--socket-dir", shortTempDir(t), "--sysfs", "/nonexistent"}, &out, &errOut, nil)
+	if code != exitFailure || !strings.Contains(out.String(), "cannot scan") {
+		t.Errorf("exit %d, output %q", code, out.String())
+	}
+}

@@ -1,0 +1,90 @@
+// Command vserial-agent drives virtio-console PCI functions from userspace
+// and publishes every port as a Unix socket. See `vserial-agent --help`.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/pflag"
+)
+
+const mainUsage = `vserial-agent: userspace virtio-console driver; every port becomes a Unix socket.
+
+Usage:
+  vserial-agent run [flags]    drive virtio-console functions and serve their ports
+  vserial-agent list [flags]   show virtio-console functions and a running agent's ports
+  vserial-agent help [command] show help ("vserial-agent COMMAND --help" too)
+
+Exit codes:
+  0  success; for run, a clean shutdown after SIGTERM or SIGINT
+  1  runtime failure (socket directory, device, driver; the log says which)
+  2  usage error: unknown command or flag, bad flag value
+  3  valid but not supported yet (--bind=vfio)
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		// After the first signal, a second one kills the process the
+		// default way, in case shutdown hangs.
+		<-ctx.Done()
+		stop()
+	}()
+	os.Exit(realMain(ctx, os.Args[1:], os.Stdout, os.Stderr, openDevice))
+}
+
+// realMain runs one command and returns the exit code. ctx ends at
+// SIGTERM/SIGINT.
+func realMain(ctx context.Context, args []string, stdout, stderr io.Writer, open deviceOpener) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, mainUsage)
+		return exitUsage
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "-h", "--help", "help":
+		if len(rest) > 0 && (rest[0] == "run" || rest[0] == "list") {
+			return realMain(ctx, []string{rest[0], "--help"}, stdout, stderr, open)
+		}
+		fmt.Fprint(stdout, mainUsage)
+		return exitOK
+	case "run":
+		cfg, err := parseRun(rest, stdout)
+		if err != nil {
+			return fail(stderr, cmd, err)
+		}
+		return runAgent(ctx, cfg, stderr, open)
+	case "list":
+		cfg, err := parseList(rest, stdout)
+		if err != nil {
+			return fail(stderr, cmd, err)
+		}
+		return list(ctx, cfg, stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "vserial-agent: unknown command %q\n\n%s", cmd, mainUsage)
+	return exitUsage
+}
+
+// fail reports an error from parsing a command's flags and returns its exit
+// code.
+func fail(stderr io.Writer, cmd string, err error) int {
+	var ue *usageError
+	switch {
+	case errors.Is(err, pflag.ErrHelp):
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "vserial-agent %s: %v\nRun 'vserial-agent %s --help' for usage.\n", cmd, err, cmd)
+		return exitUsage
+	case errors.Is(err, errUnsupported):
+		fmt.Fprintf(stderr, "vserial-agent %s: %v\n", cmd, err)
+		return exitUnsupported
+	}
+	fmt.Fprintf(stderr, "vserial-agent %s: %v\n", cmd, err)
+	return exitFailure
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/vserial/vserial/agent"
+	"github.com/vserial/vserial/pciscan"
+)
+
+// runAgent is `vserial-agent run`: it opens the functions, publishes their
+// ports until ctx ends (SIGTERM/SIGINT) or every device stopped, then shuts
+// down: the agent first (clients see EOF, the host sees PORT_OPEN 0), the
+// devices after.
+func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceOpener) int {
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	fns, err := selectFunctions(cfg, log)
+	if err != nil {
+		log.Error("no device to drive", "err", err)
+		return exitFailure
+	}
+	cfg.Agent.Logger = log
+	a, err := agent.New(cfg.Agent)
+	if err != nil {
+		log.Error("cannot start the agent", "err", err)
+		return exitFailure
+	}
+	ctl, err := a.ListenControl()
+	if err != nil {
+		a.Close()
+		log.Error("cannot create the control socket", "err", err)
+		return exitFailure
+	}
+	served := make(chan error, 1)
+	go func() { served <- a.ServeControl(ctl) }()
+
+	var devs []device
+	shutdown := func() {
+		a.Close()
+		if err := <-served; err != nil {
+			log.Warn("control socket", "err", err)
+		}
+		for i, d := range devs {
+			if err := d.Close(); err != nil {
+				log.Error("closing device", "pci", fns[i].Addr, "err", err)
+			}
+		}
+	}
+	for i, f := range fns {
+		d, err := open(ctx, deviceSpec{
+			Index:    i,
+			Function: f,
+			Explicit: len(cfg.Devices) > 0,
+			Bind:     cfg.Bind,
+			MaxPorts: cfg.MaxPorts,
+			Sysfs:    cfg.Sysfs,
+			Logger:   log.With("pci", f.Addr, "dev", i),
+		})
+		if err != nil {
+			log.Error("cannot open device", "pci", f.Addr, "err", err)
+			shutdown()
+			return exitFailure
+		}
+		devs = append(devs, d)
+		log.Info("device opened", "pci", f.Addr, "dev", i)
+	}
+
+	stopped := make(chan int, len(devs))
+	for i, d := range devs {
+		go func() {
+			for p := range d.Ports() {
+				if err := a.AddPort(i, p); err != nil && !errors.Is(err, agent.ErrClosed) {
+					log.Error("cannot publish port", "pci", fns[i].Addr, "dev", i, "port", p.ID(), "err", err)
+				}
+			}
+			stopped <- i
+		}()
+	}
+
+	code := exitOK
+	running := len(devs)
+	for running > 0 && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case i := <-stopped:
+			running--
+			log.Error("device stopped", "pci", fns[i].Addr, "dev", i, "err", devs[i].Err())
+		}
+	}
+	if running == 0 {
+		code = exitFailure
+		log.Error("every device stopped; exiting")
+	} else {
+		log.Info("shutting down")
+	}
+	shutdown()
+	// Close ends every Ports channel; wait for the feeders.
+	for ; running > 0; running-- {
+		<-stopped
+	}
+	log.Info("stopped", "exit_code", code)
+	return code
+}
+
+// selectFunctions returns the functions to drive: those named with
+// --device, or every virtio-console function no driver holds.
+func selectFunctions(cfg runConfig, log *slog.Logger) ([]pciscan.Function, error) {
+	if len(cfg.Devices) > 0 {
+		var out []pciscan.Function
+		for _, addr := range cfg.Devices {
+			f, err := pciscan.Lookup(cfg.Sysfs, addr)
+			if err != nil {
+				return nil, err
+			}
+			if !pciscan.IsConsole(f) {
+				return nil, fmt.Errorf("--device %s is not a virtio-console function: %v", addr, f)
+			}
+			out = append(out, f)
+		}
+		return out, nil
+	}
+	all, err := pciscan.Scan(cfg.Sysfs)
+	if err != nil {
+		return nil, err
+	}
+	var out []pciscan.Function
+	var held []string
+	for _, f := range all {
+		if !pciscan.IsConsole(f) {
+			continue
+		}
+		if f.Driver != "" {
+			held = append(held, f.Addr+" ("+f.Driver+")")
+			log.Info("skipping virtio-console function held by a driver; name it with --device to take it", "pci", f.Addr, "driver", f.Driver)
+			continue
+		}
+		out = append(out, f)
+	}
+	if len(out) == 0 {
+		if len(held) > 0 {
+			return nil, fmt.Errorf("every virtio-console function is held by a driver: %s; name one with --device to take it", strings.Join(held, ", "))
+		}
+		return nil, fmt.Errorf("no virtio-console function under %s/bus/pci/devices (QEMU: -device virtio-serial-pci)", cfg.Sysfs)
+	}
+	return out, nil
+}
