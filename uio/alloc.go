@@ -136,22 +136,30 @@ func (a *Allocator) grow() error {
 }
 
 // take carves n bytes whose physical address is aligned to align out of the
-// first free span that has room.
+// first free span that has room. It edits the free list in place, so the
+// steady state of alloc and free does not allocate.
 func (c *chunk) take(n, align int) (int, bool) {
 	for i, s := range c.free {
 		pa := c.phys + uint64(s.off)
 		start := s.off + int((-pa)&uint64(align-1))
-		if start+n > s.off+s.n {
+		end := s.off + s.n
+		if start+n > end {
 			continue
 		}
-		var repl []span
-		if start > s.off {
-			repl = append(repl, span{s.off, start - s.off})
+		left, right := start > s.off, start+n < end
+		switch {
+		case left && right:
+			c.free = append(c.free, span{})
+			copy(c.free[i+2:], c.free[i+1:])
+			c.free[i] = span{s.off, start - s.off}
+			c.free[i+1] = span{start + n, end - start - n}
+		case left:
+			c.free[i] = span{s.off, start - s.off}
+		case right:
+			c.free[i] = span{start + n, end - start - n}
+		default:
+			c.free = append(c.free[:i], c.free[i+1:]...)
 		}
-		if end := s.off + s.n; start+n < end {
-			repl = append(repl, span{start + n, end - start - n})
-		}
-		c.free = append(c.free[:i], append(repl, c.free[i+1:]...)...)
 		return start, true
 	}
 	return 0, false

@@ -3,6 +3,7 @@ package uio
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"testing"
 
@@ -189,7 +190,7 @@ func TestAllocFreeErrors(t *testing.T) {
 func TestAllocFallbackToSmallPages(t *testing.T) {
 	hugeSrc := newFakeSource(huge, 0)
 	small := newFakeSource(4096, 100)
-	a := newAllocator(hugeSrc, small, nil)
+	a := newAllocator(hugeSrc, small, quiet)
 	r := mustAlloc(t, a, 1024, 64)
 	if a.ChunkSize() != 4096 || len(small.out) != 1 {
 		t.Fatalf("chunk size %d, small chunks %d: fallback not taken", a.ChunkSize(), len(small.out))
@@ -215,7 +216,7 @@ func TestAllocFallbackToSmallPages(t *testing.T) {
 func TestAllocNoFallbackOnceHugepagesWork(t *testing.T) {
 	hugeSrc := newFakeSource(huge, 1)
 	small := newFakeSource(4096, 100)
-	a := newAllocator(hugeSrc, small, nil)
+	a := newAllocator(hugeSrc, small, quiet)
 	defer a.Close()
 	mustAlloc(t, a, huge, 1)
 	if _, err := a.Alloc(8, 8); !errors.Is(err, ErrNoHugepages) {
@@ -279,3 +280,50 @@ func TestAllocRandomNoOverlap(t *testing.T) {
 		t.Fatalf("the run exercised too little: %d live regions, %d chunks", len(live), a.Chunks())
 	}
 }
+
+func TestChunkTakeSplits(t *testing.T) {
+	c := &chunk{phys: 0x10000, free: []span{{0x100, 0x300}, {0x1000, 0x1000}}}
+	step := func(n, align, wantOff int, want []span) {
+		t.Helper()
+		off, ok := c.take(n, align)
+		if !ok || off != wantOff {
+			t.Fatalf("take(%#x, %#x) = %#x, %v; want %#x", n, align, off, ok, wantOff)
+		}
+		if fmt.Sprint(c.free) != fmt.Sprint(want) {
+			t.Fatalf("take(%#x, %#x): free %x, want %x", n, align, c.free, want)
+		}
+	}
+	step(0x200, 0x200, 0x200, []span{{0x100, 0x100}, {0x1000, 0x1000}})                 // left part remains
+	step(0x80, 0x80, 0x100, []span{{0x180, 0x80}, {0x1000, 0x1000}})                    // right part remains
+	step(0x100, 0x100, 0x1000, []span{{0x180, 0x80}, {0x1100, 0xf00}})                  // first span too small
+	step(0x100, 0x800, 0x1800, []span{{0x180, 0x80}, {0x1100, 0x700}, {0x1900, 0x700}}) // both remain
+	step(0x80, 0x80, 0x180, []span{{0x1100, 0x700}, {0x1900, 0x700}})                   // whole span
+	if _, ok := c.take(0x800, 1); ok {
+		t.Fatal("took more than the largest span")
+	}
+	for _, g := range []span{{0x180, 0x80}, {0x1800, 0x100}, {0x1000, 0x100}, {0x200, 0x200}, {0x100, 0x80}} {
+		c.give(g.off, g.n)
+	}
+	if want := []span{{0x100, 0x300}, {0x1000, 0x1000}}; fmt.Sprint(c.free) != fmt.Sprint(want) {
+		t.Fatalf("after give: free %x, want %x", c.free, want)
+	}
+}
+
+func BenchmarkAllocFree(b *testing.B) {
+	a := newAllocator(newFakeSource(huge, 1), nil, nil)
+	defer a.Close()
+	keep, _ := a.Alloc(100, 8) // a live neighbour, so the free list splits
+	_ = keep
+	b.ReportAllocs()
+	for b.Loop() {
+		r, err := a.Alloc(4096, 4096)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := a.Free(r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+var quiet = slog.New(slog.DiscardHandler)

@@ -274,3 +274,37 @@ func TestMMIOAccessorsAreSingleMoves(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseResources(f *testing.F) {
+	f.Add(qemuResources)
+	f.Add("0x0 0x0 0x0\n")
+	f.Add("0x1000 0x1fff 0x200\n0xc000 0xc03f 0x101\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		rs, err := parseResources(s)
+		if err != nil {
+			return
+		}
+		for _, r := range rs {
+			if (r.IO() || r.Mem()) && (r.Size() == 0 || r.Start+r.Size()-1 != r.End) {
+				t.Fatalf("%+v: size %d inconsistent", r, r.Size())
+			}
+		}
+	})
+}
+
+func BenchmarkMemBARRead32(b *testing.B) {
+	dir := b.TempDir()
+	os.WriteFile(filepath.Join(dir, "resource4"), make([]byte, 0x4000), 0o600)
+	rs, _ := parseResources(qemuResources)
+	bar, err := openBAR(dir, 4, rs[4])
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bar.close()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := bar.Read32(0x1000); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -26,9 +26,8 @@ type IRQ struct {
 	cfg    *Config
 	closed atomic.Bool
 
-	mu    sync.Mutex // serialises Wait; guards count
-	count uint32     // last interrupt count read
-	seen  bool
+	mu    sync.Mutex    // serialises Wait
+	count atomic.Uint32 // last interrupt count read
 }
 
 func newIRQ(f *os.File, cfg *Config) *IRQ { return &IRQ{f: f, cfg: cfg} }
@@ -39,9 +38,7 @@ func (q *IRQ) MSIXVectors() int { return 0 }
 // Count returns the interrupt count last read by Wait (the kernel's total
 // for this device), for statistics.
 func (q *IRQ) Count() uint32 {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.count
+	return q.count.Load()
 }
 
 // Wait blocks until an interrupt has fired since the previous Wait, ctx is
@@ -84,7 +81,7 @@ func (q *IRQ) Wait(ctx context.Context) error {
 		if n != len(b) {
 			return q.wrap(fmt.Errorf("short read: %d bytes, want 4", n))
 		}
-		q.count, q.seen = binary.NativeEndian.Uint32(b[:]), true
+		q.count.Store(binary.NativeEndian.Uint32(b[:]))
 		return nil
 	}
 }

@@ -134,7 +134,7 @@ func TestAllocatorSmallPagesReal(t *testing.T) {
 	}
 	// A hugepage source that cannot have pages, with the small-page fallback:
 	// what a guest without hugepages and AllowSmallPages gets.
-	a := newAllocator(&fakeSource{size: huge, limit: 0, out: map[*byte]bool{}}, &smallSource{pagemap: "/proc/self/pagemap"}, nil)
+	a := newAllocator(&fakeSource{size: huge, limit: 0, out: map[*byte]bool{}}, &smallSource{pagemap: "/proc/self/pagemap"}, quiet)
 	defer a.Close()
 	r1, err := a.Alloc(16*256, 4096)
 	if errors.Is(err, ErrNoPhysAddr) {

@@ -59,7 +59,7 @@ func newFakeFn(t *testing.T) *fakeFn {
 		t.Fatal(err)
 	}
 	ff.src = newFakeSource(huge, 4)
-	ff.opts = Options{CPUInfo: ci, source: ff.src}
+	ff.opts = Options{CPUInfo: ci, source: ff.src, Logger: quiet}
 	return ff
 }
 
