@@ -81,7 +81,7 @@ func (b binder) take(addr, driver string, force bool) (previous string, err erro
 		return cur, nil
 	}
 	if cur != "" && !force {
-		return "", fmt.Errorf("pciscan: bind %s: %w: held by %s; name it with --device to take it", a, ErrHeld, cur)
+		return "", fmt.Errorf("pciscan: bind %s: %w", a, &HeldError{Driver: cur})
 	}
 	if !DriverRegistered(b.sysfs, driver) {
 		return fail(fmt.Errorf("%w (is module %s loaded?)", ErrNoDriver, driver))

@@ -104,8 +104,12 @@ func TestBindRefusesHeldFunction(t *testing.T) {
 	if !errors.Is(err, ErrHeld) {
 		t.Fatalf("take without force = %v, want ErrHeld", err)
 	}
-	if want := "held by virtio-pci; name it with --device to take it"; !strings.Contains(err.Error(), want) {
-		t.Errorf("error %q lacks %q", err, want)
+	if want := "pciscan: bind 0000:00:03.0: held by virtio-pci; name it with --device to take it"; err.Error() != want {
+		t.Errorf("error %q, want %q", err, want)
+	}
+	var he *HeldError
+	if !errors.As(err, &he) || he.Driver != "virtio-pci" {
+		t.Errorf("errors.As HeldError = %+v", he)
 	}
 	if len(k.writes) != 0 {
 		t.Errorf("refused bind still wrote %v", k.writes)

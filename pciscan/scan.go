@@ -17,7 +17,8 @@ var (
 	ErrNoDevice = errors.New("no such PCI function")
 	// ErrBadAddr: the address is not of the form DDDD:BB:DD.F.
 	ErrBadAddr = errors.New("malformed PCI address")
-	// ErrHeld: another kernel driver holds the function and force was not given.
+	// ErrHeld: another kernel driver holds the function and force was not
+	// given. The error is a *HeldError naming the driver.
 	ErrHeld = errors.New("function held by another driver")
 	// ErrNoDriver: the target driver is not registered with the PCI bus
 	// (its module is not loaded).
@@ -25,6 +26,18 @@ var (
 	// ErrMalformed: a sysfs file has unexpected content.
 	ErrMalformed = errors.New("malformed sysfs file")
 )
+
+// HeldError is returned by Bind for a function that another driver holds.
+type HeldError struct {
+	Driver string
+}
+
+func (e *HeldError) Error() string {
+	return fmt.Sprintf("held by %s; name it with --device to take it", e.Driver)
+}
+
+// Is makes errors.Is(err, ErrHeld) true.
+func (e *HeldError) Is(target error) bool { return target == ErrHeld }
 
 // Function is one PCI function as sysfs describes it.
 type Function struct {
