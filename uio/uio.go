@@ -119,6 +119,12 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 
 	devPath := filepath.Join(dev, uioName)
 	fd, err := unix.Open(devPath, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		// No devtmpfs (or no udev) made the node: say how to make it.
+		num, _ := os.ReadFile(filepath.Join(dir, "uio", uioName, "dev"))
+		return fail(fmt.Errorf("%s does not exist (is devtmpfs mounted on %s?); the device number is %q in sysfs: mknod %s c MAJOR MINOR",
+			devPath, dev, strings.TrimSpace(string(num)), devPath))
+	}
 	if err != nil {
 		return fail(&os.PathError{Op: "open", Path: devPath, Err: err})
 	}

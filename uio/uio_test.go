@@ -260,6 +260,15 @@ func TestOpenErrors(t *testing.T) {
 			t.Errorf("failed Open leaked descriptors: %d, before %d", n, fds)
 		}
 	})
+	t.Run("no device node", func(t *testing.T) {
+		ff := newFakeFn(t)
+		os.Remove(filepath.Join(ff.dev, "uio0"))
+		os.WriteFile(filepath.Join(ff.dir, "uio", "uio0", "dev"), []byte("245:0\n"), 0o644)
+		_, err := Open(ff.sysfs, ff.dev, testAddr, ff.opts)
+		if err == nil || !strings.Contains(err.Error(), "devtmpfs") || !strings.Contains(err.Error(), `"245:0"`) {
+			t.Fatalf("Open = %v, want a hint with the device number", err)
+		}
+	})
 	t.Run("malformed resource file", func(t *testing.T) {
 		ff := newFakeFn(t)
 		os.WriteFile(filepath.Join(ff.dir, "resource"), []byte("0x0 0x0\n"), 0o600)
