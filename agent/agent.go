@@ -80,7 +80,7 @@ type Agent struct {
 	ports    map[portKey]*port
 	owners   map[string]*port // socket file name → the port publishing it
 	controls map[net.Listener]bool
-	ctlFile  bool // ListenControl created SOCKET_DIR/.control
+	ctlLn    net.Listener // created by ListenControl
 	tmpSeq   atomic.Uint32
 }
 
@@ -259,24 +259,35 @@ func (a *Agent) AddPort(dev int, p Port) error {
 
 // Status returns the state of every port, ordered by device and id.
 func (a *Agent) Status() []PortStatus {
+	type snap struct {
+		pt     *port
+		sock   string
+		client bool
+	}
 	a.mu.Lock()
-	out := make([]PortStatus, 0, len(a.ports))
+	snaps := make([]snap, 0, len(a.ports))
 	for _, pt := range a.ports {
+		snaps = append(snaps, snap{pt, pt.sock, pt.client != nil})
+	}
+	a.mu.Unlock()
+	// The ports are asked outside a.mu, so a Port may take its own locks
+	// freely.
+	out := make([]PortStatus, 0, len(snaps))
+	for _, s := range snaps {
 		st := PortStatus{
-			Device:          pt.dev,
-			ID:              pt.p.ID(),
-			Name:            pt.p.Name(),
-			HostConnected:   pt.p.HostConnected(),
-			ClientConnected: pt.client != nil,
-			Stats:           pt.p.Stats(),
-			RejectedClients: pt.rejected.Load(),
+			Device:          s.pt.dev,
+			ID:              s.pt.p.ID(),
+			Name:            s.pt.p.Name(),
+			HostConnected:   s.pt.p.HostConnected(),
+			ClientConnected: s.client,
+			Stats:           s.pt.p.Stats(),
+			RejectedClients: s.pt.rejected.Load(),
 		}
-		if pt.sock != "" {
-			st.Socket = filepath.Join(a.dir, pt.sock)
+		if s.sock != "" {
+			st.Socket = filepath.Join(a.dir, s.sock)
 		}
 		out = append(out, st)
 	}
-	a.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Device != out[j].Device {
 			return out[i].Device < out[j].Device
@@ -299,7 +310,8 @@ func (a *Agent) Close() error {
 		for l := range a.controls {
 			l.Close()
 		}
-		if a.ctlFile {
+		if a.ctlLn != nil {
+			a.ctlLn.Close()
 			os.Remove(filepath.Join(a.dir, ControlName))
 		}
 		a.cancel()

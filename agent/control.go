@@ -91,14 +91,14 @@ func (a *Agent) ListenControl() (net.Listener, error) {
 	if a.closed {
 		return nil, ErrClosed
 	}
-	if a.ctlFile {
+	if a.ctlLn != nil {
 		return nil, errors.New("agent: control socket already created")
 	}
 	ln, err := a.listen(ControlName)
 	if err != nil {
 		return nil, err
 	}
-	a.ctlFile = true
+	a.ctlLn = ln
 	return ln, nil
 }
 

@@ -183,3 +183,12 @@ func opensEqual(got []bool, want ...bool) bool {
 	}
 	return true
 }
+
+func dialB(b *testing.B, path string) *net.UnixConn {
+	b.Helper()
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		b.Fatalf("dial %s: %v", path, err)
+	}
+	return c
+}

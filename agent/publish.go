@@ -184,8 +184,8 @@ func (pt *port) connect(c *net.UnixConn) {
 	if pt.client != nil {
 		n := pt.rejected.Add(1)
 		a.mu.Unlock()
-		c.Close()
-		pt.log.Warn("client rejected: the port already has a client", "rejected_total", n)
+		defer c.Close()
+		pt.log.Warn("client rejected: the port already has a client", append(peerAttrs(c), "rejected_total", n)...)
 		return
 	}
 	s := newSession(pt, c)

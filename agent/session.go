@@ -53,8 +53,8 @@ func (s *session) run() {
 	stop := context.AfterFunc(s.ctx, func() { s.c.SetDeadline(longAgo) })
 	defer stop()
 
-	pt.log.Info("client connected")
 	raw, err := s.c.SyscallConn()
+	pt.log.Info("client connected", peerAttrs(s.c)...)
 	if err == nil {
 		err = p.SetGuestOpen(s.ctx, true)
 	}
@@ -109,7 +109,7 @@ func (s *session) why(err error) string {
 // by the device.
 func (s *session) guestToHost(raw syscall.RawConn) error {
 	p := s.pt.p
-	r := &gatedReader{p: p, raw: raw}
+	r := newGatedReader(p, raw)
 	for {
 		hup, err := s.awaitHost(raw)
 		if err != nil {
@@ -211,39 +211,55 @@ func (s *session) waitHangup(raw syscall.RawConn, ch <-chan struct{}) (bool, err
 type gatedReader struct {
 	p   Port
 	raw syscall.RawConn
+	fn  func(fd uintptr) bool // r.tryRead, bound once so Read does not allocate
+
+	// Arguments and results of tryRead.
+	b    []byte
+	n    int
+	rerr error
+	gone bool
+}
+
+func newGatedReader(p Port, raw syscall.RawConn) *gatedReader {
+	r := &gatedReader{p: p, raw: raw}
+	r.fn = r.tryRead
+	return r
+}
+
+// tryRead is called by the poller each time the socket may be readable; it
+// returns false to wait for the next readiness event.
+func (r *gatedReader) tryRead(fd uintptr) bool {
+	if !r.p.HostConnected() {
+		r.gone = true
+		return true
+	}
+	for {
+		r.n, r.rerr = unix.Read(int(fd), r.b)
+		if r.rerr != unix.EINTR {
+			break
+		}
+	}
+	return r.rerr != unix.EAGAIN
 }
 
 func (r *gatedReader) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
-	var n int
-	var rerr error
-	gone := false
-	err := r.raw.Read(func(fd uintptr) bool {
-		if !r.p.HostConnected() {
-			gone = true
-			return true
-		}
-		for {
-			n, rerr = unix.Read(int(fd), b)
-			if rerr != unix.EINTR {
-				break
-			}
-		}
-		return rerr != unix.EAGAIN
-	})
+	r.b, r.n, r.rerr, r.gone = b, 0, nil, false
+	err := r.raw.Read(r.fn)
+	r.b = nil
 	switch {
-	case gone:
+	case r.gone:
 		return 0, errHostGone
 	case err != nil:
 		return 0, err
-	case rerr != nil:
-		return 0, os.NewSyscallError("read", rerr)
-	case n == 0:
+	case r.rerr != nil:
+		return 0, os.NewSyscallError("read", r.rerr)
+	case r.n <= 0:
 		return 0, io.EOF
 	}
-	return n, nil
+	return r.n, nil
 }
 
 // hostToGuest hands host bytes to the client until the session ends or the
@@ -274,4 +290,21 @@ func (w *connWriter) Write(b []byte) (int, error) {
 		w.err = err
 	}
 	return n, err
+}
+
+// peerAttrs returns the client's process credentials as log attributes,
+// or nothing if the kernel does not say.
+func peerAttrs(c *net.UnixConn) []any {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || cerr != nil {
+		return nil
+	}
+	return []any{"peer_pid", cred.Pid, "peer_uid", cred.Uid}
 }

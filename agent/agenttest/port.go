@@ -38,6 +38,7 @@ type Port struct {
 	st      State
 	bufSize int
 	openErr error
+	noKeep  bool
 }
 
 // State is a snapshot of the fake, for assertions and Wait conditions.
@@ -150,6 +151,14 @@ func (p *Port) SetBufSize(n int) {
 	p.bufSize = n
 }
 
+// KeepSent sets whether Send keeps the bytes it takes for State().Sent
+// (default true); benchmarks turn it off and rely on Stats.BytesOut.
+func (p *Port) KeepSent(keep bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.noKeep = !keep
+}
+
 // FailOpen makes SetGuestOpen(true) fail with err (nil: succeed again).
 func (p *Port) FailOpen(err error) {
 	p.mu.Lock()
@@ -254,7 +263,9 @@ func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 	defer p.mu.Unlock()
 	p.st.SendCalls++
 	if n > 0 {
-		p.out.Write(buf[:n])
+		if !p.noKeep {
+			p.out.Write(buf[:n])
+		}
 		p.st.Stats.BytesOut += uint64(n)
 		if !p.host {
 			p.st.SendBytesHostDown += n

@@ -41,7 +41,7 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 	var devs []device
 	shutdown := func() {
 		a.Close()
-		if err := <-served; err != nil {
+		if err := <-served; err != nil && !errors.Is(err, agent.ErrClosed) {
 			log.Warn("control socket", "err", err)
 		}
 		for i, d := range devs {
@@ -61,8 +61,12 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 			Logger:   log.With("pci", f.Addr, "dev", i),
 		})
 		if err != nil {
-			log.Error("cannot open device", "pci", f.Addr, "err", err)
 			shutdown()
+			if ctx.Err() != nil {
+				log.Info("interrupted while opening devices", "pci", f.Addr, "err", err)
+				return exitOK
+			}
+			log.Error("cannot open device", "pci", f.Addr, "err", err)
 			return exitFailure
 		}
 		devs = append(devs, d)
