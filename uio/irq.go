@@ -20,7 +20,9 @@ import (
 // its queues; Unmask clears the mask so the next interrupt can arrive. An
 // interrupt raised while masked is held by the device and fires on Unmask.
 //
-// One goroutine waits at a time; Unmask may be called from any goroutine.
+// Meant for one interrupt loop: concurrent Waits are serialised, and one
+// queued behind another does not watch its context until it gets its turn.
+// Unmask and Count may be called from any goroutine.
 type IRQ struct {
 	f      *os.File // /dev/uioN, non-blocking, in the poller
 	cfg    *Config
