@@ -30,6 +30,10 @@
 // read (Flush), then closes the port. A half-close ends the session in both
 // directions, as close(2) on the port's character device would.
 //
+// The client is not told when the host disconnects (a Linux reader would
+// see EOF): its connection stays up, its bytes simply wait, and host bytes
+// flow again when the host returns.
+//
 // A client that disconnects with nothing left unread ends its session even
 // while the host is away. One that disconnects while guest→host bytes are
 // still waiting for the host keeps the port (and rejects new clients) until
