@@ -165,6 +165,9 @@ func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
 	if n == 0 || n > 32768 || n&(n-1) != 0 {
 		return nil, fmt.Errorf("ring: new: queue size %d is not a power of two in 1..32768", cfg.Size)
 	}
+	if alloc == nil {
+		return nil, errors.New("ring: new: nil allocator")
+	}
 	if cfg.Layout != Modern && cfg.Layout != Legacy {
 		return nil, fmt.Errorf("ring: new: unknown layout %d", cfg.Layout)
 	}

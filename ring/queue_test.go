@@ -23,6 +23,9 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	if n, _ := h.Live(); n != 0 {
 		t.Errorf("failed New leaked %d allocations", n)
 	}
+	if _, err := ring.New(nil, ring.Config{Size: 8}); err == nil {
+		t.Error("New with a nil allocator succeeded")
+	}
 }
 
 // Spec 2.7.13/2.7.14: a chain goes out readable-first, comes back with the
