@@ -55,6 +55,7 @@ func fuzzState(t testing.TB, flags, nAdd uint8) (r *rig, posted map[uint16]uint3
 		}
 		if k == n-1 && flags&8 != 0 {
 			unpublished = int(h)
+			r.lastSegs, r.lastNdesc = segs, r.ndesc[h]
 			break
 		}
 		posted[h] = w
@@ -93,13 +94,14 @@ func FuzzHostileUsedRing(f *testing.F) {
 				r.dev.Push(c.Head, c.Writable())
 				r.dev.Push(c.Head, 1)
 			}
-			f.Add(flags, uint8(6), append([]byte(nil), r.usedArea()...), uint16(i))
+			snap := append([]byte(nil), r.usedArea()...)
+			f.Add(flags, uint8(6), snap, uint16(i), snap)
 		}
 	}
-	f.Add(uint8(0x11), uint8(4), []byte{0, 0, 0xff, 0xff}, uint16(0xffff))
-	f.Add(uint8(0x09), uint8(3), []byte{0, 0, 1, 0, 2, 0, 0, 0, 0xff, 0xff, 0xff, 0xff}, uint16(1))
+	f.Add(uint8(0x11), uint8(4), []byte{0, 0, 0xff, 0xff}, uint16(0xffff), []byte{})
+	f.Add(uint8(0x09), uint8(3), []byte{0, 0, 1, 0, 2, 0, 0, 0, 0xff, 0xff, 0xff, 0xff}, uint16(1), []byte{0, 0, 3, 0, 1, 0, 0, 0, 5, 0, 0, 0})
 
-	f.Fuzz(func(t *testing.T, flags, nAdd uint8, used []byte, availEvent uint16) {
+	f.Fuzz(func(t *testing.T, flags, nAdd uint8, used []byte, availEvent uint16, more []byte) {
 		r, posted, unpublished := fuzzState(t, flags, nAdd)
 		area := r.usedArea()
 		copy(area, used) // the hostile device overwrites a prefix
@@ -112,45 +114,47 @@ func FuzzHostileUsedRing(f *testing.F) {
 			r.q.DisableInterrupts()
 		}
 		var broken error
-		for range 2 * fuzzSize {
-			u, ok, err := r.q.Pop()
-			if err != nil {
-				if !errors.Is(err, ring.ErrDeviceProtocol) {
-					t.Fatalf("Pop error %v does not match ErrDeviceProtocol", err)
+		drainHostile := func() {
+			for range 2 * fuzzSize {
+				u, ok, err := r.q.Pop()
+				if err != nil {
+					if !errors.Is(err, ring.ErrDeviceProtocol) {
+						t.Fatalf("Pop error %v does not match ErrDeviceProtocol", err)
+					}
+					if ok {
+						t.Fatal("Pop returned ok with an error")
+					}
+					if broken != nil && err != broken {
+						t.Fatalf("broken queue changed its error from %v to %v", broken, err)
+					}
+					broken = err
+					continue
 				}
-				if ok {
-					t.Fatal("Pop returned ok with an error")
+				if broken != nil {
+					t.Fatalf("Pop succeeded (%+v, %v) after the queue broke with %v", u, ok, broken)
 				}
-				if broken != nil && err != broken {
-					t.Fatalf("broken queue changed its error from %v to %v", broken, err)
+				if !ok {
+					return
 				}
-				broken = err
-				continue
+				w, inFlight := posted[u.Head]
+				if !inFlight {
+					t.Fatalf("Pop handed out head %d, not in flight (unpublished %d)", u.Head, unpublished)
+				}
+				if u.Len > w {
+					t.Fatalf("head %d: len %d beyond the %d writable bytes posted", u.Head, u.Len, w)
+				}
+				delete(posted, u.Head)
 			}
+		}
+		// checkAccounting: every chain not popped is still listed, and the
+		// free list holds exactly the descriptors they do not.
+		checkAccounting := func() {
 			if broken != nil {
-				t.Fatalf("Pop succeeded (%+v, %v) after the queue broke with %v", u, ok, broken)
+				if r.q.Stats().Violations != 1 {
+					t.Fatalf("Violations = %d, want 1", r.q.Stats().Violations)
+				}
+				return
 			}
-			if !ok {
-				break
-			}
-			w, inFlight := posted[u.Head]
-			if !inFlight {
-				t.Fatalf("Pop handed out head %d, not in flight (unpublished %d)", u.Head, unpublished)
-			}
-			if u.Len > w {
-				t.Fatalf("head %d: len %d beyond the %d writable bytes posted", u.Head, u.Len, w)
-			}
-			delete(posted, u.Head)
-		}
-		pending := r.q.EnableInterrupts()
-		if broken != nil && !pending {
-			t.Fatal("broken queue reported nothing pending")
-		}
-		kick := r.q.Publish() // reads the hostile avail_event / used.flags
-		_ = kick              // any answer is allowed; it must only not panic
-		if broken == nil {
-			// Every chain not popped is still listed, and the free list
-			// holds exactly the descriptors they do not.
 			used, descs := 0, 0
 			r.q.InFlightHeads(func(h uint16) {
 				used++
@@ -169,8 +173,50 @@ func FuzzHostileUsedRing(f *testing.F) {
 			if r.q.NumFree() != fuzzSize-descs {
 				t.Fatalf("NumFree %d with %d descriptors in flight", r.q.NumFree(), descs)
 			}
-		} else if r.q.Stats().Violations != 1 {
-			t.Fatalf("Violations = %d, want 1", r.q.Stats().Violations)
 		}
+
+		drainHostile()
+		pending := r.q.EnableInterrupts()
+		if broken != nil && !pending {
+			t.Fatal("broken queue reported nothing pending")
+		}
+		_ = r.q.Publish() // reads the hostile avail_event / used.flags: any answer, no panic
+		checkAccounting()
+		if broken != nil || len(more) == 0 {
+			return
+		}
+
+		// Round two: the unpublished chain went out with that Publish; reuse
+		// the freed descriptors for new chains, then let the device lie again
+		// over whatever state the first round left.
+		if unpublished >= 0 {
+			posted[uint16(unpublished)] = 0
+			for _, s := range r.lastSegs {
+				if s.Write {
+					posted[uint16(unpublished)] += s.Len
+				}
+			}
+			r.ndesc[uint16(unpublished)] = r.lastNdesc
+			unpublished = -1
+		}
+		for k := range 3 {
+			segs := r.rw(1, 1+k)
+			h, err := r.q.Add(segs)
+			if errors.Is(err, ring.ErrFull) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			posted[h] = uint32(1 + k)
+			r.ndesc[h] = 1
+			if r.cfg.Indirect < 2 {
+				r.ndesc[h] = 2
+			}
+		}
+		r.q.Publish()
+		copy(area, more)
+		drainHostile()
+		checkAccounting()
 	})
 }

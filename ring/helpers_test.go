@@ -21,6 +21,9 @@ type rig struct {
 	// ndesc records ring descriptors per head, for tests that check the
 	// free list's accounting.
 	ndesc map[uint16]int
+	// lastSegs and lastNdesc describe the chain fuzzState left unpublished.
+	lastSegs  []ring.Segment
+	lastNdesc int
 }
 
 func newRig(t testing.TB, cfg ring.Config) *rig {
