@@ -424,17 +424,22 @@ func (c *Console) HostRead(id uint32) []byte {
 // HostReadFull waits until n bytes from the guest are available on port id
 // and returns them (leaving any further bytes).
 func (c *Console) HostReadFull(ctx context.Context, id uint32, n int) ([]byte, error) {
-	var out []byte
-	err := c.WaitFor(ctx, func() bool {
-		p := c.port(id)
-		if p == nil || len(p.fromGuest) < n {
-			return false
+	for {
+		c.mu.Lock()
+		ch := c.changed
+		if p := c.port(id); p != nil && len(p.fromGuest) >= n {
+			out := append([]byte(nil), p.fromGuest[:n]...)
+			p.fromGuest = p.fromGuest[n:]
+			c.mu.Unlock()
+			return out, nil
 		}
-		out = append([]byte(nil), p.fromGuest[:n]...)
-		p.fromGuest = p.fromGuest[n:]
-		return true
-	})
-	return out, err
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 }
 
 // SetThrottled makes the host stop (true) or resume (false) reading port
@@ -597,14 +602,12 @@ func (c *Console) Changed() <-chan struct{} {
 	return c.changed
 }
 
-// WaitFor waits until cond, evaluated with the model locked, reports true.
+// WaitFor waits until cond reports true. cond runs without the model's lock
+// (it may call the model's methods) each time the model's state changes.
 func (c *Console) WaitFor(ctx context.Context, cond func() bool) error {
 	for {
-		c.mu.Lock()
-		ok := cond()
-		ch := c.changed
-		c.mu.Unlock()
-		if ok {
+		ch := c.Changed()
+		if cond() {
 			return nil
 		}
 		select {

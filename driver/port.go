@@ -1,0 +1,552 @@
+package driver
+
+// Ports: one per port id the device announced. A port's queues, receive
+// buffers and transmit buffers belong to its slot (the id), which outlives
+// hot-unplug: QEMU keeps the queues of a removed port live, so the receive
+// buffers stay posted there and are reused when the id is plugged again.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/vserial/vserial/dma"
+	"github.com/vserial/vserial/ring"
+)
+
+// bufSize is the size of every receive and transmit buffer, as in Linux
+// (PAGE_SIZE buffers, one descriptor each).
+const bufSize = 4096
+
+// defaultTxBuffers is how many transmit buffers a port keeps in flight at
+// most when Config.TxBuffers is 0.
+const defaultTxBuffers = 32
+
+var (
+	// ErrPortRemoved is returned by port operations once the device has
+	// hot-unplugged the port.
+	ErrPortRemoved = errors.New("driver: port removed")
+	// ErrClosed is returned once the device has been closed or has failed.
+	ErrClosed = errors.New("driver: device closed")
+	// ErrDeviceReset is returned by Flush and Write when bytes queued for
+	// the device were lost because the device had to be reset.
+	ErrDeviceReset = errors.New("driver: device reset, queued bytes lost")
+)
+
+// PortStats are a port's counters (the same fields as agent.PortStats).
+type PortStats struct {
+	BytesIn    uint64 // host → guest, delivered to a reader
+	BytesOut   uint64 // guest → host, taken by the device
+	Discarded  uint64 // host → guest bytes dropped (no reader, port closed, removed)
+	Violations uint64 // device protocol violations on this port
+}
+
+// Receive buffer states.
+const (
+	rxFree   = iota // driver-owned, not posted
+	rxPosted        // in the receiveq
+	rxFilled        // returned by the device, waiting for a reader
+	rxHeld          // being handed to a reader outside the lock
+)
+
+type rxBuf struct {
+	mem    dma.Region
+	state  uint8
+	n, off int // valid bytes and read offset while filled
+}
+
+type txBuf struct {
+	mem   dma.Region
+	gen   uint64 // slot generation when queued
+	n     int
+	owned bool // being filled by a Send/Write outside the lock
+}
+
+// slot is everything that belongs to a port id rather than to one Port
+// object. Guarded by Device.mu.
+type slot struct {
+	id       uint32
+	rxq, txq uint16
+	rx, tx   *ring.Queue
+
+	rxBufs   []rxBuf
+	rxByHead []int32 // used head → index in rxBufs, -1 if none
+	fifo     []int32 // filled buffers in arrival order (circular)
+	fHead    int
+	fLen     int
+	posting  bool // the device announced this id since the last reset
+
+	txBufs   []txBuf
+	txByHead []int32
+	txFree   []int32
+	gen      uint64 // bumped when the port goes away or the device resets
+
+	port *Port
+}
+
+// Port is one virtio-console port. Its methods are safe for concurrent use;
+// Recv/Read and Send/Write are meant for one reader and one writer each.
+type Port struct {
+	d  *Device
+	s  *slot
+	id uint32
+
+	// Guarded by d.mu.
+	name          string
+	console       bool
+	hostConnected bool
+	guestOpen     bool
+	removed       bool
+	reannounce    bool // device reset: waiting for the port to come back
+	nameCheck     bool // re-announced: compare the next PORT_NAME
+	cols, rows    uint16
+	txInflight    int
+	txLost        bool
+	stats         PortStats
+	changed       chan struct{}
+
+	// Wake-ups, one token each so signalling never allocates. A waiter
+	// that finds its condition still true for others passes the token on.
+	rxWake, txWake, flushWake chan struct{}
+}
+
+func newPort(d *Device, s *slot) *Port {
+	return &Port{
+		d: d, s: s, id: s.id,
+		rxWake:    make(chan struct{}, 1),
+		txWake:    make(chan struct{}, 1),
+		flushWake: make(chan struct{}, 1),
+	}
+}
+
+func wake(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Port) wakeAll() {
+	wake(p.rxWake)
+	wake(p.txWake)
+	wake(p.flushWake)
+}
+
+// changedLocked fires Changed.
+func (p *Port) changedLocked() {
+	if p.changed != nil {
+		close(p.changed)
+		p.changed = nil
+	}
+}
+
+// ID returns the port number on its device.
+func (p *Port) ID() uint32 { return p.id }
+
+// Name returns the name the host gave the port, or "" if none (yet).
+func (p *Port) Name() string {
+	p.d.mu.Lock()
+	defer p.d.mu.Unlock()
+	return p.name
+}
+
+// IsConsole reports whether the device announced the port as a console
+// (CONSOLE_PORT), or it is port 0 of a device without MULTIPORT.
+func (p *Port) IsConsole() bool {
+	p.d.mu.Lock()
+	defer p.d.mu.Unlock()
+	return p.console
+}
+
+// Size returns the console size from the last RESIZE (0, 0 if none).
+func (p *Port) Size() (cols, rows uint16) {
+	p.d.mu.Lock()
+	defer p.d.mu.Unlock()
+	return p.cols, p.rows
+}
+
+// HostConnected reports whether the host side of the port is connected.
+func (p *Port) HostConnected() bool {
+	p.d.mu.Lock()
+	defer p.d.mu.Unlock()
+	return p.hostConnected
+}
+
+// GuestOpen reports whether the guest side has the port open.
+func (p *Port) GuestOpen() bool {
+	p.d.mu.Lock()
+	defer p.d.mu.Unlock()
+	return p.guestOpen
+}
+
+// Removed reports whether the device removed the port (or the device is
+// gone).
+func (p *Port) Removed() bool {
+	p.d.mu.Lock()
+	defer p.d.mu.Unlock()
+	return p.removed
+}
+
+// Changed returns a channel that is closed at the next change of
+// HostConnected, Name, console state or size, or when the port is removed.
+func (p *Port) Changed() <-chan struct{} {
+	p.d.mu.Lock()
+	defer p.d.mu.Unlock()
+	if p.removed {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	if p.changed == nil {
+		p.changed = make(chan struct{})
+	}
+	return p.changed
+}
+
+// Stats returns the port's counters.
+func (p *Port) Stats() PortStats {
+	p.d.mu.Lock()
+	defer p.d.mu.Unlock()
+	return p.stats
+}
+
+func (p *Port) String() string { return fmt.Sprintf("port %d", p.id) }
+
+// errLocked returns why the port cannot be used, or nil.
+func (p *Port) errLocked() error {
+	switch {
+	case p.d.closed:
+		return ErrClosed
+	case p.removed:
+		return ErrPortRemoved
+	}
+	return nil
+}
+
+// wait releases the lock, waits for c or ctx, and re-takes the lock.
+func (p *Port) wait(ctx context.Context, c chan struct{}) error {
+	p.d.mu.Unlock()
+	var err error
+	select {
+	case <-c:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	p.d.mu.Lock()
+	return err
+}
+
+// --- host → guest ---
+
+// Recv blocks until host→guest bytes are available, then hands them to w
+// straight from the receive buffers (each slice is valid only during its
+// Write call) and returns how many bytes w took. Bytes w did not take are
+// dropped and counted as discarded. It returns ErrPortRemoved once the
+// port is hot-unplugged and ctx.Err() when ctx ends.
+func (p *Port) Recv(ctx context.Context, w io.Writer) (int, error) {
+	d := p.d
+	s := p.s
+	d.mu.Lock()
+	for {
+		if err := p.errLocked(); err != nil {
+			d.mu.Unlock()
+			return 0, err
+		}
+		if s.fLen > 0 {
+			break
+		}
+		if err := p.wait(ctx, p.rxWake); err != nil {
+			d.mu.Unlock()
+			return 0, err
+		}
+	}
+	total := 0
+	var werr error
+	for s.fLen > 0 && s.port == p && werr == nil {
+		i := s.fifoPop()
+		b := &s.rxBufs[i]
+		b.state = rxHeld
+		d.held++
+		data := b.mem.Bytes()[b.off:b.n]
+		d.mu.Unlock()
+		n, err := w.Write(data)
+		d.mu.Lock()
+		d.held--
+		n = max(0, min(n, len(data)))
+		total += n
+		if s.port == p {
+			p.stats.BytesIn += uint64(n)
+			p.stats.Discarded += uint64(len(data) - n)
+		} else {
+			d.stats.Discarded += uint64(len(data) - n)
+		}
+		d.releaseRxLocked(s, i)
+		werr = err
+		if werr == nil && n < len(data) {
+			werr = io.ErrShortWrite
+		}
+	}
+	if s.fLen > 0 {
+		wake(p.rxWake) // another reader may take the rest
+	}
+	d.kickRxLocked(s)
+	d.finishLocked()
+	d.mu.Unlock()
+	return total, werr
+}
+
+// Read copies host→guest bytes into b, blocking until some are available.
+// Unlike Recv it keeps bytes that do not fit for the next call.
+func (p *Port) Read(ctx context.Context, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	d := p.d
+	s := p.s
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for {
+		if err := p.errLocked(); err != nil {
+			return 0, err
+		}
+		if s.fLen > 0 {
+			break
+		}
+		if err := p.wait(ctx, p.rxWake); err != nil {
+			return 0, err
+		}
+	}
+	total := 0
+	for s.fLen > 0 && total < len(b) {
+		i := s.fifo[s.fHead]
+		rb := &s.rxBufs[i]
+		n := copy(b[total:], rb.mem.Bytes()[rb.off:rb.n])
+		rb.off += n
+		total += n
+		p.stats.BytesIn += uint64(n)
+		if rb.off == rb.n {
+			s.fifoPop()
+			d.releaseRxLocked(s, i)
+		}
+	}
+	if s.fLen > 0 {
+		wake(p.rxWake)
+	}
+	d.kickRxLocked(s)
+	return total, nil
+}
+
+// discardRxLocked drops every filled buffer (counted) and re-posts it.
+func (p *Port) discardRxLocked() {
+	s := p.s
+	for s.fLen > 0 {
+		i := s.fifoPop()
+		b := &s.rxBufs[i]
+		p.stats.Discarded += uint64(b.n - b.off)
+		p.d.releaseRxLocked(s, i)
+	}
+	p.d.kickRxLocked(s)
+}
+
+// --- guest → host ---
+
+// canSendLocked reports whether bytes queued now would reach the host.
+// QEMU discards guest→host bytes of a virtserialport whose host side is
+// not connected (VIRTIO-NOTES §7.8), so the port waits, as Linux's write()
+// does; console ports are never held back.
+func (p *Port) canSendLocked() bool {
+	if p.reannounce {
+		return false
+	}
+	return p.hostConnected || p.console || !p.d.multiport
+}
+
+// takeTxLocked waits for a free transmit buffer the port may fill.
+func (p *Port) takeTxLocked(ctx context.Context) (int32, uint64, error) {
+	d, s := p.d, p.s
+	if err := d.ensureTxLocked(s); err != nil {
+		return -1, 0, err
+	}
+	for {
+		if err := p.errLocked(); err != nil {
+			return -1, 0, err
+		}
+		d.reapTxLocked(s)
+		if err := p.errLocked(); err != nil {
+			return -1, 0, err
+		}
+		if p.canSendLocked() && len(s.txFree) > 0 {
+			break
+		}
+		if err := p.wait(ctx, p.txWake); err != nil {
+			return -1, 0, err
+		}
+	}
+	i := s.txFree[len(s.txFree)-1]
+	s.txFree = s.txFree[:len(s.txFree)-1]
+	s.txBufs[i].owned = true
+	if len(s.txFree) > 0 {
+		wake(p.txWake)
+	}
+	return i, s.gen, nil
+}
+
+// queueTxLocked hands a filled transmit buffer to the device. It reports
+// false (and frees the buffer) if the port or the device changed while the
+// buffer was being filled.
+func (p *Port) queueTxLocked(i int32, gen uint64, n int) bool {
+	d, s := p.d, p.s
+	b := &s.txBufs[i]
+	b.owned = false
+	if n <= 0 || gen != s.gen || s.port != p || p.errLocked() != nil || d.broken() {
+		s.txFree = append(s.txFree, i)
+		if n > 0 {
+			p.txLost = true
+		}
+		wake(p.txWake)
+		return n <= 0
+	}
+	d.seg[0] = ring.Segment{Addr: b.mem.Addr(), Len: uint32(n)}
+	head, err := s.tx.Add(d.seg[:])
+	if err != nil {
+		// Cannot happen with one descriptor per buffer and no more
+		// buffers than descriptors; treat like a broken queue.
+		s.txFree = append(s.txFree, i)
+		d.violationLocked(fmt.Errorf("port %d: add tx: %w", s.id, err), p)
+		return false
+	}
+	s.txByHead[head] = i
+	b.gen, b.n = gen, n
+	p.txInflight++
+	if s.tx.Publish() {
+		d.notifyLocked(s.txq)
+	}
+	return true
+}
+
+// Send makes one Read call on r straight into a free transmit buffer
+// (waiting while none is free, or while the host side is disconnected) and
+// queues what it read for the device. It returns the bytes read and r's
+// error (io.EOF included). Flush waits for the bytes to reach the device.
+func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
+	d := p.d
+	d.mu.Lock()
+	i, gen, err := p.takeTxLocked(ctx)
+	if err != nil {
+		d.mu.Unlock()
+		return 0, err
+	}
+	buf := p.s.txBufs[i].mem.Bytes()
+	d.held++
+	d.mu.Unlock()
+	n, rerr := r.Read(buf)
+	d.mu.Lock()
+	d.held--
+	n = max(0, min(n, len(buf)))
+	p.queueTxLocked(i, gen, n)
+	d.finishLocked()
+	d.mu.Unlock()
+	return n, rerr
+}
+
+// Write queues all of b and returns once the device has taken every byte
+// (or ctx ends, or the port goes away).
+func (p *Port) Write(ctx context.Context, b []byte) (int, error) {
+	d := p.d
+	d.mu.Lock()
+	done := 0
+	for done < len(b) {
+		i, gen, err := p.takeTxLocked(ctx)
+		if err != nil {
+			d.mu.Unlock()
+			return done, err
+		}
+		n := copy(p.s.txBufs[i].mem.Bytes(), b[done:])
+		if !p.queueTxLocked(i, gen, n) {
+			d.mu.Unlock()
+			return done, ErrDeviceReset
+		}
+		done += n
+	}
+	err := p.flushLocked(ctx)
+	d.mu.Unlock()
+	return done, err
+}
+
+// Flush waits until the device has taken every byte queued by Send.
+func (p *Port) Flush(ctx context.Context) error {
+	p.d.mu.Lock()
+	defer p.d.mu.Unlock()
+	return p.flushLocked(ctx)
+}
+
+func (p *Port) flushLocked(ctx context.Context) error {
+	d := p.d
+	for {
+		if d.txReady(p.s) {
+			d.reapTxLocked(p.s)
+		}
+		if p.txLost {
+			p.txLost = false
+			return ErrDeviceReset
+		}
+		if err := p.errLocked(); err != nil {
+			return err
+		}
+		if p.txInflight == 0 {
+			wake(p.flushWake) // pass on to another flusher
+			return nil
+		}
+		if err := p.wait(ctx, p.flushWake); err != nil {
+			return err
+		}
+	}
+}
+
+// SetGuestOpen tells the host that a guest program has the port open
+// (PORT_OPEN 1) or closed it (PORT_OPEN 0). Closing discards received bytes
+// nobody read, as Linux does, and counts them.
+func (p *Port) SetGuestOpen(ctx context.Context, open bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d := p.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := p.errLocked(); err != nil {
+		return err
+	}
+	if p.guestOpen == open {
+		return nil
+	}
+	p.guestOpen = open
+	if !open {
+		p.discardRxLocked()
+	}
+	if d.multiport && !p.reannounce {
+		d.sendControlLocked(p.id, eventPortOpen, boolValue(open))
+	}
+	return nil
+}
+
+func boolValue(b bool) uint16 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// --- slot helpers (d.mu held) ---
+
+func (s *slot) fifoPush(i int32) {
+	s.fifo[(s.fHead+s.fLen)%len(s.fifo)] = i
+	s.fLen++
+}
+
+func (s *slot) fifoPop() int32 {
+	i := s.fifo[s.fHead]
+	s.fHead = (s.fHead + 1) % len(s.fifo)
+	s.fLen--
+	return i
+}
