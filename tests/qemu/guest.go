@@ -1,0 +1,532 @@
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vserial/vserial/tests/qemu/internal/wire"
+)
+
+// Port is a named virtserialport on the device under test, backed by a
+// host Unix socket on which QEMU listens.
+type Port struct {
+	// Name is the port's name property, which the guest sees.
+	Name string
+	// Nr is the port number on the bus (1..max_ports-1); 0 means the
+	// port's position in Options.Ports plus one.
+	Nr int
+	// ID is the QEMU device id reported in VSERPORT_CHANGE events; empty
+	// means "port<Nr>".
+	ID string
+}
+
+// Options describe one guest boot. The zero value boots the guest with a
+// virtio-serial-pci device and no ports.
+type Options struct {
+	Ports []Port
+	// MaxPorts sets max_ports on the device; 0 keeps QEMU's default (31).
+	MaxPorts int
+	// DisableLegacy makes the device modern-only (disable-legacy=on).
+	DisableLegacy bool
+	// DeviceProps are extra ",key=value" properties for virtio-serial-pci.
+	DeviceProps string
+	// NoDevice boots without the device under test.
+	NoDevice bool
+	// Files are added to the initramfs (e.g. BuildAgent(t)).
+	Files []File
+	// Modules are kernel modules to carry beyond GuestModules.
+	Modules []string
+	// Append is added to the kernel command line.
+	Append string
+	// Memory is QEMU's -m; default 512M.
+	Memory string
+	// ExtraArgs are appended to QEMU's command line.
+	ExtraArgs []string
+	// BootTimeout bounds the wait for the guest helper; default 3 minutes.
+	BootTimeout time.Duration
+}
+
+// Guest is a running QEMU guest whose helper serves commands on the serial
+// console. Boot registers the cleanup that kills it.
+type Guest struct {
+	// Kernel is the guest kernel.
+	Kernel *Kernel
+	// Dir holds the initramfs, sockets and logs of this boot.
+	Dir string
+	// Args is QEMU's full command line, Args[0] being the program.
+	Args []string
+	// QMP is connected and has negotiated capabilities.
+	QMP *QMP
+	// BootTime is the time from starting QEMU to the helper's READY.
+	BootTime time.Duration
+
+	ports map[string]Port
+	socks map[string]string
+
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	wmu    sync.Mutex
+	ready  chan struct{}
+	exited chan struct{}
+
+	mu         sync.Mutex
+	nextID     uint64
+	calls      map[uint64]*call
+	tail       []string // console lines without protocol noise
+	transcript []string
+	exitErr    error
+	conLog     *os.File
+}
+
+type call struct {
+	argv  []string
+	start time.Time
+	pid   chan int
+	done  chan struct{}
+	out   bytes.Buffer
+	code  int
+}
+
+// ExitError is a guest command that exited with a non-zero status (or, as
+// -1, could not start; 128+N means it died of signal N).
+type ExitError struct {
+	Argv   []string
+	Code   int
+	Output string
+}
+
+func (e *ExitError) Error() string {
+	return fmt.Sprintf("guest: %s: exit status %d: %s", strings.Join(e.Argv, " "), e.Code, strings.TrimSpace(e.Output))
+}
+
+// ErrGuestExited is returned for commands that cannot finish because QEMU
+// is gone.
+var ErrGuestExited = errors.New("guest: QEMU exited")
+
+// Boot starts a guest and waits until its helper serves commands. The guest
+// is killed when the test ends; on failure the QEMU command line, the
+// console and the command transcript are logged.
+func Boot(t testing.TB, opts Options) *Guest {
+	t.Helper()
+	requireHost(t)
+	cache, err := CacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	k, err := EnsureKernel(cache)
+	if err != nil {
+		t.Fatalf("guest kernel: %v", err)
+	}
+	base, err := EnsureBaseImage(cache)
+	if err != nil {
+		t.Fatalf("guest initramfs: %v", err)
+	}
+	helper := BuildGoBinary(t, "./tests/qemu/guest")
+	mods, err := k.ModuleFiles(append(append([]string{}, GuestModules...), opts.Modules...)...)
+	if err != nil {
+		t.Fatalf("guest modules: %v", err)
+	}
+	setup := time.Since(t0)
+
+	// Short directory: socket paths must fit in sun_path (108 bytes).
+	dir, err := os.MkdirTemp("", "vsq-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &Guest{
+		Kernel: k, Dir: dir,
+		ports: map[string]Port{}, socks: map[string]string{},
+		ready: make(chan struct{}), exited: make(chan struct{}),
+		calls: map[uint64]*call{},
+	}
+	files := append([]File{{Dst: HelperPath, Src: helper, Mode: 0o755}}, mods...)
+	files = append(files, opts.Files...)
+	initrd := filepath.Join(dir, "initrd.cpio")
+	if err := writeInitramfs(initrd, base, files); err != nil {
+		t.Fatalf("guest initramfs: %v", err)
+	}
+	g.Args = g.commandLine(opts, initrd)
+	script := "#!/bin/sh\n# Reproduces this boot; the serial console is on stdin/stdout.\nexec " + shellJoin(g.Args) + "\n"
+	_ = os.WriteFile(filepath.Join(dir, "run.sh"), []byte(script), 0o755)
+	t.Logf("guest: kernel %s, setup %v, QEMU command line:\n%s", k.Version, setup.Round(time.Millisecond), shellJoin(g.Args))
+
+	if g.conLog, err = os.Create(filepath.Join(dir, "console.log")); err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := os.Create(filepath.Join(dir, "qemu.stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.cmd = exec.Command(g.Args[0], g.Args[1:]...)
+	g.cmd.Stderr = stderr
+	// QEMU must not outlive a test binary that dies (timeout panic, kill).
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if g.stdin, err = g.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := g.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := g.cmd.Start(); err != nil {
+		t.Fatalf("starting QEMU: %v", err)
+	}
+	t.Cleanup(func() { g.shutdown(t, stderr) })
+	go g.readConsole(stdout)
+
+	timeout := opts.BootTimeout
+	if timeout == 0 {
+		timeout = 3 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if g.QMP, err = DialQMP(ctx, filepath.Join(dir, "qmp.sock")); err != nil {
+		t.Fatalf("guest: %v", err)
+	}
+	select {
+	case <-g.ready:
+	case <-g.exited:
+		t.Fatalf("guest: QEMU exited before the helper was ready: %v", g.exitErr)
+	case <-ctx.Done():
+		t.Fatalf("guest: helper not ready after %v", timeout)
+	}
+	g.BootTime = time.Since(start)
+	t.Logf("guest: ready in %v", g.BootTime.Round(time.Millisecond))
+	return g
+}
+
+func (g *Guest) commandLine(opts Options, initrd string) []string {
+	mem := opts.Memory
+	if mem == "" {
+		mem = "512M"
+	}
+	args := []string{
+		"qemu-system-x86_64",
+		"-machine", "q35", "-accel", "tcg", "-m", mem,
+		"-nographic", "-no-reboot", "-nic", "none",
+		"-kernel", g.Kernel.Vmlinux, "-initrd", initrd,
+		"-append", strings.TrimSpace("console=ttyS0 panic=-1 loglevel=4 " + opts.Append),
+		"-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0", "-monitor", "none",
+		"-qmp", "unix:" + filepath.Join(g.Dir, "qmp.sock") + ",server=on,wait=off",
+	}
+	if !opts.NoDevice {
+		dev := "virtio-serial-pci,id=vs0"
+		if opts.MaxPorts > 0 {
+			dev += ",max_ports=" + strconv.Itoa(opts.MaxPorts)
+		}
+		if opts.DisableLegacy {
+			dev += ",disable-legacy=on"
+		}
+		args = append(args, "-device", dev+opts.DeviceProps)
+		for i, p := range opts.Ports {
+			p = g.addPort(p, i+1)
+			sock := g.socks[p.Name]
+			args = append(args,
+				"-chardev", fmt.Sprintf("socket,id=c%d,path=%s,server=on,wait=off", p.Nr, sock),
+				"-device", fmt.Sprintf("virtserialport,bus=vs0.0,chardev=c%d,name=%s,nr=%d,id=%s", p.Nr, p.Name, p.Nr, p.ID))
+		}
+	}
+	return append(args, opts.ExtraArgs...)
+}
+
+func (g *Guest) addPort(p Port, defNr int) Port {
+	if p.Nr == 0 {
+		p.Nr = defNr
+	}
+	if p.ID == "" {
+		p.ID = fmt.Sprintf("port%d", p.Nr)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.ports[p.Name] = p
+	g.socks[p.Name] = filepath.Join(g.Dir, fmt.Sprintf("p%d.sock", p.Nr))
+	return p
+}
+
+func (g *Guest) readConsole(stdout io.Reader) {
+	br := bufio.NewReaderSize(stdout, 64<<10)
+	for {
+		line, err := br.ReadString('\n')
+		if line != "" {
+			g.consoleLine(line)
+		}
+		if err != nil {
+			break
+		}
+	}
+	err := g.cmd.Wait()
+	g.mu.Lock()
+	g.exitErr = err
+	g.mu.Unlock()
+	close(g.exited)
+}
+
+func (g *Guest) consoleLine(line string) {
+	_, _ = g.conLog.WriteString(line)
+	r, ok, err := wire.ParseReply(line)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !ok || err != nil {
+		g.tail = append(g.tail, strings.TrimRight(line, "\r\n"))
+		if len(g.tail) > 400 {
+			g.tail = g.tail[len(g.tail)-300:]
+		}
+		return
+	}
+	if r.Kind == wire.KindReady {
+		select {
+		case <-g.ready:
+		default:
+			close(g.ready)
+		}
+		return
+	}
+	c := g.calls[r.ID]
+	if c == nil {
+		return
+	}
+	switch r.Kind {
+	case wire.KindPID:
+		c.pid <- r.Int
+	case wire.KindOut:
+		c.out.Write(r.Data)
+	case wire.KindEnd:
+		c.code = r.Int
+		delete(g.calls, r.ID)
+		g.transcript = append(g.transcript, fmt.Sprintf("#%d %s → exit %d (%v)", r.ID, shellJoin(c.argv), c.code, time.Since(c.start).Round(time.Millisecond)))
+		close(c.done)
+	}
+}
+
+func (g *Guest) shutdown(t testing.TB, stderr *os.File) {
+	if g.QMP != nil {
+		g.QMP.Close()
+	}
+	_ = g.cmd.Process.Kill()
+	select {
+	case <-g.exited:
+	case <-time.After(30 * time.Second):
+		t.Errorf("guest: QEMU (pid %d) did not exit after SIGKILL", g.cmd.Process.Pid)
+	}
+	stderr.Close()
+	g.conLog.Close()
+	keep := envSet(EnvKeep)
+	if t.Failed() {
+		g.mu.Lock()
+		t.Logf("guest: QEMU command line:\n%s", shellJoin(g.Args))
+		t.Logf("guest: console (last %d lines, protocol lines omitted):\n%s", len(g.tail), strings.Join(g.tail, "\n"))
+		t.Logf("guest: commands:\n%s", strings.Join(g.transcript, "\n"))
+		g.mu.Unlock()
+		if b, _ := os.ReadFile(stderr.Name()); len(b) > 0 {
+			t.Logf("guest: QEMU stderr:\n%s", b)
+		}
+		if !keep {
+			t.Logf("guest: set %s=1 to keep %s (initramfs, console.log, run.sh)", EnvKeep, g.Dir)
+		}
+	}
+	if keep {
+		t.Logf("guest: kept %s; reproduce with %s", g.Dir, filepath.Join(g.Dir, "run.sh"))
+		return
+	}
+	os.RemoveAll(g.Dir)
+}
+
+// Console returns the console lines seen so far (protocol lines omitted).
+func (g *Guest) Console() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return strings.Join(g.tail, "\n")
+}
+
+// Proc is a command started in the guest.
+type Proc struct {
+	g   *Guest
+	id  uint64
+	c   *call
+	Pid int
+}
+
+// Start runs argv in the guest without waiting for it to finish. argv[0] is
+// a helper built-in (see tests/qemu/guest) or a program in the guest's PATH.
+func (g *Guest) Start(ctx context.Context, argv ...string) (*Proc, error) {
+	if len(argv) == 0 {
+		return nil, errors.New("guest: empty command")
+	}
+	c := &call{argv: argv, start: time.Now(), pid: make(chan int, 1), done: make(chan struct{})}
+	g.mu.Lock()
+	g.nextID++
+	id := g.nextID
+	g.calls[id] = c
+	g.mu.Unlock()
+	line := wire.Command{ID: id, Background: true, Argv: argv}.Encode()
+	g.wmu.Lock()
+	_, err := io.WriteString(g.stdin, line)
+	g.wmu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("guest: sending %q: %w", argv[0], err)
+	}
+	p := &Proc{g: g, id: id, c: c}
+	select {
+	case p.Pid = <-c.pid:
+		return p, nil
+	case <-c.done: // could not start
+		return p, p.result()
+	case <-g.exited:
+		return nil, ErrGuestExited
+	case <-ctx.Done():
+		return nil, fmt.Errorf("guest: starting %s: %w", strings.Join(argv, " "), ctx.Err())
+	}
+}
+
+func (p *Proc) result() error {
+	if p.c.code != 0 {
+		return &ExitError{Argv: p.c.argv, Code: p.c.code, Output: p.c.out.String()}
+	}
+	return nil
+}
+
+// Wait waits for the command to finish and returns its combined output;
+// the error is an *ExitError when it exited non-zero.
+func (p *Proc) Wait(ctx context.Context) (string, error) {
+	select {
+	case <-p.c.done:
+		return p.c.out.String(), p.result()
+	case <-p.g.exited:
+		return "", ErrGuestExited
+	case <-ctx.Done():
+		return "", fmt.Errorf("guest: waiting for %s: %w", strings.Join(p.c.argv, " "), ctx.Err())
+	}
+}
+
+// Run runs argv in the guest and returns its combined output.
+func (g *Guest) Run(ctx context.Context, argv ...string) (string, error) {
+	p, err := g.Start(ctx, argv...)
+	if err != nil {
+		return "", err
+	}
+	return p.Wait(ctx)
+}
+
+// MustRun runs argv and fails the test if it does not exit 0.
+func (g *Guest) MustRun(t testing.TB, argv ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	out, err := g.Run(ctx, argv...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Port returns the port with the given name (with Nr and ID filled in).
+func (g *Guest) Port(name string) (Port, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	p, ok := g.ports[name]
+	return p, ok
+}
+
+// PortSocket is the host socket QEMU listens on for the named port.
+func (g *Guest) PortSocket(name string) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.socks[name]
+}
+
+// DialPort connects to the named port's host socket, which makes the port
+// host-connected for the guest. QEMU serves one connection per port at a
+// time. The connection is closed when the test ends.
+func (g *Guest) DialPort(t testing.TB, name string) *net.UnixConn {
+	t.Helper()
+	sock := g.PortSocket(name)
+	if sock == "" {
+		t.Fatalf("guest: no port named %q", name)
+	}
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatalf("guest: port %s: %v", name, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// HotplugPort adds a port to the running device (chardev-add + device_add)
+// and returns it with Nr and ID filled in; Nr must be set.
+func (g *Guest) HotplugPort(ctx context.Context, p Port) (Port, error) {
+	if p.Nr == 0 {
+		return p, errors.New("guest: hot-plugged ports need an explicit Nr")
+	}
+	p = g.addPort(p, p.Nr)
+	chardev := fmt.Sprintf("c%d", p.Nr)
+	_, err := g.QMP.Execute(ctx, "chardev-add", map[string]any{
+		"id": chardev,
+		"backend": map[string]any{"type": "socket", "data": map[string]any{
+			"addr":   map[string]any{"type": "unix", "data": map[string]any{"path": g.PortSocket(p.Name)}},
+			"server": true, "wait": false,
+		}},
+	})
+	if err != nil {
+		return p, err
+	}
+	_, err = g.QMP.Execute(ctx, "device_add", map[string]any{
+		"driver": "virtserialport", "bus": "vs0.0", "chardev": chardev,
+		"name": p.Name, "nr": p.Nr, "id": p.ID,
+	})
+	return p, err
+}
+
+// UnplugPort removes a port (device_del, wait for DEVICE_DELETED,
+// chardev-remove).
+func (g *Guest) UnplugPort(ctx context.Context, name string) error {
+	p, ok := g.Port(name)
+	if !ok {
+		return fmt.Errorf("guest: no port named %q", name)
+	}
+	mark := g.QMP.Mark()
+	if _, err := g.QMP.Execute(ctx, "device_del", map[string]any{"id": p.ID}); err != nil {
+		return err
+	}
+	if _, _, err := g.QMP.WaitEvent(ctx, mark, "DEVICE_DELETED", func(e Event) bool {
+		return bytes.Contains(e.Data, []byte(strconv.Quote(p.ID)))
+	}); err != nil {
+		return err
+	}
+	if _, err := g.QMP.Execute(ctx, "chardev-remove", map[string]any{"id": fmt.Sprintf("c%d", p.Nr)}); err != nil {
+		return err
+	}
+	g.mu.Lock()
+	delete(g.ports, name)
+	delete(g.socks, name)
+	g.mu.Unlock()
+	return nil
+}
+
+// shellJoin quotes args for a POSIX shell.
+func shellJoin(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		if a != "" && strings.Trim(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@") == "" {
+			q[i] = a
+		} else {
+			q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(q, " ")
+}

@@ -1,0 +1,616 @@
+// Command vsguest is the guest side of the tests/qemu harness. Inside the
+// test guest it runs as u-root's uinit and serves commands that the host
+// sends over the serial console (protocol: tests/qemu/internal/wire): each
+// command runs as a child process — an external program, or this binary
+// re-executed for one of its built-in subcommands — and its exit code and
+// combined output go back to the host.
+//
+// The built-in subcommands move and check data on a path that is either a
+// device file (/dev/vportNpM of the in-kernel virtio_console driver) or a
+// Unix socket (a port exposed by vserial-agent), so one measurement runs
+// unchanged against both.
+//
+// It is a test tool: static (CGO_ENABLED=0), Linux only, never shipped.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vserial/vserial/tests/qemu/internal/wire"
+	"golang.org/x/sys/unix"
+)
+
+type builtin struct {
+	usage string
+	run   func(args []string) error
+}
+
+var builtins map[string]builtin
+
+func init() {
+	builtins = map[string]builtin{
+		"serve":     {"serve", func([]string) error { return serve() }},
+		"modprobe":  {"modprobe MODULE...", modprobe},
+		"vports":    {"vports", vports},
+		"sink":      {"sink PATH N", sink},
+		"source":    {"source PATH N SEED", source},
+		"echo":      {"echo PATH", echo},
+		"pingpong":  {"pingpong PATH COUNT", pingpong},
+		"cputime":   {"cputime PID", cputime},
+		"sleep":     {"sleep SECONDS", sleep},
+		"ls":        {"ls DIR...", ls},
+		"cat":       {"cat FILE...", cat},
+		"write":     {"write FILE STRING", write},
+		"wait-path": {"wait-path PATH SECONDS", waitPath},
+		"poweroff":  {"poweroff", func([]string) error { return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) }},
+		"help":      {"help", help},
+	}
+}
+
+func main() {
+	args := os.Args[1:]
+	// As u-root's /bin/uinit the helper is started without arguments.
+	if len(args) == 0 || filepath.Base(os.Args[0]) == "uinit" && args[0] != "serve" {
+		args = []string{"serve"}
+	}
+	b, ok := builtins[args[0]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "vsguest: unknown subcommand %q (try help)\n", args[0])
+		os.Exit(2)
+	}
+	if err := b.run(args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "vsguest %s: %v\n", args[0], err)
+		os.Exit(1)
+	}
+}
+
+func help([]string) error {
+	names := make([]string, 0, len(builtins))
+	for n := range builtins {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		fmt.Println(builtins[n].usage)
+	}
+	return nil
+}
+
+// ---- command server ----
+
+type console struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (c *console) write(s string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, _ = io.WriteString(c.w, s)
+}
+
+func serve() error {
+	// Kernel messages share the console with the protocol; keep only errors.
+	_ = os.WriteFile("/proc/sys/kernel/printk", []byte("4 4 1 4"), 0)
+	os.Setenv("PATH", "/bbin:/bin:/usr/bin:/sbin:/usr/sbin")
+
+	var r io.Reader = os.Stdin
+	var w io.Writer = os.Stdout
+	if tty, err := os.OpenFile("/dev/ttyS0", os.O_RDWR|unix.O_NOCTTY, 0); err == nil {
+		if err := makeRaw(int(tty.Fd())); err != nil {
+			fmt.Fprintf(tty, "vsguest: raw mode: %v\n", err)
+		}
+		r, w = tty, tty
+	}
+	con := &console{w: w}
+	con.write("\n" + wire.Ready())
+	br := bufio.NewReader(r)
+	for {
+		line, err := br.ReadString('\n')
+		if line = strings.TrimRight(line, "\r\n"); line != "" {
+			c, perr := wire.ParseCommand(line)
+			switch {
+			case perr == nil:
+				go runCommand(con, c)
+			case errors.Is(perr, wire.ErrNotCommand):
+				// A human at the console (see doc.go): run it and print plainly.
+				go runHuman(con, strings.Fields(line))
+			default:
+				con.write(fmt.Sprintf("vsguest: %v\n", perr))
+			}
+		}
+		if err != nil {
+			if err == io.EOF {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+	}
+}
+
+// makeRaw turns off echo, line editing and output processing on the serial
+// tty, so bytes pass through unchanged in both directions.
+func makeRaw(fd int) error {
+	t, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return err
+	}
+	t.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
+	t.Oflag &^= unix.OPOST
+	t.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
+	t.Cflag &^= unix.CSIZE | unix.PARENB
+	t.Cflag |= unix.CS8
+	t.Cc[unix.VMIN] = 1
+	t.Cc[unix.VTIME] = 0
+	return unix.IoctlSetTermios(fd, unix.TCSETS, t)
+}
+
+// command builds the child process for argv: a built-in runs as a re-exec
+// of this binary, anything else is looked up in PATH.
+func command(argv []string) *exec.Cmd {
+	if _, ok := builtins[argv[0]]; ok && argv[0] != "serve" {
+		cmd := exec.Command("/proc/self/exe", argv...)
+		cmd.Args[0] = "vsguest"
+		return cmd
+	}
+	return exec.Command(argv[0], argv[1:]...)
+}
+
+func runCommand(con *console, c wire.Command) {
+	cmd := command(c.Argv)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		con.write(wire.Out(c.ID, []byte(err.Error()+"\n")) + wire.End(c.ID, -1))
+		return
+	}
+	con.write(wire.PID(c.ID, cmd.Process.Pid))
+	code := exitCode(cmd.Wait())
+	con.write(wire.Out(c.ID, out.Bytes()) + wire.End(c.ID, code))
+}
+
+func runHuman(con *console, argv []string) {
+	cmd := command(argv)
+	out, err := cmd.CombinedOutput()
+	con.write(fmt.Sprintf("%s[exit %d]\n", out, exitCode(err)))
+}
+
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		return ee.ExitCode()
+	}
+	return -1
+}
+
+// ---- modules ----
+
+// modprobe loads each module and its dependencies from
+// /lib/modules/$(uname -r)/modules.dep with finit_module(2). Modules that are
+// already loaded (or built in) are fine.
+func modprobe(args []string) error {
+	if len(args) == 0 {
+		return errors.New("usage: modprobe MODULE...")
+	}
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return err
+	}
+	dir := filepath.Join("/lib/modules", unix.ByteSliceToString(u.Release[:]))
+	deps, err := readModulesDep(filepath.Join(dir, "modules.dep"))
+	if err != nil {
+		return err
+	}
+	loaded := map[string]bool{}
+	var load func(rel string, depth int) error
+	load = func(rel string, depth int) error {
+		if loaded[rel] {
+			return nil
+		}
+		if depth > 64 {
+			return fmt.Errorf("dependency loop at %s", rel)
+		}
+		for _, d := range deps[rel] {
+			if err := load(d, depth+1); err != nil {
+				return err
+			}
+		}
+		loaded[rel] = true
+		return insmod(filepath.Join(dir, rel))
+	}
+	for _, name := range args {
+		rel := findModule(deps, name)
+		if rel == "" {
+			return fmt.Errorf("module %s not found in %s/modules.dep", name, dir)
+		}
+		if err := load(rel, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readModulesDep(path string) (map[string][]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	deps := map[string][]string{}
+	for line := range strings.Lines(string(b)) {
+		mod, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok {
+			continue
+		}
+		deps[mod] = strings.Fields(rest)
+	}
+	return deps, nil
+}
+
+func moduleName(rel string) string {
+	base, _, _ := strings.Cut(filepath.Base(rel), ".ko")
+	return strings.ReplaceAll(base, "-", "_")
+}
+
+func findModule(deps map[string][]string, name string) string {
+	name = strings.ReplaceAll(name, "-", "_")
+	for rel := range deps {
+		if moduleName(rel) == name {
+			return rel
+		}
+	}
+	return ""
+}
+
+func insmod(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	flags := 0
+	if !strings.HasSuffix(path, ".ko") {
+		flags = unix.MODULE_INIT_COMPRESSED_FILE
+	}
+	if err := unix.FinitModule(int(f.Fd()), "", flags); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("finit_module %s: %w", path, err)
+	}
+	return nil
+}
+
+// ---- virtio-console ports of the in-kernel driver ----
+
+// vports prints "NAME DEVICE" for every port the in-kernel driver created
+// (NAME is "-" for an unnamed port), creating the device node from sysfs
+// when devtmpfs did not (no udev in the guest).
+func vports([]string) error {
+	const class = "/sys/class/virtio-ports"
+	ents, err := os.ReadDir(class)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		name := "-"
+		if b, err := os.ReadFile(filepath.Join(class, e.Name(), "name")); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			name = string(bytes.TrimSpace(b))
+		}
+		dev := filepath.Join("/dev", e.Name())
+		note := ""
+		if _, err := os.Stat(dev); errors.Is(err, fs.ErrNotExist) {
+			if err := mknodFromSysfs(filepath.Join(class, e.Name(), "dev"), dev); err != nil {
+				return err
+			}
+			note = " created"
+		}
+		fmt.Printf("%s %s%s\n", name, dev, note)
+	}
+	return nil
+}
+
+func mknodFromSysfs(devFile, node string) error {
+	b, err := os.ReadFile(devFile)
+	if err != nil {
+		return err
+	}
+	maj, min, ok := strings.Cut(strings.TrimSpace(string(b)), ":")
+	if !ok {
+		return fmt.Errorf("%s: bad contents %q", devFile, b)
+	}
+	ma, err1 := strconv.ParseUint(maj, 10, 32)
+	mi, err2 := strconv.ParseUint(min, 10, 32)
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("%s: %w", devFile, err)
+	}
+	return unix.Mknod(node, unix.S_IFCHR|0o600, int(unix.Mkdev(uint32(ma), uint32(mi))))
+}
+
+// ---- data movers ----
+
+// openPath opens a port: a Unix socket is dialled, anything else is opened
+// read-write as a device file.
+func openPath(path string) (io.ReadWriteCloser, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode()&fs.ModeSocket != 0 {
+		return net.Dial("unix", path)
+	}
+	return os.OpenFile(path, os.O_RDWR, 0)
+}
+
+func parseSize(s string) (int64, error) {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("bad byte count %q", s)
+	}
+	return n, nil
+}
+
+func report(n int64, sum []byte, d time.Duration) {
+	secs := d.Seconds()
+	mbps := 0.0
+	if secs > 0 {
+		mbps = float64(n) / secs / 1e6
+	}
+	fmt.Printf("bytes=%d sha256=%s secs=%.6f mbps=%.3f\n", n, hex.EncodeToString(sum), secs, mbps)
+}
+
+// sink reads exactly N bytes and prints their sha256 and the throughput
+// measured from the first byte to the last.
+func sink(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: sink PATH N")
+	}
+	n, err := parseSize(args[1])
+	if err != nil {
+		return err
+	}
+	f, err := openPath(args[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	buf := make([]byte, 256<<10)
+	var got int64
+	var start time.Time
+	for got < n {
+		k, err := f.Read(buf[:min(int64(len(buf)), n-got)])
+		if k > 0 {
+			if got == 0 {
+				start = time.Now()
+			}
+			h.Write(buf[:k])
+			got += int64(k)
+		}
+		if err != nil || k == 0 {
+			return fmt.Errorf("after %d of %d bytes: %v", got, n, err)
+		}
+	}
+	d := time.Duration(0)
+	if !start.IsZero() {
+		d = time.Since(start)
+	}
+	report(n, h.Sum(nil), d)
+	return nil
+}
+
+// source writes N bytes of wire.Pattern(SEED).
+func source(args []string) error {
+	if len(args) != 3 {
+		return errors.New("usage: source PATH N SEED")
+	}
+	n, err := parseSize(args[1])
+	if err != nil {
+		return err
+	}
+	seed, err := strconv.ParseUint(args[2], 10, 64)
+	if err != nil {
+		return fmt.Errorf("bad seed %q", args[2])
+	}
+	f, err := openPath(args[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	p := wire.Pattern(seed)
+	h := sha256.New()
+	buf := make([]byte, 64<<10)
+	start := time.Now()
+	for left := n; left > 0; {
+		chunk := buf[:min(int64(len(buf)), left)]
+		_, _ = p.Read(chunk)
+		h.Write(chunk)
+		if _, err := f.Write(chunk); err != nil {
+			return fmt.Errorf("after %d of %d bytes: %w", n-left, n, err)
+		}
+		left -= int64(len(chunk))
+	}
+	report(n, h.Sum(nil), time.Since(start))
+	return f.Close()
+}
+
+// echo writes back everything it reads until end of file.
+func echo(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: echo PATH")
+	}
+	f, err := openPath(args[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// Plain reads and writes: io.Copy between two views of one device file
+	// could try copy_file_range or splice on it.
+	n, err := io.CopyBuffer(struct{ io.Writer }{f}, struct{ io.Reader }{f}, make([]byte, 64<<10))
+	fmt.Printf("bytes=%d\n", n)
+	return err
+}
+
+// pingpong sends one byte and waits for it to come back, COUNT times, and
+// prints the round-trip statistics. The host side echoes.
+func pingpong(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: pingpong PATH COUNT")
+	}
+	count, err := strconv.Atoi(args[1])
+	if err != nil || count <= 0 {
+		return fmt.Errorf("bad count %q", args[1])
+	}
+	f, err := openPath(args[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	rtts := make([]time.Duration, count)
+	var b [1]byte
+	for i := range count {
+		out := byte(i)
+		t0 := time.Now()
+		if _, err := f.Write([]byte{out}); err != nil {
+			return fmt.Errorf("round %d: %w", i, err)
+		}
+		if _, err := io.ReadFull(f, b[:]); err != nil {
+			return fmt.Errorf("round %d: %w", i, err)
+		}
+		rtts[i] = time.Since(t0)
+		if b[0] != out {
+			return fmt.Errorf("round %d: sent %#x, got %#x back", i, out, b[0])
+		}
+	}
+	var sum time.Duration
+	for _, d := range rtts {
+		sum += d
+	}
+	slices.Sort(rtts)
+	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
+	fmt.Printf("count=%d mean_us=%.1f p50_us=%.1f p99_us=%.1f max_us=%.1f\n",
+		count, us(sum/time.Duration(count)), us(rtts[count/2]), us(rtts[(count*99)/100]), us(rtts[count-1]))
+	return nil
+}
+
+// ---- small tools ----
+
+// cputime prints the user and system CPU seconds a process has used.
+func cputime(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: cputime PID")
+	}
+	b, err := os.ReadFile("/proc/" + args[0] + "/stat")
+	if err != nil {
+		return err
+	}
+	// Fields after the command name, which is in parentheses and may hold
+	// spaces: state is field 3, utime 14, stime 15 (proc(5)).
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return fmt.Errorf("malformed stat %q", b)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return fmt.Errorf("malformed stat %q", b)
+	}
+	const clkTck = 100 // USER_HZ on x86 Linux
+	ut, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return err
+	}
+	fmt.Printf("utime_s=%.2f stime_s=%.2f\n", float64(ut)/clkTck, float64(st)/clkTck)
+	return nil
+}
+
+func sleep(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: sleep SECONDS")
+	}
+	s, err := strconv.ParseFloat(args[0], 64)
+	if err != nil {
+		return err
+	}
+	time.Sleep(time.Duration(s * float64(time.Second)))
+	return nil
+}
+
+func ls(args []string) error {
+	for _, dir := range args {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			fmt.Println(e.Name())
+		}
+	}
+	return nil
+}
+
+func cat(args []string) error {
+	for _, p := range args {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		os.Stdout.Write(b)
+	}
+	return nil
+}
+
+func write(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: write FILE STRING")
+	}
+	f, err := os.OpenFile(args[0], os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(args[1]); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func waitPath(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: wait-path PATH SECONDS")
+	}
+	s, err := strconv.ParseFloat(args[1], 64)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(time.Duration(s * float64(time.Second)))
+	for {
+		if _, err := os.Stat(args[0]); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not appear within %ss", args[0], args[1])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
