@@ -44,6 +44,13 @@ type builtin struct {
 
 var builtins map[string]builtin
 
+// stdout receives what built-ins print; tests replace it.
+var stdout io.Writer = os.Stdout
+
+// eofPoll is how long serveOn waits after end of input before reading
+// again; 0 makes end of input final (tests).
+var eofPoll = 100 * time.Millisecond
+
 func init() {
 	builtins = map[string]builtin{
 		"serve":     {"serve", func([]string) error { return serve() }},
@@ -88,7 +95,7 @@ func help([]string) error {
 	}
 	slices.Sort(names)
 	for _, n := range names {
-		fmt.Println(builtins[n].usage)
+		fmt.Fprintln(stdout, builtins[n].usage)
 	}
 	return nil
 }
@@ -119,6 +126,13 @@ func serve() error {
 		}
 		r, w = tty, tty
 	}
+	return serveOn(r, w)
+}
+
+// serveOn serves commands read from r, writing replies to w. At end of
+// input it keeps polling: a serial console reports EOF when nothing is
+// attached.
+func serveOn(r io.Reader, w io.Writer) error {
 	con := &console{w: w}
 	con.write("\n" + wire.Ready())
 	br := bufio.NewReader(r)
@@ -137,8 +151,8 @@ func serve() error {
 			}
 		}
 		if err != nil {
-			if err == io.EOF {
-				time.Sleep(100 * time.Millisecond)
+			if err == io.EOF && eofPoll > 0 {
+				time.Sleep(eofPoll)
 				continue
 			}
 			return err
@@ -325,7 +339,7 @@ func vports([]string) error {
 			}
 			note = " created"
 		}
-		fmt.Printf("%s %s%s\n", name, dev, note)
+		fmt.Fprintf(stdout, "%s %s%s\n", name, dev, note)
 	}
 	return nil
 }
@@ -376,7 +390,7 @@ func report(n int64, sum []byte, d time.Duration) {
 	if secs > 0 {
 		mbps = float64(n) / secs / 1e6
 	}
-	fmt.Printf("bytes=%d sha256=%s secs=%.6f mbps=%.3f\n", n, hex.EncodeToString(sum), secs, mbps)
+	fmt.Fprintf(stdout, "bytes=%d sha256=%s secs=%.6f mbps=%.3f\n", n, hex.EncodeToString(sum), secs, mbps)
 }
 
 // sink reads exactly N bytes and prints their sha256 and the throughput
@@ -467,7 +481,7 @@ func echo(args []string) error {
 	// Plain reads and writes: io.Copy between two views of one device file
 	// could try copy_file_range or splice on it.
 	n, err := io.CopyBuffer(struct{ io.Writer }{f}, struct{ io.Reader }{f}, make([]byte, 64<<10))
-	fmt.Printf("bytes=%d\n", n)
+	fmt.Fprintf(stdout, "bytes=%d\n", n)
 	return err
 }
 
@@ -508,7 +522,7 @@ func pingpong(args []string) error {
 	}
 	slices.Sort(rtts)
 	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
-	fmt.Printf("count=%d mean_us=%.1f p50_us=%.1f p99_us=%.1f max_us=%.1f\n",
+	fmt.Fprintf(stdout, "count=%d mean_us=%.1f p50_us=%.1f p99_us=%.1f max_us=%.1f\n",
 		count, us(sum/time.Duration(count)), us(rtts[count/2]), us(rtts[(count*99)/100]), us(rtts[count-1]))
 	return nil
 }
@@ -540,7 +554,7 @@ func cputime(args []string) error {
 	if err := errors.Join(err1, err2); err != nil {
 		return err
 	}
-	fmt.Printf("utime_s=%.2f stime_s=%.2f\n", float64(ut)/clkTck, float64(st)/clkTck)
+	fmt.Fprintf(stdout, "utime_s=%.2f stime_s=%.2f\n", float64(ut)/clkTck, float64(st)/clkTck)
 	return nil
 }
 
@@ -563,7 +577,7 @@ func ls(args []string) error {
 			return err
 		}
 		for _, e := range ents {
-			fmt.Println(e.Name())
+			fmt.Fprintln(stdout, e.Name())
 		}
 	}
 	return nil
@@ -575,7 +589,7 @@ func cat(args []string) error {
 		if err != nil {
 			return err
 		}
-		os.Stdout.Write(b)
+		stdout.Write(b)
 	}
 	return nil
 }
