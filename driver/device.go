@@ -36,6 +36,7 @@ const (
 // (it may lower the device's size, spec 4.1.4.3); legacy sizes are fixed by
 // the device and only bounded.
 const (
+	maxQueuePorts      = 0x7fff
 	maxQueueSize       = 256
 	maxLegacyQueueSize = 1024
 )
@@ -146,6 +147,7 @@ type Device struct {
 	stats      DeviceStats
 	resetTimes []time.Time
 	recovering bool
+	inControl  bool // handling a control message: replies wait for the re-post
 	replaying  bool // re-init done, waiting for ports to be re-announced
 	closed     bool
 	failed     bool
@@ -454,6 +456,8 @@ func (d *Device) bringUpLocked(first bool) error {
 	if d.cfg.MaxPorts > 0 && nslots > d.cfg.MaxPorts {
 		nslots = d.cfg.MaxPorts
 	}
+	// Queue numbers are 16-bit: port 0x7fff's transmitq is the last one.
+	nslots = min(nslots, maxQueuePorts)
 	if first {
 		d.nslots = nslots
 		if err := d.setupVectors(); err != nil {

@@ -273,7 +273,9 @@ func (d *Device) serviceControlPassesLocked(passes int) (more bool, err error) {
 			d.stats.ControlIn++
 			// u.Len is already clamped to the buffer: QEMU reports the
 			// full length of a message it truncated (VIRTIO-NOTES §12.2).
+			d.inControl = true
 			d.handleControlLocked(d.ctrlRxBufs[i].Bytes()[:u.Len])
+			d.inControl = false
 			if d.broken() {
 				return false, nil
 			}
@@ -289,10 +291,11 @@ func (d *Device) serviceControlPassesLocked(passes int) (more bool, err error) {
 				d.notifyLocked(controlRxQueue)
 			}
 		}
-		if err := d.flushControlLocked(); err != nil {
+		sent, err := d.flushControlLocked()
+		if err != nil {
 			return false, err
 		}
-		if !progress {
+		if !progress && !sent {
 			return false, nil
 		}
 	}
@@ -310,43 +313,54 @@ func (d *Device) sendControlLocked(id uint32, event, value uint16) {
 		return
 	}
 	d.ctrlQueue = append(d.ctrlQueue, ctrlOut{id: id, event: event, value: value})
-	if err := d.flushControlLocked(); err != nil && !d.recovering {
+	if d.recovering || d.inControl {
+		// Sent after the control receive buffers are re-posted.
+		return
+	}
+	if _, err := d.flushControlLocked(); err != nil {
 		d.faultLocked(err)
 	}
 }
 
-// flushControlLocked reclaims control transmit buffers and sends queued
-// messages, in order.
-func (d *Device) flushControlLocked() error {
+// flushControlLocked reclaims control transmit buffers and sends the next
+// queued message, if the previous one has been taken. One message at a
+// time: QEMU answers each (PORT_READY with up to three messages) before it
+// returns the buffer, and drops answers that find no control receive
+// buffer; sending one by one lets the driver re-post its receive buffers
+// between answers, so none is lost even with many ports.
+func (d *Device) flushControlLocked() (sentAny bool, err error) {
 	q := d.queues[controlTxQueue]
 	for {
 		u, ok, err := q.Pop()
 		if err != nil {
-			return fmt.Errorf("control transmitq: %w", err)
+			return false, fmt.Errorf("control transmitq: %w", err)
 		}
 		if !ok {
 			break
 		}
 		i := d.ctrlTxHead[u.Head]
 		if i < 0 {
-			return fmt.Errorf("control transmitq: %w: head %d has no buffer", ring.ErrDeviceProtocol, u.Head)
+			return false, fmt.Errorf("control transmitq: %w: head %d has no buffer", ring.ErrDeviceProtocol, u.Head)
 		}
 		d.ctrlTxHead[u.Head] = -1
 		d.ctrlTxFree = append(d.ctrlTxFree, i)
 	}
+	if q.InFlight() > 0 {
+		return false, nil
+	}
 	sent := 0
-	for sent < len(d.ctrlQueue) && len(d.ctrlTxFree) > 0 {
+	for sent < len(d.ctrlQueue) && sent < 1 && len(d.ctrlTxFree) > 0 {
 		m := d.ctrlQueue[sent]
 		i := d.ctrlTxFree[len(d.ctrlTxFree)-1]
 		r, err := d.ctrlTxMem.Sub(int(i)*controlHeaderLen, controlHeaderLen)
 		if err != nil {
-			return err
+			return false, err
 		}
 		putControl(r.Bytes(), d.order, m.id, m.event, m.value)
 		d.seg[0] = ring.Segment{Addr: r.Addr(), Len: controlHeaderLen}
 		head, err := q.Add(d.seg[:])
 		if err != nil {
-			return fmt.Errorf("control transmitq: %w", err)
+			return false, fmt.Errorf("control transmitq: %w", err)
 		}
 		d.ctrlTxFree = d.ctrlTxFree[:len(d.ctrlTxFree)-1]
 		d.ctrlTxHead[head] = i
@@ -361,7 +375,7 @@ func (d *Device) flushControlLocked() error {
 			d.notifyLocked(controlTxQueue)
 		}
 	}
-	return nil
+	return sent > 0, nil
 }
 
 // drainControlTxLocked waits, bounded, until the device took every queued
@@ -369,7 +383,7 @@ func (d *Device) flushControlLocked() error {
 func (d *Device) drainControlTxLocked(limit time.Duration) {
 	deadline := time.Now().Add(limit)
 	for {
-		if err := d.flushControlLocked(); err != nil {
+		if _, err := d.flushControlLocked(); err != nil {
 			return
 		}
 		if len(d.ctrlQueue) == 0 && d.queues[controlTxQueue].InFlight() == 0 {

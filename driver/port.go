@@ -455,6 +455,7 @@ func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 func (p *Port) Write(ctx context.Context, b []byte) (int, error) {
 	d := p.d
 	d.mu.Lock()
+	resets := d.stats.Resets
 	done := 0
 	for done < len(b) {
 		i, gen, err := p.takeTxLocked(ctx)
@@ -469,7 +470,7 @@ func (p *Port) Write(ctx context.Context, b []byte) (int, error) {
 		}
 		done += n
 	}
-	err := p.flushLocked(ctx)
+	err := p.flushLocked(ctx, resets)
 	d.mu.Unlock()
 	return done, err
 }
@@ -478,16 +479,19 @@ func (p *Port) Write(ctx context.Context, b []byte) (int, error) {
 func (p *Port) Flush(ctx context.Context) error {
 	p.d.mu.Lock()
 	defer p.d.mu.Unlock()
-	return p.flushLocked(ctx)
+	return p.flushLocked(ctx, 0)
 }
 
-func (p *Port) flushLocked(ctx context.Context) error {
+// flushLocked waits for every queued byte. Bytes lost in a device reset
+// are reported (once) if the reset came after resets, the device's reset
+// count when the caller queued its bytes (Write reports only its own).
+func (p *Port) flushLocked(ctx context.Context, resets uint64) error {
 	d := p.d
 	for {
 		if d.txReady(p.s) {
 			d.reapTxLocked(p.s)
 		}
-		if p.txLost {
+		if p.txLost && d.stats.Resets > resets {
 			p.txLost = false
 			return ErrDeviceReset
 		}

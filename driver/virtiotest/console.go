@@ -74,6 +74,9 @@ type ConsoleConfig struct {
 	NoEmergWrite bool
 	// QueueSize and ControlQueueSize are the queue sizes (QEMU: 128, 32).
 	QueueSize, ControlQueueSize uint16
+	// NoEventIdx and NoIndirect withdraw those ring features (QEMU
+	// event_idx=off, indirect_desc=off).
+	NoEventIdx, NoIndirect bool
 }
 
 // ConsoleMisbehaviour makes the console break protocol rules. Switches stay
@@ -173,7 +176,13 @@ func (c *Console) DeviceType() uint16 { return 3 }
 
 // Features implements Model.
 func (c *Console) Features() uint64 {
-	f := uint64(FeatureIndirect | FeatureEventIdx)
+	var f uint64
+	if !c.cfg.NoIndirect {
+		f |= FeatureIndirect
+	}
+	if !c.cfg.NoEventIdx {
+		f |= FeatureEventIdx
+	}
 	if c.cfg.MaxPorts > 1 {
 		f |= FeatureMultiport
 	}
@@ -527,6 +536,9 @@ func (c *Console) MisbehaveRing(q uint16, m ringtest.Misbehaviour, always bool) 
 	defer c.mu.Unlock()
 	if m == (ringtest.Misbehaviour{}) {
 		delete(c.ringBad, q)
+		if d := c.queue(q); d != nil {
+			d.Misbehave(m) // NeverInterrupt and DelayPublish persist there
+		}
 		return
 	}
 	c.ringBad[q] = armed{m: m, always: always}
