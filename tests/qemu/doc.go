@@ -1,3 +1,70 @@
-// Package qemu boots real Linux guests under QEMU (TCG) and checks vserial
-// and the in-kernel virtio_console driver from the host side.
+// Package qemu boots real Linux guests under QEMU (TCG, no KVM needed) and
+// checks vserial — and the in-kernel virtio_console driver it is compared
+// with — from the host side, through the ports' chardev sockets and QMP.
+// It is test support: nothing outside tests imports it.
+//
+// # What a boot is made of
+//
+//   - Kernel: the Debian package linux-image-amd64 depends on, resolved with
+//     apt-cache, fetched with apt-get download and unpacked with dpkg -x into
+//     the cache (never installed); depmod -b makes its modules.dep, and the
+//     uncompressed vmlinux is cut out of vmlinuz (ExtractVmlinux) so QEMU
+//     boots it through the PVH entry without seconds of decompression.
+//   - Base initramfs: u-root v0.16.0 built from this module (go tool u-root
+//     with the command packages spelled out, each a tool dependency in
+//     go.mod), cached under a key of the u-root version and command list.
+//   - Per-boot archive, appended to a copy of the base in milliseconds: the
+//     guest helper (tests/qemu/guest, started by u-root's init as
+//     /bin/uinit), the kernel modules in GuestModules with their
+//     dependencies and a matching modules.dep under /lib/modules/VERSION,
+//     and Options.Files (BuildAgent adds cmd/vserial-agent).
+//   - QEMU: qemu-system-x86_64 -machine q35 -accel tcg -m 512M, the serial
+//     console on QEMU's stdin/stdout, QMP on a Unix socket, the device under
+//     test virtio-serial-pci (id vs0) and one virtserialport per Port with a
+//     listening Unix socket chardev.
+//
+// The helper serves commands sent over the serial console (protocol in
+// internal/wire): Guest.Run and Guest.Start run its built-ins (modprobe,
+// vports, sink, source, echo, pingpong, cputime, write, wait-path, ...) or
+// any program in the guest. Boot once per QEMU command line and run many
+// cases in that boot: a boot to the helper takes about 2 s.
+//
+// # Environment
+//
+//   - VSERIAL_CACHE: cache directory for the kernel, its modules, vmlinux
+//     and the u-root base image (default: the user cache dir + /vserial,
+//     usually ~/.cache/vserial). Delete it to start from nothing; parallel
+//     test processes share it safely (file locks).
+//   - VSERIAL_QEMU_REQUIRED: when set (CI sets it), missing host tools make
+//     the tests fail instead of skip, and the harness first runs
+//     scripts/deps to install them (qemu-system-x86, kmod, xz-utils, zstd).
+//     When unset, missing tools skip the test with a hint (root still tries
+//     scripts/deps).
+//   - VSERIAL_KEEP: keep each boot's directory (initramfs, console.log,
+//     qemu.stderr, run.sh, sockets) instead of deleting it, and print where.
+//
+// # Reproducing a failing boot by hand
+//
+// A failing test logs the exact QEMU command line, the console and the
+// commands it ran. Run it again with VSERIAL_KEEP=1, then start the same
+// guest yourself:
+//
+//	VSERIAL_KEEP=1 go test -run TestKernelDriverBaseline -v ./tests/qemu/
+//	/tmp/vsq-XXXX/run.sh
+//
+// The console is on your terminal (raw: what you type is not echoed). The
+// helper also accepts plain lines and prints their output followed by
+// "[exit N]", for example:
+//
+//	modprobe virtio_pci virtio_console
+//	vports
+//	cat /sys/class/virtio-ports/vport0p1/name
+//	help
+//	poweroff
+//
+// While it runs, the port sockets and qmp.sock in the same directory are
+// live: `socat - UNIX-CONNECT:/tmp/vsq-XXXX/p1.sock` talks to a port, and
+// `socat - UNIX-CONNECT:/tmp/vsq-XXXX/qmp.sock` to QMP (send
+// {"execute":"qmp_capabilities"} first). Quit with poweroff (Ctrl-C goes to
+// the guest), or send {"execute":"quit"} on QMP.
 package qemu

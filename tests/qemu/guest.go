@@ -144,7 +144,7 @@ func Boot(t testing.TB, opts Options) *Guest {
 	setup := time.Since(t0)
 
 	// Short directory: socket paths must fit in sun_path (108 bytes).
-	dir, err := os.MkdirTemp("", "vsq-")
+	dir, err := os.MkdirTemp("/tmp", "vsq-")
 	if err != nil {
 		t.Fatal(err)
 	}

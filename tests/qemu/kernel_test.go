@@ -8,11 +8,9 @@ import (
 	"time"
 )
 
-// kernelPorts loads virtio_pci and virtio_console in the guest and returns
-// name → /dev/vportNpM for the in-kernel driver's ports.
-func kernelPorts(t testing.TB, g *Guest) map[string]string {
+// vportsByName runs the helper's vports: name → /dev/vportNpM.
+func vportsByName(t testing.TB, g *Guest) map[string]string {
 	t.Helper()
-	g.MustRun(t, "modprobe", "virtio_pci", "virtio_console")
 	devs := map[string]string{}
 	for line := range strings.Lines(g.MustRun(t, "vports")) {
 		f := strings.Fields(line)
@@ -24,6 +22,31 @@ func kernelPorts(t testing.TB, g *Guest) map[string]string {
 		}
 	}
 	return devs
+}
+
+// waitVport polls until the in-kernel driver shows the named port (present)
+// or no longer shows it (!present): ports come and go asynchronously.
+func waitVport(ctx context.Context, t testing.TB, g *Guest, name string, present bool) string {
+	t.Helper()
+	for {
+		dev, ok := vportsByName(t, g)[name]
+		if ok == present {
+			return dev
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("port %s present=%v: still not so: %v", name, present, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// kernelPorts loads virtio_pci and virtio_console in the guest and returns
+// name → /dev/vportNpM for the in-kernel driver's ports.
+func kernelPorts(t testing.TB, g *Guest) map[string]string {
+	t.Helper()
+	g.MustRun(t, "modprobe", "virtio_pci", "virtio_console")
+	return vportsByName(t, g)
 }
 
 // TestKernelDriverBaseline proves the harness with the in-kernel
@@ -92,4 +115,25 @@ func TestKernelDriverBaseline(t *testing.T) {
 			t.Logf("guest→host %d bytes ok, %.1f MB/s", tc.n, tr.MBps)
 		})
 	}
+
+	t.Run("hotplug", func(t *testing.T) {
+		const name = "org.vserial.test.hot"
+		p, err := g.HotplugPort(ctx, Port{Name: name, Nr: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dev := waitVport(ctx, t, g, name, true)
+		conn := g.DialPort(t, name)
+		if _, err := SendToGuest(ctx, g, conn, dev, 64<<10, 42); err != nil {
+			t.Fatalf("host→guest on the hot-plugged port: %v", err)
+		}
+		if _, err := ReceiveFromGuest(ctx, g, conn, dev, 64<<10, 43); err != nil {
+			t.Fatalf("guest→host on the hot-plugged port: %v", err)
+		}
+		conn.Close()
+		if err := g.UnplugPort(ctx, p.Name); err != nil {
+			t.Fatal(err)
+		}
+		waitVport(ctx, t, g, name, false)
+	})
 }
