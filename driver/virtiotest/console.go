@@ -364,6 +364,20 @@ func (c *Console) Unplug(id uint32) error {
 	return nil
 }
 
+// Forget removes a port without telling the guest (a misbehaving device:
+// its PORT_REMOVE is lost). Its queues stay as they are.
+func (c *Console) Forget(id uint32) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i := c.index(id)
+	if i < 0 {
+		return fmt.Errorf("virtiotest: forget port %d: %w", id, ErrNoPort)
+	}
+	c.ports = append(c.ports[:i], c.ports[i+1:]...)
+	c.signal()
+	return nil
+}
+
 // HostConnect connects or disconnects the host side of a virtserialport
 // (chardev OPENED / CLOSED): PORT_OPEN(1/0) is sent; on disconnect pending
 // guest→host chains are discarded.
