@@ -453,9 +453,13 @@ func (f *Function) resetLocked() {
 type ConfigSpace struct{ f *Function }
 
 // ReadAt reads configuration space; accesses must be 1, 2 or 4 bytes,
-// naturally aligned.
+// naturally aligned. A read of pci_cfg_data in the PCI_CFG capability
+// performs the BAR read the capability selects (spec 4.1.4.9).
 func (c *ConfigSpace) ReadAt(p []byte, off int64) (int, error) {
 	f := c.f
+	if f.inWindow(off) {
+		f.windowAccess(false)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.checkCfgAccess(len(p), off); err != nil {
@@ -465,10 +469,62 @@ func (c *ConfigSpace) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
+// windowData is pci_cfg_data of the PCI_CFG capability.
+const windowData = capPCICfg + 16
+
+func (f *Function) inWindow(off int64) bool {
+	return !f.opts.LegacyOnly && off >= windowData && off < windowData+4
+}
+
+// windowAccess performs the BAR access the PCI_CFG capability selects: cap
+// bar, offset and length (1, 2 or 4, offset a multiple of it), data in
+// pci_cfg_data. Anything else does nothing, as the spec leaves it undefined.
+func (f *Function) windowAccess(write bool) {
+	f.mu.Lock()
+	barIdx := int(f.cfg[capPCICfg+4])
+	at := uint64(binary.LittleEndian.Uint32(f.cfg[capPCICfg+8:]))
+	n := binary.LittleEndian.Uint32(f.cfg[capPCICfg+12:])
+	data := binary.LittleEndian.Uint32(f.cfg[windowData:])
+	f.mu.Unlock()
+	if n != 1 && n != 2 && n != 4 || at%uint64(n) != 0 {
+		return
+	}
+	b, err := f.BAR(barIdx)
+	if err != nil {
+		return
+	}
+	if write {
+		switch n {
+		case 1:
+			_ = b.Write8(at, uint8(data))
+		case 2:
+			_ = b.Write16(at, uint16(data))
+		default:
+			_ = b.Write32(at, data)
+		}
+		return
+	}
+	var v uint32
+	switch n {
+	case 1:
+		x, _ := b.Read8(at)
+		v = uint32(x)
+	case 2:
+		x, _ := b.Read16(at)
+		v = uint32(x)
+	default:
+		v, _ = b.Read32(at)
+	}
+	f.mu.Lock()
+	f.put32(windowData, v)
+	f.mu.Unlock()
+}
+
 // WriteAt writes configuration space. Writable: the command register
 // (I/O, memory, bus master, INTx disable), MSI-X message control (enable,
 // function mask) and the PCI_CFG capability's bar/offset/length fields;
-// everything else is read-only and writes to it are dropped.
+// everything else is read-only and writes to it are dropped. A write of
+// pci_cfg_data performs the BAR write the PCI_CFG capability selects.
 func (c *ConfigSpace) WriteAt(p []byte, off int64) (int, error) {
 	f := c.f
 	f.mu.Lock()
@@ -490,6 +546,11 @@ func (c *ConfigSpace) WriteAt(p []byte, off int64) (int, error) {
 		case !f.opts.LegacyOnly && o >= capPCICfg+4 && o < capPCICfg+20 && (o < capPCICfg+5 || o >= capPCICfg+8):
 			f.cfg[o] = b
 		}
+	}
+	if f.inWindow(off) {
+		f.mu.Unlock()
+		f.windowAccess(true)
+		f.mu.Lock()
 	}
 	return len(p), nil
 }

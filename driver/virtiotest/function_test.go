@@ -332,3 +332,46 @@ func TestNewRejectsImpossibleOptions(t *testing.T) {
 		}
 	}
 }
+
+// Spec 4.1.4.9: the PCI_CFG capability is a window onto the BARs through
+// configuration space.
+func TestPCICfgWindow(t *testing.T) {
+	f := newFunc(t, model(), virtiotest.Options{})
+	cs := f.Config()
+	var at int64
+	for a := cfg8(t, f, 0x34); a != 0; a = cfg8(t, f, int64(a)+1) {
+		if cfg8(t, f, int64(a)) == 0x09 && cfg8(t, f, int64(a)+3) == 5 {
+			at = int64(a)
+		}
+	}
+	if at == 0 {
+		t.Fatal("no PCI_CFG capability")
+	}
+	put := func(off int64, v uint32, n int) {
+		t.Helper()
+		b := make([]byte, 4)
+		binary.LittleEndian.PutUint32(b, v)
+		if _, err := cs.WriteAt(b[:n], off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Write queue_select = 2 (common + 22, 16 bits) through the window.
+	put(at+4, 4, 1)
+	put(at+8, 22, 4)
+	put(at+12, 2, 4)
+	put(at+16, 2, 4)
+	b4, _ := f.BAR(4)
+	if sel, _ := b4.Read16(22); sel != 2 {
+		t.Fatalf("queue_select %d after window write, want 2", sel)
+	}
+	// Read num_queues (common + 18) through the window.
+	put(at+8, 18, 4)
+	var d [4]byte
+	if _, err := cs.ReadAt(d[:], at+16); err != nil {
+		t.Fatal(err)
+	}
+	if n := binary.LittleEndian.Uint16(d[:]); n != 4 {
+		t.Fatalf("num_queues %d through the window, want 4", n)
+	}
+	wantViolations(t, f)
+}
