@@ -164,6 +164,10 @@ func ParseReply(line string) (r Reply, ok bool, err error) {
 	return r, true, nil
 }
 
+// BlockSize is the length of the block that benchmark transfers repeat:
+// the first BlockSize bytes of Pattern(seed), over and over.
+const BlockSize = 64 << 10
+
 // Pattern returns a deterministic, incompressible byte stream for seed. The
 // host and the guest generate the same stream from the same seed, so either
 // side can check what the other sent without shipping a copy.

@@ -1,0 +1,153 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/vserial/vserial/tests/qemu/internal/wire"
+)
+
+// Measurement is what MeasurePort reports for one port.
+type Measurement struct {
+	// HostToGuest is measured by the guest, GuestToHost by the host; both
+	// from the first byte received to the last.
+	HostToGuest, GuestToHost Transfer
+	RoundTrips               RoundTrips
+}
+
+func (m Measurement) String() string {
+	return fmt.Sprintf("host→guest %.1f MB/s, guest→host %.1f MB/s (%d bytes each way); 1-byte round trip mean %.0f µs, p99 %.0f µs (%d)",
+		m.HostToGuest.MBps, m.GuestToHost.MBps, m.HostToGuest.Bytes, m.RoundTrips.MeanUS, m.RoundTrips.P99US, m.RoundTrips.Count)
+}
+
+// MeasureConfig sizes a measurement; zero fields take the defaults.
+type MeasureConfig struct {
+	// Bytes moved each way (default 64 MiB).
+	Bytes int64
+	// RoundTrips is the number of 1-byte ping-pongs (default 2000).
+	RoundTrips int
+}
+
+// MeasurePort measures one port: bulk throughput host→guest, then
+// guest→host, then 1-byte round-trip latency. conn is the host side (the
+// port's chardev socket), guestPath the guest side: /dev/vportNpM for the
+// in-kernel driver, /run/vserial/NAME for vserial-agent. The guest does no
+// per-byte work beyond the transfer (no hashing); the host checks the
+// guest→host data.
+func MeasurePort(ctx context.Context, g *Guest, conn net.Conn, guestPath string, cfg MeasureConfig) (Measurement, error) {
+	if cfg.Bytes == 0 {
+		cfg.Bytes = 64 << 20
+	}
+	if cfg.RoundTrips == 0 {
+		cfg.RoundTrips = 2000
+	}
+	var m Measurement
+	var err error
+	if m.HostToGuest, err = benchToGuest(ctx, g, conn, guestPath, cfg.Bytes); err != nil {
+		return m, fmt.Errorf("host→guest: %w", err)
+	}
+	if m.GuestToHost, err = benchFromGuest(ctx, g, conn, guestPath, cfg.Bytes, 7); err != nil {
+		return m, fmt.Errorf("guest→host: %w", err)
+	}
+	if m.RoundTrips, err = PingPong(ctx, g, conn, guestPath, cfg.RoundTrips); err != nil {
+		return m, fmt.Errorf("round trips: %w", err)
+	}
+	return m, nil
+}
+
+func patternBlock(seed uint64) []byte {
+	b := make([]byte, wire.BlockSize)
+	_, _ = io.ReadFull(wire.Pattern(seed), b)
+	return b
+}
+
+// benchToGuest streams n bytes of a repeated block; the guest only counts.
+func benchToGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string, n int64) (Transfer, error) {
+	defer deadline(ctx, conn)()
+	p, err := g.Start(ctx, "sink", guestPath, strconv.FormatInt(n, 10), "count")
+	if err != nil {
+		return Transfer{}, err
+	}
+	block := patternBlock(3)
+	werr := make(chan error, 1)
+	go func() {
+		for left := n; left > 0; {
+			k := min(int64(len(block)), left)
+			if _, err := conn.Write(block[:k]); err != nil {
+				werr <- err
+				return
+			}
+			left -= k
+		}
+		werr <- nil
+	}()
+	out, err := p.Wait(ctx)
+	if err != nil {
+		_ = conn.SetDeadline(time.Unix(1, 0))
+		<-werr
+		return Transfer{}, err
+	}
+	if err := <-werr; err != nil {
+		return Transfer{}, fmt.Errorf("host write: %w", err)
+	}
+	tr, err := parseTransfer(out)
+	if err == nil && tr.Bytes != n {
+		err = fmt.Errorf("guest counted %d bytes, host sent %d", tr.Bytes, n)
+	}
+	return tr, err
+}
+
+// benchFromGuest has the guest send n bytes of a repeated block and checks
+// each byte on the host against the same block.
+func benchFromGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string, n int64, seed uint64) (Transfer, error) {
+	defer deadline(ctx, conn)()
+	block := patternBlock(seed)
+	type result struct {
+		tr  Transfer
+		err error
+	}
+	rc := make(chan result, 1)
+	go func() {
+		buf := make([]byte, 256<<10)
+		var got int64
+		var first time.Time
+		for got < n {
+			k, err := conn.Read(buf[:min(int64(len(buf)), n-got)])
+			if k > 0 && got == 0 {
+				first = time.Now()
+			}
+			for i := 0; i < k; {
+				off := int((got + int64(i)) % int64(len(block)))
+				run := min(k-i, len(block)-off)
+				if !bytes.Equal(buf[i:i+run], block[off:off+run]) {
+					rc <- result{err: fmt.Errorf("data differs from the pattern within bytes [%d,%d)", got+int64(i), got+int64(i+run))}
+					return
+				}
+				i += run
+			}
+			got += int64(k)
+			if err != nil {
+				rc <- result{err: fmt.Errorf("host read after %d of %d bytes: %w", got, n, err)}
+				return
+			}
+		}
+		tr := Transfer{Bytes: got, SHA256: "none", Secs: time.Since(first).Seconds()}
+		if tr.Secs > 0 {
+			tr.MBps = float64(got) / tr.Secs / 1e6
+		}
+		rc <- result{tr: tr}
+	}()
+	_, err := g.Run(ctx, "source", guestPath, strconv.FormatInt(n, 10), strconv.FormatUint(seed, 10), "block")
+	if err != nil {
+		_ = conn.SetDeadline(time.Unix(1, 0))
+		<-rc
+		return Transfer{}, err
+	}
+	r := <-rc
+	return r.tr, r.err
+}
