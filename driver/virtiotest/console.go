@@ -127,9 +127,12 @@ type conPort struct {
 	guest     bool // guest_connected (PORT_OPEN from the guest)
 	ready     bool // PORT_READY(1) seen since the last reset
 	throttled bool // host not reading: tx chains stay available
-	toGuest   []byte
+	toGuest   []byte // held host→guest bytes, from toOff on
+	toOff     int
 	fromGuest []byte
 }
+
+func (p *conPort) pending() []byte { return p.toGuest[p.toOff:] }
 
 type armed struct {
 	m      ringtest.Misbehaviour
@@ -152,7 +155,8 @@ type Console struct {
 	guestCtl    []ControlMsg
 	stats       ConsoleStats
 	ringBad     map[uint16]armed
-	changed     chan struct{}
+	changed     chan struct{} // nil until someone waits
+	scratch     []ringtest.Buf
 }
 
 // NewConsole returns a console with no ports.
@@ -166,7 +170,7 @@ func NewConsole(cfg ConsoleConfig) *Console {
 	if cfg.ControlQueueSize == 0 {
 		cfg.ControlQueueSize = 32
 	}
-	return &Console{cfg: cfg, ringBad: map[uint16]armed{}, changed: make(chan struct{})}
+	return &Console{cfg: cfg, ringBad: map[uint16]armed{}}
 }
 
 var le = binary.LittleEndian
@@ -416,9 +420,27 @@ func (c *Console) HostWrite(id uint32, b []byte) error {
 	if p == nil {
 		return fmt.Errorf("virtiotest: host write port %d: %w", id, ErrNoPort)
 	}
+	if p.toOff == len(p.toGuest) {
+		p.toGuest, p.toOff = p.toGuest[:0], 0
+	}
 	p.toGuest = append(p.toGuest, b...)
 	c.flushToGuest(p)
 	return nil
+}
+
+// HostReadInto moves up to len(b) bytes the guest sent on port id into b
+// without waiting, and returns how many.
+func (c *Console) HostReadInto(id uint32, b []byte) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.port(id)
+	if p == nil {
+		return 0
+	}
+	n := copy(b, p.fromGuest)
+	rest := copy(p.fromGuest, p.fromGuest[n:])
+	p.fromGuest = p.fromGuest[:rest]
+	return n
 }
 
 // HostPending returns how many host→guest bytes are still held.
@@ -426,7 +448,7 @@ func (c *Console) HostPending(id uint32) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p := c.port(id); p != nil {
-		return len(p.toGuest)
+		return len(p.pending())
 	}
 	return 0
 }
@@ -449,6 +471,9 @@ func (c *Console) HostRead(id uint32) []byte {
 func (c *Console) HostReadFull(ctx context.Context, id uint32, n int) ([]byte, error) {
 	for {
 		c.mu.Lock()
+		if c.changed == nil {
+			c.changed = make(chan struct{})
+		}
 		ch := c.changed
 		if p := c.port(id); p != nil && len(p.fromGuest) >= n {
 			out := append([]byte(nil), p.fromGuest[:n]...)
@@ -625,6 +650,9 @@ func (c *Console) NeedsReset() {
 func (c *Console) Changed() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.changed == nil {
+		c.changed = make(chan struct{})
+	}
 	return c.changed
 }
 
@@ -646,9 +674,13 @@ func (c *Console) WaitFor(ctx context.Context, cond func() bool) error {
 
 // --- device internals (c.mu held) ---
 
+// signal wakes Changed waiters. The channel is made only when someone
+// waits, so a busy data path does not allocate.
 func (c *Console) signal() {
-	close(c.changed)
-	c.changed = make(chan struct{})
+	if c.changed != nil {
+		close(c.changed)
+		c.changed = nil
+	}
 }
 
 func (c *Console) port(id uint32) *conPort {
@@ -683,7 +715,7 @@ func (c *Console) configChanged() {
 // pop takes the next available chain on d. A descriptor error makes the
 // device need a reset, as QEMU's virtio_error does.
 func (c *Console) pop(d *ringtest.Device) (ringtest.Chain, bool) {
-	ch, ok, err := d.Pop()
+	ch, ok, err := d.PopAppend(c.scratch[:0])
 	if err != nil {
 		c.stats.DescErrors++
 		c.bus.NeedsReset()
@@ -740,6 +772,7 @@ func (c *Console) sendRaw(msg []byte, full int) bool {
 		c.stats.ControlDropped++
 		return false
 	}
+	c.scratch = ch.Bufs
 	rest := msg
 	for _, b := range ch.Bufs {
 		if !b.Write {
@@ -879,6 +912,7 @@ func (c *Console) handleOutput(q uint16, p *conPort) {
 		if !ok {
 			break
 		}
+		c.scratch = ch.Bufs
 		for _, b := range ch.Bufs {
 			if b.Write {
 				continue
@@ -926,7 +960,7 @@ func (c *Console) discardTx(q uint16) {
 // while the guest has the port closed (multiport), as QEMU reports zero
 // readiness to the chardev then.
 func (c *Console) flushToGuest(p *conPort) {
-	if !c.started || len(p.toGuest) == 0 || (c.multiport && !p.guest) || (!c.multiport && p.id != 0) {
+	if !c.started || len(p.pending()) == 0 || (c.multiport && !p.guest) || (!c.multiport && p.id != 0) {
 		return
 	}
 	q := RxQueue(p.id)
@@ -935,24 +969,22 @@ func (c *Console) flushToGuest(p *conPort) {
 		return
 	}
 	irq := false
-	for len(p.toGuest) > 0 {
+	for len(p.pending()) > 0 {
 		ch, ok := c.pop(d)
 		if !ok {
 			break
 		}
+		c.scratch = ch.Bufs
 		written := 0
 		for _, b := range ch.Bufs {
 			if !b.Write {
 				continue
 			}
-			n := copy(b.Data, p.toGuest)
-			p.toGuest = p.toGuest[n:]
+			n := copy(b.Data, p.pending())
+			p.toOff += n
 			written += n
 		}
 		irq = c.push(q, d, ch.Head, uint32(written)) || irq
-	}
-	if len(p.toGuest) == 0 {
-		p.toGuest = nil
 	}
 	if irq {
 		c.bus.Interrupt(q)
