@@ -123,10 +123,10 @@ type conPort struct {
 	id        uint32
 	name      string
 	console   bool
-	host      bool // host side connected
-	guest     bool // guest_connected (PORT_OPEN from the guest)
-	ready     bool // PORT_READY(1) seen since the last reset
-	throttled bool // host not reading: tx chains stay available
+	host      bool   // host side connected
+	guest     bool   // guest_connected (PORT_OPEN from the guest)
+	ready     bool   // PORT_READY(1) seen since the last reset
+	throttled bool   // host not reading: tx chains stay available
 	toGuest   []byte // held host→guest bytes, from toOff on
 	toOff     int
 	fromGuest []byte
