@@ -17,6 +17,9 @@ type File struct {
 	Data []byte
 	// Mode is the permission bits; 0 means 0o755 for Src and 0o644 for Data.
 	Mode uint32
+	// Symlink, when set, makes Dst a symbolic link to it (Src, Data and
+	// Mode are ignored).
+	Symlink string
 }
 
 // newcWriter writes an archive in the "newc" cpio format that the kernel's
@@ -31,8 +34,9 @@ type newcWriter struct {
 }
 
 const (
-	cpioModeDir  = 0o040000
-	cpioModeFile = 0o100000
+	cpioModeDir     = 0o040000
+	cpioModeFile    = 0o100000
+	cpioModeSymlink = 0o120000
 )
 
 func newNewcWriter(w io.Writer) *newcWriter {
@@ -83,6 +87,13 @@ func (c *newcWriter) addFile(dst string, mode uint32, data []byte) {
 	name := strings.TrimPrefix(path.Clean(dst), "/")
 	c.mkdirAll(path.Dir(name))
 	c.record(name, cpioModeFile|mode&0o7777, data)
+}
+
+// addSymlink adds a symbolic link at dst pointing to target.
+func (c *newcWriter) addSymlink(dst, target string) {
+	name := strings.TrimPrefix(path.Clean(dst), "/")
+	c.mkdirAll(path.Dir(name))
+	c.record(name, cpioModeSymlink|0o777, []byte(target))
 }
 
 // close writes the trailer.

@@ -154,7 +154,11 @@ func Boot(t testing.TB, opts Options) *Guest {
 		ready: make(chan struct{}), exited: make(chan struct{}),
 		calls: map[uint64]*call{},
 	}
-	files := append([]File{{Dst: HelperPath, Src: helper, Mode: 0o755}}, mods...)
+	files := append([]File{
+		{Dst: HelperPath, Src: helper, Mode: 0o755},
+		// For programs that load modules themselves (vserial-agent).
+		{Dst: "/sbin/modprobe", Symlink: HelperPath},
+	}, mods...)
 	files = append(files, opts.Files...)
 	initrd := filepath.Join(dir, "initrd.cpio")
 	if err := writeInitramfs(initrd, base, files); err != nil {

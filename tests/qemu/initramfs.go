@@ -137,6 +137,10 @@ func writeInitramfs(dst, base string, files []File) error {
 	}
 	cw := newNewcWriter(bw)
 	for _, f := range sortedFiles(files) {
+		if f.Symlink != "" {
+			cw.addSymlink(f.Dst, f.Symlink)
+			continue
+		}
 		data, mode := f.Data, f.Mode
 		if f.Src != "" {
 			if data, err = os.ReadFile(f.Src); err != nil {

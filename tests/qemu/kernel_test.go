@@ -136,4 +136,29 @@ func TestKernelDriverBaseline(t *testing.T) {
 		}
 		waitVport(ctx, t, g, name, false)
 	})
+
+	// Last: hand the function over to uio_pci_generic the way vserial-agent
+	// does (driver_override + drivers_probe), proving the guest has what the
+	// agent needs: the module, sysfs binding, and a /dev/uioN node.
+	t.Run("release-to-uio", func(t *testing.T) {
+		addrs, err := ReleaseKernelDriver(ctx, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(addrs) != 1 {
+			t.Fatalf("released %v from virtio-pci, want the one virtio-serial function", addrs)
+		}
+		waitVport(ctx, t, g, names[0], false)
+		g.MustRun(t, "modprobe", "uio_pci_generic")
+		fn := "/sys/bus/pci/devices/" + addrs[0]
+		g.MustRun(t, "write", fn+"/driver_override", "uio_pci_generic")
+		g.MustRun(t, "write", "/sys/bus/pci/drivers_probe", addrs[0])
+		uio := strings.Fields(g.MustRun(t, "ls", fn+"/uio"))
+		if len(uio) != 1 {
+			t.Fatalf("%s/uio lists %v, want one uio device", fn, uio)
+		}
+		if err := g.WaitPath(ctx, "/dev/"+uio[0], 10*time.Second); err != nil {
+			t.Fatalf("devtmpfs did not create /dev/%s: %v", uio[0], err)
+		}
+	})
 }

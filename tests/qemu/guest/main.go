@@ -67,6 +67,7 @@ func init() {
 		"cat":       {"cat FILE...", cat},
 		"write":     {"write FILE STRING", write},
 		"wait-path": {"wait-path PATH SECONDS", waitPath},
+		"signal":    {"signal PID SIGNUM", signal},
 		"poweroff":  {"poweroff", func([]string) error { return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) }},
 		"help":      {"help", help},
 	}
@@ -74,9 +75,17 @@ func init() {
 
 func main() {
 	args := os.Args[1:]
-	// As u-root's /bin/uinit the helper is started without arguments.
-	if len(args) == 0 || filepath.Base(os.Args[0]) == "uinit" && args[0] != "serve" {
+	self := filepath.Base(os.Args[0])
+	switch {
+	case self == "uinit" || len(args) == 0:
+		// u-root's init starts the helper as /bin/uinit.
 		args = []string{"serve"}
+	case self != "vsguest" && self != "exe":
+		// Installed under a built-in's name, e.g. /sbin/modprobe, for
+		// programs (vserial-agent) that run it.
+		if _, ok := builtins[self]; ok {
+			args = append([]string{self}, args...)
+		}
 	}
 	b, ok := builtins[args[0]]
 	if !ok {
@@ -228,6 +237,10 @@ func exitCode(err error) int {
 // /lib/modules/$(uname -r)/modules.dep with finit_module(2). Modules that are
 // already loaded (or built in) are fine.
 func modprobe(args []string) error {
+	// Flags of kmod's modprobe (-q, -b, ...) change nothing here.
+	for len(args) > 0 && strings.HasPrefix(args[0], "-") {
+		args = args[1:]
+	}
 	if len(args) == 0 {
 		return errors.New("usage: modprobe MODULE...")
 	}
@@ -577,6 +590,18 @@ func cputime(args []string) error {
 	}
 	fmt.Fprintf(stdout, "utime_s=%.2f stime_s=%.2f\n", float64(ut)/clkTck, float64(st)/clkTck)
 	return nil
+}
+
+func signal(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: signal PID SIGNUM")
+	}
+	pid, err1 := strconv.Atoi(args[0])
+	sig, err2 := strconv.Atoi(args[1])
+	if err := errors.Join(err1, err2); err != nil {
+		return err
+	}
+	return unix.Kill(pid, unix.Signal(sig))
 }
 
 func sleep(args []string) error {
