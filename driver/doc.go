@@ -40,4 +40,62 @@
 // this package, its methods return concrete types and
 // transport_fake_test.go adapts it (fakeFunction, newFake); newFake fails
 // the test on any register access QEMU would mishandle.
+//
+// # Console protocol
+//
+// Open (device.go) runs the whole bring-up: reset, ACKNOWLEDGE|DRIVER,
+// features (MULTIPORT, VERSION_1, EVENT_IDX; ACCESS_PLATFORM, required,
+// when the function is behind an IOMMU; never F_SIZE or EMERG_WRITE),
+// max_nr_ports (0 with MULTIPORT fails Open; capped at 0x8000, at the
+// 16-bit queue numbers and at Config.MaxPorts), every queue of every
+// served port before DRIVER_OK, the control receiveq filled with 4096-byte
+// buffers, then DEVICE_READY(0xffffffff, 1). QEMU replays PORT_ADD for
+// every port on DEVICE_READY and answers synchronously, so Open returns
+// with the cold-plugged ports known; every port is also reported on Events.
+// Without MULTIPORT there is one console port 0 on queues 0/1 and no
+// control traffic.
+//
+// Control messages (control.go, event.go) are parsed as untrusted input:
+// shorter than 8 bytes, an id ≥ max_nr_ports, an event for a port that does
+// not exist, a name that is empty, longer than MaxNameLen, not UTF-8, or
+// that contains '/' or NUL or is "." or ".." (names become socket names;
+// QEMU's trailing NUL is accepted) are counted as violations and ignored;
+// unknown event codes are counted and ignored. Each control receive buffer
+// is re-posted right after its message is handled, and replies are sent one
+// at a time, after the re-post: QEMU answers PORT_READY with up to three
+// messages and drops those that find no buffer, so with one message in
+// flight none is lost even with hundreds of ports. PORT_ADD posts the
+// port's receive buffers and answers PORT_READY(1) (PORT_READY(0) if its
+// buffers cannot be allocated; nothing for ids beyond the cap, which are
+// logged); a duplicate is re-acknowledged like Linux does. CONSOLE_PORT is
+// answered with PORT_OPEN(1). PORT_NAME is stored once. PORT_OPEN from the
+// device sets HostConnected. RESIZE (console ports only) is parsed in the
+// order Config.ResizeOrder names and surfaced by Port.Size. PORT_REMOVE
+// wakes readers and writers with ErrPortRemoved, forgets in-flight
+// transmissions and discards unread data; the receive buffers stay posted
+// in the still-live queue (they belong to the port id, port.go's slot) and
+// serve the id again when it is re-plugged.
+//
+// Data (port.go) moves with one copy on each side: Recv hands the device's
+// receive buffers straight to an io.Writer, Send reads straight into a
+// transmit buffer, and several transmit buffers (Config.TxBuffers) are in
+// flight at once. Send waits while the host side of a non-console port is
+// disconnected, since QEMU discards such bytes. The steady-state data path
+// makes no allocations.
+//
+// One goroutine (event.go) waits in IRQ.Wait, reads the ISR for INTx,
+// unmasks, and drains every queue; idle, it costs nothing. A ring protocol
+// violation, a control queue that breaks, DEVICE_NEEDS_RESET or a device
+// that drops DRIVER_OK resets the device and runs the bring-up again on
+// the same memory: ports that come back with the same id and name keep
+// their Port objects (PORT_OPEN(1) is re-sent for guest-open ones), others
+// are removed or replaced. Config.MaxResets resets per minute are allowed;
+// one more fault fails the device: it is reset, every port is removed, and
+// Done closes with Err. Close sends PORT_OPEN(0) for guest-open ports,
+// resets the device and frees all memory once no reader or writer holds a
+// buffer.
+//
+// Tests run the driver against virtiotest.Console, a model of QEMU 7.2's
+// virtio-serial bus with its quirks and with switches for each way a device
+// can misbehave.
 package driver

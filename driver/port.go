@@ -263,7 +263,7 @@ func (p *Port) Recv(ctx context.Context, w io.Writer) (int, error) {
 	}
 	total := 0
 	var werr error
-	for s.fLen > 0 && s.port == p && werr == nil {
+	for s.fLen > 0 && s.port == p && werr == nil && p.errLocked() == nil {
 		i := s.fifoPop()
 		b := &s.rxBufs[i]
 		b.state = rxHeld
