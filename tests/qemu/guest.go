@@ -313,7 +313,15 @@ func (g *Guest) consoleLine(line string) {
 	case wire.KindEnd:
 		c.code = r.Int
 		delete(g.calls, r.ID)
-		g.transcript = append(g.transcript, fmt.Sprintf("#%d %s → exit %d (%v)", r.ID, shellJoin(c.argv), c.code, time.Since(c.start).Round(time.Millisecond)))
+		entry := fmt.Sprintf("#%d %s → exit %d (%v)", r.ID, shellJoin(c.argv), c.code, time.Since(c.start).Round(time.Millisecond))
+		if c.code != 0 {
+			out := c.out.String()
+			if len(out) > 4096 {
+				out = "..." + out[len(out)-4096:]
+			}
+			entry += "\n\t" + strings.ReplaceAll(strings.TrimSpace(out), "\n", "\n\t")
+		}
+		g.transcript = append(g.transcript, entry)
 		close(c.done)
 	}
 }
@@ -403,6 +411,16 @@ func (p *Proc) result() error {
 		return &ExitError{Argv: p.c.argv, Code: p.c.code, Output: p.c.out.String()}
 	}
 	return nil
+}
+
+// Exited reports whether the command has finished.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.c.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Wait waits for the command to finish and returns its combined output;
