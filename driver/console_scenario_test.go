@@ -494,6 +494,12 @@ func TestMisbehavingControlMessagesCountedAndIgnored(t *testing.T) {
 			if st := r.d.Stats(); st.Resets != 0 {
 				t.Errorf("reset: %+v", st)
 			}
+			if c.violations > 0 && !r.log.Contains("device protocol violation") {
+				t.Error("violation not logged")
+			}
+			if c.unknown > 0 && !r.log.Contains("ignored control event") {
+				t.Error("ignored event not logged")
+			}
 			// The device keeps working.
 			if err := p.SetGuestOpen(r.ctx, true); err != nil {
 				t.Fatal(err)
@@ -835,4 +841,97 @@ func TestPersistentMisbehaviourFailsDeviceAfterBoundedResets(t *testing.T) {
 		t.Errorf("failed device not reset: status %#x", st)
 	}
 	r.m.MisbehaveRing(virtiotest.ControlRxQueue, ringtest.Misbehaviour{}, false)
+}
+
+func TestFlushReportsBytesLostInReset(t *testing.T) {
+	r := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 1, name: "p", host: true})})
+	p := r.port(1, "p")
+	r.until("host connected", p.HostConnected)
+	if err := r.m.SetThrottled(1, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Send(r.ctx, strings.NewReader("doomed")); err != nil {
+		t.Fatal(err)
+	}
+	r.m.NeedsReset()
+	if err := p.Flush(r.ctx); !errors.Is(err, ErrDeviceReset) {
+		t.Fatalf("Flush = %v, want ErrDeviceReset", err)
+	}
+	if err := p.Flush(r.ctx); err != nil {
+		t.Fatalf("second Flush = %v, the loss is reported once", err)
+	}
+	if err := r.m.SetThrottled(1, false); err != nil {
+		t.Fatal(err)
+	}
+	r.until("port back", func() bool { return p.settled() && p.HostConnected() })
+	if _, err := p.Write(r.ctx, []byte("fine")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.m.HostReadFull(r.ctx, 1, 4); err != nil || string(got) != "fine" {
+		t.Fatalf("host got %q, %v", got, err)
+	}
+}
+
+func TestCloseWaitsForReaderBeforeFreeingBuffers(t *testing.T) {
+	r := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 1, name: "p", host: true})})
+	p := r.port(1, "p")
+	if err := p.SetGuestOpen(r.ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.m.HostWrite(1, []byte("slow")); err != nil {
+		t.Fatal(err)
+	}
+	inWrite, release := make(chan []byte), make(chan struct{})
+	done := make(chan error)
+	go func() {
+		_, err := p.Recv(r.ctx, writerFunc(func(b []byte) (int, error) {
+			inWrite <- b
+			<-release
+			return len(b), nil
+		}))
+		done <- err
+	}()
+	b := <-inWrite
+	closed := make(chan error)
+	go func() { closed <- r.d.Close() }()
+	select {
+	case <-r.d.Done():
+	case <-r.ctx.Done():
+		t.Fatal("Close did not stop the device")
+	}
+	if n, _ := r.f.Heap().Live(); n == 0 {
+		t.Fatal("memory freed while a reader still holds a receive buffer")
+	}
+	if string(b) != "slow" {
+		t.Errorf("buffer changed under the reader: %q", b)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Errorf("Recv: %v", err)
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if n, _ := r.f.Heap().Live(); n != 0 {
+		t.Errorf("%d allocations live after the reader returned", n)
+	}
+}
+
+func TestInterruptSourceClosedFailsDevice(t *testing.T) {
+	r := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 1, name: "p"})})
+	p := r.port(1, "p")
+	if err := r.f.Close(); err != nil { // closes the eventfd under the driver
+		t.Fatal(err)
+	}
+	select {
+	case <-r.d.Done():
+	case <-r.ctx.Done():
+		t.Fatal("device kept running without its interrupt")
+	}
+	if err := r.d.Err(); err == nil || errors.Is(err, ErrClosed) {
+		t.Errorf("Err = %v, want the wait failure", err)
+	}
+	if !p.Removed() {
+		t.Error("port live on a failed device")
+	}
 }
