@@ -29,6 +29,22 @@
 // any program in the guest. Boot once per QEMU command line and run many
 // cases in that boot: a boot to the helper takes about 2 s.
 //
+// # Tests and benchmarks
+//
+//   - TestKernelDriverBaseline: the in-kernel virtio_console driver on two
+//     named ports: data both ways byte-exact (1 B, 64 KiB, 8 MiB),
+//     VSERPORT_CHANGE events, hot-plug and unplug, and the hand-over of the
+//     function to uio_pci_generic that vserial-agent relies on.
+//   - BenchmarkKernelDriver: MeasurePort on the in-kernel driver.
+//   - BenchmarkKernelVsAgent: the same port measured with the in-kernel
+//     driver and then, in the same boot, through vserial-agent's socket;
+//     reports agent/kernel ratios.
+//
+// Run the benchmarks with -benchtime 1x: each call boots a guest, and a
+// measurement is long enough on its own.
+//
+//	go test -run '^$' -bench . -benchtime 1x ./tests/qemu/
+//
 // # Environment
 //
 //   - VSERIAL_CACHE: cache directory for the kernel, its modules, vmlinux

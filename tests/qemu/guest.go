@@ -154,6 +154,12 @@ func Boot(t testing.TB, opts Options) *Guest {
 		ready: make(chan struct{}), exited: make(chan struct{}),
 		calls: map[uint64]*call{},
 	}
+	started := false
+	t.Cleanup(func() {
+		if !started { // shutdown owns the directory once QEMU runs
+			os.RemoveAll(dir)
+		}
+	})
 	files := append([]File{
 		{Dst: HelperPath, Src: helper, Mode: 0o755},
 		// For programs that load modules themselves (vserial-agent).
@@ -191,6 +197,7 @@ func Boot(t testing.TB, opts Options) *Guest {
 	if err := g.cmd.Start(); err != nil {
 		t.Fatalf("starting QEMU: %v", err)
 	}
+	started = true
 	t.Cleanup(func() { g.shutdown(t, stderr) })
 	go g.readConsole(stdout)
 
