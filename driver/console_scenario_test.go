@@ -935,3 +935,19 @@ func TestInterruptSourceClosedFailsDevice(t *testing.T) {
 		t.Error("port live on a failed device")
 	}
 }
+
+func TestEndlessControlPingPongDoesNotHangDriver(t *testing.T) {
+	r := newRig(t, rigOpts{
+		plug: plugPorts(portSpec{id: 1, name: "p"}, portSpec{id: 2, name: "q"}),
+		bad:  &virtiotest.ConsoleMisbehaviour{ReAddOnPortReady: true},
+	})
+	// Open returned although the device never stops talking; the driver
+	// keeps serving other callers meanwhile.
+	p := r.port(1, "p")
+	r.until("violations pile up", func() bool { return r.d.Stats().Violations > 100 })
+	if err := p.SetGuestOpen(r.ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	r.m.SetMisbehaviour(virtiotest.ConsoleMisbehaviour{})
+	r.modelWait("guest open", func() bool { return r.m.GuestConnected(1) })
+}

@@ -134,30 +134,30 @@ type Device struct {
 	loopDone   chan struct{}
 	fwdDone    chan struct{}
 
-	mu         sync.Mutex
-	queues     []*ring.Queue // by queue number; nil where not set up
-	ctrlRxBufs []dma.Region
-	ctrlRxHead []int32 // head → index in ctrlRxBufs
-	ctrlTxMem  dma.Region
-	ctrlTxHead []int32 // head → slot in ctrlTxMem, -1
-	ctrlTxFree []int32
-	ctrlQueue  []ctrlOut // control messages waiting for a descriptor
-	slots      []*slot
-	seg        [1]ring.Segment
-	stats      DeviceStats
-	resetTimes []time.Time
-	recovering bool
-	inControl  bool // handling a control message: replies wait for the re-post
-	replaying  bool // re-init done, waiting for ports to be re-announced
-	closed     bool
-	failed     bool
-	err        error
-	held       int // buffers in use outside the lock
-	freed      bool
-	done       chan struct{}
-	evq        []PortEvent
-	evWake     chan struct{}
-	events     chan PortEvent
+	mu          sync.Mutex
+	queues      []*ring.Queue // by queue number; nil where not set up
+	ctrlRxBufs  []dma.Region
+	ctrlRxHead  []int32 // head → index in ctrlRxBufs
+	ctrlTxMem   dma.Region
+	ctrlTxHead  []int32 // head → slot in ctrlTxMem, -1
+	ctrlTxFree  []int32
+	ctrlQueue   []ctrlOut // control messages waiting for a descriptor
+	slots       []*slot
+	seg         [1]ring.Segment
+	stats       DeviceStats
+	resetTimes  []time.Time
+	recovering  bool
+	inControl   bool // handling a control message: replies wait for the re-post
+	pendingWork bool // control work left over: the event loop must not wait
+	closed      bool
+	failed      bool
+	err         error
+	held        int // buffers in use outside the lock
+	freed       bool
+	done        chan struct{}
+	evq         []PortEvent
+	evWake      chan struct{}
+	events      chan PortEvent
 }
 
 type ctrlOut struct {
@@ -406,6 +406,13 @@ func queueSize(max uint16, legacy bool) (uint16, error) {
 // checks that the device still describes itself the same way.
 func (d *Device) bringUpLocked(first bool) error {
 	t := d.t
+	if !first {
+		// QEMU drops DRIVER_OK when Bus Master is cleared (VIRTIO-NOTES
+		// §12.7); a recovery must not depend on it still being set.
+		if err := enableDevice(d.fn.Config(), t.Legacy()); err != nil {
+			return fmt.Errorf("enable device: %w", err)
+		}
+	}
 	if err := t.Reset(); err != nil {
 		return err
 	}
@@ -514,12 +521,15 @@ func (d *Device) bringUpLocked(first bool) error {
 	// VIRTIO-NOTES §7.5 step 3. QEMU answers synchronously with PORT_ADD
 	// for every port, which the drain below handles.
 	d.sendControlLocked(badPortID, eventDeviceReady, 1)
-	d.replaying = !first
-	if err := d.serviceControlLocked(); err != nil {
+	// Bounded: a device that answers every answer must not hold bring-up
+	// forever; what is left goes to the event loop.
+	more, err := d.serviceControlPassesLocked(4*int(d.nslots) + maxControlPasses)
+	if err != nil {
 		return err
 	}
-	if d.replaying {
-		d.replaying = false
+	if more {
+		d.pendingWork = true
+	} else if !first {
 		d.dropUnannouncedLocked()
 	}
 	return nil

@@ -29,6 +29,10 @@ func (d *Device) loop(ctx context.Context) {
 	irq := d.fn.IRQ()
 	more := false
 	for {
+		d.mu.Lock()
+		more = more || d.pendingWork
+		d.pendingWork = false
+		d.mu.Unlock()
 		if !more {
 			if err := irq.Wait(ctx); err != nil {
 				if ctx.Err() != nil {
@@ -239,18 +243,6 @@ func (e *portFault) Error() string { return fmt.Sprintf("port %d %s: %v", e.id, 
 func (e *portFault) Unwrap() error { return e.err }
 
 // --- control queues ---
-
-// serviceControlLocked handles control messages until the device has no
-// more to say (QEMU answers synchronously, so one call covers a whole
-// exchange such as the PORT_ADD replay after DEVICE_READY).
-func (d *Device) serviceControlLocked() error {
-	for {
-		more, err := d.serviceControlPassesLocked(maxControlPasses)
-		if err != nil || !more {
-			return err
-		}
-	}
-}
 
 func (d *Device) serviceControlPassesLocked(passes int) (more bool, err error) {
 	q := d.queues[controlRxQueue]
@@ -603,7 +595,11 @@ func (d *Device) violationLocked(err error, p *Port) {
 	if p != nil {
 		p.stats.Violations++
 	}
-	d.log.Warn("virtio-console: device protocol violation", "err", err)
+	// A hostile device must not flood the log: the first ones are logged,
+	// then one in a thousand with the running count.
+	if n := d.stats.Violations; n <= 32 || n%1000 == 0 {
+		d.log.Warn("virtio-console: device protocol violation", "err", err, "violations", n)
+	}
 }
 
 // faultLocked recovers from a device fault by resetting and

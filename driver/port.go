@@ -363,24 +363,24 @@ func (p *Port) canSendLocked() bool {
 }
 
 // takeTxLocked waits for a free transmit buffer the port may fill.
-func (p *Port) takeTxLocked(ctx context.Context) (int32, uint64, error) {
+func (p *Port) takeTxLocked(ctx context.Context) (int32, error) {
 	d, s := p.d, p.s
 	if err := d.ensureTxLocked(s); err != nil {
-		return -1, 0, err
+		return -1, err
 	}
 	for {
 		if err := p.errLocked(); err != nil {
-			return -1, 0, err
+			return -1, err
 		}
 		d.reapTxLocked(s)
 		if err := p.errLocked(); err != nil {
-			return -1, 0, err
+			return -1, err
 		}
 		if p.canSendLocked() && len(s.txFree) > 0 {
 			break
 		}
 		if err := p.wait(ctx, p.txWake); err != nil {
-			return -1, 0, err
+			return -1, err
 		}
 	}
 	i := s.txFree[len(s.txFree)-1]
@@ -389,17 +389,18 @@ func (p *Port) takeTxLocked(ctx context.Context) (int32, uint64, error) {
 	if len(s.txFree) > 0 {
 		wake(p.txWake)
 	}
-	return i, s.gen, nil
+	return i, nil
 }
 
 // queueTxLocked hands a filled transmit buffer to the device. It reports
-// false (and frees the buffer) if the port or the device changed while the
-// buffer was being filled.
-func (p *Port) queueTxLocked(i int32, gen uint64, n int) bool {
+// false (and frees the buffer, the bytes lost) if the port went away or is
+// waiting to be re-announced after a reset. A reset that is over by now
+// does not matter: the buffer was never given to the device.
+func (p *Port) queueTxLocked(i int32, n int) bool {
 	d, s := p.d, p.s
 	b := &s.txBufs[i]
 	b.owned = false
-	if n <= 0 || gen != s.gen || s.port != p || p.errLocked() != nil || d.broken() {
+	if n <= 0 || s.port != p || p.reannounce || p.errLocked() != nil || d.broken() {
 		s.txFree = append(s.txFree, i)
 		if n > 0 {
 			p.txLost = true
@@ -417,7 +418,7 @@ func (p *Port) queueTxLocked(i int32, gen uint64, n int) bool {
 		return false
 	}
 	s.txByHead[head] = i
-	b.gen, b.n = gen, n
+	b.gen, b.n = s.gen, n
 	p.txInflight++
 	if s.tx.Publish() {
 		d.notifyLocked(s.txq)
@@ -432,7 +433,7 @@ func (p *Port) queueTxLocked(i int32, gen uint64, n int) bool {
 func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 	d := p.d
 	d.mu.Lock()
-	i, gen, err := p.takeTxLocked(ctx)
+	i, err := p.takeTxLocked(ctx)
 	if err != nil {
 		d.mu.Unlock()
 		return 0, err
@@ -444,7 +445,7 @@ func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 	d.mu.Lock()
 	d.held--
 	n = max(0, min(n, len(buf)))
-	p.queueTxLocked(i, gen, n)
+	p.queueTxLocked(i, n)
 	d.finishLocked()
 	d.mu.Unlock()
 	return n, rerr
@@ -458,15 +459,19 @@ func (p *Port) Write(ctx context.Context, b []byte) (int, error) {
 	resets := d.stats.Resets
 	done := 0
 	for done < len(b) {
-		i, gen, err := p.takeTxLocked(ctx)
+		i, err := p.takeTxLocked(ctx)
 		if err != nil {
 			d.mu.Unlock()
 			return done, err
 		}
 		n := copy(p.s.txBufs[i].mem.Bytes(), b[done:])
-		if !p.queueTxLocked(i, gen, n) {
+		if !p.queueTxLocked(i, n) {
+			err := p.errLocked()
+			if err == nil {
+				err = ErrDeviceReset
+			}
 			d.mu.Unlock()
-			return done, ErrDeviceReset
+			return done, err
 		}
 		done += n
 	}

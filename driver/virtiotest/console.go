@@ -96,6 +96,10 @@ type ConsoleMisbehaviour struct {
 	// Name, when set, replaces every port's name bytes on the wire
 	// (over-long, not UTF-8, containing '/' or NUL, ...).
 	Name []byte
+	// ReAddOnPortReady answers every PORT_READY with another PORT_ADD for
+	// the same port, so a driver that re-acknowledges duplicates is kept
+	// busy forever.
+	ReAddOnPortReady bool
 	// IgnoreGuestControl drops every control message from the guest
 	// (no replay on DEVICE_READY, no answer to PORT_READY).
 	IgnoreGuestControl bool
@@ -867,6 +871,9 @@ func (c *Console) handleControl(b []byte) {
 		}
 		if p.host {
 			c.sendControl(p.id, EventPortOpen, 1, nil)
+		}
+		if c.bad.ReAddOnPortReady {
+			c.sendControl(p.id, EventPortAdd, 1, nil)
 		}
 		c.flushToGuest(p)
 	case EventPortOpen:
