@@ -71,7 +71,7 @@ func newRig(t *testing.T, o rigOpts) *rig {
 	t.Cleanup(cancel)
 	r := &rig{t: t, m: m, f: f, fn: fn, log: &logBuf{}, ctx: ctx}
 	if o.cfg.Logger == nil {
-		o.cfg.Logger = slog.New(slog.NewTextHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		o.cfg.Logger = r.logger()
 	}
 	if o.noOpen {
 		return r
@@ -169,4 +169,9 @@ type portSpec struct {
 	name    string
 	console bool
 	host    bool
+}
+
+// logger returns a logger writing into the rig's log buffer.
+func (r *rig) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

@@ -951,3 +951,41 @@ func TestEndlessControlPingPongDoesNotHangDriver(t *testing.T) {
 	r.m.SetMisbehaviour(virtiotest.ConsoleMisbehaviour{})
 	r.modelWait("guest open", func() bool { return r.m.GuestConnected(1) })
 }
+
+func TestDriverRestartRediscoversPorts(t *testing.T) {
+	r := newRig(t, rigOpts{noOpen: true, plug: plugPorts(portSpec{id: 1, name: "a", host: true}, portSpec{id: 4, name: "b"})})
+	for round := 0; round < 3; round++ {
+		d, err := Open(r.ctx, r.fn, Config{Logger: r.logger()})
+		if err != nil {
+			t.Fatalf("round %d: Open: %v", round, err)
+		}
+		r.d = d
+		a := r.port(1, "a")
+		r.port(4, "b")
+		if err := a.SetGuestOpen(r.ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		r.modelWait("guest open", func() bool { return r.m.GuestConnected(1) })
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if r.m.GuestConnected(1) {
+			t.Errorf("round %d: port still guest-open after Close", round)
+		}
+		if n, _ := r.f.Heap().Live(); n != 0 {
+			t.Fatalf("round %d: %d allocations live after Close", round, n)
+		}
+	}
+}
+
+func TestFeaturesNeverSizeOrEmergWrite(t *testing.T) {
+	r := newRig(t, rigOpts{})
+	got := r.f.Accepted()
+	if got&(FeatureConsoleSize|FeatureConsoleEmergWrite|FeatureIndirectDesc) != 0 {
+		t.Errorf("accepted %#x: F_SIZE, EMERG_WRITE or INDIRECT_DESC", got)
+	}
+	want := FeatureConsoleMultiport | FeatureVersion1 | FeatureEventIdx
+	if got&want != want {
+		t.Errorf("accepted %#x, want at least %#x", got, want)
+	}
+}
