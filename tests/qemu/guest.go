@@ -42,6 +42,9 @@ type Options struct {
 	MaxPorts int
 	// DisableLegacy makes the device modern-only (disable-legacy=on).
 	DisableLegacy bool
+	// IOMMU adds an emulated Intel IOMMU (intel_iommu=on in the guest) and
+	// puts the device behind it (iommu_platform=on, modern only), for VFIO.
+	IOMMU bool
 	// DeviceProps are extra ",key=value" properties for virtio-serial-pci.
 	DeviceProps string
 	// NoDevice boots without the device under test.
@@ -227,21 +230,33 @@ func (g *Guest) commandLine(opts Options, initrd string) []string {
 	if mem == "" {
 		mem = "512M"
 	}
+	machine, appendLine := "q35", opts.Append
+	if opts.IOMMU {
+		machine = "q35,kernel-irqchip=split"
+		appendLine = "intel_iommu=on " + appendLine
+	}
 	args := []string{
 		"qemu-system-x86_64",
-		"-machine", "q35", "-accel", "tcg", "-m", mem,
+		"-machine", machine, "-accel", "tcg", "-m", mem,
 		"-nographic", "-no-reboot", "-nic", "none",
 		"-kernel", g.Kernel.Vmlinux, "-initrd", initrd,
-		"-append", strings.TrimSpace("console=ttyS0 panic=-1 loglevel=4 " + opts.Append),
+		"-append", strings.TrimSpace("console=ttyS0 panic=-1 loglevel=4 " + appendLine),
 		"-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0", "-monitor", "none",
 		"-qmp", "unix:" + filepath.Join(g.Dir, "qmp.sock") + ",server=on,wait=off",
 	}
+	if opts.IOMMU {
+		// Before the device it translates for.
+		args = append(args, "-device", "intel-iommu,intremap=on,caching-mode=on")
+	}
 	if !opts.NoDevice {
 		dev := "virtio-serial-pci,id=vs0"
+		if opts.IOMMU {
+			dev += ",iommu_platform=on"
+		}
 		if opts.MaxPorts > 0 {
 			dev += ",max_ports=" + strconv.Itoa(opts.MaxPorts)
 		}
-		if opts.DisableLegacy {
+		if opts.DisableLegacy || opts.IOMMU { // QEMU: legacy and ACCESS_PLATFORM exclude each other
 			dev += ",disable-legacy=on"
 		}
 		args = append(args, "-device", dev+opts.DeviceProps)

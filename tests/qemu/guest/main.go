@@ -66,6 +66,7 @@ func init() {
 		"ls":        {"ls DIR...", ls},
 		"cat":       {"cat FILE...", cat},
 		"write":     {"write FILE STRING", write},
+		"readlink":  {"readlink PATH", readlink},
 		"wait-path": {"wait-path PATH SECONDS", waitPath},
 		"signal":    {"signal PID SIGNUM", signal},
 		"poweroff":  {"poweroff", func([]string) error { return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) }},
@@ -653,6 +654,18 @@ func write(args []string) error {
 		return err
 	}
 	return f.Close()
+}
+
+func readlink(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: readlink PATH")
+	}
+	target, err := os.Readlink(args[0])
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, target)
+	return nil
 }
 
 func waitPath(args []string) error {
