@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -988,4 +989,75 @@ func TestFeaturesNeverSizeOrEmergWrite(t *testing.T) {
 	if got&want != want {
 		t.Errorf("accepted %#x, want at least %#x", got, want)
 	}
+}
+
+// countingFunction counts every register access and interrupt wait the
+// driver makes.
+type countingFunction struct {
+	Function
+	accesses, waits *atomic.Int64
+}
+
+func (c countingFunction) BAR(i int) (BAR, error) {
+	b, err := c.Function.BAR(i)
+	if err != nil {
+		return nil, err
+	}
+	return countingBAR{b, c.accesses}, nil
+}
+
+func (c countingFunction) IRQ() IRQ { return countingIRQ{c.Function.IRQ(), c.waits} }
+
+type countingBAR struct {
+	BAR
+	n *atomic.Int64
+}
+
+func (b countingBAR) Read8(off uint64) (uint8, error)   { b.n.Add(1); return b.BAR.Read8(off) }
+func (b countingBAR) Read16(off uint64) (uint16, error) { b.n.Add(1); return b.BAR.Read16(off) }
+func (b countingBAR) Read32(off uint64) (uint32, error) { b.n.Add(1); return b.BAR.Read32(off) }
+func (b countingBAR) Write8(off uint64, v uint8) error  { b.n.Add(1); return b.BAR.Write8(off, v) }
+func (b countingBAR) Write16(off uint64, v uint16) error {
+	b.n.Add(1)
+	return b.BAR.Write16(off, v)
+}
+func (b countingBAR) Write32(off uint64, v uint32) error {
+	b.n.Add(1)
+	return b.BAR.Write32(off, v)
+}
+
+type countingIRQ struct {
+	IRQ
+	n *atomic.Int64
+}
+
+func (q countingIRQ) Wait(ctx context.Context) error { q.n.Add(1); return q.IRQ.Wait(ctx) }
+
+func TestIdleDeviceMakesNoAccesses(t *testing.T) {
+	r := newRig(t, rigOpts{noOpen: true, plug: plugPorts(portSpec{id: 1, name: "p", host: true})})
+	cf := countingFunction{Function: r.fn, accesses: new(atomic.Int64), waits: new(atomic.Int64)}
+	d, err := Open(r.ctx, cf, Config{Logger: r.logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	r.d = d
+	p := r.port(1, "p")
+	if err := p.SetGuestOpen(r.ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	pingPong(t, r, p, 3)
+	// Let the event loop drain what is pending and park.
+	r.until("parked", func() bool {
+		w := cf.waits.Load()
+		time.Sleep(20 * time.Millisecond)
+		return cf.waits.Load() == w
+	})
+	a, w := cf.accesses.Load(), cf.waits.Load()
+	time.Sleep(100 * time.Millisecond)
+	if a2, w2 := cf.accesses.Load(), cf.waits.Load(); a2 != a || w2 != w {
+		t.Errorf("idle for 100ms: %d register accesses, %d interrupt waits: the driver polls", a2-a, w2-w)
+	}
+	// And it still wakes for the next interrupt.
+	pingPong(t, r, p, 1)
 }
