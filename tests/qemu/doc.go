@@ -35,6 +35,8 @@
 //     named ports: data both ways byte-exact (1 B, 64 KiB, 8 MiB),
 //     VSERPORT_CHANGE events, hot-plug and unplug, and the hand-over of the
 //     function to uio_pci_generic that vserial-agent relies on.
+//   - TestIOMMUGuestBindsVFIO: with Options.IOMMU the device sits in an
+//     IOMMU group and binds to vfio-pci (the VFIO mode's guest).
 //   - BenchmarkKernelDriver: MeasurePort on the in-kernel driver.
 //   - BenchmarkKernelVsAgent: the same port measured with the in-kernel
 //     driver and then, in the same boot, through vserial-agent's socket;

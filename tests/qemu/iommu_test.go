@@ -11,6 +11,7 @@ import (
 // VFIO mode runs in: the device sits in an IOMMU group, binds to vfio-pci,
 // and the group's /dev/vfio node appears.
 func TestIOMMUGuestBindsVFIO(t *testing.T) {
+	t.Parallel() // guests boot in parallel; each has its own sockets
 	g := Boot(t, Options{IOMMU: true, Ports: []Port{{Name: "org.vserial.iommu"}}, Modules: []string{"vfio-pci"}})
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()

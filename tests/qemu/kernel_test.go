@@ -54,6 +54,7 @@ func kernelPorts(t testing.TB, g *Guest) map[string]string {
 // appear, data moves byte-exact both ways, and QEMU reports the guest
 // opening and closing a port.
 func TestKernelDriverBaseline(t *testing.T) {
+	t.Parallel() // guests boot in parallel; each has its own sockets
 	names := []string{"org.vserial.test.0", "org.vserial.test.1"}
 	g := Boot(t, Options{Ports: []Port{{Name: names[0]}, {Name: names[1]}}, MaxPorts: 4})
 	devs := kernelPorts(t, g)
