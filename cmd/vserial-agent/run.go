@@ -137,6 +137,13 @@ func selectFunctions(cfg runConfig, log *slog.Logger) ([]pciscan.Function, error
 		if !pciscan.IsConsole(f) {
 			continue
 		}
+		if f.Driver == uioDriver {
+			// Bound to uio_pci_generic and not held by a kernel driver:
+			// an earlier run of ours left it there.
+			log.Info("taking virtio-console function already bound to uio_pci_generic", "pci", f.Addr)
+			out = append(out, f)
+			continue
+		}
 		if f.Driver != "" {
 			held = append(held, f.Addr+" ("+f.Driver+")")
 			log.Info("skipping virtio-console function held by a driver; name it with --device to take it", "pci", f.Addr, "driver", f.Driver)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -287,11 +288,16 @@ func TestRunEveryDeviceStopped(t *testing.T) {
 	}
 }
 
-func TestDefaultOpenerIsMarkedTODO(t *testing.T) {
-	// Until the integrator wires openDevice, run must fail loudly rather
-	// than pretend to serve.
-	_, err := openDevice(context.Background(), deviceSpec{})
-	if !errors.Is(err, errNotWired) || !strings.Contains(err.Error(), "TODO(integrator)") {
-		t.Fatalf("openDevice: %v", err)
+func TestRunTakesFunctionLeftOnUIOByEarlierRun(t *testing.T) {
+	sys := shortTempDir(t)
+	fakeFunction(t, sys, "0000:00:03.0", "0x1af4", "0x1043", "0x1100", "uio_pci_generic")
+	fakeFunction(t, sys, "0000:00:04.0", "0x1af4", "0x1043", "0x1100", "virtio-pci")
+	var logs strings.Builder
+	fns, err := selectFunctions(runConfig{Sysfs: sys}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fns) != 1 || fns[0].Addr != "0000:00:03.0" {
+		t.Fatalf("selected %v, want only 0000:00:03.0 (the one on uio_pci_generic)", fns)
 	}
 }

@@ -2,11 +2,19 @@ package main
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
+	"path/filepath"
+	"sync"
+
+	"github.com/u-root/u-root/pkg/kmodule"
+	"golang.org/x/sys/unix"
 
 	"github.com/vserial/vserial/agent"
+	"github.com/vserial/vserial/dma"
+	"github.com/vserial/vserial/driver"
 	"github.com/vserial/vserial/pciscan"
+	"github.com/vserial/vserial/uio"
 )
 
 // device is one virtio-console function brought up for the agent.
@@ -41,23 +49,202 @@ type deviceSpec struct {
 // tests run the whole command against fake devices.
 type deviceOpener func(ctx context.Context, spec deviceSpec) (device, error)
 
-// errNotWired is what run reports until the integrator fills openDevice.
-var errNotWired = errors.New("opening devices is not wired up yet (TODO(integrator): openDevice in cmd/vserial-agent/wiring.go)")
+const uioDriver = "uio_pci_generic"
 
-// openDevice is the production deviceOpener.
-//
-// TODO(integrator): wire the packages that are being written in parallel:
-//  1. load uio_pci_generic if !pciscan.DriverRegistered(spec.Sysfs, "uio_pci_generic")
-//     (modprobe; pciscan does not load modules);
-//  2. prev, err := pciscan.Take(spec.Sysfs, spec.Function.Addr, "uio_pci_generic", spec.Explicit)
-//     (Bind when !Explicit) and remember prev for pciscan.Restore in Close;
-//  3. fn, err := uio.Open(...) for the bound function (config space, BARs, INTx, DMA allocator);
-//  4. dev, err := driver.Open(ctx, fn, driver options{MaxPorts: spec.MaxPorts, Logger: spec.Logger});
-//  5. return a device whose Ports() adapts every *driver.Port to agent.Port
-//     (PortStats converted field by field; driver must not import agent) as
-//     the driver reports ports added, and whose Close closes dev, then fn,
-//     then restores prev. Use a cleanup stack so a failure in step k undoes
-//     steps 1..k-1.
-func openDevice(ctx context.Context, spec deviceSpec) (device, error) {
-	return nil, errNotWired
+// openDevice is the production deviceOpener: it binds the function to
+// uio_pci_generic (loading the module if needed), opens it, brings the
+// virtio device up and reports its ports. A failure at any step undoes the
+// steps before it.
+func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
+	log := spec.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	addr := spec.Function.Addr
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+
+	if err := ensureModule(spec.Sysfs, uioDriver, log); err != nil {
+		return nil, err
+	}
+	prev := spec.Function.Driver
+	if prev != uioDriver {
+		prev, err = pciscan.Take(spec.Sysfs, addr, uioDriver, spec.Explicit)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("function bound", "driver", uioDriver, "previous", driverName(prev))
+		undo = append(undo, func() { restore(spec.Sysfs, addr, prev, log) })
+	} else {
+		prev = ""
+	}
+
+	fn, err := uio.Open(spec.Sysfs, "/dev", addr, uio.Options{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { fn.Close() })
+
+	maxPorts := uint32(0)
+	if spec.MaxPorts > 0 {
+		maxPorts = uint32(spec.MaxPorts)
+	}
+	dev, err := driver.Open(ctx, uioFunction{fn}, driver.Config{
+		MaxPorts: maxPorts,
+		Index:    spec.Index,
+		Logger:   log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bring up virtio-console %s: %w", addr, err)
+	}
+	d := &consoleDevice{
+		dev:   dev,
+		fn:    fn,
+		ports: make(chan agent.Port),
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+		restore: func() {
+			if prev != "" {
+				restore(spec.Sysfs, addr, prev, log)
+			}
+		},
+	}
+	go d.forward()
+	return d, nil
 }
+
+// ensureModule loads a kernel module (with its dependencies, from
+// /lib/modules/$(uname -r)) unless its driver is already registered.
+func ensureModule(sysfs, name string, log *slog.Logger) error {
+	if pciscan.DriverRegistered(sysfs, name) {
+		return nil
+	}
+	if err := kmodule.Probe(name, ""); err != nil {
+		var u unix.Utsname
+		_ = unix.Uname(&u)
+		rel := unix.ByteSliceToString(u.Release[:])
+		return fmt.Errorf("kernel module %s is not loaded and could not be loaded from %s: %w (install the module for kernel %s or load it before starting)",
+			name, filepath.Join("/lib/modules", rel), err, rel)
+	}
+	log.Info("kernel module loaded", "module", name)
+	if !pciscan.DriverRegistered(sysfs, name) {
+		return fmt.Errorf("kernel module %s loaded but no driver %s appeared under %s/bus/pci/drivers", name, name, sysfs)
+	}
+	return nil
+}
+
+func restore(sysfs, addr, prev string, log *slog.Logger) {
+	if err := pciscan.Restore(sysfs, addr, prev); err != nil {
+		log.Warn("cannot give the function back", "driver", driverName(prev), "err", err)
+		return
+	}
+	log.Info("function given back", "driver", driverName(prev))
+}
+
+func driverName(d string) string {
+	if d == "" {
+		return "(none)"
+	}
+	return d
+}
+
+// consoleDevice is a driver.Device seen as a device of the agent.
+type consoleDevice struct {
+	dev     *driver.Device
+	fn      *uio.Function
+	ports   chan agent.Port
+	restore func()
+
+	once     sync.Once
+	closeErr error
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+// forward turns the driver's PortAdded events into agent ports. Other
+// events reach the agent through each port's Changed channel.
+func (d *consoleDevice) forward() {
+	defer close(d.done)
+	defer close(d.ports)
+	for {
+		select {
+		case ev, ok := <-d.dev.Events():
+			if !ok {
+				return
+			}
+			if ev.Kind != driver.PortAdded {
+				continue
+			}
+			select {
+			case d.ports <- port{ev.Port}:
+			case <-d.stop:
+				return
+			}
+		case <-d.stop:
+			return
+		}
+	}
+}
+
+func (d *consoleDevice) Ports() <-chan agent.Port { return d.ports }
+
+func (d *consoleDevice) Err() error {
+	select {
+	case <-d.stop:
+		return nil
+	default:
+	}
+	return d.dev.Err()
+}
+
+// Close resets the device (the driver sends PORT_OPEN 0 first), then
+// releases the uio function, then gives the function back.
+func (d *consoleDevice) Close() error {
+	d.once.Do(func() {
+		close(d.stop)
+		<-d.done
+		err := d.dev.Close()
+		if cerr := d.fn.Close(); err == nil {
+			err = cerr
+		}
+		d.restore()
+		d.closeErr = err
+	})
+	return d.closeErr
+}
+
+// port adapts *driver.Port to agent.Port: driver must not import agent, so
+// the counters are converted here.
+type port struct{ *driver.Port }
+
+func (p port) Stats() agent.PortStats {
+	s := p.Port.Stats()
+	return agent.PortStats{BytesIn: s.BytesIn, BytesOut: s.BytesOut, Discarded: s.Discarded, Violations: s.Violations}
+}
+
+// uioFunction adapts *uio.Function to driver.Function (uio must not import
+// driver, so its methods return concrete types).
+type uioFunction struct{ f *uio.Function }
+
+func (a uioFunction) Config() driver.ConfigSpace { return a.f.Config() }
+func (a uioFunction) BAR(i int) (driver.BAR, error) {
+	b, err := a.f.BAR(i)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+func (a uioFunction) IRQ() driver.IRQ    { return a.f.IRQ() }
+func (a uioFunction) DMA() dma.Allocator { return a.f.DMA() }
+func (a uioFunction) IOMMU() bool        { return a.f.IOMMU() }
+
+var (
+	_ agent.Port      = port{}
+	_ driver.Function = uioFunction{}
+)
