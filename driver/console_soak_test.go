@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/vserial/vserial/driver/virtiotest"
 	"github.com/vserial/vserial/ring/ringtest"
@@ -291,4 +292,118 @@ func (r *patternReader) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-var _ = context.Background
+// TestChaosTrafficWithResetsAndHotPlug keeps traffic flowing on several
+// ports while the device resets, breaks ring rules, unplugs and re-plugs
+// ports and the host connects and disconnects. Bytes may be lost; the
+// driver must not panic, deadlock, race or leak, and must work normally
+// once the chaos stops.
+func TestChaosTrafficWithResetsAndHotPlug(t *testing.T) {
+	const nports = 4
+	var specs []portSpec
+	for id := uint32(1); id <= nports; id++ {
+		specs = append(specs, portSpec{id: id, name: fmt.Sprintf("c%d", id), host: true})
+	}
+	r := newRig(t, rigOpts{cfg: Config{MaxResets: 1 << 20, TxBuffers: 4, RxBuffers: 8}, plug: plugPorts(specs...)})
+	for _, s := range specs {
+		r.port(s.id, s.name)
+	}
+	ctx, stop := context.WithCancel(r.ctx)
+	var wg sync.WaitGroup
+	payload := bytes.Repeat([]byte("chaos!"), 2000)
+	for _, s := range specs {
+		id := s.id
+		wg.Add(3)
+		go func() { // guest reader: follows the port across re-plugs
+			defer wg.Done()
+			for ctx.Err() == nil {
+				p := r.d.Port(id)
+				if p == nil {
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				_ = p.SetGuestOpen(ctx, true)
+				_, _ = p.Recv(ctx, io.Discard)
+			}
+		}()
+		go func() { // guest writer
+			defer wg.Done()
+			for ctx.Err() == nil {
+				p := r.d.Port(id)
+				if p == nil {
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				wctx, cancel := context.WithTimeout(ctx, 5*time.Millisecond)
+				_, _ = p.Send(wctx, bytes.NewReader(payload[:1+int(id)*997%len(payload)]))
+				cancel()
+			}
+		}()
+		go func() { // host side
+			defer wg.Done()
+			buf := make([]byte, 64<<10)
+			for ctx.Err() == nil {
+				_ = r.m.HostWrite(id, payload[:int(id)*1231%len(payload)+1])
+				r.m.HostReadInto(id, buf)
+				time.Sleep(100 * time.Microsecond)
+			}
+		}()
+	}
+	rng := rand.New(rand.NewPCG(7, 11))
+	for i := 0; i < 300; i++ {
+		id := uint32(1 + rng.IntN(nports))
+		switch rng.IntN(6) {
+		case 0:
+			r.m.NeedsReset()
+		case 1:
+			r.m.MisbehaveRing(virtiotest.RxQueue(id), ringtest.Misbehaviour{BadID: true}, false)
+		case 2:
+			r.m.MisbehaveRing(virtiotest.TxQueue(id), ringtest.Misbehaviour{IdxJump: 2}, false)
+		case 3:
+			if r.m.Unplug(id) == nil {
+				time.Sleep(time.Millisecond)
+				_ = r.m.Plug(id, fmt.Sprintf("c%d", id), false)
+				_ = r.m.HostConnect(id, true)
+			}
+		case 4:
+			_ = r.m.HostConnect(id, false)
+			_ = r.m.HostConnect(id, true)
+		case 5:
+			_ = r.m.SetThrottled(id, rng.IntN(2) == 0)
+		}
+		time.Sleep(time.Duration(rng.IntN(2000)) * time.Microsecond)
+	}
+	for id := uint32(1); id <= nports; id++ {
+		r.m.MisbehaveRing(virtiotest.RxQueue(id), ringtest.Misbehaviour{}, false)
+		r.m.MisbehaveRing(virtiotest.TxQueue(id), ringtest.Misbehaviour{}, false)
+		_ = r.m.SetThrottled(id, false)
+	}
+	stop()
+	wg.Wait()
+	if err := r.d.Err(); err != nil {
+		t.Fatalf("device failed: %v", err)
+	}
+	t.Logf("after chaos: %+v", r.d.Stats())
+	// Back to normal: a clean reset, then every port works.
+	resets := r.d.Stats().Resets
+	r.m.NeedsReset()
+	r.until("reset", func() bool { return r.d.Stats().Resets > resets })
+	for id := uint32(1); id <= nports; id++ {
+		var p *Port
+		r.until(fmt.Sprintf("port %d settled", id), func() bool {
+			p = r.d.Port(id)
+			return p != nil && p.settled() && p.HostConnected()
+		})
+		_ = r.m.HostRead(id)
+		if err := p.SetGuestOpen(r.ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		r.modelWait("guest open", func() bool { return r.m.GuestConnected(id) })
+		for drained := false; !drained; { // leftovers from the chaos
+			c, cancel := context.WithTimeout(r.ctx, 20*time.Millisecond)
+			_, err := p.Recv(c, io.Discard)
+			cancel()
+			drained = err != nil
+		}
+		pingPong(t, r, p, 3)
+	}
+}
