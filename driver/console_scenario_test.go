@@ -1061,3 +1061,23 @@ func TestIdleDeviceMakesNoAccesses(t *testing.T) {
 	// And it still wakes for the next interrupt.
 	pingPong(t, r, p, 1)
 }
+
+func TestOpenFailingAfterQueueSetupResetsBeforeFreeing(t *testing.T) {
+	r := newRig(t, rigOpts{noOpen: true, plug: plugPorts(portSpec{id: 1, name: "p"})})
+	// The device breaks the control receiveq during the PORT_ADD replay.
+	r.m.MisbehaveRing(virtiotest.ControlRxQueue, ringtest.Misbehaviour{BadID: true}, true)
+	d, err := Open(r.ctx, r.fn, Config{Logger: r.logger()})
+	if err == nil {
+		d.Close()
+		t.Fatal("Open succeeded on a device that broke its control queue")
+	}
+	if !errors.Is(err, ring.ErrDeviceProtocol) {
+		t.Errorf("err = %v", err)
+	}
+	if st := r.f.Status(); st&^StatusFailed != 0 {
+		t.Errorf("status %#x: device not reset before its memory was freed", st)
+	}
+	if n, _ := r.f.Heap().Live(); n != 0 {
+		t.Errorf("%d allocations left", n)
+	}
+}

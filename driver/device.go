@@ -200,6 +200,14 @@ func Open(ctx context.Context, fn Function, cfg Config) (*Device, error) {
 	d.mu.Lock()
 	err = d.bringUpLocked(true)
 	if err != nil {
+		if d.queues != nil {
+			// Queues were programmed: stop the device before its memory
+			// goes, then tell it the driver gave up.
+			if rerr := t.Reset(); rerr != nil {
+				d.log.Warn("virtio-console: reset after failed bring-up", "err", rerr)
+			}
+			d.failStatus()
+		}
 		d.releaseLocked()
 		d.mu.Unlock()
 		return nil, fmt.Errorf("driver: open: %w", err)
