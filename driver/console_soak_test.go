@@ -137,16 +137,17 @@ func TestSpuriousInterruptsHarmless(t *testing.T) {
 // un-throttling, and checks every byte and that every descriptor comes
 // back.
 func TestSoakManyPortsBothDirections(t *testing.T) {
-	const (
-		nports  = 16
-		perPort = 2 << 20
-		seed    = 20261125
-	)
+	t.Run("modern", func(t *testing.T) { soak(t, virtiotest.Options{}, 16, 2<<20) })
+	t.Run("legacy msix", func(t *testing.T) { soak(t, virtiotest.Options{LegacyOnly: true, MSIXVectors: 2}, 4, 512<<10) })
+}
+
+func soak(t *testing.T, opts virtiotest.Options, nports uint32, perPort int) {
+	const seed = 20261125
 	var specs []portSpec
 	for id := uint32(1); id <= nports; id++ {
 		specs = append(specs, portSpec{id: id, name: fmt.Sprintf("soak%d", id), host: true})
 	}
-	r := newRig(t, rigOpts{cfg: Config{TxBuffers: 8, RxBuffers: 16}, plug: plugPorts(specs...)})
+	r := newRig(t, rigOpts{fn: opts, cfg: Config{TxBuffers: 8, RxBuffers: 16}, plug: plugPorts(specs...)})
 	pattern := func(id uint32, i int) byte { return byte((i*131 + int(id)*17 + i>>9) % 251) }
 	var wg sync.WaitGroup
 	errs := make(chan error, 4*nports)
@@ -262,7 +263,7 @@ func TestSoakManyPortsBothDirections(t *testing.T) {
 		if s.rx.InFlight() != len(s.rxBufs) {
 			t.Errorf("port %d: %d of %d receive buffers posted", s.id, s.rx.InFlight(), len(s.rxBufs))
 		}
-		if p := s.port; p.stats.BytesIn != perPort || p.stats.BytesOut != perPort || p.stats.Discarded != 0 {
+		if p := s.port; p.stats.BytesIn != uint64(perPort) || p.stats.BytesOut != uint64(perPort) || p.stats.Discarded != 0 {
 			t.Errorf("port %d: stats %+v", s.id, p.stats)
 		}
 	}

@@ -74,9 +74,9 @@ type Config struct {
 type PortEventKind uint8
 
 const (
-	PortAdded PortEventKind = iota + 1
-	PortRemoved
-	PortChanged // name, host connection, console state or size
+	PortAdded   PortEventKind = iota + 1 // the device announced the port (PORT_ADD)
+	PortRemoved                          // unplugged, or gone with the device
+	PortChanged                          // name, host connection, console state or size
 )
 
 func (k PortEventKind) String() string {
