@@ -1055,7 +1055,9 @@ func TestIdleDeviceMakesNoAccesses(t *testing.T) {
 	})
 	a, w := cf.accesses.Load(), cf.waits.Load()
 	time.Sleep(100 * time.Millisecond)
-	if a2, w2 := cf.accesses.Load(), cf.waits.Load(); a2 != a || w2 != w {
+	// One late wake-up for an interrupt raised before the window (an ISR
+	// read, nothing else) is tolerated; polling would show many.
+	if a2, w2 := cf.accesses.Load(), cf.waits.Load(); a2-a > 1 || w2-w > 1 {
 		t.Errorf("idle for 100ms: %d register accesses, %d interrupt waits: the driver polls", a2-a, w2-w)
 	}
 	// And it still wakes for the next interrupt.
