@@ -621,6 +621,16 @@ func (c *Console) RawPush(q uint16, head uint16, written uint32, m ringtest.Misb
 	c.bus.Interrupt(q)
 }
 
+// SetQueueNotify makes the device ask the driver for kicks on q (true, the
+// default) or not (false), as QEMU does while it is busy with a queue.
+func (c *Console) SetQueueNotify(q uint16, enabled bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d := c.queue(q); d != nil {
+		d.SetNotify(enabled)
+	}
+}
+
 // Interrupt raises a used-buffer interrupt for q (a spurious one if nothing
 // is pending).
 func (c *Console) Interrupt(q uint16) {
