@@ -221,10 +221,18 @@ func Open(ctx context.Context, fn Function, cfg Config) (*Device, error) {
 }
 
 // Multiport reports whether VIRTIO_CONSOLE_F_MULTIPORT was negotiated.
-func (d *Device) Multiport() bool { return d.multiport }
+func (d *Device) Multiport() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.multiport
+}
 
 // Features returns the negotiated feature bits.
-func (d *Device) Features() uint64 { return d.features }
+func (d *Device) Features() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.features
+}
 
 // MaxPorts returns the number of port ids served.
 func (d *Device) MaxPorts() uint32 { return d.nslots }

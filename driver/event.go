@@ -13,11 +13,9 @@ import (
 	"github.com/vserial/vserial/ring"
 )
 
-// ISR bits (spec 4.1.4.5).
-const (
-	isrQueue  = 1
-	isrConfig = 2
-)
+// isrConfig is the ISR's configuration-change bit (spec 4.1.4.5). The
+// queue bit needs no test: every wake-up drains every queue anyway.
+const isrConfig = 2
 
 // maxControlPasses bounds how many rounds of control messages one service
 // call handles before letting others take the lock (a device answering
