@@ -21,17 +21,40 @@ import (
 	"github.com/vserial/vserial/tests/qemu/internal/wire"
 )
 
-// Port is a named virtserialport on the device under test, backed by a
-// host Unix socket on which QEMU listens.
+// Port is a virtserialport (or virtconsole) on the device under test,
+// backed by a host Unix socket on which QEMU listens.
 type Port struct {
-	// Name is the port's name property, which the guest sees.
+	// Name is the port's name property, which the guest sees. Empty means
+	// a port without a name (no name= on QEMU's command line); the harness
+	// then knows the port by its ID (Guest.Port, PortSocket, DialPort).
 	Name string
 	// Nr is the port number on the bus (1..max_ports-1); 0 means the
-	// port's position in Options.Ports plus one.
+	// port's position in Options.Ports plus one, except for a Console,
+	// where it means port 0.
 	Nr int
 	// ID is the QEMU device id reported in VSERPORT_CHANGE events; empty
 	// means "port<Nr>".
 	ID string
+	// Console makes the port a virtconsole instead of a virtserialport:
+	// the only kind QEMU allows at port 0, and the one port of a device
+	// without MULTIPORT (max_ports=1).
+	Console bool
+}
+
+// key is how the harness refers to the port: its name, else its ID.
+func (p Port) key() string {
+	if p.Name != "" {
+		return p.Name
+	}
+	return p.ID
+}
+
+// device is the QEMU device type of the port.
+func (p Port) device() string {
+	if p.Console {
+		return "virtconsole"
+	}
+	return "virtserialport"
 }
 
 // Options describe one guest boot. The zero value boots the guest with a
@@ -116,6 +139,11 @@ func (e *ExitError) Error() string {
 	return fmt.Sprintf("guest: %s: exit status %d: %s", strings.Join(e.Argv, " "), e.Code, strings.TrimSpace(e.Output))
 }
 
+// maxGuests bounds the guests running at once in one test process.
+const maxGuests = 2
+
+var guestSlots = make(chan struct{}, maxGuests)
+
 // ErrGuestExited is returned for commands that cannot finish because QEMU
 // is gone.
 var ErrGuestExited = errors.New("guest: QEMU exited")
@@ -196,6 +224,10 @@ func Boot(t testing.TB, opts Options) *Guest {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// At most maxGuests guests at once, whatever -parallel says: each
+	// TCG guest keeps a host core busy.
+	guestSlots <- struct{}{}
+	t.Cleanup(func() { <-guestSlots }) // runs after shutdown (cleanups are LIFO)
 	start := time.Now()
 	if err := g.cmd.Start(); err != nil {
 		t.Fatalf("starting QEMU: %v", err)
@@ -262,17 +294,21 @@ func (g *Guest) commandLine(opts Options, initrd string) []string {
 		args = append(args, "-device", dev+opts.DeviceProps)
 		for i, p := range opts.Ports {
 			p = g.addPort(p, i+1)
-			sock := g.socks[p.Name]
+			sock := g.socks[p.key()]
+			spec := fmt.Sprintf("%s,bus=vs0.0,chardev=c%d,nr=%d,id=%s", p.device(), p.Nr, p.Nr, p.ID)
+			if p.Name != "" {
+				spec += ",name=" + p.Name
+			}
 			args = append(args,
 				"-chardev", fmt.Sprintf("socket,id=c%d,path=%s,server=on,wait=off", p.Nr, sock),
-				"-device", fmt.Sprintf("virtserialport,bus=vs0.0,chardev=c%d,name=%s,nr=%d,id=%s", p.Nr, p.Name, p.Nr, p.ID))
+				"-device", spec)
 		}
 	}
 	return append(args, opts.ExtraArgs...)
 }
 
 func (g *Guest) addPort(p Port, defNr int) Port {
-	if p.Nr == 0 {
+	if p.Nr == 0 && !p.Console {
 		p.Nr = defNr
 	}
 	if p.ID == "" {
@@ -280,8 +316,8 @@ func (g *Guest) addPort(p Port, defNr int) Port {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.ports[p.Name] = p
-	g.socks[p.Name] = filepath.Join(g.Dir, fmt.Sprintf("p%d.sock", p.Nr))
+	g.ports[p.key()] = p
+	g.socks[p.key()] = filepath.Join(g.Dir, fmt.Sprintf("p%d.sock", p.Nr))
 	return p
 }
 
@@ -479,7 +515,8 @@ func (g *Guest) MustRun(t testing.TB, argv ...string) string {
 	return out
 }
 
-// Port returns the port with the given name (with Nr and ID filled in).
+// Port returns the port with the given name (with Nr and ID filled in); an
+// unnamed port is looked up by its ID.
 func (g *Guest) Port(name string) (Port, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -487,7 +524,8 @@ func (g *Guest) Port(name string) (Port, bool) {
 	return p, ok
 }
 
-// PortSocket is the host socket QEMU listens on for the named port.
+// PortSocket is the host socket QEMU listens on for the named port (an
+// unnamed one: by ID).
 func (g *Guest) PortSocket(name string) string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -512,7 +550,8 @@ func (g *Guest) DialPort(t testing.TB, name string) *net.UnixConn {
 }
 
 // HotplugPort adds a port to the running device (chardev-add + device_add)
-// and returns it with Nr and ID filled in; Nr must be set.
+// and returns it with Nr and ID filled in; Nr must be set. A port without a
+// Name is hot-plugged without one and known by its ID.
 func (g *Guest) HotplugPort(ctx context.Context, p Port) (Port, error) {
 	if p.Nr == 0 {
 		return p, errors.New("guest: hot-plugged ports need an explicit Nr")
@@ -529,10 +568,14 @@ func (g *Guest) HotplugPort(ctx context.Context, p Port) (Port, error) {
 	if err != nil {
 		return p, err
 	}
-	_, err = g.QMP.Execute(ctx, "device_add", map[string]any{
-		"driver": "virtserialport", "bus": "vs0.0", "chardev": chardev,
-		"name": p.Name, "nr": p.Nr, "id": p.ID,
-	})
+	dev := map[string]any{
+		"driver": p.device(), "bus": "vs0.0", "chardev": chardev,
+		"nr": p.Nr, "id": p.ID,
+	}
+	if p.Name != "" {
+		dev["name"] = p.Name
+	}
+	_, err = g.QMP.Execute(ctx, "device_add", dev)
 	return p, err
 }
 
@@ -556,8 +599,8 @@ func (g *Guest) UnplugPort(ctx context.Context, name string) error {
 		return err
 	}
 	g.mu.Lock()
-	delete(g.ports, name)
-	delete(g.socks, name)
+	delete(g.ports, p.key())
+	delete(g.socks, p.key())
 	g.mu.Unlock()
 	return nil
 }

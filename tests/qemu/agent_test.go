@@ -1,0 +1,474 @@
+package qemu
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"hash"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The vserial-agent guest tests: the real agent binary in a real guest,
+// checked from the host through the ports' chardev sockets and QMP. One boot
+// per QEMU command line (TestAgentMultiport, TestAgentModern,
+// TestAgentSinglePort), many cases per boot.
+
+// Ports of the multiport boot: three named ports that carry data at once,
+// one port without a name, and four more named ones so the agent serves
+// eight ports (idle and memory figures).
+var (
+	mpNamed   = []string{"org.vserial.a", "org.vserial.b", "org.vserial.c"}
+	mpExtra   = []string{"org.vserial.e5", "org.vserial.e6", "org.vserial.e7", "org.vserial.e8"}
+	mpUnnamed = Port{Nr: 4} // key "port4", socket vport0p4
+)
+
+// TestAgentMultiport boots the default (transitional) device with eight
+// ports and runs vserial-agent on it.
+func TestAgentMultiport(t *testing.T) {
+	t.Parallel()
+	ports := []Port{{Name: mpNamed[0], Nr: 1}, {Name: mpNamed[1], Nr: 2}, {Name: mpNamed[2], Nr: 3}, mpUnnamed}
+	for i, n := range mpExtra {
+		ports = append(ports, Port{Name: n, Nr: 5 + i})
+	}
+	const unnamedSock = "vport0p4"
+	sockets := append(append(append([]string{}, mpNamed...), unnamedSock), mpExtra...)
+	a := bootAgent(t, Options{Ports: ports, MaxPorts: 16}, sockets...)
+	g := a.g
+	// The host side of every port is connected from the start, so data and
+	// events flow; the reconnect case replaces conns[mpNamed[0]].
+	conns := map[string]*net.UnixConn{}
+	keys := append(append(append([]string{}, mpNamed...), "port4"), mpExtra...)
+	for _, k := range keys {
+		conns[k] = g.DialPort(t, k)
+	}
+	sockOf := func(k string) string {
+		if k == "port4" {
+			return AgentSocket(unnamedSock)
+		}
+		return AgentSocket(k)
+	}
+	caseCtx := func(t *testing.T, d time.Duration) context.Context {
+		ctx, cancel := context.WithTimeout(t.Context(), d)
+		t.Cleanup(cancel)
+		return ctx
+	}
+
+	t.Run("transitional-device", func(t *testing.T) {
+		fn := findVirtioConsole(t, g)
+		id := strings.TrimSpace(g.MustRun(t, "cat", fn+"/device"))
+		t.Logf("virtio-console function %s: device id %s", fn, id)
+		if id != "0x1003" {
+			t.Errorf("default virtio-serial-pci on pcie.0 has device id %s, want the transitional 0x1003", id)
+		}
+		drv := strings.TrimSpace(g.MustRun(t, "readlink", fn+"/driver"))
+		if !strings.HasSuffix(drv, "/uio_pci_generic") {
+			t.Errorf("%s is bound to %q while the agent runs, want uio_pci_generic", fn, drv)
+		}
+	})
+
+	t.Run("socket-names", func(t *testing.T) {
+		ctx := caseCtx(t, time.Minute)
+		got, err := ls(ctx, g, AgentSocketDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %s", AgentSocketDir, strings.Join(got, " "))
+		for _, s := range sockets {
+			if !slices.Contains(got, s) {
+				t.Errorf("no socket %s in %s (has %v)", s, AgentSocketDir, got)
+			}
+		}
+		for _, s := range got {
+			if !strings.HasPrefix(s, ".") && !slices.Contains(sockets, s) {
+				t.Errorf("unexpected entry %s in %s", s, AgentSocketDir)
+			}
+		}
+	})
+
+	t.Run("list-json", func(t *testing.T) {
+		ctx := caseCtx(t, 2*time.Minute)
+		l := a.waitList(ctx, t, "all 8 ports host-connected", func(l agentList) bool {
+			n := 0
+			for _, p := range l.Agent.Ports {
+				if p.HostConnected {
+					n++
+				}
+			}
+			return n == 8
+		})
+		if !l.Agent.Running || l.Agent.SocketDir != AgentSocketDir {
+			t.Errorf("list: agent running=%v socket_dir=%q", l.Agent.Running, l.Agent.SocketDir)
+		}
+		if len(l.Functions) != 1 || l.Functions[0].Driver != "uio_pci_generic" {
+			t.Errorf("list functions = %+v, want one virtio-console function bound to uio_pci_generic", l.Functions)
+		}
+		if len(l.Agent.Ports) != 8 {
+			t.Errorf("list shows %d ports, want 8: %+v", len(l.Agent.Ports), l.Agent.Ports)
+		}
+		for _, p := range ports {
+			k := p.Name
+			if k == "" {
+				k = "port4"
+			}
+			lp, ok := l.port(sockOf(k))
+			if !ok {
+				t.Errorf("list has no port with socket %s", sockOf(k))
+				continue
+			}
+			if lp.ID != uint32(p.Nr) || lp.Name != p.Name || lp.Device != 0 || lp.ClientConnected {
+				t.Errorf("list port %+v, want id %d name %q device 0, no client", lp, p.Nr, p.Name)
+			}
+		}
+		// A client shows as connected, and its bytes are counted.
+		sock := sockOf(mpNamed[1])
+		before, _ := l.port(sock)
+		const n = 4097
+		proc, err := g.Start(ctx, "sink", sock, strconv.Itoa(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.waitList(ctx, t, "a client on "+sock, func(l agentList) bool {
+			p, _ := l.port(sock)
+			return p.ClientConnected
+		})
+		if err := writePattern(ctx, conns[mpNamed[1]], n, 77); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := proc.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		after := a.waitList(ctx, t, "the client gone and its bytes counted", func(l agentList) bool {
+			p, _ := l.port(sock)
+			return !p.ClientConnected && p.BytesIn >= before.BytesIn+n
+		})
+		p, _ := after.port(sock)
+		if p.BytesIn != before.BytesIn+n {
+			t.Errorf("bytes_in went from %d to %d after %d bytes host→guest", before.BytesIn, p.BytesIn, n)
+		}
+		_, out, _ := a.list(ctx)
+		t.Logf("vserial-agent list --json:\n%s", out)
+	})
+
+	t.Run("data-three-ports-at-once", func(t *testing.T) {
+		ctx := caseCtx(t, 6*time.Minute)
+		sizes := map[string][]int64{
+			mpNamed[0]: {1, 4<<10 + 1, 1 << 20, 24 << 20},
+			mpNamed[1]: {1, 4<<10 + 1, 1 << 20, 4 << 20},
+			mpNamed[2]: {1, 4<<10 + 1, 1 << 20, 4 << 20},
+		}
+		var wg sync.WaitGroup
+		t0 := time.Now()
+		for i, name := range mpNamed {
+			wg.Go(func() {
+				for j, n := range sizes[name] {
+					if err := both(ctx, t, g, conns[name], sockOf(name), n, uint64(100*i+j)); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		t.Logf("three ports, both ways: %v", time.Since(t0).Round(time.Millisecond))
+	})
+
+	t.Run("unnamed-port-data", func(t *testing.T) {
+		ctx := caseCtx(t, 2*time.Minute)
+		if err := both(ctx, t, g, conns["port4"], sockOf("port4"), 64<<10, 400); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("vserport-change-events", func(t *testing.T) {
+		ctx := caseCtx(t, 2*time.Minute)
+		name := mpNamed[1]
+		p, _ := g.Port(name)
+		mark := g.QMP.Mark()
+		// The client stays connected (sink blocks) until the open event has
+		// been seen: QEMU rate-limits the event per port and a quick
+		// open+close could collapse into one.
+		proc, err := g.Start(ctx, "sink", sockOf(name), "1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		next, err := g.QMP.WaitPortChange(ctx, mark, p.ID, true)
+		if err != nil {
+			t.Fatalf("no VSERPORT_CHANGE open=true for %s after a guest client connected: %v", p.ID, err)
+		}
+		t.Logf("VSERPORT_CHANGE %s open=true %v after the client started", p.ID, time.Since(t0).Round(time.Millisecond))
+		if err := writePattern(ctx, conns[name], 1, 5); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := proc.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t1 := time.Now()
+		if _, err := g.QMP.WaitPortChange(ctx, next, p.ID, false); err != nil {
+			t.Fatalf("no VSERPORT_CHANGE open=false for %s after the guest client disconnected: %v", p.ID, err)
+		}
+		t.Logf("VSERPORT_CHANGE %s open=false %v after the client exited", p.ID, time.Since(t1).Round(time.Millisecond))
+	})
+
+	t.Run("second-client-rejected", func(t *testing.T) {
+		ctx := caseCtx(t, 2*time.Minute)
+		name := mpNamed[2]
+		sock := sockOf(name)
+		p, _ := g.Port(name)
+		const n = 64 << 10
+		mark := g.QMP.Mark()
+		first, err := g.Start(ctx, "sink", sock, strconv.Itoa(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The open event proves the agent took the first client.
+		if _, err := g.QMP.WaitPortChange(ctx, mark, p.ID, true); err != nil {
+			t.Fatalf("first client: no VSERPORT_CHANGE open=true: %v", err)
+		}
+		out, err := g.Run(ctx, "rejected", sock, "10")
+		if err != nil {
+			t.Fatalf("second client on %s was not closed: %v", sock, err)
+		}
+		t.Logf("second client: %s", strings.TrimSpace(out))
+		// The first client still works, byte for byte.
+		if err := writePattern(ctx, conns[name], n, 9); err != nil {
+			t.Fatal(err)
+		}
+		sout, err := first.Wait(ctx)
+		if err != nil {
+			t.Fatalf("first client after the rejection: %v", err)
+		}
+		want, _ := patternSum(n, 9)
+		if got := ParseKV(sout)["sha256"]; got != want {
+			t.Errorf("first client received sha256 %s, host sent %s", got, want)
+		}
+		l := a.waitList(ctx, t, "the rejection counted", func(l agentList) bool {
+			p, _ := l.port(sock)
+			return p.RejectedClients >= 1
+		})
+		lp, _ := l.port(sock)
+		if lp.RejectedClients != 1 {
+			t.Errorf("rejected_clients = %d, want 1", lp.RejectedClients)
+		}
+	})
+
+	t.Run("host-reconnect-no-loss", func(t *testing.T) {
+		ctx := caseCtx(t, 4*time.Minute)
+		name := mpNamed[0]
+		sock := sockOf(name)
+		const n1, n2, seed = 1 << 20, 4 << 20, 31
+		flag := "/tmp/reconnect-go"
+		want, _ := patternSum(n1+n2, seed)
+		proc, err := g.Start(ctx, "stream", sock, strconv.Itoa(seed), strconv.Itoa(n1), flag, strconv.Itoa(n2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The host takes exactly the first part, so nothing is in flight
+		// when it goes away.
+		conn := conns[name]
+		h, err := readPart(ctx, conn, n1)
+		if err != nil {
+			t.Fatalf("first part: %v", err)
+		}
+		conn.Close()
+		l := a.waitList(ctx, t, name+" host-disconnected", func(l agentList) bool {
+			p, _ := l.port(sock)
+			return !p.HostConnected
+		})
+		away, _ := l.port(sock)
+		// The guest client writes the second part while the host is away.
+		g.MustRun(t, "touch", flag)
+		const awayFor = 3 * time.Second
+		time.Sleep(awayFor)
+		if proc.Exited() {
+			out, err := proc.Wait(ctx)
+			t.Fatalf("the guest writer finished %d bytes while the host was away (no backpressure; bytes dropped?): %v %s", n2, err, out)
+		}
+		l, _, err = a.list(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		still, _ := l.port(sock)
+		if still.BytesOut != away.BytesOut {
+			t.Errorf("bytes_out moved from %d to %d while the host was away: the device took bytes nobody could receive", away.BytesOut, still.BytesOut)
+		}
+		t.Logf("host away %v: guest writer blocked, bytes_out stayed %d", awayFor, still.BytesOut)
+		conn = g.DialPort(t, name)
+		conns[name] = conn
+		t0 := time.Now()
+		if err := h.add(ctx, conn, n2); err != nil {
+			t.Fatalf("second part after the host reconnected: %v", err)
+		}
+		t.Logf("after reconnecting, %d bytes in %v", n2, time.Since(t0).Round(time.Millisecond))
+		out, err := proc.Wait(ctx)
+		if err != nil {
+			t.Fatalf("guest writer: %v", err)
+		}
+		if sent := ParseKV(out)["sha256"]; sent != want {
+			t.Fatalf("guest writer sha256 %s, expected %s", sent, want)
+		}
+		if got := h.sum(); got != want {
+			t.Errorf("host received %d bytes with sha256 %s, guest sent %s: bytes lost or duplicated around the reconnect", n1+n2, got, want)
+		}
+		if err := nothingMore(conn, 500*time.Millisecond); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("hotplug", func(t *testing.T) {
+		ctx := caseCtx(t, 3*time.Minute)
+		const name = "org.vserial.hot"
+		sock := AgentSocket(name)
+		if _, err := g.HotplugPort(ctx, Port{Name: name, Nr: 9}); err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		if err := g.WaitPath(ctx, sock, 30*time.Second); err != nil {
+			t.Fatalf("hot-plugged port: %v", err)
+		}
+		t.Logf("hot-plugged %s: socket after %v", name, time.Since(t0).Round(time.Millisecond))
+		conn := g.DialPort(t, name)
+		if err := both(ctx, t, g, conn, sock, 64<<10, 900); err != nil {
+			t.Fatal(err)
+		}
+		conn.Close()
+		if err := g.UnplugPort(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.Run(ctx, "wait-gone", sock, "30"); err != nil {
+			t.Fatalf("unplugged port: %v", err)
+		}
+		l, _, err := a.list(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := l.port(sock); ok || len(l.Agent.Ports) != 8 {
+			t.Errorf("after unplug list shows %d ports (hot one present: %v)", len(l.Agent.Ports), ok)
+		}
+	})
+
+	t.Run("idle-cost", func(t *testing.T) {
+		ctx := caseCtx(t, 2*time.Minute)
+		// Clients on the four extra ports, all hosts connected, no traffic.
+		var procs []*Proc
+		for _, name := range mpExtra {
+			p, err := g.Start(ctx, "sink", sockOf(name), "1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			procs = append(procs, p)
+		}
+		a.waitList(ctx, t, "clients on the extra ports", func(l agentList) bool {
+			for _, name := range mpExtra {
+				if p, _ := l.port(sockOf(name)); !p.ClientConnected || !p.HostConnected {
+					return false
+				}
+			}
+			return true
+		})
+		time.Sleep(time.Second) // let connection set-up work settle
+		c0, err := cpuSeconds(ctx, g, a.proc.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		time.Sleep(5 * time.Second)
+		c1, err := cpuSeconds(ctx, g, a.proc.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		interval := time.Since(t0).Seconds()
+		used := c1 - c0
+		t.Logf("idle: agent used %.2f s CPU over %.1f s (%.2f%%), 8 ports, 4 clients connected", used, interval, 100*used/interval)
+		if used > 0.02*interval {
+			t.Errorf("idle agent used %.2f s CPU in %.1f s, more than 2%%", used, interval)
+		}
+		rss, err := procStatusKiB(ctx, g, a.proc.Pid, "VmRSS")
+		if err != nil {
+			t.Fatal(err)
+		}
+		hwm, _ := procStatusKiB(ctx, g, a.proc.Pid, "VmHWM")
+		t.Logf("agent memory with 8 ports: VmRSS %d KiB, VmHWM %d KiB", rss, hwm)
+		if rss <= 0 || rss > 100<<10 {
+			t.Errorf("VmRSS %d KiB is outside (0, 100 MiB]", rss)
+		}
+		for i, name := range mpExtra {
+			if err := writePattern(ctx, conns[name], 1, 1); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := procs[i].Wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	// Last: the agent goes away.
+	t.Run("sigterm", func(t *testing.T) {
+		ctx := caseCtx(t, 2*time.Minute)
+		name := mpNamed[1]
+		p, _ := g.Port(name)
+		mark := g.QMP.Mark()
+		client, err := g.Start(ctx, "sink", sockOf(name), "100")
+		if err != nil {
+			t.Fatal(err)
+		}
+		next, err := g.QMP.WaitPortChange(ctx, mark, p.ID, true)
+		if err != nil {
+			t.Fatalf("no VSERPORT_CHANGE open=true for the client: %v", err)
+		}
+		out, err := a.stop(ctx)
+		t.Logf("vserial-agent log:\n%s", out)
+		if err != nil {
+			t.Fatalf("vserial-agent after SIGTERM: %v, want exit 0", err)
+		}
+		if strings.Contains(out, "panic") {
+			t.Errorf("the agent log mentions a panic")
+		}
+		if _, err := g.QMP.WaitPortChange(ctx, next, p.ID, false); err != nil {
+			t.Errorf("host saw no VSERPORT_CHANGE open=false for %s after the agent stopped: %v", p.ID, err)
+		}
+		left, _ := ls(ctx, g, AgentSocketDir)
+		for _, s := range left {
+			if slices.Contains(sockets, s) {
+				t.Errorf("socket %s still exists after the agent exited", s)
+			}
+		}
+		t.Logf("%s after exit: %v", AgentSocketDir, left)
+		if cout, err := client.Wait(ctx); err == nil {
+			t.Errorf("the guest client finished normally without its 100 bytes: %s", cout)
+		} else {
+			t.Logf("guest client: %v", err)
+		}
+	})
+}
+
+// partHash accumulates a stream read in several parts.
+type partHash struct{ h hash.Hash }
+
+func readPart(ctx context.Context, conn net.Conn, n int64) (*partHash, error) {
+	ph := &partHash{h: sha256.New()}
+	return ph, ph.add(ctx, conn, n)
+}
+
+func (ph *partHash) add(ctx context.Context, conn net.Conn, n int64) error {
+	defer deadline(ctx, conn)()
+	buf := make([]byte, 64<<10)
+	var got int64
+	for got < n {
+		k, err := conn.Read(buf[:min(int64(len(buf)), n-got)])
+		ph.h.Write(buf[:k])
+		got += int64(k)
+		if err != nil {
+			return fmt.Errorf("after %d of %d bytes: %w", got, n, err)
+		}
+	}
+	return nil
+}
+
+func (ph *partHash) sum() string { return fmt.Sprintf("%x", ph.h.Sum(nil)) }

@@ -1,0 +1,247 @@
+package qemu
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vserial/vserial/tests/qemu/internal/wire"
+)
+
+// Helpers shared by the vserial-agent guest tests.
+
+// agentList is the part of `vserial-agent list --json` the tests read.
+type agentList struct {
+	Functions []struct {
+		Addr   string `json:"addr"`
+		Vendor string `json:"vendor"`
+		Device string `json:"device"`
+		Driver string `json:"driver"`
+	} `json:"functions"`
+	Agent struct {
+		SocketDir string     `json:"socket_dir"`
+		Running   bool       `json:"running"`
+		Error     string     `json:"error"`
+		Ports     []listPort `json:"ports"`
+	} `json:"agent"`
+}
+
+type listPort struct {
+	Device          int    `json:"device"`
+	ID              uint32 `json:"id"`
+	Name            string `json:"name"`
+	Socket          string `json:"socket"`
+	HostConnected   bool   `json:"host_connected"`
+	ClientConnected bool   `json:"client_connected"`
+	BytesIn         uint64 `json:"bytes_in"`
+	BytesOut        uint64 `json:"bytes_out"`
+	Discarded       uint64 `json:"discarded"`
+	Violations      uint64 `json:"violations"`
+	RejectedClients uint64 `json:"rejected_clients"`
+}
+
+// port returns the listed port whose socket is sock.
+func (l agentList) port(sock string) (listPort, bool) {
+	for _, p := range l.Agent.Ports {
+		if p.Socket == sock {
+			return p, true
+		}
+	}
+	return listPort{}, false
+}
+
+// runningAgent is a guest with vserial-agent started in it.
+type runningAgent struct {
+	g     *Guest
+	proc  *Proc
+	stopd bool
+}
+
+// bootAgent boots a guest with vserial-agent, starts the agent and waits
+// until every socket in sockets (names under AgentSocketDir) exists. If the
+// test fails while the agent still runs, the agent is stopped and its log
+// is printed.
+func bootAgent(t *testing.T, opts Options, sockets ...string) *runningAgent {
+	t.Helper()
+	opts.Files = append(opts.Files, BuildAgent(t))
+	g := Boot(t, opts)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	p, err := StartAgent(ctx, g, "--log-level", "info")
+	if err != nil {
+		t.Fatalf("starting vserial-agent: %v", err)
+	}
+	a := &runningAgent{g: g, proc: p}
+	t.Cleanup(func() {
+		if a.stopd || p.Exited() {
+			if out, err := p.Wait(context.Background()); !a.stopd && t.Failed() {
+				t.Logf("vserial-agent exited early (%v); its log:\n%s", err, out)
+			}
+			return
+		}
+		if !t.Failed() {
+			return // the guest is killed anyway
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = p.Signal(ctx, 15)
+		out, err := p.Wait(ctx)
+		t.Logf("vserial-agent stopped after the failure (%v); its log:\n%s", err, out)
+	})
+	for _, s := range sockets {
+		if err := g.WaitPath(ctx, AgentSocket(s), 60*time.Second); err != nil {
+			if p.Exited() {
+				out, err := p.Wait(ctx)
+				t.Fatalf("vserial-agent exited before publishing %s: %v\n%s", s, err, out)
+			}
+			t.Fatalf("vserial-agent runs but did not publish %s: %v; %s holds: %s", s, err, AgentSocketDir,
+				strings.Join(strings.Fields(g.MustRun(t, "ls", AgentSocketDir)), " "))
+		}
+	}
+	t.Logf("vserial-agent (pid %d) published %v in %v", p.Pid, sockets, time.Since(t0).Round(time.Millisecond))
+	return a
+}
+
+// stop sends SIGTERM and returns the agent's exit error and log.
+func (a *runningAgent) stop(ctx context.Context) (string, error) {
+	a.stopd = true
+	if err := a.proc.Signal(ctx, 15); err != nil {
+		return "", fmt.Errorf("sending SIGTERM: %w", err)
+	}
+	return a.proc.Wait(ctx)
+}
+
+// list runs `vserial-agent list --json` in the guest.
+func (a *runningAgent) list(ctx context.Context) (agentList, string, error) {
+	out, err := a.g.Run(ctx, AgentPath, "list", "--json")
+	if err != nil {
+		return agentList{}, out, err
+	}
+	var l agentList
+	i := strings.IndexByte(out, '{')
+	if i < 0 {
+		return l, out, fmt.Errorf("list --json printed no JSON: %q", out)
+	}
+	if err := json.NewDecoder(strings.NewReader(out[i:])).Decode(&l); err != nil {
+		return l, out, fmt.Errorf("list --json: %v in %q", err, out)
+	}
+	return l, out, nil
+}
+
+// waitList polls `list --json` until ok accepts it; it fails the test with
+// the last listing otherwise.
+func (a *runningAgent) waitList(ctx context.Context, t testing.TB, what string, ok func(agentList) bool) agentList {
+	t.Helper()
+	var last string
+	for {
+		l, out, err := a.list(ctx)
+		if err == nil && ok(l) {
+			return l
+		}
+		last = out
+		if err != nil {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("vserial-agent list never showed %s; last listing:\n%s", what, last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// ls lists a guest directory.
+func ls(ctx context.Context, g *Guest, dir string) ([]string, error) {
+	out, err := g.Run(ctx, "ls", dir)
+	return strings.Fields(out), err
+}
+
+// cpuSeconds returns the user+system CPU seconds of a guest process.
+func cpuSeconds(ctx context.Context, g *Guest, pid int) (float64, error) {
+	out, err := g.Run(ctx, "cputime", strconv.Itoa(pid))
+	if err != nil {
+		return 0, err
+	}
+	kv := ParseKV(out)
+	u, err1 := strconv.ParseFloat(kv["utime_s"], 64)
+	s, err2 := strconv.ParseFloat(kv["stime_s"], 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("cputime printed %q", out)
+	}
+	return u + s, nil
+}
+
+// procStatus returns one "Key: value" field of /proc/PID/status in KiB.
+func procStatusKiB(ctx context.Context, g *Guest, pid int, key string) (int64, error) {
+	out, err := g.Run(ctx, "cat", "/proc/"+strconv.Itoa(pid)+"/status")
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(out) {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			f := strings.Fields(v)
+			if len(f) == 2 && f[1] == "kB" {
+				return strconv.ParseInt(f[0], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("no %s in /proc/%d/status", key, pid)
+}
+
+// readChecked reads exactly n bytes from conn and returns their sha256.
+func readChecked(ctx context.Context, conn net.Conn, n int64) (string, error) {
+	defer deadline(ctx, conn)()
+	h := sha256.New()
+	got, err := io.CopyN(h, conn, n)
+	if err != nil {
+		return "", fmt.Errorf("host read after %d of %d bytes: %w", got, n, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// nothingMore checks that no further byte arrives on conn within wait.
+func nothingMore(conn net.Conn, wait time.Duration) error {
+	_ = conn.SetReadDeadline(time.Now().Add(wait))
+	defer conn.SetReadDeadline(time.Time{})
+	var b [256]byte
+	n, err := conn.Read(b[:])
+	if n > 0 {
+		return fmt.Errorf("%d unexpected extra bytes arrived: %q", n, b[:n])
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		return nil
+	}
+	return fmt.Errorf("reading after the expected bytes: %v", err)
+}
+
+// writePattern writes n bytes of wire.Pattern(seed) to conn.
+func writePattern(ctx context.Context, conn net.Conn, n int64, seed uint64) error {
+	defer deadline(ctx, conn)()
+	_, err := io.CopyN(conn, wire.Pattern(seed), n)
+	return err
+}
+
+// both moves n bytes host→guest and then n bytes guest→host through the
+// agent socket sock, checking them byte for byte, and logs the speeds.
+func both(ctx context.Context, t testing.TB, g *Guest, conn net.Conn, sock string, n int64, seed uint64) error {
+	tr, err := SendToGuest(ctx, g, conn, sock, n, seed)
+	if err != nil {
+		return fmt.Errorf("%s host→guest %d bytes: %w", sock, n, err)
+	}
+	t.Logf("%s: host→guest %d bytes byte-exact, %.1f MB/s", sock, n, tr.MBps)
+	tr, err = ReceiveFromGuest(ctx, g, conn, sock, n, seed+1000)
+	if err != nil {
+		return fmt.Errorf("%s guest→host %d bytes: %w", sock, n, err)
+	}
+	t.Logf("%s: guest→host %d bytes byte-exact, %.1f MB/s", sock, n, tr.MBps)
+	return nil
+}
