@@ -9,13 +9,11 @@ import (
 
 // PCI configuration space offsets and bits used here (PCI Local Bus 3.0 §6.2).
 const (
-	cfgCommand         = 0x04
-	cfgCommandHigh     = 0x05 // high byte of the command register
-	cmdIOSpace         = 0x0001
-	cmdMemSpace        = 0x0002
-	cmdBusMaster       = 0x0004
-	cmdIntxDisable     = 0x0400
-	cmdHighIntxDisable = 0x04 // cmdIntxDisable within cfgCommandHigh
+	cfgCommand     = 0x04
+	cmdIOSpace     = 0x0001
+	cmdMemSpace    = 0x0002
+	cmdBusMaster   = 0x0004
+	cmdIntxDisable = 0x0400
 )
 
 // Config is PCI configuration space through the sysfs config file. It
@@ -25,10 +23,10 @@ const (
 type Config struct {
 	f configFile
 
-	// mu guards the cached high command byte used by IRQ.Unmask.
-	mu       sync.Mutex
-	cmdHigh  uint8
-	haveHigh bool
+	// mu guards the cached command register used by IRQ.Unmask.
+	mu      sync.Mutex
+	cmd     uint16
+	haveCmd bool
 }
 
 // configFile is the sysfs config file; tests record the accesses.
@@ -49,12 +47,25 @@ func (c *Config) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// WriteAt writes len(p) bytes at off.
+// WriteAt writes len(p) bytes at off. A write that touches the command
+// register also updates the copy Unmask works from.
 func (c *Config) WriteAt(p []byte, off int64) (int, error) {
 	n, err := c.f.WriteAt(p, off)
 	if err != nil {
 		return n, fmt.Errorf("uio: config write %d bytes at %#x: %w", len(p), off, err)
 	}
+	c.mu.Lock()
+	if c.haveCmd {
+		for i := range p[:n] {
+			switch off + int64(i) {
+			case cfgCommand:
+				c.cmd = c.cmd&0xff00 | uint16(p[i])
+			case cfgCommand + 1:
+				c.cmd = c.cmd&0x00ff | uint16(p[i])<<8
+			}
+		}
+	}
+	c.mu.Unlock()
 	return n, nil
 }
 
@@ -87,31 +98,44 @@ func (c *Config) enable() error {
 		return err
 	}
 	c.mu.Lock()
-	c.cmdHigh, c.haveHigh = uint8(cmd>>8), true
+	c.cmd, c.haveCmd = cmd, true
 	c.mu.Unlock()
 	return nil
 }
 
-// unmaskIntx clears Interrupt Disable by writing the cached high byte of the
-// command register with bit 2 clear. The kernel's interrupt handler
-// (uio_pci_generic, pci_check_and_mask_intx) sets that bit on every
-// interrupt, and the other bits of the byte never change while we own the
-// device, so a cached value is exact and saves a config read per interrupt
-// (the uio howto does the same). Writing only byte 5 leaves Bus Master and
-// decoding, in byte 4, untouched.
+// unmaskIntx clears Interrupt Disable (bit 10) with one 16-bit write of the
+// whole command register, from a cached copy. The kernel's interrupt
+// handler (uio_pci_generic, pci_check_and_mask_intx) sets that bit on every
+// interrupt and nothing else changes the register behind our back while we
+// own the device (our own writes go through WriteAt, which keeps the copy),
+// so the copy is exact and saves a config read per interrupt.
+//
+// The write must cover byte 4, not just byte 5 where the bit lives (as the
+// uio howto does it): QEMU up to at least 7.2 re-evaluates the INTx line on
+// a command write only if the write covers byte 4 (pci_default_write_config
+// tests range_covers_byte(addr, len, PCI_COMMAND)). A byte-5 write clears
+// the bit in config space but leaves an interrupt the device raised while
+// masked undelivered; the device never raises it again while its line is
+// still up (the ISR is unread), so the driver waits forever with the ISR
+// set. A 16-bit write at offset 4 is what Linux itself does and touches
+// neither the status register nor anything else.
 func (c *Config) unmaskIntx() error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.haveHigh {
-		var b [1]byte
-		if _, err := c.ReadAt(b[:], cfgCommandHigh); err != nil {
+	cmd, have := c.cmd, c.haveCmd
+	c.mu.Unlock()
+	if !have {
+		v, err := c.read16(cfgCommand)
+		if err != nil {
 			return err
 		}
-		c.cmdHigh, c.haveHigh = b[0], true
+		c.mu.Lock()
+		if !c.haveCmd {
+			c.cmd, c.haveCmd = v, true
+		}
+		cmd = c.cmd
+		c.mu.Unlock()
 	}
-	c.cmdHigh &^= cmdHighIntxDisable
-	_, err := c.WriteAt([]byte{c.cmdHigh}, cfgCommandHigh)
-	return err
+	return c.write16(cfgCommand, cmd&^cmdIntxDisable)
 }
 
 func (c *Config) close() error { return c.f.Close() }
@@ -123,5 +147,8 @@ func (c *Config) disableBusMaster() error {
 	if err != nil {
 		return err
 	}
+	c.mu.Lock()
+	c.cmd, c.haveCmd = cmd, true // WriteAt below records the new value
+	c.mu.Unlock()
 	return c.write16(cfgCommand, cmd&^cmdBusMaster)
 }

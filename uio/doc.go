@@ -24,9 +24,12 @@
 //     file. Values are little-endian; Open refuses big-endian hosts.
 //   - IRQ is INTx only (MSIXVectors is 0). Wait reads the 4-byte interrupt
 //     count from /dev/uioN in the poller; a cancelled context or Close
-//     unblocks it. Unmask clears Interrupt Disable (bit 2 of config byte 5)
-//     with a one-byte write of a cached value (VIRTIO-NOTES §9.3). The
-//     caller reads the device's ISR between Wait and Unmask.
+//     unblocks it. Unmask clears Interrupt Disable (command bit 10)
+//     with one 16-bit write of the cached command register at offset 4,
+//     never a byte write at offset 5 as VIRTIO-NOTES §9.3 suggests: QEMU
+//     (7.2) ignores the INTx line on command writes that miss byte 4 and
+//     would lose an interrupt raised while masked. The caller reads the
+//     device's ISR between Wait and Unmask.
 //   - DMA returns an allocator of zeroed, locked memory whose device
 //     addresses are physical addresses: 2 MiB hugepages (physically
 //     contiguous; their physical address comes from /proc/self/pagemap,

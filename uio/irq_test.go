@@ -121,7 +121,7 @@ func TestIRQUnmask(t *testing.T) {
 	if err := q.Unmask(); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(rec.log); n == 0 || rec.log[n-1] != "w 0x5 00" {
-		t.Errorf("config accesses %q, want a final one-byte write of 00 at 0x5", rec.log)
+	if n := len(rec.log); n == 0 || rec.log[n-1] != "w 0x4 03 00" {
+		t.Errorf("config accesses %q, want a final 16-bit write of the command register (03 00 at 0x4)", rec.log)
 	}
 }
