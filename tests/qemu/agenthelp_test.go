@@ -67,8 +67,8 @@ type runningAgent struct {
 
 // bootAgent boots a guest with vserial-agent, starts the agent and waits
 // until every socket in sockets (names under AgentSocketDir) exists. If the
-// test fails while the agent still runs, the agent is stopped and its log
-// is printed.
+// test fails while the agent still runs, the agent is stopped with SIGQUIT
+// and its log and goroutine stacks are printed.
 func bootAgent(t *testing.T, opts Options, sockets ...string) *runningAgent {
 	t.Helper()
 	opts.Files = append(opts.Files, BuildAgent(t))
@@ -91,11 +91,13 @@ func bootAgent(t *testing.T, opts Options, sockets ...string) *runningAgent {
 		if !t.Failed() {
 			return // the guest is killed anyway
 		}
+		// SIGQUIT: the Go runtime prints every goroutine's stack before
+		// exiting, which shows where a hung data path waits.
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_ = p.Signal(ctx, 15)
+		_ = p.Signal(ctx, 3)
 		out, err := p.Wait(ctx)
-		t.Logf("vserial-agent stopped after the failure (%v); its log:\n%s", err, out)
+		t.Logf("vserial-agent stopped with SIGQUIT after the failure (%v); its log and goroutines:\n%s", err, out)
 	})
 	for _, s := range sockets {
 		if err := g.WaitPath(ctx, AgentSocket(s), 60*time.Second); err != nil {
@@ -109,6 +111,35 @@ func bootAgent(t *testing.T, opts Options, sockets ...string) *runningAgent {
 	}
 	t.Logf("vserial-agent (pid %d) published %v in %v", p.Pid, sockets, time.Since(t0).Round(time.Millisecond))
 	return a
+}
+
+// restart is for a case that failed while the agent still runs (a hung
+// data path): it stops the agent with SIGQUIT, logs its goroutine stacks
+// and log, and starts a fresh agent so the remaining cases test something.
+// It reports whether the new agent published sockets.
+func (a *runningAgent) restart(t *testing.T, sockets ...string) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if !a.proc.Exited() {
+		_ = a.proc.Signal(ctx, 3)
+	}
+	out, err := a.proc.Wait(ctx)
+	t.Logf("vserial-agent after the failed case, stopped with SIGQUIT (%v); its log and goroutines:\n%s", err, out)
+	p, err := StartAgent(ctx, a.g, "--log-level", "info")
+	if err != nil {
+		t.Errorf("restarting vserial-agent: %v", err)
+		return false
+	}
+	a.proc = p
+	for _, s := range sockets {
+		if err := a.g.WaitPath(ctx, AgentSocket(s), 60*time.Second); err != nil {
+			t.Errorf("restarted vserial-agent did not publish %s: %v", s, err)
+			return false
+		}
+	}
+	t.Logf("vserial-agent restarted (pid %d) for the remaining cases", p.Pid)
+	return true
 }
 
 // stop sends SIGTERM and returns the agent's exit error and log.
@@ -156,6 +187,24 @@ func (a *runningAgent) waitList(ctx context.Context, t testing.TB, what string, 
 			t.Fatalf("vserial-agent list never showed %s; last listing:\n%s", what, last)
 		case <-time.After(200 * time.Millisecond):
 		}
+	}
+}
+
+// logList logs the agent's ports, one line each (diagnostics after a
+// failure: where the bytes stopped).
+func (a *runningAgent) logList(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, out, err := a.list(ctx)
+	if err != nil {
+		t.Logf("vserial-agent list: %v\n%s", err, out)
+		return
+	}
+	for _, p := range l.Agent.Ports {
+		t.Logf("list: dev %d id %d name %q socket %s host=%v client=%v in=%d out=%d discarded=%d violations=%d rejected=%d",
+			p.Device, p.ID, p.Name, p.Socket, p.HostConnected, p.ClientConnected, p.BytesIn, p.BytesOut,
+			p.Discarded, p.Violations, p.RejectedClients)
 	}
 }
 
@@ -237,11 +286,19 @@ func both(ctx context.Context, t testing.TB, g *Guest, conn net.Conn, sock strin
 	if err != nil {
 		return fmt.Errorf("%s host→guest %d bytes: %w", sock, n, err)
 	}
-	t.Logf("%s: host→guest %d bytes byte-exact, %.1f MB/s", sock, n, tr.MBps)
+	t.Logf("%s: host→guest %d bytes byte-exact%s", sock, n, speed(n, tr))
 	tr, err = ReceiveFromGuest(ctx, g, conn, sock, n, seed+1000)
 	if err != nil {
 		return fmt.Errorf("%s guest→host %d bytes: %w", sock, n, err)
 	}
-	t.Logf("%s: guest→host %d bytes byte-exact, %.1f MB/s", sock, n, tr.MBps)
+	t.Logf("%s: guest→host %d bytes byte-exact%s", sock, n, speed(n, tr))
 	return nil
+}
+
+// speed formats a transfer's speed when it means something (1 MiB or more).
+func speed(n int64, tr Transfer) string {
+	if n < 1<<20 {
+		return ""
+	}
+	return fmt.Sprintf(", %.1f MB/s", tr.MBps)
 }
