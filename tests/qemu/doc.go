@@ -27,7 +27,9 @@
 // internal/wire): Guest.Run and Guest.Start run its built-ins (modprobe,
 // vports, sink, source, echo, pingpong, cputime, write, wait-path, ...) or
 // any program in the guest. Boot once per QEMU command line and run many
-// cases in that boot: a boot to the helper takes about 2 s.
+// cases in that boot: a boot to the helper takes about 2 s. At most two
+// guests run at once in a test process (Boot waits for a slot): under TCG
+// each keeps a host core busy.
 //
 // # Tests and benchmarks
 //
@@ -37,6 +39,22 @@
 //     function to uio_pci_generic that vserial-agent relies on.
 //   - TestIOMMUGuestBindsVFIO: with Options.IOMMU the device sits in an
 //     IOMMU group and binds to vfio-pci (the VFIO mode's guest).
+//   - TestAgentMultiport: vserial-agent on the default (transitional,
+//     0x1003) device with eight ports: socket names (named ports, an
+//     unnamed port as vport0p4), list --json, data both ways byte-exact on
+//     three ports at once (1 B to 24 MiB), VSERPORT_CHANGE on client
+//     connect and disconnect, a second client rejected, the host away and
+//     back with no guest→host byte lost or duplicated, hot-plug and unplug,
+//     idle CPU and resident memory, SIGTERM (exit 0, sockets removed, port
+//     closed for the host). A case that fails with the agent still running
+//     logs its goroutine dump (SIGQUIT) and the next cases get a fresh agent.
+//   - TestAgentModern: the modern-only device (disable-legacy=on, 0x1043),
+//     two ports at once, counters, SIGTERM.
+//   - TestAgentSinglePort: max_ports=1 (no MULTIPORT): one virtconsole at
+//     port 0, published as vport0p0, data both ways.
+//   - TestDemo: what scripts/demo shows, step by step: a host program and a
+//     guest program greeting each other and moving 4 MiB each way through
+//     the agent's sockets.
 //   - BenchmarkKernelDriver: MeasurePort on the in-kernel driver.
 //   - BenchmarkKernelVsAgent: the same port measured with the in-kernel
 //     driver and then, in the same boot, through vserial-agent's socket;
