@@ -215,6 +215,7 @@ type gatedReader struct {
 
 	// Arguments and results of tryRead.
 	b    []byte
+	bufs [][]byte // vectored read (ReadBuffers) when not nil
 	n    int
 	rerr error
 	gone bool
@@ -234,12 +235,28 @@ func (r *gatedReader) tryRead(fd uintptr) bool {
 		return true
 	}
 	for {
-		r.n, r.rerr = unix.Read(int(fd), r.b)
+		if r.bufs != nil {
+			r.n, r.rerr = unix.Readv(int(fd), r.bufs)
+		} else {
+			r.n, r.rerr = unix.Read(int(fd), r.b)
+		}
 		if r.rerr != unix.EINTR {
 			break
 		}
 	}
 	return r.rerr != unix.EAGAIN
+}
+
+// ReadBuffers is Read into several buffers with one readv(2), so that one
+// Send fills every free transmit buffer (driver.BuffersReader).
+func (r *gatedReader) ReadBuffers(bufs [][]byte) (int, error) {
+	if len(bufs) == 0 {
+		return 0, nil
+	}
+	r.bufs = bufs
+	n, err := r.Read(bufs[0])
+	r.bufs = nil
+	return n, err
 }
 
 func (r *gatedReader) Read(b []byte) (int, error) {
@@ -279,6 +296,26 @@ func (s *session) hostToGuest() {
 type connWriter struct {
 	c   *net.UnixConn
 	err error
+	vec [][]byte
+}
+
+// WriteBuffers writes several buffers with writev(2) (as few calls as the
+// socket allows), so that one Recv hands over every received buffer
+// (driver.BuffersWriter).
+func (w *connWriter) WriteBuffers(bufs [][]byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	// net.Buffers.WriteTo consumes its slice: give it a copy of the
+	// headers, kept for the next call.
+	w.vec = append(w.vec[:0], bufs...)
+	nb := net.Buffers(w.vec)
+	n, err := nb.WriteTo(w.c)
+	clear(w.vec) // no references to device memory after the call
+	if err != nil {
+		w.err = err
+	}
+	return int(n), err
 }
 
 func (w *connWriter) Write(b []byte) (int, error) {

@@ -58,9 +58,15 @@ type Config struct {
 	// RxBuffers is the number of 4096-byte receive buffers per port
 	// (0: fill the queue, as Linux does).
 	RxBuffers int
-	// TxBuffers is the number of 4096-byte transmit buffers per port that
-	// may be in flight (0: 32).
+	// TxBuffers is the number of transmit buffers per port that may be in
+	// flight (0: 32).
 	TxBuffers int
+	// TxBufferSize is the size of each transmit buffer (0: 32 KiB, the
+	// most Linux puts in one descriptor). QEMU writes a transmit buffer to
+	// the chardev in one piece, so larger buffers mean fewer descriptors,
+	// kicks and reads per byte. If memory that large cannot be allocated
+	// contiguously the driver falls back to 4096-byte buffers.
+	TxBufferSize int
 	// ResizeOrder is the field order of RESIZE payloads (default: rows
 	// first, as most deployed Linux guests read it).
 	ResizeOrder ResizeOrder
@@ -513,6 +519,12 @@ func (d *Device) bringUpLocked(first bool) error {
 	if !first {
 		d.forgetInFlightLocked()
 	}
+	// Transmit interrupts only while someone waits for buffers (waitTx).
+	for _, s := range d.slots {
+		if s != nil && s.txWaiters == 0 {
+			s.tx.DisableInterrupts()
+		}
+	}
 	kickCtrl := false
 	if d.multiport {
 		kickCtrl, err = d.fillControlRxLocked()
@@ -752,9 +764,24 @@ func (d *Device) ensureTxLocked(s *slot) error {
 		n = defaultTxBuffers
 	}
 	n = min(n, int(s.tx.Size()))
+	size := d.cfg.TxBufferSize
+	if size <= 0 {
+		size = defaultTxBufferSize
+	}
 	bufs := make([]txBuf, 0, n)
-	for range n {
-		r, err := d.alloc.Alloc(bufSize, 8)
+	for len(bufs) < n {
+		r, err := d.alloc.Alloc(size, 8)
+		if err != nil && size > bufSize {
+			// No contiguous memory that large (4 KiB pages): start
+			// again with page-sized buffers.
+			d.log.Info("virtio-console: large transmit buffers unavailable, using 4096 bytes", "port", s.id, "size", size, "err", err)
+			for _, b := range bufs {
+				_ = d.alloc.Free(b.mem)
+			}
+			bufs = bufs[:0]
+			size = bufSize
+			r, err = d.alloc.Alloc(size, 8)
+		}
 		if err != nil {
 			for _, b := range bufs {
 				_ = d.alloc.Free(b.mem)

@@ -15,9 +15,15 @@ import (
 	"github.com/vserial/vserial/ring"
 )
 
-// bufSize is the size of every receive and transmit buffer, as in Linux
-// (PAGE_SIZE buffers, one descriptor each).
+// bufSize is the size of every receive buffer, as in Linux (PAGE_SIZE
+// buffers, one descriptor each: QEMU fills one receive buffer per chardev
+// read of at most 4096 bytes, so larger ones would not carry more), and of
+// transmit buffers when larger ones cannot be allocated.
 const bufSize = 4096
+
+// defaultTxBufferSize is the transmit buffer size when Config.TxBufferSize
+// is 0: Linux's largest write per descriptor.
+const defaultTxBufferSize = 32 << 10
 
 // defaultTxBuffers is how many transmit buffers a port keeps in flight at
 // most when Config.TxBuffers is 0.
@@ -80,7 +86,13 @@ type slot struct {
 	txBufs   []txBuf
 	txByHead []int32
 	txFree   []int32
-	gen      uint64 // bumped when the port goes away or the device resets
+	// txWaiters counts writers and flushers waiting for the device to
+	// return transmit buffers. Only while there are any does the driver
+	// ask for transmit interrupts: otherwise used transmit buffers are
+	// reclaimed by the next Send, and the device does not interrupt for
+	// each one (every interrupt is a round of exits under INTx).
+	txWaiters int
+	gen       uint64 // bumped when the port goes away or the device resets
 
 	port *Port
 }
@@ -105,6 +117,12 @@ type Port struct {
 	txLost        bool
 	stats         PortStats
 	changed       chan struct{}
+
+	// Scratch for vectored Send and Recv (one sender and one receiver).
+	sendIdx []int32
+	sendVec [][]byte
+	recvIdx []int32
+	recvVec [][]byte
 
 	// Wake-ups, one token each so signalling never allocates. A waiter
 	// that finds its condition still true for others passes the token on.
@@ -237,6 +255,26 @@ func (p *Port) wait(ctx context.Context, c chan struct{}) error {
 	return err
 }
 
+// waitTx waits, like wait, for the device to return transmit buffers: it
+// asks for a transmit interrupt first, and returns at once if buffers came
+// back meanwhile (the caller reaps and looks again).
+func (p *Port) waitTx(ctx context.Context, c chan struct{}) error {
+	s := p.s
+	if p.d.broken() || p.removed {
+		return p.wait(ctx, c)
+	}
+	s.txWaiters++
+	var err error
+	if !s.tx.EnableInterrupts() {
+		err = p.wait(ctx, c)
+	}
+	s.txWaiters--
+	if s.txWaiters == 0 && !p.d.broken() {
+		s.tx.DisableInterrupts()
+	}
+	return err
+}
+
 // --- host → guest ---
 
 // Recv blocks until host→guest bytes are available, then hands them to w
@@ -260,6 +298,9 @@ func (p *Port) Recv(ctx context.Context, w io.Writer) (int, error) {
 			d.mu.Unlock()
 			return 0, err
 		}
+	}
+	if vw, ok := w.(BuffersWriter); ok && s.fLen > 1 && s.port == p {
+		return p.recvBuffers(vw)
 	}
 	total := 0
 	var werr error
@@ -294,6 +335,53 @@ func (p *Port) Recv(ctx context.Context, w io.Writer) (int, error) {
 	d.finishLocked()
 	d.mu.Unlock()
 	return total, werr
+}
+
+// recvBuffers is Recv's body for a BuffersWriter: every filled buffer (up to
+// maxRecvBuffers) goes to w in one call, and all are re-posted with one
+// kick. Called with d.mu held and at least one buffer filled; unlocks.
+func (p *Port) recvBuffers(w BuffersWriter) (int, error) {
+	d, s := p.d, p.s
+	take := p.recvIdx[:0]
+	bufs := p.recvVec[:0]
+	p.recvIdx, p.recvVec = nil, nil // ours until done
+	want := 0
+	for s.fLen > 0 && len(take) < maxRecvBuffers {
+		i := s.fifoPop()
+		b := &s.rxBufs[i]
+		b.state = rxHeld
+		data := b.mem.Bytes()[b.off:b.n]
+		take = append(take, i)
+		bufs = append(bufs, data)
+		want += len(data)
+	}
+	d.held++
+	d.mu.Unlock()
+	n, werr := w.WriteBuffers(bufs)
+	d.mu.Lock()
+	d.held--
+	n = max(0, min(n, want))
+	clear(bufs)
+	if s.port == p {
+		p.stats.BytesIn += uint64(n)
+		p.stats.Discarded += uint64(want - n)
+	} else {
+		d.stats.Discarded += uint64(want - n)
+	}
+	for _, i := range take {
+		d.releaseRxLocked(s, i)
+	}
+	p.recvIdx, p.recvVec = take, bufs
+	if werr == nil && n < want {
+		werr = io.ErrShortWrite
+	}
+	if s.fLen > 0 {
+		wake(p.rxWake)
+	}
+	d.kickRxLocked(s)
+	d.finishLocked()
+	d.mu.Unlock()
+	return n, werr
 }
 
 // Read copies host→guest bytes into b, blocking until some are available.
@@ -379,7 +467,7 @@ func (p *Port) takeTxLocked(ctx context.Context) (int32, error) {
 		if p.canSendLocked() && len(s.txFree) > 0 {
 			break
 		}
-		if err := p.wait(ctx, p.txWake); err != nil {
+		if err := p.waitTx(ctx, p.txWake); err != nil {
 			return -1, err
 		}
 	}
@@ -392,11 +480,19 @@ func (p *Port) takeTxLocked(ctx context.Context) (int32, error) {
 	return i, nil
 }
 
-// queueTxLocked hands a filled transmit buffer to the device. It reports
-// false (and frees the buffer, the bytes lost) if the port went away or is
-// waiting to be re-announced after a reset. A reset that is over by now
-// does not matter: the buffer was never given to the device.
+// queueTxLocked hands a filled transmit buffer to the device and kicks it
+// if needed. It reports false (and frees the buffer, the bytes lost) if the
+// port went away or is waiting to be re-announced after a reset. A reset
+// that is over by now does not matter: the buffer was never given to the
+// device.
 func (p *Port) queueTxLocked(i int32, n int) bool {
+	ok := p.addTxLocked(i, n)
+	p.kickTxLocked()
+	return ok
+}
+
+// addTxLocked is queueTxLocked without the publish and kick.
+func (p *Port) addTxLocked(i int32, n int) bool {
 	d, s := p.d, p.s
 	b := &s.txBufs[i]
 	b.owned = false
@@ -420,32 +516,102 @@ func (p *Port) queueTxLocked(i int32, n int) bool {
 	s.txByHead[head] = i
 	b.gen, b.n = s.gen, n
 	p.txInflight++
-	if s.tx.Publish() {
-		d.notifyLocked(s.txq)
-	}
 	return true
 }
 
+// kickTxLocked publishes the transmit buffers added and notifies the device
+// if it asked to be.
+func (p *Port) kickTxLocked() {
+	d, s := p.d, p.s
+	if d.broken() || s.txBufs == nil {
+		return
+	}
+	if s.tx.Publish() {
+		d.notifyLocked(s.txq)
+	}
+}
+
+// BuffersReader is implemented by readers that can fill several buffers
+// with one call, in order (readv). Send then fills every free transmit
+// buffer, up to maxSendBuffers, with a single call instead of one.
+type BuffersReader interface {
+	ReadBuffers(bufs [][]byte) (int, error)
+}
+
+// BuffersWriter is implemented by writers that can take several buffers
+// with one call, in order (writev). Recv then hands over every received
+// buffer ready, up to maxRecvBuffers, with a single call.
+type BuffersWriter interface {
+	WriteBuffers(bufs [][]byte) (int, error)
+}
+
+// Bounds on the buffers one Send or Recv call hands to a vectored reader or
+// writer (Linux's UIO_MAXIOV is 1024).
+const (
+	maxSendBuffers = 32
+	maxRecvBuffers = 64
+)
+
 // Send makes one Read call on r straight into a free transmit buffer
 // (waiting while none is free, or while the host side is disconnected) and
-// queues what it read for the device. It returns the bytes read and r's
+// queues what it read for the device; if r is a BuffersReader, that one
+// call fills every free transmit buffer. It returns the bytes read and r's
 // error (io.EOF included). Flush waits for the bytes to reach the device.
 func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 	d := p.d
+	s := p.s
 	d.mu.Lock()
 	i, err := p.takeTxLocked(ctx)
 	if err != nil {
 		d.mu.Unlock()
 		return 0, err
 	}
-	buf := p.s.txBufs[i].mem.Bytes()
+	vr, vec := r.(BuffersReader)
+	if !vec || len(s.txFree) == 0 {
+		buf := s.txBufs[i].mem.Bytes()
+		d.held++
+		d.mu.Unlock()
+		n, rerr := r.Read(buf)
+		d.mu.Lock()
+		d.held--
+		n = max(0, min(n, len(buf)))
+		p.queueTxLocked(i, n)
+		d.finishLocked()
+		d.mu.Unlock()
+		return n, rerr
+	}
+	// Take every free buffer, without waiting, for one vectored read.
+	take := append(p.sendIdx[:0], i)
+	p.sendIdx = nil // ours until we are done: a second Send allocates its own
+	for len(take) < maxSendBuffers && len(s.txFree) > 0 {
+		j := s.txFree[len(s.txFree)-1]
+		s.txFree = s.txFree[:len(s.txFree)-1]
+		s.txBufs[j].owned = true
+		take = append(take, j)
+	}
+	bufs := p.sendVec[:0]
+	p.sendVec = nil
+	total := 0
+	for _, j := range take {
+		b := s.txBufs[j].mem.Bytes()
+		bufs = append(bufs, b)
+		total += len(b)
+	}
 	d.held++
 	d.mu.Unlock()
-	n, rerr := r.Read(buf)
+	n, rerr := vr.ReadBuffers(bufs)
 	d.mu.Lock()
 	d.held--
-	n = max(0, min(n, len(buf)))
-	p.queueTxLocked(i, n)
+	n = max(0, min(n, total))
+	clear(bufs) // no references to device memory outside the lock
+	left := n
+	for _, j := range take {
+		k := min(left, s.txBufs[j].mem.Len())
+		left -= k
+		p.addTxLocked(j, k)
+	}
+	p.sendIdx, p.sendVec = take, bufs
+	p.kickTxLocked()
 	d.finishLocked()
 	d.mu.Unlock()
 	return n, rerr
@@ -507,7 +673,7 @@ func (p *Port) flushLocked(ctx context.Context, resets uint64) error {
 			wake(p.flushWake) // pass on to another flusher
 			return nil
 		}
-		if err := p.wait(ctx, p.flushWake); err != nil {
+		if err := p.waitTx(ctx, p.flushWake); err != nil {
 			return err
 		}
 	}

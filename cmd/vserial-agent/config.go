@@ -59,6 +59,9 @@ type runConfig struct {
 	MaxPorts int          // 0: as many as the device offers
 	LogLevel slog.Level
 	Sysfs    string
+	// CPUProfile, when set, receives a pprof CPU profile of the run
+	// (hidden flag, for performance work in guests).
+	CPUProfile string
 }
 
 // listConfig is everything `vserial-agent list` was told.
@@ -83,6 +86,8 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
 	sysfs := fl.String("sysfs", "/sys", "sysfs root (for tests)")
 	fl.MarkHidden("sysfs")
+	cpuProfile := fl.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	fl.MarkHidden("cpuprofile")
 	fl.Usage = func() {}
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -136,6 +141,7 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	if cfg.Sysfs, err = checkDir(cmd, "--sysfs", *sysfs); err != nil {
 		return runConfig{}, err
 	}
+	cfg.CPUProfile = *cpuProfile
 	return cfg, nil
 }
 

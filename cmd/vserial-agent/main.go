@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -28,7 +30,20 @@ Exit codes:
   3  valid but not supported yet (--bind=vfio)
 `
 
+// minProcs is the least GOMAXPROCS the agent runs with. On a one-CPU guest
+// GOMAXPROCS is 1, and then the runtime's sysmon takes the only P away from
+// every system call that lasts more than 20 µs (a readv or writev of a few
+// hundred KiB always does under emulation) and starts another thread to
+// run it, which the returning call must then take it back from: thread
+// hand-offs on every transfer. With a second P idle, sysmon leaves a P in
+// a system call alone (runtime.retake), so the data path stays on one
+// thread.
+const minProcs = 2
+
 func main() {
+	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < minProcs {
+		runtime.GOMAXPROCS(minProcs)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	go func() {
 		// After the first signal, a second one kills the process the
@@ -58,6 +73,20 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer, open
 		cfg, err := parseRun(rest, stdout)
 		if err != nil {
 			return fail(stderr, cmd, err)
+		}
+		if cfg.CPUProfile != "" {
+			f, err := os.Create(cfg.CPUProfile)
+			if err != nil {
+				return fail(stderr, cmd, err)
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				f.Close()
+				return fail(stderr, cmd, err)
+			}
+			defer func() {
+				pprof.StopCPUProfile()
+				f.Close()
+			}()
 		}
 		return runAgent(ctx, cfg, stderr, open)
 	case "list":
