@@ -372,6 +372,27 @@ func TestAgentMultiport(t *testing.T) {
 		if _, ok := l.port(sock); ok || len(l.Agent.Ports) != 8 {
 			t.Errorf("after unplug list shows %d ports (hot one present: %v)", len(l.Agent.Ports), ok)
 		}
+
+		// A hot-plugged port without a name gets the vport name.
+		hp, err := g.HotplugPort(ctx, Port{Nr: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		usock := AgentSocket("vport0p10")
+		if err := g.WaitPath(ctx, usock, 30*time.Second); err != nil {
+			t.Fatalf("hot-plugged unnamed port: %v", err)
+		}
+		uconn := g.DialPort(t, hp.ID)
+		if err := both(ctx, t, g, uconn, usock, 4<<10+1, 901); err != nil {
+			t.Fatal(err)
+		}
+		uconn.Close()
+		if err := g.UnplugPort(ctx, hp.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.Run(ctx, "wait-gone", usock, "30"); err != nil {
+			t.Fatalf("unplugged unnamed port: %v", err)
+		}
 	})
 
 	run("idle-cost", func(t *testing.T) {

@@ -561,7 +561,7 @@ func (g *Guest) HotplugPort(ctx context.Context, p Port) (Port, error) {
 	_, err := g.QMP.Execute(ctx, "chardev-add", map[string]any{
 		"id": chardev,
 		"backend": map[string]any{"type": "socket", "data": map[string]any{
-			"addr":   map[string]any{"type": "unix", "data": map[string]any{"path": g.PortSocket(p.Name)}},
+			"addr":   map[string]any{"type": "unix", "data": map[string]any{"path": g.PortSocket(p.key())}},
 			"server": true, "wait": false,
 		}},
 	})
