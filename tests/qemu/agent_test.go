@@ -199,6 +199,48 @@ func TestAgentMultiport(t *testing.T) {
 		}
 	})
 
+	run("full-duplex-echo", func(t *testing.T) {
+		// Both directions of one port at once: the guest echoes what the
+		// host writes while the host is still writing.
+		ctx := caseCtx(t, 3*time.Minute)
+		name := mpNamed[2]
+		conn := conns[name]
+		const n, seed = 8 << 20, 300
+		want, _ := patternSum(n, seed)
+		mark := g.QMP.Mark()
+		p, _ := g.Port(name)
+		echo, err := g.Start(ctx, "echo", sockOf(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.QMP.WaitPortChange(ctx, mark, p.ID, true); err != nil {
+			t.Fatalf("echo client: no VSERPORT_CHANGE open=true: %v", err)
+		}
+		werr := make(chan error, 1)
+		go func() { werr <- writePattern(ctx, conn, n, seed) }()
+		t0 := time.Now()
+		got, err := readChecked(ctx, conn, n)
+		if err != nil {
+			t.Fatalf("reading the echo: %v", err)
+		}
+		if err := <-werr; err != nil {
+			t.Fatalf("host write: %v", err)
+		}
+		secs := time.Since(t0).Seconds()
+		if got != want {
+			t.Errorf("echoed %d bytes have sha256 %s, sent %s", n, got, want)
+		}
+		t.Logf("full duplex: %d bytes out and back in %.2f s (%.1f MB/s each way)", n, secs, n/secs/1e6)
+		if err := echo.Signal(ctx, 15); err != nil {
+			t.Fatal(err)
+		}
+		out, err := echo.Wait(ctx)
+		t.Logf("guest echo stopped: %v %s", err, strings.TrimSpace(out))
+		if err := nothingMore(conn, 300*time.Millisecond); err != nil {
+			t.Error(err)
+		}
+	})
+
 	run("unnamed-port-data", func(t *testing.T) {
 		ctx := caseCtx(t, 2*time.Minute)
 		if err := both(ctx, t, g, conns["port4"], sockOf("port4"), 64<<10, 400); err != nil {
