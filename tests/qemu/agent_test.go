@@ -248,6 +248,41 @@ func TestAgentMultiport(t *testing.T) {
 		}
 	})
 
+	run("host-data-waits-for-client", func(t *testing.T) {
+		// With no client the port is closed for the host: QEMU keeps the
+		// host's bytes until a client connects, then all of them arrive.
+		ctx := caseCtx(t, 2*time.Minute)
+		sock := sockOf("port4")
+		before, _, err := a.list(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := before.port(sock)
+		if b.ClientConnected {
+			t.Fatalf("%s has a client already", sock)
+		}
+		const n, seed = 10000, 404
+		if err := writePattern(ctx, conns["port4"], n, seed); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second) // the bytes sit on the host side meanwhile
+		out, err := g.Run(ctx, "sink", sock, strconv.Itoa(n))
+		if err != nil {
+			t.Fatalf("client connecting after the host wrote: %v", err)
+		}
+		want, _ := patternSum(n, seed)
+		if got := ParseKV(out)["sha256"]; got != want {
+			t.Errorf("the late client received sha256 %s, host sent %s", got, want)
+		}
+		after, _, err := a.list(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, _ := after.port(sock); p.Discarded != b.Discarded {
+			t.Errorf("discarded went from %d to %d", b.Discarded, p.Discarded)
+		}
+	})
+
 	run("vserport-change-events", func(t *testing.T) {
 		ctx := caseCtx(t, 2*time.Minute)
 		name := mpNamed[1]

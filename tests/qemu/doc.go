@@ -43,7 +43,8 @@
 //     0x1003) device with eight ports: socket names (named ports, an
 //     unnamed port as vport0p4), list --json, data both ways byte-exact on
 //     three ports at once (1 B to 24 MiB), 8 MiB echoed full duplex on one
-//     port, VSERPORT_CHANGE on client connect and disconnect, a second
+//     port, host bytes held until a client connects, VSERPORT_CHANGE on
+//     client connect and disconnect, a second
 //     client rejected, the host away and back with no guest→host byte lost
 //     or duplicated, hot-plug and unplug (named and unnamed), idle CPU and
 //     resident memory, SIGTERM (exit 0, sockets removed, port
