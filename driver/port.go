@@ -119,10 +119,13 @@ type Port struct {
 	changed       chan struct{}
 
 	// Scratch for vectored Send and Recv (one sender and one receiver).
-	sendIdx []int32
-	sendVec [][]byte
-	recvIdx []int32
-	recvVec [][]byte
+	// sendWide: the last Send filled every buffer it had, so the next one
+	// offers a BuffersReader every free buffer.
+	sendWide bool
+	sendIdx  []int32
+	sendVec  [][]byte
+	recvIdx  []int32
+	recvVec  [][]byte
 
 	// Wake-ups, one token each so signalling never allocates. A waiter
 	// that finds its condition still true for others passes the token on.
@@ -554,8 +557,9 @@ const (
 
 // Send makes one Read call on r straight into a free transmit buffer
 // (waiting while none is free, or while the host side is disconnected) and
-// queues what it read for the device; if r is a BuffersReader, that one
-// call fills every free transmit buffer. It returns the bytes read and r's
+// queues what it read for the device; if r is a BuffersReader and the
+// previous Send filled what it was given (a stream, not a trickle), that
+// one call may fill every free transmit buffer. It returns the bytes read and r's
 // error (io.EOF included). Flush waits for the bytes to reach the device.
 func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 	d := p.d
@@ -567,7 +571,9 @@ func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 		return 0, err
 	}
 	vr, vec := r.(BuffersReader)
-	if !vec || len(s.txFree) == 0 {
+	if !vec || !p.sendWide || len(s.txFree) == 0 {
+		// One buffer: the reader has a vectored read, but the last Send
+		// did not fill what it was given (a trickle, not a stream).
 		buf := s.txBufs[i].mem.Bytes()
 		d.held++
 		d.mu.Unlock()
@@ -575,6 +581,7 @@ func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 		d.mu.Lock()
 		d.held--
 		n = max(0, min(n, len(buf)))
+		p.sendWide = n == len(buf)
 		p.queueTxLocked(i, n)
 		d.finishLocked()
 		d.mu.Unlock()
@@ -603,6 +610,7 @@ func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 	d.mu.Lock()
 	d.held--
 	n = max(0, min(n, total))
+	p.sendWide = n == total
 	clear(bufs) // no references to device memory outside the lock
 	left := n
 	for _, j := range take {
