@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -64,6 +65,32 @@ func TestAgentModern(t *testing.T) {
 			if p.BytesIn != want || p.BytesOut != want {
 				t.Errorf("%s counters in=%d out=%d, want %d each", name, p.BytesIn, p.BytesOut, want)
 			}
+		}
+	})
+
+	t.Run("second-agent-refused", func(t *testing.T) {
+		// A second agent on the same socket directory must give up (exit
+		// 1) without disturbing the first.
+		out, err := g.Run(ctx, AgentPath, "run", "--socket-dir", AgentSocketDir)
+		var ee *ExitError
+		if !errors.As(err, &ee) || ee.Code != 1 {
+			t.Fatalf("second vserial-agent: %v, want exit status 1\n%s", err, out)
+		}
+		t.Logf("second agent refused: %s", lastLine(ee.Output))
+		if a.proc.Exited() {
+			t.Fatal("the first agent exited")
+		}
+		conn := g.DialPort(t, names[0])
+		if err := both(ctx, t, g, conn, AgentSocket(names[0]), 64<<10, 77); err != nil {
+			t.Fatalf("first agent after the second one gave up: %v", err)
+		}
+	})
+
+	t.Run("bind-vfio-unsupported", func(t *testing.T) {
+		out, err := g.Run(ctx, AgentPath, "run", "--bind", "vfio", "--socket-dir", "/tmp/vfio-sockets")
+		var ee *ExitError
+		if !errors.As(err, &ee) || ee.Code != 3 {
+			t.Fatalf("vserial-agent run --bind vfio: %v, want exit status 3 (not supported yet)\n%s", err, out)
 		}
 	})
 
@@ -136,4 +163,10 @@ func TestAgentSinglePort(t *testing.T) {
 			t.Error(err)
 		}
 	})
+}
+
+// lastLine is the last non-empty line of s.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }

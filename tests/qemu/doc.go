@@ -51,7 +51,9 @@
 //     closed for the host). A case that fails with the agent still running
 //     logs its goroutine dump (SIGQUIT) and the next cases get a fresh agent.
 //   - TestAgentModern: the modern-only device (disable-legacy=on, 0x1043),
-//     two ports at once, counters, SIGTERM.
+//     two ports at once, counters, a second agent on the same socket
+//     directory refused (exit 1) while the first keeps working, --bind vfio
+//     exit 3, SIGTERM.
 //   - TestAgentSinglePort: max_ports=1 (no MULTIPORT): one virtconsole at
 //     port 0, published as vport0p0, data both ways.
 //   - TestDemo: what scripts/demo shows, step by step: a host program and a
