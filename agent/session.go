@@ -216,6 +216,7 @@ type gatedReader struct {
 	// Arguments and results of tryRead.
 	b    []byte
 	bufs [][]byte // vectored read (ReadBuffers) when not nil
+	iov  []unix.Iovec
 	n    int
 	rerr error
 	gone bool
@@ -235,12 +236,17 @@ func (r *gatedReader) tryRead(fd uintptr) bool {
 		return true
 	}
 	for {
+		var errno unix.Errno
 		if r.bufs != nil {
-			r.n, r.rerr = unix.Readv(int(fd), r.bufs)
+			r.n, errno = rawv(unix.SYS_READV, fd, r.bufs, &r.iov)
 		} else {
-			r.n, r.rerr = unix.Read(int(fd), r.b)
+			r.n, errno = rawRead(fd, r.b)
 		}
-		if r.rerr != unix.EINTR {
+		r.rerr = nil
+		if errno != 0 {
+			r.n, r.rerr = 0, errno
+		}
+		if errno != unix.EINTR {
 			break
 		}
 	}
@@ -296,7 +302,15 @@ func (s *session) hostToGuest() {
 type connWriter struct {
 	c   *net.UnixConn
 	err error
-	vec [][]byte
+
+	// WriteBuffers state, kept between calls so they do not allocate.
+	raw  syscall.RawConn
+	fn   func(fd uintptr) bool // w.tryWrite
+	vec  [][]byte
+	left [][]byte
+	iov  []unix.Iovec
+	done int
+	werr error
 }
 
 // WriteBuffers writes several buffers with writev(2) (as few calls as the
@@ -306,16 +320,55 @@ func (w *connWriter) WriteBuffers(bufs [][]byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
-	// net.Buffers.WriteTo consumes its slice: give it a copy of the
-	// headers, kept for the next call.
+	if w.raw == nil {
+		raw, err := w.c.SyscallConn()
+		if err != nil {
+			w.err = err
+			return 0, err
+		}
+		w.raw, w.fn = raw, w.tryWrite
+	}
+	// The headers are consumed as bytes go out: work on a copy.
 	w.vec = append(w.vec[:0], bufs...)
-	nb := net.Buffers(w.vec)
-	n, err := nb.WriteTo(w.c)
+	w.left, w.done, w.werr = w.vec, 0, nil
+	err := w.raw.Write(w.fn)
 	clear(w.vec) // no references to device memory after the call
+	w.left = nil
+	if err == nil {
+		err = w.werr
+	}
 	if err != nil {
 		w.err = err
 	}
-	return int(n), err
+	return w.done, err
+}
+
+// tryWrite writes what is left of a WriteBuffers call; it returns false to
+// wait until the socket is writable again.
+func (w *connWriter) tryWrite(fd uintptr) bool {
+	for len(w.left) > 0 {
+		n, errno := rawv(unix.SYS_WRITEV, fd, w.left, &w.iov)
+		switch errno {
+		case 0:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			w.werr = os.NewSyscallError("writev", errno)
+			return true
+		}
+		w.done += n
+		for n > 0 && len(w.left) > 0 {
+			k := min(n, len(w.left[0]))
+			w.left[0] = w.left[0][k:]
+			n -= k
+			if len(w.left[0]) == 0 {
+				w.left = w.left[1:]
+			}
+		}
+	}
+	return true
 }
 
 func (w *connWriter) Write(b []byte) (int, error) {
