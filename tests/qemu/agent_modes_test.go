@@ -108,6 +108,38 @@ func TestAgentModern(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("function-given-back", func(t *testing.T) {
+		// After a clean exit the function goes back to the driver it had
+		// before the agent started: none (README: "gives the function back
+		// to the driver it had").
+		fn := findVirtioConsole(t, g)
+		if drv, err := g.Run(ctx, "readlink", fn+"/driver"); err == nil {
+			t.Errorf("after the agent exited %s is still bound to %s; it had no driver before the agent took it",
+				fn, strings.TrimSpace(drv))
+		}
+	})
+
+	t.Run("restart", func(t *testing.T) {
+		// A new agent takes the device again and finds the same ports.
+		p, err := StartAgent(ctx, g, "--log-level", "info")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.proc, a.stopd = p, false
+		for _, name := range names {
+			if err := g.WaitPath(ctx, AgentSocket(name), 60*time.Second); err != nil {
+				t.Fatalf("restarted agent: %v", err)
+			}
+		}
+		conn := g.DialPort(t, names[1])
+		if err := both(ctx, t, g, conn, AgentSocket(names[1]), 1<<20, 88); err != nil {
+			t.Fatalf("restarted agent: %v", err)
+		}
+		if out, err := a.stop(ctx); err != nil {
+			t.Fatalf("restarted vserial-agent after SIGTERM: %v\n%s", err, out)
+		}
+	})
 }
 
 // TestAgentSinglePort runs vserial-agent on a device without MULTIPORT

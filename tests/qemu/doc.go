@@ -53,7 +53,8 @@
 //   - TestAgentModern: the modern-only device (disable-legacy=on, 0x1043),
 //     two ports at once, counters, a second agent on the same socket
 //     directory refused (exit 1) while the first keeps working, --bind vfio
-//     exit 3, SIGTERM.
+//     exit 3, SIGTERM, the function unbound again (it had no driver before),
+//     and a second agent in the same boot finding the same ports.
 //   - TestAgentSinglePort: max_ports=1 (no MULTIPORT): one virtconsole at
 //     port 0, published as vport0p0, data both ways.
 //   - TestDemo: what scripts/demo shows, step by step: a host program and a
