@@ -419,6 +419,51 @@ func TestAgentMultiport(t *testing.T) {
 		}
 	})
 
+	run("client-leaves-while-host-away", func(t *testing.T) {
+		// A client writes and closes while the host is away: the bytes wait
+		// in the socket, the port stays taken (new clients are rejected),
+		// and the host receives them all when it comes back.
+		ctx := caseCtx(t, 3*time.Minute)
+		name := mpNamed[0]
+		sock := sockOf(name)
+		conns[name].Close()
+		a.waitList(ctx, t, name+" host-disconnected", func(l agentList) bool {
+			p, _ := l.port(sock)
+			return !p.HostConnected && !p.ClientConnected
+		})
+		const n, seed = 64 << 10, 55
+		want, _ := patternSum(n, seed)
+		out, err := g.Run(ctx, "source", sock, strconv.Itoa(n), strconv.Itoa(seed))
+		if err != nil {
+			t.Fatalf("guest client writing %d bytes and closing while the host is away: %v", n, err)
+		}
+		if sent := ParseKV(out)["sha256"]; sent != want {
+			t.Fatalf("guest source sha256 %s, expected %s", sent, want)
+		}
+		rout, err := g.Run(ctx, "rejected", sock, "10")
+		if err != nil {
+			t.Errorf("a new client while the old one's bytes wait for the host: %v (want it rejected)", err)
+		} else {
+			t.Logf("new client while bytes wait: %s", strings.TrimSpace(rout))
+		}
+		conn := g.DialPort(t, name)
+		conns[name] = conn
+		got, err := readChecked(ctx, conn, n)
+		if err != nil {
+			t.Fatalf("host back: %v", err)
+		}
+		if got != want {
+			t.Errorf("host received sha256 %s, the client wrote %s", got, want)
+		}
+		if err := nothingMore(conn, 300*time.Millisecond); err != nil {
+			t.Error(err)
+		}
+		// The port is free again.
+		if _, err := SendToGuest(ctx, g, conn, sock, 4<<10+1, 56); err != nil {
+			t.Errorf("next client: %v", err)
+		}
+	})
+
 	run("hotplug", func(t *testing.T) {
 		ctx := caseCtx(t, 3*time.Minute)
 		const name = "org.vserial.hot"

@@ -46,7 +46,9 @@
 //     port, host bytes held until a client connects, VSERPORT_CHANGE on
 //     client connect and disconnect, a second
 //     client rejected, the host away and back with no guest→host byte lost
-//     or duplicated, hot-plug and unplug (named and unnamed), idle CPU and
+//     or duplicated, a client that writes and leaves while the host is away
+//     (port held, bytes delivered later), hot-plug and unplug (named and
+//     unnamed), idle CPU and
 //     resident memory, SIGTERM (exit 0, sockets removed, port
 //     closed for the host). A case that fails with the agent still running
 //     logs its goroutine dump (SIGQUIT) and the next cases get a fresh agent.
