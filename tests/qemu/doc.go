@@ -40,18 +40,17 @@
 //   - TestIOMMUGuestBindsVFIO: with Options.IOMMU the device sits in an
 //     IOMMU group and binds to vfio-pci (the VFIO mode's guest).
 //   - TestAgentMultiport: vserial-agent on the default (transitional,
-//     0x1003) device with eight ports: socket names (named ports, an
-//     unnamed port as vport0p4), list --json, data both ways byte-exact on
-//     three ports at once (1 B to 24 MiB), 8 MiB echoed full duplex on one
-//     port, host bytes held until a client connects, VSERPORT_CHANGE on
-//     client connect and disconnect, a second
-//     client rejected, the host away and back with no guest→host byte lost
-//     or duplicated, a client that writes and leaves while the host is away
-//     (port held, bytes delivered later), hot-plug and unplug (named and
-//     unnamed), idle CPU and
-//     resident memory, SIGTERM (exit 0, sockets removed, port
-//     closed for the host). A case that fails with the agent still running
-//     logs its goroutine dump (SIGQUIT) and the next cases get a fresh agent.
+//     0x1003) device with eight ports: socket names (named ports, an unnamed
+//     port as vport0p4), list --json, data both ways byte-exact on three
+//     ports at once (1 B to 24 MiB), 8 MiB echoed full duplex on one port,
+//     host bytes held until a client connects, VSERPORT_CHANGE on client
+//     connect and disconnect, a second client rejected, the host away and
+//     back with no guest→host byte lost or duplicated, a client that writes
+//     and leaves while the host is away (port held, bytes delivered later),
+//     hot-plug and unplug (named and unnamed), idle CPU and resident memory,
+//     SIGTERM (exit 0, sockets removed, port closed for the host). A case
+//     that fails with the agent still running logs its goroutine dump
+//     (SIGQUIT) and the next cases get a fresh agent.
 //   - TestAgentModern: the modern-only device (disable-legacy=on, 0x1043),
 //     two ports at once, counters, a second agent on the same socket
 //     directory refused (exit 1) while the first keeps working, --bind vfio
