@@ -58,6 +58,9 @@
 //     and a second agent in the same boot finding the same ports.
 //   - TestAgentSinglePort: max_ports=1 (no MULTIPORT): one virtconsole at
 //     port 0, published as vport0p0, data both ways.
+//   - TestAgentTwoDevices: two virtio-serial-pci functions driven by one
+//     agent: device indexes in list and in unnamed sockets (vport1p2), data
+//     on both devices at once.
 //   - TestDemo: what scripts/demo shows, step by step: a host program and a
 //     guest program greeting each other and moving 4 MiB each way through
 //     the agent's sockets.
