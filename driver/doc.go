@@ -78,10 +78,19 @@
 //
 // Data (port.go) moves with one copy on each side: Recv hands the device's
 // receive buffers straight to an io.Writer, Send reads straight into a
-// transmit buffer, and several transmit buffers (Config.TxBuffers) are in
-// flight at once. Send waits while the host side of a non-console port is
-// disconnected, since QEMU discards such bytes. The steady-state data path
-// makes no allocations.
+// transmit buffer (32 KiB by default, Config.TxBufferSize), and several
+// transmit buffers (Config.TxBuffers) are in flight at once. A writer that
+// is a BuffersWriter gets every filled receive buffer in one call (writev),
+// a reader that is a BuffersReader fills every free transmit buffer in one
+// call (readv) while the data streams, and each batch is published with one
+// kick. Interrupts are asked for only when someone waits: transmit ones
+// while a writer waits for a buffer or a Flush for the device, receive ones
+// while a reader waits for bytes (a reader that keeps coming back finds
+// them in the used ring itself). Under INTx every interrupt is a uio
+// wake-up, an ISR read and a config write, so this matters more than
+// anything else for throughput. Send waits while the host side of a
+// non-console port is disconnected, since QEMU discards such bytes. The
+// steady-state data path makes no allocations.
 //
 // One goroutine (event.go) waits in IRQ.Wait, reads the ISR for INTx,
 // unmasks, and drains every queue; idle, it costs nothing. A ring protocol
