@@ -74,7 +74,9 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 		return nil, err
 	}
 	prev := spec.Function.Driver
+	took := false // we bound the function to uio_pci_generic: give it back on Close
 	if prev != uioDriver {
+		took = true
 		prev, err = pciscan.Take(spec.Sysfs, addr, uioDriver, spec.Explicit)
 		if err != nil {
 			return nil, err
@@ -110,7 +112,10 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
 		restore: func() {
-			if prev != "" {
+			// Back to the driver it had, or to none (unbound) if it had
+			// none: only a function that came to us already bound to
+			// uio_pci_generic stays there.
+			if took {
 				restore(spec.Sysfs, addr, prev, log)
 			}
 		},
