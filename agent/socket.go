@@ -53,7 +53,7 @@ func (a *Agent) checkName(name string) error {
 	case name == "":
 		return errors.New("empty")
 	case name == "." || name == "..":
-		return errors.New("is . or ..")
+		return errors.New("is a dot entry (. or ..)")
 	case strings.ContainsRune(name, '/'):
 		return errors.New("contains '/'")
 	case len(name) > a.maxName:

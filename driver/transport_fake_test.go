@@ -46,14 +46,3 @@ func newFake(t testing.TB, m virtiotest.Model, opts virtiotest.Options) (*virtio
 	})
 	return f, fakeFunction{f}
 }
-
-// expectViolations takes the violations a test provoked on purpose out of
-// the end-of-test check, failing if their number is not n.
-func expectViolations(t testing.TB, f *virtiotest.Function, n int) {
-	t.Helper()
-	v := f.Violations()
-	if len(v) != n {
-		t.Fatalf("device saw %d violations, want %d: %v", len(v), n, v)
-	}
-	f.ClearViolations()
-}

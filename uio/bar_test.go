@@ -228,8 +228,8 @@ func TestMMIOAccessorsAreSingleMoves(t *testing.T) {
 	if testing.Short() {
 		t.Skip("compiles the package; skipped in -short mode")
 	}
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goTool); err != nil {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
 		t.Skipf("needs the go tool to compile with -S: %v", err)
 	}
 	cmd := exec.Command(goTool, "build", "-gcflags=-S", "-o", os.DevNull, ".")
