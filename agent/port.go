@@ -1,6 +1,6 @@
 package agent
 
-// API CONTRACT: what the agent needs from a port. *driver.Port implements it
+// Port is what the agent needs from a port. *driver.Port implements it
 // through a small adapter in cmd/vserial-agent (driver must not import
 // agent, so PortStats is converted there); tests use a fake. The agent
 // imports none of driver, ring, uio or dma.

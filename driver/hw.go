@@ -1,8 +1,8 @@
 package driver
 
-// API CONTRACT: the small interfaces through which the driver reaches
-// hardware. Package uio implements them for uio_pci_generic and VFIO; the
-// fake PCI function in the test-support package implements them for tests.
+// The small interfaces through which the driver reaches hardware. Package
+// uio's types have the same method sets (cmd/vserial-agent adapts them), and
+// the fake PCI function in driver/virtiotest implements them for tests.
 
 import (
 	"context"

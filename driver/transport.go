@@ -1,8 +1,8 @@
 package driver
 
-// API CONTRACT between the transport (modern capabilities or legacy I/O BAR)
-// and the console protocol. The transport helper implements modern and
-// legacy; the console code uses only this interface.
+// The transport interface separates the two virtio-pci interfaces (modern
+// capabilities, legacy I/O BAR) from the console protocol, which uses only
+// this interface.
 
 import (
 	"fmt"

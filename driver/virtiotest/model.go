@@ -5,7 +5,7 @@
 // that behaves like QEMU 7.2's virtio-serial, quirks included.
 package virtiotest
 
-// API CONTRACT between the PCI function (registers) and device models.
+// Model and Bus separate the PCI function (registers) from device models.
 
 import "github.com/vserial/vserial/ring/ringtest"
 
