@@ -1,6 +1,7 @@
 package ring_test
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/vserial/vserial/dma/dmatest"
@@ -30,46 +31,42 @@ func benchRig(b *testing.B, cfg ring.Config) (*ring.Queue, *ringtest.Device, []r
 	return q, dev, []ring.Segment{{Addr: buf.Addr(), Len: 4096, Write: true}}
 }
 
-// BenchmarkAddPublishPop sends one buffer at a time through the ring: Add,
-// Publish, device pop and push (inline), Pop. Reported per buffer.
+// BenchmarkAddPublishPop moves buffers through the ring and reports the cost
+// per buffer (one b.Loop iteration is one buffer).
+//
+// Sub-benchmarks are layout/side/batchK:
+//   - side "driver": the driver's Add, Publish and Pop, with the device
+//     reduced to the least a device must do to return buffers: PushN writes
+//     the used entries and stores used.idx once per batch (one atomic store,
+//     an XCHG on amd64). It never reads the avail ring or walks a chain.
+//   - side "device": the same plus the test device's full work per buffer
+//     (PopAppend reads avail.idx and the ring entry and walks the chain), so
+//     device − driver is the test device's share.
+//   - batchK: Publish, the device's used.idx update and the driver's
+//     reaping happen once every K buffers, as on a busy queue; batch1 is a
+//     lone buffer, paying both full barriers (driver's avail.idx store and the
+//     device's used.idx store) for one buffer.
 func BenchmarkAddPublishPop(b *testing.B) {
 	for _, c := range []struct {
 		name string
 		cfg  ring.Config
 	}{
 		{"modern", ring.Config{Size: 256}},
-		{"modern/eventidx", ring.Config{Size: 256, EventIdx: true}},
+		{"modern-eventidx", ring.Config{Size: 256, EventIdx: true}},
 		{"legacy", ring.Config{Size: 128, Layout: ring.Legacy}},
 	} {
-		b.Run(c.name, func(b *testing.B) {
-			q, dev, seg := benchRig(b, c.cfg)
-			dev.SetNotify(false)
-			q.DisableInterrupts()
-			bufs := make([]ringtest.Buf, 0, 4)
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, err := q.Add(seg); err != nil {
-					b.Fatal(err)
-				}
-				q.Publish()
-				ch, ok, err := dev.PopAppend(bufs[:0])
-				if !ok || err != nil {
-					b.Fatal(ok, err)
-				}
-				dev.Push(ch.Head, 1)
-				if _, ok, err := q.Pop(); !ok || err != nil {
-					b.Fatal(ok, err)
-				}
+		for _, side := range []string{"driver", "device"} {
+			for _, batch := range []int{1, 8, 32} {
+				b.Run(fmt.Sprintf("%s/%s/batch%d", c.name, side, batch), func(b *testing.B) {
+					benchBatch(b, c.cfg, side == "device", batch)
+				})
 			}
-		})
+		}
 	}
 }
 
-// BenchmarkAddPublishPopBatch32 moves 32 buffers per Publish and per used idx
-// update, as a busy queue does. Reported per buffer.
-func BenchmarkAddPublishPopBatch32(b *testing.B) {
-	const batch = 32
-	q, dev, seg := benchRig(b, ring.Config{Size: 256, EventIdx: true})
+func benchBatch(b *testing.B, cfg ring.Config, device bool, batch int) {
+	q, dev, seg := benchRig(b, cfg)
 	dev.SetNotify(false)
 	q.DisableInterrupts()
 	bufs := make([]ringtest.Buf, 0, 4)
@@ -77,47 +74,34 @@ func BenchmarkAddPublishPopBatch32(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		if _, err := q.Add(seg); err != nil {
+		h, err := q.Add(seg)
+		if err != nil {
 			b.Fatal(err)
 		}
+		used[i] = ring.Used{Head: h, Len: 1}
 		if i++; i < batch {
 			continue
 		}
 		i = 0
 		q.Publish()
+		if device {
+			for j := range batch {
+				ch, ok, err := dev.PopAppend(bufs[:0])
+				if !ok || err != nil || ch.Head != used[j].Head {
+					b.Fatal(ok, err, ch.Head, used[j].Head)
+				}
+			}
+		}
+		if batch == 1 {
+			dev.Push(used[0].Head, used[0].Len)
+		} else {
+			dev.PushN(used)
+		}
 		for j := range batch {
-			ch, ok, err := dev.PopAppend(bufs[:0])
-			if !ok || err != nil {
-				b.Fatal(ok, err)
+			u, ok, err := q.Pop()
+			if !ok || err != nil || u.Head != used[j].Head {
+				b.Fatal(ok, err, u.Head, used[j].Head)
 			}
-			used[j] = ring.Used{Head: ch.Head, Len: 1}
-		}
-		dev.PushN(used)
-		for range batch {
-			if _, ok, err := q.Pop(); !ok || err != nil {
-				b.Fatal(ok, err)
-			}
-		}
-	}
-}
-
-// BenchmarkDriverOnly measures the driver's share: Add, Publish and Pop, with
-// the device reduced to Push (one used entry and one atomic store of used.idx;
-// it never walks the chain).
-func BenchmarkDriverOnly(b *testing.B) {
-	q, dev, seg := benchRig(b, ring.Config{Size: 256})
-	dev.SetNotify(false)
-	q.DisableInterrupts()
-	b.ReportAllocs()
-	for b.Loop() {
-		h, err := q.Add(seg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		q.Publish()
-		dev.Push(h, 1)
-		if _, ok, err := q.Pop(); !ok || err != nil {
-			b.Fatal(ok, err)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/vserial/vserial/dma"
 	"github.com/vserial/vserial/ring/internal/shm"
@@ -138,6 +139,13 @@ type Queue struct {
 	usedEventHigh bool // used_event is the high half of that word (N == 1)
 	availEventOff int  // offset in used of avail_event (always 4-aligned)
 
+	// The shared 32-bit words, bounds- and alignment-checked once in New
+	// (shm.Word) so the hot path pays no per-access check; nil after Close.
+	availHdr   *uint32 // avail flags|idx (driver writes)
+	usedHdr    *uint32 // used flags|idx (device writes)
+	availEvent *uint32 // word holding avail_event (device writes)
+	usedEventP *uint32 // word holding used_event (driver writes)
+
 	state    []descState
 	freeHead uint16
 	numFree  int
@@ -234,6 +242,9 @@ func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
 	ue := 4 + 2*n
 	q.usedEventWord, q.usedEventHigh = ue&^3, ue&3 != 0
 	q.availEventOff = 4 + 8*n
+	q.availHdr, q.usedHdr = shm.Word(q.avail, 0), shm.Word(q.used, 0)
+	q.availEvent = shm.Word(q.used, q.availEventOff)
+	q.usedEventP = shm.Word(q.avail, q.usedEventWord)
 	q.state = make([]descState, n)
 	q.Reset()
 	ok = true
@@ -283,6 +294,9 @@ func (q *Queue) Add(segs []Segment) (head uint16, err error) {
 		return 0, q.broken
 	}
 	n := len(segs)
+	if n == 1 {
+		return q.addOne(&segs[0])
+	}
 	if n == 0 {
 		return 0, ErrBadChain
 	}
@@ -362,13 +376,39 @@ func (q *Queue) Add(segs []Segment) (head uint16, err error) {
 	return head, nil
 }
 
+// addOne is Add for a chain of one segment, the common case: one
+// descriptor, never indirect, always a valid chain, so the validation pass
+// and the chain walk drop out. It writes the same bytes Add would.
+func (q *Queue) addOne(s *Segment) (head uint16, err error) {
+	if q.numFree == 0 {
+		return 0, ErrFull
+	}
+	head = q.freeHead
+	var flags uint16
+	var writable uint32
+	if s.Write {
+		flags, writable = descFWrite, s.Len
+	}
+	st := &q.state[head]
+	next := st.next
+	putDesc(q.desc, int(head), s.Addr, s.Len, flags, next)
+	q.freeHead = next
+	q.numFree--
+	st.tail, st.ndesc, st.pos, st.writable = head, 1, q.availIdx, writable
+	q.putAvail(q.availIdx&q.mask, head)
+	q.availIdx++
+	q.inFlight++
+	q.stats.Added++
+	return head, nil
+}
+
 // putAvail writes avail.ring[slot]. With N == 1 the slot shares its 32-bit
 // word with used_event, which is stored atomically, so the slot is too.
 func (q *Queue) putAvail(slot, head uint16) {
 	off := 4 + 2*int(slot)
 	if q.usedEventHigh {
-		w := shm.Load32(q.avail, 4) // our own word: no one else writes it
-		shm.Store32(q.avail, 4, w&^0xffff|uint32(head))
+		w := atomic.LoadUint32(q.usedEventP) // our own word: no one else writes it
+		atomic.StoreUint32(q.usedEventP, w&^0xffff|uint32(head))
 		return
 	}
 	binary.LittleEndian.PutUint16(q.avail[off:off+2], head)
@@ -385,7 +425,7 @@ func (q *Queue) Publish() (notify bool) {
 	// descriptors and ring entries must be visible before the idx. The idx
 	// and the flags beside it are published as one 32-bit atomic store,
 	// which is a release.
-	shm.Store32(q.avail, 0, uint32(q.availFlags)|uint32(new)<<16)
+	atomic.StoreUint32(q.availHdr, uint32(q.availFlags)|uint32(new)<<16)
 	q.published = new
 	// Spec 2.7.13.4 (virtqueue_kick_prepare_split: virtio_mb): the idx store
 	// must be visible before we read the device's suppression word, or a
@@ -393,11 +433,11 @@ func (q *Queue) Publish() (notify bool) {
 	// consistent, so the store above and the load below are ordered.
 	if q.cfg.EventIdx {
 		// Spec 2.7.10: kick iff the new idx crossed avail_event.
-		ev := uint16(shm.Load32(q.used, q.availEventOff))
+		ev := uint16(atomic.LoadUint32(q.availEvent))
 		return needEvent(ev, new, old)
 	}
 	// Spec 2.7.7: without EVENT_IDX, kick unless the device set NO_NOTIFY.
-	return shm.Load32(q.used, 0)&usedFNoNotify == 0
+	return atomic.LoadUint32(q.usedHdr)&usedFNoNotify == 0
 }
 
 // needEvent reports whether moving an index from old to new crossed event,
@@ -413,7 +453,7 @@ func (q *Queue) reload() bool {
 	// Spec 2.7.14 (virtqueue_get_buf_ctx_split: virtio_rmb after reading
 	// used->idx): the load is an acquire, so the used entries read after it
 	// are at least as new as the idx.
-	idx := uint16(shm.Load32(q.used, 0) >> 16)
+	idx := uint16(atomic.LoadUint32(q.usedHdr) >> 16)
 	moved := idx - q.lastUsed
 	// The device can only return chains it was given: used.idx may not run
 	// ahead of the chains published and not yet reaped (which never exceeds
@@ -496,12 +536,12 @@ func (q *Queue) unpublished(pos uint16) bool {
 func (q *Queue) storeUsedEvent(v uint16) {
 	q.usedEvent = v
 	if q.usedEventHigh {
-		w := shm.Load32(q.avail, q.usedEventWord) // our own word
-		shm.Store32(q.avail, q.usedEventWord, w&0xffff|uint32(v)<<16)
+		w := atomic.LoadUint32(q.usedEventP) // our own word
+		atomic.StoreUint32(q.usedEventP, w&0xffff|uint32(v)<<16)
 		return
 	}
 	// The high half is padding we own; keep it zero.
-	shm.Store32(q.avail, q.usedEventWord, uint32(v))
+	atomic.StoreUint32(q.usedEventP, uint32(v))
 }
 
 // DisableInterrupts asks the device not to interrupt for used buffers.
@@ -520,7 +560,7 @@ func (q *Queue) DisableInterrupts() {
 		return
 	}
 	q.availFlags = availFNoInterrupt
-	shm.Store32(q.avail, 0, uint32(q.availFlags)|uint32(q.published)<<16)
+	atomic.StoreUint32(q.availHdr, uint32(q.availFlags)|uint32(q.published)<<16)
 }
 
 // EnableInterrupts asks for an interrupt at the next used buffer and reports
@@ -538,7 +578,7 @@ func (q *Queue) EnableInterrupts() (pending bool) {
 		}
 	} else if q.availFlags != 0 {
 		q.availFlags = 0
-		shm.Store32(q.avail, 0, uint32(q.published)<<16)
+		atomic.StoreUint32(q.availHdr, uint32(q.published)<<16)
 	}
 	if q.lastUsed != q.usedIdx {
 		return true
@@ -547,7 +587,7 @@ func (q *Queue) EnableInterrupts() (pending bool) {
 	// (virtqueue_poll_split after virtio_mb): the seq-cst store above
 	// precedes this load, so a buffer the device used before seeing our
 	// request is found here rather than lost.
-	return uint16(shm.Load32(q.used, 0)>>16) != q.lastUsed
+	return uint16(atomic.LoadUint32(q.usedHdr)>>16) != q.lastUsed
 }
 
 // NumFree returns the number of free descriptors.
@@ -610,6 +650,7 @@ func (q *Queue) Close() error {
 	}
 	q.mem = nil
 	q.desc, q.avail, q.used, q.indirect = nil, nil, nil, nil
+	q.availHdr, q.usedHdr, q.availEvent, q.usedEventP = nil, nil, nil, nil
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("ring: close: %w", err)
 	}

@@ -33,3 +33,29 @@ func TestOutOfRangeOffsetPanicsBeforeTheCast(t *testing.T) {
 	}()
 	Load32(make([]byte, 6), 4)
 }
+
+func TestWordSharesMemoryAndChecksBoundsAndAlignment(t *testing.T) {
+	buf := make([]byte, 12)
+	if !Aligned4(buf) {
+		t.Skip("allocator returned an unaligned slice")
+	}
+	w := Word(buf, 8)
+	*w = 0x0403_0201
+	if got := Load32(buf, 8); got != 0x0403_0201 {
+		t.Fatalf("Load32 after a store through Word = %#x", got)
+	}
+	for _, c := range []struct {
+		name string
+		b    []byte
+		off  int
+	}{{"past the end", buf, 9}, {"misaligned", buf, 2}, {"negative", buf, -4}} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("Word %s did not panic", c.name)
+				}
+			}()
+			Word(c.b, c.off)
+		}()
+	}
+}

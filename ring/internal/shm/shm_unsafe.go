@@ -26,3 +26,17 @@ func Aligned4(b []byte) bool {
 	}
 	return uintptr(unsafe.Pointer(unsafe.SliceData(b)))%4 == 0
 }
+
+// Word returns the 32-bit word at b[off:off+4] for repeated atomic access
+// (atomic.LoadUint32 / StoreUint32) without a bounds check per access. The
+// re-slice runs Go's bounds check before the pointer conversion, and the
+// word must be 4-byte aligned: otherwise Word panics. The pointer is valid
+// only while b's memory is; the caller drops it when the memory is freed.
+func Word(b []byte, off int) *uint32 {
+	w := b[off : off+4 : off+4]
+	p := unsafe.Pointer(&w[0])
+	if uintptr(p)%4 != 0 {
+		panic("shm: word not 4-byte aligned")
+	}
+	return (*uint32)(p)
+}
