@@ -258,51 +258,6 @@ func (p *Port) wait(ctx context.Context, c chan struct{}) error {
 	return err
 }
 
-// waitRx waits, like wait, for host→guest bytes. A reader that keeps
-// coming back (a stream) finds them in the used ring itself: Recv and Read
-// turn receive interrupts off when they return bytes, and waitRx looks at
-// the ring first, then turns them on again before it sleeps, so the device
-// interrupts only a reader that waits.
-func (p *Port) waitRx(ctx context.Context) error {
-	d, s := p.d, p.s
-	if d.broken() || p.removed || !s.posting || s.rxBufs == nil {
-		return p.wait(ctx, p.rxWake)
-	}
-	if err := d.serviceRxLocked(s); err != nil {
-		d.faultLocked(err)
-		return nil
-	}
-	if s.fLen > 0 || d.broken() {
-		return nil
-	}
-	if s.rx.EnableInterrupts() {
-		return nil // used meanwhile: the caller looks again
-	}
-	return p.wait(ctx, p.rxWake)
-}
-
-// rxActiveLocked is called when a reader takes bytes: it will be back, so
-// the device need not interrupt for the next ones (see waitRx).
-func (p *Port) rxActiveLocked() {
-	if s := p.s; s.posting && !p.d.broken() && s.port == p {
-		s.rx.DisableInterrupts()
-	}
-}
-
-// rxIdleLocked turns receive interrupts back on (the reader may not come
-// back) and takes what arrived while they were off.
-func (p *Port) rxIdleLocked() {
-	d, s := p.d, p.s
-	if !s.posting || d.broken() || s.rxBufs == nil {
-		return
-	}
-	if s.rx.EnableInterrupts() {
-		if err := d.serviceRxLocked(s); err != nil {
-			d.faultLocked(err)
-		}
-	}
-}
-
 // waitTx waits, like wait, for the device to return transmit buffers: it
 // asks for a transmit interrupt first, and returns at once if buffers came
 // back meanwhile (the caller reaps and looks again).
@@ -342,7 +297,7 @@ func (p *Port) Recv(ctx context.Context, w io.Writer) (int, error) {
 		if s.fLen > 0 {
 			break
 		}
-		if err := p.waitRx(ctx); err != nil {
+		if err := p.wait(ctx, p.rxWake); err != nil {
 			d.mu.Unlock()
 			return 0, err
 		}
@@ -375,9 +330,6 @@ func (p *Port) Recv(ctx context.Context, w io.Writer) (int, error) {
 		if werr == nil && n < len(data) {
 			werr = io.ErrShortWrite
 		}
-	}
-	if total > 0 && werr == nil {
-		p.rxActiveLocked()
 	}
 	if s.fLen > 0 {
 		wake(p.rxWake) // another reader may take the rest
@@ -426,9 +378,6 @@ func (p *Port) recvBuffers(w BuffersWriter) (int, error) {
 	if werr == nil && n < want {
 		werr = io.ErrShortWrite
 	}
-	if werr == nil {
-		p.rxActiveLocked()
-	}
 	if s.fLen > 0 {
 		wake(p.rxWake)
 	}
@@ -455,7 +404,7 @@ func (p *Port) Read(ctx context.Context, b []byte) (int, error) {
 		if s.fLen > 0 {
 			break
 		}
-		if err := p.waitRx(ctx); err != nil {
+		if err := p.wait(ctx, p.rxWake); err != nil {
 			return 0, err
 		}
 	}
@@ -471,9 +420,6 @@ func (p *Port) Read(ctx context.Context, b []byte) (int, error) {
 			s.fifoPop()
 			d.releaseRxLocked(s, i)
 		}
-	}
-	if total > 0 {
-		p.rxActiveLocked()
 	}
 	if s.fLen > 0 {
 		wake(p.rxWake)
@@ -758,7 +704,6 @@ func (p *Port) SetGuestOpen(ctx context.Context, open bool) error {
 		return nil
 	}
 	p.guestOpen = open
-	p.rxIdleLocked()
 	if !open {
 		p.discardRxLocked()
 	}
