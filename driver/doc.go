@@ -83,12 +83,12 @@
 // is a BuffersWriter gets every filled receive buffer in one call (writev),
 // a reader that is a BuffersReader fills every free transmit buffer in one
 // call (readv) while the data streams, and each batch is published with one
-// kick. Interrupts are asked for only when someone waits: transmit ones
-// while a writer waits for a buffer or a Flush for the device, receive ones
-// while a reader waits for bytes (a reader that keeps coming back finds
-// them in the used ring itself). Under INTx every interrupt is a uio
-// wake-up, an ISR read and a config write, so this matters more than
-// anything else for throughput. Send waits while the host side of a
+// kick. Transmit interrupts are asked for only while a writer waits for a
+// buffer or a Flush for the device; receive interrupts stay on, so bytes
+// from the host always wake the event loop. (Turning them off while a
+// reader streams was tried and reverted: a port then stalled in a guest
+// test.) Under INTx every interrupt is a uio wake-up, an ISR read and a
+// config write, so these matter for throughput. Send waits while the host side of a
 // non-console port is disconnected, since QEMU discards such bytes. The
 // steady-state data path makes no allocations.
 //
