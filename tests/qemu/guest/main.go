@@ -248,7 +248,7 @@ func modprobe(args []string) error {
 		args = args[1:]
 	}
 	if len(args) == 0 {
-		return errors.New("usage: modprobe MODULE...")
+		return errors.New("usage: modprobe MODULE [MODULE ...]")
 	}
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
