@@ -357,11 +357,9 @@ func (c *Console) Plug(id uint32, name string, console bool) error {
 func (c *Console) Unplug(id uint32) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	i := c.index(id)
-	if i < 0 {
-		return fmt.Errorf("virtiotest: unplug port %d: %w", id, ErrNoPort)
+	if err := c.dropLocked(id, "unplug"); err != nil {
+		return err
 	}
-	c.ports = append(c.ports[:i], c.ports[i+1:]...)
 	if c.started {
 		c.discardTx(TxQueue(id))
 		if c.multiport {
@@ -377,12 +375,21 @@ func (c *Console) Unplug(id uint32) error {
 func (c *Console) Forget(id uint32) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.dropLocked(id, "forget"); err != nil {
+		return err
+	}
+	c.signal()
+	return nil
+}
+
+// dropLocked takes port id out of the port list; op names the caller in the
+// error when there is no such port.
+func (c *Console) dropLocked(id uint32, op string) error {
 	i := c.index(id)
 	if i < 0 {
-		return fmt.Errorf("virtiotest: forget port %d: %w", id, ErrNoPort)
+		return fmt.Errorf("virtiotest: %s port %d: %w", op, id, ErrNoPort)
 	}
 	c.ports = append(c.ports[:i], c.ports[i+1:]...)
-	c.signal()
 	return nil
 }
 
