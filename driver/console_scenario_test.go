@@ -275,18 +275,30 @@ func TestPortRemoveWakesReadersAndWriters(t *testing.T) {
 		t.Fatal(err)
 	}
 	changed := p.Changed()
-	errs := make(chan error, 3)
-	go func() { _, err := p.Recv(r.ctx, io.Discard); errs <- err }()
-	go func() { _, err := p.Send(r.ctx, strings.NewReader("y")); errs <- err }()
-	go func() { errs <- p.Flush(r.ctx) }()
+	recvErr := make(chan error, 1)
+	txErrs := make(chan error, 2)
+	go func() { _, err := p.Recv(r.ctx, io.Discard); recvErr <- err }()
+	go func() { _, err := p.Send(r.ctx, strings.NewReader("y")); txErrs <- err }()
+	go func() { txErrs <- p.Flush(r.ctx) }()
 	time.Sleep(20 * time.Millisecond) // let them block (the test passes either way)
 	if err := r.m.Unplug(1); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 3; i++ {
-		if err := <-errs; !errors.Is(err, ErrPortRemoved) {
-			t.Errorf("waiter %d: %v, want ErrPortRemoved", i, err)
+	if err := <-recvErr; !errors.Is(err, ErrPortRemoved) {
+		t.Errorf("reader: %v, want ErrPortRemoved", err)
+	}
+	// QEMU returns the port's pending transmit buffers (used, len 0) before
+	// it sends PORT_REMOVE. A writer that reaps them first sees its bytes
+	// taken (nil), as a Linux writer would; otherwise it sees the removal.
+	// Either way it must wake up, and nothing else is acceptable.
+	for i := 0; i < 2; i++ {
+		if err := <-txErrs; err != nil && !errors.Is(err, ErrPortRemoved) {
+			t.Errorf("writer %d: %v, want nil or ErrPortRemoved", i, err)
 		}
+	}
+	r.until("removed", p.Removed)
+	if _, err := p.Send(r.ctx, strings.NewReader("z")); !errors.Is(err, ErrPortRemoved) {
+		t.Errorf("Send after removal: %v, want ErrPortRemoved", err)
 	}
 	select {
 	case <-changed:
@@ -695,6 +707,10 @@ func TestRingViolationResetsDeviceAndKeepsPorts(t *testing.T) {
 				if _, err := p.Send(r.ctx, strings.NewReader("2")); err != nil {
 					t.Fatal(err)
 				}
+				// Nobody waits for transmit buffers, so the device is not
+				// asked to interrupt: the next look at the ring (a Flush
+				// here) finds the violation. The bytes may be lost.
+				_ = p.Flush(r.ctx)
 			} else {
 				if err := r.m.HostWrite(1, []byte("1")); err != nil {
 					t.Fatal(err)
