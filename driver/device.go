@@ -135,6 +135,8 @@ type Device struct {
 	vecConfig  uint16
 	vecQueues  uint16
 	eventIdx   bool
+	sizeF      bool // VIRTIO_CONSOLE_F_SIZE negotiated
+	emergF     bool // VIRTIO_CONSOLE_F_EMERG_WRITE negotiated
 	maxResets  int
 	loopCancel context.CancelFunc
 	loopDone   chan struct{}
@@ -444,7 +446,9 @@ func (d *Device) bringUpLocked(first bool) error {
 	if err := t.AddStatus(StatusDriver); err != nil {
 		return err
 	}
-	want := FeatureConsoleMultiport | FeatureVersion1 | FeatureEventIdx
+	// F_SIZE and EMERG_WRITE are taken when offered (negotiateFeatures
+	// drops unoffered bits): console sizes, and EmergencyWrite.
+	want := FeatureConsoleMultiport | FeatureVersion1 | FeatureEventIdx | FeatureConsoleSize | FeatureConsoleEmergWrite
 	var required uint64
 	if d.fn.IOMMU() {
 		want |= FeatureAccessPlatform
@@ -460,6 +464,8 @@ func (d *Device) bringUpLocked(first bool) error {
 	d.features = feat
 	d.multiport = feat&FeatureConsoleMultiport != 0
 	d.eventIdx = feat&FeatureEventIdx != 0
+	d.sizeF = feat&FeatureConsoleSize != 0
+	d.emergF = feat&FeatureConsoleEmergWrite != 0
 
 	maxNr := uint32(1)
 	if d.multiport {
@@ -723,6 +729,80 @@ func (d *Device) singlePortLocked() error {
 		d.emitLocked(p, PortAdded)
 	}
 	p.console, p.hostConnected, p.guestOpen, p.reannounce = true, true, true, false
+	if d.sizeF {
+		d.configSizeLocked()
+	}
+	return nil
+}
+
+// configSizeLocked reads cols and rows from the configuration space (valid
+// with F_SIZE, spec 5.3.4) into port 0 of a device without MULTIPORT, as
+// Linux does at a configuration change. With MULTIPORT sizes come in
+// RESIZE messages and the fields are ignored.
+func (d *Device) configSizeLocked() {
+	s := d.slots[0]
+	if s == nil || s.port == nil || s.port.removed {
+		return
+	}
+	var b [4]byte
+	if err := d.t.ReadConfig(0, b[:]); err != nil {
+		d.log.Warn("virtio-console: read console size", "err", err)
+		return
+	}
+	cols, rows := d.order.Uint16(b[0:]), d.order.Uint16(b[2:])
+	if cols > maxConsoleDim || rows > maxConsoleDim {
+		d.violationLocked(fmt.Errorf("%w: config console size %dx%d", ErrDeviceProtocolConsole, cols, rows), s.port)
+		return
+	}
+	d.setSizeLocked(s.port, cols, rows)
+}
+
+// setSizeLocked records a console size and reports the change.
+func (d *Device) setSizeLocked(p *Port, cols, rows uint16) {
+	if cols == p.cols && rows == p.rows {
+		return
+	}
+	p.cols, p.rows = cols, rows
+	d.log.Debug("virtio-console: console size", "port", p.id, "cols", cols, "rows", rows)
+	p.changedLocked()
+	d.emitLocked(p, PortChanged)
+}
+
+// ErrNoEmergencyWrite is returned by EmergencyWrite when the device did not
+// offer VIRTIO_CONSOLE_F_EMERG_WRITE (QEMU: emergency-write=off, or
+// machine types up to 2.7).
+var ErrNoEmergencyWrite = errors.New("driver: emergency write not negotiated")
+
+// emergWrOffset is the offset of emerg_wr in the configuration (spec 5.3.4).
+const emergWrOffset = 8
+
+// EmergencyWrite writes b through the emerg_wr configuration field
+// (VIRTIO_CONSOLE_F_EMERG_WRITE, spec 5.3.5), one 32-bit write per byte.
+// It needs no queue, buffer or interrupt, so it works while the ports are
+// not up yet and after the device failed (not after Close). QEMU puts each
+// byte on the first host-connected console port (a virtconsole, usually
+// port 0) and drops it when there is none. A zero byte cannot be expressed
+// (the device takes 0 as "nothing written") and is skipped. It returns
+// ErrNoEmergencyWrite when the feature was not negotiated.
+func (d *Device) EmergencyWrite(b []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.closed:
+		return ErrClosed
+	case !d.emergF:
+		return ErrNoEmergencyWrite
+	}
+	var w [4]byte
+	for _, c := range b {
+		if c == 0 {
+			continue
+		}
+		d.order.PutUint32(w[:], uint32(c))
+		if err := d.t.WriteConfig(emergWrOffset, w[:]); err != nil {
+			return fmt.Errorf("driver: emergency write: %w", err)
+		}
+	}
 	return nil
 }
 

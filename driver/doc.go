@@ -44,8 +44,8 @@
 // # Console protocol
 //
 // Open (device.go) runs the whole bring-up: reset, ACKNOWLEDGE|DRIVER,
-// features (MULTIPORT, VERSION_1, EVENT_IDX; ACCESS_PLATFORM, required,
-// when the function is behind an IOMMU; never F_SIZE or EMERG_WRITE),
+// features (MULTIPORT, VERSION_1, EVENT_IDX, F_SIZE and EMERG_WRITE when
+// offered; ACCESS_PLATFORM, required, when the function is behind an IOMMU),
 // max_nr_ports (0 with MULTIPORT fails Open; capped at 0x8000, at the
 // 16-bit queue numbers and at Config.MaxPorts), every queue of every
 // served port before DRIVER_OK, the control receiveq filled with 4096-byte
@@ -69,8 +69,15 @@
 // buffers cannot be allocated; nothing for ids beyond the cap, which are
 // logged); a duplicate is re-acknowledged like Linux does. CONSOLE_PORT is
 // answered with PORT_OPEN(1). PORT_NAME is stored once. PORT_OPEN from the
-// device sets HostConnected. RESIZE (console ports only) is parsed in the
-// order Config.ResizeOrder names and surfaced by Port.Size. PORT_REMOVE
+// device sets HostConnected. RESIZE (console ports only) is applied only
+// with F_SIZE negotiated, as Linux does, parsed in the order
+// Config.ResizeOrder names (sizes above 10000 are violations), and surfaced
+// by Port.Size and Changed. Without MULTIPORT the size of port 0 is the
+// cols/rows configuration fields (F_SIZE), read at bring-up and on every
+// configuration interrupt. QEMU 7.2 offers neither. EmergencyWrite writes
+// bytes through the emerg_wr configuration field (EMERG_WRITE): no queue or
+// interrupt is involved, so it serves as a last-gasp channel even after
+// the device failed. PORT_REMOVE
 // wakes readers and writers with ErrPortRemoved, forgets in-flight
 // transmissions and discards unread data; the receive buffers stay posted
 // in the still-live queue (they belong to the port id, port.go's slot) and

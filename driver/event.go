@@ -62,6 +62,11 @@ func (d *Device) loop(ctx context.Context) {
 			}
 			if config {
 				d.checkStatusLocked()
+				if d.sizeF && !d.multiport && !d.broken() {
+					// Linux: a configuration change of a device without
+					// MULTIPORT is a resize of port 0.
+					d.configSizeLocked()
+				}
 			}
 		}
 		more = d.serviceLocked()
@@ -466,16 +471,17 @@ func (d *Device) handleControlLocked(b []byte) {
 			d.violationLocked(fmt.Errorf("%w: RESIZE for port %d, which is not a console", ErrControl, p.id), p)
 			return
 		}
+		if !d.sizeF {
+			// Linux resizes only with F_SIZE negotiated (resize_console).
+			d.log.Debug("virtio-console: RESIZE without F_SIZE ignored", "port", p.id)
+			return
+		}
 		cols, rows, err := parseResize(m.Payload, d.order, d.cfg.ResizeOrder)
 		if err != nil {
 			d.violationLocked(fmt.Errorf("port %d: %w", p.id, err), p)
 			return
 		}
-		if cols != p.cols || rows != p.rows {
-			p.cols, p.rows = cols, rows
-			p.changedLocked()
-			d.emitLocked(p, PortChanged)
-		}
+		d.setSizeLocked(p, cols, rows)
 	default:
 		// Unknown codes, and driver→device codes coming back: ignored.
 		d.stats.UnknownEvents++

@@ -77,6 +77,10 @@ type ConsoleConfig struct {
 	// NoEventIdx and NoIndirect withdraw those ring features (QEMU
 	// event_idx=off, indirect_desc=off).
 	NoEventIdx, NoIndirect bool
+	// OfferSize offers VIRTIO_CONSOLE_F_SIZE, which QEMU 7.2 never does:
+	// the config fields cols and rows then hold what SetSize set, and
+	// Resize may send RESIZE messages.
+	OfferSize bool
 }
 
 // ConsoleMisbehaviour makes the console break protocol rules. Switches stay
@@ -159,6 +163,7 @@ type Console struct {
 	guestCtl    []ControlMsg
 	stats       ConsoleStats
 	ringBad     map[uint16]armed
+	cols, rows  uint16        // config space console size (OfferSize)
 	changed     chan struct{} // nil until someone waits
 	scratch     []ringtest.Buf
 }
@@ -197,6 +202,9 @@ func (c *Console) Features() uint64 {
 	if !c.cfg.NoEmergWrite {
 		f |= FeatureEmergWrite
 	}
+	if c.cfg.OfferSize {
+		f |= FeatureSize
+	}
 	return f
 }
 
@@ -220,12 +228,16 @@ func (c *Console) QueueMax(q uint16) uint16 {
 	return c.cfg.QueueSize
 }
 
-// ReadConfig implements Model: cols, rows (always 0: QEMU never offers
-// F_SIZE), max_nr_ports, emerg_wr.
+// ReadConfig implements Model: cols, rows (0 unless OfferSize and
+// SetSize: QEMU never offers F_SIZE), max_nr_ports, emerg_wr.
 func (c *Console) ReadConfig(off int, p []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var cfg [12]byte
+	if c.cfg.OfferSize {
+		le.PutUint16(cfg[0:], c.cols)
+		le.PutUint16(cfg[2:], c.rows)
+	}
 	mx := c.cfg.MaxPorts
 	if c.bad.OverrideMaxNrPorts {
 		mx = c.bad.MaxNrPorts
@@ -547,6 +559,33 @@ func (c *Console) Started() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.started
+}
+
+// SetSize sets the console size in the configuration space (OfferSize)
+// and raises a configuration interrupt, which a driver without MULTIPORT
+// takes as a resize of port 0 (Linux config_work_handler).
+func (c *Console) SetSize(cols, rows uint16) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cols, c.rows = cols, rows
+	c.configChanged()
+	c.signal()
+}
+
+// Resize sends RESIZE for port id with the payload {cols, rows} when
+// colsFirst (the spec's order), else {rows, cols} (the order Linux reads
+// on most deployed kernels). QEMU 7.2 never sends it. It reports whether
+// the message found a buffer.
+func (c *Console) Resize(id uint32, cols, rows uint16, colsFirst bool) bool {
+	var b [4]byte
+	if colsFirst {
+		le.PutUint16(b[0:], cols)
+		le.PutUint16(b[2:], rows)
+	} else {
+		le.PutUint16(b[0:], rows)
+		le.PutUint16(b[2:], cols)
+	}
+	return c.SendControl(id, EventResize, 0, b[:])
 }
 
 // EmergencyBytes returns bytes written through emerg_wr that found no
