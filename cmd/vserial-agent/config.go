@@ -91,7 +91,7 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	fl.Usage = func() {}
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprintf(out, "Usage: vserial-agent run [flags]\n\nDrive virtio-console functions and publish every port as a Unix socket.\nSIGTERM or SIGINT shut down cleanly (exit 0).\n\nFlags:\n%s", fl.FlagUsages())
+			fmt.Fprint(out, runUsage+fl.FlagUsages())
 			return runConfig{}, err
 		}
 		return runConfig{}, &usageError{cmd, err}
@@ -157,7 +157,7 @@ func parseList(args []string, out io.Writer) (listConfig, error) {
 	fl.Usage = func() {}
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprintf(out, "Usage: vserial-agent list [flags]\n\nShow the virtio-console functions in sysfs and the ports of the agent\nserving --socket-dir (asked over its .control socket).\n\nFlags:\n%s", fl.FlagUsages())
+			fmt.Fprint(out, listUsage+fl.FlagUsages())
 			return listConfig{}, err
 		}
 		return listConfig{}, &usageError{cmd, err}

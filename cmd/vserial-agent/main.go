@@ -16,20 +16,6 @@ import (
 	"github.com/spf13/pflag"
 )
 
-const mainUsage = `vserial-agent: userspace virtio-console driver; every port becomes a Unix socket.
-
-Usage:
-  vserial-agent run [flags]    drive virtio-console functions and serve their ports
-  vserial-agent list [flags]   show virtio-console functions and a running agent's ports
-  vserial-agent help [command] show help ("vserial-agent COMMAND --help" too)
-
-Exit codes:
-  0  success; for run, a clean shutdown after SIGTERM or SIGINT
-  1  runtime failure (socket directory, device, driver; the log says which)
-  2  usage error: unknown command or flag, bad flag value
-  3  valid but not supported yet (--bind=vfio)
-`
-
 // minProcs is the least GOMAXPROCS the agent runs with. On a one-CPU guest
 // GOMAXPROCS is 1, and then the runtime's sysmon takes the only P away from
 // every system call that lasts more than 20 µs (a readv or writev of a few

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/pciscan"
@@ -18,22 +19,31 @@ import (
 // devices after.
 func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceOpener) int {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	notify, err := newNotifier()
+	if err != nil {
+		// Not fatal: the supervisor will time the start out and say so.
+		log.Warn("readiness notification disabled", "err", err)
+	}
+	failed := func(msg string, err error) int {
+		log.Error(msg, "err", err)
+		if nerr := notify.send("STATUS=" + msg + ": " + err.Error()); nerr != nil {
+			log.Warn("readiness notification failed", "err", nerr)
+		}
+		return exitFailure
+	}
 	fns, err := selectFunctions(cfg, log)
 	if err != nil {
-		log.Error("no device to drive", "err", err)
-		return exitFailure
+		return failed("no device to drive", err)
 	}
 	cfg.Agent.Logger = log
 	a, err := agent.New(cfg.Agent)
 	if err != nil {
-		log.Error("cannot start the agent", "err", err)
-		return exitFailure
+		return failed("cannot start the agent", err)
 	}
 	ctl, err := a.ListenControl()
 	if err != nil {
 		a.Close()
-		log.Error("cannot create the control socket", "err", err)
-		return exitFailure
+		return failed("cannot create the control socket", err)
 	}
 	served := make(chan error, 1)
 	go func() { served <- a.ServeControl(ctl) }()
@@ -66,30 +76,63 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 				log.Info("interrupted while opening devices", "pci", f.Addr, "err", err)
 				return exitOK
 			}
-			log.Error("cannot open device", "pci", f.Addr, "err", err)
-			return exitFailure
+			return failed("cannot open device "+f.Addr, err)
 		}
 		devs = append(devs, d)
 		log.Info("device opened", "pci", f.Addr, "dev", i)
 	}
 
+	// Every device feeds its ports to the agent. The agent is ready once
+	// each port present at start has been published (AddPort returns with
+	// the socket in place), or its device stopped.
 	stopped := make(chan int, len(devs))
+	var starting sync.WaitGroup
+	nPresent := 0
 	for i, d := range devs {
+		want := map[agent.Port]bool{}
+		for _, p := range d.Present() {
+			want[p] = true
+		}
+		nPresent += len(want)
+		starting.Add(1)
 		go func() {
+			started := sync.OnceFunc(starting.Done)
+			if len(want) == 0 {
+				started()
+			}
 			for p := range d.Ports() {
 				if err := a.AddPort(i, p); err != nil && !errors.Is(err, agent.ErrClosed) {
 					log.Error("cannot publish port", "pci", fns[i].Addr, "dev", i, "port", p.ID(), "err", err)
 				}
+				if want[p] {
+					delete(want, p)
+					if len(want) == 0 {
+						started()
+					}
+				}
 			}
+			started()
 			stopped <- i
 		}()
 	}
+	ready := make(chan struct{})
+	go func() {
+		starting.Wait()
+		close(ready)
+	}()
 
 	code := exitOK
 	running := len(devs)
 	for running > 0 && ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
+		case <-ready:
+			ready = nil
+			log.Info("ready", "devices", len(devs), "ports", nPresent, "socket_dir", a.Dir())
+			status := fmt.Sprintf("STATUS=serving %d ports of %d devices in %s", nPresent, len(devs), a.Dir())
+			if err := notify.send("READY=1", status); err != nil {
+				log.Warn("readiness notification failed", "err", err)
+			}
 		case i := <-stopped:
 			running--
 			log.Error("device stopped", "pci", fns[i].Addr, "dev", i, "err", devs[i].Err())
@@ -100,6 +143,9 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 		log.Error("every device stopped; exiting")
 	} else {
 		log.Info("shutting down")
+	}
+	if err := notify.send("STOPPING=1", "STATUS=shutting down"); err != nil {
+		log.Warn("readiness notification failed", "err", err)
 	}
 	shutdown()
 	// Close ends every Ports channel; wait for the feeders.

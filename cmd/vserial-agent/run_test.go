@@ -41,6 +41,7 @@ func (s *syncBuffer) String() string {
 // fakeDevice is a device whose ports the test hands in.
 type fakeDevice struct {
 	ports   chan agent.Port
+	present []agent.Port // what Present reports
 	once    sync.Once
 	mu      sync.Mutex
 	err     error
@@ -54,6 +55,8 @@ func newFakeDevice(dir string) *fakeDevice {
 }
 
 func (d *fakeDevice) Ports() <-chan agent.Port { return d.ports }
+
+func (d *fakeDevice) Present() []agent.Port { return d.present }
 
 func (d *fakeDevice) Err() error {
 	d.mu.Lock()
@@ -98,6 +101,13 @@ type runHarness struct {
 // makes every open fail.
 func startRun(t *testing.T, sys string, extra []string, openErr error) *runHarness {
 	t.Helper()
+	return startRunPresent(t, sys, extra, openErr, nil)
+}
+
+// startRunPresent is startRun with devices that report present[i] as the
+// ports device i had at start (Present).
+func startRunPresent(t *testing.T, sys string, extra []string, openErr error, present [][]agent.Port) *runHarness {
+	t.Helper()
 	h := &runHarness{t: t, sys: sys, dir: filepath.Join(shortTempDir(t), "run"), done: make(chan int, 1), logs: &syncBuffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
@@ -109,6 +119,9 @@ func startRun(t *testing.T, sys string, extra []string, openErr error) *runHarne
 			return nil, openErr
 		}
 		d := newFakeDevice(h.dir)
+		if i := len(h.devs); i < len(present) {
+			d.present = present[i]
+		}
 		h.devs = append(h.devs, d)
 		return d, nil
 	}

@@ -25,6 +25,11 @@ type device interface {
 	// here as a new Port. The channel is closed when the device stops
 	// (Close, or a failure that Err then describes).
 	Ports() <-chan agent.Port
+	// Present returns the ports the device had when it was opened (QEMU
+	// announces its cold-plugged ports during bring-up). Each is also
+	// delivered on Ports; the agent reports itself ready once all of them
+	// are published.
+	Present() []agent.Port
 	// Err says why the device stopped, once Ports is closed; nil after Close.
 	Err() error
 	// Close resets the device, releases its memory and interrupt, gives
@@ -105,23 +110,33 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("bring up virtio-console %s: %w", addr, err)
 	}
+	// Back to the driver it had, or to none (unbound) if it had none:
+	// only a function that came to us already bound to uio_pci_generic
+	// stays there.
+	giveBack := func() {}
+	if took {
+		giveBack = func() { restore(spec.Sysfs, addr, prev, log) }
+	}
+	return newConsoleDevice(dev, fn.Close, giveBack), nil
+}
+
+// newConsoleDevice wraps a driver.Device that is up. release frees what the
+// driver ran on (the uio function) after the device is closed; restore then
+// gives the function back.
+func newConsoleDevice(dev *driver.Device, release func() error, restore func()) *consoleDevice {
 	d := &consoleDevice{
-		dev:   dev,
-		fn:    fn,
-		ports: make(chan agent.Port),
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
-		restore: func() {
-			// Back to the driver it had, or to none (unbound) if it had
-			// none: only a function that came to us already bound to
-			// uio_pci_generic stays there.
-			if took {
-				restore(spec.Sysfs, addr, prev, log)
-			}
-		},
+		dev:     dev,
+		release: release,
+		ports:   make(chan agent.Port),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		restore: restore,
+	}
+	for _, p := range dev.Ports() {
+		d.present = append(d.present, port{p})
 	}
 	go d.forward()
-	return d, nil
+	return d
 }
 
 // ensureModule loads a kernel module (with its dependencies, from
@@ -162,8 +177,9 @@ func driverName(d string) string {
 // consoleDevice is a driver.Device seen as a device of the agent.
 type consoleDevice struct {
 	dev     *driver.Device
-	fn      *uio.Function
+	release func() error
 	ports   chan agent.Port
+	present []agent.Port
 	restore func()
 
 	once     sync.Once
@@ -199,6 +215,8 @@ func (d *consoleDevice) forward() {
 
 func (d *consoleDevice) Ports() <-chan agent.Port { return d.ports }
 
+func (d *consoleDevice) Present() []agent.Port { return d.present }
+
 func (d *consoleDevice) Err() error {
 	select {
 	case <-d.stop:
@@ -209,13 +227,13 @@ func (d *consoleDevice) Err() error {
 }
 
 // Close resets the device (the driver sends PORT_OPEN 0 first), then
-// releases the uio function, then gives the function back.
+// releases what it ran on, then gives the function back.
 func (d *consoleDevice) Close() error {
 	d.once.Do(func() {
 		close(d.stop)
 		<-d.done
 		err := d.dev.Close()
-		if cerr := d.fn.Close(); err == nil {
+		if cerr := d.release(); err == nil {
 			err = cerr
 		}
 		d.restore()

@@ -1,0 +1,89 @@
+package main
+
+// The help texts. Each says what the command does, where its effects
+// appear, how to use it (examples) and how it exits; the flag list is
+// appended from the flag set so it never goes stale.
+
+const mainUsage = `vserial-agent: a userspace virtio-console (virtio-serial) driver for Linux guests.
+
+It takes the guest's virtio-console PCI functions away from the kernel
+(binding them to uio_pci_generic), drives them itself, and publishes every
+port the host (QEMU) offers as a Unix stream socket:
+
+  /run/vserial/NAME          a port the host named NAME (e.g. org.qemu.guest_agent.0)
+  /run/vserial/vport<D>p<N>  a port without a usable name (device D, port id N)
+  /run/vserial/.control      the agent's status socket (used by 'list')
+
+A guest program connects to a port's socket to talk to the host; one client
+per port at a time.
+
+Usage:
+  vserial-agent run [flags]    drive virtio-console functions and serve their ports
+  vserial-agent list [flags]   show virtio-console functions and a running agent's ports
+  vserial-agent help [command] show help ("vserial-agent COMMAND --help" too)
+
+Examples:
+  vserial-agent run                         serve every free virtio-console function
+  vserial-agent run --device 0000:00:03.0   take this function (even from virtio-pci)
+  vserial-agent list                        what is there, and which ports are connected
+  socat - UNIX-CONNECT:/run/vserial/org.example.port   talk to the host by hand
+
+Exit codes:
+  0  success; for run, a clean shutdown after SIGTERM or SIGINT
+  1  runtime failure (socket directory, device, driver; the log says which)
+  2  usage error: unknown command or flag, bad flag value
+  3  valid but not supported yet (--bind=vfio)
+
+Under systemd (Type=notify) run reports readiness when every port present at
+start has its socket. Needs root. See the README for QEMU options, the unit
+file and u-root images.
+`
+
+const runUsage = `Usage: vserial-agent run [flags]
+
+Drive virtio-console PCI functions from userspace and publish every port as
+a Unix stream socket in --socket-dir (default /run/vserial): SOCKET_DIR/NAME
+for a port the host named, SOCKET_DIR/vport<D>p<N> for one without a usable
+name (D: device index in PCI address order, N: port id). If two ports (of
+two devices, say) have the same name, the first published keeps it and the
+other is served as vport<D>p<N>; the clash is logged and shown by 'list'.
+Hot-plugged ports appear and unplugged ones disappear while it runs; a
+device that breaks the protocol is reset and its ports come back.
+
+Without --device it takes every virtio-console function that no kernel
+driver holds. It logs to stderr (structured, one line per event, none per
+buffer). With $NOTIFY_SOCKET set (systemd Type=notify) it sends READY=1 once
+every port present at start has its socket, and STOPPING=1 at shutdown.
+
+SIGTERM or SIGINT shut down cleanly: clients see end of file, the host sees
+every port closed, the device is reset, the sockets are removed and the
+function goes back to the driver it had; exit 0. A second signal kills.
+
+Examples:
+  vserial-agent run
+  vserial-agent run --device 0000:00:03.0 --socket-dir /run/vserial --socket-mode 0600
+  vserial-agent run --log-level debug
+
+Exit codes: 0 clean shutdown, 1 runtime failure (logged), 2 usage error,
+3 not supported yet (--bind=vfio).
+
+Flags:
+`
+
+const listUsage = `Usage: vserial-agent list [flags]
+
+Show the virtio-console PCI functions in sysfs (address, ids, which driver
+holds them) and, when an agent serves --socket-dir, its ports as it reports
+them over SOCKET_DIR/.control: device, id, name, socket, whether the host
+and a guest client are connected, byte counters, rejected clients, and a
+name that could not be used as the socket name (a clash or an unusable name).
+
+Examples:
+  vserial-agent list
+  vserial-agent list --json | jq '.agent.ports[] | select(.host_connected)'
+
+Exit codes: 0 listed (no agent running is not an error), 1 sysfs could not
+be read or the agent did not answer, 2 usage error.
+
+Flags:
+`
