@@ -61,6 +61,10 @@ type PortStatus struct {
 	ClientConnected bool
 	Stats           PortStats
 	RejectedClients uint64
+	// NameProblem says why Socket is not named after Name: the name is
+	// unusable as a file name, or another port (of any device) already
+	// has a socket of that name (a clash). "" when there is none.
+	NameProblem string
 }
 
 // Agent publishes ports as Unix sockets. Its methods are safe for concurrent
@@ -260,14 +264,15 @@ func (a *Agent) AddPort(dev int, p Port) error {
 // Status returns the state of every port, ordered by device and id.
 func (a *Agent) Status() []PortStatus {
 	type snap struct {
-		pt     *port
-		sock   string
-		client bool
+		pt      *port
+		sock    string
+		client  bool
+		problem string
 	}
 	a.mu.Lock()
 	snaps := make([]snap, 0, len(a.ports))
 	for _, pt := range a.ports {
-		snaps = append(snaps, snap{pt, pt.sock, pt.client != nil})
+		snaps = append(snaps, snap{pt, pt.sock, pt.client != nil, pt.nameProblem})
 	}
 	a.mu.Unlock()
 	// The ports are asked outside a.mu, so a Port may take its own locks
@@ -282,6 +287,7 @@ func (a *Agent) Status() []PortStatus {
 			ClientConnected: s.client,
 			Stats:           s.pt.p.Stats(),
 			RejectedClients: s.pt.rejected.Load(),
+			NameProblem:     s.problem,
 		}
 		if s.sock != "" {
 			st.Socket = filepath.Join(a.dir, s.sock)

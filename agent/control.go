@@ -51,6 +51,7 @@ type wireStatus struct {
 	ClientConnected bool      `json:"client_connected"`
 	Stats           wireStats `json:"stats"`
 	RejectedClients uint64    `json:"rejected_clients"`
+	NameProblem     string    `json:"name_problem,omitempty"`
 }
 
 type wireStats struct {
@@ -66,6 +67,7 @@ func toWire(s PortStatus) wireStatus {
 		HostConnected: s.HostConnected, ClientConnected: s.ClientConnected,
 		Stats:           wireStats(s.Stats),
 		RejectedClients: s.RejectedClients,
+		NameProblem:     s.NameProblem,
 	}
 }
 
@@ -75,6 +77,7 @@ func fromWire(w wireStatus) PortStatus {
 		HostConnected: w.HostConnected, ClientConnected: w.ClientConnected,
 		Stats:           PortStats(w.Stats),
 		RejectedClients: w.RejectedClients,
+		NameProblem:     w.NameProblem,
 	}
 }
 

@@ -3,9 +3,20 @@
 // Each port becomes SOCKET_DIR/NAME, NAME being the name the host gave the
 // port (PORT_NAME). A port without a usable name is published as
 // vport<DEV>p<ID>, the name Linux gives its character device, and moves to
-// its real name when one arrives. The package knows nothing of PCI, rings or
-// DMA memory: it consumes the small Port interface in port.go, which the
-// driver satisfies through an adapter in cmd/vserial-agent.
+// its real name when one arrives.
+//
+// Names are unique across devices: when a port's name is already the socket
+// of another port (of the same or another device), the port that was
+// published first keeps it and is never disturbed; the other is served as
+// vport<DEV>p<ID>, the clash is logged once (with the owner's device and
+// port) and shown in PortStatus.NameProblem (`vserial-agent list`). When the
+// owner goes away the other port moves to the name (a client already
+// connected keeps its connection). A name unusable as a file name is
+// reported the same way.
+//
+// The package knows nothing of PCI, rings or DMA memory: it consumes the
+// small Port interface in port.go, which the driver satisfies through an
+// adapter in cmd/vserial-agent.
 //
 // # One client per port
 //

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -23,12 +24,15 @@ type port struct {
 	rejected atomic.Uint64
 
 	// Guarded by a.mu.
-	gone     bool
-	sock     string // socket file name in a.dir, "" when unpublished
-	ln       *net.UnixListener
-	client   *session
-	badName  string // last name reported as unusable, so it is logged once
-	hostSeen bool   // host state last logged (watcher only)
+	gone    bool
+	sock    string // socket file name in a.dir, "" when unpublished
+	ln      *net.UnixListener
+	client  *session
+	badName string // last name reported as unusable, so it is logged once
+	// nameProblem says why the socket is not named after the port's name
+	// (unusable as a file name, or taken by another port); "" otherwise.
+	nameProblem string
+	hostSeen    bool // host state last logged (watcher only)
 }
 
 func newPort(a *Agent, dev int, p Port) *port {
@@ -87,6 +91,7 @@ func (pt *port) watch() {
 func (a *Agent) socketName(pt *port) string {
 	fallback := vportName(pt.dev, pt.p.ID())
 	name := pt.p.Name()
+	pt.nameProblem = ""
 	if name == "" {
 		return fallback
 	}
@@ -94,6 +99,7 @@ func (a *Agent) socketName(pt *port) string {
 		return name
 	}
 	if err := a.checkName(name); err != nil {
+		pt.nameProblem = "unusable as a socket name: " + err.Error()
 		if pt.badName != name {
 			pt.badName = name
 			pt.log.Warn("port name unusable as a socket name; keeping the fallback", "name", name, "reason", err.Error(), "socket", filepath.Join(a.dir, fallback))
@@ -101,6 +107,7 @@ func (a *Agent) socketName(pt *port) string {
 		return fallback
 	}
 	if o := a.owners[name]; o != nil && o != pt {
+		pt.nameProblem = fmt.Sprintf("name clash: device %d port %d has the socket %s", o.dev, o.p.ID(), name)
 		if pt.badName != name {
 			pt.badName = name
 			pt.log.Warn("another port already has this name; keeping the fallback", "name", name, "owner_dev", o.dev, "owner_port", o.p.ID(), "socket", filepath.Join(a.dir, fallback))

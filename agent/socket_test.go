@@ -2,14 +2,18 @@ package agent_test
 
 import (
 	"errors"
+	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/agent/agenttest"
@@ -285,5 +289,91 @@ func TestSecondAgentRefused(t *testing.T) {
 	a.Close()
 	if err := <-done; err != nil {
 		t.Errorf("ServeControl after Close: %v", err)
+	}
+}
+
+// lockedBuffer collects log output for assertions.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestNameClashAcrossDevices: two devices each have a port named alike. The
+// first published keeps the socket (its client undisturbed); the other is
+// served under its fallback vport name, the clash is logged and shown in
+// Status; when the first goes away the second takes the name.
+func TestNameClashAcrossDevices(t *testing.T) {
+	var logs lockedBuffer
+	a := newAgent(t, agent.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	const name = "org.example.clash"
+	sock := filepath.Join(a.Dir(), name)
+	first := agenttest.NewPort(1, name)
+	first.SetHostConnected(true)
+	addPort(t, a, 0, first)
+	c := connectClient(t, first, sock)
+	fi1, err := os.Lstat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	second := agenttest.NewPort(1, name)
+	second.SetHostConnected(true)
+	addPort(t, a, 1, second)
+	fallback := filepath.Join(a.Dir(), "vport1p1")
+	if !exists(fallback) {
+		t.Fatalf("the clashing port has no socket %s", fallback)
+	}
+	fi2, err := os.Lstat(sock)
+	if err != nil || !os.SameFile(fi1, fi2) {
+		t.Fatalf("the first port's socket was replaced (%v): a clash must never overwrite it", err)
+	}
+	s1, _ := status(a, 0, 1)
+	s2, _ := status(a, 1, 1)
+	if s1.Socket != sock || s1.NameProblem != "" {
+		t.Errorf("first port %+v, want socket %s and no name problem", s1, sock)
+	}
+	if s2.Socket != fallback || s2.Name != name || !strings.Contains(s2.NameProblem, "name clash") || !strings.Contains(s2.NameProblem, "device 0 port 1") {
+		t.Errorf("second port %+v, want socket %s, name %s and a name clash with device 0 port 1", s2, fallback, name)
+	}
+	if l := logs.String(); !strings.Contains(l, "another port already has this name") || !strings.Contains(l, "owner_dev=0") {
+		t.Errorf("the clash is not logged with its owner:\n%s", l)
+	}
+	// The first port's client still talks to the first port.
+	first.Deliver([]byte("one"))
+	buf := make([]byte, 3)
+	c.SetReadDeadline(time.Now().Add(patience))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "one" {
+		t.Fatalf("first client read %q, %v", buf, err)
+	}
+	// The second is usable on its fallback socket.
+	connectClient(t, second, fallback)
+
+	first.Remove()
+	waitStatus(t, a, "the second port to take the freed name", func(s []agent.PortStatus) bool {
+		return len(s) == 1 && s[0].Device == 1 && s[0].Socket == sock && s[0].NameProblem == ""
+	})
+	if exists(fallback) {
+		t.Errorf("%s still exists after the port moved to its name", fallback)
+	}
+}
+
+func TestUnusableNameShownInStatus(t *testing.T) {
+	a := newAgent(t, agent.Config{})
+	addPort(t, a, 0, agenttest.NewPort(3, "a/b"))
+	s, _ := status(a, 0, 3)
+	if s.Socket != filepath.Join(a.Dir(), "vport0p3") || !strings.Contains(s.NameProblem, "unusable") {
+		t.Errorf("status %+v, want the fallback socket and an unusable-name problem", s)
 	}
 }

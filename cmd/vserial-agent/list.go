@@ -55,6 +55,9 @@ type portJSON struct {
 	Discarded       uint64 `json:"discarded"`
 	Violations      uint64 `json:"violations"`
 	RejectedClients uint64 `json:"rejected_clients"`
+	// NameProblem: why the socket is not named after the port (a clash
+	// with another port's name, or a name unusable as a file name).
+	NameProblem string `json:"name_problem,omitempty"`
 }
 
 // list is `vserial-agent list`. It exits 1 when sysfs cannot be read or a
@@ -134,6 +137,7 @@ func buildReport(socketDir string, fns []pciscan.Function, scanErr error, ports 
 			Discarded:       p.Stats.Discarded,
 			Violations:      p.Stats.Violations,
 			RejectedClients: p.RejectedClients,
+			NameProblem:     p.NameProblem,
 		})
 	}
 	return rep
@@ -171,6 +175,11 @@ func writeText(w io.Writer, rep listReport) error {
 		for _, p := range rep.Agent.Ports {
 			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", p.Device, p.ID, dash(p.Name), dash(p.Socket),
 				yesNo(p.HostConnected), yesNo(p.ClientConnected), p.BytesIn, p.BytesOut, p.Discarded, p.RejectedClients)
+		}
+		for _, p := range rep.Agent.Ports {
+			if p.NameProblem != "" {
+				fmt.Fprintf(tw, "note: device %d port %d %q is served as %s: %s\n", p.Device, p.ID, p.Name, p.Socket, p.NameProblem)
+			}
 		}
 	}
 	return tw.Flush()

@@ -125,6 +125,12 @@ func TestListJSONEmptyAndErrors(t *testing.T) {
 		t.Errorf("agent not running should be running=false and no error: %v", ag)
 	}
 	out.Reset()
+	clash := []agent.PortStatus{{Device: 1, ID: 1, Name: "dup", Socket: "/d/vport1p1", NameProblem: "name clash"}}
+	writeJSON(&out, buildReport("/d", nil, nil, clash, nil))
+	if !strings.Contains(out.String(), `"name_problem": "name clash"`) {
+		t.Errorf("name_problem missing: %s", out.String())
+	}
+	out.Reset()
 	writeJSON(&out, buildReport("/d", nil, nil, nil, errors.New("agent says: boom")))
 	if !strings.Contains(out.String(), `"error": "agent says: boom"`) {
 		t.Errorf("query error missing: %s", out.String())
@@ -134,9 +140,11 @@ func TestListJSONEmptyAndErrors(t *testing.T) {
 func TestListText(t *testing.T) {
 	var out bytes.Buffer
 	fns := []pciscan.Function{{Addr: "0000:00:03.0", Vendor: 0x1af4, Device: 0x1003, SubVendor: 0x1af4, SubDevice: 3, Driver: "virtio-pci"}}
-	ports := []agent.PortStatus{{Device: 0, ID: 2, Socket: "/d/vport0p2"}}
+	ports := []agent.PortStatus{{Device: 0, ID: 2, Socket: "/d/vport0p2"},
+		{Device: 1, ID: 1, Name: "dup", Socket: "/d/vport1p1", NameProblem: "name clash: device 0 port 3 has the socket dup"}}
 	writeText(&out, buildReport("/d", fns, nil, ports, nil))
-	for _, want := range []string{"0000:00:03.0", "1af4:1003", "virtio-pci", "/d/vport0p2", "DISCARDED"} {
+	for _, want := range []string{"0000:00:03.0", "1af4:1003", "virtio-pci", "/d/vport0p2", "DISCARDED",
+		`note: device 1 port 1 "dup" is served as /d/vport1p1: name clash: device 0 port 3 has the socket dup`} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("text output lacks %q:\n%s", want, out.String())
 		}
