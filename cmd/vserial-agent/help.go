@@ -45,8 +45,9 @@ Drive virtio-console PCI functions from userspace and publish every port as
 a Unix stream socket in --socket-dir (default /run/vserial): SOCKET_DIR/NAME
 for a port the host named, SOCKET_DIR/vport<D>p<N> for one without a usable
 name (D: device index in PCI address order, N: port id). If two ports (of
-two devices, say) have the same name, the first published keeps it and the
-other is served as vport<D>p<N>; the clash is logged and shown by 'list'.
+two devices, say) have the same name, the first published keeps it (at
+start: the lower device index) and the other is served as vport<D>p<N>;
+the clash is logged and shown by 'list'.
 Hot-plugged ports appear and unplugged ones disappear while it runs; a
 device that breaks the protocol is reset and its ports come back.
 

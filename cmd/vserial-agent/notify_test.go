@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -81,15 +82,7 @@ func TestRunNotifiesReadyAfterPortsArePublished(t *testing.T) {
 	p2 := agenttest.NewPort(2, "")
 	p3 := agenttest.NewPort(1, "org.example.three")
 	h := startRunPresent(t, sys, nil, nil, [][]agent.Port{{p1, p2}, {p3}})
-	d0, d1 := h.device(0), h.device(1)
 
-	d0.ports <- p1
-	waitFile(t, filepath.Join(h.dir, "org.example.one"))
-	d1.ports <- p3
-	waitFile(t, filepath.Join(h.dir, "org.example.three"))
-	l.none("two of three start ports published")
-
-	d0.ports <- p2
 	kv := l.next()
 	for _, s := range []string{"org.example.one", "vport0p2", "org.example.three"} {
 		if _, err := os.Lstat(filepath.Join(h.dir, s)); err != nil {
@@ -106,10 +99,19 @@ func TestRunNotifiesReadyAfterPortsArePublished(t *testing.T) {
 		t.Errorf("$%s still set in the agent's environment: children would inherit it", notifyEnv)
 	}
 
-	// A port hot-plugged later changes nothing for readiness.
+	// The devices deliver their start ports on Ports as well (the driver
+	// reports every port there); those are not published twice. A port
+	// hot-plugged later is published and changes nothing for readiness.
+	d0, d1 := h.device(0), h.device(1)
+	d0.ports <- p1
+	d0.ports <- p2
+	d1.ports <- p3
 	d1.ports <- agenttest.NewPort(2, "org.example.late")
 	waitFile(t, filepath.Join(h.dir, "org.example.late"))
 	l.none("a hot-plugged port")
+	if strings.Contains(h.logs.String(), "cannot publish port") {
+		t.Errorf("a start port delivered again on Ports was published twice:\n%s", h.logs.String())
+	}
 
 	h.cancel() // SIGTERM
 	kv = l.next()
@@ -119,6 +121,33 @@ func TestRunNotifiesReadyAfterPortsArePublished(t *testing.T) {
 	if code := h.wait(); code != exitOK {
 		t.Fatalf("exit %d", code)
 	}
+}
+
+// TestRunNameClashGoesToLowerDevice: at start, ports are published in
+// device order, so of two start ports with one name the lower device index
+// keeps it whatever the timing.
+func TestRunNameClashGoesToLowerDevice(t *testing.T) {
+	sys := shortTempDir(t)
+	fakeFunction(t, sys, "0000:00:03.0", "0x1af4", "0x1043", "0x1100", "")
+	fakeFunction(t, sys, "0000:00:04.0", "0x1af4", "0x1043", "0x1100", "")
+	a0 := agenttest.NewPort(3, "org.example.same")
+	a1 := agenttest.NewPort(1, "org.example.same")
+	h := startRunPresent(t, sys, nil, nil, [][]agent.Port{{a0}, {a1}})
+	waitFile(t, filepath.Join(h.dir, "vport1p1"))
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	st, err := agent.QueryStatus(ctx, h.dir)
+	if err != nil || len(st) != 2 {
+		t.Fatalf("status %+v, %v", st, err)
+	}
+	if st[0].Device != 0 || st[0].Socket != filepath.Join(h.dir, "org.example.same") || st[0].NameProblem != "" {
+		t.Errorf("device 0's port %+v, want it on the name", st[0])
+	}
+	if st[1].Device != 1 || st[1].Socket != filepath.Join(h.dir, "vport1p1") || !strings.Contains(st[1].NameProblem, "device 0 port 3") {
+		t.Errorf("device 1's port %+v, want it on vport1p1 with the clash reported over the control socket", st[1])
+	}
+	h.cancel()
+	h.wait()
 }
 
 func TestRunNotifiesReadyWithNoPorts(t *testing.T) {

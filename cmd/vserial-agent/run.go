@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/pciscan"
@@ -82,57 +81,50 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 		log.Info("device opened", "pci", f.Addr, "dev", i)
 	}
 
-	// Every device feeds its ports to the agent. The agent is ready once
-	// each port present at start has been published (AddPort returns with
-	// the socket in place), or its device stopped.
-	stopped := make(chan int, len(devs))
-	var starting sync.WaitGroup
+	// The ports present at start are published first, device by device in
+	// index order and by id within a device, so a name two devices share
+	// goes to the lower device index (the other is served as
+	// vport<D>p<ID>). Then the agent is ready. Each device then feeds the
+	// ports that arrive later; its first delivery of a start port is the
+	// one just published and is skipped.
+	started := make([]map[agent.Port]bool, len(devs))
 	nPresent := 0
 	for i, d := range devs {
-		want := map[agent.Port]bool{}
+		started[i] = map[agent.Port]bool{}
 		for _, p := range d.Present() {
-			want[p] = true
-		}
-		nPresent += len(want)
-		starting.Add(1)
-		go func() {
-			started := sync.OnceFunc(starting.Done)
-			if len(want) == 0 {
-				started()
+			started[i][p] = true
+			nPresent++
+			if err := a.AddPort(i, p); err != nil {
+				log.Error("cannot publish port", "pci", fns[i].Addr, "dev", i, "port", p.ID(), "err", err)
 			}
+		}
+	}
+	log.Info("ready", "devices", len(devs), "ports", nPresent, "socket_dir", a.Dir())
+	if err := notify.send("READY=1", fmt.Sprintf("STATUS=serving %d ports of %d devices in %s", nPresent, len(devs), a.Dir())); err != nil {
+		log.Warn("readiness notification failed", "err", err)
+	}
+	stopped := make(chan int, len(devs))
+	for i, d := range devs {
+		go func() {
+			skip := started[i]
 			for p := range d.Ports() {
+				if skip[p] {
+					delete(skip, p)
+					continue
+				}
 				if err := a.AddPort(i, p); err != nil && !errors.Is(err, agent.ErrClosed) {
 					log.Error("cannot publish port", "pci", fns[i].Addr, "dev", i, "port", p.ID(), "err", err)
 				}
-				if want[p] {
-					delete(want, p)
-					if len(want) == 0 {
-						started()
-					}
-				}
 			}
-			started()
 			stopped <- i
 		}()
 	}
-	ready := make(chan struct{})
-	go func() {
-		starting.Wait()
-		close(ready)
-	}()
 
 	code := exitOK
 	running := len(devs)
 	for running > 0 && ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
-		case <-ready:
-			ready = nil
-			log.Info("ready", "devices", len(devs), "ports", nPresent, "socket_dir", a.Dir())
-			status := fmt.Sprintf("STATUS=serving %d ports of %d devices in %s", nPresent, len(devs), a.Dir())
-			if err := notify.send("READY=1", status); err != nil {
-				log.Warn("readiness notification failed", "err", err)
-			}
 		case i := <-stopped:
 			running--
 			log.Error("device stopped", "pci", fns[i].Addr, "dev", i, "err", devs[i].Err())
