@@ -18,6 +18,18 @@
 //     /bin/uinit), the kernel modules in GuestModules with their
 //     dependencies and a matching modules.dep under /lib/modules/VERSION,
 //     and Options.Files (BuildAgent adds cmd/vserial-agent).
+//   - No-IOMMU vfio.ko (Options.NoIOMMUVFIO): Debian builds vfio without
+//     CONFIG_VFIO_NOIOMMU, so EnsureNoIOMMUVFIO rebuilds that one module out
+//     of tree from linux-source-X.Y of the kernel's exact Debian version (read
+//     from the kernel's banner) against the matching linux-headers and
+//     linux-kbuild packages (downloaded and unpacked in the cache, never
+//     installed) with the kernel's compiler (gcc-12), checks that every
+//     symbol it exports keeps the CRC in the kernel's Module.symvers (so
+//     Debian's vfio-pci loads on it), strips it and caches it keyed by the
+//     banner: about 20 s once, nothing after. It replaces Debian's vfio.ko
+//     in the initramfs, and vfio.enable_unsafe_noiommu_mode=1 on the kernel
+//     command line reaches the module through the helper's modprobe. The
+//     module is unsigned; Debian kernels load it (no MODULE_SIG_FORCE).
 //   - QEMU: qemu-system-x86_64 -machine q35 -accel tcg -m 512M, the serial
 //     console on QEMU's stdin/stdout, QMP on a Unix socket, the device under
 //     test virtio-serial-pci (id vs0) and one virtserialport per Port with a
@@ -39,6 +51,9 @@
 //     function to uio_pci_generic that vserial-agent relies on.
 //   - TestIOMMUGuestBindsVFIO: with Options.IOMMU the device sits in an
 //     IOMMU group and binds to vfio-pci (the VFIO mode's guest).
+//   - TestNoIOMMUGuestBindsVFIO: with Options.NoIOMMUVFIO the rebuilt
+//     vfio.ko runs in no-IOMMU mode and the device, in no IOMMU group, binds
+//     to vfio-pci and gets /dev/vfio/noiommu-N.
 //   - TestAgentMultiport: vserial-agent on the default (transitional,
 //     0x1003) device with eight ports: socket names (named ports, an unnamed
 //     port as vport0p4), list --json, data both ways byte-exact on three

@@ -68,6 +68,11 @@ type Options struct {
 	// IOMMU adds an emulated Intel IOMMU (intel_iommu=on in the guest) and
 	// puts the device behind it (iommu_platform=on, modern only), for VFIO.
 	IOMMU bool
+	// NoIOMMUVFIO replaces the guest's vfio.ko with one rebuilt with
+	// CONFIG_VFIO_NOIOMMU=y (EnsureNoIOMMUVFIO), carries vfio-pci, and
+	// turns the mode on (NoIOMMUParam): binding the device to vfio-pci
+	// then gives /dev/vfio/noiommu-N. Not with IOMMU.
+	NoIOMMUVFIO bool
 	// DeviceProps are extra ",key=value" properties for virtio-serial-pci.
 	DeviceProps string
 	// NoDevice boots without the device under test.
@@ -168,9 +173,25 @@ func Boot(t testing.TB, opts Options) *Guest {
 		t.Fatalf("guest initramfs: %v", err)
 	}
 	helper := BuildGoBinary(t, "./tests/qemu/guest")
-	mods, err := k.ModuleFiles(append(append([]string{}, GuestModules...), opts.Modules...)...)
+	modNames := append(append([]string{}, GuestModules...), opts.Modules...)
+	if opts.NoIOMMUVFIO {
+		if opts.IOMMU {
+			t.Fatal("guest options: NoIOMMUVFIO and IOMMU exclude each other")
+		}
+		modNames = append(modNames, "vfio-pci")
+	}
+	mods, err := k.ModuleFiles(modNames...)
 	if err != nil {
 		t.Fatalf("guest modules: %v", err)
+	}
+	if opts.NoIOMMUVFIO {
+		ko, err := EnsureNoIOMMUVFIO(cache, k)
+		if err != nil {
+			t.Fatalf("guest modules: %v", err)
+		}
+		if err := replaceModule(mods, "kernel/drivers/vfio/vfio.ko", ko); err != nil {
+			t.Fatalf("guest modules: %v", err)
+		}
 	}
 	setup := time.Since(t0)
 
@@ -263,6 +284,9 @@ func (g *Guest) commandLine(opts Options, initrd string) []string {
 		mem = "512M"
 	}
 	machine, appendLine := "q35", opts.Append
+	if opts.NoIOMMUVFIO {
+		appendLine = NoIOMMUParam + " " + appendLine
+	}
 	if opts.IOMMU {
 		machine = "q35,kernel-irqchip=split"
 		appendLine = "intel_iommu=on " + appendLine

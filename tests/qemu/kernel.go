@@ -170,3 +170,17 @@ func (k *Kernel) ModuleFiles(names ...string) ([]File, error) {
 	}
 	return files, nil
 }
+
+// replaceModule makes the initramfs file of the module at rel (relative to
+// the module directory, e.g. "kernel/drivers/vfio/vfio.ko") come from src.
+func replaceModule(files []File, rel, src string) error {
+	for i := range files {
+		if dir, ok := strings.CutPrefix(files[i].Dst, "/lib/modules/"); ok {
+			if _, r, ok := strings.Cut(dir, "/"); ok && r == rel {
+				files[i].Src, files[i].Data = src, nil
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("no module %s among the guest's modules", rel)
+}

@@ -241,7 +241,9 @@ func exitCode(err error) int {
 
 // modprobe loads each module and its dependencies from
 // /lib/modules/$(uname -r)/modules.dep with finit_module(2). Modules that are
-// already loaded (or built in) are fine.
+// already loaded (or built in) are fine. As kmod's modprobe does, it gives
+// each module the MODULE.PARAM=VALUE parameters of the kernel command line
+// (e.g. vfio.enable_unsafe_noiommu_mode=1).
 func modprobe(args []string) error {
 	// Flags of kmod's modprobe (-q, -b, ...) change nothing here.
 	for len(args) > 0 && strings.HasPrefix(args[0], "-") {
@@ -256,6 +258,10 @@ func modprobe(args []string) error {
 	}
 	dir := filepath.Join("/lib/modules", unix.ByteSliceToString(u.Release[:]))
 	deps, err := readModulesDep(filepath.Join(dir, "modules.dep"))
+	if err != nil {
+		return err
+	}
+	cmdline, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		return err
 	}
@@ -274,7 +280,7 @@ func modprobe(args []string) error {
 			}
 		}
 		loaded[rel] = true
-		return insmod(filepath.Join(dir, rel))
+		return insmod(filepath.Join(dir, rel), cmdlineParams(string(cmdline), moduleName(rel)))
 	}
 	for _, name := range args {
 		rel := findModule(deps, name)
@@ -319,7 +325,21 @@ func findModule(deps map[string][]string, name string) string {
 	return ""
 }
 
-func insmod(path string) error {
+// cmdlineParams returns the parameters a kernel command line gives module
+// (its MODULE.PARAM=VALUE words, "-" and "_" alike in MODULE) in the form
+// finit_module takes: "PARAM=VALUE PARAM2=VALUE2".
+func cmdlineParams(cmdline, module string) string {
+	var params []string
+	for _, w := range strings.Fields(cmdline) {
+		mod, param, ok := strings.Cut(w, ".")
+		if ok && param != "" && !strings.Contains(mod, "=") && strings.ReplaceAll(mod, "-", "_") == module {
+			params = append(params, param)
+		}
+	}
+	return strings.Join(params, " ")
+}
+
+func insmod(path, params string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -329,7 +349,7 @@ func insmod(path string) error {
 	if !strings.HasSuffix(path, ".ko") {
 		flags = unix.MODULE_INIT_COMPRESSED_FILE
 	}
-	if err := unix.FinitModule(int(f.Fd()), "", flags); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := unix.FinitModule(int(f.Fd()), params, flags); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("finit_module %s: %w", path, err)
 	}
 	return nil
