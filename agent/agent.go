@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Defaults for Config fields left zero.
@@ -49,31 +50,46 @@ type Config struct {
 	DirMode fs.FileMode
 	// Logger receives one line per event (default slog.Default()).
 	Logger *slog.Logger
+	// Ports configures ports by name: the name the host gave, or
+	// vport<D>p<ID> for a port without one. Ports not listed get Default.
+	Ports map[string]PortConfig
+	// Default configures every port Ports does not name.
+	Default PortConfig
+	// RedialMin and RedialMax bound the wait between dials of a connect
+	// port (defaults DefaultRedialMin, DefaultRedialMax).
+	RedialMin, RedialMax time.Duration
 }
 
-// PortStatus describes one port for `vserial-agent list`.
+// PortStatus describes one port. It is also the JSON form of a port on the
+// control socket (the status answer, the snapshot of an event stream) and
+// in `vserial-agent list --json`.
 type PortStatus struct {
-	Device          int
-	ID              uint32
-	Name            string // the name the host gave, "" if none
-	Socket          string // path of the socket, "" if the port has none
-	HostConnected   bool
-	ClientConnected bool
-	Stats           PortStats
-	RejectedClients uint64
+	Device          int    `json:"device"`
+	ID              uint32 `json:"id"`
+	Name            string `json:"name"` // the name the host gave, "" if none
+	Mode            Mode   `json:"mode"`
+	Socket          string `json:"socket"`           // path of the socket, "" if the port has none
+	Target          string `json:"target,omitempty"` // connect mode: the socket dialed
+	HostConnected   bool   `json:"host_connected"`
+	ClientConnected bool   `json:"client_connected"` // a client (listen) or the dialed connection (connect) is up
+	PortStats              // the counters, inline in JSON
+	RejectedClients uint64 `json:"rejected_clients"`
 	// NameProblem says why Socket is not named after Name: the name is
 	// unusable as a file name, or another port (of any device) already
 	// has a socket of that name (a clash). "" when there is none.
-	NameProblem string
+	NameProblem string `json:"name_problem,omitempty"`
 }
 
 // Agent publishes ports as Unix sockets. Its methods are safe for concurrent
 // use.
 type Agent struct {
-	dir      string
-	sockMode fs.FileMode
-	log      *slog.Logger
-	maxName  int // longest socket name that fits sun_path with dir
+	dir                  string
+	sockMode             fs.FileMode
+	log                  *slog.Logger
+	maxName              int // longest socket name that fits sun_path with dir
+	portCfgs             map[string]PortConfig
+	defCfg               PortConfig
+	redialMin, redialMax time.Duration
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
@@ -115,6 +131,28 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.RedialMin <= 0 {
+		cfg.RedialMin = DefaultRedialMin
+	}
+	if cfg.RedialMax <= 0 {
+		cfg.RedialMax = DefaultRedialMax
+	}
+	if cfg.RedialMax < cfg.RedialMin {
+		return nil, fmt.Errorf("agent: redial max %v is below redial min %v", cfg.RedialMax, cfg.RedialMin)
+	}
+	if err := cfg.Default.Check(); err != nil {
+		return nil, fmt.Errorf("agent: default port configuration: %w", err)
+	}
+	if cfg.Default.effectiveMode() == ModeConnect {
+		return nil, errors.New("agent: default port configuration: mode connect needs a port of its own (one target per port)")
+	}
+	portCfgs := make(map[string]PortConfig, len(cfg.Ports))
+	for name, pc := range cfg.Ports {
+		if err := pc.Check(); err != nil {
+			return nil, fmt.Errorf("agent: port %q: %w", name, err)
+		}
+		portCfgs[name] = pc
+	}
 	if cfg.SocketMode&^fs.ModePerm != 0 || cfg.DirMode&^fs.ModePerm != 0 {
 		return nil, fmt.Errorf("agent: socket mode %v and dir mode %v must be plain permission bits (at most 0777)", cfg.SocketMode, cfg.DirMode)
 	}
@@ -131,13 +169,17 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{
-		dir:      dir,
-		sockMode: cfg.SocketMode,
-		log:      log,
-		maxName:  maxName,
-		ports:    make(map[portKey]*port),
-		owners:   make(map[string]*port),
-		controls: make(map[net.Listener]bool),
+		dir:       dir,
+		sockMode:  cfg.SocketMode,
+		log:       log,
+		maxName:   maxName,
+		portCfgs:  portCfgs,
+		defCfg:    cfg.Default,
+		redialMin: cfg.RedialMin,
+		redialMax: cfg.RedialMax,
+		ports:     make(map[portKey]*port),
+		owners:    make(map[string]*port),
+		controls:  make(map[net.Listener]bool),
 	}
 	if err := a.removeStale(); err != nil {
 		return nil, err
@@ -268,11 +310,12 @@ func (a *Agent) Status() []PortStatus {
 		sock    string
 		client  bool
 		problem string
+		cfg     PortConfig
 	}
 	a.mu.Lock()
 	snaps := make([]snap, 0, len(a.ports))
 	for _, pt := range a.ports {
-		snaps = append(snaps, snap{pt, pt.sock, pt.client != nil, pt.nameProblem})
+		snaps = append(snaps, snap{pt, pt.sock, pt.client != nil, pt.nameProblem, pt.cfg})
 	}
 	a.mu.Unlock()
 	// The ports are asked outside a.mu, so a Port may take its own locks
@@ -283,14 +326,14 @@ func (a *Agent) Status() []PortStatus {
 			Device:          s.pt.dev,
 			ID:              s.pt.p.ID(),
 			Name:            s.pt.p.Name(),
+			Mode:            s.cfg.effectiveMode(),
+			Socket:          s.sock,
+			Target:          s.cfg.Target,
 			HostConnected:   s.pt.p.HostConnected(),
 			ClientConnected: s.client,
-			Stats:           s.pt.p.Stats(),
+			PortStats:       s.pt.p.Stats(),
 			RejectedClients: s.pt.rejected.Load(),
 			NameProblem:     s.problem,
-		}
-		if s.sock != "" {
-			st.Socket = filepath.Join(a.dir, s.sock)
 		}
 		out = append(out, st)
 	}
@@ -352,8 +395,8 @@ func (a *Agent) dropLocked(pt *port, why string) {
 // unpublishLocked closes pt's listener and removes its socket file.
 func (a *Agent) unpublishLocked(pt *port) {
 	pt.ln.Close()
-	if err := os.Remove(filepath.Join(a.dir, pt.sock)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		pt.log.Warn("cannot remove socket", "socket", filepath.Join(a.dir, pt.sock), "err", err)
+	if err := os.Remove(pt.sock); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		pt.log.Warn("cannot remove socket", "socket", pt.sock, "err", err)
 	}
 	delete(a.owners, pt.sock)
 	pt.ln = nil

@@ -37,48 +37,8 @@ type controlRequest struct {
 }
 
 type controlResponse struct {
-	Ports []wireStatus `json:"ports"`
+	Ports []PortStatus `json:"ports"`
 	Error string       `json:"error,omitempty"`
-}
-
-// wireStatus is PortStatus as it travels on the control socket.
-type wireStatus struct {
-	Device          int       `json:"device"`
-	ID              uint32    `json:"id"`
-	Name            string    `json:"name"`
-	Socket          string    `json:"socket"`
-	HostConnected   bool      `json:"host_connected"`
-	ClientConnected bool      `json:"client_connected"`
-	Stats           wireStats `json:"stats"`
-	RejectedClients uint64    `json:"rejected_clients"`
-	NameProblem     string    `json:"name_problem,omitempty"`
-}
-
-type wireStats struct {
-	BytesIn    uint64 `json:"bytes_in"`
-	BytesOut   uint64 `json:"bytes_out"`
-	Discarded  uint64 `json:"discarded"`
-	Violations uint64 `json:"violations"`
-}
-
-func toWire(s PortStatus) wireStatus {
-	return wireStatus{
-		Device: s.Device, ID: s.ID, Name: s.Name, Socket: s.Socket,
-		HostConnected: s.HostConnected, ClientConnected: s.ClientConnected,
-		Stats:           wireStats(s.Stats),
-		RejectedClients: s.RejectedClients,
-		NameProblem:     s.NameProblem,
-	}
-}
-
-func fromWire(w wireStatus) PortStatus {
-	return PortStatus{
-		Device: w.Device, ID: w.ID, Name: w.Name, Socket: w.Socket,
-		HostConnected: w.HostConnected, ClientConnected: w.ClientConnected,
-		Stats:           PortStats(w.Stats),
-		RejectedClients: w.RejectedClients,
-		NameProblem:     w.NameProblem,
-	}
 }
 
 // ControlPath returns the path of the control socket in socketDir.
@@ -164,10 +124,7 @@ func (a *Agent) answer(c net.Conn) {
 	} else {
 		switch req.Op {
 		case "status":
-			resp.Ports = []wireStatus{}
-			for _, s := range a.Status() {
-				resp.Ports = append(resp.Ports, toWire(s))
-			}
+			resp.Ports = a.Status()
 		default:
 			resp.Error = fmt.Sprintf("unknown op %q", req.Op)
 		}
@@ -204,9 +161,8 @@ func QueryStatus(ctx context.Context, socketDir string) ([]PortStatus, error) {
 	if resp.Error != "" {
 		return nil, fmt.Errorf("agent: query %s: agent says: %s", path, resp.Error)
 	}
-	out := make([]PortStatus, 0, len(resp.Ports))
-	for _, w := range resp.Ports {
-		out = append(out, fromWire(w))
+	if resp.Ports == nil {
+		resp.Ports = []PortStatus{}
 	}
-	return out, nil
+	return resp.Ports, nil
 }

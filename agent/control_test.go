@@ -46,9 +46,9 @@ func TestControlStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []agent.PortStatus{
-		{Device: 0, ID: 1, Name: "org.qemu.guest_agent.0", Socket: filepath.Join(a.Dir(), "org.qemu.guest_agent.0"),
-			HostConnected: true, ClientConnected: true, Stats: agent.PortStats{BytesOut: 5}},
-		{Device: 1, ID: 2, Socket: filepath.Join(a.Dir(), "vport1p2")},
+		{Device: 0, ID: 1, Name: "org.qemu.guest_agent.0", Mode: agent.ModeListen, Socket: filepath.Join(a.Dir(), "org.qemu.guest_agent.0"),
+			HostConnected: true, ClientConnected: true, PortStats: agent.PortStats{BytesOut: 5}},
+		{Device: 1, ID: 2, Mode: agent.ModeListen, Socket: filepath.Join(a.Dir(), "vport1p2")},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("QueryStatus = %+v, want %+v", got, want)

@@ -61,6 +61,18 @@
 // not take because it closed in the middle of a write are discarded and
 // counted the same way.
 //
+// # Per-port configuration and connect mode
+//
+// Config.Ports and Config.Default choose each port's Mode by name (the
+// host's name, or vport<DEV>p<ID> while it has none): ModeListen publishes
+// a socket (at PortConfig.Socket if set, with its own owner, group and
+// mode), ModeConnect dials PortConfig.Target and treats the dialed
+// connection as the client (PORT_OPEN follows it, the same backpressure
+// applies), redialing with capped exponential backoff (Config.RedialMin,
+// RedialMax) when the dial fails or the connection ends, ModeIgnore leaves
+// the port closed and unpublished. A name arriving after PORT_ADD can move
+// a port to another mode; the old mode's socket, dialer and client end.
+//
 // # Socket directory
 //
 // New creates the directory if missing (mode Config.DirMode), and refuses a

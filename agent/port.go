@@ -47,8 +47,8 @@ type Port interface {
 
 // PortStats are a port's counters.
 type PortStats struct {
-	BytesIn    uint64 // host → guest, delivered to a client
-	BytesOut   uint64 // guest → host, taken by the device
-	Discarded  uint64 // host → guest bytes dropped (no reader, closed)
-	Violations uint64 // device protocol violations on this port
+	BytesIn    uint64 `json:"bytes_in"`   // host → guest, delivered to a client
+	BytesOut   uint64 `json:"bytes_out"`  // guest → host, taken by the device
+	Discarded  uint64 `json:"discarded"`  // host → guest bytes dropped (no reader, closed)
+	Violations uint64 `json:"violations"` // device protocol violations on this port
 }

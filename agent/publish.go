@@ -24,11 +24,14 @@ type port struct {
 	rejected atomic.Uint64
 
 	// Guarded by a.mu.
-	gone    bool
-	sock    string // socket file name in a.dir, "" when unpublished
-	ln      *net.UnixListener
-	client  *session
-	badName string // last name reported as unusable, so it is logged once
+	gone     bool
+	sock     string // socket path, "" when unpublished
+	ln       *net.UnixListener
+	client   *session
+	badName  string // last name reported as unusable, so it is logged once
+	cfg      PortConfig
+	cfgSet   bool               // cfg holds the configuration in force
+	dialStop context.CancelFunc // ends the connect-mode dialer, nil if none
 	// nameProblem says why the socket is not named after the port's name
 	// (unusable as a file name, or taken by another port); "" otherwise.
 	nameProblem string
@@ -95,7 +98,7 @@ func (a *Agent) socketName(pt *port) string {
 	if name == "" {
 		return fallback
 	}
-	if name == pt.sock {
+	if filepath.Join(a.dir, name) == pt.sock {
 		return name
 	}
 	if err := a.checkName(name); err != nil {
@@ -106,7 +109,7 @@ func (a *Agent) socketName(pt *port) string {
 		}
 		return fallback
 	}
-	if o := a.owners[name]; o != nil && o != pt {
+	if o := a.owners[filepath.Join(a.dir, name)]; o != nil && o != pt {
 		pt.nameProblem = fmt.Sprintf("name clash: device %d port %d has the socket %s", o.dev, o.p.ID(), name)
 		if pt.badName != name {
 			pt.badName = name
@@ -117,25 +120,117 @@ func (a *Agent) socketName(pt *port) string {
 	return name
 }
 
-// placeSocket publishes pt under the name it should have, moving it from its
-// current socket if the name changed.
+// portConfig returns the configuration pt gets now: the entry for its name
+// (the host's name, or the fallback vport name while it has none), or the
+// default. a.mu is held.
+func (a *Agent) portConfig(pt *port) PortConfig {
+	name := pt.p.Name()
+	if name == "" {
+		name = vportName(pt.dev, pt.p.ID())
+	}
+	if c, ok := a.portCfgs[name]; ok {
+		return c
+	}
+	return a.defCfg
+}
+
+// placeSocket gives pt what its configuration asks for now: a socket
+// (listen), a dialer (connect) or nothing (ignore). A change of
+// configuration (a name arrived that has an entry of its own) retires what
+// the old one set up; a client of the old mode is ended.
 func (a *Agent) placeSocket(pt *port) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if pt.gone || a.closed {
 		return
 	}
-	want := a.socketName(pt)
+	cfg := a.portConfig(pt)
+	if !pt.cfgSet || !cfg.same(pt.cfg) {
+		if pt.cfgSet {
+			a.retireLocked(pt, cfg.effectiveMode() != pt.cfg.effectiveMode())
+		}
+		pt.cfg, pt.cfgSet = cfg, true
+		switch m := cfg.effectiveMode(); m {
+		case ModeIgnore:
+			pt.log.Info("port ignored by configuration: no socket, never opened towards the host", "name", pt.p.Name())
+		case ModeConnect:
+			pt.log.Info("port in connect mode", "name", pt.p.Name(), "target", cfg.Target)
+		case ModePTY:
+			pt.log.Warn("pty mode is not available in this build; serving the port as a socket", "name", pt.p.Name())
+		}
+	}
+	if cfg.Socket != "" || cfg.effectiveMode() == ModeIgnore || cfg.effectiveMode() == ModeConnect {
+		pt.nameProblem = "" // the socket is not named after the port
+	}
+	switch cfg.effectiveMode() {
+	case ModeIgnore:
+	case ModeConnect:
+		if pt.dialStop == nil {
+			ctx, cancel := context.WithCancel(pt.ctx)
+			pt.dialStop = cancel
+			a.wg.Add(1)
+			go pt.dial(ctx, cfg.Target)
+		}
+	default:
+		a.placeListenLocked(pt, cfg)
+	}
+}
+
+// retireLocked undoes what pt's current configuration set up: its socket,
+// its dialer and, when the mode changes, its client session. a.mu is held.
+func (a *Agent) retireLocked(pt *port, modeChanged bool) {
+	if pt.ln != nil {
+		a.unpublishLocked(pt)
+	}
+	if pt.dialStop != nil {
+		pt.dialStop()
+		pt.dialStop = nil
+	}
+	if modeChanged && pt.client != nil {
+		pt.client.cancel()
+	}
+}
+
+// socketPath picks the socket path pt should have now under cfg. a.mu is
+// held.
+func (a *Agent) socketPath(pt *port, cfg PortConfig) string {
+	if cfg.Socket == "" {
+		return filepath.Join(a.dir, a.socketName(pt))
+	}
+	want := cfg.Socket
+	if !filepath.IsAbs(want) {
+		want = filepath.Join(a.dir, want)
+	}
+	if o := a.owners[want]; o != nil && o != pt {
+		fallback := filepath.Join(a.dir, vportName(pt.dev, pt.p.ID()))
+		pt.nameProblem = fmt.Sprintf("configured socket %s: device %d port %d has it", want, o.dev, o.p.ID())
+		if pt.badName != want {
+			pt.badName = want
+			pt.log.Warn("configured socket already belongs to another port; keeping the fallback", "socket", want, "owner_dev", o.dev, "owner_port", o.p.ID(), "fallback", fallback)
+		}
+		return fallback
+	}
+	return want
+}
+
+// placeListenLocked publishes pt at the path it should have, moving it from
+// its current socket if the path changed. a.mu is held.
+func (a *Agent) placeListenLocked(pt *port, cfg PortConfig) {
+	want := a.socketPath(pt, cfg)
 	if want == pt.sock {
 		return
 	}
 	if o := a.owners[want]; o != nil {
 		// Only a fallback name can get here (socketName checked names):
 		// the previous incarnation of this port has not let go yet.
-		pt.log.Warn("socket name still held by another port", "socket", filepath.Join(a.dir, want))
+		pt.log.Warn("socket name still held by another port", "socket", want)
 		return
 	}
-	ln, err := a.listen(want)
+	perm := sockPerm{mode: cfg.SocketMode, owner: cfg.Owner, group: cfg.Group}
+	if perm.mode == 0 {
+		perm.mode = a.sockMode
+	}
+	ln, err := a.listenAt(want, perm, filepath.Dir(want) != a.dir)
 	if err != nil {
 		pt.log.Error("cannot create port socket", "err", err)
 		return
@@ -146,14 +241,85 @@ func (a *Agent) placeSocket(pt *port) {
 	}
 	pt.sock, pt.ln = want, ln
 	a.owners[want] = pt
-	path := filepath.Join(a.dir, want)
 	if old == "" {
-		pt.log.Info("port published", "socket", path)
+		pt.log.Info("port published", "socket", want)
 	} else {
-		pt.log.Info("port named; socket moved", "name", want, "socket", path, "old_socket", filepath.Join(a.dir, old))
+		pt.log.Info("port named; socket moved", "name", pt.p.Name(), "socket", want, "old_socket", old)
 	}
 	a.wg.Add(1)
 	go pt.accept(ln)
+}
+
+// dial is the connect mode: it dials target, runs a session on the
+// connection, and redials when the dial fails or the connection ends, with
+// capped exponential backoff, until ctx ends.
+func (pt *port) dial(ctx context.Context, target string) {
+	a := pt.a
+	defer a.wg.Done()
+	b := newBackoff(a.redialMin, a.redialMax)
+	failing := false
+	var d net.Dialer
+	for {
+		// A session of an earlier mode or connection may still hold the
+		// port (bytes waiting for the host): wait for it.
+		a.mu.Lock()
+		prev := pt.client
+		a.mu.Unlock()
+		if prev != nil {
+			select {
+			case <-prev.done:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		c, err := d.DialContext(ctx, "unix", target)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			wait := b.failed()
+			if !failing {
+				failing = true
+				pt.log.Warn("cannot reach the target; redialing with backoff", "target", target, "err", err, "max_wait", a.redialMax)
+			} else {
+				pt.log.Debug("redial failed", "target", target, "err", err, "wait", wait)
+			}
+			if !sleepCtx(ctx, wait) {
+				return
+			}
+			continue
+		}
+		failing = false
+		start := time.Now()
+		s := pt.connect(c.(*net.UnixConn))
+		if s == nil {
+			if !sleepCtx(ctx, b.failed()) {
+				return
+			}
+			continue
+		}
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+			return
+		}
+		if !sleepCtx(ctx, b.ended(time.Since(start))) {
+			return
+		}
+	}
+}
+
+// sleepCtx waits for d, or returns false when ctx ends first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // accept takes connections on one listener of pt until it is closed.
@@ -179,25 +345,27 @@ func (pt *port) accept(ln *net.UnixListener) {
 	}
 }
 
-// connect starts a session for c, or turns c away if the port has a client.
-func (pt *port) connect(c *net.UnixConn) {
+// connect starts a session for c, or turns c away if the port has a client
+// (then it returns nil).
+func (pt *port) connect(c *net.UnixConn) *session {
 	a := pt.a
 	a.mu.Lock()
 	if pt.gone || a.closed {
 		a.mu.Unlock()
 		c.Close()
-		return
+		return nil
 	}
 	if pt.client != nil {
 		n := pt.rejected.Add(1)
 		a.mu.Unlock()
 		defer c.Close()
 		pt.log.Warn("client rejected: the port already has a client", append(peerAttrs(c), "rejected_total", n)...)
-		return
+		return nil
 	}
 	s := newSession(pt, c)
 	pt.client = s
 	a.wg.Add(1)
 	a.mu.Unlock()
 	go s.run()
+	return s
 }

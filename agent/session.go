@@ -35,11 +35,12 @@ type session struct {
 	c      *net.UnixConn
 	ctx    context.Context // ends the pumps
 	cancel context.CancelFunc
+	done   chan struct{} // closed when the session has let go of the port
 }
 
 func newSession(pt *port, c *net.UnixConn) *session {
 	ctx, cancel := context.WithCancel(pt.ctx)
-	return &session{pt: pt, c: c, ctx: ctx, cancel: cancel}
+	return &session{pt: pt, c: c, ctx: ctx, cancel: cancel, done: make(chan struct{})}
 }
 
 // run opens the port for the client, pumps bytes both ways until the client
@@ -86,6 +87,7 @@ func (s *session) run() {
 		pt.client = nil
 	}
 	a.mu.Unlock()
+	close(s.done)
 	pt.log.Info("client gone", "why", s.why(err))
 }
 

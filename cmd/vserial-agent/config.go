@@ -84,6 +84,9 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	bind := fl.String("bind", bindAuto, "how to take the function: uio (uio_pci_generic), vfio (vfio-pci; not supported yet) or auto")
 	maxPorts := fl.Int("max-ports", 0, "set up at most this many ports per device (0: as many as the device offers)")
 	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
+	configFile := fl.String("config", "", "per-port configuration file (format: README, Configuration)")
+	portFlags := fl.StringArray("port", nil, "configure one port: 'NAME KEY=VALUE ...' as after 'port' in the config file (repeatable; overrides the file key by key)")
+	ignoreFlags := fl.StringArray("ignore", nil, "port NAME to leave alone: no socket, never opened towards the host (repeatable)")
 	sysfs := fl.String("sysfs", "/sys", "sysfs root (for tests)")
 	fl.MarkHidden("sysfs")
 	cpuProfile := fl.String("cpuprofile", "", "write a CPU profile of the run to this file")
@@ -141,6 +144,11 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	if cfg.Sysfs, err = checkDir(cmd, "--sysfs", *sysfs); err != nil {
 		return runConfig{}, err
 	}
+	pcs, err := loadPortConfigs(*configFile, *portFlags, *ignoreFlags, systemLookups)
+	if err != nil {
+		return runConfig{}, &usageError{cmd, err}
+	}
+	cfg.Agent.Default, cfg.Agent.Ports = pcs.Default, pcs.Ports
 	cfg.CPUProfile = *cpuProfile
 	return cfg, nil
 }

@@ -56,6 +56,12 @@ driver holds. It logs to stderr (structured, one line per event, none per
 buffer). With $NOTIFY_SOCKET set (systemd Type=notify) it sends READY=1 once
 every port present at start has its socket, and STOPPING=1 at shutdown.
 
+Ports can be configured by name (--config FILE, --port, --ignore; format in
+the README): mode listen (the default), connect (the agent dials a socket
+another program listens on, e.g. qemu-ga --method=unix-listen, and redials
+with backoff), pty, or ignore (no socket, never opened towards the host); a
+socket path, owner, group and mode.
+
 SIGTERM or SIGINT shut down cleanly: clients see end of file, the host sees
 every port closed, the device is reset, the sockets are removed and the
 function goes back to the driver it had; exit 0. A second signal kills.
@@ -64,6 +70,8 @@ Examples:
   vserial-agent run
   vserial-agent run --device 0000:00:03.0 --socket-dir /run/vserial --socket-mode 0600
   vserial-agent run --log-level debug
+  vserial-agent run --port 'org.qemu.guest_agent.0 mode=connect target=/run/qga.sock'
+  vserial-agent run --config /etc/vserial.conf --ignore org.example.unused
 
 Exit codes: 0 clean shutdown, 1 runtime failure (logged), 2 usage error,
 3 not supported yet (--bind=vfio).

@@ -37,27 +37,10 @@ type functionJSON struct {
 }
 
 type agentJSON struct {
-	SocketDir string     `json:"socket_dir"`
-	Running   bool       `json:"running"`
-	Error     string     `json:"error,omitempty"`
-	Ports     []portJSON `json:"ports"`
-}
-
-type portJSON struct {
-	Device          int    `json:"device"`
-	ID              uint32 `json:"id"`
-	Name            string `json:"name"`
-	Socket          string `json:"socket"`
-	HostConnected   bool   `json:"host_connected"`
-	ClientConnected bool   `json:"client_connected"`
-	BytesIn         uint64 `json:"bytes_in"`
-	BytesOut        uint64 `json:"bytes_out"`
-	Discarded       uint64 `json:"discarded"`
-	Violations      uint64 `json:"violations"`
-	RejectedClients uint64 `json:"rejected_clients"`
-	// NameProblem: why the socket is not named after the port (a clash
-	// with another port's name, or a name unusable as a file name).
-	NameProblem string `json:"name_problem,omitempty"`
+	SocketDir string             `json:"socket_dir"`
+	Running   bool               `json:"running"`
+	Error     string             `json:"error,omitempty"`
+	Ports     []agent.PortStatus `json:"ports"`
 }
 
 // list is `vserial-agent list`. It exits 1 when sysfs cannot be read or a
@@ -95,7 +78,7 @@ func list(ctx context.Context, cfg listConfig, stdout, stderr io.Writer) int {
 func buildReport(socketDir string, fns []pciscan.Function, scanErr error, ports []agent.PortStatus, queryErr error) listReport {
 	rep := listReport{
 		Functions: []functionJSON{},
-		Agent:     agentJSON{SocketDir: socketDir, Ports: []portJSON{}},
+		Agent:     agentJSON{SocketDir: socketDir, Ports: []agent.PortStatus{}},
 	}
 	if scanErr != nil {
 		rep.FunctionsError = scanErr.Error()
@@ -124,22 +107,7 @@ func buildReport(socketDir string, fns []pciscan.Function, scanErr error, ports 
 	default:
 		rep.Agent.Error = queryErr.Error()
 	}
-	for _, p := range ports {
-		rep.Agent.Ports = append(rep.Agent.Ports, portJSON{
-			Device:          p.Device,
-			ID:              p.ID,
-			Name:            p.Name,
-			Socket:          p.Socket,
-			HostConnected:   p.HostConnected,
-			ClientConnected: p.ClientConnected,
-			BytesIn:         p.Stats.BytesIn,
-			BytesOut:        p.Stats.BytesOut,
-			Discarded:       p.Stats.Discarded,
-			Violations:      p.Stats.Violations,
-			RejectedClients: p.RejectedClients,
-			NameProblem:     p.NameProblem,
-		})
-	}
+	rep.Agent.Ports = append(rep.Agent.Ports, ports...)
 	return rep
 }
 
@@ -171,9 +139,13 @@ func writeText(w io.Writer, rep listReport) error {
 	case len(rep.Agent.Ports) == 0:
 		fmt.Fprintf(tw, "agent on %s: no ports\n", rep.Agent.SocketDir)
 	default:
-		fmt.Fprintf(tw, "DEV\tPORT\tNAME\tSOCKET\tHOST\tCLIENT\tIN\tOUT\tDISCARDED\tREJECTED\n")
+		fmt.Fprintf(tw, "DEV\tPORT\tNAME\tMODE\tSOCKET\tHOST\tCLIENT\tIN\tOUT\tDISCARDED\tREJECTED\n")
 		for _, p := range rep.Agent.Ports {
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", p.Device, p.ID, dash(p.Name), dash(p.Socket),
+			where := p.Socket
+			if p.Mode == agent.ModeConnect {
+				where = "→ " + p.Target
+			}
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", p.Device, p.ID, dash(p.Name), dash(string(p.Mode)), dash(where),
 				yesNo(p.HostConnected), yesNo(p.ClientConnected), p.BytesIn, p.BytesOut, p.Discarded, p.RejectedClients)
 		}
 		for _, p := range rep.Agent.Ports {

@@ -55,9 +55,9 @@ func TestListJSONFormat(t *testing.T) {
 		{Addr: "0000:00:04.0", Vendor: 0x8086, Device: 0x10d3, Class: 0x020000, Driver: "e1000e"}, // not a console: left out
 	}
 	ports := []agent.PortStatus{{
-		Device: 0, ID: 1, Name: "org.qemu.guest_agent.0", Socket: "/run/vserial/org.qemu.guest_agent.0",
+		Device: 0, ID: 1, Name: "org.qemu.guest_agent.0", Mode: agent.ModeListen, Socket: "/run/vserial/org.qemu.guest_agent.0",
 		HostConnected: true, ClientConnected: true,
-		Stats:           agent.PortStats{BytesIn: 10, BytesOut: 20, Discarded: 3, Violations: 1},
+		PortStats:       agent.PortStats{BytesIn: 10, BytesOut: 20, Discarded: 3, Violations: 1},
 		RejectedClients: 2,
 	}}
 	var out bytes.Buffer
@@ -87,6 +87,7 @@ func TestListJSONFormat(t *testing.T) {
         "device": 0,
         "id": 1,
         "name": "org.qemu.guest_agent.0",
+        "mode": "listen",
         "socket": "/run/vserial/org.qemu.guest_agent.0",
         "host_connected": true,
         "client_connected": true,
@@ -140,10 +141,11 @@ func TestListJSONEmptyAndErrors(t *testing.T) {
 func TestListText(t *testing.T) {
 	var out bytes.Buffer
 	fns := []pciscan.Function{{Addr: "0000:00:03.0", Vendor: 0x1af4, Device: 0x1003, SubVendor: 0x1af4, SubDevice: 3, Driver: "virtio-pci"}}
-	ports := []agent.PortStatus{{Device: 0, ID: 2, Socket: "/d/vport0p2"},
+	ports := []agent.PortStatus{{Device: 0, ID: 2, Mode: agent.ModeListen, Socket: "/d/vport0p2"},
+		{Device: 0, ID: 3, Name: "qga", Mode: agent.ModeConnect, Target: "/run/qga.sock"},
 		{Device: 1, ID: 1, Name: "dup", Socket: "/d/vport1p1", NameProblem: "name clash: device 0 port 3 has the socket dup"}}
 	writeText(&out, buildReport("/d", fns, nil, ports, nil))
-	for _, want := range []string{"0000:00:03.0", "1af4:1003", "virtio-pci", "/d/vport0p2", "DISCARDED",
+	for _, want := range []string{"0000:00:03.0", "1af4:1003", "virtio-pci", "/d/vport0p2", "DISCARDED", "MODE", "connect", "→ /run/qga.sock",
 		`note: device 1 port 1 "dup" is served as /d/vport1p1: name clash: device 0 port 3 has the socket dup`} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("text output lacks %q:\n%s", want, out.String())
@@ -192,7 +194,7 @@ func TestListAgainstRunningAgent(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatal(err)
 	}
-	want := portJSON{Device: 0, ID: 1, Name: "named", Socket: filepath.Join(dir, "named"), HostConnected: true}
+	want := agent.PortStatus{Device: 0, ID: 1, Name: "named", Mode: agent.ModeListen, Socket: filepath.Join(dir, "named"), HostConnected: true}
 	if !rep.Agent.Running || len(rep.Agent.Ports) != 1 || rep.Agent.Ports[0] != want {
 		t.Errorf("agent part of the report: %+v, want one port %+v", rep.Agent, want)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/tests/qemu/internal/wire"
 )
 
@@ -34,24 +35,24 @@ type agentList struct {
 	} `json:"agent"`
 }
 
-type listPort struct {
-	Device          int    `json:"device"`
-	ID              uint32 `json:"id"`
-	Name            string `json:"name"`
-	Socket          string `json:"socket"`
-	HostConnected   bool   `json:"host_connected"`
-	ClientConnected bool   `json:"client_connected"`
-	BytesIn         uint64 `json:"bytes_in"`
-	BytesOut        uint64 `json:"bytes_out"`
-	Discarded       uint64 `json:"discarded"`
-	Violations      uint64 `json:"violations"`
-	RejectedClients uint64 `json:"rejected_clients"`
-}
+// listPort is one port of `list --json`: the agent's own status type, so
+// the JSON shape is defined once.
+type listPort = agent.PortStatus
 
 // port returns the listed port whose socket is sock.
 func (l agentList) port(sock string) (listPort, bool) {
 	for _, p := range l.Agent.Ports {
 		if p.Socket == sock {
+			return p, true
+		}
+	}
+	return listPort{}, false
+}
+
+// byName returns the listed port the host named name.
+func (l agentList) byName(name string) (listPort, bool) {
+	for _, p := range l.Agent.Ports {
+		if p.Name == name {
 			return p, true
 		}
 	}
@@ -71,12 +72,18 @@ type runningAgent struct {
 // and its log and goroutine stacks are printed.
 func bootAgent(t *testing.T, opts Options, sockets ...string) *runningAgent {
 	t.Helper()
+	return bootAgentArgs(t, opts, nil, sockets...)
+}
+
+// bootAgentArgs is bootAgent with extra arguments for `vserial-agent run`.
+func bootAgentArgs(t *testing.T, opts Options, args []string, sockets ...string) *runningAgent {
+	t.Helper()
 	opts.Files = append(opts.Files, BuildAgent(t))
 	g := Boot(t, opts)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	t0 := time.Now()
-	p, err := StartAgent(ctx, g, "--log-level", "info")
+	p, err := StartAgent(ctx, g, append([]string{"--log-level", "info"}, args...)...)
 	if err != nil {
 		t.Fatalf("starting vserial-agent: %v", err)
 	}
