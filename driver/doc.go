@@ -34,7 +34,10 @@
 // interface; never bit 30 or an unoffered bit), fails with ErrFeatureMissing
 // when a required bit is not offered, sets FEATURES_OK and re-reads it
 // (ErrFeaturesRefused). Every failure sets FAILED. The caller puts
-// FeatureAccessPlatform in the wanted set when an IOMMU is in use.
+// FeatureAccessPlatform in the wanted set when an IOMMU is in use; a device
+// that offers it to a caller without an IOMMU (uio, VFIO no-IOMMU) is
+// refused with ErrNeedsIOMMU, since its DMA would be translated by an IOMMU
+// while the driver hands it physical addresses.
 //
 // Tests run against virtiotest.Function. Because virtiotest cannot import
 // this package, its methods return concrete types and

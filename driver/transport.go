@@ -114,9 +114,9 @@ func newTransport(fn Function, log *slog.Logger) (transport, error) {
 // (ErrFeatureMissing, ErrFeaturesRefused).
 //
 // The caller must have set ACKNOWLEDGE and DRIVER, and must put
-// FeatureAccessPlatform in want when it can honour it (an IOMMU is in use);
-// QEMU refuses FEATURES_OK when it offered ACCESS_PLATFORM and it was not
-// accepted.
+// FeatureAccessPlatform in want when it can honour it (an IOMMU is in use).
+// A device that offers ACCESS_PLATFORM when want lacks it is refused with
+// ErrNeedsIOMMU (QEMU would refuse FEATURES_OK anyway).
 func negotiateFeatures(t transport, want, required uint64) (accepted uint64, err error) {
 	fail := func(err error) (uint64, error) {
 		if serr := t.AddStatus(StatusFailed); serr != nil {
@@ -140,6 +140,13 @@ func negotiateFeatures(t transport, want, required uint64) (accepted uint64, err
 		}
 		want |= FeatureVersion1
 	}
+	if offered&FeatureAccessPlatform != 0 && want&FeatureAccessPlatform == 0 {
+		// Spec 6.1: the device's addresses go through the platform's
+		// translation (QEMU iommu_platform=on puts them behind the guest
+		// IOMMU). The physical addresses of a binding without an IOMMU
+		// would not reach our memory, and QEMU refuses FEATURES_OK anyway.
+		return fail(fmt.Errorf("driver: transport: negotiate: %w: the device offers VIRTIO_F_ACCESS_PLATFORM, so its DMA goes through an IOMMU, but this binding gives it physical addresses; use --bind vfio with the IOMMU enabled (or start the device without iommu_platform)", ErrNeedsIOMMU))
+	}
 	if missing := required &^ offered; missing != 0 {
 		return fail(fmt.Errorf("driver: transport: negotiate: %w: device offers %#x, lacks required %#x", ErrFeatureMissing, offered, missing))
 	}
@@ -158,11 +165,7 @@ func negotiateFeatures(t transport, want, required uint64) (accepted uint64, err
 		return fail(err)
 	}
 	if st&StatusFeaturesOK == 0 {
-		hint := ""
-		if offered&FeatureAccessPlatform != 0 && accepted&FeatureAccessPlatform == 0 {
-			hint = " (the device offers ACCESS_PLATFORM, which was not accepted: use an IOMMU-backed binding such as vfio-pci)"
-		}
-		return fail(fmt.Errorf("driver: transport: negotiate: %w: accepted %#x of offered %#x%s", ErrFeaturesRefused, accepted, offered, hint))
+		return fail(fmt.Errorf("driver: transport: negotiate: %w: accepted %#x of offered %#x", ErrFeaturesRefused, accepted, offered))
 	}
 	return accepted, nil
 }

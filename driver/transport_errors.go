@@ -17,6 +17,11 @@ var (
 	// ErrFeatureMissing means the device does not offer a feature the driver
 	// requires.
 	ErrFeatureMissing = errors.New("driver: transport: required feature not offered")
+	// ErrNeedsIOMMU means the device offers VIRTIO_F_ACCESS_PLATFORM (its
+	// addresses are translated by an IOMMU) but the function was opened
+	// without one (uio, VFIO no-IOMMU), so the addresses the driver would
+	// give it are not the ones the device would reach.
+	ErrNeedsIOMMU = errors.New("driver: transport: device requires an IOMMU-backed binding")
 	// ErrFeaturesRefused means the device cleared FEATURES_OK: it does not
 	// accept the driver's feature subset.
 	ErrFeaturesRefused = errors.New("driver: transport: device refused features")

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -319,7 +320,9 @@ func TestNegotiateFeaturesOKRefusedSetsFailed(t *testing.T) {
 }
 
 // VIRTIO-NOTES 2.5 step 7: QEMU with iommu_platform=on refuses FEATURES_OK
-// unless ACCESS_PLATFORM is accepted; accepting it succeeds.
+// unless ACCESS_PLATFORM is accepted. A driver without an IOMMU refuses such
+// a device itself, saying why (ErrNeedsIOMMU, FAILED set); accepting it
+// succeeds.
 func TestNegotiateAccessPlatformMandatoryWhenOffered(t *testing.T) {
 	opts := virtiotest.Options{IOMMUPlatform: true}
 	_, fn := newFake(t, consoleLike(), opts)
@@ -327,8 +330,12 @@ func TestNegotiateAccessPlatformMandatoryWhenOffered(t *testing.T) {
 	if err := tr.Reset(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := negotiateFeatures(tr, featMultiport, 0); !errors.Is(err, ErrFeaturesRefused) {
-		t.Fatalf("without ACCESS_PLATFORM: %v, want ErrFeaturesRefused", err)
+	_, err := negotiateFeatures(tr, featMultiport, 0)
+	if !errors.Is(err, ErrNeedsIOMMU) || !strings.Contains(err.Error(), "ACCESS_PLATFORM") {
+		t.Fatalf("without ACCESS_PLATFORM: %v, want ErrNeedsIOMMU naming the feature", err)
+	}
+	if st, _ := tr.Status(); st&StatusFailed == 0 {
+		t.Fatalf("status %#x after refusing the device: want FAILED", st)
 	}
 	acc := initialise(t, tr, featMultiport|FeatureAccessPlatform)
 	if acc&FeatureAccessPlatform == 0 {

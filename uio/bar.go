@@ -22,8 +22,10 @@ type BAR struct {
 	index  int
 	res    Resource
 	size   uint64
-	mem    []byte // memory BAR: the mapping of resourceN (page-rounded)
-	iofd   int    // I/O BAR: descriptor of resourceN, -1 for memory BARs
+	mem    []byte // mapped BAR: the mapping of resourceN or the VFIO region (page-rounded)
+	iofd   int    // BAR accessed by pread/pwrite: its descriptor, -1 for mapped BARs
+	ioBase int64  // offset of the BAR in iofd (VFIO: the region offset; uio: 0)
+	ownFD  bool   // close iofd on close (uio's resourceN; not the shared VFIO device fd)
 	closed atomic.Bool
 }
 
@@ -57,7 +59,7 @@ func openBAR(dir string, i int, res Resource) (*BAR, error) {
 		if err != nil {
 			return nil, &os.PathError{Op: "open", Path: path, Err: err}
 		}
-		b.iofd = fd
+		b.iofd, b.ownFD = fd, true
 	default:
 		return nil, ErrNoBAR
 	}
@@ -67,7 +69,8 @@ func openBAR(dir string, i int, res Resource) (*BAR, error) {
 // Len is the size of the region in bytes.
 func (b *BAR) Len() uint64 { return b.size }
 
-// IO reports an I/O-port BAR (accessed by pread/pwrite, each one in/out).
+// IO reports a BAR accessed by pread/pwrite (an I/O-port BAR, each access
+// one in/out; through VFIO also a memory BAR that may not be mapped).
 func (b *BAR) IO() bool { return b.iofd >= 0 }
 
 // Resource returns the sysfs description of the BAR.
@@ -163,10 +166,11 @@ func (b *BAR) Write32(off uint64, v uint32) error {
 }
 
 // pread is one pread(2) of exactly len(p) bytes: the kernel's
-// pci_read_resource_io does one inb/inw/inl for a 1/2/4-byte access. The
+// pci_read_resource_io (uio) and vfio_pci_core_do_io_rw (VFIO) do one
+// inb/inw/inl or ioread8/16/32 for an aligned 1/2/4-byte access. The
 // kernel stores the value in CPU byte order, hence NativeEndian above.
 func (b *BAR) pread(p []byte, off uint64) error {
-	n, err := unix.Pread(b.iofd, p, int64(off))
+	n, err := unix.Pread(b.iofd, p, b.ioBase+int64(off))
 	if err == nil && n != len(p) {
 		err = fmt.Errorf("short read: %d of %d bytes", n, len(p))
 	}
@@ -177,7 +181,7 @@ func (b *BAR) pread(p []byte, off uint64) error {
 }
 
 func (b *BAR) pwrite(p []byte, off uint64) error {
-	n, err := unix.Pwrite(b.iofd, p, int64(off))
+	n, err := unix.Pwrite(b.iofd, p, b.ioBase+int64(off))
 	if err == nil && n != len(p) {
 		err = fmt.Errorf("short write: %d of %d bytes", n, len(p))
 	}
@@ -196,7 +200,7 @@ func (b *BAR) close() error {
 		b.mem = nil
 		return unix.Munmap(m)
 	}
-	if b.iofd >= 0 {
+	if b.iofd >= 0 && b.ownFD {
 		return unix.Close(b.iofd)
 	}
 	return nil

@@ -1,6 +1,9 @@
-// Package uio opens a PCI function bound to uio_pci_generic for a userspace
-// driver: configuration space, BARs, the INTx interrupt and DMA memory with
-// known physical addresses.
+// Package uio opens a PCI function for a userspace driver: configuration
+// space, BARs, interrupts and DMA memory. Two bindings are supported:
+// uio_pci_generic (Open: INTx, physical addresses) and vfio-pci (OpenVFIO:
+// MSI-X, and IOVAs behind an IOMMU or physical addresses in no-IOMMU mode).
+//
+// uio_pci_generic (Open, Function):
 //
 // Contract (the method sets match package driver's Function, ConfigSpace,
 // BAR and IRQ interfaces, to which cmd adapts them; uio does not import
@@ -42,6 +45,43 @@
 //     shares (best-effort detection, see Confidential).
 //   - Close is idempotent. The caller resets the device first; Close then
 //     unmaps BARs, unmaps all DMA memory and closes the descriptors.
+//
+// vfio-pci (OpenVFIO, VFIOFunction; VIRTIO-NOTES §8):
+//
+//   - OpenVFIO(sysfs, dev, addr, opts) expects the function to be bound to
+//     vfio-pci already. It reads the IOMMU group from sysfs and uses
+//     /dev/vfio/GROUP (type1: an IOMMU translates the device's addresses)
+//     or /dev/vfio/noiommu-GROUP (no-IOMMU mode: it does not). The group
+//     must hold only this function, PCI bridges, and functions that are
+//     unbound or bound to vfio-pci; any other member is refused
+//     (ErrGroupShared) with its address and driver, because VFIO gives a
+//     whole group to one user. It then runs the container/group flow (API
+//     version, type1v2 or type1 or NOIOMMU extension, group viable, set
+//     container, set IOMMU), gets the device fd and sets Memory Space, I/O
+//     Space and Bus Master through the config region (vfio-pci leaves Bus
+//     Master to the user).
+//   - Config is the VFIO config region, read and written with one pread or
+//     pwrite of exactly the requested length on the device fd.
+//   - BAR(i) maps the region from the device fd when VFIO allows mmap of
+//     all of it, and otherwise (I/O-port BARs; a sparse mmap that carves
+//     out the MSI-X table) accesses it with width-exact pread/pwrite on
+//     the device fd, which vfio-pci performs as one access of that width.
+//   - IRQ is MSI-X: min(vectors, 2) vectors, each signalling its own
+//     eventfd (VFIO_DEVICE_SET_IRQS, DATA_EVENTFD|ACTION_TRIGGER), enabled
+//     at open time so the driver sees the MSI-X enable bit (the legacy
+//     device config moves to offset 24). Wait sleeps in the Go poller on an
+//     epoll set of the eventfds and drains them all; Unmask is a no-op.
+//     INTx through VFIO is not used.
+//   - DMA on type1 is ordinary anonymous memory in 2 MiB chunks, each
+//     mapped with VFIO_IOMMU_MAP_DMA at an IOVA we choose (from 4 GiB up,
+//     inside the IOVA ranges the kernel reports) and unmapped on Close; the
+//     device can reach nothing else, and IOMMU is true (the driver then
+//     accepts VIRTIO_F_ACCESS_PLATFORM). In no-IOMMU mode DMA memory is the
+//     hugepage allocator of the uio binding (physical addresses), IOMMU is
+//     false, and confidential guests are refused as with uio.
+//   - Close clears Bus Master, disables MSI-X, closes the eventfds, unmaps
+//     BARs and DMA memory (IOMMU first, then the process), and closes the
+//     device, group and container descriptors. It is idempotent.
 //
 // Paths (sysfs root, /dev, /proc/self/pagemap, /proc/sys, /proc/cpuinfo) are
 // parameters or Options fields so tests run without root against files in a

@@ -72,35 +72,14 @@ var uioNameRE = regexp.MustCompile(`^uio[0-9]+$`)
 // Open sets up.
 func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 	fail := func(err error) (*Function, error) { return nil, &OpError{Op: "open", Addr: addr, Err: err} }
-	if !addrRE.MatchString(addr) {
-		return fail(fmt.Errorf("malformed PCI address %q (want DDDD:BB:DD.F)", addr))
-	}
-	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
-		return fail(errors.New("big-endian hosts are not supported (MMIO accessors assume little-endian)"))
-	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.Default()
+	dir, log, err := checkFunction(sysfs, addr, opts)
+	if err != nil {
+		return fail(err)
 	}
 	if !opts.IgnoreConfidential {
-		ci := opts.CPUInfo
-		if ci == "" {
-			ci = "/proc/cpuinfo"
+		if err := refuseConfidential(opts, dev, log); err != nil {
+			return fail(err)
 		}
-		kind, err := Confidential(ci, dev)
-		if err != nil {
-			log.Warn("uio: cannot tell whether this is a confidential guest", "err", err)
-		} else if kind != "" {
-			return fail(fmt.Errorf("%w (%s): the device can only reach memory the kernel shares, so a uio driver cannot work; use the in-kernel virtio_console driver", ErrConfidential, kind))
-		}
-	}
-
-	dir := filepath.Join(sysfs, "bus", "pci", "devices", addr)
-	if _, err := os.Stat(dir); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return fail(fmt.Errorf("%w: %s", ErrNoDevice, dir))
-		}
-		return fail(err)
 	}
 	uioName, err := findUIO(dir)
 	if err != nil {
@@ -155,18 +134,7 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 
 	src, fallback := opts.source, pageSource(nil)
 	if src == nil {
-		pm := opts.Pagemap
-		if pm == "" {
-			pm = "/proc/self/pagemap"
-		}
-		nr := opts.HugepagesFile
-		if nr == "" {
-			nr = filepath.Join(sysfs, "kernel", "mm", "hugepages", "hugepages-2048kB", "nr_hugepages")
-		}
-		src = &hugeSource{pagemap: pm, nrFile: nr, reserve: !opts.NoReserve}
-		if opts.AllowSmallPages {
-			fallback = &smallSource{pagemap: pm}
-		}
+		src, fallback = physSources(sysfs, opts)
 	}
 	alloc := newAllocator(src, fallback, log)
 	// Map the first chunk now, so a missing hugepage or privilege shows up
@@ -182,6 +150,30 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 	}
 	log.Info("uio: opened", "addr", addr, "uio", uioName, "dma", alloc.describe())
 	return f, nil
+}
+
+// checkFunction does the checks both bindings start with: a canonical
+// address, a little-endian host, and the function's sysfs directory (which
+// it returns with the logger to use).
+func checkFunction(sysfs, addr string, opts Options) (string, *slog.Logger, error) {
+	if !addrRE.MatchString(addr) {
+		return "", nil, fmt.Errorf("malformed PCI address %q (want DDDD:BB:DD.F)", addr)
+	}
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		return "", nil, errors.New("big-endian hosts are not supported (MMIO accessors assume little-endian)")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	dir := filepath.Join(sysfs, "bus", "pci", "devices", addr)
+	if _, err := os.Stat(dir); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", nil, fmt.Errorf("%w: %s", ErrNoDevice, dir)
+		}
+		return "", nil, err
+	}
+	return dir, log, nil
 }
 
 // findUIO returns the name of the uioN device under dir/uio, or ErrNotBound
@@ -220,24 +212,32 @@ func (f *Function) Config() *Config { return f.cfg }
 func (f *Function) BAR(i int) (*BAR, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return cachedBAR(&f.bars, f.closed, f.addr, i, func() (*BAR, error) {
+		if i >= len(f.res) {
+			return nil, ErrNoBAR
+		}
+		return openBAR(f.dir, i, f.res[i])
+	})
+}
+
+// cachedBAR returns bars[i], opening it first if needed; errors are
+// OpErrors "bar I". The caller holds the function's lock.
+func cachedBAR(bars *[6]*BAR, closed bool, addr string, i int, open func() (*BAR, error)) (*BAR, error) {
 	op := fmt.Sprintf("bar %d", i)
-	if f.closed {
-		return nil, &OpError{Op: op, Addr: f.addr, Err: ErrClosed}
+	if closed {
+		return nil, &OpError{Op: op, Addr: addr, Err: ErrClosed}
 	}
-	if i < 0 || i >= len(f.bars) {
-		return nil, &OpError{Op: op, Addr: f.addr, Err: fmt.Errorf("%w: index out of range", ErrNoBAR)}
+	if i < 0 || i >= len(bars) {
+		return nil, &OpError{Op: op, Addr: addr, Err: fmt.Errorf("%w: index out of range", ErrNoBAR)}
 	}
-	if f.bars[i] != nil {
-		return f.bars[i], nil
+	if bars[i] != nil {
+		return bars[i], nil
 	}
-	if i >= len(f.res) {
-		return nil, &OpError{Op: op, Addr: f.addr, Err: ErrNoBAR}
-	}
-	b, err := openBAR(f.dir, i, f.res[i])
+	b, err := open()
 	if err != nil {
-		return nil, &OpError{Op: op, Addr: f.addr, Err: err}
+		return nil, &OpError{Op: op, Addr: addr, Err: err}
 	}
-	f.bars[i] = b
+	bars[i] = b
 	return b, nil
 }
 

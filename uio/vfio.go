@@ -1,0 +1,560 @@
+package uio
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vserial/vserial/dma"
+	"github.com/vserial/vserial/pciscan"
+	"github.com/vserial/vserial/uio/internal/vfioabi"
+)
+
+// VFIODriver is the kernel driver a function must be bound to for OpenVFIO.
+const VFIODriver = "vfio-pci"
+
+// maxVectors is how many MSI-X vectors OpenVFIO routes: the driver uses one
+// for configuration changes and control and one shared by the data queues
+// (QEMU's default is vectors=2).
+const maxVectors = 2
+
+// VFIOFunction is a PCI function opened through vfio-pci, either behind an
+// IOMMU (type1: the device reaches only memory we mapped, at IOVAs we
+// chose) or in no-IOMMU mode (/dev/vfio/noiommu-N: physical addresses as
+// with uio, but MSI-X interrupts). Its method set matches driver.Function
+// with concrete types; cmd adapts it.
+type VFIOFunction struct {
+	addr    string
+	group   string
+	noIOMMU bool
+	log     *slog.Logger
+	sys     vfioSys
+
+	container, groupFD, devFD int
+	cfg                       *Config
+	irq                       *MSIX
+	alloc                     *Allocator
+	res                       []Resource
+
+	mu     sync.Mutex
+	bars   [6]*BAR
+	closed bool
+}
+
+// vfioConfigFile is configuration space as the VFIO config region: pread
+// and pwrite of exactly the asked length at the region's offset in the
+// device fd (vfio-pci virtualizes parts of it, VIRTIO-NOTES §8.3).
+type vfioConfigFile struct {
+	fd         int
+	base, size int64
+}
+
+func (c vfioConfigFile) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off > c.size-int64(len(p)) {
+		return 0, fmt.Errorf("%w: %d bytes at %#x (config region is %#x bytes)", ErrBadAccess, len(p), off, c.size)
+	}
+	n, err := unix.Pread(c.fd, p, c.base+off)
+	if err == nil && n != len(p) {
+		err = fmt.Errorf("short read: %d of %d bytes", n, len(p))
+	}
+	return n, err
+}
+
+func (c vfioConfigFile) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off > c.size-int64(len(p)) {
+		return 0, fmt.Errorf("%w: %d bytes at %#x (config region is %#x bytes)", ErrBadAccess, len(p), off, c.size)
+	}
+	n, err := unix.Pwrite(c.fd, p, c.base+off)
+	if err == nil && n != len(p) {
+		err = fmt.Errorf("short write: %d of %d bytes", n, len(p))
+	}
+	return n, err
+}
+
+// Close does nothing: the device fd belongs to the VFIOFunction.
+func (vfioConfigFile) Close() error { return nil }
+
+// GroupMember is one function of an IOMMU group as sysfs describes it.
+type GroupMember struct {
+	Addr   string
+	Driver string // "" when unbound
+	Class  uint32
+}
+
+// ReadGroup lists the functions of IOMMU group group
+// (SYSFS/kernel/iommu_groups/GROUP/devices).
+func ReadGroup(sysfs, group string) ([]GroupMember, error) {
+	if group == "" || strings.ContainsAny(group, "/\x00") || group == "." || group == ".." {
+		return nil, fmt.Errorf("malformed IOMMU group %q", group)
+	}
+	dir := filepath.Join(sysfs, "kernel", "iommu_groups", group, "devices")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []GroupMember
+	for _, e := range ents {
+		f, err := pciscan.Lookup(sysfs, e.Name())
+		if err != nil {
+			return nil, fmt.Errorf("IOMMU group %s: %w", group, err)
+		}
+		out = append(out, GroupMember{Addr: f.Addr, Driver: f.Driver, Class: f.Class})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
+	return out, nil
+}
+
+// CheckGroup decides whether the function at addr may be used through its
+// IOMMU group: VFIO hands the whole group to one user, and every device in
+// it shares one IOMMU mapping. Besides addr, the group may only hold PCI
+// bridges (vfio-pci ignores them) and functions that no driver holds or
+// that are bound to vfio-pci too (we own them for as long as the group is
+// open; nothing else can use them). A function held by any other driver is
+// refused with an error naming it.
+func CheckGroup(addr, group string, members []GroupMember) error {
+	found := false
+	var bad []string
+	for _, m := range members {
+		switch {
+		case m.Addr == addr:
+			found = true
+		case m.Class>>8 == 0x0604: // PCI-to-PCI bridge
+		case m.Driver == "" || m.Driver == VFIODriver:
+		default:
+			bad = append(bad, fmt.Sprintf("%s (bound to %s)", m.Addr, m.Driver))
+		}
+	}
+	if !found {
+		return fmt.Errorf("IOMMU group %s does not list %s", group, addr)
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%w: IOMMU group %s also holds %s; VFIO gives a whole group to one user, so every other device in it must be unbound or bound to vfio-pci (or use --bind uio)",
+			ErrGroupShared, group, strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+// OpenVFIO opens the function at addr, which must already be bound to
+// vfio-pci (package pciscan does that). sysfs is the sysfs root ("/sys"),
+// dev the device directory ("/dev"). It picks type1 when /dev/vfio/GROUP
+// exists and no-IOMMU mode when /dev/vfio/noiommu-GROUP does. See the
+// package documentation for what it sets up.
+func OpenVFIO(sysfs, dev, addr string, opts Options) (*VFIOFunction, error) {
+	return openVFIO(sysfs, dev, addr, opts, vfioSys{ioctl: rawIoctl})
+}
+
+func openVFIO(sysfs, dev, addr string, opts Options, sys vfioSys) (_ *VFIOFunction, err error) {
+	fail := func(err error) (*VFIOFunction, error) {
+		return nil, &OpError{Op: "vfio open", Addr: addr, Err: err}
+	}
+	dir, log, err := checkFunction(sysfs, addr, opts)
+	if err != nil {
+		return fail(err)
+	}
+	if t, err := os.Readlink(filepath.Join(dir, "driver")); err != nil || filepath.Base(t) != VFIODriver {
+		drv := "no driver"
+		if err == nil {
+			drv = filepath.Base(t)
+		}
+		return fail(fmt.Errorf("%w (held by %s)", ErrNotBoundVFIO, drv))
+	}
+	gl, err := os.Readlink(filepath.Join(dir, "iommu_group"))
+	if err != nil {
+		return fail(fmt.Errorf("%w: %s has no iommu_group (boot with an IOMMU enabled, e.g. intel_iommu=on, or load vfio with enable_unsafe_noiommu_mode=1)", ErrNoGroup, dir))
+	}
+	group := filepath.Base(gl)
+	node, noIOMMU, err := groupNode(dev, group)
+	if err != nil {
+		return fail(err)
+	}
+	if noIOMMU && !opts.IgnoreConfidential {
+		if err := refuseConfidential(opts, dev, log); err != nil {
+			return fail(err)
+		}
+	}
+	members, err := ReadGroup(sysfs, group)
+	if err != nil {
+		return fail(err)
+	}
+	if err := CheckGroup(addr, group, members); err != nil {
+		return fail(err)
+	}
+
+	f := &VFIOFunction{addr: addr, group: group, noIOMMU: noIOMMU, log: log, sys: sys, container: -1, groupFD: -1, devFD: -1}
+	defer func() {
+		if err != nil {
+			f.release()
+		}
+	}()
+	if err := f.attach(dev, node); err != nil {
+		return fail(err)
+	}
+	if err := f.openDevice(); err != nil {
+		return fail(err)
+	}
+	rb, err := os.ReadFile(filepath.Join(dir, "resource"))
+	if err != nil {
+		return fail(err)
+	}
+	if f.res, err = parseResources(string(rb)); err != nil {
+		return fail(fmt.Errorf("%s: %w", filepath.Join(dir, "resource"), err))
+	}
+	if err := f.cfg.enable(); err != nil {
+		return fail(fmt.Errorf("set Bus Master: %w", err))
+	}
+	if err := f.enableMSIX(); err != nil {
+		return fail(err)
+	}
+	if err := f.setupDMA(sysfs, opts); err != nil {
+		return fail(fmt.Errorf("dma memory: %w", err))
+	}
+	mode := "type1"
+	if noIOMMU {
+		mode = "noiommu"
+	}
+	log.Info("vfio: opened", "addr", addr, "group", node, "mode", mode, "msix_vectors", f.irq.MSIXVectors(), "dma", f.alloc.describe())
+	return f, nil
+}
+
+// groupNode finds the group's character device: /dev/vfio/GROUP (behind an
+// IOMMU) or /dev/vfio/noiommu-GROUP (no-IOMMU mode).
+func groupNode(dev, group string) (node string, noIOMMU bool, err error) {
+	p := filepath.Join(dev, "vfio", group)
+	if _, err := os.Stat(p); err == nil {
+		return p, false, nil
+	}
+	q := filepath.Join(dev, "vfio", "noiommu-"+group)
+	if _, err := os.Stat(q); err == nil {
+		return q, true, nil
+	}
+	return "", false, fmt.Errorf("%w: neither %s nor %s exists (is devtmpfs mounted on %s?)", ErrNoGroup, p, q, dev)
+}
+
+// refuseConfidential fails in an SEV/TDX guest, where a device cannot reach
+// private memory by its physical address.
+func refuseConfidential(opts Options, dev string, log *slog.Logger) error {
+	ci := opts.CPUInfo
+	if ci == "" {
+		ci = "/proc/cpuinfo"
+	}
+	kind, err := Confidential(ci, dev)
+	if err != nil {
+		log.Warn("uio: cannot tell whether this is a confidential guest", "err", err)
+		return nil
+	}
+	if kind != "" {
+		return fmt.Errorf("%w (%s): the device can only reach memory the kernel shares, so a driver that gives it physical addresses cannot work; use the in-kernel virtio_console driver", ErrConfidential, kind)
+	}
+	return nil
+}
+
+// attach runs the container/group flow of VIRTIO-NOTES §8.5/§8.6: open the
+// container, check the API version and the IOMMU extension, open the group,
+// check it is viable, put it in the container and set the IOMMU type.
+func (f *VFIOFunction) attach(dev, node string) error {
+	cpath := filepath.Join(dev, "vfio", "vfio")
+	fd, err := unix.Open(cpath, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: cpath, Err: err}
+	}
+	f.container = fd
+	v, err := f.sys.apiVersion(fd)
+	if err != nil {
+		return err
+	}
+	if v != vfioabi.APIVersion {
+		return fmt.Errorf("VFIO API version %d, want %d", v, vfioabi.APIVersion)
+	}
+	typ := uintptr(vfioabi.Type1v2IOMMU)
+	if f.noIOMMU {
+		typ = vfioabi.NoIOMMU
+		if ok, err := f.sys.checkExtension(fd, typ); err != nil || !ok {
+			return fmt.Errorf("the VFIO container does not offer no-IOMMU mode (vfio loaded without enable_unsafe_noiommu_mode=1?): %v", err)
+		}
+	} else if ok, err := f.sys.checkExtension(fd, typ); err != nil || !ok {
+		typ = vfioabi.Type1IOMMU
+		if ok, err := f.sys.checkExtension(fd, typ); err != nil || !ok {
+			return fmt.Errorf("the VFIO container offers no type1 IOMMU (vfio_iommu_type1 not loaded?): %v", err)
+		}
+	}
+	gfd, err := unix.Open(node, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("open %s: the group is in use by another process (VFIO allows one user per group)", node)
+		}
+		if errors.Is(err, unix.EPERM) && f.noIOMMU {
+			return fmt.Errorf("open %s: %w (no-IOMMU mode needs CAP_SYS_RAWIO)", node, err)
+		}
+		return &os.PathError{Op: "open", Path: node, Err: err}
+	}
+	f.groupFD = gfd
+	st, err := f.sys.groupStatus(gfd)
+	if err != nil {
+		return err
+	}
+	if st.Flags&vfioabi.GroupFlagsViable == 0 {
+		return fmt.Errorf("%w: IOMMU group %s is not viable: some device in it is bound to a driver other than vfio-pci", ErrGroupShared, f.group)
+	}
+	if err := f.sys.setContainer(gfd, f.container); err != nil {
+		return err
+	}
+	if err := f.sys.setIOMMU(f.container, typ); err != nil {
+		return err
+	}
+	return nil
+}
+
+// openDevice gets the device fd, checks it is a PCI device with the
+// regions and interrupts vfio-pci has, and opens configuration space.
+func (f *VFIOFunction) openDevice() error {
+	fd, err := f.sys.deviceFD(f.groupFD, f.addr)
+	if err != nil {
+		return err
+	}
+	f.devFD = fd
+	info, err := f.sys.deviceInfo(fd)
+	if err != nil {
+		return err
+	}
+	if info.Flags&vfioabi.DeviceFlagsPCI == 0 || info.NumRegions <= vfioabi.PCIConfigRegion || info.NumIRQs <= vfioabi.PCIMSIXIRQ {
+		return fmt.Errorf("not a vfio-pci device: flags %#x, %d regions, %d irqs", info.Flags, info.NumRegions, info.NumIRQs)
+	}
+	ri, _, err := f.sys.regionInfo(fd, vfioabi.PCIConfigRegion)
+	if err != nil {
+		return err
+	}
+	if ri.Size < 64 || ri.Size > 4096 || ri.Flags&(vfioabi.RegionFlagRead|vfioabi.RegionFlagWrite) != vfioabi.RegionFlagRead|vfioabi.RegionFlagWrite || ri.Offset > 1<<62 {
+		return fmt.Errorf("config region: size %#x flags %#x offset %#x", ri.Size, ri.Flags, ri.Offset)
+	}
+	f.cfg = newConfig(vfioConfigFile{fd: fd, base: int64(ri.Offset), size: int64(ri.Size)})
+	return nil
+}
+
+// enableMSIX routes up to maxVectors MSI-X vectors to eventfds. This turns
+// on the function's MSI-X enable bit, which must happen before the driver
+// looks at the legacy register layout (its device config moves to offset
+// 24). INTx through VFIO is not used: it was not delivered in our tests.
+func (f *VFIOFunction) enableMSIX() error {
+	ii, err := f.sys.irqInfo(f.devFD, vfioabi.PCIMSIXIRQ)
+	if err != nil {
+		return err
+	}
+	if ii.Count == 0 {
+		return fmt.Errorf("%w: the function has no MSI-X vectors (vserial drives VFIO functions through MSI-X only)", ErrNoMSIX)
+	}
+	if ii.Flags&vfioabi.IRQInfoEventfd == 0 {
+		return fmt.Errorf("%w: MSI-X cannot signal eventfds (irq info flags %#x)", ErrNoMSIX, ii.Flags)
+	}
+	n := min(int(ii.Count), maxVectors)
+	m, err := newMSIX(n)
+	if err != nil {
+		return err
+	}
+	f.irq = m
+	return f.sys.setIRQs(f.devFD, vfioabi.PCIMSIXIRQ, 0, m.fds())
+}
+
+// setupDMA makes the allocator: IOMMU-mapped chunks on type1, physical
+// addresses of hugepages (as uio) in no-IOMMU mode. It maps the first chunk
+// now so a problem shows at start-up.
+func (f *VFIOFunction) setupDMA(sysfs string, opts Options) error {
+	var src, fallback pageSource
+	switch {
+	case opts.source != nil:
+		src = opts.source
+	case f.noIOMMU:
+		src, fallback = physSources(sysfs, opts)
+	default:
+		info, caps, err := f.sys.iommuInfo(f.container)
+		if err != nil {
+			return err
+		}
+		if info.Flags&vfioabi.IOMMUInfoPgsizes != 0 && info.IOVAPgsizes&uint64(os.Getpagesize()) == 0 {
+			return fmt.Errorf("the IOMMU does not map %d-byte pages (page sizes %#x)", os.Getpagesize(), info.IOVAPgsizes)
+		}
+		var ranges []vfioabi.IOVARange
+		if caps != nil {
+			err := vfioabi.Caps(caps, info.CapOffset, vfioabi.SizeofIOMMUType1Info, func(id, _ uint16, body []byte) error {
+				if id != vfioabi.IOMMUTypeCapIOVARange {
+					return nil
+				}
+				var err error
+				ranges, err = vfioabi.ParseIOVARanges(body)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+		}
+		start, end, err := pickIOVA(ranges, 64*iovaChunk)
+		if err != nil {
+			return err
+		}
+		f.log.Debug("vfio: iova window", "start", fmt.Sprintf("%#x", start), "end", fmt.Sprintf("%#x", end))
+		src = newIOVASource(f.sys, f.container, start, end)
+	}
+	f.alloc = newAllocator(src, fallback, f.log)
+	return f.alloc.prime()
+}
+
+// physSources are the page sources of physical-address DMA (uio and
+// VFIO no-IOMMU): hugepages, with 4 KiB pages as an opt-in fallback.
+func physSources(sysfs string, opts Options) (src, fallback pageSource) {
+	pm := opts.Pagemap
+	if pm == "" {
+		pm = "/proc/self/pagemap"
+	}
+	nr := opts.HugepagesFile
+	if nr == "" {
+		nr = filepath.Join(sysfs, "kernel", "mm", "hugepages", "hugepages-2048kB", "nr_hugepages")
+	}
+	src = &hugeSource{pagemap: pm, nrFile: nr, reserve: !opts.NoReserve}
+	if opts.AllowSmallPages {
+		fallback = &smallSource{pagemap: pm}
+	}
+	return src, fallback
+}
+
+// Addr is the function's PCI address.
+func (f *VFIOFunction) Addr() string { return f.addr }
+
+// Group is the IOMMU group's number.
+func (f *VFIOFunction) Group() string { return f.group }
+
+// NoIOMMU reports no-IOMMU mode (physical addresses).
+func (f *VFIOFunction) NoIOMMU() bool { return f.noIOMMU }
+
+// Config returns configuration space (the VFIO config region).
+func (f *VFIOFunction) Config() *Config { return f.cfg }
+
+// IRQ returns the MSI-X vectors.
+func (f *VFIOFunction) IRQ() *MSIX { return f.irq }
+
+// DMA returns the allocator of device-visible memory.
+func (f *VFIOFunction) DMA() dma.Allocator { return f.alloc }
+
+// Allocator is DMA with its concrete type, for statistics.
+func (f *VFIOFunction) Allocator() *Allocator { return f.alloc }
+
+// IOMMU reports whether device addresses go through an IOMMU: true on
+// type1, false in no-IOMMU mode.
+func (f *VFIOFunction) IOMMU() bool { return !f.noIOMMU }
+
+// BAR returns region i (0-5): mapped from the device fd when VFIO allows
+// mmap of the whole region, accessed with width-exact pread/pwrite on the
+// device fd otherwise (I/O-port BARs, regions with a sparse mmap).
+func (f *VFIOFunction) BAR(i int) (*BAR, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return cachedBAR(&f.bars, f.closed, f.addr, i, func() (*BAR, error) { return f.openBAR(i) })
+}
+
+func (f *VFIOFunction) openBAR(i int) (*BAR, error) {
+	ri, caps, err := f.sys.regionInfo(f.devFD, uint32(i))
+	if err != nil {
+		return nil, err
+	}
+	if ri.Size == 0 {
+		return nil, ErrNoBAR
+	}
+	if ri.Offset > 1<<62 || ri.Size > 1<<40 {
+		return nil, fmt.Errorf("region %d: offset %#x size %#x out of range", i, ri.Offset, ri.Size)
+	}
+	var res Resource
+	if i < len(f.res) {
+		res = f.res[i]
+	}
+	b := &BAR{index: i, res: res, size: ri.Size, iofd: -1}
+	whole := ri.Flags&vfioabi.RegionFlagMmap != 0
+	if whole && caps != nil {
+		err := vfioabi.Caps(caps, ri.CapOffset, vfioabi.SizeofRegionInfo, func(id, _ uint16, body []byte) error {
+			if id != vfioabi.RegionCapSparseMmap {
+				return nil
+			}
+			areas, err := vfioabi.ParseSparseMmap(body)
+			if err != nil {
+				return err
+			}
+			// Only a single area covering the region is mapped; other
+			// layouts (the MSI-X table carved out) go through pread.
+			whole = len(areas) == 1 && areas[0].Offset == 0 && areas[0].Size >= ri.Size
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if whole {
+		page := uint64(os.Getpagesize())
+		n := (ri.Size + page - 1) &^ (page - 1)
+		m, err := unix.Mmap(f.devFD, int64(ri.Offset), int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err == nil {
+			b.mem = m
+			return b, nil
+		}
+		f.log.Warn("vfio: cannot map BAR, using read/write", "bar", i, "err", err)
+	}
+	if ri.Flags&(vfioabi.RegionFlagRead|vfioabi.RegionFlagWrite) != vfioabi.RegionFlagRead|vfioabi.RegionFlagWrite {
+		return nil, fmt.Errorf("region %d is neither mappable nor readable and writable (flags %#x)", i, ri.Flags)
+	}
+	b.iofd, b.ioBase = f.devFD, int64(ri.Offset)
+	return b, nil
+}
+
+// Close releases everything OpenVFIO acquired, in this order: Bus Master
+// off (the device can no longer reach memory, even if it was not reset),
+// MSI-X disabled and its eventfds closed (a blocked Wait returns
+// os.ErrClosed), BARs unmapped, DMA memory unmapped from the IOMMU and the
+// process, then the device, group and container descriptors closed (the
+// kernel resets the function when the device fd closes if it can). The
+// caller resets the virtio device first. Close is idempotent.
+func (f *VFIOFunction) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil
+	}
+	f.closed = true
+	if err := f.release(); err != nil {
+		return &OpError{Op: "vfio close", Addr: f.addr, Err: err}
+	}
+	f.log.Info("vfio: closed", "addr", f.addr)
+	return nil
+}
+
+// release undoes whatever part of OpenVFIO succeeded.
+func (f *VFIOFunction) release() error {
+	var errs []error
+	if f.cfg != nil {
+		errs = append(errs, f.cfg.disableBusMaster())
+	}
+	if f.irq != nil {
+		if f.devFD >= 0 {
+			errs = append(errs, f.sys.setIRQs(f.devFD, vfioabi.PCIMSIXIRQ, 0, nil))
+		}
+		errs = append(errs, f.irq.close())
+	}
+	for i, b := range f.bars {
+		if b != nil {
+			errs = append(errs, b.close())
+			f.bars[i] = nil
+		}
+	}
+	if f.alloc != nil {
+		errs = append(errs, f.alloc.Close())
+	}
+	for _, fd := range []*int{&f.devFD, &f.groupFD, &f.container} {
+		if *fd >= 0 {
+			errs = append(errs, unix.Close(*fd))
+			*fd = -1
+		}
+	}
+	return errors.Join(errs...)
+}
