@@ -284,34 +284,8 @@ func TestAgentMultiport(t *testing.T) {
 	})
 
 	run("vserport-change-events", func(t *testing.T) {
-		ctx := caseCtx(t, 2*time.Minute)
 		name := mpNamed[1]
-		p, _ := g.Port(name)
-		mark := g.QMP.Mark()
-		// The client stays connected (sink blocks) until the open event has
-		// been seen: QEMU rate-limits the event per port and a quick
-		// open+close could collapse into one.
-		proc, err := g.Start(ctx, "sink", sockOf(name), "1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t0 := time.Now()
-		next, err := g.QMP.WaitPortChange(ctx, mark, p.ID, true)
-		if err != nil {
-			t.Fatalf("no VSERPORT_CHANGE open=true for %s after a guest client connected: %v", p.ID, err)
-		}
-		t.Logf("VSERPORT_CHANGE %s open=true %v after the client started", p.ID, time.Since(t0).Round(time.Millisecond))
-		if err := writePattern(ctx, conns[name], 1, 5); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := proc.Wait(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t1 := time.Now()
-		if _, err := g.QMP.WaitPortChange(ctx, next, p.ID, false); err != nil {
-			t.Fatalf("no VSERPORT_CHANGE open=false for %s after the guest client disconnected: %v", p.ID, err)
-		}
-		t.Logf("VSERPORT_CHANGE %s open=false %v after the client exited", p.ID, time.Since(t1).Round(time.Millisecond))
+		checkPortChangeEvents(caseCtx(t, 2*time.Minute), t, g, conns[name], name, sockOf(name))
 	})
 
 	run("second-client-rejected", func(t *testing.T) {
@@ -357,66 +331,8 @@ func TestAgentMultiport(t *testing.T) {
 	})
 
 	run("host-reconnect-no-loss", func(t *testing.T) {
-		ctx := caseCtx(t, 4*time.Minute)
 		name := mpNamed[0]
-		sock := sockOf(name)
-		const n1, n2, seed = 1 << 20, 4 << 20, 31
-		flag := "/tmp/reconnect-go"
-		want, _ := patternSum(n1+n2, seed)
-		proc, err := g.Start(ctx, "stream", sock, strconv.Itoa(seed), strconv.Itoa(n1), flag, strconv.Itoa(n2))
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The host takes exactly the first part, so nothing is in flight
-		// when it goes away.
-		conn := conns[name]
-		h, err := readPart(ctx, conn, n1)
-		if err != nil {
-			t.Fatalf("first part: %v", err)
-		}
-		conn.Close()
-		l := a.waitList(ctx, t, name+" host-disconnected", func(l agentList) bool {
-			p, _ := l.port(sock)
-			return !p.HostConnected
-		})
-		away, _ := l.port(sock)
-		// The guest client writes the second part while the host is away.
-		g.MustRun(t, "touch", flag)
-		const awayFor = 3 * time.Second
-		time.Sleep(awayFor)
-		if proc.Exited() {
-			out, err := proc.Wait(ctx)
-			t.Fatalf("the guest writer finished %d bytes while the host was away (no backpressure; bytes dropped?): %v %s", n2, err, out)
-		}
-		l, _, err = a.list(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		still, _ := l.port(sock)
-		if still.BytesOut != away.BytesOut {
-			t.Errorf("bytes_out moved from %d to %d while the host was away: the device took bytes nobody could receive", away.BytesOut, still.BytesOut)
-		}
-		t.Logf("host away %v: guest writer blocked, bytes_out stayed %d", awayFor, still.BytesOut)
-		conn = g.DialPort(t, name)
-		conns[name] = conn
-		t0 := time.Now()
-		if err := h.add(ctx, conn, n2); err != nil {
-			t.Fatalf("second part after the host reconnected: %v", err)
-		}
-		t.Logf("after reconnecting, %d bytes in %v", n2, time.Since(t0).Round(time.Millisecond))
-		out, err := proc.Wait(ctx)
-		if err != nil {
-			t.Fatalf("guest writer: %v", err)
-		}
-		if sent := ParseKV(out)["sha256"]; sent != want {
-			t.Fatalf("guest writer sha256 %s, expected %s", sent, want)
-		}
-		if got := h.sum(); got != want {
-			t.Errorf("host received %d bytes with sha256 %s, guest sent %s: bytes lost or duplicated around the reconnect", n1+n2, got, want)
-		}
-		if err := nothingMore(conn, 500*time.Millisecond); err != nil {
-			t.Error(err)
-		}
+		checkHostReconnect(caseCtx(t, 4*time.Minute), t, a, conns, name, sockOf(name))
 	})
 
 	run("client-leaves-while-host-away", func(t *testing.T) {

@@ -64,6 +64,14 @@ type runningAgent struct {
 	g     *Guest
 	proc  *Proc
 	stopd bool
+	// args are the `run` options beyond --socket-dir and --log-level
+	// (e.g. --bind vfio), also used by restart.
+	args []string
+}
+
+// start starts vserial-agent run with the agent's args.
+func (a *runningAgent) start(ctx context.Context) (*Proc, error) {
+	return StartAgent(ctx, a.g, append([]string{"--log-level", "info"}, a.args...)...)
 }
 
 // bootAgent boots a guest with vserial-agent, starts the agent and waits
@@ -83,11 +91,12 @@ func bootAgentArgs(t *testing.T, opts Options, args []string, sockets ...string)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	t0 := time.Now()
-	p, err := StartAgent(ctx, g, append([]string{"--log-level", "info"}, args...)...)
+	a := &runningAgent{g: g, args: args}
+	p, err := a.start(ctx)
 	if err != nil {
-		t.Fatalf("starting vserial-agent: %v", err)
+		t.Fatalf("starting vserial-agent %v: %v", args, err)
 	}
-	a := &runningAgent{g: g, proc: p}
+	a.proc = p
 	t.Cleanup(func() {
 		if a.stopd || p.Exited() {
 			if out, err := p.Wait(context.Background()); !a.stopd && t.Failed() {
@@ -133,7 +142,7 @@ func (a *runningAgent) restart(t *testing.T, sockets ...string) bool {
 	}
 	out, err := a.proc.Wait(ctx)
 	t.Logf("vserial-agent after the failed case, stopped with SIGQUIT (%v); its log and goroutines:\n%s", err, out)
-	p, err := StartAgent(ctx, a.g, "--log-level", "info")
+	p, err := a.start(ctx)
 	if err != nil {
 		t.Errorf("restarting vserial-agent: %v", err)
 		return false
@@ -308,4 +317,106 @@ func speed(n int64, tr Transfer) string {
 		return ""
 	}
 	return fmt.Sprintf(", %.1f MB/s", tr.MBps)
+}
+
+// checkPortChangeEvents checks that a guest client connecting to the
+// agent socket sock opens the port named name for the host (QMP
+// VSERPORT_CHANGE open=true) and its leaving closes it (open=false). conn
+// is the host side of the port; one byte goes through it.
+func checkPortChangeEvents(ctx context.Context, t *testing.T, g *Guest, conn net.Conn, name, sock string) {
+	t.Helper()
+	p, _ := g.Port(name)
+	mark := g.QMP.Mark()
+	// The client stays connected (sink blocks) until the open event has
+	// been seen: QEMU rate-limits the event per port and a quick
+	// open+close could collapse into one.
+	proc, err := g.Start(ctx, "sink", sock, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	next, err := g.QMP.WaitPortChange(ctx, mark, p.ID, true)
+	if err != nil {
+		t.Fatalf("no VSERPORT_CHANGE open=true for %s after a guest client connected: %v", p.ID, err)
+	}
+	t.Logf("VSERPORT_CHANGE %s open=true %v after the client started", p.ID, time.Since(t0).Round(time.Millisecond))
+	if err := writePattern(ctx, conn, 1, 5); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := proc.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t1 := time.Now()
+	if _, err := g.QMP.WaitPortChange(ctx, next, p.ID, false); err != nil {
+		t.Fatalf("no VSERPORT_CHANGE open=false for %s after the guest client disconnected: %v", p.ID, err)
+	}
+	t.Logf("VSERPORT_CHANGE %s open=false %v after the client exited", p.ID, time.Since(t1).Round(time.Millisecond))
+}
+
+// checkHostReconnect checks that no guest→host byte is lost or duplicated
+// while the host side of the port named name goes away and comes back: a
+// guest client streams to sock, the host takes exactly the first part and
+// disconnects, the client blocks meanwhile (bytes_out stays put), and the
+// host receives the rest after reconnecting. conns[name] is the host
+// connection, replaced by the new one.
+func checkHostReconnect(ctx context.Context, t *testing.T, a *runningAgent, conns map[string]*net.UnixConn, name, sock string) {
+	t.Helper()
+	g := a.g
+	const n1, n2, seed = 1 << 20, 4 << 20, 31
+	flag := "/tmp/reconnect-go"
+	want, _ := patternSum(n1+n2, seed)
+	proc, err := g.Start(ctx, "stream", sock, strconv.Itoa(seed), strconv.Itoa(n1), flag, strconv.Itoa(n2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The host takes exactly the first part, so nothing is in flight
+	// when it goes away.
+	conn := conns[name]
+	h, err := readPart(ctx, conn, n1)
+	if err != nil {
+		t.Fatalf("first part: %v", err)
+	}
+	conn.Close()
+	l := a.waitList(ctx, t, name+" host-disconnected", func(l agentList) bool {
+		p, _ := l.port(sock)
+		return !p.HostConnected
+	})
+	away, _ := l.port(sock)
+	// The guest client writes the second part while the host is away.
+	g.MustRun(t, "touch", flag)
+	const awayFor = 3 * time.Second
+	time.Sleep(awayFor)
+	if proc.Exited() {
+		out, err := proc.Wait(ctx)
+		t.Fatalf("the guest writer finished %d bytes while the host was away (no backpressure; bytes dropped?): %v %s", n2, err, out)
+	}
+	l, _, err = a.list(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	still, _ := l.port(sock)
+	if still.BytesOut != away.BytesOut {
+		t.Errorf("bytes_out moved from %d to %d while the host was away: the device took bytes nobody could receive", away.BytesOut, still.BytesOut)
+	}
+	t.Logf("host away %v: guest writer blocked, bytes_out stayed %d", awayFor, still.BytesOut)
+	conn = g.DialPort(t, name)
+	conns[name] = conn
+	t0 := time.Now()
+	if err := h.add(ctx, conn, n2); err != nil {
+		t.Fatalf("second part after the host reconnected: %v", err)
+	}
+	t.Logf("after reconnecting, %d bytes in %v", n2, time.Since(t0).Round(time.Millisecond))
+	out, err := proc.Wait(ctx)
+	if err != nil {
+		t.Fatalf("guest writer: %v", err)
+	}
+	if sent := ParseKV(out)["sha256"]; sent != want {
+		t.Fatalf("guest writer sha256 %s, expected %s", sent, want)
+	}
+	if got := h.sum(); got != want {
+		t.Errorf("host received %d bytes with sha256 %s, guest sent %s: bytes lost or duplicated around the reconnect", n1+n2, got, want)
+	}
+	if err := nothingMore(conn, 500*time.Millisecond); err != nil {
+		t.Error(err)
+	}
 }
