@@ -58,6 +58,9 @@ type Config struct {
 	// RedialMin and RedialMax bound the wait between dials of a connect
 	// port (defaults DefaultRedialMin, DefaultRedialMax).
 	RedialMin, RedialMax time.Duration
+	// Console says what console ports get besides their socket (default:
+	// nothing; see ConsoleConfig).
+	Console ConsoleConfig
 }
 
 // PortStatus describes one port. It is also the JSON form of a port on the
@@ -90,6 +93,7 @@ type Agent struct {
 	portCfgs             map[string]PortConfig
 	defCfg               PortConfig
 	redialMin, redialMax time.Duration
+	console              ConsoleConfig
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
@@ -164,6 +168,9 @@ func New(cfg Config) (*Agent, error) {
 	if maxName < tmpNameLen {
 		return nil, fmt.Errorf("agent: socket dir %s: path too long for Unix sockets (%d bytes; at most %d)", dir, len(dir), sunPathMax-1-tmpNameLen)
 	}
+	if err := cfg.Console.check(); err != nil {
+		return nil, err
+	}
 	log := cfg.Logger
 	if err := prepareDir(dir, cfg.DirMode, log); err != nil {
 		return nil, err
@@ -175,12 +182,14 @@ func New(cfg Config) (*Agent, error) {
 		maxName:   maxName,
 		portCfgs:  portCfgs,
 		defCfg:    cfg.Default,
+		console:   cfg.Console,
 		redialMin: cfg.RedialMin,
 		redialMax: cfg.RedialMax,
 		ports:     make(map[portKey]*port),
 		owners:    make(map[string]*port),
 		controls:  make(map[net.Listener]bool),
 	}
+	a.removeStaleLinks()
 	if err := a.removeStale(); err != nil {
 		return nil, err
 	}
@@ -378,6 +387,9 @@ func (a *Agent) dropLocked(pt *port, why string) {
 		return
 	}
 	pt.gone = true
+	if pt.con != nil {
+		pt.con.closeLocked()
+	}
 	if a.ports[portKey{pt.dev, pt.p.ID()}] == pt {
 		delete(a.ports, portKey{pt.dev, pt.p.ID()})
 	}

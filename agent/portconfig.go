@@ -17,8 +17,9 @@ const (
 	// ModeConnect makes the agent dial a Unix socket another program
 	// listens on (PortConfig.Target), redialing with backoff.
 	ModeConnect Mode = "connect"
-	// ModePTY offers the port as a pseudo-terminal. Until the terminal
-	// support is wired in, such a port is served as ModeListen (logged).
+	// ModePTY offers the port as a pseudo-terminal as well as a socket
+	// (SOCKET_DIR/NAME.pty → /dev/pts/N; see ConsoleConfig for how the two
+	// share the port), for any port, console or not.
 	ModePTY Mode = "pty"
 	// ModeIgnore leaves the port alone: no socket, never opened towards the
 	// host.

@@ -30,6 +30,7 @@ type port struct {
 	client   *session
 	badName  string // last name reported as unusable, so it is logged once
 	cfg      PortConfig
+	con      *ptyConsole        // the console's terminal, nil if none
 	cfgSet   bool               // cfg holds the configuration in force
 	dialStop context.CancelFunc // ends the connect-mode dialer, nil if none
 	// nameProblem says why the socket is not named after the port's name
@@ -81,6 +82,7 @@ func (pt *port) watch() {
 			}
 		}
 		pt.a.placeSocket(pt)
+		pt.a.checkConsole(pt)
 		select {
 		case <-ch:
 		case <-pt.kick:
@@ -156,7 +158,7 @@ func (a *Agent) placeSocket(pt *port) {
 		case ModeConnect:
 			pt.log.Info("port in connect mode", "name", pt.p.Name(), "target", cfg.Target)
 		case ModePTY:
-			pt.log.Warn("pty mode is not available in this build; serving the port as a socket", "name", pt.p.Name())
+			pt.log.Info("port in pty mode: a pseudo-terminal as well as the socket", "name", pt.p.Name())
 		}
 	}
 	if cfg.Socket != "" || cfg.effectiveMode() == ModeIgnore || cfg.effectiveMode() == ModeConnect {

@@ -56,6 +56,9 @@ func (s *session) run() {
 
 	raw, err := s.c.SyscallConn()
 	pt.log.Info("client connected", peerAttrs(s.c)...)
+	// A console's terminal gives the port to the client until it leaves.
+	pt.detachConsole()
+	defer pt.attachConsole()
 	if err == nil {
 		err = p.SetGuestOpen(s.ctx, true)
 	}
@@ -74,7 +77,8 @@ func (s *session) run() {
 		err = fmt.Errorf("open port: %w", err)
 	}
 	s.c.Close()
-	if opened && !p.Removed() {
+	if opened && !p.Removed() && !pt.hasConsole() {
+		// (A console with a terminal stays open: the terminal takes over.)
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), closeTimeout)
 		if cerr := p.SetGuestOpen(ctx, false); cerr != nil {
 			pt.log.Warn("cannot tell the host the port closed", "err", cerr)

@@ -39,6 +39,9 @@ type Port struct {
 	bufSize int
 	openErr error
 	noKeep  bool
+	console bool
+	cols    uint16
+	rows    uint16
 }
 
 // State is a snapshot of the fake, for assertions and Wait conditions.
@@ -68,7 +71,44 @@ func NewPort(id uint32, name string) *Port {
 	return &Port{id: id, name: name, changed: make(chan struct{}), update: make(chan struct{}), bufSize: 4096}
 }
 
-var _ agent.Port = (*Port)(nil)
+var _ agent.ConsolePort = (*Port)(nil)
+
+// IsConsole implements agent.ConsolePort.
+func (p *Port) IsConsole() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.console
+}
+
+// Size implements agent.ConsolePort.
+func (p *Port) Size() (cols, rows uint16) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cols, p.rows
+}
+
+// SetConsole makes the port a console, as CONSOLE_PORT does; like the
+// driver, it opens the port towards the host at once.
+func (p *Port) SetConsole() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.console = true
+	if !p.open {
+		p.open = true
+		p.rx = append(p.rx, p.held...)
+		p.st.Pending += p.st.Held
+		p.held, p.st.Held = nil, 0
+	}
+	p.bumpLocked(true)
+}
+
+// SetSize sets the console size, as RESIZE does.
+func (p *Port) SetSize(cols, rows uint16) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cols, p.rows = cols, rows
+	p.bumpLocked(true)
+}
 
 // ID implements agent.Port.
 func (p *Port) ID() uint32 { return p.id }
