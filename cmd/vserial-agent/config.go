@@ -83,6 +83,8 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	devices := fl.StringArray("device", nil, "PCI address DDDD:BB:DD.F of a virtio-console function to drive (repeatable; default: every virtio-console function no driver holds)")
 	bind := fl.String("bind", bindAuto, "how to take the function: uio (uio_pci_generic), vfio (vfio-pci; not supported yet) or auto")
 	maxPorts := fl.Int("max-ports", 0, "set up at most this many ports per device (0: as many as the device offers)")
+	consolePTY := fl.Bool("console-pty", false, "give every console port (virtconsole) a pseudo-terminal as well as its socket: SOCKET_DIR/NAME.pty → /dev/pts/N")
+	consoleExec := fl.String("console-exec", "", "run this program (absolute path, then arguments, split at spaces) on every console's terminal, restarted when it exits, e.g. \"/bin/sh -l\"; implies --console-pty")
 	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
 	configFile := fl.String("config", "", "per-port configuration file (format: README, Configuration)")
 	portFlags := fl.StringArray("port", nil, "configure one port: 'NAME KEY=VALUE ...' as after 'port' in the config file (repeatable; overrides the file key by key)")
@@ -138,6 +140,18 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 		return runConfig{}, usagef(cmd, "--max-ports %d: want 0 (as many as the device offers) to %d", *maxPorts, maxPortsLimit)
 	}
 	cfg.MaxPorts = *maxPorts
+	cfg.Agent.Console.PTY = *consolePTY
+	if fl.Changed("console-exec") {
+		argv := strings.Fields(*consoleExec)
+		if len(argv) == 0 {
+			return runConfig{}, usagef(cmd, "--console-exec: empty command")
+		}
+		if !filepath.IsAbs(argv[0]) {
+			return runConfig{}, usagef(cmd, "--console-exec %q: give the program as an absolute path", argv[0])
+		}
+		cfg.Agent.Console.Exec = argv
+		cfg.Agent.Console.PTY = true
+	}
 	if cfg.LogLevel, err = parseLevel(cmd, *logLevel); err != nil {
 		return runConfig{}, err
 	}

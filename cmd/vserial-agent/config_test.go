@@ -46,6 +46,21 @@ func TestParseRunValues(t *testing.T) {
 	}
 }
 
+func TestParseRunConsole(t *testing.T) {
+	cfg, err := parseRun(nil, io.Discard)
+	if err != nil || cfg.Agent.Console.PTY || cfg.Agent.Console.Exec != nil {
+		t.Fatalf("default console config %+v, %v: want plain sockets", cfg.Agent.Console, err)
+	}
+	cfg, err = parseRun([]string{"--console-pty"}, io.Discard)
+	if err != nil || !cfg.Agent.Console.PTY || cfg.Agent.Console.Exec != nil {
+		t.Fatalf("--console-pty: %+v, %v", cfg.Agent.Console, err)
+	}
+	cfg, err = parseRun([]string{"--console-exec", "/bin/sh  -l"}, io.Discard)
+	if err != nil || !cfg.Agent.Console.PTY || strings.Join(cfg.Agent.Console.Exec, "|") != "/bin/sh|-l" {
+		t.Fatalf("--console-exec: %+v, %v", cfg.Agent.Console, err)
+	}
+}
+
 func TestParseRunRejects(t *testing.T) {
 	for _, c := range []struct {
 		args []string
@@ -68,6 +83,8 @@ func TestParseRunRejects(t *testing.T) {
 		{[]string{"--log-level", "loud"}, `--log-level "loud"`},
 		{[]string{"--sysfs", ""}, "--sysfs: empty"},
 		{[]string{"--frobnicate"}, "unknown flag"},
+		{[]string{"--console-exec", " "}, "--console-exec: empty command"},
+		{[]string{"--console-exec", "sh -l"}, "absolute path"},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 	} {
 		_, err := parseRun(c.args, io.Discard)

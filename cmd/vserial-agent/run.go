@@ -48,6 +48,16 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 	go func() { served <- a.ServeControl(ctl) }()
 
 	var devs []device
+	var addrs []string
+	// The last gasp: if anything panics below, the host hears why.
+	defer func() {
+		if r := recover(); r != nil {
+			for i, d := range devs {
+				emergencyLine(d, addrs[i], log, fmt.Sprintf("fatal: panic: %v", r))
+			}
+			panic(r)
+		}
+	}()
 	shutdown := func() {
 		a.Close()
 		if err := <-served; err != nil && !errors.Is(err, agent.ErrClosed) {
@@ -70,15 +80,23 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 			Logger:   log.With("pci", f.Addr, "dev", i),
 		})
 		if err != nil {
-			shutdown()
 			if ctx.Err() != nil {
+				shutdown()
 				log.Info("interrupted while opening devices", "pci", f.Addr, "err", err)
 				return exitOK
 			}
+			for j, d := range devs {
+				emergencyLine(d, addrs[j], log, fmt.Sprintf("fatal: cannot open device %s: %v", f.Addr, err))
+			}
+			shutdown()
 			return failed("cannot open device "+f.Addr, err)
 		}
 		devs = append(devs, d)
+		addrs = append(addrs, f.Addr)
 		log.Info("device opened", "pci", f.Addr, "dev", i)
+		// Before any port is published: the host sees the agent coming up
+		// even when nothing else works later.
+		emergencyLine(d, f.Addr, log, "starting on "+f.Addr)
 	}
 
 	// The ports present at start are published first, device by device in
@@ -127,12 +145,17 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 		case <-ctx.Done():
 		case i := <-stopped:
 			running--
-			log.Error("device stopped", "pci", fns[i].Addr, "dev", i, "err", devs[i].Err())
+			err := devs[i].Err()
+			log.Error("device stopped", "pci", fns[i].Addr, "dev", i, "err", err)
+			emergencyLine(devs[i], fns[i].Addr, log, fmt.Sprintf("fatal: device %s stopped: %v", fns[i].Addr, err))
 		}
 	}
 	if running == 0 {
 		code = exitFailure
 		log.Error("every device stopped; exiting")
+		for i, d := range devs {
+			emergencyLine(d, addrs[i], log, "fatal: every device stopped; exiting")
+		}
 	} else {
 		log.Info("shutting down")
 	}
@@ -196,4 +219,33 @@ func selectFunctions(cfg runConfig, log *slog.Logger) ([]pciscan.Function, error
 		return nil, fmt.Errorf("no virtio-console function under %s/bus/pci/devices (QEMU: -device virtio-serial-pci)", cfg.Sysfs)
 	}
 	return out, nil
+}
+
+// maxEmergencyLine bounds a line written through the emergency channel: each
+// byte is a register write the host handles on its own.
+const maxEmergencyLine = 240
+
+// emergencyLine writes "vserial-agent: MSG\n" through d's emergency channel
+// (VIRTIO_CONSOLE_F_EMERG_WRITE: QEMU puts it on the first virtconsole,
+// usually port 0), for the host to see while no port is up or after the
+// device failed. Control characters in msg become spaces and long messages
+// are cut, so one call is one line. Best effort: a device without the
+// channel is logged at debug level.
+func emergencyLine(d device, addr string, log *slog.Logger, msg string) {
+	b := []byte("vserial-agent: ")
+	for _, c := range []byte(msg) {
+		if c < 0x20 || c == 0x7f {
+			c = ' '
+		}
+		b = append(b, c)
+	}
+	if len(b) > maxEmergencyLine-1 {
+		b = append(b[:maxEmergencyLine-4], "..."...)
+	}
+	b = append(b, '\n')
+	if err := d.EmergencyWrite(b); err != nil {
+		log.Debug("no emergency write", "pci", addr, "err", err)
+		return
+	}
+	log.Debug("emergency write", "pci", addr, "line", string(b[:len(b)-1]))
 }

@@ -48,6 +48,7 @@ type fakeDevice struct {
 	closed  bool
 	sockets []string // socket files present when Close was called
 	dir     string
+	emerg   []byte // emergency writes
 }
 
 func newFakeDevice(dir string) *fakeDevice {
@@ -57,6 +58,20 @@ func newFakeDevice(dir string) *fakeDevice {
 func (d *fakeDevice) Ports() <-chan agent.Port { return d.ports }
 
 func (d *fakeDevice) Present() []agent.Port { return d.present }
+
+// EmergencyWrite records what the agent wrote through the emergency channel.
+func (d *fakeDevice) EmergencyWrite(b []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.emerg = append(d.emerg, b...)
+	return nil
+}
+
+func (d *fakeDevice) emergency() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return string(d.emerg)
+}
 
 func (d *fakeDevice) Err() error {
 	d.mu.Lock()
@@ -233,6 +248,9 @@ func TestRunServesAndShutsDownCleanly(t *testing.T) {
 	if len(left) != 0 {
 		t.Errorf("device closed while the agent still had sockets %v: the agent must close first", left)
 	}
+	if got := d.emergency(); got != "vserial-agent: starting on 0000:00:03.0\n" {
+		t.Errorf("emergency writes %q, want only the start line", got)
+	}
 	ents, _ := os.ReadDir(h.dir)
 	if len(ents) != 0 {
 		t.Errorf("socket dir not empty after shutdown: %v", ents)
@@ -298,6 +316,40 @@ func TestRunEveryDeviceStopped(t *testing.T) {
 	}
 	if !strings.Contains(h.logs.String(), "device reset failed") {
 		t.Errorf("log does not say why the device stopped:\n%s", h.logs.String())
+	}
+	// The host hears it too, through the emergency channel.
+	want := "vserial-agent: starting on 0000:00:03.0\n" +
+		"vserial-agent: fatal: device 0000:00:03.0 stopped: device reset failed\n" +
+		"vserial-agent: fatal: every device stopped; exiting\n"
+	if got := h.device(0).emergency(); got != want {
+		t.Errorf("emergency writes %q, want %q", got, want)
+	}
+}
+
+// A device that fails to open after another opened: the opened one tells
+// the host why the agent gives up; a line never spans more than one line.
+func TestRunEmergencyOnOpenFailure(t *testing.T) {
+	sys := shortTempDir(t)
+	fakeFunction(t, sys, "0000:00:03.0", "0x1af4", "0x1043", "0x1100", "")
+	fakeFunction(t, sys, "0000:00:04.0", "0x1af4", "0x1043", "0x1100", "")
+	h := &runHarness{t: t, sys: sys, dir: filepath.Join(shortTempDir(t), "run"), done: make(chan int, 1), logs: &syncBuffer{}}
+	first := newFakeDevice(h.dir)
+	n := 0
+	open := func(ctx context.Context, spec deviceSpec) (device, error) {
+		n++
+		if n == 1 {
+			return first, nil
+		}
+		return nil, errors.New("bring up:\nno memory")
+	}
+	code := realMain(context.Background(), []string{"run", "--socket-dir", h.dir, "--sysfs", sys}, h.logs, h.logs, open)
+	if code != exitFailure {
+		t.Fatalf("exit %d, want %d", code, exitFailure)
+	}
+	want := "vserial-agent: starting on 0000:00:03.0\n" +
+		"vserial-agent: fatal: cannot open device 0000:00:04.0: bring up: no memory\n"
+	if got := first.emergency(); got != want {
+		t.Errorf("emergency writes %q, want %q", got, want)
 	}
 }
 

@@ -35,6 +35,10 @@ type device interface {
 	// Close resets the device, releases its memory and interrupt, gives
 	// the function back to the driver it had before, and closes Ports.
 	Close() error
+	// EmergencyWrite writes b to the host through the device's emergency
+	// channel (VIRTIO_CONSOLE_F_EMERG_WRITE), which needs no port and still
+	// works after the device failed; an error when the device has none.
+	EmergencyWrite(b []byte) error
 }
 
 // deviceSpec is what opening one function needs.
@@ -216,6 +220,8 @@ func (d *consoleDevice) forward() {
 func (d *consoleDevice) Ports() <-chan agent.Port { return d.ports }
 
 func (d *consoleDevice) Present() []agent.Port { return d.present }
+
+func (d *consoleDevice) EmergencyWrite(b []byte) error { return d.dev.EmergencyWrite(b) }
 
 func (d *consoleDevice) Err() error {
 	select {
