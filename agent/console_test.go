@@ -245,3 +245,36 @@ func TestConsoleConfigChecked(t *testing.T) {
 		}
 	}
 }
+
+// Mode pty (per-port configuration) gives any port a terminal, console or
+// not, with the port opened towards the host by the terminal; a console in
+// mode ignore gets none.
+func TestConsoleModePTY(t *testing.T) {
+	a := newAgent(t, agent.Config{
+		Ports: map[string]agent.PortConfig{"tty0": {Mode: agent.ModePTY}, "con": {Mode: agent.ModeIgnore}},
+		// Consoles get a terminal by default, but not the ignored one.
+		Console: agent.ConsoleConfig{PTY: true},
+	})
+	p := agenttest.NewPort(1, "tty0")
+	p.SetHostConnected(true)
+	addPort(t, a, 0, p)
+	waitLink(t, filepath.Join(a.Dir(), "tty0"+agent.PTYSuffix))
+	waitPort(t, p, "opened by the terminal", func(s agenttest.State) bool { return s.GuestOpen })
+	slave, err := os.OpenFile(filepath.Join(a.Dir(), "tty0"+agent.PTYSuffix), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slave.Close()
+	slave.Write([]byte("hi\n"))
+	waitSent(t, p, `hi\r\n`)
+
+	ign := consolePort(0, "con")
+	addPort(t, a, 0, ign)
+	waitStatus(t, a, "both ports", func(st []agent.PortStatus) bool { return len(st) == 2 })
+	plain := consolePort(2, "plain-console")
+	addPort(t, a, 0, plain)
+	waitLink(t, filepath.Join(a.Dir(), "plain-console"+agent.PTYSuffix))
+	if exists(filepath.Join(a.Dir(), "con"+agent.PTYSuffix)) {
+		t.Error("an ignored console got a terminal")
+	}
+}
