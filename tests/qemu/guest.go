@@ -79,6 +79,10 @@ type Options struct {
 	NoDevice bool
 	// Files are added to the initramfs (e.g. BuildAgent(t)).
 	Files []File
+	// QGA carries Debian's qemu-guest-agent, unmodified, at QGAPath with
+	// its loader and shared libraries (about 6 MB more initramfs; see
+	// EnsureQGA). Start it with StartQGA.
+	QGA bool
 	// Modules are kernel modules to carry beyond GuestModules.
 	Modules []string
 	// Append is added to the kernel command line.
@@ -193,6 +197,16 @@ func Boot(t testing.TB, opts Options) *Guest {
 			t.Fatalf("guest modules: %v", err)
 		}
 	}
+	var qgaFiles []File
+	if opts.QGA {
+		q, err := EnsureQGA(cache)
+		if err != nil {
+			t.Fatalf("guest qemu-ga: %v", err)
+		}
+		if qgaFiles, err = q.Files(); err != nil {
+			t.Fatalf("guest qemu-ga: %v", err)
+		}
+	}
 	setup := time.Since(t0)
 
 	// Short directory: socket paths must fit in sun_path (108 bytes).
@@ -217,6 +231,7 @@ func Boot(t testing.TB, opts Options) *Guest {
 		// For programs that load modules themselves (vserial-agent).
 		{Dst: "/sbin/modprobe", Symlink: HelperPath},
 	}, mods...)
+	files = append(files, qgaFiles...)
 	files = append(files, opts.Files...)
 	initrd := filepath.Join(dir, "initrd.cpio")
 	if err := writeInitramfs(initrd, base, files); err != nil {
