@@ -30,6 +30,15 @@
 //     in the initramfs, and vfio.enable_unsafe_noiommu_mode=1 on the kernel
 //     command line reaches the module through the helper's modprobe. The
 //     module is unsigned; Debian kernels load it (no MODULE_SIG_FORCE).
+//   - qemu-guest-agent (Options.QGA): EnsureQGA downloads Debian's
+//     qemu-guest-agent and its Depends closure (apt-cache depends --recurse,
+//     apt-get download, dpkg -x into the cache; never installed, the
+//     libraries come from the same archive as the agent, not the host), and
+//     ELFClosure carries /usr/sbin/qemu-ga with what the loader opens:
+//     PT_INTERP and DT_NEEDED recursively (glibc, glib, pcre2, libudev,
+//     libnuma, liburing; about 6 MB), found in the default library
+//     directories as ld.so would without an ld.so.cache. StartQGA runs it
+//     with --method=unix-listen.
 //   - QEMU: qemu-system-x86_64 -machine q35 -accel tcg -m 512M, the serial
 //     console on QEMU's stdin/stdout, QMP on a Unix socket, the device under
 //     test virtio-serial-pci (id vs0) and one virtserialport per Port with a
@@ -76,6 +85,14 @@
 //   - TestAgentTwoDevices: two virtio-serial-pci functions driven by one
 //     agent: device indexes in list and in unnamed sockets (vport1p2), data
 //     on both devices at once.
+//   - TestQemuGuestAgent: Debian's qemu-guest-agent, unmodified
+//     (Options.QGA), listening on a guest Unix socket with vserial-agent
+//     dialing it for org.qemu.guest_agent.0 (connect mode, config file); the
+//     host (QGAClient) gets guest-sync-delimited and guest-sync echoing its
+//     ids, guest-ping, guest-info listing the commands, a file written,
+//     sought and read back with guest-file-* (and checked in the guest), a
+//     guest file read, an error reply, and all of it again after qemu-ga
+//     restarts (the agent redials; VSERPORT_CHANGE closed then open).
 //   - TestDemo: what scripts/demo shows, step by step: a host program and a
 //     guest program greeting each other and moving 4 MiB each way through
 //     the agent's sockets.
