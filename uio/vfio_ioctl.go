@@ -86,12 +86,6 @@ func (s vfioSys) setContainer(group, container int) error {
 	return err
 }
 
-// unsetContainer is VFIO_GROUP_UNSET_CONTAINER.
-func (s vfioSys) unsetContainer(group int) error {
-	_, err := s.call("VFIO_GROUP_UNSET_CONTAINER", group, vfioabi.GroupUnsetContainer, nil, 0)
-	return err
-}
-
 // deviceFD is VFIO_GROUP_GET_DEVICE_FD; it returns a new descriptor.
 func (s vfioSys) deviceFD(group int, name string) (int, error) {
 	b, err := vfioabi.EncodeDeviceName(name)

@@ -100,7 +100,7 @@ func loadPortConfigs(path string, portFlags, ignoreFlags []string, lk lookups) (
 			return portConfigs{}, fmt.Errorf("--port %q: %v", v, err)
 		}
 		if len(toks) == 0 {
-			return portConfigs{}, fmt.Errorf("--port %q: want NAME KEY=VALUE ...", v)
+			return portConfigs{}, fmt.Errorf("--port %q: want NAME KEY=VALUE [KEY=VALUE]", v)
 		}
 		e, err := parseEntry("--port", toks[0], toks[1:], lk)
 		if err != nil {
@@ -181,7 +181,7 @@ func parseConfig(path string, r io.Reader, lk lookups) ([]configEntry, error) {
 			e, err = parseEntry(where, "", toks[1:], lk)
 		case "port":
 			if len(toks) < 2 {
-				return nil, fmt.Errorf("%s: port needs a name: port NAME KEY=VALUE ...", where)
+				return nil, fmt.Errorf("%s: port needs a name (port NAME KEY=VALUE)", where)
 			}
 			e, err = parseEntry(where, toks[1], toks[2:], lk)
 		default:

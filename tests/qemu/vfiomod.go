@@ -67,7 +67,7 @@ func debianKernelVersion(banner string) (version, sourcePkg string, err error) {
 	upstream, _, _ := strings.Cut(version, "-")
 	parts := strings.SplitN(upstream, ".", 3)
 	if len(parts) < 2 || parts[0] == "" || parts[1] == "" || strings.Trim(parts[0]+parts[1], "0123456789") != "" {
-		return "", "", fmt.Errorf("Debian kernel version %q has no MAJOR.MINOR", version)
+		return "", "", fmt.Errorf("the Debian kernel version %q has no MAJOR.MINOR", version)
 	}
 	return version, "linux-source-" + parts[0] + "." + parts[1], nil
 }
@@ -145,7 +145,7 @@ func parseSymvers(data string) (symvers, error) {
 		}
 		f := strings.Split(line, "\t")
 		if len(f) < 3 || !strings.HasPrefix(f[0], "0x") || f[1] == "" {
-			return nil, fmt.Errorf("Module.symvers line %d: %q is not CRC<TAB>SYMBOL<TAB>MODULE...", n+1, line)
+			return nil, fmt.Errorf("module.symvers line %d: %q is not CRC<TAB>SYMBOL<TAB>MODULE", n+1, line)
 		}
 		s[f[1]] = struct{ crc, module string }{f[0], f[2]}
 	}
