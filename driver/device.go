@@ -114,6 +114,10 @@ type DeviceStats struct {
 	ControlIn     uint64 // control messages received
 	ControlOut    uint64 // control messages sent
 	Interrupts    uint64 // wake-ups of the event loop
+	// Injected counts descriptors InjectFault posted; InjectedAccepted
+	// those the device used instead of refusing them.
+	Injected         uint64
+	InjectedAccepted uint64
 }
 
 // maxEventBacklog bounds the port events waiting for a reader.

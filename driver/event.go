@@ -206,6 +206,11 @@ func (d *Device) reapTxErrLocked(s *slot) error {
 			break
 		}
 		i := s.txByHead[u.Head]
+		if i == injectedMark {
+			s.txByHead[u.Head] = -1
+			d.acceptedInjectedLocked(s)
+			continue
+		}
 		if i < 0 {
 			return portError(s, "transmitq", fmt.Errorf("%w: head %d has no buffer", ring.ErrDeviceProtocol, u.Head))
 		}

@@ -247,6 +247,10 @@ func (d *Device) walk(c *Chain) error {
 			total-- // the pointing descriptor is not a buffer
 			continue
 		}
+		if n == 0 {
+			// QEMU virtqueue_map_desc: "zero sized buffers are not allowed".
+			return d.fail("head %d: zero-length buffer", c.Head)
+		}
 		write := flags&2 != 0
 		if !write && sawWrite {
 			return d.fail("head %d: device-readable descriptor after a device-writable one", c.Head)
