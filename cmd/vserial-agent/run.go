@@ -99,6 +99,8 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 		emergencyLine(d, f.Addr, log, "starting on "+f.Addr)
 	}
 
+	startFaultInjection(ctx, devs, log)
+
 	// The ports present at start are published first, device by device in
 	// index order and by id within a device, so a name two devices share
 	// goes to the lower device index (the other is served as

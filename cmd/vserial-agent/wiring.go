@@ -107,9 +107,10 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 		maxPorts = uint32(spec.MaxPorts)
 	}
 	dev, err := driver.Open(ctx, uioFunction{fn}, driver.Config{
-		MaxPorts: maxPorts,
-		Index:    spec.Index,
-		Logger:   log,
+		MaxPorts:  maxPorts,
+		Index:     spec.Index,
+		MaxResets: maxResets,
+		Logger:    log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bring up virtio-console %s: %w", addr, err)

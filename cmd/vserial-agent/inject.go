@@ -1,0 +1,25 @@
+package main
+
+import (
+	"github.com/vserial/vserial/driver"
+)
+
+// faultInjector is a device that can commit a driver.Fault on purpose. Only
+// binaries built with -tags faultinject (the guest tests' agent) use it;
+// see inject_on.go.
+type faultInjector interface {
+	InjectFault(port uint32, f driver.Fault, addr uint64) error
+	Stats() driver.DeviceStats
+}
+
+func (d *consoleDevice) InjectFault(port uint32, f driver.Fault, addr uint64) error {
+	return d.dev.InjectFault(port, f, addr)
+}
+
+func (d *consoleDevice) Stats() driver.DeviceStats { return d.dev.Stats() }
+
+// maxResets is driver.Config.MaxResets for every device (0: the driver's
+// default, 5 a minute). Only faultinject builds change it.
+var maxResets int
+
+var _ faultInjector = (*consoleDevice)(nil)
