@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -86,7 +87,9 @@ func bootAgent(t *testing.T, opts Options, sockets ...string) *runningAgent {
 // bootAgentArgs is bootAgent with extra arguments for `vserial-agent run`.
 func bootAgentArgs(t *testing.T, opts Options, args []string, sockets ...string) *runningAgent {
 	t.Helper()
-	opts.Files = append(opts.Files, BuildAgent(t))
+	if !slices.ContainsFunc(opts.Files, func(f File) bool { return f.Dst == AgentPath }) {
+		opts.Files = append(opts.Files, BuildAgent(t))
+	}
 	g := Boot(t, opts)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()

@@ -77,19 +77,20 @@ var (
 // BuildGoBinary builds a static (CGO_ENABLED=0) binary of a package of our
 // module, once per test process, and returns its host path. pkg is relative
 // to the module root, e.g. "./cmd/vserial-agent".
-func BuildGoBinary(t testing.TB, pkg string) string {
+func BuildGoBinary(t testing.TB, pkg string, tags ...string) string {
 	t.Helper()
-	p, err := buildGoBinary(pkg)
+	p, err := buildGoBinary(pkg, tags...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-func buildGoBinary(pkg string) (string, error) {
+func buildGoBinary(pkg string, tags ...string) (string, error) {
 	buildMu.Lock()
 	defer buildMu.Unlock()
-	if p, ok := buildCache[pkg]; ok {
+	key := pkg + " " + strings.Join(tags, ",")
+	if p, ok := buildCache[key]; ok {
 		return p, nil
 	}
 	root, err := moduleRoot()
@@ -102,13 +103,21 @@ func buildGoBinary(pkg string) (string, error) {
 			return "", err
 		}
 	}
-	out := filepath.Join(buildDir, filepath.Base(pkg))
-	cmd := []string{"build", "-trimpath", "-o", out, pkg}
+	name := filepath.Base(pkg)
+	if len(tags) > 0 {
+		name += "-" + strings.Join(tags, "-")
+	}
+	out := filepath.Join(buildDir, name)
+	cmd := []string{"build", "-trimpath", "-o", out}
+	if len(tags) > 0 {
+		cmd = append(cmd, "-tags", strings.Join(tags, ","))
+	}
+	cmd = append(cmd, pkg)
 	// Static: the guest has no libc.
 	if _, err := runEnv(root, []string{"CGO_ENABLED=0"}, "go", cmd...); err != nil {
 		return "", err
 	}
-	buildCache[pkg] = out
+	buildCache[key] = out
 	return out, nil
 }
 
@@ -118,6 +127,18 @@ func BuildAgent(t testing.TB) File {
 	t.Helper()
 	return File{Dst: AgentPath, Src: BuildGoBinary(t, "./cmd/vserial-agent"), Mode: 0o755}
 }
+
+// BuildFaultAgent is BuildAgent built with -tags faultinject: the agent
+// then commits a driver fault on SIGUSR1 as the file FaultFile says
+// (cmd/vserial-agent/inject_on.go), for recovery tests. Production builds
+// have no such trigger.
+func BuildFaultAgent(t testing.TB) File {
+	t.Helper()
+	return File{Dst: AgentPath, Src: BuildGoBinary(t, "./cmd/vserial-agent", "faultinject"), Mode: 0o755}
+}
+
+// FaultFile is where a faultinject agent reads its fault request.
+const FaultFile = "/tmp/vserial-fault"
 
 // writeInitramfs writes base followed by an archive of files to dst.
 func writeInitramfs(dst, base string, files []File) error {
