@@ -146,30 +146,32 @@ type Device struct {
 	loopDone   chan struct{}
 	fwdDone    chan struct{}
 
-	mu          sync.Mutex
-	queues      []*ring.Queue // by queue number; nil where not set up
-	ctrlRxBufs  []dma.Region
-	ctrlRxHead  []int32 // head → index in ctrlRxBufs
-	ctrlTxMem   dma.Region
-	ctrlTxHead  []int32 // head → slot in ctrlTxMem, -1
-	ctrlTxFree  []int32
-	ctrlQueue   []ctrlOut // control messages waiting for a descriptor
-	slots       []*slot
-	seg         [1]ring.Segment
-	stats       DeviceStats
-	resetTimes  []time.Time
-	recovering  bool
-	inControl   bool // handling a control message: replies wait for the re-post
-	pendingWork bool // control work left over: the event loop must not wait
-	closed      bool
-	failed      bool
-	err         error
-	held        int // buffers in use outside the lock
-	freed       bool
-	done        chan struct{}
-	evq         []PortEvent
-	evWake      chan struct{}
-	events      chan PortEvent
+	mu         sync.Mutex
+	queues     []*ring.Queue // by queue number; nil where not set up
+	ctrlRxBufs []dma.Region
+	ctrlRxHead []int32 // head → index in ctrlRxBufs
+	ctrlTxMem  dma.Region
+	ctrlTxHead []int32 // head → slot in ctrlTxMem, -1
+	ctrlTxFree []int32
+	ctrlQueue  []ctrlOut // control messages waiting for a descriptor
+	slots      []*slot
+	seg        [1]ring.Segment
+	stats      DeviceStats
+	resetTimes []time.Time
+	recovering bool
+	// reannounceTimer removes ports not announced again after a reset.
+	reannounceTimer *time.Timer
+	inControl       bool // handling a control message: replies wait for the re-post
+	pendingWork     bool // control work left over: the event loop must not wait
+	closed          bool
+	failed          bool
+	err             error
+	held            int // buffers in use outside the lock
+	freed           bool
+	done            chan struct{}
+	evq             []PortEvent
+	evWake          chan struct{}
+	events          chan PortEvent
 }
 
 type ctrlOut struct {
@@ -341,6 +343,10 @@ func (d *Device) Close() error {
 func (d *Device) stopLocked(err error) {
 	if d.err == nil {
 		d.err = err
+	}
+	if d.reannounceTimer != nil {
+		d.reannounceTimer.Stop()
+		d.reannounceTimer = nil
 	}
 	for _, s := range d.slots {
 		if s == nil || s.port == nil {
@@ -567,10 +573,48 @@ func (d *Device) bringUpLocked(first bool) error {
 	}
 	if more {
 		d.pendingWork = true
-	} else if !first {
-		d.dropUnannouncedLocked()
+	}
+	if !first {
+		d.scheduleUnannouncedDropLocked()
 	}
 	return nil
+}
+
+// reannounceGrace is how long after a reset the driver waits for the device
+// to announce a port again before it removes the port. QEMU replays every
+// PORT_ADD on DEVICE_READY, but from its main loop when the doorbell goes
+// through an ioeventfd (virtio-pci's default), so the replay may arrive
+// well after bring-up returns; removing ports at once would replace every
+// port (and drop its client) on each reset.
+const reannounceGrace = 2 * time.Second
+
+// scheduleUnannouncedDropLocked removes, reannounceGrace from now, the
+// ports the device has not announced again since this reset.
+func (d *Device) scheduleUnannouncedDropLocked() {
+	if d.reannounceTimer != nil {
+		d.reannounceTimer.Stop()
+		d.reannounceTimer = nil
+	}
+	pending := false
+	for _, s := range d.slots {
+		if s != nil && s.port != nil && !s.port.removed && s.port.reannounce {
+			pending = true
+			break
+		}
+	}
+	if !pending {
+		return
+	}
+	resets := d.stats.Resets
+	d.reannounceTimer = time.AfterFunc(reannounceGrace, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.broken() || d.stats.Resets != resets {
+			return // stopped, or a later reset has its own timer
+		}
+		d.reannounceTimer = nil
+		d.dropUnannouncedLocked()
+	})
 }
 
 // ErrDeviceProtocolConsole is matched by violations of the console protocol

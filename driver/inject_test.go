@@ -3,6 +3,9 @@ package driver
 import (
 	"errors"
 	"testing"
+	"time"
+
+	"github.com/vserial/vserial/driver/virtiotest"
 )
 
 // An injected fault that the device refuses ends in a reset after which
@@ -108,5 +111,41 @@ func TestInjectFaultRejectsBadArguments(t *testing.T) {
 		if g, err := ParseFault(f.String()); err != nil || g != f {
 			t.Errorf("ParseFault(%q) = %v, %v", f, g, err)
 		}
+	}
+}
+
+// Regression (guest test TestAgentRecovery): QEMU answers DEVICE_READY from
+// its main loop, after the kick returned, so the replayed PORT_ADDs come
+// after bring-up. The driver must wait for them rather than remove every
+// port (which replaced each Port and dropped its client on every reset).
+func TestResetWithLateReplayKeepsPorts(t *testing.T) {
+	r := newRig(t, rigOpts{
+		console: virtiotest.ConsoleConfig{ControlDelay: 20 * time.Millisecond},
+		plug:    plugPorts(portSpec{id: 1, name: "p", host: true}, portSpec{id: 2, name: "q", host: true}),
+	})
+	p, q := r.port(1, "p"), r.port(2, "q")
+	r.until("host connected", func() bool { return p.HostConnected() && q.HostConnected() })
+	if err := q.SetGuestOpen(r.ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	for round := uint64(1); round <= 3; round++ {
+		if err := r.d.InjectFault(1, FaultZeroLength, 0); err != nil {
+			t.Fatal(err)
+		}
+		r.until("reset", func() bool { return r.d.Stats().Resets == round })
+		r.until("ports back", func() bool { return p.settled() && q.settled() })
+		if r.d.Port(1) != p || r.d.Port(2) != q || p.Removed() || q.Removed() {
+			t.Fatalf("round %d: ports replaced or removed although the device announced them again", round)
+		}
+		r.modelWait("guest open again", func() bool { return r.m.GuestConnected(2) })
+		if err := r.m.HostWrite(2, []byte("in")); err != nil {
+			t.Fatal(err)
+		}
+		if got := r.recvN(q, 2); string(got) != "in" {
+			t.Fatalf("round %d: guest got %q", round, got)
+		}
+	}
+	if r.log.Contains("not re-announced") {
+		t.Errorf("a port was declared gone although it came back:\n%s", r.log)
 	}
 }

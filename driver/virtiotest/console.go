@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/vserial/vserial/ring/ringtest"
 )
@@ -81,6 +82,12 @@ type ConsoleConfig struct {
 	// the config fields cols and rows then hold what SetSize set, and
 	// Resize may send RESIZE messages.
 	OfferSize bool
+	// ControlDelay makes the device handle its control transmitq that long
+	// after the notify, on another goroutine, instead of during it. QEMU
+	// does so when the doorbell goes through an ioeventfd (the default for
+	// virtio-pci): its answers to DEVICE_READY, the replayed PORT_ADDs,
+	// arrive after the driver's kick has returned.
+	ControlDelay time.Duration
 }
 
 // ConsoleMisbehaviour makes the console break protocol rules. Switches stay
@@ -321,6 +328,18 @@ func (c *Console) Notify(q uint16) {
 	}
 	c.flushDelayed(q)
 	if c.multiport && q == ControlTxQueue {
+		if c.cfg.ControlDelay > 0 {
+			bus := c.bus
+			time.AfterFunc(c.cfg.ControlDelay, func() {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				// Not across a reset: that notify was for the old queue.
+				if c.started && c.bus == bus {
+					c.controlOut()
+				}
+			})
+			return
+		}
 		c.controlOut()
 		return
 	}

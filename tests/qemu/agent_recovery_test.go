@@ -178,7 +178,86 @@ func TestAgentRecovery(t *testing.T) {
 		if strings.Contains(out, "should have refused") {
 			t.Errorf("QEMU used a zero-length descriptor instead of refusing it:\n%s", out)
 		}
+		// Every reset must keep the ports (QEMU re-announces them, late):
+		// none removed, replaced or renamed to its vport name meanwhile.
+		for _, bad := range []string{"not re-announced", "replaced by a new port", "socket moved"} {
+			if strings.Contains(out, bad) {
+				t.Errorf("agent log has %q: a reset replaced a port instead of keeping it", bad)
+			}
+		}
 	})
+
+	t.Run("restarts-leave-nothing-behind", func(t *testing.T) {
+		// What a process leaks dies with it; what outlives it is kernel
+		// state: hugepages, the function's binding, socket files. After
+		// each SIGTERM a new agent must find every port again (QEMU
+		// replays them on DEVICE_READY) and the state must be as before.
+		ctx := caseCtx(t, 6*time.Minute)
+		if !a.stopd {
+			if _, err := a.stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fn := findVirtioConsole(t, g)
+		state := func() string {
+			total, _ := meminfoValue(ctx, g, "HugePages_Total")
+			free, _ := meminfoValue(ctx, g, "HugePages_Free")
+			drv, err := g.Run(ctx, "readlink", fn+"/driver")
+			if err != nil {
+				drv = "(none)"
+			}
+			files, _ := ls(ctx, g, AgentSocketDir)
+			return fmt.Sprintf("hugepages %d free %d, driver %q, socket dir %v", total, free, strings.TrimSpace(drv), files)
+		}
+		// The first run reserves the hugepage the agent needs, if none
+		// was free; from then on every run must leave the same state.
+		var before string
+		const rounds = 20
+		for k := range rounds + 1 {
+			p, err := a.start(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.proc, a.stopd = p, false
+			for _, n := range names {
+				if err := g.WaitPath(ctx, AgentSocket(n), 60*time.Second); err != nil {
+					t.Fatalf("run %d: %s not published: %v", k, n, err)
+				}
+			}
+			n := names[k%2]
+			if err := both(ctx, t, g, conns[n], AgentSocket(n), 1+int64(k), uint64(3000+k)); err != nil {
+				t.Fatalf("run %d: %v", k, err)
+			}
+			if out, err := a.stop(ctx); err != nil {
+				t.Fatalf("run %d: exit: %v\n%s", k, err, out)
+			}
+			now := state()
+			if k == 0 {
+				before = now
+				t.Logf("after the first run: %s", now)
+			} else if now != before {
+				t.Fatalf("after run %d: %s; after the first: %s", k, now, before)
+			}
+		}
+		t.Logf("%d restarts, each finding both ports; state unchanged: %s", rounds, before)
+	})
+}
+
+// meminfoValue reads one number of the guest's /proc/meminfo.
+func meminfoValue(ctx context.Context, g *Guest, key string) (int, error) {
+	out, err := g.Run(ctx, "cat", "/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && k == key {
+			f := strings.Fields(v)
+			if len(f) > 0 {
+				return strconv.Atoi(f[0])
+			}
+		}
+	}
+	return 0, fmt.Errorf("no %s in /proc/meminfo", key)
 }
 
 // injection is the report a faultinject agent writes after each fault.
