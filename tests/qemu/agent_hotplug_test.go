@@ -1,0 +1,258 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vserial/vserial/tests/qemu/internal/wire"
+)
+
+// echoStream drives a guest `echo` client from the host side of its port:
+// it writes wire.Pattern(seed) without end and checks that what comes back
+// is that pattern, byte for byte, until the connection ends.
+type echoStream struct {
+	back    atomic.Int64 // bytes echoed back and checked
+	wrote   atomic.Int64
+	wdone   chan error // the writer's end
+	rdone   chan error // the reader's end (nil error: EOF after matching bytes)
+	corrupt atomic.Bool
+}
+
+func startEchoStream(conn net.Conn, seed uint64) *echoStream {
+	s := &echoStream{wdone: make(chan error, 1), rdone: make(chan error, 1)}
+	go func() {
+		src := wire.Pattern(seed)
+		buf := make([]byte, 32<<10)
+		for {
+			_, _ = src.Read(buf)
+			n, err := conn.Write(buf)
+			s.wrote.Add(int64(n))
+			if err != nil {
+				s.wdone <- err
+				return
+			}
+		}
+	}()
+	go func() {
+		ref := wire.Pattern(seed)
+		buf := make([]byte, 64<<10)
+		want := make([]byte, 64<<10)
+		for {
+			n, err := conn.Read(buf)
+			if n > 0 {
+				_, _ = ref.Read(want[:n])
+				if !bytes.Equal(buf[:n], want[:n]) {
+					s.corrupt.Store(true)
+					s.rdone <- fmt.Errorf("echoed bytes differ from the pattern within bytes %d..%d", s.back.Load(), s.back.Load()+int64(n))
+					return
+				}
+				s.back.Add(int64(n))
+			}
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				s.rdone <- err
+				return
+			}
+		}
+	}()
+	return s
+}
+
+// TestAgentHotplug hot-unplugs a port while a transfer runs through it in
+// both directions and another port streams, then re-plugs the same id
+// (same nr= and name) and moves data through it again; several times.
+func TestAgentHotplug(t *testing.T) {
+	t.Parallel()
+	const (
+		steady = "org.vserial.steady"
+		hot    = "org.vserial.hot"
+		hotNr  = 5
+		rounds = 3
+	)
+	a := bootAgent(t, Options{Ports: []Port{{Name: steady, Nr: 1}}, MaxPorts: 8}, steady)
+	g := a.g
+	sconn := g.DialPort(t, steady)
+	steadySock, hotSock := AgentSocket(steady), AgentSocket(hot)
+
+	// plug hot-plugs the port, waits for its socket and checks that data
+	// moves both ways byte-exact (no byte of an earlier incarnation shows
+	// up on either side).
+	plug := func(ctx context.Context, t *testing.T, seed uint64) net.Conn {
+		t.Helper()
+		if _, err := g.HotplugPort(ctx, Port{Name: hot, Nr: hotNr}); err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		if err := g.WaitPath(ctx, hotSock, 30*time.Second); err != nil {
+			t.Fatalf("plugged port: %v", err)
+		}
+		t.Logf("plugged %s (nr %d): socket after %v", hot, hotNr, time.Since(t0).Round(time.Millisecond))
+		conn := g.DialPort(t, hot)
+		if err := both(ctx, t, g, conn, hotSock, 2<<20, seed); err != nil {
+			t.Fatalf("plugged port: %v", err)
+		}
+		if err := nothingMore(conn, 300*time.Millisecond); err != nil {
+			t.Errorf("plugged port: %v", err)
+		}
+		return conn
+	}
+
+	for round := range rounds {
+		ok := t.Run(fmt.Sprintf("unplug-during-transfer-%d", round), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+			defer cancel()
+			seed := uint64(1000 * (round + 1))
+			hconn := plug(ctx, t, seed)
+
+			// The steady port: the guest echoes what the host writes, in
+			// two parts; the second is written after the unplug, so the
+			// transfer spans it.
+			const n1, n2 = 8 << 20, 8 << 20
+			sp, _ := g.Port(steady)
+			mark := g.QMP.Mark()
+			secho, err := g.Start(ctx, "echo", steadySock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := g.QMP.WaitPortChange(ctx, mark, sp.ID, true); err != nil {
+				t.Fatalf("steady echo client: %v", err)
+			}
+			sendSecond := make(chan struct{})
+			swerr := make(chan error, 1)
+			go func() {
+				defer deadline(ctx, sconn)()
+				src := wire.Pattern(seed + 1)
+				if _, err := io.CopyN(sconn, src, n1); err != nil {
+					swerr <- err
+					return
+				}
+				select {
+				case <-sendSecond:
+				case <-ctx.Done():
+					swerr <- ctx.Err()
+					return
+				}
+				_, err := io.CopyN(sconn, src, n2)
+				swerr <- err
+			}()
+			sum := make(chan string, 1)
+			srerr := make(chan error, 1)
+			go func() {
+				got, err := readChecked(ctx, sconn, n1+n2)
+				srerr <- err
+				sum <- got
+			}()
+
+			// The hot port: an endless echo, both directions at once.
+			hecho, err := g.Start(ctx, "echo", hotSock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hs := startEchoStream(hconn, seed+2)
+			for hs.back.Load() < 2<<20 {
+				select {
+				case err := <-hs.rdone:
+					t.Fatalf("hot port before the unplug, after %d bytes echoed: %v", hs.back.Load(), err)
+				case <-ctx.Done():
+					t.Fatalf("hot port: only %d bytes echoed", hs.back.Load())
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+			t0 := time.Now()
+			if err := g.UnplugPort(ctx, hot); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("unplugged %s in %v with %d bytes written and %d echoed back so far", hot,
+				time.Since(t0).Round(time.Millisecond), hs.wrote.Load(), hs.back.Load())
+			close(sendSecond)
+
+			// The hot port's guest client sees the end, not a hang.
+			wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+			out, err := hecho.Wait(wctx)
+			wcancel()
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+				t.Errorf("the hot port's guest client still runs 30 s after the unplug (hung)")
+				_ = hecho.Signal(ctx, 9)
+			} else {
+				t.Logf("hot guest client ended: %v %s", err, strings.TrimSpace(out))
+			}
+			if _, err := g.Run(ctx, "wait-gone", hotSock, "30"); err != nil {
+				t.Errorf("after the unplug: %v", err)
+			}
+			// The host side ends too (QEMU closed the chardev); what came
+			// back was the pattern, in order.
+			hconn.Close()
+			select {
+			case err := <-hs.rdone:
+				if hs.corrupt.Load() {
+					t.Errorf("hot port: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("hot port host reader did not end")
+			}
+
+			// The steady port finishes byte-exact, with no stall.
+			t1 := time.Now()
+			if err := <-swerr; err != nil {
+				t.Fatalf("steady port, host writing: %v", err)
+			}
+			if err := <-srerr; err != nil {
+				t.Fatalf("steady port, host reading the echo: %v", err)
+			}
+			want, _ := patternSum(n1+n2, seed+1)
+			if got := <-sum; got != want {
+				t.Errorf("steady port echoed %d bytes with sha256 %s, host sent %s", n1+n2, got, want)
+			}
+			t.Logf("steady port: %d bytes out and back byte-exact, finished %v after the unplug",
+				n1+n2, time.Since(t1).Round(time.Millisecond))
+			if err := secho.Signal(ctx, 15); err != nil {
+				t.Fatal(err)
+			}
+			_, _ = secho.Wait(ctx)
+			if err := nothingMore(sconn, 300*time.Millisecond); err != nil {
+				t.Error(err)
+			}
+
+			l, _, err := a.list(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := l.byName(hot); ok || len(l.Agent.Ports) != 1 {
+				t.Errorf("after the unplug list shows %d ports (the unplugged one: %v)", len(l.Agent.Ports), ok)
+			}
+		})
+		if !ok {
+			a.logList(t)
+			t.FailNow()
+		}
+	}
+
+	t.Run("replug-after-unplugs", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+		defer cancel()
+		conn := plug(ctx, t, 9000)
+		if err := both(ctx, t, g, conn, hotSock, 8<<20, 9100); err != nil {
+			t.Fatal(err)
+		}
+		l, _, err := a.list(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, ok := l.byName(hot)
+		if !ok || p.ID != hotNr || p.Socket != hotSock {
+			t.Errorf("re-plugged port listed as %+v (found %v), want id %d socket %s", p, ok, hotNr, hotSock)
+		}
+		t.Logf("after %d unplugs during transfers: %s", rounds, strconv.Quote(fmt.Sprintf("%+v", p)))
+	})
+}
