@@ -346,6 +346,52 @@ func TestAgentConsole(t *testing.T) {
 			t.Errorf("console symlink after the restart: %v", err)
 		}
 
+		// A virtconsole hot-plugged while the agent runs gets its own
+		// terminal and program; unplugging it stops the program and
+		// removes the symlink; the same nr and name plugged again get a
+		// fresh terminal and program. Twice.
+		const hot = "org.vserial.console.hot"
+		hotLink := AgentSocket(hot + ".pty")
+		for i := range 2 {
+			if _, err := g.HotplugPort(ctx, Port{Console: true, Name: hot, Nr: 2}); err != nil {
+				t.Fatal(err)
+			}
+			if err := g.WaitPath(ctx, hotLink, 30*time.Second); err != nil {
+				t.Fatalf("hot-plugged console (plug %d): %v", i+1, err)
+			}
+			hconn := g.DialPort(t, hot)
+			htap := tapConsole(hconn)
+			// The first prompt may have been written before the host
+			// attached (and dropped, as on any virtconsole): ask for it.
+			if _, err := io.WriteString(hconn, "pid\r"); err != nil {
+				t.Fatal(err)
+			}
+			sub, _, err := htap.waitMatch(ctx, 0, regexp.MustCompile(`pid=([0-9]+) sid=[0-9]+\r\n`))
+			if err != nil {
+				t.Fatalf("program on the hot-plugged console (plug %d): %v", i+1, err)
+			}
+			hpid := sub[1]
+			htty := strings.TrimSpace(g.MustRun(t, "readlink", hotLink))
+			if htty == tty {
+				t.Errorf("the hot-plugged console shares the terminal %s of port 0", tty)
+			}
+			t.Logf("hot-plugged console (plug %d): program pid %s on %s", i+1, hpid, htty)
+			if err := g.UnplugPort(ctx, hot); err != nil {
+				t.Fatal(err)
+			}
+			hconn.Close()
+			if _, err := g.Run(ctx, "wait-gone", hotLink, "30"); err != nil {
+				t.Errorf("unplugged console: %v", err)
+			}
+			if _, err := g.Run(ctx, "wait-gone", "/proc/"+hpid, "30"); err != nil {
+				t.Errorf("the program of the unplugged console still runs: %v", err)
+			}
+		}
+		// Port 0's program was not disturbed.
+		if m2 := pidRe.FindStringSubmatch(typeLine("pid")); m2 == nil || m2[1] != m[1] {
+			t.Errorf("port 0's program after the hot-plugs: pid printed %q, want %s", m2, m[1])
+		}
+
 		// The last gasp: the function is taken away from the agent (its
 		// uio_pci_generic binding removed under it, as an operator might):
 		// the interrupt fd fails, the device stops, and the agent says why

@@ -238,6 +238,59 @@ func TestAgentHotplug(t *testing.T) {
 		}
 	}
 
+	t.Run("unplug-while-blocked", func(t *testing.T) {
+		// Both directions stuck: the guest client writes and never reads,
+		// the host writes and never reads. The agent holds filled receive
+		// buffers it cannot hand to the client and transmit buffers the
+		// device does not return (QEMU throttles the port). The unplug
+		// must still end the client (an error on its write, not a hang),
+		// and the same id plugged again must carry only its own bytes.
+		ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+		defer cancel()
+		hconn := plug(ctx, t, 8000)
+		src, err := g.Start(ctx, "source", hotSock, strconv.Itoa(256<<20), "8001")
+		if err != nil {
+			t.Fatal(err)
+		}
+		hw := make(chan error, 1)
+		go func() { hw <- writePattern(ctx, hconn, 16<<20, 8002) }()
+		var before listPort
+		a.waitList(ctx, t, "the hot port's transfers stuck both ways", func(l agentList) bool {
+			p, ok := l.byName(hot)
+			stuck := ok && p.ClientConnected && p.BytesIn > 0 && p.BytesOut > 0 && p == before
+			before = p
+			time.Sleep(time.Second)
+			return stuck
+		})
+		if src.Exited() {
+			out, err := src.Wait(ctx)
+			t.Fatalf("the guest writer finished with nobody reading: %v %s", err, out)
+		}
+		// (bytes_in counts what the client socket took; the agent's
+		// write to it is blocked, holding the port's receive buffers.)
+		t.Logf("counters stopped: bytes_in %d, bytes_out %d", before.BytesIn, before.BytesOut)
+		if err := g.UnplugPort(ctx, hot); err != nil {
+			t.Fatal(err)
+		}
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		out, err := src.Wait(wctx)
+		wcancel()
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
+			t.Errorf("the blocked guest writer still runs 30 s after the unplug (hung)")
+			_ = src.Signal(ctx, 9)
+		case err == nil:
+			t.Errorf("the guest writer finished normally though its port went away: %s", out)
+		default:
+			t.Logf("blocked guest writer ended: %v", err)
+		}
+		if _, err := g.Run(ctx, "wait-gone", hotSock, "30"); err != nil {
+			t.Errorf("after the unplug: %v", err)
+		}
+		hconn.Close()
+		<-hw
+	})
+
 	t.Run("replug-after-unplugs", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 		defer cancel()
@@ -254,5 +307,68 @@ func TestAgentHotplug(t *testing.T) {
 			t.Errorf("re-plugged port listed as %+v (found %v), want id %d socket %s", p, ok, hotNr, hotSock)
 		}
 		t.Logf("after %d unplugs during transfers: %s", rounds, strconv.Quote(fmt.Sprintf("%+v", p)))
+		conn.Close()
+	})
+
+	t.Run("replug-at-once", func(t *testing.T) {
+		// device_del and device_add of the same id back to back, while a
+		// guest client is connected: the removal and the new port race in
+		// the agent. The new port must get the name's socket and carry
+		// data.
+		ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+		defer cancel()
+		for i := range 3 {
+			client, err := g.Start(ctx, "sink", hotSock, "1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.waitList(ctx, t, "a client on the hot port", func(l agentList) bool {
+				p, ok := l.byName(hot)
+				return ok && p.ClientConnected
+			})
+			if err := g.UnplugPort(ctx, hot); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := g.HotplugPort(ctx, Port{Name: hot, Nr: hotNr}); err != nil {
+				t.Fatal(err)
+			}
+			conn := g.DialPort(t, hot)
+			if _, err := client.Wait(ctx); err == nil {
+				t.Errorf("the client of the removed port finished normally without its byte")
+			}
+			l := a.waitList(ctx, t, "the re-plugged port host-connected", func(l agentList) bool {
+				p, ok := l.byName(hot)
+				return ok && p.HostConnected && len(l.Agent.Ports) == 2
+			})
+			if p, _ := l.byName(hot); p.Socket != hotSock || p.NameProblem != "" || p.ClientConnected {
+				t.Fatalf("re-plug %d: the new port is listed as %+v, want socket %s, no name problem, no client", i+1, p, hotSock)
+			}
+			if err := both(ctx, t, g, conn, hotSock, 1<<20, uint64(9200+10*i)); err != nil {
+				t.Fatalf("re-plug %d: %v", i+1, err)
+			}
+			conn.Close()
+		}
+	})
+
+	t.Run("agent-log-clean", func(t *testing.T) {
+		// Every unplug above was ordinary protocol: no device fault, no
+		// protocol violation, no error in the agent's log.
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+		defer cancel()
+		out, err := a.stop(ctx)
+		if err != nil {
+			t.Fatalf("vserial-agent after SIGTERM: %v, want exit 0\n%s", err, out)
+		}
+		for line := range strings.Lines(out) {
+			if strings.Contains(line, "level=WARN") {
+				t.Logf("agent warning: %s", strings.TrimSpace(line))
+			}
+		}
+		for _, bad := range []string{"level=ERROR", "device fault", "violation", "panic"} {
+			if strings.Contains(out, bad) {
+				t.Errorf("the agent log has %q:\n%s", bad, out)
+				break
+			}
+		}
 	})
 }
