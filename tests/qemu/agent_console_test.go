@@ -392,6 +392,39 @@ func TestAgentConsole(t *testing.T) {
 			t.Errorf("port 0's program after the hot-plugs: pid printed %q, want %s", m2, m[1])
 		}
 
+		// A client of the console's socket takes the port from the
+		// terminal while it is connected; then the terminal, and the same
+		// program, have it again.
+		greet, err := g.Start(ctx, "greet", AgentSocket(con), "pong")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.waitList(ctx, t, "a client on the console's socket", func(l agentList) bool {
+			p, ok := l.byName(con)
+			return ok && p.ClientConnected
+		})
+		start = tap.Len()
+		if _, err := io.WriteString(conn, "ping\n"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tap.waitFor(ctx, start, "pong\n"); err != nil {
+			t.Fatalf("socket client on the console: %v", err)
+		}
+		gout, err := greet.Wait(ctx)
+		if err != nil || !strings.Contains(gout, `read="ping"`) {
+			t.Errorf("socket client on the console: %v %q, want it to read ping", err, gout)
+		}
+		if echoed := tap.text(start); strings.Contains(echoed, "ping\r\n") {
+			t.Errorf("the terminal echoed what the socket client was sent: %q", echoed)
+		}
+		a.waitList(ctx, t, "the console's socket client gone", func(l agentList) bool {
+			p, ok := l.byName(con)
+			return ok && !p.ClientConnected
+		})
+		if m2 := pidRe.FindStringSubmatch(typeLine("pid")); m2 == nil || m2[1] != m[1] {
+			t.Errorf("after the socket client left: pid printed %q, want the same program %s", m2, m[1])
+		}
+
 		// The last gasp: the function is taken away from the agent (its
 		// uio_pci_generic binding removed under it, as an operator might):
 		// the interrupt fd fails, the device stops, and the agent says why
@@ -413,5 +446,59 @@ func TestAgentConsole(t *testing.T) {
 		if !errors.As(err, &ee) || ee.Code != 1 {
 			t.Errorf("vserial-agent after losing its device: %v, want exit status 1\n%s", err, log)
 		}
+		if _, err := g.Run(ctx, "wait-gone", "/proc/"+m[1], "10"); err != nil {
+			t.Errorf("the console program outlived the agent: %v", err)
+		}
 	})
+}
+
+// TestAgentConsoleSinglePort runs a program on the console of a device
+// without MULTIPORT (max_ports=1): its one port is a console (no
+// CONSOLE_PORT message exists there) and gets a terminal too, named after
+// its fallback name; emergency write works on it as well.
+func TestAgentConsoleSinglePort(t *testing.T) {
+	t.Parallel()
+	opts := Options{Ports: []Port{{Console: true}}, MaxPorts: 1}
+	opts.Files = append(opts.Files, BuildAgent(t))
+	g := Boot(t, opts)
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	conn := g.DialPort(t, "port0")
+	tap := tapConsole(conn)
+	addr := path.Base(findVirtioConsole(t, g))
+	link := AgentSocket("vport0p0.pty")
+
+	a := startConsoleAgent(ctx, t, g, "--console-exec", HelperPath+" minish")
+	at, err := tap.waitFor(ctx, 0, "vserial-agent: starting on "+addr+"\n")
+	if err != nil {
+		t.Fatalf("emergency-write start line: %v", err)
+	}
+	if at, err = tap.waitFor(ctx, at, wire.MinishPrompt); err != nil {
+		t.Fatalf("the console program's prompt: %v", err)
+	}
+	tty := strings.TrimSpace(g.MustRun(t, "readlink", link))
+	if _, err := io.WriteString(conn, "tty\r"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tap.waitFor(ctx, at, fmt.Sprintf("tty=%s isatty=true\r\n", tty)); err != nil {
+		t.Fatalf("the program on %s: %v", link, err)
+	}
+	if _, err := io.WriteString(conn, "pid\r"); err != nil {
+		t.Fatal(err)
+	}
+	sub, _, err := tap.waitMatch(ctx, at, regexp.MustCompile(`pid=([0-9]+) sid=[0-9]+\r\n`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("single-port console: program pid %s on %s (%s)", sub[1], tty, link)
+
+	out, err := a.stop(ctx)
+	if err != nil {
+		t.Fatalf("vserial-agent after SIGTERM: %v, want exit 0\n%s", err, out)
+	}
+	for _, p := range []string{link, "/proc/" + sub[1]} {
+		if _, err := g.Run(ctx, "wait-gone", p, "10"); err != nil {
+			t.Errorf("after the agent stopped: %v", err)
+		}
+	}
 }
