@@ -276,7 +276,7 @@ func TestAgentConsole(t *testing.T) {
 		if err != nil {
 			t.Fatalf("emergency-write start line: %v", err)
 		}
-		if at, err = tap.waitFor(ctx, at, wire.MinishPrompt); err != nil {
+		if _, err = tap.waitFor(ctx, at, wire.MinishPrompt); err != nil {
 			t.Fatalf("the console program's prompt: %v", err)
 		}
 		tty := strings.TrimSpace(g.MustRun(t, "readlink", link))
