@@ -394,33 +394,38 @@ func TestAgentConsole(t *testing.T) {
 
 		// A client of the console's socket takes the port from the
 		// terminal while it is connected; then the terminal, and the same
-		// program, have it again.
-		greet, err := g.Start(ctx, "greet", AgentSocket(con), "pong")
+		// program, have it again. The client speaks first (pingpong: one
+		// byte out, the host echoes it), so the host knows when it has the
+		// port.
+		start = tap.Len()
+		const rounds = 3
+		pp, err := g.Start(ctx, "pingpong", AgentSocket(con), strconv.Itoa(rounds))
 		if err != nil {
 			t.Fatal(err)
 		}
-		a.waitList(ctx, t, "a client on the console's socket", func(l agentList) bool {
-			p, ok := l.byName(con)
-			return ok && p.ClientConnected
-		})
-		start = tap.Len()
-		if _, err := io.WriteString(conn, "ping\n"); err != nil {
-			t.Fatal(err)
+		for i := range rounds {
+			b, err := tap.bytesAt(ctx, start+i, 1)
+			if err != nil {
+				t.Fatalf("socket client on the console, round %d: %v", i, err)
+			}
+			if b[0] != byte(i) {
+				t.Fatalf("socket client on the console, round %d: the host got %q, want %#x (console: %q)", i, b, i, tap.text(start))
+			}
+			if _, err := conn.Write(b); err != nil {
+				t.Fatal(err)
+			}
 		}
-		if _, err := tap.waitFor(ctx, start, "pong\n"); err != nil {
-			t.Fatalf("socket client on the console: %v", err)
-		}
-		gout, err := greet.Wait(ctx)
-		if err != nil || !strings.Contains(gout, `read="ping"`) {
-			t.Errorf("socket client on the console: %v %q, want it to read ping", err, gout)
-		}
-		if echoed := tap.text(start); strings.Contains(echoed, "ping\r\n") {
-			t.Errorf("the terminal echoed what the socket client was sent: %q", echoed)
+		if out, err := pp.Wait(ctx); err != nil {
+			t.Fatalf("socket client on the console: %v %s", err, out)
 		}
 		a.waitList(ctx, t, "the console's socket client gone", func(l agentList) bool {
 			p, ok := l.byName(con)
 			return ok && !p.ClientConnected
 		})
+		// Nothing reached the terminal meanwhile (it would have echoed).
+		if got := tap.text(start); got != "\x00\x01\x02" {
+			t.Errorf("console while the socket client had it: %q, want just the client's 3 bytes", got)
+		}
 		if m2 := pidRe.FindStringSubmatch(typeLine("pid")); m2 == nil || m2[1] != m[1] {
 			t.Errorf("after the socket client left: pid printed %q, want the same program %s", m2, m[1])
 		}
