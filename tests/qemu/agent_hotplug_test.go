@@ -74,23 +74,41 @@ func startEchoStream(conn net.Conn, seed uint64) *echoStream {
 // (same nr= and name) and moves data through it again; several times.
 func TestAgentHotplug(t *testing.T) {
 	t.Parallel()
+	testHotplug(t, Options{MaxPorts: 8}, "org.vserial.hot")
+}
+
+// TestAgentHotplugModern is TestAgentHotplug on the modern-only device
+// (disable-legacy=on) with a hot port that has no name: it is re-plugged
+// under the same vport name.
+func TestAgentHotplugModern(t *testing.T) {
+	t.Parallel()
+	testHotplug(t, Options{MaxPorts: 8, DisableLegacy: true}, "")
+}
+
+func testHotplug(t *testing.T, opts Options, hotName string) {
 	const (
 		steady = "org.vserial.steady"
-		hot    = "org.vserial.hot"
 		hotNr  = 5
 		rounds = 3
 	)
-	a := bootAgent(t, Options{Ports: []Port{{Name: steady, Nr: 1}}, MaxPorts: 8}, steady)
+	// The harness knows an unnamed port by its QEMU id, the agent by its
+	// vport name.
+	hot, hotSock := hotName, AgentSocket(hotName)
+	if hotName == "" {
+		hot, hotSock = fmt.Sprintf("port%d", hotNr), AgentSocket(fmt.Sprintf("vport0p%d", hotNr))
+	}
+	opts.Ports = []Port{{Name: steady, Nr: 1}}
+	a := bootAgent(t, opts, steady)
 	g := a.g
 	sconn := g.DialPort(t, steady)
-	steadySock, hotSock := AgentSocket(steady), AgentSocket(hot)
+	steadySock := AgentSocket(steady)
 
 	// plug hot-plugs the port, waits for its socket and checks that data
 	// moves both ways byte-exact (no byte of an earlier incarnation shows
 	// up on either side).
 	plug := func(ctx context.Context, t *testing.T, seed uint64) net.Conn {
 		t.Helper()
-		if _, err := g.HotplugPort(ctx, Port{Name: hot, Nr: hotNr}); err != nil {
+		if _, err := g.HotplugPort(ctx, Port{Name: hotName, Nr: hotNr}); err != nil {
 			t.Fatal(err)
 		}
 		t0 := time.Now()
@@ -228,7 +246,7 @@ func TestAgentHotplug(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, ok := l.byName(hot); ok || len(l.Agent.Ports) != 1 {
+			if _, ok := l.port(hotSock); ok || len(l.Agent.Ports) != 1 {
 				t.Errorf("after the unplug list shows %d ports (the unplugged one: %v)", len(l.Agent.Ports), ok)
 			}
 		})
@@ -256,7 +274,7 @@ func TestAgentHotplug(t *testing.T) {
 		go func() { hw <- writePattern(ctx, hconn, 16<<20, 8002) }()
 		var before listPort
 		a.waitList(ctx, t, "the hot port's transfers stuck both ways", func(l agentList) bool {
-			p, ok := l.byName(hot)
+			p, ok := l.port(hotSock)
 			stuck := ok && p.ClientConnected && p.BytesIn > 0 && p.BytesOut > 0 && p == before
 			before = p
 			time.Sleep(time.Second)
@@ -302,9 +320,9 @@ func TestAgentHotplug(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, ok := l.byName(hot)
-		if !ok || p.ID != hotNr || p.Socket != hotSock {
-			t.Errorf("re-plugged port listed as %+v (found %v), want id %d socket %s", p, ok, hotNr, hotSock)
+		p, ok := l.port(hotSock)
+		if !ok || p.ID != hotNr || p.Socket != hotSock || p.Name != hotName {
+			t.Errorf("re-plugged port listed as %+v (found %v), want id %d name %q socket %s", p, ok, hotNr, hotName, hotSock)
 		}
 		t.Logf("after %d unplugs during transfers: %s", rounds, strconv.Quote(fmt.Sprintf("%+v", p)))
 		conn.Close()
@@ -323,13 +341,13 @@ func TestAgentHotplug(t *testing.T) {
 				t.Fatal(err)
 			}
 			a.waitList(ctx, t, "a client on the hot port", func(l agentList) bool {
-				p, ok := l.byName(hot)
+				p, ok := l.port(hotSock)
 				return ok && p.ClientConnected
 			})
 			if err := g.UnplugPort(ctx, hot); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := g.HotplugPort(ctx, Port{Name: hot, Nr: hotNr}); err != nil {
+			if _, err := g.HotplugPort(ctx, Port{Name: hotName, Nr: hotNr}); err != nil {
 				t.Fatal(err)
 			}
 			conn := g.DialPort(t, hot)
@@ -337,10 +355,10 @@ func TestAgentHotplug(t *testing.T) {
 				t.Errorf("the client of the removed port finished normally without its byte")
 			}
 			l := a.waitList(ctx, t, "the re-plugged port host-connected", func(l agentList) bool {
-				p, ok := l.byName(hot)
+				p, ok := l.port(hotSock)
 				return ok && p.HostConnected && len(l.Agent.Ports) == 2
 			})
-			if p, _ := l.byName(hot); p.Socket != hotSock || p.NameProblem != "" || p.ClientConnected {
+			if p, _ := l.port(hotSock); p.Socket != hotSock || p.NameProblem != "" || p.ClientConnected {
 				t.Fatalf("re-plug %d: the new port is listed as %+v, want socket %s, no name problem, no client", i+1, p, hotSock)
 			}
 			if err := both(ctx, t, g, conn, hotSock, 1<<20, uint64(9200+10*i)); err != nil {

@@ -113,6 +113,8 @@
 //     byte-exact each time (2 and 8 MiB), device_del and device_add back
 //     to back under a connected client, and an agent log with no error,
 //     fault or violation.
+//   - TestAgentHotplugModern: the same on the modern-only device with a hot
+//     port without a name (re-plugged as vport0p5 each time).
 //   - TestQemuGuestAgent: Debian's qemu-guest-agent, unmodified
 //     (Options.QGA), listening on a guest Unix socket with vserial-agent
 //     dialing it for org.qemu.guest_agent.0 (connect mode, config file); the
