@@ -41,12 +41,13 @@
 //     with --method=unix-listen.
 //   - QEMU: qemu-system-x86_64 -machine q35 -accel tcg -m 512M, the serial
 //     console on QEMU's stdin/stdout, QMP on a Unix socket, the device under
-//     test virtio-serial-pci (id vs0) and one virtserialport per Port with a
-//     listening Unix socket chardev.
+//     test virtio-serial-pci (id vs0) and one virtserialport (virtconsole
+//     with Port.Console) per Port with a listening Unix socket chardev.
 //
 // The helper serves commands sent over the serial console (protocol in
 // internal/wire): Guest.Run and Guest.Start run its built-ins (modprobe,
-// vports, sink, source, echo, pingpong, cputime, write, wait-path, ...) or
+// vports, sink, source, echo, pingpong, cputime, write, wait-path, minish,
+// ptyxfer, ...) or
 // any program in the guest. Boot once per QEMU command line and run many
 // cases in that boot: a boot to the helper takes about 2 s. At most two
 // guests run at once in a test process (Boot waits for a slot): under TCG
@@ -85,6 +86,35 @@
 //   - TestAgentTwoDevices: two virtio-serial-pci functions driven by one
 //     agent: device indexes in list and in unnamed sockets (vport1p2), data
 //     on both devices at once.
+//   - TestAgentConsole: a named virtconsole at port 0 (the host attached
+//     to its chardev before the agent starts: QEMU drops console output
+//     nobody is attached to) and a plain port. With --console-pty: the
+//     emergency-write start line on the console, the NAME.pty symlink to
+//     /dev/pts/N (none for the plain port), a guest program (ptyxfer)
+//     opening it and exchanging 48 KiB each way byte-exact in raw mode,
+//     the symlink gone after SIGTERM. With --console-exec of the helper's
+//     minish: the host types commands (tty, size, uname -r, pid) and reads
+//     their output through the cooked terminal, the program restarted
+//     after it exits, a virtconsole hot-plugged, unplugged (program
+//     stopped, symlink gone) and plugged again twice, a socket client
+//     taking the console from the terminal and giving it back to the same
+//     program, and the last gasp: the function unbound from
+//     uio_pci_generic under the agent, the host reads "fatal: device ...
+//     stopped" and "every device stopped" through emergency write, exit 1.
+//   - TestAgentConsoleSinglePort: max_ports=1: the console of a device
+//     without MULTIPORT gets a terminal (vport0p0.pty) and the program.
+//   - TestAgentHotplug: a steady port and a port hot-plugged at nr=5, three
+//     rounds of device_del while the hot port echoes megabytes both ways
+//     and the steady port echoes 16 MiB across the unplug (the hot
+//     client sees EOF or an error within 30 s, its socket goes, the
+//     steady port finishes byte-exact, what came back on the hot port was
+//     the pattern in order), device_del with both directions stuck (client
+//     and host not reading), plugging the same nr and name again with data
+//     byte-exact each time (2 and 8 MiB), device_del and device_add back
+//     to back under a connected client, and an agent log with no error,
+//     fault or violation.
+//   - TestAgentHotplugModern: the same on the modern-only device with a hot
+//     port without a name (re-plugged as vport0p5 each time).
 //   - TestQemuGuestAgent: Debian's qemu-guest-agent, unmodified
 //     (Options.QGA), listening on a guest Unix socket with vserial-agent
 //     dialing it for org.qemu.guest_agent.0 (connect mode, config file); the

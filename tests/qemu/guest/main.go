@@ -76,6 +76,8 @@ func init() {
 		"listen-greet": {"listen-greet PATH COUNT", listenGreet},
 		"stat":         {"stat PATH", statFile},
 		"signal":       {"signal PID SIGNUM", signal},
+		"minish":       {"minish", minish},
+		"ptyxfer":      {"ptyxfer PATH N SEED", ptyXfer},
 		"poweroff":     {"poweroff", func([]string) error { return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) }},
 		"help":         {"help", help},
 	}
