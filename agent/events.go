@@ -393,6 +393,13 @@ func (pt *port) watchEvents() {
 	}
 }
 
+// Subscribers returns how many event streams are open.
+func (a *Agent) Subscribers() int {
+	a.ev.mu.Lock()
+	defer a.ev.mu.Unlock()
+	return len(a.ev.subs)
+}
+
 // statusReport is the agent's answer to a status request.
 func (a *Agent) statusReport() *StatusReport {
 	return &StatusReport{SocketDir: a.dir, Running: true, Ports: a.Status()}

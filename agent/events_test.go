@@ -204,7 +204,7 @@ func TestEventsManySubscribers(t *testing.T) {
 	}
 	// One leaving does not disturb the others.
 	streams[0].Close()
-	waitFor(t, "subscriber gone", func() bool { return agent.Subscribers(a) == 4 })
+	waitFor(t, "subscriber gone", func() bool { return a.Subscribers() == 4 })
 	p.SetHostConnected(false)
 	for _, s := range streams[1:] {
 		next(t, s, agent.EventHostDisconnected)
@@ -229,7 +229,7 @@ func TestEventsSlowSubscriberOverflows(t *testing.T) {
 	if d := time.Since(t0); d > 10*time.Second {
 		t.Errorf("publishing %d events took %v: a stuck subscriber slowed the agent", n, d)
 	}
-	waitFor(t, "the stuck subscriber cut off", func() bool { return agent.Subscribers(a) == 0 })
+	waitFor(t, "the stuck subscriber cut off", func() bool { return a.Subscribers() == 0 })
 	// It gets what was queued, then the overflow line, then EOF.
 	got := 0
 	for {
@@ -343,7 +343,7 @@ func TestEventsSubscriberLeaving(t *testing.T) {
 		t.Errorf("Next after the context ended: %v", err)
 	}
 	s.Close()
-	waitFor(t, "subscriber forgotten", func() bool { return agent.Subscribers(a) == 0 })
+	waitFor(t, "subscriber forgotten", func() bool { return a.Subscribers() == 0 })
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

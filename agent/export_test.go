@@ -9,10 +9,3 @@ func SetEventQueue(a *Agent, n int) {
 	a.ev.queue = n
 	a.ev.mu.Unlock()
 }
-
-// Subscribers returns how many event streams are open.
-func Subscribers(a *Agent) int {
-	a.ev.mu.Lock()
-	defer a.ev.mu.Unlock()
-	return len(a.ev.subs)
-}
