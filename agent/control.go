@@ -53,10 +53,13 @@ type controlRequest struct {
 // stream's snapshot, and the "agent" object of `vserial-agent list --json`:
 // the one definition of that JSON shape.
 type StatusReport struct {
-	SocketDir string       `json:"socket_dir"`
-	Running   bool         `json:"running"`         // an agent answered
-	Error     string       `json:"error,omitempty"` // why it could not be asked (list only)
-	Ports     []PortStatus `json:"ports"`
+	SocketDir string `json:"socket_dir"`
+	Running   bool   `json:"running"`         // an agent answered
+	Error     string `json:"error,omitempty"` // why it could not be asked (list only)
+	// Subscribers is how many event streams are open (the one asking
+	// included, in a snapshot).
+	Subscribers int          `json:"subscribers,omitempty"`
+	Ports       []PortStatus `json:"ports"`
 }
 
 // controlError is the answer to a request the agent refuses.
@@ -186,31 +189,40 @@ func parseRequest(line []byte) (controlRequest, error) {
 // QueryStatus asks the agent serving socketDir for the state of its ports.
 // It wraps ErrNotRunning when no agent answers.
 func QueryStatus(ctx context.Context, socketDir string) ([]PortStatus, error) {
+	rep, err := QueryReport(ctx, socketDir)
+	if err != nil {
+		return nil, err
+	}
+	return rep.Ports, nil
+}
+
+// QueryReport is QueryStatus with the whole answer (subscribers too).
+func QueryReport(ctx context.Context, socketDir string) (StatusReport, error) {
 	path := ControlPath(socketDir)
 	c, err := dialControl(ctx, path, "query")
 	if err != nil {
-		return nil, err
+		return StatusReport{}, err
 	}
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(longAgo) })
 	defer stop()
 	if _, err := c.Write([]byte(`{"op":"status"}` + "\n")); err != nil {
-		return nil, fmt.Errorf("agent: query %s: %w", path, err)
+		return StatusReport{}, fmt.Errorf("agent: query %s: %w", path, err)
 	}
 	var resp StatusReport
 	if err := json.NewDecoder(c).Decode(&resp); err != nil {
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
-		return nil, fmt.Errorf("agent: query %s: %w", path, err)
+		return StatusReport{}, fmt.Errorf("agent: query %s: %w", path, err)
 	}
 	if resp.Error != "" {
-		return nil, fmt.Errorf("agent: query %s: agent says: %s", path, resp.Error)
+		return StatusReport{}, fmt.Errorf("agent: query %s: agent says: %s", path, resp.Error)
 	}
 	if resp.Ports == nil {
 		resp.Ports = []PortStatus{}
 	}
-	return resp.Ports, nil
+	return resp, nil
 }
 
 // dialControl connects to the control socket at path; it wraps

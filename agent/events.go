@@ -402,7 +402,7 @@ func (a *Agent) Subscribers() int {
 
 // statusReport is the agent's answer to a status request.
 func (a *Agent) statusReport() *StatusReport {
-	return &StatusReport{SocketDir: a.dir, Running: true, Ports: a.Status()}
+	return &StatusReport{SocketDir: a.dir, Running: true, Subscribers: a.Subscribers(), Ports: a.Status()}
 }
 
 // added is the port_added event of pt, and the starting point of what the

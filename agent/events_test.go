@@ -73,7 +73,7 @@ func TestEventsSnapshotThenEventsInOrder(t *testing.T) {
 	addPort(t, a, 0, p1)
 
 	s, snap := subscribe(t, a)
-	if st := snap.Status; st.SocketDir != a.Dir() || !st.Running || len(st.Ports) != 1 || st.Ports[0].Name != "one" || !st.Ports[0].HostConnected {
+	if st := snap.Status; st.SocketDir != a.Dir() || !st.Running || st.Subscribers != 1 || len(st.Ports) != 1 || st.Ports[0].Name != "one" || !st.Ports[0].HostConnected {
 		t.Fatalf("snapshot %+v, want port one, host connected", st)
 	}
 	sock1 := filepath.Join(a.Dir(), "one")

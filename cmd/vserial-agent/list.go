@@ -41,9 +41,10 @@ type functionJSON struct {
 func list(ctx context.Context, cfg listConfig, stdout, stderr io.Writer) int {
 	fns, scanErr := pciscan.Scan(cfg.Sysfs)
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
-	ports, queryErr := agent.QueryStatus(qctx, cfg.SocketDir)
+	status, queryErr := agent.QueryReport(qctx, cfg.SocketDir)
 	cancel()
-	rep := buildReport(cfg.SocketDir, fns, scanErr, ports, queryErr)
+	rep := buildReport(cfg.SocketDir, fns, scanErr, status.Ports, queryErr)
+	rep.Agent.Subscribers = status.Subscribers
 	var err error
 	if cfg.JSON {
 		err = writeJSON(stdout, rep)
