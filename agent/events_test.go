@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -354,5 +355,55 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// In connect mode the dialed connection is the client: its events carry
+// the target and come and go with the connection.
+func TestEventsConnectMode(t *testing.T) {
+	target := filepath.Join(shortTempDir(t), "qga.sock")
+	a := newAgent(t, connectConfig(target))
+	serveControl(t, a)
+	s, _ := subscribe(t, a)
+	p := agenttest.NewPort(1, "qga")
+	p.SetHostConnected(true)
+	addPort(t, a, 0, p)
+	ev := next(t, s, agent.EventPortAdded)
+	if ev.Target != target || ev.Socket != "" || ev.HostConnected == nil || !*ev.HostConnected {
+		t.Errorf("port_added %+v, want target %s, no socket, host connected", ev, target)
+	}
+	ln := listenTarget(t, target)
+	c := acceptAgent(t, ln)
+	ev = next(t, s, agent.EventClientConnected)
+	checkPort(t, ev, 0, 1, "qga", "")
+	if ev.Target != target || ev.PeerPID == nil {
+		t.Errorf("client_connected %+v, want target %s and the listener's credentials", ev, target)
+	}
+	c.Close()
+	ev = next(t, s, agent.EventClientDisconnected)
+	if ev.Target != target || ev.Reason != "client closed" {
+		t.Errorf("client_disconnected %+v", ev)
+	}
+}
+
+// A console with a terminal: console_resize says which pty got the size.
+func TestEventsConsoleResizeNamesThePTY(t *testing.T) {
+	a := newAgent(t, agent.Config{Console: agent.ConsoleConfig{PTY: true}})
+	serveControl(t, a)
+	s, _ := subscribe(t, a)
+	p := agenttest.NewPort(0, "con")
+	p.SetConsole()
+	addPort(t, a, 0, p)
+	next(t, s, agent.EventPortAdded)
+	link := filepath.Join(a.Dir(), "con"+agent.PTYSuffix)
+	waitFor(t, "console symlink", func() bool { return exists(link) })
+	p.SetSize(100, 40)
+	ev := next(t, s, agent.EventConsoleResize)
+	tty, err := os.Readlink(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Cols != 100 || ev.Rows != 40 || ev.PTY != tty {
+		t.Errorf("console_resize %+v, want 100x40 on %s", ev, tty)
 	}
 }

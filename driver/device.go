@@ -128,7 +128,7 @@ type DeviceStats struct {
 	Violations    uint64 // device protocol violations (rings and control messages)
 	Resets        uint64 // recoveries by device reset
 	UnknownEvents uint64 // control events with an unknown or driver-only code
-	Dropped       uint64 // port events dropped because nobody read Events
+	Dropped       uint64 // port and device events dropped because nobody read Events
 	IgnoredPorts  uint64 // PORT_ADD beyond the configured cap
 	Discarded     uint64 // host→guest bytes for no live port
 	ControlIn     uint64 // control messages received
