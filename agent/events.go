@@ -117,7 +117,7 @@ type subscriber struct {
 	c  net.Conn
 	ch chan []byte // encoded lines, newline included; closed when it ends
 
-	// Guarded by Agent.evMu.
+	// Guarded by Agent.ev.mu.
 	ended  bool
 	reason EventKind // EventOverflow, EventAgentStopping, or "" (client gone)
 }
@@ -196,16 +196,17 @@ func (a *Agent) closeEvents() {
 // errTooManySubscribers answers an events request beyond MaxSubscribers.
 var errTooManySubscribers = fmt.Errorf("too many event subscribers (at most %d)", MaxSubscribers)
 
-// subscribe registers a stream on c, or says why not.
-func (a *Agent) subscribe(c net.Conn) (*subscriber, error) {
+// subscribe registers a stream on c, or says why not. It returns the time
+// of registration, which no event queued for the stream precedes.
+func (a *Agent) subscribe(c net.Conn) (*subscriber, time.Time, error) {
 	e := &a.ev
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return nil, ErrClosed
+		return nil, time.Time{}, ErrClosed
 	}
 	if len(e.subs) >= MaxSubscribers {
-		return nil, errTooManySubscribers
+		return nil, time.Time{}, errTooManySubscribers
 	}
 	q := e.queue
 	if q <= 0 {
@@ -216,7 +217,7 @@ func (a *Agent) subscribe(c net.Conn) (*subscriber, error) {
 		e.subs = make(map[*subscriber]bool)
 	}
 	e.subs[s] = true
-	return s, nil
+	return s, time.Now().UTC(), nil
 }
 
 // stream serves an events request on c: the snapshot, then every event
@@ -224,7 +225,7 @@ func (a *Agent) subscribe(c net.Conn) (*subscriber, error) {
 func (a *Agent) stream(c net.Conn) {
 	// No deadline while streaming: ending the subscription sets one.
 	c.SetDeadline(time.Time{})
-	s, err := a.subscribe(c)
+	s, at, err := a.subscribe(c)
 	if err != nil {
 		c.SetWriteDeadline(time.Now().Add(streamGrace))
 		writeLine(c, controlError{Error: err.Error()})
@@ -232,7 +233,7 @@ func (a *Agent) stream(c net.Conn) {
 	}
 	// The snapshot is taken after subscribing: a change that races with
 	// it may show in the snapshot and again as an event, but none is lost.
-	snap := Event{Event: EventSnapshot, Time: time.Now().UTC(), Status: a.statusReport()}
+	snap := Event{Event: EventSnapshot, Time: at, Status: a.statusReport()}
 
 	// The client sends nothing more; its close (or half-close) ends the
 	// subscription. Stray bytes are ignored.
@@ -244,6 +245,9 @@ func (a *Agent) stream(c net.Conn) {
 	}()
 
 	ok := writeLine(c, snap) == nil
+	if !ok {
+		a.endSubscription(s, "")
+	}
 	for b := range s.ch {
 		if !ok {
 			continue // drained by the close of the channel
