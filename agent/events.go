@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 )
@@ -317,7 +318,7 @@ func (a *Agent) ReportDevice(ev DeviceEvent) error {
 	}
 	reason := ev.Reason
 	if len(reason) > maxReason {
-		reason = reason[:maxReason] + "..."
+		reason = strings.ToValidUTF8(reason[:maxReason], "") + "..."
 	}
 	dev := ev.Device
 	out := Event{Event: ev.Kind, Device: &dev, Reason: reason, Violations: ev.Violations}
