@@ -80,14 +80,7 @@ func TestEventsCommandStreamsUntilTheAgentStops(t *testing.T) {
 		}
 		wait := runEvents(t, context.Background(), args...)
 		waitSubscribed(t, a, 1)
-		seen := make(chan struct{})
-		go func() {
-			defer close(seen)
-			waitEventOut(t, a)
-		}()
-		waitSubscribed(t, a, 2)
-		p.SetHostConnected(true)
-		<-seen
+		observe(t, a, agent.EventHostConnected, 1, func() { p.SetHostConnected(true) })
 		a.Close()
 		code, out, errOut := wait()
 		if code != exitOK {
@@ -128,29 +121,6 @@ func TestEventsCommandStreamsUntilTheAgentStops(t *testing.T) {
 					t.Errorf("line %d does not start with a timestamp: %q", i, lines[i])
 				}
 			}
-		}
-	}
-}
-
-// waitEventOut waits until the agent has published host_connected. Every
-// subscriber gets an event in the same step, so once this stream sees it,
-// every other stream has it queued.
-func waitEventOut(t *testing.T, a *agent.Agent) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), patience)
-	defer cancel()
-	s, err := agent.SubscribeEvents(ctx, a.Dir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	for {
-		ev, _, err := s.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ev.Event == agent.EventHostConnected {
-			return
 		}
 	}
 }
@@ -262,5 +232,70 @@ func TestFormatEventQuotes(t *testing.T) {
 	want := `2026-01-02T03:04:05.006Z protocol_violation dev=0 port=2 name="a b" violations=7 reason="bad\nname"` + "\n"
 	if got := formatEvent(ev, ""); got != want {
 		t.Errorf("formatEvent:\n%q\nwant\n%q", got, want)
+	}
+}
+
+// observe subscribes to a, runs action, and returns once the agent has
+// published an event of kind about port id: every stream open before has
+// it queued then.
+func observe(t *testing.T, a *agent.Agent, kind agent.EventKind, id uint32, action func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	s, err := agent.SubscribeEvents(ctx, a.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, _, err := s.Next(); err != nil {
+		t.Fatal(err)
+	}
+	action()
+	for {
+		ev, _, err := s.Next()
+		if err != nil {
+			t.Fatalf("waiting for %s of port %d: %v", kind, id, err)
+		}
+		if ev.Event == kind && ev.Port != nil && *ev.Port == id {
+			return
+		}
+	}
+}
+
+// --port keeps the lines of one port (and the stream's own lines).
+func TestEventsCommandPortFilter(t *testing.T) {
+	a := servedAgent(t)
+	p1, p2 := agenttest.NewPort(1, "org.example.a"), agenttest.NewPort(2, "")
+	for _, p := range []*agenttest.Port{p1, p2} {
+		if err := a.AddPort(0, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wait := runEvents(t, context.Background(), "--socket-dir", a.Dir(), "--port", "org.example.a")
+	waitSubscribed(t, a, 1)
+	observe(t, a, agent.EventPortRenamed, 2, func() { p2.SetName("org.example.b") })
+	observe(t, a, agent.EventHostConnected, 2, func() { p2.SetHostConnected(true) })
+	observe(t, a, agent.EventHostConnected, 1, func() { p1.SetHostConnected(true) })
+	a.Close()
+	code, out, errOut := wait()
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var kinds []string
+	for line := range strings.Lines(out) {
+		if strings.HasPrefix(line, "  ") {
+			if !strings.Contains(line, " port=1 ") {
+				t.Errorf("snapshot line of another port: %q", line)
+			}
+			continue
+		}
+		f := strings.Fields(line)
+		kinds = append(kinds, f[1])
+		if f[1] != "snapshot" && f[1] != "agent_stopping" && !strings.Contains(line, " port=1 ") {
+			t.Errorf("line of another port: %q", line)
+		}
+	}
+	if got := strings.Join(kinds, " "); got != "snapshot host_connected port_removed agent_stopping" {
+		t.Errorf("filtered lines %q\n%s", got, out)
 	}
 }
