@@ -299,3 +299,39 @@ func TestEventsCommandPortFilter(t *testing.T) {
 		t.Errorf("filtered lines %q\n%s", got, out)
 	}
 }
+
+// The model --wait keeps: the snapshot, then the events applied.
+func TestWaitModel(t *testing.T) {
+	dev, id := 0, uint32(3)
+	yes := true
+	ev := func(kind agent.EventKind, name, sock string) agent.Event {
+		return agent.Event{Event: kind, Device: &dev, Port: &id, Name: name, Socket: sock}
+	}
+	m := portModel{}
+	m.apply(agent.Event{Event: agent.EventSnapshot, Status: &agent.StatusReport{Ports: []agent.PortStatus{}}})
+	steps := []struct {
+		ev   agent.Event
+		cond waitCond
+		port string
+		want bool
+	}{
+		{agent.Event{Event: agent.EventSnapshot, Status: &agent.StatusReport{}}, "port-removed", "x", true},
+		{ev(agent.EventPortAdded, "", "/run/vserial/vport0p3"), "port-added", "vport0p3", true},
+		{ev(agent.EventProtocolViolation, "", "/run/vserial/vport0p3"), "host-disconnected", "vport0p3", true},
+		{ev(agent.EventPortRenamed, "x", "/run/vserial/x"), "port-added", "vport0p3", false},
+		{ev(agent.EventHostConnected, "x", "/run/vserial/x"), "host-connected", "x", true},
+		{ev(agent.EventClientConnected, "x", "/run/vserial/x"), "client-connected", "/run/vserial/x", true},
+		{ev(agent.EventClientDisconnected, "x", "/run/vserial/x"), "client-connected", "x", false},
+		{ev(agent.EventHostDisconnected, "x", "/run/vserial/x"), "host-connected", "x", false},
+		{ev(agent.EventPortRemoved, "x", "/run/vserial/x"), "port-removed", "x", true},
+		// A device event about a port nobody announced creates nothing.
+		{ev(agent.EventDeviceReset, "x", "/run/vserial/x"), "port-removed", "x", true},
+		{agent.Event{Event: agent.EventPortAdded, Device: &dev, Port: &id, Name: "x", HostConnected: &yes}, "host-connected", "x", true},
+	}
+	for i, s := range steps {
+		m.apply(s.ev)
+		if got := m.holds(s.cond, s.port); got != s.want {
+			t.Errorf("step %d (%s): %s on %s = %v, want %v", i, s.ev.Event, s.cond, s.port, got, s.want)
+		}
+	}
+}
