@@ -290,8 +290,8 @@ func (d *Device) Port(id uint32) *Port {
 	return nil
 }
 
-// Events returns the channel of port and device events. It is closed when the device is
-// closed or fails.
+// Events returns the channel of port and device events. It is closed when
+// the device is closed or fails.
 func (d *Device) Events() <-chan PortEvent { return d.events }
 
 // Stats returns the device's counters.
