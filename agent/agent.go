@@ -106,6 +106,8 @@ type Agent struct {
 	controls map[net.Listener]bool
 	ctlLn    net.Listener // created by ListenControl
 	tmpSeq   atomic.Uint32
+
+	ev events // the control socket's event streams (events.go)
 }
 
 type portKey struct {
@@ -308,6 +310,7 @@ func (a *Agent) AddPort(dev int, p Port) error {
 
 	pt.log.Info("port added", "name", p.Name(), "host_connected", p.HostConnected())
 	a.placeSocket(pt)
+	a.publish(pt.added())
 	go pt.watch()
 	return nil
 }
@@ -365,6 +368,7 @@ func (a *Agent) Close() error {
 		for _, pt := range a.ports {
 			a.dropLocked(pt, "agent closing")
 		}
+		a.closeEvents()
 		for l := range a.controls {
 			l.Close()
 		}
@@ -387,6 +391,9 @@ func (a *Agent) dropLocked(pt *port, why string) {
 		return
 	}
 	pt.gone = true
+	ev := pt.eventLocked(EventPortRemoved)
+	ev.Reason = why
+	a.publish(ev)
 	if pt.con != nil {
 		pt.con.closeLocked()
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,12 +15,18 @@ import (
 	"time"
 )
 
-// The control protocol: the client sends one JSON object on one line, the
-// agent answers with one JSON object and closes the connection.
+// The control protocol: the client sends one JSON object on one line. For
+// a status request the agent answers with one JSON object and closes the
+// connection; for an events request it streams one JSON object per line
+// (events.go) until the client closes, falls behind or the agent stops.
 //
 //	→ {"op":"status"}
-//	← {"ports":[{"device":0,"id":1,"name":"org.qemu.guest_agent.0",...}]}
-//	← {"error":"unknown op \"x\""}
+//	← {"socket_dir":"/run/vserial","running":true,"ports":[{"device":0,"id":1,...}]}
+//	→ {"op":"events"}
+//	← {"event":"snapshot","time":"...","status":{"socket_dir":...,"ports":[...]}}
+//	← {"event":"host_connected","time":"...","device":0,"port":1,"name":"...","socket":"..."}
+//	→ {"op":"reboot"}
+//	← {"error":"unknown op \"reboot\" (want status or events)"}
 
 // ErrNotRunning is wrapped by QueryStatus when no agent answers on the
 // control socket.
@@ -32,13 +39,32 @@ const controlTimeout = 10 * time.Second
 // maxRequest bounds the size of a control request.
 const maxRequest = 4096
 
+// The ops of the control protocol.
+const (
+	OpStatus = "status"
+	OpEvents = "events"
+)
+
 type controlRequest struct {
 	Op string `json:"op"`
 }
 
-type controlResponse struct {
-	Ports []PortStatus `json:"ports"`
-	Error string       `json:"error,omitempty"`
+// StatusReport is the answer to a status request, the Status of an event
+// stream's snapshot, and the "agent" object of `vserial-agent list --json`:
+// the one definition of that JSON shape.
+type StatusReport struct {
+	SocketDir string `json:"socket_dir"`
+	Running   bool   `json:"running"`         // an agent answered
+	Error     string `json:"error,omitempty"` // why it could not be asked (list only)
+	// Subscribers is how many event streams are open (the one asking
+	// included, in a snapshot).
+	Subscribers int          `json:"subscribers,omitempty"`
+	Ports       []PortStatus `json:"ports"`
+}
+
+// controlError is the answer to a request the agent refuses.
+type controlError struct {
+	Error string `json:"error"`
 }
 
 // ControlPath returns the path of the control socket in socketDir.
@@ -110,59 +136,105 @@ func (a *Agent) ServeControl(l net.Listener) error {
 func (a *Agent) answer(c net.Conn) {
 	defer c.Close()
 	stop := context.AfterFunc(a.ctx, func() { c.SetDeadline(longAgo) })
-	defer stop()
+	defer func() { stop() }()
 	c.SetDeadline(time.Now().Add(controlTimeout))
-	var req controlRequest
-	var resp controlResponse
 	line, err := bufio.NewReader(io.LimitReader(c, maxRequest)).ReadBytes('\n')
+	if err != nil && len(line) >= maxRequest {
+		writeLine(c, controlError{Error: fmt.Sprintf("bad request: longer than %d bytes", maxRequest)})
+		return
+	}
 	if err != nil && !(errors.Is(err, io.EOF) && len(line) > 0) {
 		a.log.Debug("control: bad request", "err", err)
 		return
 	}
-	if err := json.Unmarshal(line, &req); err != nil {
-		resp.Error = "bad request: " + err.Error()
-	} else {
-		switch req.Op {
-		case "status":
-			resp.Ports = a.Status()
-		default:
-			resp.Error = fmt.Sprintf("unknown op %q", req.Op)
-		}
+	req, err := parseRequest(line)
+	if err != nil {
+		writeLine(c, controlError{Error: "bad request: " + err.Error()})
+		return
 	}
-	b, _ := json.Marshal(resp)
-	c.Write(append(b, '\n'))
+	switch req.Op {
+	case OpStatus:
+		writeLine(c, a.statusReport())
+	case OpEvents:
+		// The stream ends on its own terms when the agent closes (the
+		// queued events and a last line first), not at once.
+		if !stop() {
+			return // the agent is closing already
+		}
+		a.stream(c)
+	}
+}
+
+// parseRequest checks a request line: one JSON object with a known op and
+// no other field, nothing after it.
+func parseRequest(line []byte) (controlRequest, error) {
+	var req controlRequest
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, err
+	}
+	if dec.More() {
+		return req, errors.New("more than one JSON value on the line")
+	}
+	switch req.Op {
+	case OpStatus, OpEvents:
+		return req, nil
+	case "":
+		return req, errors.New(`no "op" (want status or events)`)
+	}
+	return req, fmt.Errorf("unknown op %q (want status or events)", req.Op)
 }
 
 // QueryStatus asks the agent serving socketDir for the state of its ports.
 // It wraps ErrNotRunning when no agent answers.
 func QueryStatus(ctx context.Context, socketDir string) ([]PortStatus, error) {
-	path := ControlPath(socketDir)
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
+	rep, err := QueryReport(ctx, socketDir)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("agent: query %s: %w", path, ErrNotRunning)
-		}
-		return nil, fmt.Errorf("agent: query %s: %w", path, err)
+		return nil, err
+	}
+	return rep.Ports, nil
+}
+
+// QueryReport is QueryStatus with the whole answer (subscribers too).
+func QueryReport(ctx context.Context, socketDir string) (StatusReport, error) {
+	path := ControlPath(socketDir)
+	c, err := dialControl(ctx, path, "query")
+	if err != nil {
+		return StatusReport{}, err
 	}
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(longAgo) })
 	defer stop()
 	if _, err := c.Write([]byte(`{"op":"status"}` + "\n")); err != nil {
-		return nil, fmt.Errorf("agent: query %s: %w", path, err)
+		return StatusReport{}, fmt.Errorf("agent: query %s: %w", path, err)
 	}
-	var resp controlResponse
+	var resp StatusReport
 	if err := json.NewDecoder(c).Decode(&resp); err != nil {
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
-		return nil, fmt.Errorf("agent: query %s: %w", path, err)
+		return StatusReport{}, fmt.Errorf("agent: query %s: %w", path, err)
 	}
 	if resp.Error != "" {
-		return nil, fmt.Errorf("agent: query %s: agent says: %s", path, resp.Error)
+		return StatusReport{}, fmt.Errorf("agent: query %s: agent says: %s", path, resp.Error)
 	}
 	if resp.Ports == nil {
 		resp.Ports = []PortStatus{}
 	}
-	return resp.Ports, nil
+	return resp, nil
+}
+
+// dialControl connects to the control socket at path; it wraps
+// ErrNotRunning when nothing listens there.
+func dialControl(ctx context.Context, path, op string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("agent: %s %s: %w", op, path, ErrNotRunning)
+		}
+		return nil, fmt.Errorf("agent: %s %s: %w", op, path, err)
+	}
+	return c, nil
 }

@@ -86,7 +86,44 @@
 //
 // # Control socket
 //
-// ListenControl and ServeControl answer status requests on
-// SOCKET_DIR/.control (one JSON request and one JSON response per
-// connection); QueryStatus is the client side, used by `vserial-agent list`.
+// ListenControl and ServeControl serve SOCKET_DIR/.control. A client sends
+// one request line, a JSON object with only an "op": {"op":"status"} is
+// answered with one StatusReport line and the connection closes
+// (QueryStatus, QueryReport: `vserial-agent list`); {"op":"events"} opens an
+// event stream (SubscribeEvents: `vserial-agent events`). Anything else (an
+// unknown op or field, a second value, a line over 4096 bytes, no line
+// within 10 s) gets {"error":"..."} or is closed. StatusReport is the one
+// definition of the status shape: the answer, the snapshot's Status and the
+// "agent" object of `list --json`.
+//
+// # Event stream
+//
+// The stream is one JSON object per line (Event), each with "event" (its
+// EventKind) and "time" (UTC), and device, port, name and socket where
+// they apply. The first line is always a snapshot (EventSnapshot, Status
+// holding every port), taken after the subscription is registered: a
+// change that races with the snapshot can show in it and again as an
+// event, but none falls between the two, so a subscriber applies events to
+// the snapshot and never needs a status query besides. Then come
+// port_added (with host_connected), port_removed (reason), port_renamed
+// (old_name, old_socket: the host named the port, or the socket moved),
+// host_connected, host_disconnected, client_connected (peer_pid,
+// peer_uid), client_disconnected (reason), client_rejected
+// (rejected_total), console_resize (cols, rows, pty; a console's known size
+// right after its port_added), and the device events that the code driving
+// the device hands to ReportDevice: device_reset (reason), protocol_violation
+// (reason, violations, and the port when one is concerned) and
+// device_failed (reason). Events of one port come in the order they
+// happened; a client's client_disconnected always precedes the next
+// client's client_connected.
+//
+// Publishing never blocks the agent. Each subscriber has a queue of
+// DefaultEventQueue lines; when an event finds it full the subscriber is
+// cut off: it still gets what was queued, then a last line
+// {"event":"overflow",...}, and the connection closes (within a few
+// seconds, even if the client reads nothing). It can subscribe again for a
+// fresh snapshot. At most MaxSubscribers streams are open at once. The
+// stream ends when the client closes (or half-closes) its side, and when
+// the agent closes: the ports' port_removed lines, then agent_stopping.
+// What the client sends after its request is ignored.
 package agent

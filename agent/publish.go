@@ -37,6 +37,11 @@ type port struct {
 	// (unusable as a file name, or taken by another port); "" otherwise.
 	nameProblem string
 	hostSeen    bool // host state last logged (watcher only)
+
+	// What the event stream last said of the port (watcher only, set by
+	// AddPort before the watcher starts).
+	seenName, seenSock string
+	seenCols, seenRows uint16
 }
 
 func newPort(a *Agent, dev int, p Port) *port {
@@ -77,12 +82,15 @@ func (pt *port) watch() {
 			pt.hostSeen = h
 			if h {
 				pt.log.Info("host connected")
+				pt.a.publish(pt.event(EventHostConnected))
 			} else {
 				pt.log.Info("host disconnected")
+				pt.a.publish(pt.event(EventHostDisconnected))
 			}
 		}
 		pt.a.placeSocket(pt)
 		pt.a.checkConsole(pt)
+		pt.watchEvents()
 		select {
 		case <-ch:
 		case <-pt.kick:
@@ -359,9 +367,13 @@ func (pt *port) connect(c *net.UnixConn) *session {
 	}
 	if pt.client != nil {
 		n := pt.rejected.Add(1)
+		ev := pt.eventLocked(EventClientRejected)
 		a.mu.Unlock()
 		defer c.Close()
 		pt.log.Warn("client rejected: the port already has a client", append(peerAttrs(c), "rejected_total", n)...)
+		ev.Rejected = n
+		ev.PeerPID, ev.PeerUID = peerCred(c)
+		a.publish(ev)
 		return nil
 	}
 	s := newSession(pt, c)

@@ -56,6 +56,9 @@ func (s *session) run() {
 
 	raw, err := s.c.SyscallConn()
 	pt.log.Info("client connected", peerAttrs(s.c)...)
+	ev := pt.event(EventClientConnected)
+	ev.PeerPID, ev.PeerUID = peerCred(s.c)
+	pt.a.publish(ev)
 	// A console's terminal gives the port to the client until it leaves.
 	pt.detachConsole()
 	defer pt.attachConsole()
@@ -85,14 +88,19 @@ func (s *session) run() {
 		}
 		cancel()
 	}
+	why := s.why(err)
 	a := pt.a
 	a.mu.Lock()
 	if pt.client == s {
 		pt.client = nil
 	}
+	// Published under a.mu: a next client's client_connected comes after.
+	ev = pt.eventLocked(EventClientDisconnected)
+	ev.Reason = why
+	a.publish(ev)
 	a.mu.Unlock()
 	close(s.done)
-	pt.log.Info("client gone", "why", s.why(err))
+	pt.log.Info("client gone", "why", why)
 }
 
 // why turns the error that ended a session into words for the log.
@@ -391,16 +399,26 @@ func (w *connWriter) Write(b []byte) (int, error) {
 // peerAttrs returns the client's process credentials as log attributes,
 // or nothing if the kernel does not say.
 func peerAttrs(c *net.UnixConn) []any {
+	pid, uid := peerCred(c)
+	if pid == nil {
+		return nil
+	}
+	return []any{"peer_pid", *pid, "peer_uid", *uid}
+}
+
+// peerCred returns the client's pid and uid (SO_PEERCRED), or nils if the
+// kernel does not say.
+func peerCred(c *net.UnixConn) (pid *int32, uid *uint32) {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	var cred *unix.Ucred
 	var cerr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	}); err != nil || cerr != nil {
-		return nil
+		return nil, nil
 	}
-	return []any{"peer_pid", cred.Pid, "peer_uid", cred.Uid}
+	return &cred.Pid, &cred.Uid
 }

@@ -83,6 +83,19 @@ const (
 	PortAdded   PortEventKind = iota + 1 // the device announced the port (PORT_ADD)
 	PortRemoved                          // unplugged, or gone with the device
 	PortChanged                          // name, host connection, console state or size
+
+	// Device-level kinds: Err says what happened, Violations is the
+	// device's count of protocol violations so far.
+
+	// DeviceReset: the driver reset the device to recover from Err (a
+	// ring violation, a broken control queue, DEVICE_NEEDS_RESET...). Port
+	// is nil. The ports' own events follow as the device re-announces them.
+	DeviceReset
+	// ProtocolViolation: the device broke the protocol and the driver
+	// ignored the message or isolated the port instead of resetting. Port
+	// is the port concerned, or nil. Rate-limited like the log: the first
+	// 32 of a device, then one in 1000.
+	ProtocolViolation
 )
 
 func (k PortEventKind) String() string {
@@ -93,14 +106,21 @@ func (k PortEventKind) String() string {
 		return "removed"
 	case PortChanged:
 		return "changed"
+	case DeviceReset:
+		return "reset"
+	case ProtocolViolation:
+		return "violation"
 	}
 	return fmt.Sprintf("PortEventKind(%d)", uint8(k))
 }
 
-// PortEvent reports a change of a port.
+// PortEvent reports a change of a port, or of the device (DeviceReset,
+// ProtocolViolation).
 type PortEvent struct {
-	Port *Port
-	Kind PortEventKind
+	Port       *Port
+	Kind       PortEventKind
+	Err        error  // device-level kinds: the fault or violation
+	Violations uint64 // device-level kinds: DeviceStats.Violations then
 }
 
 // DeviceStats counts what the driver has seen of the device.
@@ -108,7 +128,7 @@ type DeviceStats struct {
 	Violations    uint64 // device protocol violations (rings and control messages)
 	Resets        uint64 // recoveries by device reset
 	UnknownEvents uint64 // control events with an unknown or driver-only code
-	Dropped       uint64 // port events dropped because nobody read Events
+	Dropped       uint64 // port and device events dropped because nobody read Events
 	IgnoredPorts  uint64 // PORT_ADD beyond the configured cap
 	Discarded     uint64 // host→guest bytes for no live port
 	ControlIn     uint64 // control messages received
@@ -276,8 +296,8 @@ func (d *Device) Port(id uint32) *Port {
 	return nil
 }
 
-// Events returns the port events channel. It is closed when the device is
-// closed or fails.
+// Events returns the channel of port and device events. It is closed when
+// the device is closed or fails.
 func (d *Device) Events() <-chan PortEvent { return d.events }
 
 // Stats returns the device's counters.

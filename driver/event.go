@@ -608,6 +608,7 @@ func (d *Device) violationLocked(err error, p *Port) {
 	// then one in a thousand with the running count.
 	if n := d.stats.Violations; n <= 32 || n%1000 == 0 {
 		d.log.Warn("virtio-console: device protocol violation", "err", err, "violations", n)
+		d.emitDeviceLocked(PortEvent{Port: p, Kind: ProtocolViolation, Err: err, Violations: n})
 	}
 }
 
@@ -643,6 +644,7 @@ func (d *Device) faultLocked(cause error) {
 		d.resetTimes = append(d.resetTimes, now)
 		d.stats.Resets++
 		d.log.Warn("virtio-console: device fault, resetting", "err", cause, "resets", d.stats.Resets)
+		d.emitDeviceLocked(PortEvent{Kind: DeviceReset, Err: cause, Violations: d.stats.Violations})
 		err := d.bringUpLocked(false)
 		if err == nil {
 			return
@@ -663,4 +665,15 @@ func (d *Device) fatalLocked(err error) {
 	}
 	d.failed = true
 	d.stopLocked(err)
+}
+
+// emitDeviceLocked queues a device-level event for Events, in order with
+// the port events around it.
+func (d *Device) emitDeviceLocked(ev PortEvent) {
+	if len(d.evq) >= maxEventBacklog {
+		d.stats.Dropped++
+		return
+	}
+	d.evq = append(d.evq, ev)
+	wake(d.evWake)
 }

@@ -12,7 +12,7 @@ port the host (QEMU) offers as a Unix stream socket:
 
   /run/vserial/NAME          a port the host named NAME (e.g. org.qemu.guest_agent.0)
   /run/vserial/vport<D>p<N>  a port without a usable name (device D, port id N)
-  /run/vserial/.control      the agent's status socket (used by 'list')
+  /run/vserial/.control      the agent's control socket: status and events (used by 'list', 'events')
 
 A guest program connects to a port's socket to talk to the host; one client
 per port at a time.
@@ -20,12 +20,15 @@ per port at a time.
 Usage:
   vserial-agent run [flags]    drive virtio-console functions and serve their ports
   vserial-agent list [flags]   show virtio-console functions and a running agent's ports
+  vserial-agent events [flags] follow a running agent's events, or wait for one (host connected...)
   vserial-agent help [command] show help ("vserial-agent COMMAND --help" too)
 
 Examples:
   vserial-agent run                         serve every free virtio-console function
   vserial-agent run --device 0000:00:03.0   take this function (even from virtio-pci)
   vserial-agent list                        what is there, and which ports are connected
+  vserial-agent events --wait host-connected --port org.example.port --timeout 30s
+                                            wait until the host side of a port is connected
   socat - UNIX-CONNECT:/run/vserial/org.example.port   talk to the host by hand
 
 Exit codes:
@@ -33,6 +36,7 @@ Exit codes:
   1  runtime failure (socket directory, device, driver; the log says which)
   2  usage error: unknown command or flag, bad flag value
   3  valid but not supported yet (--bind=vfio)
+  4  events --wait: the --timeout passed first
 
 Under systemd (Type=notify) run reports readiness when every port present at
 start has its socket. Needs root. See the README for QEMU options, the unit
@@ -93,6 +97,42 @@ Examples:
 
 Exit codes: 0 listed (no agent running is not an error), 1 sysfs could not
 be read or the agent did not answer, 2 usage error.
+
+Flags:
+`
+
+const eventsUsage = `Usage: vserial-agent events [flags]
+
+Follow the events of the agent serving --socket-dir, as it streams them over
+SOCKET_DIR/.control: first a snapshot of every port, then one line per
+event: port_added, port_removed, port_renamed, host_connected,
+host_disconnected, client_connected, client_disconnected, client_rejected,
+console_resize, device_reset, protocol_violation, device_failed, and last
+agent_stopping when the agent shuts down. Text lines by default (time, event,
+key=value), the agent's JSON lines with --json (fields: README, Events and
+status). --port NAME keeps only the lines about that port.
+
+With --wait COND --port NAME it prints nothing but the line that made COND
+true and exits 0 as soon as COND holds for the port (at once if the snapshot
+shows it), instead of polling for a socket or an end of file. COND is one of
+host-connected, host-disconnected, client-connected, client-disconnected
+(the port exists and its host side / a guest client is or is not
+connected), port-added (the port exists) or port-removed (it does not).
+NAME is the host's name of the port, its socket file name (vport0p3) or
+its socket path.
+
+A subscriber that does not read fast enough is cut off by the agent (its
+queue is bounded, the agent never waits for it): the stream ends with an
+overflow line; events then exits 1, and --wait subscribes again.
+
+Examples:
+  vserial-agent events
+  vserial-agent events --json | jq -c 'select(.event == "host_connected")'
+  vserial-agent events --wait host-connected --port org.qemu.guest_agent.0 --timeout 60s && start-my-agent
+
+Exit codes: 0 the agent ended the stream (it stopped) or, with --wait, COND
+holds; 1 no agent running, the stream was cut off, or the agent stopped
+before COND; 2 usage error; 4 --wait: --timeout passed first.
 
 Flags:
 `

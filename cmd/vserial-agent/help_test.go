@@ -15,12 +15,15 @@ func TestHelpTeaches(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"--help"}, []string{"userspace virtio-console", "Usage:", "Examples:", "Exit codes:", "/run/vserial/NAME", "vport<D>p<N>", ".control", "vserial-agent run", "vserial-agent list", "Type=notify", "README"}},
+		{[]string{"--help"}, []string{"userspace virtio-console", "Usage:", "Examples:", "Exit codes:", "/run/vserial/NAME", "vport<D>p<N>", ".control", "vserial-agent run", "vserial-agent list", "vserial-agent events", "Type=notify", "README"}},
 		{[]string{"help"}, []string{"Usage:", "Examples:", "Exit codes:"}},
 		{[]string{"run", "--help"}, []string{"Usage: vserial-agent run", "Examples:", "Exit codes:", "SOCKET_DIR/NAME", "vport<D>p<N>", "SIGTERM", "NOTIFY_SOCKET", "READY=1", "clash", "--socket-dir", "--socket-mode", "--device", "--max-ports", "--log-level", "--bind"}},
 		{[]string{"help", "run"}, []string{"Usage: vserial-agent run", "Examples:"}},
 		{[]string{"list", "-h"}, []string{"Usage: vserial-agent list", "Examples:", "Exit codes:", ".control", "--json", "--socket-dir"}},
 		{[]string{"help", "list"}, []string{"Usage: vserial-agent list"}},
+		{[]string{"events", "--help"}, []string{"Usage: vserial-agent events", "Examples:", "Exit codes:", ".control", "snapshot", "overflow",
+			"host_connected", "device_reset", "protocol_violation", "--json", "--socket-dir", "--wait", "--port", "--timeout", "host-connected"}},
+		{[]string{"help", "events"}, []string{"Usage: vserial-agent events"}},
 	} {
 		var stdout, stderr bytes.Buffer
 		if code := realMain(context.Background(), c.args, &stdout, &stderr, nil); code != exitOK {

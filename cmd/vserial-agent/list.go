@@ -18,9 +18,9 @@ const queryTimeout = 5 * time.Second
 
 // listReport is the output of `list --json`.
 type listReport struct {
-	Functions      []functionJSON `json:"functions"`
-	FunctionsError string         `json:"functions_error,omitempty"`
-	Agent          agentJSON      `json:"agent"`
+	Functions      []functionJSON     `json:"functions"`
+	FunctionsError string             `json:"functions_error,omitempty"`
+	Agent          agent.StatusReport `json:"agent"` // the shape of the agent's own status answer
 }
 
 type functionJSON struct {
@@ -36,21 +36,15 @@ type functionJSON struct {
 	Path       string `json:"path"`
 }
 
-type agentJSON struct {
-	SocketDir string             `json:"socket_dir"`
-	Running   bool               `json:"running"`
-	Error     string             `json:"error,omitempty"`
-	Ports     []agent.PortStatus `json:"ports"`
-}
-
 // list is `vserial-agent list`. It exits 1 when sysfs cannot be read or a
 // running agent cannot be asked; no agent running is not an error.
 func list(ctx context.Context, cfg listConfig, stdout, stderr io.Writer) int {
 	fns, scanErr := pciscan.Scan(cfg.Sysfs)
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
-	ports, queryErr := agent.QueryStatus(qctx, cfg.SocketDir)
+	status, queryErr := agent.QueryReport(qctx, cfg.SocketDir)
 	cancel()
-	rep := buildReport(cfg.SocketDir, fns, scanErr, ports, queryErr)
+	rep := buildReport(cfg.SocketDir, fns, scanErr, status.Ports, queryErr)
+	rep.Agent.Subscribers = status.Subscribers
 	var err error
 	if cfg.JSON {
 		err = writeJSON(stdout, rep)
@@ -78,7 +72,7 @@ func list(ctx context.Context, cfg listConfig, stdout, stderr io.Writer) int {
 func buildReport(socketDir string, fns []pciscan.Function, scanErr error, ports []agent.PortStatus, queryErr error) listReport {
 	rep := listReport{
 		Functions: []functionJSON{},
-		Agent:     agentJSON{SocketDir: socketDir, Ports: []agent.PortStatus{}},
+		Agent:     agent.StatusReport{SocketDir: socketDir, Ports: []agent.PortStatus{}},
 	}
 	if scanErr != nil {
 		rep.FunctionsError = scanErr.Error()

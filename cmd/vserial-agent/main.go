@@ -50,7 +50,7 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer, open
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "-h", "--help", "help":
-		if len(rest) > 0 && (rest[0] == "run" || rest[0] == "list") {
+		if len(rest) > 0 && (rest[0] == "run" || rest[0] == "list" || rest[0] == "events") {
 			return realMain(ctx, []string{rest[0], "--help"}, stdout, stderr, open)
 		}
 		fmt.Fprint(stdout, mainUsage)
@@ -81,6 +81,12 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer, open
 			return fail(stderr, cmd, err)
 		}
 		return list(ctx, cfg, stdout, stderr)
+	case "events":
+		cfg, err := parseEvents(rest, stdout)
+		if err != nil {
+			return fail(stderr, cmd, err)
+		}
+		return events(ctx, cfg, stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "vserial-agent: unknown command %q\n\n%s", cmd, mainUsage)
 	return exitUsage

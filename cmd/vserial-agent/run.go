@@ -78,6 +78,7 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 			MaxPorts: cfg.MaxPorts,
 			Sysfs:    cfg.Sysfs,
 			Logger:   log.With("pci", f.Addr, "dev", i),
+			Report:   func(ev agent.DeviceEvent) { reportDevice(a, ev, log) },
 		})
 		if err != nil {
 			if ctx.Err() != nil {
@@ -149,6 +150,11 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 			running--
 			err := devs[i].Err()
 			log.Error("device stopped", "pci", fns[i].Addr, "dev", i, "err", err)
+			why := "stopped"
+			if err != nil {
+				why = err.Error()
+			}
+			reportDevice(a, agent.DeviceEvent{Kind: agent.EventDeviceFailed, Device: i, Reason: why}, log)
 			emergencyLine(devs[i], fns[i].Addr, log, fmt.Sprintf("fatal: device %s stopped: %v", fns[i].Addr, err))
 		}
 	}
@@ -171,6 +177,13 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 	}
 	log.Info("stopped", "exit_code", code)
 	return code
+}
+
+// reportDevice puts a device's event on the agent's event stream.
+func reportDevice(a *agent.Agent, ev agent.DeviceEvent, log *slog.Logger) {
+	if err := a.ReportDevice(ev); err != nil && !errors.Is(err, agent.ErrClosed) {
+		log.Warn("device event not reported", "dev", ev.Device, "event", ev.Kind, "err", err)
+	}
 }
 
 // selectFunctions returns the functions to drive: those named with

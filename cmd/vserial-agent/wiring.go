@@ -52,6 +52,9 @@ type deviceSpec struct {
 	MaxPorts int    // 0: as many as the device offers
 	Sysfs    string
 	Logger   *slog.Logger
+	// Report, when not nil, receives the device's own events (resets,
+	// protocol violations) for the agent's event stream. It must not block.
+	Report func(agent.DeviceEvent)
 }
 
 // deviceOpener brings one function up. realMain takes it as a parameter so
@@ -122,13 +125,14 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 	if took {
 		giveBack = func() { restore(spec.Sysfs, addr, prev, log) }
 	}
-	return newConsoleDevice(dev, fn.Close, giveBack), nil
+	return newConsoleDevice(dev, fn.Close, giveBack, spec.Index, spec.Report), nil
 }
 
 // newConsoleDevice wraps a driver.Device that is up. release frees what the
 // driver ran on (the uio function) after the device is closed; restore then
-// gives the function back.
-func newConsoleDevice(dev *driver.Device, release func() error, restore func()) *consoleDevice {
+// gives the function back. report (nil: none) gets the device's resets and
+// protocol violations, as device index.
+func newConsoleDevice(dev *driver.Device, release func() error, restore func(), index int, report func(agent.DeviceEvent)) *consoleDevice {
 	d := &consoleDevice{
 		dev:     dev,
 		release: release,
@@ -136,6 +140,8 @@ func newConsoleDevice(dev *driver.Device, release func() error, restore func()) 
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 		restore: restore,
+		index:   index,
+		report:  report,
 	}
 	for _, p := range dev.Ports() {
 		d.present = append(d.present, port{p})
@@ -186,6 +192,8 @@ type consoleDevice struct {
 	ports   chan agent.Port
 	present []agent.Port
 	restore func()
+	index   int
+	report  func(agent.DeviceEvent)
 
 	once     sync.Once
 	closeErr error
@@ -193,8 +201,9 @@ type consoleDevice struct {
 	done     chan struct{}
 }
 
-// forward turns the driver's PortAdded events into agent ports. Other
-// events reach the agent through each port's Changed channel.
+// forward turns the driver's PortAdded events into agent ports and its
+// device events into reports. Other port events reach the agent through
+// each port's Changed channel.
 func (d *consoleDevice) forward() {
 	defer close(d.done)
 	defer close(d.ports)
@@ -203,6 +212,10 @@ func (d *consoleDevice) forward() {
 		case ev, ok := <-d.dev.Events():
 			if !ok {
 				return
+			}
+			if ev.Kind == driver.DeviceReset || ev.Kind == driver.ProtocolViolation {
+				d.reportEvent(ev)
+				continue
 			}
 			if ev.Kind != driver.PortAdded {
 				continue
@@ -216,6 +229,25 @@ func (d *consoleDevice) forward() {
 			return
 		}
 	}
+}
+
+// reportEvent hands a driver's device event to report, in the agent's terms.
+func (d *consoleDevice) reportEvent(ev driver.PortEvent) {
+	if d.report == nil {
+		return
+	}
+	out := agent.DeviceEvent{Kind: agent.EventDeviceReset, Device: d.index, Violations: ev.Violations, Reason: "unknown"}
+	if ev.Kind == driver.ProtocolViolation {
+		out.Kind = agent.EventProtocolViolation
+	}
+	if ev.Err != nil {
+		out.Reason = ev.Err.Error()
+	}
+	if ev.Port != nil {
+		id := ev.Port.ID()
+		out.Port = &id
+	}
+	d.report(out)
 }
 
 func (d *consoleDevice) Ports() <-chan agent.Port { return d.ports }

@@ -28,12 +28,8 @@ type agentList struct {
 		Device string `json:"device"`
 		Driver string `json:"driver"`
 	} `json:"functions"`
-	Agent struct {
-		SocketDir string     `json:"socket_dir"`
-		Running   bool       `json:"running"`
-		Error     string     `json:"error"`
-		Ports     []listPort `json:"ports"`
-	} `json:"agent"`
+	// The agent's own status shape, so it is defined once.
+	Agent agent.StatusReport `json:"agent"`
 }
 
 // listPort is one port of `list --json`: the agent's own status type, so

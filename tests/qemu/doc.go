@@ -123,6 +123,15 @@
 //     sought and read back with guest-file-* (and checked in the guest), a
 //     guest file read, an error reply, and all of it again after qemu-ga
 //     restarts (the agent redials; VSERPORT_CHANGE closed then open).
+//   - TestAgentEvents: `vserial-agent events --json` followed while the
+//     host connects and disconnects a chardev, a guest client connects, a
+//     second one is rejected and the first leaves, and a port is
+//     hot-plugged and unplugged over QMP: the snapshot, then every event
+//     in order with its device, port, name, socket, peer pid, reasons and
+//     timestamps, and agent_stopping with exit 0 when the agent stops;
+//     `events --wait host-connected` returning when the host connects (and
+//     at once when the snapshot shows it), the other --wait conditions as
+//     the steps' barriers, and exit 1 with no agent.
 //   - TestDemo: what scripts/demo shows, step by step: a host program and a
 //     guest program greeting each other and moving 4 MiB each way through
 //     the agent's sockets.
