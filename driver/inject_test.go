@@ -2,6 +2,7 @@ package driver
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -147,5 +148,42 @@ func TestResetWithLateReplayKeepsPorts(t *testing.T) {
 	}
 	if r.log.Contains("not re-announced") {
 		t.Errorf("a port was declared gone although it came back:\n%s", r.log)
+	}
+}
+
+// Bytes still in flight when the device is reset are lost (the device may
+// or may not have taken them); the next Send says so instead of carrying on
+// as if the stream were whole.
+func TestSendAfterResetLostBytesReportsErrDeviceReset(t *testing.T) {
+	r := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 1, name: "p", host: true}, portSpec{id: 2, name: "q", host: true})})
+	p := r.port(1, "p")
+	r.until("host connected", func() bool { return p.HostConnected() })
+	if err := p.SetGuestOpen(r.ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	// The host does not take the bytes: they stay in the transmitq.
+	if err := r.m.SetThrottled(1, true); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := p.Send(r.ctx, strings.NewReader("in flight")); err != nil || n != 9 {
+		t.Fatalf("Send = %d, %v", n, err)
+	}
+	if err := r.d.InjectFault(2, FaultZeroLength, 0); err != nil {
+		t.Fatal(err)
+	}
+	r.until("reset", func() bool { return r.d.Stats().Resets == 1 })
+	r.until("port back", p.settled)
+	if _, err := p.Send(r.ctx, strings.NewReader("more")); !errors.Is(err, ErrDeviceReset) {
+		t.Fatalf("Send after bytes were lost in a reset: %v, want ErrDeviceReset", err)
+	}
+	// Reported once: the port is usable again.
+	if err := r.m.SetThrottled(1, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Write(r.ctx, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.m.HostReadFull(r.ctx, 1, 5); err != nil || string(got) != "after" {
+		t.Fatalf("host got %q %v", got, err)
 	}
 }

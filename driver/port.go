@@ -35,8 +35,9 @@ var (
 	ErrPortRemoved = errors.New("driver: port removed")
 	// ErrClosed is returned once the device has been closed or has failed.
 	ErrClosed = errors.New("driver: device closed")
-	// ErrDeviceReset is returned by Flush and Write when bytes queued for
-	// the device were lost because the device had to be reset.
+	// ErrDeviceReset is returned by Send, Flush and Write when bytes queued
+	// for the device were lost because the device had to be reset (the
+	// device may or may not have taken them: the stream is broken).
 	ErrDeviceReset = errors.New("driver: device reset, queued bytes lost")
 )
 
@@ -565,6 +566,14 @@ func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 	d := p.d
 	s := p.s
 	d.mu.Lock()
+	if p.txLost {
+		// Bytes an earlier Send queued were lost in a device reset: the
+		// stream is broken, and the caller must hear it before it hands
+		// over more (Flush would say so too, but a stream may never flush).
+		p.txLost = false
+		d.mu.Unlock()
+		return 0, ErrDeviceReset
+	}
 	i, err := p.takeTxLocked(ctx)
 	if err != nil {
 		d.mu.Unlock()
@@ -584,6 +593,7 @@ func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 		p.sendWide = n == len(buf)
 		p.queueTxLocked(i, n)
 		d.finishLocked()
+		rerr = p.lostLocked(rerr)
 		d.mu.Unlock()
 		return n, rerr
 	}
@@ -621,8 +631,19 @@ func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 	p.sendIdx, p.sendVec = take, bufs
 	p.kickTxLocked()
 	d.finishLocked()
+	rerr = p.lostLocked(rerr)
 	d.mu.Unlock()
 	return n, rerr
+}
+
+// lostLocked turns a Send's result into ErrDeviceReset when the bytes it
+// read could not be queued because the device was being reset.
+func (p *Port) lostLocked(err error) error {
+	if p.txLost && p.errLocked() == nil {
+		p.txLost = false
+		return ErrDeviceReset
+	}
+	return err
 }
 
 // Write queues all of b and returns once the device has taken every byte

@@ -2,12 +2,16 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vserial/vserial/agent"
 )
 
 // TestAgentRecovery makes QEMU's real device refuse what the driver does
@@ -74,11 +78,37 @@ func TestAgentRecovery(t *testing.T) {
 
 	t.Run("zero-length-descriptor-resets-and-ports-stay", func(t *testing.T) {
 		ctx := caseCtx(t, 3*time.Minute)
+		// A subscriber to the agent's event stream sees the reset.
+		ev, err := g.Start(ctx, AgentPath, "events", "--json", "--socket-dir", AgentSocketDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.waitList(ctx, t, "an event subscriber", func(l agentList) bool { return l.Agent.Subscribers >= 1 })
 		r, err := inject(ctx, 1)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("after the injection: %+v", r)
+		_ = ev.Signal(ctx, 15)
+		out, werr := ev.Wait(ctx)
+		if ee := (*ExitError)(nil); errors.As(werr, &ee) {
+			out = ee.Output
+		}
+		var reset *agent.Event
+		for _, line := range strings.Split(out, "\n") {
+			var e agent.Event
+			if json.Unmarshal([]byte(line), &e) == nil && e.Event == agent.EventDeviceReset {
+				reset = &e
+				break
+			}
+		}
+		if reset == nil {
+			t.Errorf("no device_reset event in the stream:\n%s", out)
+		} else if !strings.Contains(reset.Reason, "DEVICE_NEEDS_RESET") || reset.Device == nil || *reset.Device != 0 {
+			t.Errorf("device_reset event %+v: want device 0 and the reason DEVICE_NEEDS_RESET", *reset)
+		} else {
+			t.Logf("event stream: %s %s", reset.Event, reset.Reason)
+		}
 		l, _, err := a.list(ctx)
 		if err != nil {
 			t.Fatal(err)

@@ -132,6 +132,13 @@
 //     `events --wait host-connected` returning when the host connects (and
 //     at once when the snapshot shows it), the other --wait conditions as
 //     the steps' barriers, and exit 1 with no agent.
+//   - TestAgentRecovery: the faultinject build of the agent (BuildFaultAgent)
+//     makes QEMU's modern device refuse a zero-length descriptor
+//     (DEVICE_NEEDS_RESET); the agent resets the device without restarting:
+//     ports keep their sockets, a connected guest client survives, the event
+//     stream reports device_reset; 100 resets in a row leak no goroutine,
+//     descriptor or mapping; 20 SIGTERM-and-restart cycles each find both
+//     ports and leave hugepages, binding and socket directory as they were.
 //   - TestDemo: what scripts/demo shows, step by step: a host program and a
 //     guest program greeting each other and moving 4 MiB each way through
 //     the agent's sockets.
