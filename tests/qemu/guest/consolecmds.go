@@ -88,13 +88,9 @@ func ptyXfer(args []string) error {
 	if len(args) != 3 {
 		return errors.New("usage: ptyxfer PATH N SEED")
 	}
-	n, err := parseSize(args[1])
+	n, seed, err := parseSizeSeed(args[1], args[2])
 	if err != nil {
 		return err
-	}
-	seed, err := strconv.ParseUint(args[2], 10, 64)
-	if err != nil {
-		return fmt.Errorf("bad seed %q", args[2])
 	}
 	f, err := os.OpenFile(args[0], os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {

@@ -428,6 +428,19 @@ func parseSize(s string) (int64, error) {
 	return n, nil
 }
 
+// parseSizeSeed parses the N SEED arguments of the transfer built-ins.
+func parseSizeSeed(size, seed string) (int64, uint64, error) {
+	n, err := parseSize(size)
+	if err != nil {
+		return 0, 0, err
+	}
+	sd, err := strconv.ParseUint(seed, 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("bad seed %q", seed)
+	}
+	return n, sd, nil
+}
+
 // report prints a transfer's size, sha256 ("none" when h is nil) and speed.
 func report(n int64, h hash.Hash, d time.Duration) {
 	sum := "none"
@@ -495,13 +508,9 @@ func source(args []string) error {
 	if len(args) != 3 && !(len(args) == 4 && args[3] == "block") {
 		return errors.New("usage: source PATH N SEED [block]")
 	}
-	n, err := parseSize(args[1])
+	n, seed, err := parseSizeSeed(args[1], args[2])
 	if err != nil {
 		return err
-	}
-	seed, err := strconv.ParseUint(args[2], 10, 64)
-	if err != nil {
-		return fmt.Errorf("bad seed %q", args[2])
 	}
 	f, err := openPath(args[0])
 	if err != nil {
