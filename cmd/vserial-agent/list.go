@@ -34,6 +34,10 @@ type functionJSON struct {
 	Driver     string `json:"driver"` // "" when no driver holds it
 	IOMMUGroup string `json:"iommu_group"`
 	Path       string `json:"path"`
+	// Bind and BindReason are what `run --bind auto` would choose for the
+	// function (uio or vfio) and why (chooseBind).
+	Bind       string `json:"bind"`
+	BindReason string `json:"bind_reason"`
 }
 
 type agentJSON struct {
@@ -50,7 +54,9 @@ func list(ctx context.Context, cfg listConfig, stdout, stderr io.Writer) int {
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	ports, queryErr := agent.QueryStatus(qctx, cfg.SocketDir)
 	cancel()
-	rep := buildReport(cfg.SocketDir, fns, scanErr, ports, queryErr)
+	env := hostBindEnv(cfg.Sysfs)
+	choose := func(f pciscan.Function) bindChoice { return chooseBind(env, f) }
+	rep := buildReport(cfg.SocketDir, fns, scanErr, ports, queryErr, choose)
 	var err error
 	if cfg.JSON {
 		err = writeJSON(stdout, rep)
@@ -74,8 +80,8 @@ func list(ctx context.Context, cfg listConfig, stdout, stderr io.Writer) int {
 }
 
 // buildReport assembles what list prints: the virtio-console functions and
-// the agent's ports.
-func buildReport(socketDir string, fns []pciscan.Function, scanErr error, ports []agent.PortStatus, queryErr error) listReport {
+// the agent's ports; choose says which binding --bind auto takes.
+func buildReport(socketDir string, fns []pciscan.Function, scanErr error, ports []agent.PortStatus, queryErr error, choose func(pciscan.Function) bindChoice) listReport {
 	rep := listReport{
 		Functions: []functionJSON{},
 		Agent:     agentJSON{SocketDir: socketDir, Ports: []agent.PortStatus{}},
@@ -87,6 +93,7 @@ func buildReport(socketDir string, fns []pciscan.Function, scanErr error, ports 
 		if !pciscan.IsConsole(f) {
 			continue
 		}
+		c := choose(f)
 		rep.Functions = append(rep.Functions, functionJSON{
 			Addr:       f.Addr,
 			Vendor:     fmt.Sprintf("%04x", f.Vendor),
@@ -98,6 +105,8 @@ func buildReport(socketDir string, fns []pciscan.Function, scanErr error, ports 
 			Driver:     f.Driver,
 			IOMMUGroup: f.IOMMUGroup,
 			Path:       f.Path,
+			Bind:       c.Bind,
+			BindReason: c.Reason,
 		})
 	}
 	switch {
@@ -125,9 +134,10 @@ func writeText(w io.Writer, rep listReport) error {
 	case len(rep.Functions) == 0:
 		fmt.Fprintf(tw, "virtio-console functions: none\n")
 	default:
-		fmt.Fprintf(tw, "FUNCTION\tID\tSUBSYSTEM\tDRIVER\tIOMMU GROUP\n")
+		fmt.Fprintf(tw, "FUNCTION\tID\tSUBSYSTEM\tDRIVER\tIOMMU GROUP\tBIND (auto)\n")
 		for _, f := range rep.Functions {
-			fmt.Fprintf(tw, "%s\t%s:%s\t%s:%s\t%s\t%s\n", f.Addr, f.Vendor, f.Device, f.SubVendor, f.SubDevice, dash(f.Driver), dash(f.IOMMUGroup))
+			fmt.Fprintf(tw, "%s\t%s:%s\t%s:%s\t%s\t%s\t%s\n", f.Addr, f.Vendor, f.Device, f.SubVendor, f.SubDevice, dash(f.Driver), dash(f.IOMMUGroup),
+				bindChoice{f.Bind, f.BindReason})
 		}
 	}
 	fmt.Fprintln(tw)
