@@ -24,8 +24,11 @@ type agentList struct {
 	Functions []struct {
 		Addr   string `json:"addr"`
 		Vendor string `json:"vendor"`
-		Device string `json:"device"`
-		Driver string `json:"driver"`
+		Device     string `json:"device"`
+		Driver     string `json:"driver"`
+		IOMMUGroup string `json:"iommu_group"`
+		Bind       string `json:"bind"`
+		BindReason string `json:"bind_reason"`
 	} `json:"functions"`
 	Agent struct {
 		SocketDir string     `json:"socket_dir"`

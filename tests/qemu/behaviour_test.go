@@ -1,0 +1,103 @@
+package qemu
+
+import (
+	"context"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// behaviourSizes are the transfers behaviourChecks makes each way on every
+// port: one byte, just over a page, and multi-MiB ones that wrap the rings
+// many times.
+var behaviourSizes = []int64{1, 4<<10 + 1, 1 << 20, 8 << 20}
+
+// Bytes behaviourChecks moves beyond behaviourSizes: the open/close check
+// sends one byte host→guest on the first port, the reconnect check streams
+// 1+4 MiB guest→host on the second.
+const (
+	behaviourOpenCloseIn  = 1
+	behaviourReconnectOut = 1<<20 + 4<<20
+)
+
+// behaviourChecks runs the checks every binding (uio, VFIO type1, VFIO
+// no-IOMMU) must pass, on a running agent that serves names (at least two
+// named ports of vs0, each published under its name): socket names, data
+// both ways on every port at once, byte-exact, small and multi-MiB; a guest
+// client's open and close seen by the host (VSERPORT_CHANGE); and a host
+// disconnect and reconnect with nothing lost or duplicated. It returns the
+// bytes each port moved (socket → in, out) for counter checks. conns holds
+// the host side of each port by name (QEMU's chardev server takes one
+// client at a time, so callers keep using these); missing ones are dialed,
+// and the reconnect check replaces the second port's.
+func behaviourChecks(t *testing.T, a *runningAgent, names []string, conns map[string]*net.UnixConn) map[string][2]int64 {
+	t.Helper()
+	if len(names) < 2 {
+		t.Fatalf("behaviourChecks needs two named ports, got %v", names)
+	}
+	g := a.g
+	moved := map[string][2]int64{}
+	for _, n := range names {
+		if conns[n] == nil {
+			conns[n] = g.DialPort(t, n)
+		}
+	}
+	caseCtx := func(t *testing.T, d time.Duration) context.Context {
+		ctx, cancel := context.WithTimeout(t.Context(), d)
+		t.Cleanup(cancel)
+		return ctx
+	}
+
+	t.Run("socket-names", func(t *testing.T) {
+		got, err := ls(caseCtx(t, time.Minute), g, AgentSocketDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			if !slices.Contains(got, n) {
+				t.Errorf("no socket %s in %s (has %v)", n, AgentSocketDir, got)
+			}
+		}
+	})
+
+	t.Run("data-both-ways", func(t *testing.T) {
+		ctx := caseCtx(t, 5*time.Minute)
+		var wg sync.WaitGroup
+		for i, name := range names {
+			wg.Go(func() {
+				for j, n := range behaviourSizes {
+					if err := both(ctx, t, g, conns[name], AgentSocket(name), n, uint64(300+10*i+j)); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if t.Failed() {
+			a.logList(t)
+		}
+	})
+	var sum int64
+	for _, n := range behaviourSizes {
+		sum += n
+	}
+	for _, n := range names {
+		moved[AgentSocket(n)] = [2]int64{sum, sum}
+	}
+
+	t.Run("open-close-events", func(t *testing.T) {
+		checkPortChangeEvents(caseCtx(t, 2*time.Minute), t, g, conns[names[0]], names[0], AgentSocket(names[0]))
+	})
+	m := moved[AgentSocket(names[0])]
+	moved[AgentSocket(names[0])] = [2]int64{m[0] + behaviourOpenCloseIn, m[1]}
+
+	t.Run("host-reconnect-nothing-lost", func(t *testing.T) {
+		checkHostReconnect(caseCtx(t, 3*time.Minute), t, a, conns, names[1], AgentSocket(names[1]))
+	})
+	m = moved[AgentSocket(names[1])]
+	moved[AgentSocket(names[1])] = [2]int64{m[0], m[1] + behaviourReconnectOut}
+	return moved
+}
