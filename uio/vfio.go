@@ -425,6 +425,19 @@ func physSources(sysfs string, opts Options) (src, fallback pageSource) {
 // Addr is the function's PCI address.
 func (f *VFIOFunction) Addr() string { return f.addr }
 
+// UnmappedIOVA returns a device address that is guaranteed never to be
+// mapped for as long as the function is open (type1 only; ok is false in
+// no-IOMMU mode, where the device sees physical addresses): the 2 MiB guard
+// gap after the first DMA chunk. A DMA the device makes to it faults in the
+// IOMMU. Tests use it to check that the device cannot reach memory we did
+// not give it.
+func (f *VFIOFunction) UnmappedIOVA() (iova uint64, ok bool) {
+	if s, isIOVA := f.alloc.src.(*iovaSource); isIOVA {
+		return s.guard(), true
+	}
+	return 0, false
+}
+
 // Group is the IOMMU group's number.
 func (f *VFIOFunction) Group() string { return f.group }
 

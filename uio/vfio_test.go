@@ -418,6 +418,25 @@ func TestVFIOOpenType1(t *testing.T) {
 		t.Errorf("iova %#x is not inside a mapping: %x", r.Addr(), fv.maps)
 	}
 	r.Bytes()[0] = 1 // the memory is ours to write
+	// A second chunk follows a guard gap that is never mapped, and
+	// UnmappedIOVA names that gap.
+	r2, err := f.DMA().Alloc(iovaChunk, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := r.Addr() &^ (iovaChunk - 1)
+	if r2.Addr() != first+2*iovaChunk {
+		t.Errorf("second chunk at %#x, want %#x (first %#x, then a 2 MiB guard gap)", r2.Addr(), first+2*iovaChunk, first)
+	}
+	guard, ok := f.UnmappedIOVA()
+	if !ok || guard != first+iovaChunk {
+		t.Errorf("UnmappedIOVA = %#x, %v; want %#x", guard, ok, first+iovaChunk)
+	}
+	for iova, size := range fv.maps {
+		if guard+iovaChunk > iova && guard < iova+size {
+			t.Errorf("guard IOVA %#x lies in the mapping %#x+%#x", guard, iova, size)
+		}
+	}
 
 	// Interrupts: Wait sleeps until a vector fires, and drains it.
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
