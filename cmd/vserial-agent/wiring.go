@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -95,6 +96,12 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 		}
 	case bindVFIO:
 		drv = uio.VFIODriver
+		// vfio first, on its own: it is a dependency of vfio-pci, and only
+		// the module named to Probe gets its command-line parameters
+		// (vfio.enable_unsafe_noiommu_mode=1).
+		if err := ensureModule(spec.Sysfs, "vfio", "", log); err != nil {
+			return nil, err
+		}
 		if err := ensureModule(spec.Sysfs, vfioModule, uio.VFIODriver, log); err != nil {
 			return nil, err
 		}
@@ -193,7 +200,7 @@ func ensureModule(sysfs, name, drv string, log *slog.Logger) error {
 	if present() {
 		return nil
 	}
-	if err := kmodule.Probe(name, ""); err != nil {
+	if err := kmodule.Probe(name, cmdlineParams(readCmdline(), name)); err != nil {
 		var u unix.Utsname
 		_ = unix.Uname(&u)
 		rel := unix.ByteSliceToString(u.Release[:])
@@ -208,6 +215,32 @@ func ensureModule(sysfs, name, drv string, log *slog.Logger) error {
 		return fmt.Errorf("kernel module %s loaded but no driver %s appeared under %s/bus/pci/drivers", name, drv, sysfs)
 	}
 	return nil
+}
+
+// readCmdline returns the kernel command line, "" if it cannot be read.
+func readCmdline() string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	return string(b)
+}
+
+// cmdlineParams picks the parameters for module out of a kernel command
+// line ("module.param=value" words; dashes and underscores in the module
+// name are the same), as modprobe does: the kernel applies them by itself
+// only to built-in modules.
+func cmdlineParams(cmdline, module string) string {
+	want := strings.ReplaceAll(module, "-", "_") + "."
+	var out []string
+	for _, w := range strings.Fields(cmdline) {
+		mod, param, ok := strings.Cut(w, ".")
+		if !ok || param == "" || strings.ReplaceAll(mod, "-", "_")+"." != want {
+			continue
+		}
+		if k, _, _ := strings.Cut(param, "="); k == "" || strings.ContainsAny(k, "/") {
+			continue
+		}
+		out = append(out, param)
+	}
+	return strings.Join(out, " ")
 }
 
 func restore(sysfs, addr, prev string, log *slog.Logger) {
