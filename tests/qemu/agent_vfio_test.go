@@ -189,6 +189,9 @@ func runVFIOCase(t *testing.T, c vfioCase) {
 	t.Run("bindable-again-by-virtio-pci", func(t *testing.T) {
 		// The kernel's own driver takes the function the agent gave back
 		// and moves bytes through it.
+		// The host side is connected (conns) before the driver comes up,
+		// so the port starts host-connected: the kernel's read returns end
+		// of file on a port whose host is away.
 		g.MustRun(t, "modprobe", "virtio_pci", "virtio_console")
 		if drv, err := g.Run(ctx, "readlink", fn+"/driver"); err != nil || !strings.HasSuffix(strings.TrimSpace(drv), "/virtio-pci") {
 			g.MustRun(t, "write", "/sys/bus/pci/drivers_probe", addr)

@@ -97,6 +97,9 @@ func behaviourChecks(t *testing.T, a *runningAgent, names []string, conns map[st
 	t.Run("host-reconnect-nothing-lost", func(t *testing.T) {
 		checkHostReconnect(caseCtx(t, 3*time.Minute), t, a, conns, names[1], AgentSocket(names[1]))
 	})
+	// checkHostReconnect's new connection belonged to the case and is
+	// closed with it: connect the host again for the caller.
+	conns[names[1]] = g.DialPort(t, names[1])
 	m = moved[AgentSocket(names[1])]
 	moved[AgentSocket(names[1])] = [2]int64{m[0], m[1] + behaviourReconnectOut}
 	return moved
