@@ -22,8 +22,8 @@ import (
 // agentList is the part of `vserial-agent list --json` the tests read.
 type agentList struct {
 	Functions []struct {
-		Addr   string `json:"addr"`
-		Vendor string `json:"vendor"`
+		Addr       string `json:"addr"`
+		Vendor     string `json:"vendor"`
 		Device     string `json:"device"`
 		Driver     string `json:"driver"`
 		IOMMUGroup string `json:"iommu_group"`

@@ -11,14 +11,15 @@ import (
 // BenchmarkKernelVsAgent measures one port with the in-kernel driver, then
 // hands the device to vserial-agent in the same boot and measures the same
 // port through the agent's socket, once per binding, and reports
-// agent/kernel ratios. One sub-benchmark per guest:
-//
-//   - uio: the plain guest, agent on uio_pci_generic (INTx);
-//   - vfio-type1: the IOMMU guest, agent on VFIO type1 (MSI-X, IOMMU);
-//   - noiommu: the no-IOMMU guest, agent on VFIO no-IOMMU (MSI-X) and then
-//     on uio (INTx), so MSI-X and INTx meet on the same device and boot.
+// agent/kernel ratios:
 //
 //	go test -run '^$' -bench KernelVsAgent -benchtime 1x ./tests/qemu/
+//
+// One sub-benchmark per guest. uio: the plain guest, agent on
+// uio_pci_generic (INTx). vfio-type1: the IOMMU guest, agent on VFIO type1
+// (MSI-X, IOMMU). noiommu: the no-IOMMU guest, agent on VFIO no-IOMMU
+// (MSI-X) and then on uio (INTx), so MSI-X and INTx meet on the same device
+// in the same boot.
 func BenchmarkKernelVsAgent(b *testing.B) {
 	for _, c := range []struct {
 		name     string
