@@ -20,10 +20,12 @@ import (
 // VFIODriver is the kernel driver a function must be bound to for OpenVFIO.
 const VFIODriver = "vfio-pci"
 
-// maxVectors is how many MSI-X vectors OpenVFIO routes: the driver uses one
-// for configuration changes and control and one shared by the data queues
-// (QEMU's default is vectors=2).
-const maxVectors = 2
+// maxVectors is the most MSI-X vectors OpenVFIO routes: the driver puts
+// configuration changes and control on vector 0 and spreads the ports'
+// data queues over the others (QEMU's default is vectors=2: all data on
+// vector 1). Each routed vector costs an eventfd and a host interrupt, so
+// the count is capped; more ports share vectors.
+const maxVectors = 16
 
 // VFIOFunction is a PCI function opened through vfio-pci, either behind an
 // IOMMU (type1: the device reaches only memory we mapped, at IOVAs we

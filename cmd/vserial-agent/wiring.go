@@ -370,6 +370,8 @@ func (a vfioFunction) IOMMU() bool        { return a.f.IOMMU() }
 
 var (
 	_ driver.Function = vfioFunction{}
+	// The driver services only the queues on the vectors that fired.
+	_ driver.VectorIRQ = (*uio.MSIX)(nil)
 	_ agent.Port      = port{}
 	_ driver.Function = uioFunction{}
 )

@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 type vfioCase struct {
 	opts     Options
 	deviceID string // PCI device id of the function
+	vectors  int    // MSI-X vectors of the device (QEMU's default: 2)
 	mode     string // the uio backend's mode in its "vfio: opened" line
 	// autoBind and autoDriver are what --bind auto chooses in this guest
 	// and the driver the function then has.
@@ -36,7 +38,7 @@ func TestAgentVFIOIOMMU(t *testing.T) {
 	t.Parallel()
 	runVFIOCase(t, vfioCase{
 		opts:     Options{IOMMU: true, Ports: vfioPorts(), MaxPorts: 4, Modules: []string{"vfio-pci", "vfio_iommu_type1"}},
-		deviceID: "0x1043", mode: "type1",
+		deviceID: "0x1043", mode: "type1", vectors: 2,
 		autoBind: "vfio", autoDriver: "vfio-pci",
 	})
 }
@@ -47,15 +49,24 @@ func TestAgentVFIOIOMMU(t *testing.T) {
 func TestAgentVFIONoIOMMU(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
-		name   string
-		modern bool
-		id     string
-	}{{"transitional", false, "0x1003"}, {"modern", true, "0x1043"}} {
+		name    string
+		modern  bool
+		id      string
+		vectors int
+	}{
+		{"transitional", false, "0x1003", 2},
+		// More vectors than QEMU's default: each port its own.
+		{"modern-4-vectors", true, "0x1043", 4},
+	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
+			props := ""
+			if c.vectors != 2 {
+				props = ",vectors=" + strconv.Itoa(c.vectors)
+			}
 			runVFIOCase(t, vfioCase{
-				opts:     Options{NoIOMMUVFIO: true, DisableLegacy: c.modern, Ports: vfioPorts(), MaxPorts: 4},
-				deviceID: c.id, mode: "noiommu",
+				opts:     Options{NoIOMMUVFIO: true, DisableLegacy: c.modern, DeviceProps: props, Ports: vfioPorts(), MaxPorts: 4},
+				deviceID: c.id, mode: "noiommu", vectors: c.vectors,
 				// A plain guest without an IOMMU: auto takes uio.
 				autoBind: "uio", autoDriver: "uio_pci_generic",
 			})
@@ -93,8 +104,8 @@ func runVFIOCase(t *testing.T, c vfioCase) {
 				t.Logf("interrupt: %s", strings.Join(strings.Fields(line), " "))
 			}
 		}
-		if n < 2 {
-			t.Errorf("%d vfio-msix vectors for %s in /proc/interrupts, want 2 (config/control and queues)", n, addr)
+		if n != c.vectors {
+			t.Errorf("%d vfio-msix vectors for %s in /proc/interrupts, want all %d of the device", n, addr, c.vectors)
 		}
 	})
 
