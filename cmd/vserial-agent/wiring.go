@@ -372,6 +372,6 @@ var (
 	_ driver.Function = vfioFunction{}
 	// The driver services only the queues on the vectors that fired.
 	_ driver.VectorIRQ = (*uio.MSIX)(nil)
-	_ agent.Port      = port{}
-	_ driver.Function = uioFunction{}
+	_ agent.Port       = port{}
+	_ driver.Function  = uioFunction{}
 )
