@@ -66,12 +66,32 @@ func behaviourChecks(t *testing.T, a *runningAgent, names []string, conns map[st
 		ctx := caseCtx(t, 5*time.Minute)
 		var wg sync.WaitGroup
 		for i, name := range names {
+			sock := AgentSocket(name)
+			// One client per port: each transfer's guest client starts
+			// once the agent has ended the previous one's session (it
+			// turns away a client that comes earlier).
+			idle := func() {
+				a.waitList(ctx, t, sock+" without a client", func(l agentList) bool {
+					p, ok := l.port(sock)
+					return ok && !p.ClientConnected
+				})
+			}
 			wg.Go(func() {
 				for j, n := range behaviourSizes {
-					if err := both(ctx, t, g, conns[name], AgentSocket(name), n, uint64(300+10*i+j)); err != nil {
-						t.Error(err)
+					seed := uint64(300 + 10*i + j)
+					idle()
+					tr, err := SendToGuest(ctx, g, conns[name], sock, n, seed)
+					if err != nil {
+						t.Errorf("%s host→guest %d bytes: %v", sock, n, err)
 						return
 					}
+					t.Logf("%s: host→guest %d bytes byte-exact%s", sock, n, speed(n, tr))
+					idle()
+					if tr, err = ReceiveFromGuest(ctx, g, conns[name], sock, n, seed+1000); err != nil {
+						t.Errorf("%s guest→host %d bytes: %v", sock, n, err)
+						return
+					}
+					t.Logf("%s: guest→host %d bytes byte-exact%s", sock, n, speed(n, tr))
 				}
 			})
 		}
