@@ -93,10 +93,11 @@ const listUsage = `Usage: vserial-agent list [flags]
 
 Show the virtio-console PCI functions in sysfs (address, ids, which driver
 holds them, IOMMU group, and the binding 'run --bind auto' would choose with
-its reason, e.g. "vfio (IOMMU group 5)" or "uio (no IOMMU group)") and, when an agent serves --socket-dir, its ports as it reports
-them over SOCKET_DIR/.control: device, id, name, socket, whether the host
-and a guest client are connected, byte counters, rejected clients, and a
-name that could not be used as the socket name (a clash or an unusable name).
+its reason, e.g. "vfio (IOMMU group 5)" or "uio (no IOMMU group)") and,
+when an agent serves --socket-dir, its ports as it reports them over
+SOCKET_DIR/.control: device, id, name, socket, whether the host and a guest
+client are connected, byte counters, rejected clients, and a name that
+could not be used as the socket name (a clash or an unusable name).
 
 Examples:
   vserial-agent list
