@@ -177,6 +177,12 @@ func TestListAgainstRunningAgent(t *testing.T) {
 	if rep.Agent.Running || len(rep.Functions) != 2 || rep.Functions[1].Driver != "virtio-pci" {
 		t.Errorf("report with no agent: %+v", rep)
 	}
+	// No IOMMU group in this sysfs: --bind auto would take uio, and says why.
+	for _, f := range rep.Functions {
+		if f.Bind != bindUIO || f.BindReason != "no IOMMU group" {
+			t.Errorf("function %s: bind %q (%q), want uio (no IOMMU group)", f.Addr, f.Bind, f.BindReason)
+		}
+	}
 
 	a, err := agent.New(agent.Config{SocketDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
