@@ -30,7 +30,7 @@ const (
 
 func (r *rig) serviceNow() {
 	r.d.mu.Lock()
-	r.d.serviceLocked()
+	r.d.serviceLocked(allVectors)
 	r.d.mu.Unlock()
 }
 

@@ -24,11 +24,13 @@ var variants = []struct {
 	{"modern intx", virtiotest.Options{}, virtiotest.ConsoleConfig{}},
 	{"modern msix", virtiotest.Options{MSIXVectors: 2}, virtiotest.ConsoleConfig{}},
 	{"modern msix1", virtiotest.Options{MSIXVectors: 1}, virtiotest.ConsoleConfig{}},
+	{"modern msix per port", virtiotest.Options{MSIXVectors: 4}, virtiotest.ConsoleConfig{}},
 	{"modern iommu", virtiotest.Options{IOMMUPlatform: true, MSIXVectors: 2}, virtiotest.ConsoleConfig{}},
 	{"modern no event-idx", virtiotest.Options{}, virtiotest.ConsoleConfig{NoEventIdx: true}},
 	{"transitional", virtiotest.Options{Transitional: true}, virtiotest.ConsoleConfig{}},
 	{"legacy", virtiotest.Options{LegacyOnly: true}, virtiotest.ConsoleConfig{}},
 	{"legacy msix", virtiotest.Options{LegacyOnly: true, MSIXVectors: 2}, virtiotest.ConsoleConfig{}},
+	{"legacy msix per port", virtiotest.Options{LegacyOnly: true, MSIXVectors: 4}, virtiotest.ConsoleConfig{}},
 	{"legacy no event-idx", virtiotest.Options{LegacyOnly: true}, virtiotest.ConsoleConfig{NoEventIdx: true}},
 }
 

@@ -156,8 +156,8 @@ type Device struct {
 	multiport  bool
 	maxNr      uint32 // max_nr_ports as the device reported it (validated)
 	nslots     uint32 // port ids served: min(maxNr, caps)
-	vecConfig  uint16
-	vecQueues  uint16
+	vecConfig  uint16 // configuration changes and the control queues
+	nvec       int    // MSI-X vectors routed (0: INTx)
 	eventIdx   bool
 	sizeF      bool // VIRTIO_CONSOLE_F_SIZE negotiated
 	emergF     bool // VIRTIO_CONSOLE_F_EMERG_WRITE negotiated
@@ -546,7 +546,7 @@ func (d *Device) bringUpLocked(first bool) error {
 		}
 		err := t.SetupQueue(uint16(qi), QueueSetup{
 			Size: q.Size(), Desc: q.DescAddr(), Driver: q.DriverAddr(), Device: q.DeviceAddr(),
-			Vector: d.vecQueues,
+			Vector: d.queueVector(uint16(qi)),
 		})
 		if err != nil {
 			return fmt.Errorf("queue %d: %w", qi, err)
@@ -647,20 +647,48 @@ func (d *Device) failStatus() {
 	}
 }
 
-// setupVectors picks MSI-X vectors: config on 0 and all queues on 1 when
-// two are available (Linux's fallback layout), everything on 0 with one,
-// none (INTx) otherwise.
+// setupVectors picks the MSI-X layout. Vector 0 carries configuration
+// changes and the control queues; with n ≥ 2 vectors the data queues of
+// port id p are on vector 1 + p mod (n-1): with QEMU's default of two
+// vectors every data queue shares vector 1, with more each port (up to
+// n-1 of them) has its own, so a wake-up services only the ports whose
+// vector fired. With one vector everything is on 0; without MSI-X, none
+// (INTx).
 func (d *Device) setupVectors() error {
-	switch n := d.fn.IRQ().MSIXVectors(); {
-	case n >= 2:
-		d.vecConfig, d.vecQueues = 0, 1
-	case n == 1:
-		d.vecConfig, d.vecQueues = 0, 0
-	default:
-		d.vecConfig, d.vecQueues = NoVector, NoVector
+	n := d.fn.IRQ().MSIXVectors()
+	if n < 0 || n > 0x800 { // the MSI-X table size field is 11 bits
+		return fmt.Errorf("driver: the interrupt source reports %d MSI-X vectors", n)
+	}
+	d.nvec = n
+	d.vecConfig = 0
+	if n == 0 {
+		d.vecConfig = NoVector
 	}
 	return nil
 }
+
+// queueVector is the MSI-X vector of queue qi (see setupVectors).
+func (d *Device) queueVector(qi uint16) uint16 {
+	switch {
+	case d.nvec == 0:
+		return NoVector
+	case d.nvec == 1:
+		return 0
+	}
+	var port uint32
+	switch {
+	case !d.multiport || qi < 2:
+		port = 0
+	case qi == controlRxQueue || qi == controlTxQueue:
+		return d.vecConfig
+	default:
+		port = uint32(qi)/2 - 1
+	}
+	return uint16(1 + port%uint32(d.nvec-1))
+}
+
+// vectorBit is the bit of vector v in a WaitVectors set.
+func vectorBit(v uint16) uint64 { return 1 << min(v, 63) }
 
 // queueCount is the number of queues the driver sets up.
 func (d *Device) queueCount() int {

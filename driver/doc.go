@@ -103,7 +103,15 @@
 // steady-state data path makes no allocations.
 //
 // One goroutine (event.go) waits in IRQ.Wait, reads the ISR for INTx,
-// unmasks, and drains every queue; idle, it costs nothing. A ring protocol
+// unmasks, and drains every queue; idle, it costs nothing. With MSI-X,
+// vector 0 carries configuration changes and both control queues, and the
+// data queues of port id p sit on vector 1 + p mod (n-1) (setupVectors,
+// queueVector): with QEMU's default of two vectors all data shares vector
+// 1, with more each port up to n-1 has its own; one vector carries
+// everything. When the IRQ is a VectorIRQ (uio's VFIO MSI-X is) the loop
+// learns which vectors fired and services only their ports, reads the
+// device status only when vector 0 fired, and runs the control queues
+// only then; an IRQ that cannot tell services everything, as INTx does. A ring protocol
 // violation, a control queue that breaks, DEVICE_NEEDS_RESET or a device
 // that drops DRIVER_OK resets the device and runs the bring-up again on
 // the same memory: ports that come back with the same id and name keep

@@ -1,8 +1,9 @@
 package driver
 
 // The event loop: one goroutine waits for the function's interrupt, reads
-// the ISR (INTx), re-arms the interrupt and services every queue. Idle, it
-// sits in IRQ.Wait (the Go poller): no polling, no timers.
+// the ISR (INTx), re-arms the interrupt and services the queues: all of
+// them, or with MSI-X and a VectorIRQ only those on the vectors that fired.
+// Idle, it sits in IRQ.Wait (the Go poller): no polling, no timers.
 
 import (
 	"context"
@@ -14,8 +15,12 @@ import (
 )
 
 // isrConfig is the ISR's configuration-change bit (spec 4.1.4.5). The
-// queue bit needs no test: every wake-up drains every queue anyway.
+// queue bit needs no test: an INTx wake-up drains every queue anyway.
 const isrConfig = 2
+
+// allVectors is the vector set that services everything: INTx, an IRQ
+// that cannot say which vector fired, or work left from the last round.
+const allVectors = ^uint64(0)
 
 // maxControlPasses bounds how many rounds of control messages one service
 // call handles before letting others take the lock (a device answering
@@ -25,14 +30,23 @@ const maxControlPasses = 64
 func (d *Device) loop(ctx context.Context) {
 	defer close(d.loopDone)
 	irq := d.fn.IRQ()
+	vi, byVector := irq.(VectorIRQ)
+	byVector = byVector && irq.MSIXVectors() > 0
 	more := false
 	for {
 		d.mu.Lock()
 		more = more || d.pendingWork
 		d.pendingWork = false
 		d.mu.Unlock()
+		fired := allVectors
 		if !more {
-			if err := irq.Wait(ctx); err != nil {
+			var err error
+			if byVector {
+				fired, err = vi.WaitVectors(ctx)
+			} else {
+				err = irq.Wait(ctx)
+			}
+			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}
@@ -49,7 +63,8 @@ func (d *Device) loop(ctx context.Context) {
 		}
 		if !more {
 			d.stats.Interrupts++
-			config := true // with MSI-X the vector is not known here
+			// With MSI-X, configuration changes come on vecConfig.
+			config := fired&vectorBit(d.vecConfig) != 0
 			if irq.MSIXVectors() == 0 {
 				isr, err := d.t.ISR()
 				if err != nil {
@@ -69,7 +84,7 @@ func (d *Device) loop(ctx context.Context) {
 				}
 			}
 		}
-		more = d.serviceLocked()
+		more = d.serviceLocked(fired)
 		d.mu.Unlock()
 	}
 }
@@ -90,17 +105,18 @@ func (d *Device) checkStatusLocked() {
 	}
 }
 
-// serviceLocked drains every queue. It reports true if control work was
-// left for another round.
-func (d *Device) serviceLocked() (more bool) {
+// serviceLocked drains the queues on the vectors in fired (allVectors:
+// every queue). It reports true if control work was left for another
+// round.
+func (d *Device) serviceLocked(fired uint64) (more bool) {
 	if d.broken() {
 		return false
 	}
-	if err := d.serviceDataLocked(); err != nil {
+	if err := d.serviceDataLocked(fired); err != nil {
 		d.faultLocked(err)
 		return false
 	}
-	if d.multiport {
+	if d.multiport && fired&vectorBit(d.vecConfig) != 0 {
 		more, err := d.serviceControlPassesLocked(maxControlPasses)
 		if err != nil {
 			d.faultLocked(err)
@@ -111,9 +127,9 @@ func (d *Device) serviceLocked() (more bool) {
 	return false
 }
 
-func (d *Device) serviceDataLocked() error {
+func (d *Device) serviceDataLocked(fired uint64) error {
 	for _, s := range d.slots {
-		if s == nil {
+		if s == nil || fired&vectorBit(d.queueVector(s.rxq)) == 0 {
 			continue
 		}
 		if err := d.serviceRxLocked(s); err != nil {

@@ -47,6 +47,19 @@ type IRQ interface {
 	Unmask() error
 }
 
+// VectorIRQ is implemented by an IRQ that can tell which MSI-X vectors
+// fired. With it the event loop services only the queues on those vectors
+// (and reads the device status only when the configuration vector fired);
+// without it every wake-up services everything.
+type VectorIRQ interface {
+	IRQ
+	// WaitVectors is Wait that returns the vectors that fired since the
+	// previous return: bit v for vector v, bit 63 for any vector ≥ 63. The
+	// set may be empty (a vector seen by an earlier call that also
+	// re-armed the wake-up); no vector that fired is ever left out.
+	WaitVectors(ctx context.Context) (uint64, error)
+}
+
 // Function is a PCI function that has been opened for the driver.
 type Function interface {
 	Config() ConfigSpace

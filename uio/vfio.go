@@ -20,10 +20,12 @@ import (
 // VFIODriver is the kernel driver a function must be bound to for OpenVFIO.
 const VFIODriver = "vfio-pci"
 
-// maxVectors is how many MSI-X vectors OpenVFIO routes: the driver uses one
-// for configuration changes and control and one shared by the data queues
-// (QEMU's default is vectors=2).
-const maxVectors = 2
+// maxVectors is the most MSI-X vectors OpenVFIO routes: the driver puts
+// configuration changes and control on vector 0 and spreads the ports'
+// data queues over the others (QEMU's default is vectors=2: all data on
+// vector 1). Each routed vector costs an eventfd and a host interrupt, so
+// the count is capped; more ports share vectors.
+const maxVectors = 16
 
 // VFIOFunction is a PCI function opened through vfio-pci, either behind an
 // IOMMU (type1: the device reaches only memory we mapped, at IOVAs we
@@ -424,6 +426,19 @@ func physSources(sysfs string, opts Options) (src, fallback pageSource) {
 
 // Addr is the function's PCI address.
 func (f *VFIOFunction) Addr() string { return f.addr }
+
+// UnmappedIOVA returns a device address that is guaranteed never to be
+// mapped for as long as the function is open (type1 only; ok is false in
+// no-IOMMU mode, where the device sees physical addresses): the 2 MiB guard
+// gap after the first DMA chunk. A DMA the device makes to it faults in the
+// IOMMU. Tests use it to check that the device cannot reach memory we did
+// not give it.
+func (f *VFIOFunction) UnmappedIOVA() (iova uint64, ok bool) {
+	if s, isIOVA := f.alloc.src.(*iovaSource); isIOVA {
+		return s.guard(), true
+	}
+	return 0, false
+}
 
 // Group is the IOMMU group's number.
 func (f *VFIOFunction) Group() string { return f.group }

@@ -22,12 +22,17 @@ const iovaBase = 1 << 32
 
 // iovaSource is the pageSource of the VFIO type1 backend: 2 MiB of ordinary
 // anonymous memory per chunk, mapped into the IOMMU with VFIO_IOMMU_MAP_DMA
-// at an IOVA we choose (consecutive 2 MiB-aligned slots). The device sees
-// only these mappings; VFIO pins the pages, so they neither move nor swap.
-// No physical address, hugepage or CAP_SYS_ADMIN is needed.
+// at an IOVA we choose. Chunk k sits at start + 2k·2 MiB: every mapping is
+// followed by a 2 MiB guard gap that is never mapped, so a device access
+// that runs past a buffer faults in the IOMMU instead of reaching the next
+// chunk, and start + 2 MiB (guard) is an IOVA that is guaranteed never to
+// be mapped. The device sees only these mappings; VFIO pins the pages, so
+// they neither move nor swap. No physical address, hugepage or
+// CAP_SYS_ADMIN is needed.
 type iovaSource struct {
 	sys       vfioSys
 	container int
+	start     uint64 // first slot
 	next, end uint64 // next free IOVA slot; end of the usable range (exclusive)
 
 	mu   sync.Mutex
@@ -35,8 +40,14 @@ type iovaSource struct {
 }
 
 func newIOVASource(sys vfioSys, container int, start, end uint64) *iovaSource {
-	return &iovaSource{sys: sys, container: container, next: start, end: end, live: map[uintptr]uint64{}}
+	return &iovaSource{sys: sys, container: container, start: start, next: start, end: end, live: map[uintptr]uint64{}}
 }
+
+// iovaStride is the distance between two chunks: the chunk and its guard gap.
+const iovaStride = 2 * iovaChunk
+
+// guard is the first guard gap, an IOVA never mapped.
+func (s *iovaSource) guard() uint64 { return s.start + iovaChunk }
 
 func (s *iovaSource) chunkSize() int   { return iovaChunk }
 func (s *iovaSource) describe() string { return "IOMMU-mapped 2 MiB chunks" }
@@ -65,7 +76,7 @@ func (s *iovaSource) get() ([]byte, uint64, error) {
 		}
 		return nil, 0, fmt.Errorf("map dma at iova %#x: %w", iova, err)
 	}
-	s.next += iovaChunk
+	s.next += iovaStride // leave the guard gap unmapped
 	s.live[addrOf(mem)] = iova
 	return mem, iova, nil
 }

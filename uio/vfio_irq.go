@@ -16,8 +16,9 @@ import (
 // MSIX is a function's MSI-X vectors as VFIO delivers them: one eventfd
 // per vector (VFIO_DEVICE_SET_IRQS, DATA_EVENTFD|ACTION_TRIGGER), all of
 // them in one epoll set whose descriptor sits in the Go poller. It
-// implements driver.IRQ: Wait returns when any vector fired and drains
-// every eventfd; Unmask is a no-op (MSI-X is edge-like, nothing to re-arm).
+// implements driver.IRQ and driver.VectorIRQ: Wait returns when any vector
+// fired and drains every eventfd, WaitVectors also says which; Unmask is
+// a no-op (MSI-X is edge-like, nothing to re-arm).
 //
 // The epoll set is level-triggered on the eventfds; the Go poller watches
 // the epoll descriptor itself (readable while any eventfd has a count), so
@@ -94,8 +95,17 @@ func (m *MSIX) Counts() []uint64 {
 // ctx is done (returning ctx.Err()) or the MSIX is closed (an error that
 // matches os.ErrClosed). It drains every eventfd before returning.
 func (m *MSIX) Wait(ctx context.Context) error {
+	_, err := m.WaitVectors(ctx)
+	return err
+}
+
+// WaitVectors is Wait that returns the vectors whose eventfds it drained:
+// bit v for vector v, bit 63 for vectors of 63 and more. A vector that
+// fires after its eventfd was read stays counted in the eventfd and wakes
+// the next call.
+func (m *MSIX) WaitVectors(ctx context.Context) (uint64, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return 0, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -104,10 +114,11 @@ func (m *MSIX) Wait(ctx context.Context) error {
 		defer stop()
 	}
 	if err := m.ep.SetReadDeadline(time.Time{}); err != nil {
-		return m.wrap(err)
+		return 0, m.wrap(err)
 	}
 	for {
 		var werr error
+		var fired uint64
 		err := m.rc.Read(func(fd uintptr) bool {
 			var evs [1]unix.EpollEvent
 			n, err := unix.EpollWait(int(fd), evs[:], 0)
@@ -121,35 +132,36 @@ func (m *MSIX) Wait(ctx context.Context) error {
 			if n == 0 {
 				return false // nothing yet: sleep in the poller
 			}
-			fired, err := m.drain()
+			fired, err = m.drain()
 			if err != nil {
 				werr = err
 				return true
 			}
-			return fired
+			return fired != 0
 		})
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			if cerr := ctx.Err(); cerr != nil {
-				return cerr
+				return 0, cerr
 			}
 			// A late cancellation of an earlier Wait's context.
 			if err := m.ep.SetReadDeadline(time.Time{}); err != nil {
-				return m.wrap(err)
+				return 0, m.wrap(err)
 			}
 			continue
 		}
 		if err != nil {
-			return m.wrap(err)
+			return 0, m.wrap(err)
 		}
 		if werr != nil {
-			return m.wrap(werr)
+			return 0, m.wrap(werr)
 		}
-		return nil
+		return fired, nil
 	}
 }
 
-// drain reads every eventfd's counter (8 bytes; EAGAIN when it is zero).
-func (m *MSIX) drain() (fired bool, err error) {
+// drain reads every eventfd's counter (8 bytes; EAGAIN when it is zero) and
+// returns the vectors that had a count.
+func (m *MSIX) drain() (fired uint64, err error) {
 	var b [8]byte
 	for i, fd := range m.efds {
 		n, err := unix.Read(fd, b[:])
@@ -163,7 +175,7 @@ func (m *MSIX) drain() (fired bool, err error) {
 			return fired, fmt.Errorf("read eventfd of vector %d: %d bytes", i, n)
 		}
 		m.counts[i].Add(ne.Uint64(b[:]))
-		fired = true
+		fired |= 1 << min(i, 63)
 	}
 	return fired, nil
 }

@@ -374,9 +374,9 @@ func TestVFIOOpenType1(t *testing.T) {
 	if _, err := f.Config().ReadAt(id[:], 254); err == nil {
 		t.Error("config read past the region accepted")
 	}
-	// MSI-X: min(count, 2) vectors routed.
-	if n := f.IRQ().MSIXVectors(); n != 2 || len(fv.irqFDs) != 2 {
-		t.Fatalf("%d vectors (%d routed), want 2", n, len(fv.irqFDs))
+	// MSI-X: min(count, maxVectors) vectors routed: all three here.
+	if n := f.IRQ().MSIXVectors(); n != 3 || len(fv.irqFDs) != 3 {
+		t.Fatalf("%d vectors (%d routed), want 3", n, len(fv.irqFDs))
 	}
 	// BAR4 is mapped (stores reach the region file), BAR0 goes through
 	// pwrite at the region offset.
@@ -418,6 +418,25 @@ func TestVFIOOpenType1(t *testing.T) {
 		t.Errorf("iova %#x is not inside a mapping: %x", r.Addr(), fv.maps)
 	}
 	r.Bytes()[0] = 1 // the memory is ours to write
+	// A second chunk follows a guard gap that is never mapped, and
+	// UnmappedIOVA names that gap.
+	r2, err := f.DMA().Alloc(iovaChunk, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := r.Addr() &^ (iovaChunk - 1)
+	if r2.Addr() != first+2*iovaChunk {
+		t.Errorf("second chunk at %#x, want %#x (first %#x, then a 2 MiB guard gap)", r2.Addr(), first+2*iovaChunk, first)
+	}
+	guard, ok := f.UnmappedIOVA()
+	if !ok || guard != first+iovaChunk {
+		t.Errorf("UnmappedIOVA = %#x, %v; want %#x", guard, ok, first+iovaChunk)
+	}
+	for iova, size := range fv.maps {
+		if guard+iovaChunk > iova && guard < iova+size {
+			t.Errorf("guard IOVA %#x lies in the mapping %#x+%#x", guard, iova, size)
+		}
+	}
 
 	// Interrupts: Wait sleeps until a vector fires, and drains it.
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
@@ -439,6 +458,12 @@ func TestVFIOOpenType1(t *testing.T) {
 		t.Fatalf("Wait after draining: %v, want a timeout", err)
 	}
 	cancel()
+	// WaitVectors names the vectors it drained.
+	fv.fire(t, 2)
+	fv.fire(t, 0)
+	if got, err := f.IRQ().WaitVectors(t.Context()); err != nil || got != 1<<0|1<<2 {
+		t.Errorf("WaitVectors = %#b, %v; want vectors 0 and 2", got, err)
+	}
 	if err := f.IRQ().Unmask(); err != nil {
 		t.Fatal(err)
 	}
@@ -484,8 +509,8 @@ func TestVFIOOpenNoIOMMU(t *testing.T) {
 	if slices.Contains(fv.reqs, "iommu-info") || slices.Contains(fv.reqs, "map") {
 		t.Errorf("no-IOMMU mode issued type1 requests: %v", fv.reqs)
 	}
-	if f.IRQ().MSIXVectors() != 2 {
-		t.Errorf("%d vectors", f.IRQ().MSIXVectors())
+	if f.IRQ().MSIXVectors() != 3 {
+		t.Errorf("%d vectors, want 3", f.IRQ().MSIXVectors())
 	}
 	r, err := f.DMA().Alloc(64, 64)
 	if err != nil {
@@ -670,5 +695,23 @@ func TestVFIOIoctlEncoding(t *testing.T) {
 		if got[i].req != want[i].req || !slices.Equal(got[i].arg, want[i].arg) || got[i].val != want[i].val {
 			t.Errorf("call %d: %#x %x %d, want %#x %x %d", i, got[i].req, got[i].arg, got[i].val, want[i].req, want[i].arg, want[i].val)
 		}
+	}
+}
+
+// A function with more MSI-X vectors than the driver spreads ports over
+// gets maxVectors of them routed; NoIOMMU mode leaves UnmappedIOVA unset.
+func TestVFIOVectorsCappedAndNoGuardWithoutIOMMU(t *testing.T) {
+	fv := newFakeVFIO(t, true)
+	fv.msixCount = 40
+	f, err := fv.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if n := f.IRQ().MSIXVectors(); n != maxVectors || len(fv.irqFDs) != maxVectors {
+		t.Errorf("%d vectors (%d routed) of 40, want %d", n, len(fv.irqFDs), maxVectors)
+	}
+	if iova, ok := f.UnmappedIOVA(); ok {
+		t.Errorf("UnmappedIOVA = %#x in no-IOMMU mode, where the device sees physical addresses", iova)
 	}
 }

@@ -17,10 +17,9 @@ import (
 
 // Exit codes, listed in the top-level help.
 const (
-	exitOK          = 0 // success; run: clean shutdown after SIGTERM/SIGINT
-	exitFailure     = 1 // runtime failure
-	exitUsage       = 2 // unknown command or flag, bad flag value
-	exitUnsupported = 3 // valid but not supported yet (--bind=vfio)
+	exitOK      = 0 // success; run: clean shutdown after SIGTERM/SIGINT
+	exitFailure = 1 // runtime failure
+	exitUsage   = 2 // unknown command or flag, bad flag value
 )
 
 // usageError is a mistake on the command line; it exits with exitUsage.
@@ -35,10 +34,6 @@ func (e *usageError) Unwrap() error { return e.err }
 func usagef(cmd, format string, args ...any) error {
 	return &usageError{cmd: cmd, err: fmt.Errorf(format, args...)}
 }
-
-// errUnsupported marks a configuration that is valid but not implemented;
-// it exits with exitUnsupported.
-var errUnsupported = errors.New("not supported yet")
 
 // maxPortsLimit is the most ports a virtio-pci console can have: queue
 // indexes are 16 bits and a device has 2·(max_nr_ports+1) queues.
@@ -55,7 +50,7 @@ const (
 type runConfig struct {
 	Agent    agent.Config // Logger is filled in by run
 	Devices  []string     // canonical PCI addresses; empty: every free console
-	Bind     string       // bindUIO (auto resolves to it for now)
+	Bind     string       // bindUIO, bindVFIO or bindAuto (chooseBind decides per function)
 	MaxPorts int          // 0: as many as the device offers
 	LogLevel slog.Level
 	Sysfs    string
@@ -81,7 +76,7 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	socketMode := fl.String("socket-mode", fmt.Sprintf("%04o", agent.DefaultSocketMode), "permission bits of each socket, octal")
 	dirMode := fl.String("dir-mode", fmt.Sprintf("%04o", agent.DefaultDirMode), "permission bits of the socket directory when it is created, octal")
 	devices := fl.StringArray("device", nil, "PCI address DDDD:BB:DD.F of a virtio-console function to drive (repeatable; default: every virtio-console function no driver holds)")
-	bind := fl.String("bind", bindAuto, "how to take the function: uio (uio_pci_generic), vfio (vfio-pci; not supported yet) or auto")
+	bind := fl.String("bind", bindAuto, "how to take the function: vfio (vfio-pci), uio (uio_pci_generic) or auto (vfio in an IOMMU group, else uio; 'list' shows the choice)")
 	maxPorts := fl.Int("max-ports", 0, "set up at most this many ports per device (0: as many as the device offers)")
 	consolePTY := fl.Bool("console-pty", false, "give every console port (virtconsole) a pseudo-terminal as well as its socket: SOCKET_DIR/NAME.pty → /dev/pts/N")
 	consoleExec := fl.String("console-exec", "", "run this program (absolute path, then arguments, split at spaces) on every console's terminal, restarted when it exits, e.g. \"/bin/sh -l\"; implies --console-pty")
@@ -128,11 +123,8 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 		cfg.Devices = append(cfg.Devices, a)
 	}
 	switch *bind {
-	case bindUIO, bindAuto:
-		// auto prefers VFIO with an IOMMU once it exists; today it is uio.
-		cfg.Bind = bindUIO
-	case bindVFIO:
-		return runConfig{}, fmt.Errorf("--bind=vfio: binding to vfio-pci is %w; use --bind=uio (or auto)", errUnsupported)
+	case bindUIO, bindVFIO, bindAuto:
+		cfg.Bind = *bind
 	default:
 		return runConfig{}, usagef(cmd, "--bind %q: want uio, vfio or auto", *bind)
 	}

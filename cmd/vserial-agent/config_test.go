@@ -21,7 +21,7 @@ func TestParseRunDefaults(t *testing.T) {
 	if cfg.Agent.SocketDir != "/run/vserial" || cfg.Agent.SocketMode != 0o660 || cfg.Agent.DirMode != 0o755 {
 		t.Errorf("agent config %+v", cfg.Agent)
 	}
-	if cfg.Bind != bindUIO || cfg.MaxPorts != 0 || cfg.LogLevel != slog.LevelInfo || cfg.Sysfs != "/sys" || len(cfg.Devices) != 0 {
+	if cfg.Bind != bindAuto || cfg.MaxPorts != 0 || cfg.LogLevel != slog.LevelInfo || cfg.Sysfs != "/sys" || len(cfg.Devices) != 0 {
 		t.Errorf("config %+v", cfg)
 	}
 }
@@ -99,10 +99,16 @@ func TestParseRunRejects(t *testing.T) {
 	}
 }
 
-func TestParseRunVFIOUnsupported(t *testing.T) {
-	_, err := parseRun([]string{"--bind", "vfio"}, io.Discard)
-	if !errors.Is(err, errUnsupported) || !strings.Contains(err.Error(), "--bind=uio") {
-		t.Fatalf("--bind vfio: %v, want errUnsupported with a hint", err)
+func TestParseRunBind(t *testing.T) {
+	for _, b := range []string{bindUIO, bindVFIO, bindAuto} {
+		cfg, err := parseRun([]string{"--bind", b}, io.Discard)
+		if err != nil || cfg.Bind != b {
+			t.Errorf("--bind %s: Bind %q, %v", b, cfg.Bind, err)
+		}
+	}
+	// The default leaves the choice to chooseBind, function by function.
+	if cfg, err := parseRun(nil, io.Discard); err != nil || cfg.Bind != bindAuto {
+		t.Errorf("default Bind %q, %v; want auto", cfg.Bind, err)
 	}
 }
 
@@ -145,7 +151,7 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"list", "-h"}, exitOK, "--json"},
 		{[]string{"frob"}, exitUsage, `unknown command "frob"`},
 		{[]string{"run", "--log-level", "x"}, exitUsage, "Run 'vserial-agent run --help'"},
-		{[]string{"run", "--bind=vfio"}, exitUnsupported, "not supported yet"},
+		{[]string{"run", "--bind=kernel"}, exitUsage, "want uio, vfio or auto"},
 	} {
 		var out bytes.Buffer
 		code := realMain(context.Background(), c.args, &out, &out, nil)
@@ -154,7 +160,7 @@ func TestExitCodes(t *testing.T) {
 		}
 	}
 	// The help documents every exit code the command uses.
-	for _, code := range []int{exitOK, exitFailure, exitUsage, exitUnsupported} {
+	for _, code := range []int{exitOK, exitFailure, exitUsage} {
 		if !strings.Contains(mainUsage, "\n  "+string(rune('0'+code))+"  ") {
 			t.Errorf("exit code %d is not documented in the help", code)
 		}

@@ -7,7 +7,7 @@ package main
 const mainUsage = `vserial-agent: a userspace virtio-console (virtio-serial) driver for Linux guests.
 
 It takes the guest's virtio-console PCI functions away from the kernel
-(binding them to uio_pci_generic), drives them itself, and publishes every
+(binding them to vfio-pci or uio_pci_generic), drives them itself, and publishes every
 port the host (QEMU) offers as a Unix stream socket:
 
   /run/vserial/NAME          a port the host named NAME (e.g. org.qemu.guest_agent.0)
@@ -26,6 +26,7 @@ Usage:
 Examples:
   vserial-agent run                         serve every free virtio-console function
   vserial-agent run --device 0000:00:03.0   take this function (even from virtio-pci)
+  vserial-agent run --bind vfio             VFIO only (type1 behind an IOMMU, or no-IOMMU)
   vserial-agent list                        what is there, and which ports are connected
   vserial-agent events --wait host-connected --port org.example.port --timeout 30s
                                             wait until the host side of a port is connected
@@ -35,7 +36,6 @@ Exit codes:
   0  success; for run, a clean shutdown after SIGTERM or SIGINT
   1  runtime failure (socket directory, device, driver; the log says which)
   2  usage error: unknown command or flag, bad flag value
-  3  valid but not supported yet (--bind=vfio)
   4  events --wait: the --timeout passed first
 
 Under systemd (Type=notify) run reports readiness when every port present at
@@ -74,11 +74,21 @@ Examples:
   vserial-agent run
   vserial-agent run --device 0000:00:03.0 --socket-dir /run/vserial --socket-mode 0600
   vserial-agent run --log-level debug
+  vserial-agent run --bind vfio
   vserial-agent run --port 'org.qemu.guest_agent.0 mode=connect target=/run/qga.sock'
   vserial-agent run --config /etc/vserial.conf --ignore org.example.unused
 
-Exit codes: 0 clean shutdown, 1 runtime failure (logged), 2 usage error,
-3 not supported yet (--bind=vfio).
+Bindings (--bind; README, Bindings): vfio binds the function to vfio-pci.
+Behind an IOMMU (the function has an iommu_group; boot with intel_iommu=on)
+that is VFIO type1, the safe mode: the device reaches only the memory the
+agent maps, and interrupts are MSI-X. Without an IOMMU it needs vfio's
+no-IOMMU mode (vfio.enable_unsafe_noiommu_mode=1, /dev/vfio/noiommu-N).
+uio binds it to uio_pci_generic: INTx, and the device sees physical
+addresses. auto (the default) takes vfio when the function sits in a real
+IOMMU group and vfio-pci is registered or loadable, uio otherwise; it logs
+its choice, and 'list' shows it for each function.
+
+Exit codes: 0 clean shutdown, 1 runtime failure (logged), 2 usage error.
 
 Flags:
 `
@@ -86,10 +96,12 @@ Flags:
 const listUsage = `Usage: vserial-agent list [flags]
 
 Show the virtio-console PCI functions in sysfs (address, ids, which driver
-holds them) and, when an agent serves --socket-dir, its ports as it reports
-them over SOCKET_DIR/.control: device, id, name, socket, whether the host
-and a guest client are connected, byte counters, rejected clients, and a
-name that could not be used as the socket name (a clash or an unusable name).
+holds them, IOMMU group, and the binding 'run --bind auto' would choose with
+its reason, e.g. "vfio (IOMMU group 5)" or "uio (no IOMMU group)") and,
+when an agent serves --socket-dir, its ports as it reports them over
+SOCKET_DIR/.control: device, id, name, socket, whether the host and a guest
+client are connected, byte counters, rejected clients, and a name that
+could not be used as the socket name (a clash or an unusable name).
 
 Examples:
   vserial-agent list

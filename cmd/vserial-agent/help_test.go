@@ -15,11 +15,12 @@ func TestHelpTeaches(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"--help"}, []string{"userspace virtio-console", "Usage:", "Examples:", "Exit codes:", "/run/vserial/NAME", "vport<D>p<N>", ".control", "vserial-agent run", "vserial-agent list", "vserial-agent events", "Type=notify", "README"}},
+		{[]string{"--help"}, []string{"userspace virtio-console", "Usage:", "Examples:", "Exit codes:", "/run/vserial/NAME", "vport<D>p<N>", ".control", "vserial-agent run", "vserial-agent list", "vserial-agent events", "Type=notify", "README", "vfio-pci", "--bind vfio"}},
 		{[]string{"help"}, []string{"Usage:", "Examples:", "Exit codes:"}},
-		{[]string{"run", "--help"}, []string{"Usage: vserial-agent run", "Examples:", "Exit codes:", "SOCKET_DIR/NAME", "vport<D>p<N>", "SIGTERM", "NOTIFY_SOCKET", "READY=1", "clash", "--socket-dir", "--socket-mode", "--device", "--max-ports", "--log-level", "--bind"}},
+		{[]string{"run", "--help"}, []string{"Usage: vserial-agent run", "Examples:", "Exit codes:", "SOCKET_DIR/NAME", "vport<D>p<N>", "SIGTERM", "NOTIFY_SOCKET", "READY=1", "clash", "--socket-dir", "--socket-mode", "--device", "--max-ports", "--log-level", "--bind",
+			"vfio-pci", "type1", "intel_iommu=on", "enable_unsafe_noiommu_mode=1", "uio_pci_generic", "auto (the default)"}},
 		{[]string{"help", "run"}, []string{"Usage: vserial-agent run", "Examples:"}},
-		{[]string{"list", "-h"}, []string{"Usage: vserial-agent list", "Examples:", "Exit codes:", ".control", "--json", "--socket-dir"}},
+		{[]string{"list", "-h"}, []string{"Usage: vserial-agent list", "Examples:", "Exit codes:", ".control", "--json", "--socket-dir", "--bind auto", "vfio (IOMMU group 5)"}},
 		{[]string{"help", "list"}, []string{"Usage: vserial-agent list"}},
 		{[]string{"events", "--help"}, []string{"Usage: vserial-agent events", "Examples:", "Exit codes:", ".control", "snapshot", "overflow",
 			"host_connected", "device_reset", "protocol_violation", "--json", "--socket-dir", "--wait", "--port", "--timeout", "host-connected"}},

@@ -34,6 +34,10 @@ type functionJSON struct {
 	Driver     string `json:"driver"` // "" when no driver holds it
 	IOMMUGroup string `json:"iommu_group"`
 	Path       string `json:"path"`
+	// Bind and BindReason are what `run --bind auto` would choose for the
+	// function (uio or vfio) and why (chooseBind).
+	Bind       string `json:"bind"`
+	BindReason string `json:"bind_reason"`
 }
 
 // list is `vserial-agent list`. It exits 1 when sysfs cannot be read or a
@@ -43,7 +47,9 @@ func list(ctx context.Context, cfg listConfig, stdout, stderr io.Writer) int {
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	status, queryErr := agent.QueryReport(qctx, cfg.SocketDir)
 	cancel()
-	rep := buildReport(cfg.SocketDir, fns, scanErr, status.Ports, queryErr)
+	env := hostBindEnv(cfg.Sysfs)
+	choose := func(f pciscan.Function) bindChoice { return chooseBind(env, f) }
+	rep := buildReport(cfg.SocketDir, fns, scanErr, status.Ports, queryErr, choose)
 	rep.Agent.Subscribers = status.Subscribers
 	var err error
 	if cfg.JSON {
@@ -68,8 +74,8 @@ func list(ctx context.Context, cfg listConfig, stdout, stderr io.Writer) int {
 }
 
 // buildReport assembles what list prints: the virtio-console functions and
-// the agent's ports.
-func buildReport(socketDir string, fns []pciscan.Function, scanErr error, ports []agent.PortStatus, queryErr error) listReport {
+// the agent's ports; choose says which binding --bind auto takes.
+func buildReport(socketDir string, fns []pciscan.Function, scanErr error, ports []agent.PortStatus, queryErr error, choose func(pciscan.Function) bindChoice) listReport {
 	rep := listReport{
 		Functions: []functionJSON{},
 		Agent:     agent.StatusReport{SocketDir: socketDir, Ports: []agent.PortStatus{}},
@@ -81,6 +87,7 @@ func buildReport(socketDir string, fns []pciscan.Function, scanErr error, ports 
 		if !pciscan.IsConsole(f) {
 			continue
 		}
+		c := choose(f)
 		rep.Functions = append(rep.Functions, functionJSON{
 			Addr:       f.Addr,
 			Vendor:     fmt.Sprintf("%04x", f.Vendor),
@@ -92,6 +99,8 @@ func buildReport(socketDir string, fns []pciscan.Function, scanErr error, ports 
 			Driver:     f.Driver,
 			IOMMUGroup: f.IOMMUGroup,
 			Path:       f.Path,
+			Bind:       c.Bind,
+			BindReason: c.Reason,
 		})
 	}
 	switch {
@@ -119,9 +128,10 @@ func writeText(w io.Writer, rep listReport) error {
 	case len(rep.Functions) == 0:
 		fmt.Fprintf(tw, "virtio-console functions: none\n")
 	default:
-		fmt.Fprintf(tw, "FUNCTION\tID\tSUBSYSTEM\tDRIVER\tIOMMU GROUP\n")
+		fmt.Fprintf(tw, "FUNCTION\tID\tSUBSYSTEM\tDRIVER\tIOMMU GROUP\tBIND (auto)\n")
 		for _, f := range rep.Functions {
-			fmt.Fprintf(tw, "%s\t%s:%s\t%s:%s\t%s\t%s\n", f.Addr, f.Vendor, f.Device, f.SubVendor, f.SubDevice, dash(f.Driver), dash(f.IOMMUGroup))
+			fmt.Fprintf(tw, "%s\t%s:%s\t%s:%s\t%s\t%s\t%s\n", f.Addr, f.Vendor, f.Device, f.SubVendor, f.SubDevice, dash(f.Driver), dash(f.IOMMUGroup),
+				bindChoice{f.Bind, f.BindReason})
 		}
 	}
 	fmt.Fprintln(tw)

@@ -39,6 +39,9 @@ func fakeFunction(t *testing.T, root, addr, vendor, device, subdev, driver strin
 	}
 }
 
+// fixedChoice stands in for chooseBind in report tests.
+func fixedChoice(pciscan.Function) bindChoice { return bindChoice{bindVFIO, "IOMMU group 7"} }
+
 func shortTempDir(t *testing.T) string {
 	t.Helper()
 	d, err := os.MkdirTemp("", "vsc")
@@ -61,7 +64,7 @@ func TestListJSONFormat(t *testing.T) {
 		RejectedClients: 2,
 	}}
 	var out bytes.Buffer
-	if err := writeJSON(&out, buildReport("/run/vserial", fns, nil, ports, nil)); err != nil {
+	if err := writeJSON(&out, buildReport("/run/vserial", fns, nil, ports, nil, fixedChoice)); err != nil {
 		t.Fatal(err)
 	}
 	const want = `{
@@ -76,7 +79,9 @@ func TestListJSONFormat(t *testing.T) {
       "class": "078000",
       "driver": "",
       "iommu_group": "",
-      "path": "/sys/bus/pci/devices/0000:00:03.0"
+      "path": "/sys/bus/pci/devices/0000:00:03.0",
+      "bind": "vfio",
+      "bind_reason": "IOMMU group 7"
     }
   ],
   "agent": {
@@ -109,7 +114,7 @@ func TestListJSONFormat(t *testing.T) {
 func TestListJSONEmptyAndErrors(t *testing.T) {
 	var out bytes.Buffer
 	notRunning := errors.Join(errors.New("dial"), agent.ErrNotRunning)
-	writeJSON(&out, buildReport("/d", nil, errors.New("no sysfs"), nil, notRunning))
+	writeJSON(&out, buildReport("/d", nil, errors.New("no sysfs"), nil, notRunning, fixedChoice))
 	var rep map[string]any
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatal(err)
@@ -127,12 +132,12 @@ func TestListJSONEmptyAndErrors(t *testing.T) {
 	}
 	out.Reset()
 	clash := []agent.PortStatus{{Device: 1, ID: 1, Name: "dup", Socket: "/d/vport1p1", NameProblem: "name clash"}}
-	writeJSON(&out, buildReport("/d", nil, nil, clash, nil))
+	writeJSON(&out, buildReport("/d", nil, nil, clash, nil, fixedChoice))
 	if !strings.Contains(out.String(), `"name_problem": "name clash"`) {
 		t.Errorf("name_problem missing: %s", out.String())
 	}
 	out.Reset()
-	writeJSON(&out, buildReport("/d", nil, nil, nil, errors.New("agent says: boom")))
+	writeJSON(&out, buildReport("/d", nil, nil, nil, errors.New("agent says: boom"), fixedChoice))
 	if !strings.Contains(out.String(), `"error": "agent says: boom"`) {
 		t.Errorf("query error missing: %s", out.String())
 	}
@@ -144,8 +149,8 @@ func TestListText(t *testing.T) {
 	ports := []agent.PortStatus{{Device: 0, ID: 2, Mode: agent.ModeListen, Socket: "/d/vport0p2"},
 		{Device: 0, ID: 3, Name: "qga", Mode: agent.ModeConnect, Target: "/run/qga.sock"},
 		{Device: 1, ID: 1, Name: "dup", Socket: "/d/vport1p1", NameProblem: "name clash: device 0 port 3 has the socket dup"}}
-	writeText(&out, buildReport("/d", fns, nil, ports, nil))
-	for _, want := range []string{"0000:00:03.0", "1af4:1003", "virtio-pci", "/d/vport0p2", "DISCARDED", "MODE", "connect", "→ /run/qga.sock",
+	writeText(&out, buildReport("/d", fns, nil, ports, nil, fixedChoice))
+	for _, want := range []string{"0000:00:03.0", "1af4:1003", "virtio-pci", "/d/vport0p2", "DISCARDED", "BIND (auto)", "vfio (IOMMU group 7)", "MODE", "connect", "→ /run/qga.sock",
 		`note: device 1 port 1 "dup" is served as /d/vport1p1: name clash: device 0 port 3 has the socket dup`} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("text output lacks %q:\n%s", want, out.String())
@@ -171,6 +176,12 @@ func TestListAgainstRunningAgent(t *testing.T) {
 	}
 	if rep.Agent.Running || len(rep.Functions) != 2 || rep.Functions[1].Driver != "virtio-pci" {
 		t.Errorf("report with no agent: %+v", rep)
+	}
+	// No IOMMU group in this sysfs: --bind auto would take uio, and says why.
+	for _, f := range rep.Functions {
+		if f.Bind != bindUIO || f.BindReason != "no IOMMU group" {
+			t.Errorf("function %s: bind %q (%q), want uio (no IOMMU group)", f.Addr, f.Bind, f.BindReason)
+		}
 	}
 
 	a, err := agent.New(agent.Config{SocketDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})

@@ -102,9 +102,6 @@ func fail(stderr io.Writer, cmd string, err error) int {
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "vserial-agent %s: %v\nRun 'vserial-agent %s --help' for usage.\n", cmd, err, cmd)
 		return exitUsage
-	case errors.Is(err, errUnsupported):
-		fmt.Fprintf(stderr, "vserial-agent %s: %v\n", cmd, err)
-		return exitUnsupported
 	}
 	fmt.Fprintf(stderr, "vserial-agent %s: %v\n", cmd, err)
 	return exitFailure

@@ -209,8 +209,8 @@ func TestRunServesAndShutsDownCleanly(t *testing.T) {
 	h.mu.Lock()
 	specs := append([]deviceSpec(nil), h.specs...)
 	h.mu.Unlock()
-	if len(specs) != 1 || specs[0].Function.Addr != "0000:00:03.0" || specs[0].Index != 0 || specs[0].Explicit || specs[0].Bind != bindUIO || specs[0].MaxPorts != 4 {
-		t.Fatalf("opened %+v; want only the free console 0000:00:03.0, not explicit, uio, 4 ports", specs)
+	if len(specs) != 1 || specs[0].Function.Addr != "0000:00:03.0" || specs[0].Index != 0 || specs[0].Explicit || specs[0].Bind != bindAuto || specs[0].MaxPorts != 4 {
+		t.Fatalf("opened %+v; want only the free console 0000:00:03.0, not explicit, auto, 4 ports", specs)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), patience)

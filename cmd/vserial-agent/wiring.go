@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/u-root/u-root/pkg/kmodule"
@@ -48,7 +50,7 @@ type deviceSpec struct {
 	// Explicit is set when the operator named the function with --device:
 	// the opener may then take it from a kernel driver that holds it.
 	Explicit bool
-	Bind     string // bindUIO
+	Bind     string // bindUIO, bindVFIO or bindAuto
 	MaxPorts int    // 0: as many as the device offers
 	Sysfs    string
 	Logger   *slog.Logger
@@ -64,9 +66,9 @@ type deviceOpener func(ctx context.Context, spec deviceSpec) (device, error)
 const uioDriver = "uio_pci_generic"
 
 // openDevice is the production deviceOpener: it binds the function to
-// uio_pci_generic (loading the module if needed), opens it, brings the
-// virtio device up and reports its ports. A failure at any step undoes the
-// steps before it.
+// uio_pci_generic or vfio-pci (loading the modules if needed; --bind auto
+// asks chooseBind), opens it, brings the virtio device up and reports its
+// ports. A failure at any step undoes the steps before it.
 func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 	log := spec.Logger
 	if log == nil {
@@ -82,34 +84,77 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 		}
 	}()
 
-	if err := ensureModule(spec.Sysfs, uioDriver, log); err != nil {
-		return nil, err
+	bind := spec.Bind
+	if bind == bindAuto || bind == "" {
+		c := chooseBind(hostBindEnv(spec.Sysfs), spec.Function)
+		log.Info("bind auto", "bind", c.Bind, "reason", c.Reason)
+		bind = c.Bind
+	}
+	drv := uioDriver
+	var mode vfioMode
+	switch bind {
+	case bindUIO:
+		if err := ensureModule(spec.Sysfs, uioDriver, uioDriver, log); err != nil {
+			return nil, err
+		}
+	case bindVFIO:
+		drv = uio.VFIODriver
+		// vfio first, on its own: it is a dependency of vfio-pci, and only
+		// the module named to Probe gets its command-line parameters
+		// (vfio.enable_unsafe_noiommu_mode=1).
+		if err := ensureModule(spec.Sysfs, "vfio", "", log); err != nil {
+			return nil, err
+		}
+		if err := ensureModule(spec.Sysfs, vfioModule, uio.VFIODriver, log); err != nil {
+			return nil, err
+		}
+		if mode, err = checkVFIO(spec.Sysfs, spec.Function); err != nil {
+			return nil, err
+		}
+		if !mode.NoIOMMU {
+			if err := ensureModule(spec.Sysfs, vfioType1Module, "", log); err != nil {
+				return nil, err
+			}
+		}
+	default:
+		return nil, fmt.Errorf("unknown binding %q", bind)
 	}
 	prev := spec.Function.Driver
-	took := false // we bound the function to uio_pci_generic: give it back on Close
-	if prev != uioDriver {
+	took := false // we bound the function to drv: give it back on Close
+	if prev != drv {
 		took = true
-		prev, err = pciscan.Take(spec.Sysfs, addr, uioDriver, spec.Explicit)
+		prev, err = pciscan.Take(spec.Sysfs, addr, drv, spec.Explicit)
 		if err != nil {
 			return nil, err
 		}
-		log.Info("function bound", "driver", uioDriver, "previous", driverName(prev))
+		log.Info("function bound", "driver", drv, "previous", driverName(prev))
 		undo = append(undo, func() { restore(spec.Sysfs, addr, prev, log) })
 	} else {
 		prev = ""
 	}
 
-	fn, err := uio.Open(spec.Sysfs, "/dev", addr, uio.Options{Logger: log})
-	if err != nil {
-		return nil, err
+	var fn driver.Function
+	var release func() error
+	if bind == bindVFIO {
+		vf, err := uio.OpenVFIO(spec.Sysfs, "/dev", addr, uio.Options{Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		fn, release = vfioFunction{vf}, vf.Close
+	} else {
+		uf, err := uio.Open(spec.Sysfs, "/dev", addr, uio.Options{Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		fn, release = uioFunction{uf}, uf.Close
 	}
-	undo = append(undo, func() { fn.Close() })
+	undo = append(undo, func() { release() })
 
 	maxPorts := uint32(0)
 	if spec.MaxPorts > 0 {
 		maxPorts = uint32(spec.MaxPorts)
 	}
-	dev, err := driver.Open(ctx, uioFunction{fn}, driver.Config{
+	dev, err := driver.Open(ctx, fn, driver.Config{
 		MaxPorts:  maxPorts,
 		Index:     spec.Index,
 		MaxResets: maxResets,
@@ -119,13 +164,12 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 		return nil, fmt.Errorf("bring up virtio-console %s: %w", addr, err)
 	}
 	// Back to the driver it had, or to none (unbound) if it had none:
-	// only a function that came to us already bound to uio_pci_generic
-	// stays there.
+	// only a function that came to us already bound to drv stays there.
 	giveBack := func() {}
 	if took {
 		giveBack = func() { restore(spec.Sysfs, addr, prev, log) }
 	}
-	return newConsoleDevice(dev, fn.Close, giveBack, spec.Index, spec.Report), nil
+	return newConsoleDevice(dev, release, giveBack, spec.Index, spec.Report), nil
 }
 
 // newConsoleDevice wraps a driver.Device that is up. release frees what the
@@ -150,13 +194,20 @@ func newConsoleDevice(dev *driver.Device, release func() error, restore func(), 
 	return d
 }
 
-// ensureModule loads a kernel module (with its dependencies, from
-// /lib/modules/$(uname -r)) unless its driver is already registered.
-func ensureModule(sysfs, name string, log *slog.Logger) error {
-	if pciscan.DriverRegistered(sysfs, name) {
+// ensureModule loads kernel module name (with its dependencies, from
+// /lib/modules/$(uname -r)) unless PCI driver drv is already registered
+// (drv "": unless the module is loaded).
+func ensureModule(sysfs, name, drv string, log *slog.Logger) error {
+	present := func() bool {
+		if drv == "" {
+			return pciscan.ModuleLoaded(sysfs, name)
+		}
+		return pciscan.DriverRegistered(sysfs, drv)
+	}
+	if present() {
 		return nil
 	}
-	if err := kmodule.Probe(name, ""); err != nil {
+	if err := kmodule.Probe(name, cmdlineParams(readCmdline(), name)); err != nil {
 		var u unix.Utsname
 		_ = unix.Uname(&u)
 		rel := unix.ByteSliceToString(u.Release[:])
@@ -164,10 +215,38 @@ func ensureModule(sysfs, name string, log *slog.Logger) error {
 			name, filepath.Join("/lib/modules", rel), err, rel)
 	}
 	log.Info("kernel module loaded", "module", name)
-	if !pciscan.DriverRegistered(sysfs, name) {
-		return fmt.Errorf("kernel module %s loaded but no driver %s appeared under %s/bus/pci/drivers", name, name, sysfs)
+	// A module that is built in has no sysfs/module entry unless it has
+	// parameters, and Probe succeeds for it: only a driver can be checked.
+	if drv != "" && !present() {
+		return fmt.Errorf("kernel module %s loaded but no driver %s appeared under %s/bus/pci/drivers", name, drv, sysfs)
 	}
 	return nil
+}
+
+// readCmdline returns the kernel command line, "" if it cannot be read.
+func readCmdline() string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	return string(b)
+}
+
+// cmdlineParams picks the parameters for module out of a kernel command
+// line ("module.param=value" words; dashes and underscores in the module
+// name are the same), as modprobe does: the kernel applies them by itself
+// only to built-in modules.
+func cmdlineParams(cmdline, module string) string {
+	want := strings.ReplaceAll(module, "-", "_") + "."
+	var out []string
+	for _, w := range strings.Fields(cmdline) {
+		mod, param, ok := strings.Cut(w, ".")
+		if !ok || param == "" || strings.ReplaceAll(mod, "-", "_")+"." != want {
+			continue
+		}
+		if k, _, _ := strings.Cut(param, "="); k == "" || strings.ContainsAny(k, "/") {
+			continue
+		}
+		out = append(out, param)
+	}
+	return strings.Join(out, " ")
 }
 
 func restore(sysfs, addr, prev string, log *slog.Logger) {
@@ -306,7 +385,25 @@ func (a uioFunction) IRQ() driver.IRQ    { return a.f.IRQ() }
 func (a uioFunction) DMA() dma.Allocator { return a.f.DMA() }
 func (a uioFunction) IOMMU() bool        { return a.f.IOMMU() }
 
+// vfioFunction adapts *uio.VFIOFunction to driver.Function.
+type vfioFunction struct{ f *uio.VFIOFunction }
+
+func (a vfioFunction) Config() driver.ConfigSpace { return a.f.Config() }
+func (a vfioFunction) BAR(i int) (driver.BAR, error) {
+	b, err := a.f.BAR(i)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+func (a vfioFunction) IRQ() driver.IRQ    { return a.f.IRQ() }
+func (a vfioFunction) DMA() dma.Allocator { return a.f.DMA() }
+func (a vfioFunction) IOMMU() bool        { return a.f.IOMMU() }
+
 var (
-	_ agent.Port      = port{}
-	_ driver.Function = uioFunction{}
+	_ driver.Function = vfioFunction{}
+	// The driver services only the queues on the vectors that fired.
+	_ driver.VectorIRQ = (*uio.MSIX)(nil)
+	_ agent.Port       = port{}
+	_ driver.Function  = uioFunction{}
 )

@@ -199,6 +199,7 @@ type Function struct {
 	resets     int
 	notifies   []uint16
 	fired      int
+	vectors    uint64 // MSI-X vectors signalled since the last WaitVectors (bit 63: ≥ 63)
 }
 
 // New builds a function around model.

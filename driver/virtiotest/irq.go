@@ -63,6 +63,22 @@ func (q *IRQ) Wait(ctx context.Context) error {
 	return nil
 }
 
+// WaitVectors is Wait that also returns the MSI-X vectors signalled since
+// the previous WaitVectors: bit v for vector v, bit 63 for any vector of 63
+// or more. A vector signalled after the eventfd was read but before the
+// set is taken is reported now and wakes the next Wait too (at worst with
+// an empty set), so none is lost. Without MSI-X the set is empty.
+func (q *IRQ) WaitVectors(ctx context.Context) (uint64, error) {
+	if err := q.Wait(ctx); err != nil {
+		return 0, err
+	}
+	q.f.mu.Lock()
+	defer q.f.mu.Unlock()
+	v := q.f.vectors
+	q.f.vectors = 0
+	return v, nil
+}
+
 // Unmask clears Interrupt Disable, as the uio driver does through the
 // command register; a still-pending INTx fires again.
 func (q *IRQ) Unmask() error {
@@ -118,6 +134,7 @@ func (f *Function) signalLocked(vector uint16) {
 	if vector == NoVector || ctl&msixFuncMask != 0 {
 		return // no INTx fallback with MSI-X on (spec 4.1.5.1.2)
 	}
+	f.vectors |= 1 << min(vector, 63)
 	f.irq.fire()
 }
 

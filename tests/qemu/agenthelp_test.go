@@ -23,10 +23,13 @@ import (
 // agentList is the part of `vserial-agent list --json` the tests read.
 type agentList struct {
 	Functions []struct {
-		Addr   string `json:"addr"`
-		Vendor string `json:"vendor"`
-		Device string `json:"device"`
-		Driver string `json:"driver"`
+		Addr       string `json:"addr"`
+		Vendor     string `json:"vendor"`
+		Device     string `json:"device"`
+		Driver     string `json:"driver"`
+		IOMMUGroup string `json:"iommu_group"`
+		Bind       string `json:"bind"`
+		BindReason string `json:"bind_reason"`
 	} `json:"functions"`
 	// The agent's own status shape, so it is defined once.
 	Agent agent.StatusReport `json:"agent"`

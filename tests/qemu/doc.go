@@ -76,11 +76,29 @@
 //     SIGTERM (exit 0, sockets removed, port closed for the host). A case
 //     that fails with the agent still running logs its goroutine dump
 //     (SIGQUIT) and the next cases get a fresh agent.
-//   - TestAgentModern: the modern-only device (disable-legacy=on, 0x1043),
-//     two ports at once, counters, a second agent on the same socket
-//     directory refused (exit 1) while the first keeps working, --bind vfio
-//     exit 3, SIGTERM, the function unbound again (it had no driver before),
-//     and a second agent in the same boot finding the same ports.
+//   - TestAgentModern: the modern-only device (disable-legacy=on, 0x1043)
+//     with uio: behaviourChecks (below), exact counters in list --json,
+//     --bind auto choosing uio (list: "uio (no IOMMU group)", and the log),
+//     a second agent on the same socket directory refused (exit 1) while
+//     the first keeps working, SIGTERM, the function unbound again (it had
+//     no driver before), and a second agent in the same boot finding the
+//     same ports.
+//   - TestAgentVFIOIOMMU: --bind vfio behind QEMU's emulated Intel IOMMU
+//     (VFIO type1, modern device with ACCESS_PLATFORM, 2 MSI-X vectors):
+//     bound to vfio-pci with every vector in /proc/interrupts,
+//     behaviourChecks, list showing "vfio (IOMMU group N)" and exact
+//     counters, SIGTERM giving the function back (no driver), --bind auto
+//     choosing vfio (log and driver) and moving data, and the function
+//     bindable again: the in-kernel virtio-pci takes it and moves data.
+//   - TestAgentVFIONoIOMMU: the same cases in the no-IOMMU guest (vfio
+//     no-IOMMU mode) on a transitional device (legacy transport, device
+//     config at offset 24 under MSI-X) and on a modern one with vectors=4
+//     (one vector per port); here --bind auto chooses uio (no IOMMU group)
+//     and list shows the no-IOMMU group as a reason for uio.
+//   - behaviourChecks, shared by the bindings' tests: socket names, data
+//     both ways on two ports at once byte-exact (1 B to 8 MiB), a guest
+//     client's open and close seen by the host (VSERPORT_CHANGE), and the
+//     host away and back with no guest→host byte lost or duplicated.
 //   - TestAgentSinglePort: max_ports=1 (no MULTIPORT): one virtconsole at
 //     port 0, published as vport0p0, data both ways.
 //   - TestAgentTwoDevices: two virtio-serial-pci functions driven by one
@@ -145,7 +163,9 @@
 //   - BenchmarkKernelDriver: MeasurePort on the in-kernel driver.
 //   - BenchmarkKernelVsAgent: the same port measured with the in-kernel
 //     driver and then, in the same boot, through vserial-agent's socket;
-//     reports agent/kernel ratios.
+//     reports agent/kernel ratios. Sub-benchmarks: uio (plain guest),
+//     vfio-type1 (IOMMU guest), noiommu (VFIO no-IOMMU, then uio, in one
+//     boot: MSI-X against INTx on the same device).
 //
 // Run the benchmarks with -benchtime 1x: each call boots a guest, and a
 // measurement is long enough on its own.
