@@ -1054,6 +1054,7 @@ func (d *Device) forgetInFlightLocked() {
 		for h := range s.txByHead {
 			s.txByHead[h] = -1
 		}
+		s.injectedOut = 0
 		if p := s.port; p != nil && !p.removed {
 			if p.txInflight > 0 {
 				p.txLost = true

@@ -81,18 +81,13 @@ func TestInjectedDescriptorAcceptedIsCountedNotAViolation(t *testing.T) {
 	if err := r.d.InjectFault(1, FaultAddress, mem.Addr()); err != nil {
 		t.Fatal(err)
 	}
-	// The next transmission reaps the returned injected head.
-	if _, err := p.Write(r.ctx, []byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Flush(r.ctx); err != nil {
-		t.Fatal(err)
-	}
+	// Transmit interrupts are on for the injected descriptor: the event
+	// loop reaps it without any write on the port.
 	r.until("accepted counted", func() bool { return r.d.Stats().InjectedAccepted == 1 })
 	if st := r.d.Stats(); st.Resets != 0 || st.Violations != 0 {
 		t.Errorf("resets %d violations %d after an accepted injection, want 0", st.Resets, st.Violations)
 	}
-	if !r.log.Contains("should have refused") {
+	if !r.log.Contains("instead of refusing it") {
 		t.Errorf("no error logged for the accepted descriptor:\n%s", r.log)
 	}
 }

@@ -93,6 +93,9 @@ type slot struct {
 	// reclaimed by the next Send, and the device does not interrupt for
 	// each one (every interrupt is a round of exits under INTx).
 	txWaiters int
+	// injectedOut counts InjectFault descriptors the device has not
+	// returned: transmit interrupts stay on for them.
+	injectedOut int
 	gen       uint64 // bumped when the port goes away or the device resets
 
 	port *Port
@@ -273,7 +276,7 @@ func (p *Port) waitTx(ctx context.Context, c chan struct{}) error {
 		err = p.wait(ctx, c)
 	}
 	s.txWaiters--
-	if s.txWaiters == 0 && !p.d.broken() {
+	if s.txWaiters == 0 && s.injectedOut == 0 && !p.d.broken() {
 		s.tx.DisableInterrupts()
 	}
 	return err

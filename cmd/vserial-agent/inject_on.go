@@ -10,12 +10,13 @@ package main
 //	DEV PORT FAULT [ADDR]
 //
 // DEV is the device index, PORT the port id, FAULT zero-length or address,
-// ADDR the device address (hex, 0x...) an address fault points at. After
+// ADDR the device address (hex, 0x...) an address fault points at, or
+// "unmapped": an IOVA the IOMMU never mapped (VFIO type1 only). After
 // the injection it waits (at most faultWait) for the device to be reset
 // and brought up again, then writes FILE.done.N (N: the device's count of
 // injections, from 1) with one line: the outcome (reset, or accepted, or
 // none) followed by the process's goroutines, open descriptors and memory
-// mappings, so a test knows when the device is back and can check that
+// mappings and the address used, so a test knows when the device is back and can check that
 // recoveries leak nothing. The same line is logged.
 // The driver's limit of resets a minute is raised to faultMaxResets
 // ($VSERIAL_MAX_RESETS sets another).
@@ -50,10 +51,11 @@ func init() {
 }
 
 type faultRequest struct {
-	dev   int
-	port  uint32
-	fault driver.Fault
-	addr  uint64
+	dev      int
+	port     uint32
+	fault    driver.Fault
+	addr     uint64
+	unmapped bool // addr is the device's never-mapped IOVA
 }
 
 func parseFaultRequest(line string) (faultRequest, error) {
@@ -74,7 +76,9 @@ func parseFaultRequest(line string) (faultRequest, error) {
 		return faultRequest{}, err
 	}
 	r := faultRequest{dev: dev, port: uint32(port), fault: kind}
-	if len(f) == 4 {
+	if len(f) == 4 && f[3] == "unmapped" {
+		r.unmapped = true
+	} else if len(f) == 4 {
 		if r.addr, err = strconv.ParseUint(f[3], 0, 64); err != nil {
 			return faultRequest{}, fmt.Errorf("fault request: address %q", f[3])
 		}
@@ -115,6 +119,12 @@ func startFaultInjection(ctx context.Context, devs []device, log *slog.Logger) {
 					err = fmt.Errorf("fault request: device %d cannot inject faults", r.dev)
 				}
 			}
+			if err == nil && r.unmapped {
+				var ok bool
+				if r.addr, ok = inj.UnmappedAddr(); !ok {
+					err = fmt.Errorf("fault request: device %d has no unmapped address (no IOMMU)", r.dev)
+				}
+			}
 			var before driver.DeviceStats
 			if err == nil {
 				before = inj.Stats()
@@ -130,7 +140,7 @@ func startFaultInjection(ctx context.Context, devs []device, log *slog.Logger) {
 			log.Warn("fault injection done", "dev", r.dev, "port", r.port, "fault", r.fault.String(), "outcome", outcome,
 				"resets", st.Resets, "injected", st.Injected, "accepted", st.InjectedAccepted,
 				"goroutines", g, "fds", fds, "maps", maps)
-			report := fmt.Sprintf("%s resets=%d goroutines=%d fds=%d maps=%d\n", outcome, st.Resets, g, fds, maps)
+			report := fmt.Sprintf("%s resets=%d goroutines=%d fds=%d maps=%d addr=%#x\n", outcome, st.Resets, g, fds, maps, r.addr)
 			done := fmt.Sprintf("%s.done.%d", path, st.Injected)
 			if err := os.WriteFile(done, []byte(report), 0o644); err != nil {
 				log.Error("fault injection", "err", err)

@@ -15,6 +15,7 @@ func TestParseFaultRequest(t *testing.T) {
 	}{
 		{"0 1 zero-length", faultRequest{dev: 0, port: 1, fault: driver.FaultZeroLength}},
 		{"2 30 address 0x7f000000", faultRequest{dev: 2, port: 30, fault: driver.FaultAddress, addr: 0x7f000000}},
+		{"0 1 address unmapped", faultRequest{dev: 0, port: 1, fault: driver.FaultAddress, unmapped: true}},
 	}
 	for _, c := range good {
 		got, err := parseFaultRequest(c.line)

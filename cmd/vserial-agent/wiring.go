@@ -169,7 +169,11 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 	if took {
 		giveBack = func() { restore(spec.Sysfs, addr, prev, log) }
 	}
-	return newConsoleDevice(dev, release, giveBack, spec.Index, spec.Report), nil
+	cd := newConsoleDevice(dev, release, giveBack, spec.Index, spec.Report)
+	if vf, ok := fn.(vfioFunction); ok {
+		cd.unmapped = vf.f.UnmappedIOVA
+	}
+	return cd, nil
 }
 
 // newConsoleDevice wraps a driver.Device that is up. release frees what the
@@ -271,8 +275,11 @@ type consoleDevice struct {
 	ports   chan agent.Port
 	present []agent.Port
 	restore func()
-	index   int
-	report  func(agent.DeviceEvent)
+	// unmapped names a device address never mapped (VFIO type1), for
+	// fault injection; nil elsewhere.
+	unmapped func() (uint64, bool)
+	index    int
+	report   func(agent.DeviceEvent)
 
 	once     sync.Once
 	closeErr error
