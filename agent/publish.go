@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -24,7 +25,12 @@ type port struct {
 	rejected atomic.Uint64
 
 	// Guarded by a.mu.
-	gone     bool
+	gone bool
+	// name is the port's name as the agent acts on it: read from the Port
+	// once each time the watcher places the socket, so the socket, the
+	// configuration and the events of one round agree even while the
+	// device names the port meanwhile.
+	name     string
 	sock     string // socket path, "" when unpublished
 	ln       *net.UnixListener
 	client   *session
@@ -54,6 +60,7 @@ func newPort(a *Agent, dev int, p Port) *port {
 		ctx:    ctx,
 		cancel: cancel,
 		kick:   make(chan struct{}, 1),
+		name:   p.Name(),
 
 		hostSeen: p.HostConnected(),
 	}
@@ -103,7 +110,7 @@ func (pt *port) watch() {
 // socketName picks the socket name pt should have now. a.mu is held.
 func (a *Agent) socketName(pt *port) string {
 	fallback := vportName(pt.dev, pt.p.ID())
-	name := pt.p.Name()
+	name := pt.name
 	pt.nameProblem = ""
 	if name == "" {
 		return fallback
@@ -134,7 +141,7 @@ func (a *Agent) socketName(pt *port) string {
 // (the host's name, or the fallback vport name while it has none), or the
 // default. a.mu is held.
 func (a *Agent) portConfig(pt *port) PortConfig {
-	name := pt.p.Name()
+	name := pt.name
 	if name == "" {
 		name = vportName(pt.dev, pt.p.ID())
 	}
@@ -154,6 +161,7 @@ func (a *Agent) placeSocket(pt *port) {
 	if pt.gone || a.closed {
 		return
 	}
+	pt.name = pt.p.Name()
 	cfg := a.portConfig(pt)
 	if !pt.cfgSet || !cfg.same(pt.cfg) {
 		if pt.cfgSet {
@@ -162,11 +170,11 @@ func (a *Agent) placeSocket(pt *port) {
 		pt.cfg, pt.cfgSet = cfg, true
 		switch m := cfg.effectiveMode(); m {
 		case ModeIgnore:
-			pt.log.Info("port ignored by configuration: no socket, never opened towards the host", "name", pt.p.Name())
+			pt.log.Info("port ignored by configuration: no socket, never opened towards the host", "name", pt.name)
 		case ModeConnect:
-			pt.log.Info("port in connect mode", "name", pt.p.Name(), "target", cfg.Target)
+			pt.log.Info("port in connect mode", "name", pt.name, "target", cfg.Target)
 		case ModePTY:
-			pt.log.Info("port in pty mode: a pseudo-terminal as well as the socket", "name", pt.p.Name())
+			pt.log.Info("port in pty mode: a pseudo-terminal as well as the socket", "name", pt.name)
 		}
 	}
 	if cfg.Socket != "" || cfg.effectiveMode() == ModeIgnore || cfg.effectiveMode() == ModeConnect {
@@ -254,7 +262,7 @@ func (a *Agent) placeListenLocked(pt *port, cfg PortConfig) {
 	if old == "" {
 		pt.log.Info("port published", "socket", want)
 	} else {
-		pt.log.Info("port named; socket moved", "name", pt.p.Name(), "socket", want, "old_socket", old)
+		pt.log.Info("port named; socket moved", "name", pt.name, "socket", want, "old_socket", old)
 	}
 	a.wg.Add(1)
 	go pt.accept(ln)
@@ -355,15 +363,38 @@ func (pt *port) accept(ln *net.UnixListener) {
 	}
 }
 
+// handoverWait bounds how long a new client waits for the session of a
+// client that has already hung up to end.
+const handoverWait = 2 * time.Second
+
 // connect starts a session for c, or turns c away if the port has a client
-// (then it returns nil).
+// (then it returns nil). A client that has hung up with nothing unread is
+// not in the way: its session is ending, and c gets the port once it has
+// (within handoverWait), as an open right after close(2) of Linux's
+// /dev/vport works. A client that closed with bytes still waiting for the
+// host keeps the port until they are delivered, and c is turned away.
 func (pt *port) connect(c *net.UnixConn) *session {
+	return pt.connectAfter(c, true)
+}
+
+func (pt *port) connectAfter(c *net.UnixConn, mayWait bool) *session {
 	a := pt.a
 	a.mu.Lock()
 	if pt.gone || a.closed {
 		a.mu.Unlock()
 		c.Close()
 		return nil
+	}
+	if old := pt.client; old != nil && mayWait && hungUp(old.c) {
+		a.mu.Unlock()
+		t := time.NewTimer(handoverWait)
+		defer t.Stop()
+		select {
+		case <-old.done:
+		case <-t.C:
+		case <-pt.ctx.Done():
+		}
+		return pt.connectAfter(c, false)
 	}
 	if pt.client != nil {
 		n := pt.rejected.Add(1)
@@ -382,4 +413,20 @@ func (pt *port) connect(c *net.UnixConn) *session {
 	a.mu.Unlock()
 	go s.run()
 	return s
+}
+
+// hungUp reports whether the peer of c has closed its end with nothing left
+// unread (or c is already closed).
+func hungUp(c *net.UnixConn) bool {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return true
+	}
+	hup := false
+	err = raw.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, e := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		hup = (e == nil && n == 0) || e == unix.ECONNRESET
+	})
+	return hup || err != nil
 }

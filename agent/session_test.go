@@ -52,6 +52,31 @@ func TestSecondClientRejected(t *testing.T) {
 	connectClient(t, p, path)
 }
 
+// A client that connects right after the previous one closed gets the port
+// (once the old session has ended) instead of being turned away: with
+// Linux's /dev/vport an open right after close works, and programs that
+// reconnect at once rely on it.
+func TestClientRightAfterCloseIsServed(t *testing.T) {
+	a := newAgent(t, agent.Config{})
+	p := agenttest.NewPort(1, "one")
+	p.SetHostConnected(true)
+	addPort(t, a, 0, p)
+	path := filepath.Join(a.Dir(), "one")
+	for i := range 20 {
+		c := connectClient(t, p, path)
+		msg := []byte{'a' + byte(i)}
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		waitPort(t, p, "the client's byte", func(s agenttest.State) bool { return bytes.HasSuffix(s.Sent, msg) })
+		c.Close() // and at once the next one
+	}
+	waitStatus(t, a, "no client", func(s []agent.PortStatus) bool { return !s[0].ClientConnected })
+	if st := a.Status(); st[0].RejectedClients != 0 {
+		t.Errorf("%d clients rejected although each came after the previous one closed", st[0].RejectedClients)
+	}
+}
+
 func TestGuestOpenFollowsClient(t *testing.T) {
 	a := newAgent(t, agent.Config{})
 	p := agenttest.NewPort(1, "one")
