@@ -278,7 +278,7 @@ func saneTermios(fd int) error {
 func (c *ptyConsole) linkName() string {
 	a, pt := c.pt.a, c.pt
 	base := vportName(pt.dev, pt.p.ID())
-	if name := pt.p.Name(); name != "" && a.checkName(name) == nil {
+	if name := pt.name; name != "" && a.checkName(name) == nil {
 		base = name
 	}
 	return filepath.Join(a.dir, base+PTYSuffix)

@@ -327,7 +327,7 @@ func (a *Agent) ReportDevice(ev DeviceEvent) error {
 		out.Port = &id
 		a.mu.Lock()
 		if pt := a.ports[portKey{dev, id}]; pt != nil {
-			out.Name, out.Socket = pt.p.Name(), pt.sock
+			out.Name, out.Socket = pt.name, pt.sock
 		}
 		a.mu.Unlock()
 	}
@@ -345,7 +345,7 @@ func (a *Agent) ReportDevice(ev DeviceEvent) error {
 // a.mu is held.
 func (pt *port) eventLocked(kind EventKind) Event {
 	dev, id := pt.dev, pt.p.ID()
-	ev := Event{Event: kind, Device: &dev, Port: &id, Name: pt.p.Name(), Socket: pt.sock}
+	ev := Event{Event: kind, Device: &dev, Port: &id, Name: pt.name, Socket: pt.sock}
 	if pt.cfg.effectiveMode() == ModeConnect {
 		ev.Target = pt.cfg.Target
 	}
@@ -368,7 +368,7 @@ func (pt *port) watchEvents() {
 		a.mu.Unlock()
 		return
 	}
-	name, sock := pt.p.Name(), pt.sock
+	name, sock := pt.name, pt.sock
 	var renamed *Event
 	if name != pt.seenName || sock != pt.seenSock {
 		ev := pt.eventLocked(EventPortRenamed)
