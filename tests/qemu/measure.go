@@ -72,9 +72,15 @@ func SendToGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string,
 		return Transfer{}, err
 	}
 	defer deadline(ctx, conn)()
-	p, err := g.Start(ctx, "sink", guestPath, strconv.FormatInt(n, 10))
+	p, err := g.Start(ctx, "sink", guestPath, strconv.FormatInt(n, 10), "ready")
 	if err != nil {
 		return Transfer{}, err
+	}
+	// Write only once the sink has the port: bytes sent while the previous
+	// client of the port is still leaving would be discarded with it.
+	if err := awaitReady(conn); err != nil {
+		out, werr := p.Wait(ctx)
+		return Transfer{}, fmt.Errorf("%w (sink: %v %s)", err, werr, strings.TrimSpace(out))
 	}
 	werr := make(chan error, 1)
 	go func() {
@@ -216,4 +222,16 @@ func parseTransfer(out string) (Transfer, error) {
 		return tr, fmt.Errorf("guest transfer output %q: %v", out, err)
 	}
 	return tr, nil
+}
+
+// awaitReady reads the sink's wire.SinkReady byte from conn.
+func awaitReady(conn net.Conn) error {
+	var b [1]byte
+	if _, err := io.ReadFull(conn, b[:]); err != nil {
+		return fmt.Errorf("waiting for the guest sink's ready byte: %w", err)
+	}
+	if b[0] != wire.SinkReady {
+		return fmt.Errorf("the host got %#x before the guest sink's ready byte (a byte of an earlier transfer?)", b[0])
+	}
+	return nil
 }

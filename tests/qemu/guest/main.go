@@ -57,7 +57,7 @@ func init() {
 		"serve":        {"serve", func([]string) error { return serve() }},
 		"modprobe":     {"modprobe MODULE...", modprobe},
 		"vports":       {"vports", vports},
-		"sink":         {"sink PATH N [count]", sink},
+		"sink":         {"sink PATH N [count] [ready]", sink},
 		"source":       {"source PATH N SEED [block]", source},
 		"echo":         {"echo PATH", echo},
 		"pingpong":     {"pingpong PATH COUNT", pingpong},
@@ -459,8 +459,20 @@ func report(n int64, h hash.Hash, d time.Duration) {
 // measured from the first byte to the last. With "count" it only counts:
 // hashing under TCG is slower than the transport being measured.
 func sink(args []string) error {
-	if len(args) != 2 && !(len(args) == 3 && args[2] == "count") {
-		return errors.New("usage: sink PATH N [count]")
+	const usage = "usage: sink PATH N [count] [ready]"
+	if len(args) < 2 {
+		return errors.New(usage)
+	}
+	count, ready := false, false
+	for _, o := range args[2:] {
+		switch o {
+		case "count":
+			count = true
+		case "ready":
+			ready = true
+		default:
+			return errors.New(usage)
+		}
 	}
 	n, err := parseSize(args[1])
 	if err != nil {
@@ -471,8 +483,13 @@ func sink(args []string) error {
 		return err
 	}
 	defer f.Close()
+	if ready {
+		if _, err := f.Write([]byte{wire.SinkReady}); err != nil {
+			return fmt.Errorf("writing the ready byte: %w", err)
+		}
+	}
 	var h hash.Hash = sha256.New()
-	if len(args) == 3 {
+	if count {
 		h = nil
 	}
 	buf := make([]byte, 256<<10)

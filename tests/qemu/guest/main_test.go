@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -77,6 +78,35 @@ func TestSinkChecksWhatArrives(t *testing.T) {
 	}
 	if got := kv(out.String()); got["bytes"] != strconv.Itoa(n) || got["sha256"] != patternSum(5, n) {
 		t.Errorf("sink printed %q", out)
+	}
+}
+
+func TestSinkReadyByteComesFirst(t *testing.T) {
+	out := captureStdout(t)
+	sock, conns := peer(t)
+	const n = 5000
+	errc := make(chan error, 1)
+	go func() {
+		c := <-conns
+		var b [1]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != wire.SinkReady {
+			errc <- fmt.Errorf("first byte from the sink %#x, %v; want the ready byte", b[0], err)
+			return
+		}
+		_, err := io.CopyN(c, wire.Pattern(6), n)
+		errc <- err
+	}()
+	if err := sink([]string{sock, strconv.Itoa(n), "count", "ready"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if got := kv(out.String()); got["bytes"] != strconv.Itoa(n) {
+		t.Errorf("sink printed %q", out)
+	}
+	if err := sink([]string{sock, "1", "bogus"}); err == nil {
+		t.Error("sink accepted an unknown option")
 	}
 }
 

@@ -168,6 +168,12 @@ func ParseReply(line string) (r Reply, ok bool, err error) {
 // the first BlockSize bytes of Pattern(seed), over and over.
 const BlockSize = 64 << 10
 
+// SinkReady is the byte "sink PATH N ready" writes once it has the port
+// open, before it reads: a host that waits for it knows its bytes go to
+// this client (not to one that is just leaving, whose unread bytes are
+// discarded, as Linux discards them on the last close).
+const SinkReady byte = 0x06
+
 // Pattern returns a deterministic, incompressible byte stream for seed. The
 // host and the guest generate the same stream from the same seed, so either
 // side can check what the other sent without shipping a copy.
