@@ -88,7 +88,10 @@
 //     bound to vfio-pci with every vector in /proc/interrupts,
 //     behaviourChecks, list showing "vfio (IOMMU group N)" and exact
 //     counters, SIGTERM giving the function back (no driver), --bind auto
-//     choosing vfio (log and driver) and moving data, and the function
+//     choosing vfio (log and driver) and moving data, no IOMMU fault in
+//     the kernel log, a stray DMA (the faultinject agent aims a descriptor
+//     at an IOVA never mapped and at guest RAM) faulting in the IOMMU at
+//     exactly those addresses with the ports working on, and the function
 //     bindable again: the in-kernel virtio-pci takes it and moves data.
 //   - TestAgentVFIONoIOMMU: the same cases in the no-IOMMU guest (vfio
 //     no-IOMMU mode) on a transitional device (legacy transport, device
