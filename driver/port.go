@@ -96,7 +96,7 @@ type slot struct {
 	// injectedOut counts InjectFault descriptors the device has not
 	// returned: transmit interrupts stay on for them.
 	injectedOut int
-	gen       uint64 // bumped when the port goes away or the device resets
+	gen         uint64 // bumped when the port goes away or the device resets
 
 	port *Port
 }
