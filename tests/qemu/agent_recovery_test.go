@@ -191,9 +191,15 @@ func TestAgentRecovery(t *testing.T) {
 		}
 		// Every reset must keep the ports (QEMU re-announces them, late):
 		// none removed, replaced or renamed to its vport name meanwhile.
-		for _, bad := range []string{"not re-announced", "replaced by a new port", "socket moved"} {
-			if strings.Contains(out, bad) {
-				t.Errorf("agent log has %q: a reset replaced a port instead of keeping it", bad)
+		// Only the log from the first injection on counts: at start a
+		// port may be published under its vport name until QEMU's
+		// PORT_NAME arrives (README, Port configuration).
+		_, after, _ := strings.Cut(out, "fault injected")
+		for line := range strings.Lines(after) {
+			for _, bad := range []string{"not re-announced", "replaced by a new port", "socket moved"} {
+				if strings.Contains(line, bad) {
+					t.Errorf("a reset replaced a port instead of keeping it: %s", strings.TrimSpace(line))
+				}
 			}
 		}
 	})
