@@ -64,13 +64,7 @@ func TestControlBadRequest(t *testing.T) {
 	a := newAgent(t, agent.Config{})
 	serveControl(t, a)
 	for _, req := range []string{`{"op":"reboot"}`, `not json`} {
-		c, err := net.Dial("unix", agent.ControlPath(a.Dir()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Write([]byte(req + "\n"))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		c.Close()
+		line, err := controlExchange(t, a, req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,4 +85,19 @@ func TestQueryStatusNoAgent(t *testing.T) {
 	if !errors.Is(err, agent.ErrNotRunning) {
 		t.Errorf("stale control socket: %v, want ErrNotRunning", err)
 	}
+}
+
+// controlExchange sends one request line on a's control socket and returns
+// the first line of the answer.
+func controlExchange(t *testing.T, a *agent.Agent, req string) (string, error) {
+	t.Helper()
+	c, err := net.Dial("unix", agent.ControlPath(a.Dir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(req + "\n")); err != nil {
+		return "", err
+	}
+	return bufio.NewReader(c).ReadString('\n')
 }

@@ -1,12 +1,10 @@
 package agent_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -293,13 +291,7 @@ func TestControlRequestChecked(t *testing.T) {
 		`{"op":5}`:                        `bad request`,
 		strings.Repeat(" ", 5000):         `longer than 4096 bytes`,
 	} {
-		c, err := net.Dial("unix", agent.ControlPath(a.Dir()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Write([]byte(req + "\n"))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		c.Close()
+		line, err := controlExchange(t, a, req)
 		if err != nil {
 			t.Errorf("request %.20q: %v", req, err)
 			continue

@@ -40,11 +40,7 @@ func TestConsoleResizeFromFakeDevice(t *testing.T) {
 	if err := m.Plug(0, "con", true); err != nil {
 		t.Fatal(err)
 	}
-	f, err := virtiotest.New(m, virtiotest.Options{Transitional: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := newFakeFunction(t, m)
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	dev, err := driver.Open(ctx, fakeFn{f}, driver.Config{ResizeOrder: driver.ResizeColsRows})
@@ -116,4 +112,16 @@ func TestConsoleResizeFromFakeDevice(t *testing.T) {
 	if err != nil || string(got) != "ls\r\nok\r\n" {
 		t.Fatalf("host got %q, %v", got, err)
 	}
+}
+
+// newFakeFunction is a transitional fake PCI function serving m, closed
+// when the test ends.
+func newFakeFunction(t *testing.T, m *virtiotest.Console) *virtiotest.Function {
+	t.Helper()
+	f, err := virtiotest.New(m, virtiotest.Options{Transitional: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
 }

@@ -36,11 +36,7 @@ func TestDeviceEventsReachTheStream(t *testing.T) {
 	if err := m.Plug(1, "p", false); err != nil {
 		t.Fatal(err)
 	}
-	f, err := virtiotest.New(m, virtiotest.Options{Transitional: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := newFakeFunction(t, m)
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	dir := filepath.Join(shortTempDir(t), "run")
