@@ -15,11 +15,14 @@ const module = "github.com/vserial/vserial"
 // live under the package they fake.
 var forbidden = map[string][]string{
 	"dma":     {"ring", "driver", "uio", "pciscan", "agent", "cmd"},
-	"ring":    {"driver", "uio", "pciscan", "agent", "cmd"},
-	"driver":  {"uio", "pciscan", "agent", "cmd"},
-	"uio":     {"ring", "driver", "agent", "cmd"},
+	"ring":    {"driver", "uio", "pciscan", "agent", "cmd", "pump"},
+	"driver":  {"uio", "pciscan", "agent", "cmd", "pump"},
+	"uio":     {"ring", "driver", "agent", "cmd", "pump"},
 	"pciscan": {"ring", "driver", "uio", "agent", "dma", "cmd"},
-	"agent":   {"ring", "driver", "uio", "dma", "pciscan", "cmd"},
+	"agent":   {"ring", "driver", "uio", "dma", "pciscan", "cmd", "pump"},
+	// pump owns client descriptors and the device's loop above driver's
+	// poll face; it never reaches the hardware itself.
+	"pump": {"uio", "pciscan", "agent", "cmd"},
 }
 
 type pkg struct {

@@ -45,10 +45,28 @@ type Port interface {
 	Stats() PortStats
 }
 
+// FDServer is implemented by a Port whose bytes a data-plane loop moves
+// straight between the device and a client's descriptor. The agent then
+// hands each session's socket to ServeFD instead of pumping it through Recv
+// and Send.
+type FDServer interface {
+	// ServeFD serves the client on the non-blocking stream descriptor fd
+	// until it is done: io.EOF once the client closed and the device took
+	// everything it sent; the error that ended it otherwise (ctx.Err() when
+	// ctx ended). It reads from fd only while HostConnected, ends when the
+	// client hangs up with nothing unread even while the host is away, and
+	// never closes fd.
+	ServeFD(ctx context.Context, fd int) error
+}
+
 // PortStats are a port's counters.
 type PortStats struct {
 	BytesIn    uint64 `json:"bytes_in"`   // host → guest, delivered to a client
 	BytesOut   uint64 `json:"bytes_out"`  // guest → host, taken by the device
 	Discarded  uint64 `json:"discarded"`  // host → guest bytes dropped (no reader, closed)
 	Violations uint64 `json:"violations"` // device protocol violations on this port
+	// Counters explain the data plane's numbers (system calls, wake-ups,
+	// interrupts, kicks, spins), by name; keys starting with "loop_" are
+	// the device's and the same for all its ports. Absent without a loop.
+	Counters map[string]uint64 `json:"counters,omitempty"`
 }

@@ -385,7 +385,7 @@ func (pt *port) connectAfter(c *net.UnixConn, mayWait bool) *session {
 		c.Close()
 		return nil
 	}
-	if old := pt.client; old != nil && mayWait && hungUp(old.c) {
+	if old := pt.client; old != nil && mayWait && old.hungUp() {
 		a.mu.Unlock()
 		t := time.NewTimer(handoverWait)
 		defer t.Stop()
@@ -423,10 +423,14 @@ func hungUp(c *net.UnixConn) bool {
 		return true
 	}
 	hup := false
-	err = raw.Control(func(fd uintptr) {
-		var b [1]byte
-		n, _, e := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		hup = (e == nil && n == 0) || e == unix.ECONNRESET
-	})
+	err = raw.Control(func(fd uintptr) { hup = peekHup(int(fd)) })
 	return hup || err != nil
+}
+
+// peekHup reports whether the peer of socket fd has closed its end with
+// nothing left unread.
+func peekHup(fd int) bool {
+	var b [1]byte
+	n, _, e := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	return (e == nil && n == 0) || e == unix.ECONNRESET
 }

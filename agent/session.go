@@ -36,11 +36,16 @@ type session struct {
 	ctx    context.Context // ends the pumps
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the session has let go of the port
+
+	// fd is the client's descriptor while a data-plane loop serves it
+	// (FDServer): c has then left the Go poller. -1 otherwise.
+	fdMu sync.Mutex
+	fd   int
 }
 
 func newSession(pt *port, c *net.UnixConn) *session {
 	ctx, cancel := context.WithCancel(pt.ctx)
-	return &session{pt: pt, c: c, ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	return &session{pt: pt, c: c, ctx: ctx, cancel: cancel, done: make(chan struct{}), fd: -1}
 }
 
 // run opens the port for the client, pumps bytes both ways until the client
@@ -66,7 +71,9 @@ func (s *session) run() {
 		err = p.SetGuestOpen(s.ctx, true)
 	}
 	opened := err == nil
-	if opened {
+	if fs, ok := p.(FDServer); ok && opened {
+		err = s.serveFD(fs)
+	} else if opened {
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() {
@@ -101,6 +108,47 @@ func (s *session) run() {
 	a.mu.Unlock()
 	close(s.done)
 	pt.log.Info("client gone", "why", why)
+}
+
+// serveFD hands the client to the port's data-plane loop. The loop watches
+// the descriptor in its own epoll set, so the connection leaves Go's poller
+// first (a duplicate descriptor is kept, the connection closed): otherwise
+// every client write would also wake the runtime's poller thread.
+func (s *session) serveFD(fs FDServer) error {
+	raw, err := s.c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	fd, derr := -1, error(nil)
+	if err := raw.Control(func(f uintptr) {
+		fd, derr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return err
+	}
+	if derr != nil {
+		return os.NewSyscallError("dup", derr)
+	}
+	s.fdMu.Lock()
+	s.fd = fd
+	s.fdMu.Unlock()
+	s.c.Close()
+	err = fs.ServeFD(s.ctx, fd)
+	s.fdMu.Lock()
+	s.fd = -1
+	unix.Close(fd)
+	s.fdMu.Unlock()
+	return err
+}
+
+// hungUp reports whether the session's client has closed its end with
+// nothing left unread.
+func (s *session) hungUp() bool {
+	s.fdMu.Lock()
+	defer s.fdMu.Unlock()
+	if s.fd >= 0 {
+		return peekHup(s.fd)
+	}
+	return hungUp(s.c)
 }
 
 // why turns the error that ended a session into words for the log.

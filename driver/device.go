@@ -73,7 +73,11 @@ type Config struct {
 	// MaxResets bounds recoveries within a minute (0: 5); one more device
 	// violation then fails the device.
 	MaxResets int
-	Logger    *slog.Logger
+	// ExternalLoop: Open starts no event loop of its own. The caller waits
+	// for the interrupt itself (IRQFDs) and drives the device through
+	// HandleIRQ, Poll, Arm and Disarm (poll.go; package pump does).
+	ExternalLoop bool
+	Logger       *slog.Logger
 }
 
 // PortEventKind says what happened to a port.
@@ -134,6 +138,8 @@ type DeviceStats struct {
 	ControlIn     uint64 // control messages received
 	ControlOut    uint64 // control messages sent
 	Interrupts    uint64 // wake-ups of the event loop
+	Kicks         uint64 // available-buffer notifications sent (MMIO doorbell writes)
+	Unmasks       uint64 // INTx re-enabled after an interrupt (external loop only)
 	// Injected counts descriptors InjectFault posted; InjectedAccepted
 	// those the device used instead of refusing them.
 	Injected         uint64
@@ -183,6 +189,9 @@ type Device struct {
 	reannounceTimer *time.Timer
 	inControl       bool // handling a control message: replies wait for the re-post
 	pendingWork     bool // control work left over: the event loop must not wait
+	unmaskDue       bool // INTx taken by HandleIRQ and not unmasked yet
+	irqFDs          int  // descriptors IRQFDs handed out
+	waker           func()
 	closed          bool
 	failed          bool
 	err             error
@@ -250,7 +259,11 @@ func Open(ctx context.Context, fn Function, cfg Config) (*Device, error) {
 	lctx, cancel := context.WithCancel(context.Background())
 	d.loopCancel = cancel
 	go d.forward()
-	go d.loop(lctx)
+	if cfg.ExternalLoop {
+		close(d.loopDone)
+	} else {
+		go d.loop(lctx)
+	}
 	return d, nil
 }
 
@@ -386,6 +399,14 @@ func (d *Device) stopLocked(err error) {
 		close(d.done)
 	}
 	wake(d.evWake)
+	d.wakeLoopLocked()
+}
+
+// wakeLoopLocked tells an external loop that something changed.
+func (d *Device) wakeLoopLocked() {
+	if d.waker != nil {
+		d.waker()
+	}
 }
 
 // finishLocked frees all device memory once the device is closed and no
@@ -1023,6 +1044,7 @@ func (d *Device) notifyLocked(q uint16) {
 	if d.broken() {
 		return
 	}
+	d.stats.Kicks++
 	if err := d.t.Notify(q); err != nil {
 		d.log.Warn("virtio-console: notify", "queue", q, "err", err)
 	}
@@ -1103,6 +1125,7 @@ func (d *Device) emitLocked(p *Port, k PortEventKind) {
 	}
 	d.evq = append(d.evq, PortEvent{Port: p, Kind: k})
 	wake(d.evWake)
+	d.wakeLoopLocked()
 }
 
 // forward delivers queued port events to Events in order, and closes it

@@ -692,4 +692,5 @@ func (d *Device) emitDeviceLocked(ev PortEvent) {
 	}
 	d.evq = append(d.evq, ev)
 	wake(d.evWake)
+	d.wakeLoopLocked()
 }

@@ -96,7 +96,10 @@ type slot struct {
 	// injectedOut counts InjectFault descriptors the device has not
 	// returned: transmit interrupts stay on for them.
 	injectedOut int
-	gen         uint64 // bumped when the port goes away or the device resets
+	// loopTxWait: an external loop waits for transmit buffers to come
+	// back (SendFrom found none free, or TxDrained is not done yet).
+	loopTxWait bool
+	gen        uint64 // bumped when the port goes away or the device resets
 
 	port *Port
 }
@@ -556,7 +559,7 @@ type BuffersWriter interface {
 // writer (Linux's UIO_MAXIOV is 1024).
 const (
 	maxSendBuffers = 32
-	maxRecvBuffers = 64
+	maxRecvBuffers = 128
 )
 
 // Send makes one Read call on r straight into a free transmit buffer
@@ -625,18 +628,25 @@ func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 	n = max(0, min(n, total))
 	p.sendWide = n == total
 	clear(bufs) // no references to device memory outside the lock
-	left := n
-	for _, j := range take {
-		k := min(left, s.txBufs[j].mem.Len())
-		left -= k
-		p.addTxLocked(j, k)
-	}
+	p.addFilledLocked(take, n)
 	p.sendIdx, p.sendVec = take, bufs
 	p.kickTxLocked()
 	d.finishLocked()
 	rerr = p.lostLocked(rerr)
 	d.mu.Unlock()
 	return n, rerr
+}
+
+// addFilledLocked queues the transmit buffers take, which a vectored read
+// filled in order with n bytes; those it did not reach go back to the free
+// list.
+func (p *Port) addFilledLocked(take []int32, n int) {
+	left := n
+	for _, j := range take {
+		k := min(left, p.s.txBufs[j].mem.Len())
+		left -= k
+		p.addTxLocked(j, k)
+	}
 }
 
 // lostLocked turns a Send's result into ErrDeviceReset when the bytes it

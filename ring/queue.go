@@ -590,6 +590,17 @@ func (q *Queue) EnableInterrupts() (pending bool) {
 	return uint16(atomic.LoadUint32(q.usedHdr)>>16) != q.lastUsed
 }
 
+// Pending reports whether the device has returned chains that Pop has not
+// taken yet (or the queue is broken: Pop then says why). It reads used.idx
+// at most once and moves no event index, so a poll loop can spin on it
+// while interrupts are off.
+func (q *Queue) Pending() bool {
+	if q.broken != nil {
+		return true
+	}
+	return q.lastUsed != q.usedIdx || q.reload() || q.broken != nil
+}
+
 // NumFree returns the number of free descriptors.
 func (q *Queue) NumFree() int { return q.numFree }
 

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // IRQ is the function's INTx interrupt as uio_pci_generic delivers it. It
@@ -30,9 +32,50 @@ type IRQ struct {
 
 	mu    sync.Mutex    // serialises Wait
 	count atomic.Uint32 // last interrupt count read
+
+	// raw is a descriptor of /dev/uioN outside the Go poller, handed to an
+	// event loop by PollFDs (-1: none yet).
+	raw int
 }
 
-func newIRQ(f *os.File, cfg *Config) *IRQ { return &IRQ{f: f, cfg: cfg} }
+func newIRQ(f *os.File, cfg *Config) *IRQ { return &IRQ{f: f, cfg: cfg, raw: -1} }
+
+// PollFDs hands the interrupt to an event loop with its own epoll set: it
+// returns a descriptor of /dev/uioN that is readable once per interrupt
+// (uio_poll reports EPOLLIN while the kernel's count differs from what the
+// descriptor last read, and each interrupt wakes its waiters, so an
+// edge-triggered watch gets one event per interrupt without a read).
+//
+// The descriptor is a new open of the device, outside the Go poller, and
+// the poller's own descriptor is closed: otherwise every interrupt would
+// also wake the runtime's network poller thread for nothing. Wait fails
+// from then on; Unmask still works.
+//
+// Call it before the device is brought up: uio_pci_generic's release hook
+// clears Bus Master on every close of /dev/uioN, not only the last, so the
+// closing of the poller's descriptor stops the device's DMA until the
+// driver sets Bus Master again (bring-up does).
+func (q *IRQ) PollFDs() ([]int, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.raw >= 0 {
+		return []int{q.raw}, nil
+	}
+	if q.closed.Load() {
+		return nil, fmt.Errorf("uio: irq: %w", os.ErrClosed)
+	}
+	fd, err := unix.Open(q.f.Name(), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("uio: irq: open %s: %w", q.f.Name(), err)
+	}
+	// The new descriptor keeps the device open (and Bus Master on) while
+	// the poller's goes.
+	q.raw = fd
+	if err := q.f.Close(); err != nil {
+		return nil, fmt.Errorf("uio: irq: close poller descriptor: %w", err)
+	}
+	return []int{fd}, nil
+}
 
 // MSIXVectors is 0: uio_pci_generic has INTx only.
 func (q *IRQ) MSIXVectors() int { return 0 }
@@ -113,6 +156,14 @@ func (q *IRQ) wrap(err error) error {
 func (q *IRQ) close() error {
 	if q.closed.Swap(true) {
 		return nil
+	}
+	q.mu.Lock()
+	raw := q.raw
+	q.raw = -1
+	q.mu.Unlock()
+	if raw >= 0 {
+		// The poller's descriptor is already closed.
+		return unix.Close(raw)
 	}
 	return q.f.Close()
 }

@@ -109,6 +109,9 @@ func (m *MSIX) WaitVectors(ctx context.Context) (uint64, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.ep == nil {
+		return 0, m.wrap(fmt.Errorf("%w: the vectors were handed to an event loop (PollFDs)", os.ErrClosed))
+	}
 	if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, func() { m.ep.SetReadDeadline(time.Unix(1, 0)) })
 		defer stop()
@@ -178,6 +181,26 @@ func (m *MSIX) drain() (fired uint64, err error) {
 		fired |= 1 << min(i, 63)
 	}
 	return fired, nil
+}
+
+// PollFDs hands the vectors to an event loop with its own epoll set: the
+// eventfds in vector order (an edge-triggered watch gets one event per
+// signal; the counts may be left to accumulate). The inner epoll set and
+// its place in the Go poller are closed, so a signal wakes only the loop;
+// Wait fails from then on.
+func (m *MSIX) PollFDs() ([]int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed.Load() {
+		return nil, fmt.Errorf("vfio: irq: %w", os.ErrClosed)
+	}
+	if m.ep != nil {
+		if err := m.ep.Close(); err != nil {
+			return nil, fmt.Errorf("vfio: irq: close epoll set: %w", err)
+		}
+		m.ep = nil
+	}
+	return append([]int(nil), m.efds...), nil
 }
 
 // Unmask does nothing: MSI-X vectors need no re-arming.

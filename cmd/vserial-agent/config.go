@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/pciscan"
+	"github.com/vserial/vserial/pump"
 )
 
 // Exit codes, listed in the top-level help.
@@ -52,6 +53,7 @@ type runConfig struct {
 	Devices  []string     // canonical PCI addresses; empty: every free console
 	Bind     string       // bindUIO, bindVFIO or bindAuto (chooseBind decides per function)
 	MaxPorts int          // 0: as many as the device offers
+	Poll     pump.Poll    // the data-plane loop's polling policy (--poll)
 	LogLevel slog.Level
 	Sysfs    string
 	// CPUProfile, when set, receives a pprof CPU profile of the run
@@ -80,6 +82,7 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	maxPorts := fl.Int("max-ports", 0, "set up at most this many ports per device (0: as many as the device offers)")
 	consolePTY := fl.Bool("console-pty", false, "give every console port (virtconsole) a pseudo-terminal as well as its socket: SOCKET_DIR/NAME.pty → /dev/pts/N")
 	consoleExec := fl.String("console-exec", "", "run this program (absolute path, then arguments, split at spaces) on every console's terminal, restarted when it exits, e.g. \"/bin/sh -l\"; implies --console-pty")
+	poll := fl.String("poll", "adaptive", "poll for a reply after a small send before sleeping: adaptive (learns per port; never idle), off, or a budget such as 200us")
 	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
 	configFile := fl.String("config", "", "per-port configuration file (format: README, Configuration)")
 	portFlags := fl.StringArray("port", nil, "configure one port: 'NAME KEY=VALUE ...' as after 'port' in the config file (repeatable; overrides the file key by key)")
@@ -132,6 +135,9 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 		return runConfig{}, usagef(cmd, "--max-ports %d: want 0 (as many as the device offers) to %d", *maxPorts, maxPortsLimit)
 	}
 	cfg.MaxPorts = *maxPorts
+	if cfg.Poll, err = pump.ParsePoll(*poll); err != nil {
+		return runConfig{}, usagef(cmd, "--%v", err)
+	}
 	cfg.Agent.Console.PTY = *consolePTY
 	if fl.Changed("console-exec") {
 		argv := strings.Fields(*consoleExec)

@@ -55,7 +55,7 @@ func TestDeviceEventsReachTheStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cd := newConsoleDevice(dev, func() error { return nil }, func() {}, 2, func(ev agent.DeviceEvent) {
+	cd := newConsoleDevice(dev, nil, func() error { return nil }, func() {}, 2, func(ev agent.DeviceEvent) {
 		if err := a.ReportDevice(ev); err != nil {
 			t.Errorf("ReportDevice(%+v): %v", ev, err)
 		}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -206,7 +207,7 @@ func TestListAgainstRunningAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := agent.PortStatus{Device: 0, ID: 1, Name: "named", Mode: agent.ModeListen, Socket: filepath.Join(dir, "named"), HostConnected: true}
-	if !rep.Agent.Running || len(rep.Agent.Ports) != 1 || rep.Agent.Ports[0] != want {
+	if !rep.Agent.Running || len(rep.Agent.Ports) != 1 || !reflect.DeepEqual(rep.Agent.Ports[0], want) {
 		t.Errorf("agent part of the report: %+v, want one port %+v", rep.Agent, want)
 	}
 }

@@ -76,6 +76,7 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 			Explicit: len(cfg.Devices) > 0,
 			Bind:     cfg.Bind,
 			MaxPorts: cfg.MaxPorts,
+			Poll:     cfg.Poll,
 			Sysfs:    cfg.Sysfs,
 			Logger:   log.With("pci", f.Addr, "dev", i),
 			Report:   func(ev agent.DeviceEvent) { reportDevice(a, ev, log) },

@@ -16,6 +16,7 @@ import (
 	"github.com/vserial/vserial/dma"
 	"github.com/vserial/vserial/driver"
 	"github.com/vserial/vserial/pciscan"
+	"github.com/vserial/vserial/pump"
 	"github.com/vserial/vserial/uio"
 )
 
@@ -52,6 +53,7 @@ type deviceSpec struct {
 	Explicit bool
 	Bind     string // bindUIO, bindVFIO or bindAuto
 	MaxPorts int    // 0: as many as the device offers
+	Poll     pump.Poll
 	Sysfs    string
 	Logger   *slog.Logger
 	// Report, when not nil, receives the device's own events (resets,
@@ -149,19 +151,35 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 		fn, release = uioFunction{uf}, uf.Close
 	}
 	undo = append(undo, func() { release() })
+	// The data-plane loop waits for the interrupt in its own epoll set.
+	// Take its descriptors now, before bring-up: under uio that closes a
+	// descriptor of /dev/uioN, which clears Bus Master (uio.IRQ.PollFDs).
+	pi, ok := fn.IRQ().(driver.PollIRQ)
+	if !ok {
+		return nil, fmt.Errorf("virtio-console %s: the interrupt cannot be polled (%T)", addr, fn.IRQ())
+	}
+	if _, err := pi.PollFDs(); err != nil {
+		return nil, err
+	}
 
 	maxPorts := uint32(0)
 	if spec.MaxPorts > 0 {
 		maxPorts = uint32(spec.MaxPorts)
 	}
 	dev, err := driver.Open(ctx, fn, driver.Config{
-		MaxPorts:  maxPorts,
-		Index:     spec.Index,
-		MaxResets: maxResets,
-		Logger:    log,
+		MaxPorts:     maxPorts,
+		Index:        spec.Index,
+		MaxResets:    maxResets,
+		ExternalLoop: true,
+		Logger:       log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bring up virtio-console %s: %w", addr, err)
+	}
+	loop, err := pump.New(dev, pump.Options{Poll: spec.Poll, Logger: log})
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("virtio-console %s: data plane: %w", addr, err)
 	}
 	// Back to the driver it had, or to none (unbound) if it had none:
 	// only a function that came to us already bound to drv stays there.
@@ -169,7 +187,7 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 	if took {
 		giveBack = func() { restore(spec.Sysfs, addr, prev, log) }
 	}
-	cd := newConsoleDevice(dev, release, giveBack, spec.Index, spec.Report)
+	cd := newConsoleDevice(dev, loop, release, giveBack, spec.Index, spec.Report)
 	if vf, ok := fn.(vfioFunction); ok {
 		cd.unmapped = vf.f.UnmappedIOVA
 	}
@@ -180,9 +198,10 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 // driver ran on (the uio function) after the device is closed; restore then
 // gives the function back. report (nil: none) gets the device's resets and
 // protocol violations, as device index.
-func newConsoleDevice(dev *driver.Device, release func() error, restore func(), index int, report func(agent.DeviceEvent)) *consoleDevice {
+func newConsoleDevice(dev *driver.Device, loop *pump.Loop, release func() error, restore func(), index int, report func(agent.DeviceEvent)) *consoleDevice {
 	d := &consoleDevice{
 		dev:     dev,
+		loop:    loop,
 		release: release,
 		ports:   make(chan agent.Port),
 		stop:    make(chan struct{}),
@@ -192,7 +211,7 @@ func newConsoleDevice(dev *driver.Device, release func() error, restore func(), 
 		report:  report,
 	}
 	for _, p := range dev.Ports() {
-		d.present = append(d.present, port{p})
+		d.present = append(d.present, d.adapt(p))
 	}
 	go d.forward()
 	return d
@@ -271,6 +290,7 @@ func driverName(d string) string {
 // consoleDevice is a driver.Device seen as a device of the agent.
 type consoleDevice struct {
 	dev     *driver.Device
+	loop    *pump.Loop // the data plane; nil: the driver's own event loop
 	release func() error
 	ports   chan agent.Port
 	present []agent.Port
@@ -307,7 +327,7 @@ func (d *consoleDevice) forward() {
 				continue
 			}
 			select {
-			case d.ports <- port{ev.Port}:
+			case d.ports <- d.adapt(ev.Port):
 			case <-d.stop:
 				return
 			}
@@ -357,6 +377,9 @@ func (d *consoleDevice) Close() error {
 	d.once.Do(func() {
 		close(d.stop)
 		<-d.done
+		if d.loop != nil {
+			d.loop.Close()
+		}
 		err := d.dev.Close()
 		if cerr := d.release(); err == nil {
 			err = cerr
@@ -367,6 +390,15 @@ func (d *consoleDevice) Close() error {
 	return d.closeErr
 }
 
+// adapt makes a driver port an agent port: served by the device's loop
+// when it has one.
+func (d *consoleDevice) adapt(p *driver.Port) agent.Port {
+	if d.loop == nil {
+		return port{p}
+	}
+	return loopPort{port{p}, d.loop}
+}
+
 // port adapts *driver.Port to agent.Port: driver must not import agent, so
 // the counters are converted here.
 type port struct{ *driver.Port }
@@ -374,6 +406,28 @@ type port struct{ *driver.Port }
 func (p port) Stats() agent.PortStats {
 	s := p.Port.Stats()
 	return agent.PortStats{BytesIn: s.BytesIn, BytesOut: s.BytesOut, Discarded: s.Discarded, Violations: s.Violations}
+}
+
+// loopPort is a port whose clients the device's data-plane loop serves
+// (agent.FDServer).
+type loopPort struct {
+	port
+	loop *pump.Loop
+}
+
+func (p loopPort) ServeFD(ctx context.Context, fd int) error {
+	return p.loop.Serve(ctx, p.Port, fd)
+}
+
+// Stats adds the loop's counters: the port's own, and the device's under
+// "loop_" (the same for every port of the device).
+func (p loopPort) Stats() agent.PortStats {
+	s := p.port.Stats()
+	s.Counters = p.loop.PortCounters(p.ID())
+	for k, v := range p.loop.Counters() {
+		s.Counters["loop_"+k] = v
+	}
+	return s
 }
 
 // uioFunction adapts *uio.Function to driver.Function (uio must not import
@@ -412,5 +466,6 @@ var (
 	// The driver services only the queues on the vectors that fired.
 	_ driver.VectorIRQ = (*uio.MSIX)(nil)
 	_ agent.Port       = port{}
+	_ agent.FDServer   = loopPort{}
 	_ driver.Function  = uioFunction{}
 )

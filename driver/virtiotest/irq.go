@@ -25,6 +25,9 @@ type IRQ struct {
 	file      *os.File
 	closeOnce sync.Once
 	closeErr  error
+
+	pollMu sync.Mutex
+	poll   int // PollFDs' descriptor, -1: none
 }
 
 func newIRQ(f *Function) (*IRQ, error) {
@@ -32,7 +35,35 @@ func newIRQ(f *Function) (*IRQ, error) {
 	if err != nil {
 		return nil, fmt.Errorf("virtiotest: eventfd: %w", err)
 	}
-	return &IRQ{f: f, file: os.NewFile(uintptr(fd), "virtiotest-irq")}, nil
+	return &IRQ{f: f, file: os.NewFile(uintptr(fd), "virtiotest-irq"), poll: -1}, nil
+}
+
+// PollFDs returns a descriptor of the interrupt eventfd for an event loop
+// with its own epoll set (driver.PollIRQ): one for every vector, as the
+// fake has one eventfd. It is a duplicate, so the Go poller also keeps
+// watching the original (harmless in tests).
+func (q *IRQ) PollFDs() ([]int, error) {
+	q.pollMu.Lock()
+	defer q.pollMu.Unlock()
+	if q.poll >= 0 {
+		return []int{q.poll}, nil
+	}
+	rc, err := q.file.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var fd int
+	var derr error
+	if err := rc.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("virtiotest: dup irq eventfd: %w", derr)
+	}
+	q.poll = fd
+	return []int{fd}, nil
 }
 
 // MSIXVectors returns Options.MSIXVectors (0: INTx).
@@ -100,7 +131,15 @@ func (q *IRQ) fire() {
 }
 
 func (q *IRQ) close() error {
-	q.closeOnce.Do(func() { q.closeErr = q.file.Close() })
+	q.closeOnce.Do(func() {
+		q.closeErr = q.file.Close()
+		q.pollMu.Lock()
+		if q.poll >= 0 {
+			unix.Close(q.poll)
+			q.poll = -1
+		}
+		q.pollMu.Unlock()
+	})
 	return q.closeErr
 }
 

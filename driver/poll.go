@@ -1,0 +1,359 @@
+package driver
+
+// The poll face of a device, for a data-plane loop that owns the interrupt
+// descriptors in its own epoll set (package pump) instead of the driver's
+// own event loop (Config.ExternalLoop). Every method takes the device lock
+// for a short, bounded time and never blocks: the loop does its socket
+// reads and writes inside RecvTo and SendFrom, under the lock, with
+// non-blocking calls, so no buffer is ever in use outside the lock and
+// nothing has to be handed between goroutines.
+//
+// The loop's cycle (NAPI, virtqueue_disable_cb / enable_cb_prepare /
+// virtqueue_poll in Linux):
+//
+//	wake:   Disarm, then HandleIRQ for the interrupt descriptors that fired
+//	pass:   Poll, then RecvTo / SendFrom / TxDrained for each client,
+//	        again while a pass makes progress (or a spin on RxPending hits)
+//	sleep:  Arm; if it reports pending, pass again; otherwise wait
+
+import (
+	"errors"
+	"fmt"
+)
+
+// PollIRQ is an IRQ whose wake-ups a loop can wait for in its own epoll
+// set.
+type PollIRQ interface {
+	IRQ
+	// PollFDs returns descriptors that become readable (EPOLLIN, meant to
+	// be watched edge-triggered and never read) each time the interrupt
+	// fires: one per MSI-X vector in vector order, or one for INTx or for
+	// a source that cannot tell vectors apart. After PollFDs, Wait is no
+	// longer used. The descriptors stay the IRQ's: they are closed with it.
+	PollFDs() ([]int, error)
+}
+
+// SendBlock says why SendFrom could not read (more) client bytes now.
+type SendBlock uint8
+
+const (
+	// SendOK: nothing in the way.
+	SendOK SendBlock = iota
+	// SendGated: the host side of the port is not connected (or the port
+	// waits to be announced again after a reset); bytes stay with the
+	// client.
+	SendGated
+	// SendFull: every transmit buffer is with the device. Transmit
+	// interrupts are wanted until one comes back.
+	SendFull
+)
+
+// ErrNoPollIRQ is returned by IRQFDs when the interrupt source cannot be
+// waited for in an epoll set.
+var ErrNoPollIRQ = errors.New("driver: the interrupt source has no pollable descriptors")
+
+// IRQFDs returns the interrupt's descriptors for a loop that waits for them
+// itself (Config.ExternalLoop). Bit i of HandleIRQ's argument stands for
+// fds[i].
+func (d *Device) IRQFDs() ([]int, error) {
+	pi, ok := d.fn.IRQ().(PollIRQ)
+	if !ok {
+		return nil, fmt.Errorf("%w (%T)", ErrNoPollIRQ, d.fn.IRQ())
+	}
+	fds, err := pi.PollFDs()
+	if err != nil {
+		return nil, fmt.Errorf("driver: interrupt descriptors: %w", err)
+	}
+	if len(fds) == 0 || len(fds) > 64 {
+		return nil, fmt.Errorf("driver: the interrupt source gave %d descriptors", len(fds))
+	}
+	d.mu.Lock()
+	d.irqFDs = len(fds)
+	if d.nvec == 0 {
+		// An interrupt taken before the loop watched (during bring-up)
+		// left INTx masked, and the new descriptor will not report it:
+		// the loop's first Arm unmasks.
+		d.unmaskDue = true
+	}
+	d.mu.Unlock()
+	return fds, nil
+}
+
+// SetWaker makes the driver call fn (under its lock; fn must not block or
+// call back into the device) whenever a port or the device changes: a port
+// added, removed or renamed, the host connecting or leaving, a reset, the
+// device stopping. A loop uses it to wake up for changes that do not come
+// with an interrupt of its own. nil removes it.
+func (d *Device) SetWaker(fn func()) {
+	d.mu.Lock()
+	d.waker = fn
+	d.mu.Unlock()
+}
+
+// HandleIRQ services the device after its interrupt fired: fired has bit i
+// set for each descriptor IRQFDs returned that became readable. With INTx it
+// reads the ISR (lowering the line) and leaves the line masked until Arm, so
+// a burst of work costs one interrupt. It reports whether control work is
+// left for Poll.
+func (d *Device) HandleIRQ(fired uint64) (more bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.broken() {
+		return false
+	}
+	d.stats.Interrupts++
+	vectors := allVectors
+	if d.nvec > 1 && d.irqFDs == d.nvec {
+		vectors = fired
+	}
+	config := vectors&vectorBit(d.vecConfig) != 0
+	if d.nvec == 0 {
+		isr, err := d.t.ISR()
+		if err != nil {
+			d.log.Warn("virtio-console: read ISR", "err", err)
+		}
+		config = isr&isrConfig != 0
+		d.unmaskDue = true
+	}
+	if config {
+		d.checkStatusLocked()
+		if d.sizeF && !d.multiport && !d.broken() {
+			d.configSizeLocked()
+		}
+	}
+	if d.serviceLocked(vectors) {
+		d.pendingWork = true
+	}
+	return d.pendingWork
+}
+
+// Poll services what needs no interrupt: used buffers on every data queue
+// (received bytes wait for RecvTo or Recv, transmit buffers are reclaimed)
+// and control work left from an earlier round. It reports whether control
+// work is still left.
+func (d *Device) Poll() (more bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.broken() {
+		return false
+	}
+	if err := d.serviceDataLocked(allVectors); err != nil {
+		d.faultLocked(err)
+		return false
+	}
+	if d.pendingWork && d.multiport {
+		d.pendingWork = false
+		m, err := d.serviceControlPassesLocked(maxControlPasses)
+		if err != nil {
+			d.faultLocked(err)
+			return false
+		}
+		d.pendingWork = m
+	}
+	return d.pendingWork
+}
+
+// Disarm asks the device not to interrupt for data buffers while the loop
+// polls. Transmit interrupts a blocked Send or Flush asked for stay on.
+func (d *Device) Disarm() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.broken() {
+		return
+	}
+	for _, s := range d.slots {
+		if s == nil {
+			continue
+		}
+		s.rx.DisableInterrupts()
+		if s.txWaiters == 0 && s.injectedOut == 0 {
+			s.tx.DisableInterrupts()
+		}
+	}
+}
+
+// Arm prepares the loop's sleep: it asks for an interrupt at the next used
+// buffer of every receive queue and of the transmit queues whose port waits
+// for buffers (SendFull, TxDrained not yet done, a blocked Send or Flush),
+// then unmasks INTx if an interrupt was taken since the last Arm. It reports
+// true when buffers arrived meanwhile or control work is left: the loop
+// must pass again instead of sleeping (no wake-up is lost between the last
+// pass and the sleep).
+func (d *Device) Arm() (pending bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.broken() {
+		return false
+	}
+	for _, s := range d.slots {
+		if s == nil {
+			continue
+		}
+		if s.rx.EnableInterrupts() {
+			pending = true
+		}
+		if s.txWaiters > 0 || s.injectedOut > 0 || s.loopTxWait {
+			if s.tx.EnableInterrupts() {
+				pending = true
+			}
+		}
+	}
+	if d.pendingWork {
+		pending = true
+	}
+	if d.unmaskDue && !pending {
+		d.unmaskDue = false
+		d.stats.Unmasks++
+		if err := d.fn.IRQ().Unmask(); err != nil {
+			d.log.Warn("virtio-console: unmask interrupt", "err", err)
+		}
+	}
+	return pending
+}
+
+// RecvTo hands every received buffer waiting for the port (up to
+// maxRecvBuffers) to w in one WriteBuffers call and keeps what w did not
+// take for the next call: w returns a short count without an error when its
+// descriptor is full. Buffers w took are re-posted with one kick. more
+// reports whether bytes are still waiting. A removed port or a stopped
+// device is an error (ErrPortRemoved, ErrClosed); w's error is returned as
+// is, and the bytes it did not take stay (SetGuestOpen(false) discards and
+// counts them).
+func (p *Port) RecvTo(w BuffersWriter) (n int, more bool, err error) {
+	d, s := p.d, p.s
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := p.errLocked(); err != nil {
+		return 0, false, err
+	}
+	if s.port != p || s.fLen == 0 {
+		return 0, false, nil
+	}
+	bufs := p.recvVec[:0]
+	want := 0
+	for k := 0; k < s.fLen && k < maxRecvBuffers; k++ {
+		b := &s.rxBufs[s.fifo[(s.fHead+k)%len(s.fifo)]]
+		data := b.mem.Bytes()[b.off:b.n]
+		bufs = append(bufs, data)
+		want += len(data)
+	}
+	n, err = w.WriteBuffers(bufs)
+	clear(bufs)
+	p.recvVec = bufs
+	n = max(0, min(n, want))
+	p.stats.BytesIn += uint64(n)
+	for left := n; left > 0; {
+		i := s.fifo[s.fHead]
+		b := &s.rxBufs[i]
+		k := min(left, b.n-b.off)
+		b.off += k
+		left -= k
+		if b.off == b.n {
+			s.fifoPop()
+			d.releaseRxLocked(s, i)
+		}
+	}
+	if n > 0 {
+		d.kickRxLocked(s)
+	}
+	return n, s.fLen > 0, err
+}
+
+// SendFrom fills every free transmit buffer (up to maxSendBuffers) with one
+// ReadBuffers call on r and queues what r read with one kick. r returns 0
+// and no error when its descriptor has nothing for now, io.EOF at its end.
+// block says why nothing (more) could be read: SendGated while the host
+// side is away, SendFull while every buffer is with the device (transmit
+// interrupts are then asked for at the next Arm). ErrDeviceReset reports
+// bytes of an earlier call lost in a device reset.
+func (p *Port) SendFrom(r BuffersReader) (n int, block SendBlock, err error) {
+	d, s := p.d, p.s
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p.txLost {
+		p.txLost = false
+		return 0, SendOK, ErrDeviceReset
+	}
+	if err := p.errLocked(); err != nil {
+		return 0, SendOK, err
+	}
+	if err := d.ensureTxLocked(s); err != nil {
+		return 0, SendOK, err
+	}
+	d.reapTxLocked(s)
+	if err := p.errLocked(); err != nil {
+		return 0, SendOK, err
+	}
+	if !p.canSendLocked() {
+		return 0, SendGated, nil
+	}
+	if len(s.txFree) == 0 {
+		s.loopTxWait = true
+		return 0, SendFull, nil
+	}
+	s.loopTxWait = false
+	take := p.sendIdx[:0]
+	bufs := p.sendVec[:0]
+	total := 0
+	for len(take) < maxSendBuffers && len(s.txFree) > 0 {
+		j := s.txFree[len(s.txFree)-1]
+		s.txFree = s.txFree[:len(s.txFree)-1]
+		s.txBufs[j].owned = true
+		b := s.txBufs[j].mem.Bytes()
+		take = append(take, j)
+		bufs = append(bufs, b)
+		total += len(b)
+	}
+	n, err = r.ReadBuffers(bufs)
+	n = max(0, min(n, total))
+	clear(bufs)
+	p.addFilledLocked(take, n)
+	p.sendIdx, p.sendVec = take, bufs
+	if n > 0 {
+		p.kickTxLocked()
+	}
+	return n, SendOK, p.lostLocked(err)
+}
+
+// TxDrained reports whether the device has taken every byte SendFrom (or
+// Send) queued; until it has, transmit interrupts are asked for at the next
+// Arm. ErrDeviceReset reports bytes lost in a device reset.
+func (p *Port) TxDrained() (bool, error) {
+	d, s := p.d, p.s
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.txReady(s) {
+		d.reapTxLocked(s)
+	}
+	if p.txLost {
+		p.txLost = false
+		return false, ErrDeviceReset
+	}
+	if err := p.errLocked(); err != nil {
+		return false, err
+	}
+	done := p.txInflight == 0
+	s.loopTxWait = !done
+	return done, nil
+}
+
+// RxPending reports whether the device has returned receive buffers of the
+// port that Poll has not taken yet, or bytes wait for RecvTo. It moves no
+// event index: a loop spins on it with interrupts off.
+func (p *Port) RxPending() bool {
+	d, s := p.d, p.s
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.broken() || s.port != p {
+		return false
+	}
+	return s.fLen > 0 || s.rx.Pending()
+}
+
+// CanSend reports whether bytes queued now would reach the host (the host
+// side is connected, or the port is a console).
+func (p *Port) CanSend() bool {
+	p.d.mu.Lock()
+	defer p.d.mu.Unlock()
+	return p.errLocked() == nil && p.canSendLocked()
+}

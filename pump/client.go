@@ -1,0 +1,111 @@
+package pump
+
+import (
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vserial/vserial/driver"
+)
+
+// client is one attached descriptor: a socket (or any stream descriptor)
+// that the loop moves a port's bytes to and from. Everything in it is owned
+// by the loop goroutine; only done crosses to Serve.
+//
+// Readiness is kept here, not asked of the kernel: the descriptor is
+// watched edge-triggered, an event sets a flag, and a short read or write
+// (the descriptor drained or full) clears it, so the loop never makes a
+// system call only to hear EAGAIN.
+type client struct {
+	id   int32
+	port *driver.Port
+	fd   int
+	pc   *portCounters
+	done chan error // Serve's answer, buffered
+
+	readable, writable bool
+	hup                bool // the peer hung up (EPOLLRDHUP/HUP)
+	peeked             bool // hup looked at while the host is away
+	eof                bool // read the end: flushing, then done
+	ended              bool
+	eofSeen            bool // a read returned 0: the peer's end
+
+	spin spinner
+	iov  [maxIov]unix.Iovec
+	err  error // a read or write error, reported when the client ends
+}
+
+// ReadBuffers is readv(2) into bufs for SendFrom: 0 and no error when the
+// descriptor has nothing now, io.EOF at its end.
+func (c *client) ReadBuffers(bufs [][]byte) (int, error) {
+	c.pc.readv.Add(1)
+	n, err := c.vector(unix.SYS_READV, "readv", bufs, &c.readable)
+	if n == 0 && err == nil && c.eofSeen {
+		c.eofSeen = false
+		return 0, io.EOF
+	}
+	return n, err
+}
+
+// WriteBuffers is one writev(2) of bufs for RecvTo: a short count without
+// an error when the descriptor is full (the rest stays in the driver until
+// the next EPOLLOUT edge).
+func (c *client) WriteBuffers(bufs [][]byte) (int, error) {
+	c.pc.writev.Add(1)
+	return c.vector(unix.SYS_WRITEV, "writev", bufs, &c.writable)
+}
+
+// vector makes one readv or writev (nr) and keeps the readiness flag
+// ready: cleared when the call moved less than it was offered (the
+// descriptor is drained or full: the next edge sets it again) or failed.
+// A read of 0 bytes is the end of the stream (eofSeen).
+func (c *client) vector(nr uintptr, op string, bufs [][]byte, ready *bool) (int, error) {
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	for {
+		n, errno := rawv(nr, c.fd, bufs, &c.iov)
+		switch errno {
+		case 0:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			*ready = false
+			return 0, nil
+		default:
+			*ready = false
+			return 0, os.NewSyscallError(op, errno)
+		}
+		if n < total {
+			*ready = false
+		}
+		if n == 0 && nr == unix.SYS_READV && total > 0 {
+			c.eofSeen = true
+		}
+		return n, nil
+	}
+}
+
+// events records what epoll said about the descriptor.
+func (c *client) events(ev uint32) {
+	if ev&(unix.EPOLLIN|unix.EPOLLERR) != 0 {
+		c.readable = true
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLERR) != 0 {
+		c.writable = true
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+		c.hup, c.peeked = true, false
+		c.readable = true
+	}
+}
+
+// hungUpEmpty reports whether the peer has closed its end with nothing
+// left unread (a peek at the descriptor sees its end at once).
+func (c *client) hungUpEmpty() bool {
+	var b [1]byte
+	n, _, err := unix.Recvfrom(c.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	return (err == nil && n == 0) || err == unix.ECONNRESET
+}

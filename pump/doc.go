@@ -1,0 +1,39 @@
+// Package pump is vserial's data plane: one event loop per device that
+// owns the device's rings (through driver's poll face, driver/poll.go) and
+// every client descriptor attached to its ports, and moves bytes straight
+// between them.
+//
+// # Contract
+//
+//   - One goroutine per device, blocked only in one epoll_wait over the
+//     interrupt descriptors (/dev/uioN, or each MSI-X eventfd), a command
+//     eventfd and the attached client descriptors, all edge-triggered.
+//     Client descriptors never enter Go's poller; readiness is kept as flags
+//     and cleared by a short read or write, so no call is made only to hear
+//     EAGAIN.
+//   - Host→guest: every received buffer goes to the client in one writev; a
+//     short write keeps the rest in the device's buffers (backpressure
+//     reaches the host through QEMU's can_read). Guest→host: one readv into
+//     every free transmit buffer, one publish, at most one kick. Both run
+//     under the driver's lock with non-blocking raw system calls, so no
+//     buffer is ever used outside it. Nothing on this path allocates.
+//   - Interrupts follow NAPI: data interrupts are off while the loop has
+//     work (Device.Disarm on every wake); before sleeping it re-arms them
+//     and looks again (Device.Arm), and only sleeps when nothing arrived in
+//     between. With INTx the line stays masked from the interrupt until
+//     that Arm. Control-plane changes (host connected, port removed,
+//     resets) wake it through the device's waker.
+//   - After a small send (below 32 KiB) the loop may spin on the port's
+//     receive queue for the reply, within the client's budget (Poll:
+//     adaptive, off or fixed; see PollAdaptive). It never spins without a
+//     send just made, so an idle loop costs no CPU.
+//   - Serve attaches a descriptor and blocks until the client is done; the
+//     semantics (host gating, hang-up while the host is away, EOF flushed
+//     before the end, one client per port, device resets reported as
+//     driver.ErrDeviceReset) are the agent's socket semantics. The loop
+//     never closes a client's descriptor.
+//
+// Counters and PortCounters say why a number moved: passes, sleeps,
+// wake-ups by interrupt and by command, spins, system calls by kind, and the
+// driver's interrupts, kicks and unmasks.
+package pump

@@ -1,0 +1,481 @@
+package pump
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vserial/vserial/driver"
+)
+
+var (
+	// ErrClosed is returned by Serve once the loop is closed.
+	ErrClosed = errors.New("pump: loop closed")
+	// ErrBusy is returned by Serve for a port that already has a client
+	// in the loop.
+	ErrBusy = errors.New("pump: port already has a client")
+)
+
+// Options configure a Loop.
+type Options struct {
+	Poll   Poll
+	Logger *slog.Logger // nil: discard
+}
+
+// Epoll tags (EpollEvent.Fd; Pad carries the index or client id).
+const (
+	tagIRQ    = 1
+	tagCmd    = 2
+	tagClient = 3
+)
+
+type cmdKind uint8
+
+const (
+	cmdAttach cmdKind = iota + 1
+	cmdDetach
+	cmdStop
+)
+
+type command struct {
+	kind cmdKind
+	c    *client
+	err  error // detach: what Serve returns
+}
+
+// Loop is the data plane of one device: one goroutine that owns its rings
+// (through the driver's poll face) and every attached client descriptor.
+type Loop struct {
+	dev  *driver.Device
+	log  *slog.Logger
+	poll Poll
+
+	ep, cmdFD int
+	irqFDs    []int
+
+	mu     sync.Mutex // guards cmds, closed and ports
+	cmds   []command
+	closed bool
+	ports  map[uint32]*portCounters
+	done   chan struct{}
+
+	// Owned by the loop goroutine.
+	clients map[int32]*client
+	active  []*client
+	byPort  map[uint32]*client
+	nextID  int32
+	evs     []unix.EpollEvent
+	spinOn  *client // the client whose small send the next spin follows
+	pending []command
+
+	stats loopCounters
+}
+
+// New starts the loop of dev, which must have been opened with
+// driver.Config.ExternalLoop: the loop takes the interrupt descriptors
+// (Device.IRQFDs) into its epoll set and services the device from then on.
+func New(dev *driver.Device, opts Options) (_ *Loop, err error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	l := &Loop{
+		dev: dev, log: log, poll: opts.Poll,
+		ep: -1, cmdFD: -1,
+		ports:   map[uint32]*portCounters{},
+		done:    make(chan struct{}),
+		clients: map[int32]*client{},
+		byPort:  map[uint32]*client{},
+		evs:     make([]unix.EpollEvent, 64),
+	}
+	defer func() {
+		if err != nil {
+			l.closeFDs()
+		}
+	}()
+	if l.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("pump: epoll_create1: %w", err)
+	}
+	if l.cmdFD, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return nil, fmt.Errorf("pump: eventfd: %w", err)
+	}
+	if err := l.watch(l.cmdFD, unix.EPOLLIN|unix.EPOLLET, tagCmd, 0); err != nil {
+		return nil, err
+	}
+	if l.irqFDs, err = dev.IRQFDs(); err != nil {
+		return nil, err
+	}
+	for i, fd := range l.irqFDs {
+		if err := l.watch(fd, unix.EPOLLIN|unix.EPOLLET, tagIRQ, int32(i)); err != nil {
+			return nil, err
+		}
+	}
+	dev.SetWaker(l.wake)
+	go l.run()
+	return l, nil
+}
+
+func (l *Loop) watch(fd int, events uint32, tag, pad int32) error {
+	ev := unix.EpollEvent{Events: events, Fd: tag, Pad: pad}
+	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("pump: epoll add: %w", err)
+	}
+	return nil
+}
+
+func (l *Loop) closeFDs() {
+	if l.ep >= 0 {
+		unix.Close(l.ep)
+		l.ep = -1
+	}
+	if l.cmdFD >= 0 {
+		unix.Close(l.cmdFD)
+		l.cmdFD = -1
+	}
+}
+
+// wake makes the loop look at everything again (the driver calls it on port
+// changes; commands use it too). It never blocks.
+func (l *Loop) wake() {
+	l.stats.wakes.Add(1)
+	rawWrite8(l.cmdFD)
+}
+
+// submit queues a command for the loop; false once the loop is closed.
+func (l *Loop) submit(c command) bool {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return false
+	}
+	l.cmds = append(l.cmds, c)
+	l.mu.Unlock()
+	l.wake()
+	return true
+}
+
+// Serve moves bytes between port p and the stream descriptor fd (a
+// non-blocking socket or terminal) until the client is done, then returns:
+// io.EOF once the client closed its end and the device took every byte it
+// sent; the read or write error that ended it; driver.ErrPortRemoved,
+// driver.ErrDeviceReset (bytes the client sent were lost in a device
+// reset), ErrClosed; or ctx.Err() when ctx ends first. Bytes from the
+// client are read only while the host side is connected; a client that
+// hangs up with nothing unread ends even while the host is away. fd stays
+// the caller's: the loop stops watching it before Serve returns.
+func (l *Loop) Serve(ctx context.Context, p *driver.Port, fd int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c := &client{port: p, fd: fd, done: make(chan error, 1), readable: true, writable: true, spin: newSpinner(l.poll)}
+	c.pc = l.portCounters(p.ID())
+	// A bigger send buffer lets one writev hand over every received buffer
+	// (the default, wmem_default, is about 208 KiB); needs CAP_NET_ADMIN,
+	// best effort.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 1<<20)
+	if !l.submit(command{kind: cmdAttach, c: c}) {
+		return ErrClosed
+	}
+	select {
+	case err := <-c.done:
+		return err
+	case <-ctx.Done():
+		if l.submit(command{kind: cmdDetach, c: c, err: ctx.Err()}) {
+			return <-c.done
+		}
+		// Closed meanwhile: the loop ended every client on its way out.
+		return <-c.done
+	}
+}
+
+// Close stops the loop: every client's Serve returns ErrClosed. The device
+// stays open (the caller closes it after).
+func (l *Loop) Close() error {
+	if l.submit(command{kind: cmdStop}) {
+		l.mu.Lock()
+		l.closed = true
+		l.mu.Unlock()
+	}
+	<-l.done
+	l.dev.SetWaker(nil)
+	l.mu.Lock()
+	l.closeFDs()
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *Loop) portCounters(id uint32) *portCounters {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	pc := l.ports[id]
+	if pc == nil {
+		pc = &portCounters{}
+		l.ports[id] = pc
+	}
+	return pc
+}
+
+// run is the loop: work until a pass makes no progress, spin if a reply is
+// due soon, arm the interrupts, and only then sleep in epoll_wait.
+func (l *Loop) run() {
+	defer close(l.done)
+	// Whatever the device signalled before the loop watched: handled as
+	// if every descriptor had fired.
+	l.dev.HandleIRQ(^uint64(0))
+	for {
+		for {
+			if l.pass() {
+				continue
+			}
+			if l.spin() {
+				continue
+			}
+			if l.dev.Arm() {
+				l.stats.armPending.Add(1)
+				continue
+			}
+			break
+		}
+		l.stats.sleeps.Add(1)
+		n, err := unix.EpollWait(l.ep, l.evs, -1)
+		l.stats.epollWaits.Add(1)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			l.log.Error("pump: epoll_wait failed; the data plane stops", "err", err)
+			l.stopAll(fmt.Errorf("pump: epoll_wait: %w", err))
+			return
+		}
+		l.dev.Disarm()
+		var fired uint64
+		stop := false
+		for _, ev := range l.evs[:n] {
+			switch ev.Fd {
+			case tagIRQ:
+				fired |= 1 << min(ev.Pad, 63)
+			case tagCmd:
+				stop = l.commands() || stop
+			case tagClient:
+				if c := l.clients[ev.Pad]; c != nil {
+					l.stats.clientEvents.Add(1)
+					c.events(ev.Events)
+				}
+			}
+		}
+		if stop {
+			l.stopAll(ErrClosed)
+			return
+		}
+		if fired != 0 {
+			l.stats.irqWakes.Add(1)
+			l.dev.HandleIRQ(fired)
+		}
+	}
+}
+
+// commands takes the queued commands; it reports a stop.
+func (l *Loop) commands() (stop bool) {
+	l.stats.cmdWakes.Add(1)
+	rawRead8(l.cmdFD)
+	l.mu.Lock()
+	l.pending = append(l.pending[:0], l.cmds...)
+	clear(l.cmds)
+	l.cmds = l.cmds[:0]
+	l.mu.Unlock()
+	for _, cmd := range l.pending {
+		switch cmd.kind {
+		case cmdAttach:
+			l.attach(cmd.c)
+		case cmdDetach:
+			if !cmd.c.ended {
+				l.end(cmd.c, cmd.err)
+			}
+		case cmdStop:
+			stop = true
+		}
+	}
+	clear(l.pending)
+	return stop
+}
+
+func (l *Loop) attach(c *client) {
+	id := c.port.ID()
+	if l.byPort[id] != nil {
+		c.ended = true
+		c.done <- ErrBusy
+		return
+	}
+	l.nextID++
+	c.id = l.nextID
+	if err := l.watch(c.fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, tagClient, c.id); err != nil {
+		c.ended = true
+		c.done <- err
+		return
+	}
+	l.clients[c.id] = c
+	l.byPort[id] = c
+	l.active = append(l.active, c)
+	c.pc.sessions.Add(1)
+}
+
+// end detaches c and answers its Serve with err.
+func (l *Loop) end(c *client, err error) {
+	if c.ended {
+		return
+	}
+	c.ended = true
+	if derr := unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, c.fd, nil); derr != nil && derr != unix.EBADF && derr != unix.ENOENT {
+		l.log.Warn("pump: epoll del", "port", c.port.ID(), "err", derr)
+	}
+	delete(l.clients, c.id)
+	if l.byPort[c.port.ID()] == c {
+		delete(l.byPort, c.port.ID())
+	}
+	for i, a := range l.active {
+		if a == c {
+			l.active = append(l.active[:i], l.active[i+1:]...)
+			break
+		}
+	}
+	if l.spinOn == c {
+		l.spinOn = nil
+	}
+	c.done <- err
+}
+
+func (l *Loop) stopAll(err error) {
+	l.mu.Lock()
+	l.closed = true
+	l.pending = append(l.pending[:0], l.cmds...)
+	l.cmds = nil
+	l.mu.Unlock()
+	for _, cmd := range l.pending {
+		if cmd.kind == cmdAttach && !cmd.c.ended {
+			cmd.c.ended = true
+			cmd.c.done <- err
+		}
+	}
+	for len(l.active) > 0 {
+		l.end(l.active[0], err)
+	}
+}
+
+// pass services the device once and moves what each client can move. It
+// reports progress: bytes moved, a client ended, or control work left.
+func (l *Loop) pass() (progress bool) {
+	l.stats.passes.Add(1)
+	progress = l.dev.Poll()
+	for i := 0; i < len(l.active); {
+		c := l.active[i]
+		if l.serve(c) {
+			progress = true
+		}
+		if !c.ended {
+			i++
+		}
+	}
+	return progress
+}
+
+// serve moves c's bytes both ways as far as the device and the descriptor
+// allow, without blocking.
+func (l *Loop) serve(c *client) (progress bool) {
+	p := c.port
+	if c.writable {
+		n, _, err := p.RecvTo(c)
+		if n > 0 {
+			progress = true
+			c.spin.reply(nanotime(), false)
+		}
+		if err != nil {
+			l.end(c, err)
+			return true
+		}
+	}
+	if c.eof {
+		done, err := p.TxDrained()
+		switch {
+		case err != nil:
+			l.end(c, err)
+			return true
+		case done:
+			l.end(c, io.EOF)
+			return true
+		}
+		return progress
+	}
+	if !c.readable {
+		return progress
+	}
+	n, block, err := p.SendFrom(c)
+	if n > 0 {
+		progress = true
+		c.pc.sends.Add(1)
+		if c.spin.sent(n, nanotime()) {
+			l.spinOn = c
+		}
+	}
+	switch {
+	case errors.Is(err, io.EOF):
+		c.eof = true
+		return true
+	case err != nil:
+		l.end(c, err)
+		return true
+	}
+	if block == driver.SendGated && c.hup && !c.peeked {
+		// The host is away and the client hung up: with nothing unread it
+		// may go (its bytes already queued are flushed first); otherwise
+		// it keeps the port until the host takes them.
+		c.peeked = true
+		l.stats.peeks.Add(1)
+		if c.hungUpEmpty() {
+			c.eof = true
+			return true
+		}
+	}
+	return progress
+}
+
+// spin waits, with interrupts off and no system call, for the reply to the
+// small send the last pass made, for at most that client's budget.
+func (l *Loop) spin() bool {
+	c := l.spinOn
+	l.spinOn = nil
+	if c == nil || c.ended || c.spin.budget <= 0 || c.spin.kickAt == 0 {
+		return false
+	}
+	start := nanotime()
+	deadline := start + int64(c.spin.budget)
+	for i := 0; ; i++ {
+		if c.port.RxPending() {
+			now := nanotime()
+			l.stats.spinNanos.Add(uint64(now - start))
+			l.stats.spinHits.Add(1)
+			c.pc.spinHits.Add(1)
+			c.spin.reply(now, true)
+			return true
+		}
+		if i&7 == 7 {
+			if now := nanotime(); now >= deadline {
+				l.stats.spinNanos.Add(uint64(now - start))
+				l.stats.spinMisses.Add(1)
+				c.pc.spinMisses.Add(1)
+				c.spin.missed()
+				return false
+			}
+		}
+	}
+}
+
+// epoch anchors nanotime's monotonic clock.
+var epoch = time.Now()
+
+func nanotime() int64 { return int64(time.Since(epoch)) + 1 }

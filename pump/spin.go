@@ -1,0 +1,148 @@
+package pump
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// PollMode says whether the loop spins on a port's receive queue after it
+// sent the host a request, instead of sleeping until the reply's interrupt.
+type PollMode uint8
+
+const (
+	// PollAdaptive spins for a budget learnt from the port's reply times:
+	// twice their moving average, within [minBudget, maxBudget]; halved
+	// after a spin that saw no reply and off after three in a row; back on
+	// when a reply arrives (by interrupt) soon enough that a spin would have
+	// caught it. Never after a bulk send, never while idle.
+	PollAdaptive PollMode = iota
+	// PollOff never spins: every reply comes by interrupt.
+	PollOff
+	// PollFixed spins for Poll.Budget after every small send.
+	PollFixed
+)
+
+// Bounds of the adaptive budget, and where it starts.
+const (
+	minBudget     = 20 * time.Microsecond
+	maxBudget     = time.Millisecond
+	initialBudget = 300 * time.Microsecond
+	// bulkSend is the size of a send after which the loop never spins: a
+	// stream, not a request.
+	bulkSend = 32 << 10
+	// missesOff is how many spins in a row may miss before spinning stops.
+	missesOff = 3
+)
+
+// Poll is the polling policy of a loop (run's --poll).
+type Poll struct {
+	Mode   PollMode
+	Budget time.Duration // PollFixed only
+}
+
+// ParsePoll reads --poll: "adaptive" (also ""), "off", or a fixed budget
+// as a Go duration ("200us"), at most 10ms.
+func ParsePoll(s string) (Poll, error) {
+	switch strings.TrimSpace(s) {
+	case "", "adaptive":
+		return Poll{Mode: PollAdaptive}, nil
+	case "off", "0", "0s":
+		return Poll{Mode: PollOff}, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return Poll{}, fmt.Errorf("poll %q: want adaptive, off or a duration such as 200us", s)
+	}
+	if d <= 0 || d > 10*time.Millisecond {
+		return Poll{}, fmt.Errorf("poll %q: a fixed budget must be above 0 and at most 10ms", s)
+	}
+	return Poll{Mode: PollFixed, Budget: d}, nil
+}
+
+func (p Poll) String() string {
+	switch p.Mode {
+	case PollOff:
+		return "off"
+	case PollFixed:
+		return p.Budget.String()
+	}
+	return "adaptive"
+}
+
+// spinner is one client's spin state. Owned by the loop goroutine.
+type spinner struct {
+	mode   PollMode
+	budget time.Duration // 0: off
+	avg    time.Duration // moving average of reply times (0: none yet)
+	misses int
+	kickAt int64 // monotonic ns of the last small send still awaiting a reply, 0: none
+}
+
+func newSpinner(p Poll) spinner {
+	switch p.Mode {
+	case PollOff:
+		return spinner{mode: PollOff}
+	case PollFixed:
+		return spinner{mode: PollFixed, budget: p.Budget}
+	}
+	return spinner{mode: PollAdaptive, budget: initialBudget}
+}
+
+// sent records a send of n bytes at now; it reports whether a spin is in
+// order.
+func (s *spinner) sent(n int, now int64) bool {
+	if n >= bulkSend {
+		s.kickAt = 0
+		return false
+	}
+	s.kickAt = now
+	return s.budget > 0
+}
+
+// clamp keeps an adaptive budget within its bounds.
+func clamp(d time.Duration) time.Duration {
+	return min(max(d, minBudget), maxBudget)
+}
+
+// reply records that a reply arrived at now; spun says whether a spin saw
+// it (a hit) or an interrupt brought it.
+func (s *spinner) reply(now int64, spun bool) {
+	if s.kickAt == 0 {
+		return
+	}
+	l := time.Duration(now - s.kickAt)
+	s.kickAt = 0
+	if s.mode != PollAdaptive {
+		return
+	}
+	if s.avg == 0 {
+		s.avg = l
+	} else {
+		s.avg = (3*s.avg + l) / 4
+	}
+	switch {
+	case spun:
+		s.misses = 0
+		s.budget = clamp(max(s.budget, 2*s.avg))
+	case l <= maxBudget:
+		// Late for the spin (or none ran), but a spin of 2× the average
+		// would have caught it: spin (again), with that budget.
+		s.budget = clamp(2 * s.avg)
+		if s.misses >= missesOff {
+			s.misses = 0
+		}
+	}
+}
+
+// missed records a spin that ended without a reply.
+func (s *spinner) missed() {
+	if s.mode != PollAdaptive {
+		return
+	}
+	s.misses++
+	s.budget /= 2
+	if s.misses >= missesOff || s.budget < minBudget {
+		s.budget = 0
+	}
+}
