@@ -78,7 +78,10 @@ func (c *client) vector(nr uintptr, op string, bufs [][]byte, ready *bool) (int,
 			*ready = false
 			return 0, os.NewSyscallError(op, errno)
 		}
-		if n < total {
+		// Short: drained or full, the next edge says when to go on; except
+		// that a hang-up already seen brings no further edge, so reads go
+		// on until they meet the end.
+		if n < total && (nr != unix.SYS_READV || !c.hup) {
 			*ready = false
 		}
 		if n == 0 && nr == unix.SYS_READV && total > 0 {

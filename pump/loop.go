@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -80,7 +81,17 @@ type Loop struct {
 // New starts the loop of dev, which must have been opened with
 // driver.Config.ExternalLoop: the loop takes the interrupt descriptors
 // (Device.IRQFDs) into its epoll set and services the device from then on.
-func New(dev *driver.Device, opts Options) (_ *Loop, err error) {
+func New(dev *driver.Device, opts Options) (*Loop, error) {
+	l, err := newLoop(dev, opts)
+	if err != nil {
+		return nil, err
+	}
+	go l.run()
+	return l, nil
+}
+
+// newLoop is New without starting the goroutine (tests drive it by hand).
+func newLoop(dev *driver.Device, opts Options) (_ *Loop, err error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -117,7 +128,6 @@ func New(dev *driver.Device, opts Options) (_ *Loop, err error) {
 		}
 	}
 	dev.SetWaker(l.wake)
-	go l.run()
 	return l, nil
 }
 
@@ -236,7 +246,10 @@ func (l *Loop) run() {
 			if l.spin() {
 				continue
 			}
-			if l.dev.Arm() {
+			if h := testHookBeforeArm.Load(); h != nil {
+				(*h)()
+			}
+			if l.dev.Arm() && !testIgnoreArm.Load() {
 				l.stats.armPending.Add(1)
 				continue
 			}
@@ -474,6 +487,14 @@ func (l *Loop) spin() bool {
 		}
 	}
 }
+
+// Test hooks: a function run right before Arm (to land device work in the
+// window between the last pass and the sleep), and a mutation that ignores
+// what Arm found (the lost wake-up the re-check prevents).
+var (
+	testHookBeforeArm atomic.Pointer[func()]
+	testIgnoreArm     atomic.Bool
+)
 
 // epoch anchors nanotime's monotonic clock.
 var epoch = time.Now()
