@@ -585,17 +585,20 @@ func TestHostConnectDisconnectFiresChanged(t *testing.T) {
 			t.Errorf("HostConnected %v, want %v", got, want)
 		}
 	}
+	// added, then changes for named, connected, disconnected, connected:
+	// changes that come while one is still queued are one event ("look
+	// again"), so there are one to four of them.
 	var kinds []PortEventKind
-	for len(kinds) < 5 {
+	for done := false; !done; {
 		select {
 		case ev := <-r.d.Events():
 			kinds = append(kinds, ev.Kind)
-		case <-r.ctx.Done():
-			t.Fatalf("events so far %v", kinds)
+		case <-time.After(200 * time.Millisecond):
+			done = true
 		}
 	}
-	// added, named, connected, disconnected, connected
-	if fmt.Sprint(kinds) != "[added changed changed changed changed]" {
+	s := fmt.Sprint(kinds)
+	if n := strings.Count(s, "changed"); !strings.HasPrefix(s, "[added") || n < 1 || n > 4 || len(kinds) != n+1 {
 		t.Errorf("events %v", kinds)
 	}
 }

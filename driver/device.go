@@ -138,8 +138,11 @@ type DeviceStats struct {
 	ControlIn     uint64 // control messages received
 	ControlOut    uint64 // control messages sent
 	Interrupts    uint64 // wake-ups of the event loop
-	Kicks         uint64 // available-buffer notifications sent (MMIO doorbell writes)
-	Unmasks       uint64 // INTx re-enabled after an interrupt (external loop only)
+	// LogsSuppressed counts device-driven log lines held back by the rate
+	// limit (ratelog.go).
+	LogsSuppressed uint64
+	Kicks          uint64 // available-buffer notifications sent (MMIO doorbell writes)
+	Unmasks        uint64 // INTx re-enabled after an interrupt (external loop only)
 	// Injected counts descriptors InjectFault posted; InjectedAccepted
 	// those the device used instead of refusing them.
 	Injected         uint64
@@ -180,6 +183,9 @@ type Device struct {
 	ctrlTxHead []int32 // head → slot in ctrlTxMem, -1
 	ctrlTxFree []int32
 	ctrlQueue  []ctrlOut // control messages waiting for a descriptor
+	ctrlCopy   [bufSize]byte
+	lines      lineLimiter
+	popped     uint64 // used buffers taken from any queue (HandleIRQ: was it ours?) // a control message, copied out of device memory before it is parsed
 	slots      []*slot
 	seg        [1]ring.Segment
 	stats      DeviceStats
@@ -1109,7 +1115,7 @@ func (d *Device) forgetInFlightLocked() {
 func (d *Device) dropUnannouncedLocked() {
 	for _, s := range d.slots {
 		if s != nil && s.port != nil && !s.port.removed && s.port.reannounce {
-			d.log.Info("virtio-console: port not re-announced after reset", "port", s.id)
+			d.infoLocked("virtio-console: port not re-announced after reset", "port", s.id)
 			d.removePortLocked(s)
 		}
 	}
@@ -1119,9 +1125,22 @@ func (d *Device) dropUnannouncedLocked() {
 
 // emitLocked queues a port event for Events.
 func (d *Device) emitLocked(p *Port, k PortEventKind) {
-	if len(d.evq) >= maxEventBacklog {
-		d.stats.Dropped++
+	switch {
+	case k == PortChanged && p.changeQueued:
+		// One change per port waits at a time: it says "look again", and
+		// a device toggling a port in a loop cannot grow the queue.
+		d.wakeLoopLocked()
 		return
+	case k == PortChanged && len(d.evq) >= maxEventBacklog:
+		d.stats.Dropped++
+		d.wakeLoopLocked()
+		return
+	}
+	// PortAdded and PortRemoved are never dropped: a port the agent never
+	// heard of would never be published. Their number is bounded by the
+	// ports' slots between two reads of the queue.
+	if k == PortChanged {
+		p.changeQueued = true
 	}
 	d.evq = append(d.evq, PortEvent{Port: p, Kind: k})
 	wake(d.evWake)
@@ -1137,6 +1156,11 @@ func (d *Device) forward() {
 	for {
 		d.mu.Lock()
 		batch = append(batch[:0], d.evq...)
+		for _, ev := range d.evq {
+			if ev.Kind == PortChanged {
+				ev.Port.changeQueued = false
+			}
+		}
 		clear(d.evq)
 		d.evq = d.evq[:0]
 		stopped := d.closed || d.failed

@@ -162,6 +162,7 @@ func (d *Device) serviceRxLocked(s *slot) error {
 		if !ok {
 			break
 		}
+		d.popped++
 		i := s.rxByHead[u.Head]
 		if i < 0 {
 			return portError(s, "receiveq", fmt.Errorf("%w: head %d has no buffer", ring.ErrDeviceProtocol, u.Head))
@@ -221,6 +222,7 @@ func (d *Device) reapTxErrLocked(s *slot) error {
 		if !ok {
 			break
 		}
+		d.popped++
 		i := s.txByHead[u.Head]
 		if i == injectedMark {
 			s.txByHead[u.Head] = -1
@@ -268,6 +270,11 @@ func (e *portFault) Unwrap() error { return e.err }
 
 // --- control queues ---
 
+// testHookControlCopied, when set by a test, sees the device's control
+// buffer right after the driver copied it, so it can rewrite it the way a
+// hostile device would between a check and a use.
+var testHookControlCopied func(dmaBytes []byte)
+
 func (d *Device) serviceControlPassesLocked(passes int) (more bool, err error) {
 	q := d.queues[controlRxQueue]
 	for range passes {
@@ -280,6 +287,7 @@ func (d *Device) serviceControlPassesLocked(passes int) (more bool, err error) {
 			if !ok {
 				break
 			}
+			d.popped++
 			progress = true
 			i := d.ctrlRxHead[u.Head]
 			if i < 0 {
@@ -289,8 +297,15 @@ func (d *Device) serviceControlPassesLocked(passes int) (more bool, err error) {
 			d.stats.ControlIn++
 			// u.Len is already clamped to the buffer: QEMU reports the
 			// full length of a message it truncated (VIRTIO-NOTES §12.2).
+			// Copy, then validate: the device can rewrite its buffer at
+			// any time, so the checks and the use must see one private
+			// copy (no double fetch from device memory).
+			msg := d.ctrlCopy[:copy(d.ctrlCopy[:], d.ctrlRxBufs[i].Bytes()[:u.Len])]
+			if testHookControlCopied != nil {
+				testHookControlCopied(d.ctrlRxBufs[i].Bytes()[:u.Len])
+			}
 			d.inControl = true
-			d.handleControlLocked(d.ctrlRxBufs[i].Bytes()[:u.Len])
+			d.handleControlLocked(msg)
 			d.inControl = false
 			if d.broken() {
 				return false, nil
@@ -354,6 +369,7 @@ func (d *Device) flushControlLocked() (sentAny bool, err error) {
 		if !ok {
 			break
 		}
+		d.popped++
 		i := d.ctrlTxHead[u.Head]
 		if i < 0 {
 			return false, fmt.Errorf("control transmitq: %w: head %d has no buffer", ring.ErrDeviceProtocol, u.Head)
@@ -446,7 +462,7 @@ func (d *Device) handleControlLocked(b []byte) {
 		d.portAddLocked(m.ID)
 	case eventPortRemove:
 		if p, ok := d.lookupLocked(m); ok {
-			d.log.Info("virtio-console: port removed", "port", p.id, "name", p.name)
+			d.infoLocked("virtio-console: port removed", "port", p.id, "name", p.name)
 			d.removePortLocked(p.s)
 		}
 	case eventConsolePort:
@@ -472,7 +488,7 @@ func (d *Device) handleControlLocked(b []byte) {
 		}
 		if c := m.Value != 0; c != p.hostConnected {
 			p.hostConnected = c
-			d.log.Info("virtio-console: host connection", "port", p.id, "name", p.name, "connected", c)
+			d.infoLocked("virtio-console: host connection", "port", p.id, "name", p.name, "connected", c)
 			p.changedLocked()
 			d.emitLocked(p, PortChanged)
 			wake(p.txWake)
@@ -519,7 +535,7 @@ func (d *Device) portAddLocked(id uint32) {
 	}
 	if id >= uint32(len(d.slots)) || d.slots[id] == nil {
 		d.stats.IgnoredPorts++
-		d.log.Info("virtio-console: port beyond the configured cap ignored", "port", id, "cap", d.nslots)
+		d.infoLocked("virtio-console: port beyond the configured cap ignored", "port", id, "cap", d.nslots)
 		return
 	}
 	s := d.slots[id]
@@ -554,7 +570,7 @@ func (d *Device) portAddLocked(id uint32) {
 	p := newPort(d, s)
 	s.port = p
 	s.gen++
-	d.log.Info("virtio-console: port added", "port", id)
+	d.infoLocked("virtio-console: port added", "port", id)
 	d.emitLocked(p, PortAdded)
 	d.sendControlLocked(id, eventPortReady, 1)
 }
@@ -571,7 +587,7 @@ func (d *Device) portNameLocked(p *Port, payload []byte) {
 		p.nameCheck = false
 		if p.name != "" && p.name != name {
 			// A different port came back under this id after a reset.
-			d.log.Info("virtio-console: port renamed across reset", "port", p.id, "was", p.name, "name", name)
+			d.infoLocked("virtio-console: port renamed across reset", "port", p.id, "was", p.name, "name", name)
 			s, wasOpen := p.s, p.guestOpen
 			d.removePortLocked(s)
 			if wasOpen {
@@ -589,7 +605,7 @@ func (d *Device) portNameLocked(p *Port, payload []byte) {
 		return // stored once (Linux)
 	}
 	p.name = name
-	d.log.Info("virtio-console: port named", "port", p.id, "name", name)
+	d.infoLocked("virtio-console: port named", "port", p.id, "name", name)
 	p.changedLocked()
 	d.emitLocked(p, PortChanged)
 }

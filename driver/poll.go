@@ -93,14 +93,16 @@ func (d *Device) SetWaker(fn func()) {
 // HandleIRQ services the device after its interrupt fired: fired has bit i
 // set for each descriptor IRQFDs returned that became readable. With INTx it
 // reads the ISR (lowering the line) and leaves the line masked until Arm, so
-// a burst of work costs one interrupt. It reports whether control work is
-// left for Poll.
-func (d *Device) HandleIRQ(fired uint64) (more bool) {
+// a burst of work costs one interrupt. It reports whether the interrupt
+// found anything to do (a used buffer on any queue, a configuration
+// change): a loop counts those that did not to tell a storm.
+func (d *Device) HandleIRQ(fired uint64) (handled bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.broken() {
-		return false
+		return true
 	}
+	before := d.popped
 	d.stats.Interrupts++
 	vectors := allVectors
 	if d.nvec > 1 && d.irqFDs == d.nvec {
@@ -124,7 +126,18 @@ func (d *Device) HandleIRQ(fired uint64) (more bool) {
 	if d.serviceLocked(vectors) {
 		d.pendingWork = true
 	}
-	return d.pendingWork
+	// A configuration change counts as work only when the ISR says so
+	// (INTx); an MSI-X configuration vector that fires for nothing is as
+	// spurious as a queue vector.
+	return d.popped != before || d.broken() || (d.nvec == 0 && config)
+}
+
+// ReportViolation counts and reports a device violation seen by the loop
+// (an interrupt storm), rate-limited like the driver's own.
+func (d *Device) ReportViolation(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.violationLocked(err, nil)
 }
 
 // Poll services what needs no interrupt: used buffers on every data queue
@@ -178,8 +191,9 @@ func (d *Device) Disarm() {
 // then unmasks INTx if an interrupt was taken since the last Arm. It reports
 // true when buffers arrived meanwhile or control work is left: the loop
 // must pass again instead of sleeping (no wake-up is lost between the last
-// pass and the sleep).
-func (d *Device) Arm() (pending bool) {
+// pass and the sleep). With unmask false INTx stays masked (a loop that
+// backs off from an interrupt storm polls instead).
+func (d *Device) Arm(unmask bool) (pending bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.broken() {
@@ -201,7 +215,7 @@ func (d *Device) Arm() (pending bool) {
 	if d.pendingWork {
 		pending = true
 	}
-	if d.unmaskDue && !pending {
+	if d.unmaskDue && !pending && unmask {
 		d.unmaskDue = false
 		d.stats.Unmasks++
 		if err := d.fn.IRQ().Unmask(); err != nil {

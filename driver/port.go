@@ -124,6 +124,7 @@ type Port struct {
 	txLost        bool
 	stats         PortStats
 	changed       chan struct{}
+	changeQueued  bool // a PortChanged waits in the event queue
 
 	// Scratch for vectored Send and Recv (one sender and one receiver).
 	// sendWide: the last Send filled every buffer it had, so the next one

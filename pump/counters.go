@@ -10,6 +10,7 @@ type loopCounters struct {
 	clientEvents, armPending        atomic.Uint64
 	spinHits, spinMisses, spinNanos atomic.Uint64
 	peeks                           atomic.Uint64
+	irqSpurious, irqStorms          atomic.Uint64
 }
 
 // portCounters are one port's loop counters, kept across its clients.
@@ -39,6 +40,8 @@ func (l *Loop) Counters() map[string]uint64 {
 		"spin_misses":   s.spinMisses.Load(),
 		"spin_us":       s.spinNanos.Load() / 1000,
 		"peeks":         s.peeks.Load(),
+		"irq_spurious":  s.irqSpurious.Load(),
+		"irq_storms":    s.irqStorms.Load(),
 		"interrupts":    ds.Interrupts,
 		"kicks":         ds.Kicks,
 		"unmasks":       ds.Unmasks,

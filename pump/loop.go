@@ -76,6 +76,7 @@ type Loop struct {
 	pending []command
 
 	stats loopCounters
+	storm stormState
 }
 
 // New starts the loop of dev, which must have been opened with
@@ -249,14 +250,14 @@ func (l *Loop) run() {
 			if h := testHookBeforeArm.Load(); h != nil {
 				(*h)()
 			}
-			if l.dev.Arm() && !testIgnoreArm.Load() {
+			if l.dev.Arm(!l.storm.muted) && !testIgnoreArm.Load() {
 				l.stats.armPending.Add(1)
 				continue
 			}
 			break
 		}
 		l.stats.sleeps.Add(1)
-		n, err := unix.EpollWait(l.ep, l.evs, -1)
+		n, err := unix.EpollWait(l.ep, l.evs, l.storm.timeout())
 		l.stats.epollWaits.Add(1)
 		if err != nil {
 			if err == unix.EINTR {
@@ -286,9 +287,13 @@ func (l *Loop) run() {
 			l.stopAll(ErrClosed)
 			return
 		}
+		if l.storm.muted && nanotime() >= l.storm.until {
+			l.unmute()
+			fired = ^uint64(0)
+		}
 		if fired != 0 {
 			l.stats.irqWakes.Add(1)
-			l.dev.HandleIRQ(fired)
+			l.irq(l.dev.HandleIRQ(fired))
 		}
 	}
 }

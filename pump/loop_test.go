@@ -377,3 +377,47 @@ func connFD(t *testing.T, c net.Conn) int {
 	}
 	return fd
 }
+
+// TestInterruptStormIsBounded: a device raising interrupts with nothing to
+// do in a loop gets them ignored for a backoff (a violation is reported)
+// instead of keeping the loop busy, and the port works afterwards.
+func TestInterruptStormIsBounded(t *testing.T) {
+	for _, irq := range interrupts {
+		t.Run(irq.name, func(t *testing.T) {
+			r := newRig(t, rigOpts{vectors: irq.vectors})
+			s := r.attach(1)
+			// Interrupts one after another, each a wake-up of its own, until
+			// the loop calls it a storm (bounded by the test's timeout).
+			fired := 0
+			for r.l.Counters()["irq_storms"] == 0 {
+				if r.ctx.Err() != nil {
+					t.Fatalf("%d interrupts without work were not taken for a storm: %v", fired, r.l.Counters())
+				}
+				r.m.Interrupt(virtiotest.RxQueue(1))
+				fired++
+				time.Sleep(20 * time.Microsecond)
+			}
+			// Muted: more of them do not wake the loop.
+			before := r.l.Counters()["irq_wakes"]
+			for range 200 {
+				r.m.Interrupt(virtiotest.RxQueue(1))
+			}
+			if woke := r.l.Counters()["irq_wakes"] - before; woke > 1 {
+				t.Errorf("muted, the loop still woke %d times", woke)
+			}
+			if v := r.d.Stats().Violations; v == 0 {
+				t.Error("the storm was not reported as a violation")
+			}
+			// The device behaves again: bytes flow both ways.
+			ctx, cancel := context.WithCancel(r.ctx)
+			defer cancel()
+			go echoHost(ctx, r)
+			for i := range 20 {
+				s.conn.Write([]byte{byte(i)})
+				if got := readFull(t, s.conn, 1); got[0] != byte(i) {
+					t.Fatalf("after the storm: got %d, want %d", got[0], i)
+				}
+			}
+		})
+	}
+}

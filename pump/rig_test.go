@@ -129,7 +129,7 @@ func (r *rig) port(id uint32) *driver.Port {
 		if r.noRun {
 			// Nobody else services the device.
 			r.d.HandleIRQ(^uint64(0))
-			r.d.Arm()
+			r.d.Arm(true)
 		}
 		select {
 		case <-r.ctx.Done():
