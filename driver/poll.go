@@ -132,6 +132,16 @@ func (d *Device) HandleIRQ(fired uint64) (handled bool) {
 	return d.popped != before || d.broken() || (d.nvec == 0 && config)
 }
 
+// Fail stops the device for good because its interrupt can no longer be
+// waited for (the function was taken away: /dev/uioN reports an error).
+// Every port is removed and Done closes with err, as when the driver's own
+// event loop loses its interrupt.
+func (d *Device) Fail(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.fatalLocked(fmt.Errorf("driver: wait for interrupt: %w", err))
+}
+
 // ReportViolation counts and reports a device violation seen by the loop
 // (an interrupt storm), rate-limited like the driver's own.
 func (d *Device) ReportViolation(err error) {

@@ -273,6 +273,10 @@ func (l *Loop) run() {
 		for _, ev := range l.evs[:n] {
 			switch ev.Fd {
 			case tagIRQ:
+				if ev.Events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+					l.irqFailed(int(ev.Pad))
+					continue
+				}
 				fired |= 1 << min(ev.Pad, 63)
 			case tagCmd:
 				stop = l.commands() || stop
@@ -296,6 +300,23 @@ func (l *Loop) run() {
 			l.irq(l.dev.HandleIRQ(fired))
 		}
 	}
+}
+
+// irqFailed handles an interrupt descriptor that reports an error: the
+// function went away under the agent (uio_pci_generic unbound: /dev/uioN
+// then fails every read). The device is failed, which removes its ports and
+// ends their clients; the descriptors are no longer watched.
+func (l *Loop) irqFailed(i int) {
+	var b [8]byte
+	_, err := unix.Read(l.irqFDs[i], b[:])
+	if err == nil || err == unix.EAGAIN {
+		err = fmt.Errorf("descriptor %d reports an error", i)
+	}
+	l.log.Error("pump: the interrupt failed; the device stops", "err", err)
+	for _, fd := range l.irqFDs {
+		unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, fd, nil)
+	}
+	l.dev.Fail(err)
 }
 
 // commands takes the queued commands; it reports a stop.
