@@ -11,6 +11,7 @@ type loopCounters struct {
 	spinHits, spinMisses, spinNanos atomic.Uint64
 	peeks                           atomic.Uint64
 	irqSpurious, irqStorms          atomic.Uint64
+	policySwitches                  atomic.Uint64
 }
 
 // portCounters are one port's loop counters, kept across its clients.
@@ -42,6 +43,7 @@ func (l *Loop) Counters() map[string]uint64 {
 		"peeks":         s.peeks.Load(),
 		"irq_spurious":  s.irqSpurious.Load(),
 		"irq_storms":    s.irqStorms.Load(),
+		"batch_toggles": s.policySwitches.Load(),
 		"interrupts":    ds.Interrupts,
 		"kicks":         ds.Kicks,
 		"unmasks":       ds.Unmasks,

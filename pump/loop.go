@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,6 +78,10 @@ type Loop struct {
 
 	stats loopCounters
 	storm stormState
+	// SCHED_BATCH while streaming (batch.go).
+	batch, batchBroken bool
+	noBatch            bool
+	small              int // small transfers in a row while batched
 }
 
 // New starts the loop of dev, which must have been opened with
@@ -236,6 +241,14 @@ func (l *Loop) portCounters(id uint32) *portCounters {
 // due soon, arm the interrupts, and only then sleep in epoll_wait.
 func (l *Loop) run() {
 	defer close(l.done)
+	// The thread's scheduling policy follows the traffic (batch.go).
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer func() {
+		if l.batch {
+			l.setPolicy(false)
+		}
+	}()
 	// Whatever the device signalled before the loop watched: handled as
 	// if every descriptor had fired.
 	l.dev.HandleIRQ(^uint64(0))
@@ -432,6 +445,9 @@ func (l *Loop) serve(c *client) (progress bool) {
 		if n > 0 {
 			progress = true
 			c.spin.reply(nanotime(), false)
+			if !l.noBatch {
+				l.batchMode(n)
+			}
 		}
 		if err != nil {
 			l.end(c, err)
@@ -457,6 +473,9 @@ func (l *Loop) serve(c *client) (progress bool) {
 	if n > 0 {
 		progress = true
 		c.pc.sends.Add(1)
+		if !l.noBatch {
+			l.batchMode(n)
+		}
 		if c.spin.sent(n, nanotime()) {
 			l.spinOn = c
 		}
