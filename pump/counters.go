@@ -5,13 +5,15 @@ import "sync/atomic"
 // loopCounters explain the loop's numbers: how often it ran, slept and
 // woke, and what for. Written by the loop goroutine, read by Counters.
 type loopCounters struct {
-	passes, sleeps, epollWaits      atomic.Uint64
-	irqWakes, cmdWakes, wakes       atomic.Uint64
-	clientEvents, armPending        atomic.Uint64
-	spinHits, spinMisses, spinNanos atomic.Uint64
-	peeks                           atomic.Uint64
-	irqSpurious, irqStorms          atomic.Uint64
-	policySwitches                  atomic.Uint64
+	passes, sleeps, epollWaits       atomic.Uint64
+	irqWakes, cmdWakes, wakes        atomic.Uint64
+	clientEvents, armPending         atomic.Uint64
+	spinHits, spinMisses, spinNanos  atomic.Uint64
+	peeks                            atomic.Uint64
+	irqSpurious, irqStorms           atomic.Uint64
+	policySwitches                   atomic.Uint64
+	epollPolls                       atomic.Uint64
+	clientPollHits, clientPollMisses atomic.Uint64
 }
 
 // portCounters are one port's loop counters, kept across its clients.
@@ -29,24 +31,27 @@ func (l *Loop) Counters() map[string]uint64 {
 	s := &l.stats
 	ds := l.dev.Stats()
 	return map[string]uint64{
-		"passes":        s.passes.Load(),
-		"sleeps":        s.sleeps.Load(),
-		"epoll_waits":   s.epollWaits.Load(),
-		"irq_wakes":     s.irqWakes.Load(),
-		"cmd_wakes":     s.cmdWakes.Load(),
-		"wake_writes":   s.wakes.Load(),
-		"client_events": s.clientEvents.Load(),
-		"arm_pending":   s.armPending.Load(),
-		"spin_hits":     s.spinHits.Load(),
-		"spin_misses":   s.spinMisses.Load(),
-		"spin_us":       s.spinNanos.Load() / 1000,
-		"peeks":         s.peeks.Load(),
-		"irq_spurious":  s.irqSpurious.Load(),
-		"irq_storms":    s.irqStorms.Load(),
-		"batch_toggles": s.policySwitches.Load(),
-		"interrupts":    ds.Interrupts,
-		"kicks":         ds.Kicks,
-		"unmasks":       ds.Unmasks,
+		"passes":             s.passes.Load(),
+		"sleeps":             s.sleeps.Load(),
+		"epoll_waits":        s.epollWaits.Load(),
+		"irq_wakes":          s.irqWakes.Load(),
+		"cmd_wakes":          s.cmdWakes.Load(),
+		"wake_writes":        s.wakes.Load(),
+		"client_events":      s.clientEvents.Load(),
+		"arm_pending":        s.armPending.Load(),
+		"spin_hits":          s.spinHits.Load(),
+		"spin_misses":        s.spinMisses.Load(),
+		"spin_us":            s.spinNanos.Load() / 1000,
+		"peeks":              s.peeks.Load(),
+		"irq_spurious":       s.irqSpurious.Load(),
+		"irq_storms":         s.irqStorms.Load(),
+		"batch_toggles":      s.policySwitches.Load(),
+		"epoll_polls":        s.epollPolls.Load(),
+		"client_poll_hits":   s.clientPollHits.Load(),
+		"client_poll_misses": s.clientPollMisses.Load(),
+		"interrupts":         ds.Interrupts,
+		"kicks":              ds.Kicks,
+		"unmasks":            ds.Unmasks,
 	}
 }
 

@@ -81,7 +81,10 @@ type Loop struct {
 	// SCHED_BATCH while streaming (batch.go).
 	batch, batchBroken bool
 	noBatch            bool
-	small              int // small transfers in a row while batched
+	// Client polling on more than one vCPU (clientpoll.go).
+	cpoll    spinner
+	cpollDue bool
+	small    int // small transfers in a row while batched
 }
 
 // New starts the loop of dev, which must have been opened with
@@ -110,6 +113,7 @@ func newLoop(dev *driver.Device, opts Options) (_ *Loop, err error) {
 		clients: map[int32]*client{},
 		byPort:  map[uint32]*client{},
 		evs:     make([]unix.EpollEvent, 64),
+		cpoll:   newSpinner(opts.Poll),
 	}
 	defer func() {
 		if err != nil {
@@ -253,6 +257,7 @@ func (l *Loop) run() {
 	// if every descriptor had fired.
 	l.dev.HandleIRQ(^uint64(0))
 	for {
+		polled := 0
 		for {
 			if l.pass() {
 				continue
@@ -267,52 +272,72 @@ func (l *Loop) run() {
 				l.stats.armPending.Add(1)
 				continue
 			}
+			// On more than one vCPU the client's next request may come
+			// while this one is still awake: look for it without sleeping.
+			if n := l.pollClients(); n > 0 {
+				polled = n
+				break
+			}
 			break
 		}
-		l.stats.sleeps.Add(1)
-		n, err := unix.EpollWait(l.ep, l.evs, l.storm.timeout())
-		l.stats.epollWaits.Add(1)
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			l.log.Error("pump: epoll_wait failed; the data plane stops", "err", err)
-			l.stopAll(fmt.Errorf("pump: epoll_wait: %w", err))
-			return
-		}
-		l.dev.Disarm()
-		var fired uint64
-		stop := false
-		for _, ev := range l.evs[:n] {
-			switch ev.Fd {
-			case tagIRQ:
-				if ev.Events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
-					l.irqFailed(int(ev.Pad))
+		n := polled
+		if n == 0 {
+			l.stats.sleeps.Add(1)
+			var err error
+			n, err = unix.EpollWait(l.ep, l.evs, l.storm.timeout())
+			l.stats.epollWaits.Add(1)
+			if err != nil {
+				if err == unix.EINTR {
 					continue
 				}
-				fired |= 1 << min(ev.Pad, 63)
-			case tagCmd:
-				stop = l.commands() || stop
-			case tagClient:
-				if c := l.clients[ev.Pad]; c != nil {
-					l.stats.clientEvents.Add(1)
-					c.events(ev.Events)
-				}
+				l.log.Error("pump: epoll_wait failed; the data plane stops", "err", err)
+				l.stopAll(fmt.Errorf("pump: epoll_wait: %w", err))
+				return
 			}
 		}
-		if stop {
+		if l.events(n) {
 			l.stopAll(ErrClosed)
 			return
 		}
-		if l.storm.muted && nanotime() >= l.storm.until {
-			l.unmute()
-			fired = ^uint64(0)
-		}
-		if fired != 0 {
-			l.stats.irqWakes.Add(1)
-			l.irq(l.dev.HandleIRQ(fired))
+	}
+}
+
+// events handles what epoll_wait returned in l.evs[:n]; it reports a stop.
+func (l *Loop) events(n int) (stop bool) {
+	l.dev.Disarm()
+	var fired uint64
+	for _, ev := range l.evs[:n] {
+		switch ev.Fd {
+		case tagIRQ:
+			if ev.Events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+				l.irqFailed(int(ev.Pad))
+				continue
+			}
+			fired |= 1 << min(ev.Pad, 63)
+		case tagCmd:
+			stop = l.commands() || stop
+		case tagClient:
+			if c := l.clients[ev.Pad]; c != nil {
+				l.stats.clientEvents.Add(1)
+				c.events(ev.Events)
+				// A request that came while the loop slept still teaches
+				// the client poll how soon requests follow replies.
+				l.cpoll.reply(nanotime(), false)
+			}
 		}
 	}
+	if stop {
+		return true
+	}
+	if l.storm.muted && nanotime() >= l.storm.until {
+		l.unmute()
+		fired = ^uint64(0)
+	}
+	if fired != 0 {
+		l.stats.irqWakes.Add(1)
+		l.irq(l.dev.HandleIRQ(fired))
+	}
+	return false
 }
 
 // irqFailed handles an interrupt descriptor that reports an error: the
@@ -448,6 +473,7 @@ func (l *Loop) serve(c *client) (progress bool) {
 			if !l.noBatch {
 				l.batchMode(n)
 			}
+			l.replied(n)
 		}
 		if err != nil {
 			l.end(c, err)
