@@ -102,8 +102,19 @@
 // non-console port is disconnected, since QEMU discards such bytes. The
 // steady-state data path makes no allocations.
 //
-// One goroutine (event.go) waits in IRQ.Wait, reads the ISR for INTx,
-// unmasks, and drains every queue; idle, it costs nothing. With MSI-X,
+// Two ways to drive a device. By default one goroutine (event.go) waits in
+// IRQ.Wait, reads the ISR for INTx, unmasks, and drains every queue; idle,
+// it costs nothing. With Config.ExternalLoop the driver starts no goroutine
+// and offers its poll face instead (poll.go): a loop that owns the
+// interrupt descriptors (IRQFDs, from a PollIRQ) calls HandleIRQ, Poll,
+// Disarm and Arm (NAPI: data interrupts off while it works, re-armed and
+// re-checked before it sleeps; INTx masked until then), and moves bytes
+// with RecvTo and SendFrom, which do the caller's non-blocking vectored
+// I/O under the driver's lock; package pump is that loop. Port events are
+// coalesced (one PortChanged per port waits at a time; PortAdded and
+// PortRemoved are never dropped), device-driven log lines are rate-limited
+// (ratelog.go), and control messages are copied out of device memory
+// before they are parsed. With MSI-X,
 // vector 0 carries configuration changes and both control queues, and the
 // data queues of port id p sit on vector 1 + p mod (n-1) (setupVectors,
 // queueVector): with QEMU's default of two vectors all data shares vector

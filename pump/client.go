@@ -33,7 +33,6 @@ type client struct {
 
 	spin spinner
 	iov  [maxIov]unix.Iovec
-	err  error // a read or write error, reported when the client ends
 }
 
 // ReadBuffers is readv(2) into bufs for SendFrom: 0 and no error when the
