@@ -46,6 +46,23 @@ func TestParseRunValues(t *testing.T) {
 	}
 }
 
+func TestParseRunPoll(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "adaptive"},
+		{[]string{"--poll", "adaptive"}, "adaptive"},
+		{[]string{"--poll", "off"}, "off"},
+		{[]string{"--poll", "200us"}, "200µs"},
+	} {
+		cfg, err := parseRun(c.args, io.Discard)
+		if err != nil || cfg.Poll.String() != c.want {
+			t.Errorf("%v: poll %v, %v; want %s", c.args, cfg.Poll, err, c.want)
+		}
+	}
+}
+
 func TestParseRunConsole(t *testing.T) {
 	cfg, err := parseRun(nil, io.Discard)
 	if err != nil || cfg.Agent.Console.PTY || cfg.Agent.Console.Exec != nil {
@@ -81,6 +98,9 @@ func TestParseRunRejects(t *testing.T) {
 		{[]string{"--max-ports", "40000"}, "--max-ports 40000"},
 		{[]string{"--max-ports", "many"}, "invalid argument"},
 		{[]string{"--log-level", "loud"}, `--log-level "loud"`},
+		{[]string{"--poll", "sometimes"}, `--poll "sometimes": want adaptive, off or a duration`},
+		{[]string{"--poll", "1h"}, "at most 10ms"},
+		{[]string{"--poll", "-5us"}, "above 0"},
 		{[]string{"--sysfs", ""}, "--sysfs: empty"},
 		{[]string{"--frobnicate"}, "unknown flag"},
 		{[]string{"--console-exec", " "}, "--console-exec: empty command"},

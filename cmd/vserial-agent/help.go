@@ -66,6 +66,11 @@ another program listens on, e.g. qemu-ga --method=unix-listen, and redials
 with backoff), pty, or ignore (no socket, never opened towards the host); a
 socket path, owner, group and mode.
 
+One loop per device moves every port's bytes between its socket client and
+the device (docs/data-plane.md). After a small request it polls for the reply
+before sleeping (--poll adaptive: a budget learnt per port, never while idle
+or streaming; off: interrupts only; or a fixed budget such as 200us).
+
 SIGTERM or SIGINT shut down cleanly: clients see end of file, the host sees
 every port closed, the device is reset, the sockets are removed and the
 function goes back to the driver it had; exit 0. A second signal kills.
@@ -74,6 +79,7 @@ Examples:
   vserial-agent run
   vserial-agent run --device 0000:00:03.0 --socket-dir /run/vserial --socket-mode 0600
   vserial-agent run --log-level debug
+  vserial-agent run --poll off
   vserial-agent run --bind vfio
   vserial-agent run --port 'org.qemu.guest_agent.0 mode=connect target=/run/qga.sock'
   vserial-agent run --config /etc/vserial.conf --ignore org.example.unused
