@@ -176,7 +176,7 @@ type Device struct {
 	fwdDone    chan struct{}
 
 	mu         sync.Mutex
-	queues     []*ring.Queue // by queue number; nil where not set up
+	queues     []virtqueue // by queue number; nil where not set up
 	ctrlRxBufs []dma.Region
 	ctrlRxHead []int32 // head → index in ctrlRxBufs
 	ctrlTxMem  dma.Region
@@ -729,7 +729,7 @@ func (d *Device) queueCount() int {
 // hot-plugged ports work) and the slots of the ports that have queues.
 func (d *Device) allocQueuesLocked() error {
 	n := d.queueCount()
-	d.queues = make([]*ring.Queue, n)
+	d.queues = make([]virtqueue, n)
 	layout := ring.Modern
 	if d.t.Legacy() {
 		layout = ring.Legacy

@@ -75,7 +75,7 @@ type txBuf struct {
 type slot struct {
 	id       uint32
 	rxq, txq uint16
-	rx, tx   *ring.Queue
+	rx, tx   virtqueue
 
 	rxBufs   []rxBuf
 	rxByHead []int32 // used head → index in rxBufs, -1 if none
