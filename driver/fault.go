@@ -1,0 +1,103 @@
+package driver
+
+// Device faults: violations that are counted and isolated, faults that reset
+// the device (within a budget), and failures that stop it.
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vserial/vserial/ring"
+)
+
+// portError wraps a ring violation with the port and queue it hit; a nil
+// err means the device returned a buffer on a queue where none was posted.
+func portError(s *slot, queue string, err error) error {
+	if err == nil {
+		err = fmt.Errorf("%w: used buffer on an empty queue", ring.ErrDeviceProtocol)
+	}
+	return &portFault{id: s.id, queue: queue, err: err}
+}
+
+type portFault struct {
+	id    uint32
+	queue string
+	err   error
+}
+
+func (e *portFault) Error() string { return fmt.Sprintf("port %d %s: %v", e.id, e.queue, e.err) }
+
+func (e *portFault) Unwrap() error { return e.err }
+
+// --- control queues ---
+
+// violationLocked counts and logs a device protocol violation that does not
+// need a reset (the message or the port is isolated instead).
+func (d *Device) violationLocked(err error, p *Port) {
+	d.stats.Violations++
+	if p != nil {
+		p.stats.Violations++
+	}
+	// A hostile device must not flood the log: the first ones are logged,
+	// then one in a thousand with the running count.
+	if n := d.stats.Violations; n <= 32 || n%1000 == 0 {
+		d.log.Warn("virtio-console: device protocol violation", "err", err, "violations", n)
+		d.emitDeviceLocked(PortEvent{Port: p, Kind: ProtocolViolation, Err: err, Violations: n})
+	}
+}
+
+// faultLocked recovers from a device fault by resetting and
+// re-initialising the device, within a budget of resets per minute; past
+// it, or if re-initialisation keeps failing, the device is failed.
+func (d *Device) faultLocked(cause error) {
+	if d.broken() || d.recovering {
+		return
+	}
+	d.recovering = true
+	defer func() { d.recovering = false }()
+	for {
+		d.stats.Violations++
+		var pf *portFault
+		if errors.As(cause, &pf) && pf.id < uint32(len(d.slots)) {
+			if s := d.slots[pf.id]; s != nil && s.port != nil {
+				s.port.stats.Violations++
+			}
+		}
+		now := time.Now()
+		keep := d.resetTimes[:0]
+		for _, t := range d.resetTimes {
+			if now.Sub(t) < resetWindow {
+				keep = append(keep, t)
+			}
+		}
+		d.resetTimes = keep
+		if len(d.resetTimes) >= d.maxResets {
+			d.fatalLocked(fmt.Errorf("driver: device failed: %d resets within %v, last: %w", len(d.resetTimes), resetWindow, cause))
+			return
+		}
+		d.resetTimes = append(d.resetTimes, now)
+		d.stats.Resets++
+		d.log.Warn("virtio-console: device fault, resetting", "err", cause, "resets", d.stats.Resets)
+		d.emitDeviceLocked(PortEvent{Kind: DeviceReset, Err: cause, Violations: d.stats.Violations})
+		err := d.bringUpLocked(false)
+		if err == nil {
+			return
+		}
+		cause = err
+	}
+}
+
+// fatalLocked stops the device for good: it is reset so that it no longer
+// touches memory, every port is removed and Done closes with err.
+func (d *Device) fatalLocked(err error) {
+	if d.broken() {
+		return
+	}
+	d.log.Error("virtio-console: device failed", "err", err)
+	if rerr := d.t.Reset(); rerr != nil {
+		d.log.Warn("virtio-console: reset failed device", "err", rerr)
+	}
+	d.failed = true
+	d.stopLocked(err)
+}
