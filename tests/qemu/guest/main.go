@@ -60,7 +60,7 @@ func init() {
 		"sink":         {"sink PATH N [count] [ready]", sink},
 		"source":       {"source PATH N SEED [block]", source},
 		"echo":         {"echo PATH", echo},
-		"pingpong":     {"pingpong PATH COUNT", pingpong},
+		"pingpong":     {"pingpong PATH COUNT [samples]", pingpong},
 		"cputime":      {"cputime PID", cputime},
 		"sleep":        {"sleep SECONDS", sleep},
 		"ls":           {"ls DIR...", ls},
@@ -78,6 +78,14 @@ func init() {
 		"signal":       {"signal PID SIGNUM", signal},
 		"minish":       {"minish", minish},
 		"ptyxfer":      {"ptyxfer PATH N SEED", ptyXfer},
+		"calib":        {"calib PINGS ITERATIONS", calib},
+		"calib-peer":   {"calib-peer", calibPeer},
+		"msink":        {"msink N PATH...", msink},
+		"msource":      {"msource N SEED PATH...", msource},
+		"trickle":      {"trickle PATH COUNT INTERVAL_US", trickle},
+		"hold":         {"hold READYFILE SECONDS PATH...", hold},
+		"procsnap":     {"procsnap PID ADDR", procsnap},
+		"wait-nochild": {"wait-nochild PID SECONDS", waitNoChild},
 		"poweroff":     {"poweroff", func([]string) error { return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) }},
 		"help":         {"help", help},
 	}
@@ -576,10 +584,16 @@ func echo(args []string) error {
 }
 
 // pingpong sends one byte and waits for it to come back, COUNT times, and
-// prints the round-trip statistics. The host side echoes.
+// prints the round-trip statistics. The host side echoes. With "samples"
+// it also prints every round trip, in µs (samples_us=12.3,45.6,...), so
+// that the host can pool the samples of several runs.
 func pingpong(args []string) error {
+	withSamples := len(args) == 3 && args[2] == "samples"
+	if withSamples {
+		args = args[:2]
+	}
 	if len(args) != 2 {
-		return errors.New("usage: pingpong PATH COUNT")
+		return errors.New("usage: pingpong PATH COUNT [samples]")
 	}
 	count, err := strconv.Atoi(args[1])
 	if err != nil || count <= 0 {
@@ -607,8 +621,15 @@ func pingpong(args []string) error {
 		}
 	}
 	var sum time.Duration
+	var samples []string
 	for _, d := range rtts {
 		sum += d
+		if withSamples {
+			samples = append(samples, strconv.FormatFloat(float64(d)/1e3, 'f', 1, 64))
+		}
+	}
+	if withSamples {
+		fmt.Fprintf(stdout, "samples_us=%s\n", strings.Join(samples, ","))
 	}
 	slices.Sort(rtts)
 	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
