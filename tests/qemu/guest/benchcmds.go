@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,10 +37,13 @@ import (
 //	proc_pipe_p50_us      the same over two pipes
 //	thread_unix_p50_us    the same between two threads of this process
 //	thread_pipe_p50_us
+//	proc_unix_go_p50_us   proc_unix with both sides reading and writing
+//	                      through Go's poller (net.Conn), as the
+//	                      benchmark's clients and a Go relay do
 //
-// Each ping-pong also prints its mean (…_mean_us). The fds are blocking
-// and both sides use plain read(2) and write(2), so the figures are the
-// kernel's and the CPU's, not Go's poller's.
+// Each ping-pong also prints its mean (…_mean_us). Except for the last,
+// the fds are blocking and both sides use plain read(2) and write(2), so
+// the figures are the kernel's and the CPU's, not Go's poller's.
 func calib(args []string) error {
 	if len(args) != 2 {
 		return errors.New("usage: calib PINGS ITERATIONS")
@@ -108,6 +112,13 @@ func calib(args []string) error {
 		put(c.name+"_p50_us", p50)
 		put(c.name+"_mean_us", mean)
 	}
+	rtts, err := pingPollerPeer(pings)
+	if err != nil {
+		return fmt.Errorf("proc_unix_go: %w", err)
+	}
+	p50, mean := medianMean(rtts)
+	put("proc_unix_go_p50_us", p50)
+	put("proc_unix_go_mean_us", mean)
 	fmt.Fprintln(stdout, strings.Join(out, " "))
 	return nil
 }
@@ -188,9 +199,71 @@ func pingPeer(count int, proc, socket bool) ([]float64, error) {
 	return rtts, errors.Join(err, wait())
 }
 
+// pingPollerPeer is pingPeer between two processes over a socketpair,
+// both sides going through Go's poller.
+func pingPollerPeer(count int) ([]float64, error) {
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	theirs := os.NewFile(uintptr(sp[1]), "peer")
+	cmd := exec.Command("/proc/self/exe", "calib-peer", "poller")
+	cmd.Args[0] = "vsguest"
+	cmd.ExtraFiles = []*os.File{theirs}
+	cmd.Stderr = os.Stderr
+	err = cmd.Start()
+	theirs.Close()
+	mine := os.NewFile(uintptr(sp[0]), "mine")
+	defer mine.Close()
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.FileConn(mine) // a non-blocking duplicate in the poller
+	if err != nil {
+		return nil, errors.Join(err, cmd.Wait())
+	}
+	rtts := make([]float64, count)
+	b := []byte{0}
+	for i := range count {
+		t0 := time.Now()
+		if _, err = c.Write(b); err != nil {
+			break
+		}
+		if _, err = io.ReadFull(c, b); err != nil {
+			break
+		}
+		rtts[i] = float64(time.Since(t0)) / 1e3
+	}
+	c.Close()
+	mine.Close() // the peer sees end of file
+	return rtts, errors.Join(err, cmd.Wait())
+}
+
 // calibPeer is the other process of calib's process ping-pongs: it echoes
-// what it reads on fd 3 to fd 4 until end of file.
-func calibPeer([]string) error { return echoFDs(3, 4) }
+// what it reads on fd 3 to fd 4 until end of file; with "poller", what it
+// reads on the socket at fd 3 back to it, through Go's poller.
+func calibPeer(args []string) error {
+	if len(args) == 1 && args[0] == "poller" {
+		c, err := net.FileConn(os.NewFile(3, "peer"))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		buf := make([]byte, 64)
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				if _, werr := c.Write(buf[:n]); werr != nil {
+					return werr
+				}
+			}
+			if err != nil {
+				return nil // end of file: the ping-pong is over
+			}
+		}
+	}
+	return echoFDs(3, 4)
+}
 
 func echoFDs(in, out int) error {
 	buf := make([]byte, 64)

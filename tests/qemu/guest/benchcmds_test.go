@@ -15,8 +15,8 @@ import (
 // TestMain lets calib's process ping-pongs re-execute this test binary as
 // the peer (/proc/self/exe calib-peer), as the guest helper does.
 func TestMain(m *testing.M) {
-	if len(os.Args) == 2 && os.Args[1] == "calib-peer" {
-		if err := calibPeer(nil); err != nil {
+	if len(os.Args) >= 2 && os.Args[1] == "calib-peer" {
+		if err := calibPeer(os.Args[2:]); err != nil {
 			os.Exit(1)
 		}
 		os.Exit(0)
@@ -31,7 +31,7 @@ func TestCalibPrintsEveryFigure(t *testing.T) {
 	}
 	m := kv(out.String())
 	for _, k := range []string{"getppid_us", "copy_us_per_kib", "pipecopy_us_per_kib",
-		"proc_unix_p50_us", "proc_pipe_p50_us", "thread_unix_p50_us", "thread_pipe_p50_us", "thread_pipe_mean_us"} {
+		"proc_unix_p50_us", "proc_pipe_p50_us", "thread_unix_p50_us", "thread_pipe_p50_us", "thread_pipe_mean_us", "proc_unix_go_p50_us"} {
 		if v, err := strconv.ParseFloat(m[k], 64); err != nil || v <= 0 {
 			t.Errorf("%s = %q in %q", k, m[k], out)
 		}

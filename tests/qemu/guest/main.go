@@ -79,7 +79,7 @@ func init() {
 		"minish":       {"minish", minish},
 		"ptyxfer":      {"ptyxfer PATH N SEED", ptyXfer},
 		"calib":        {"calib PINGS ITERATIONS", calib},
-		"calib-peer":   {"calib-peer", calibPeer},
+		"calib-peer":   {"calib-peer [poller]", calibPeer},
 		"msink":        {"msink N PATH...", msink},
 		"msource":      {"msource N SEED PATH...", msource},
 		"trickle":      {"trickle PATH COUNT INTERVAL_US", trickle},
