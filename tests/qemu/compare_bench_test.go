@@ -636,16 +636,23 @@ func (s *suite) multiToGuest(se *session, n int64) (float64, error) {
 		})
 	}
 	out, err := p.Wait(s.ctx)
-	if err != nil {
+	if err := s.collect(err, &wg, errs); err != nil {
+		return 0, err
+	}
+	return strconv.ParseFloat(ParseKV(out)["mbps"], 64)
+}
+
+// collect waits for the host side of a phase on every port (wg, each
+// goroutine's error in errs); when the guest side failed (guestErr), it
+// first unblocks them.
+func (s *suite) collect(guestErr error, wg *sync.WaitGroup, errs []error) error {
+	if guestErr != nil {
 		for _, c := range s.conns {
 			_ = c.SetDeadline(time.Unix(1, 0))
 		}
 	}
 	wg.Wait()
-	if err := errors.Join(err, errors.Join(errs...)); err != nil {
-		return 0, err
-	}
-	return strconv.ParseFloat(ParseKV(out)["mbps"], 64)
+	return errors.Join(guestErr, errors.Join(errs...))
 }
 
 // multiFromGuest has the guest write n bytes to every port at once
@@ -665,13 +672,7 @@ func (s *suite) multiFromGuest(se *session, n int64) (float64, error) {
 		})
 	}
 	_, err := s.g.Run(s.ctx, append([]string{"msource", strconv.FormatInt(n, 10), strconv.Itoa(seed)}, se.paths...)...)
-	if err != nil {
-		for _, c := range s.conns {
-			_ = c.SetDeadline(time.Unix(1, 0))
-		}
-	}
-	wg.Wait()
-	if err := errors.Join(err, errors.Join(errs...)); err != nil {
+	if err := s.collect(err, &wg, errs); err != nil {
 		return 0, err
 	}
 	first := slices.MinFunc(firsts, func(a, b time.Time) int { return a.Compare(b) })

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -517,16 +516,9 @@ func procsnap(args []string) error {
 }
 
 func procCounters(dir string) ([]string, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "stat"))
+	f, err := procStat(dir)
 	if err != nil {
 		return nil, err
-	}
-	// Fields after the command name, which is in parentheses and may hold
-	// spaces: utime is field 14, stime 15 (proc(5)).
-	i := bytes.LastIndexByte(b, ')')
-	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || len(f) < 13 {
-		return nil, fmt.Errorf("malformed stat %q", b)
 	}
 	kv := []string{"utime_ticks=" + f[11], "stime_ticks=" + f[12]}
 	tasks, err := os.ReadDir(filepath.Join(dir, "task"))
@@ -649,12 +641,7 @@ func children(pid string) ([]string, error) {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(b, ')')
-		if f := strings.Fields(string(b[i+1:])); i >= 0 && len(f) > 1 && f[1] == pid {
+		if f, err := procStat(filepath.Join("/proc", e.Name())); err == nil && f[1] == pid {
 			kids = append(kids, e.Name())
 		}
 	}

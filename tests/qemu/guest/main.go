@@ -645,19 +645,9 @@ func cputime(args []string) error {
 	if len(args) != 1 {
 		return errors.New("usage: cputime PID")
 	}
-	b, err := os.ReadFile("/proc/" + args[0] + "/stat")
+	f, err := procStat("/proc/" + args[0])
 	if err != nil {
 		return err
-	}
-	// Fields after the command name, which is in parentheses and may hold
-	// spaces: state is field 3, utime 14, stime 15 (proc(5)).
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return fmt.Errorf("malformed stat %q", b)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return fmt.Errorf("malformed stat %q", b)
 	}
 	const clkTck = 100 // USER_HZ on x86 Linux
 	ut, err1 := strconv.ParseUint(f[11], 10, 64)
@@ -667,6 +657,26 @@ func cputime(args []string) error {
 	}
 	fmt.Fprintf(stdout, "utime_s=%.2f stime_s=%.2f\n", float64(ut)/clkTck, float64(st)/clkTck)
 	return nil
+}
+
+// procStat returns the fields of DIR/stat (DIR: /proc/PID) after the
+// command name, which is in parentheses and may hold spaces: f[0] is the
+// state (field 3 of proc(5)), f[1] the parent's pid, f[11] utime (field
+// 14), f[12] stime.
+func procStat(dir string) ([]string, error) {
+	b, err := os.ReadFile(dir + "/stat")
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("malformed stat %q", b)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return nil, fmt.Errorf("malformed stat %q", b)
+	}
+	return f, nil
 }
 
 func signal(args []string) error {
