@@ -166,6 +166,13 @@ func runSuite(b *testing.B, opts Options, bind string, cfg benchConfig) {
 	fmt.Fprintf(&s.out, "%s, %d vCPU, agent --bind %s, function %s; %d MiB each way and %d round trips per round, %d rounds per arm after a warm-up\n",
 		b.Name(), max(opts.CPUs, 1), bind, s.addr, cfg.Bytes>>20, cfg.RTTs, cfg.Rounds)
 
+	// A failed run still shows what it measured up to the failure.
+	published := false
+	defer func() {
+		if !published {
+			fmt.Printf("==== %s (incomplete: the run failed)\n%s", b.Name(), s.out.String())
+		}
+	}()
 	b.ResetTimer()
 	cal0 := s.calibrate("before")
 	main := s.mainRounds()
@@ -175,6 +182,7 @@ func runSuite(b *testing.B, opts Options, bind string, cfg benchConfig) {
 	cal1 := s.calibrate("after")
 	b.StopTimer()
 	s.publish(s.summary(main, cal0, cal1))
+	published = true
 }
 
 // publish writes the whole report to standard output (the testing
@@ -691,8 +699,10 @@ func (s *suite) trickles() {
 	}{{"default", nil}, {"--poll off", []string{"--poll", "off"}}} {
 		v, err := s.trickle(c.name, c.extra...)
 		var exited *errAgentExited
+		var usage *ExitError
 		switch {
-		case errors.As(err, &exited) && c.extra != nil:
+		case errors.As(err, &exited) && errors.As(exited.err, &usage) && usage.Code == 2 && c.extra != nil:
+			// Exit status 2: a usage error, the flag is not there (yet).
 			s.printf("  %s: skipped, the agent does not take it: %s\n", c.name, firstLine(exited.output))
 			continue
 		case err != nil:
