@@ -414,34 +414,49 @@ func (s *suite) close(se *session) error {
 	return nil
 }
 
-// snap reads the counters of an arm: the agent's CPU time and context
-// switches, the device's interrupt lines and, for A, every "counters"
-// object in `vserial-agent list --json`. A failure costs the counters,
-// not the run.
-func (s *suite) snap(se *session) counterSet {
-	out, err := s.g.Run(s.ctx, "procsnap", strconv.Itoa(se.pid()), s.addr)
-	if err != nil {
-		s.printf("  (procsnap: %v)\n", err)
+// snap reads the counters of an arm between two phases: for the phase
+// that ends (end) and for the one that begins (begin). They are the
+// agent's CPU time and context switches, the device's interrupt lines
+// and, for A, every "counters" object in `vserial-agent list --json`.
+// The agent answers list itself, so its CPU is read before and after the
+// query, and the query's cost falls in neither phase. A failure costs the
+// counters, not the run.
+func (s *suite) snap(se *session) (end, begin counterSet) {
+	proc := func() counterSet {
+		out, err := s.g.Run(s.ctx, "procsnap", strconv.Itoa(se.pid()), s.addr)
+		if err != nil {
+			s.printf("  (procsnap: %v)\n", err)
+		}
+		return procCounters(out)
 	}
-	c := procCounters(out)
+	end = proc()
 	if se.agent == nil {
-		return c
+		return end, end
 	}
+	list := s.agentCounters()
+	begin = proc()
+	maps.Copy(end, list)
+	maps.Copy(begin, list)
+	return end, begin
+}
+
+// agentCounters reads every "counters" object of `vserial-agent list
+// --json`.
+func (s *suite) agentCounters() counterSet {
 	js, err := s.g.Run(s.ctx, AgentPath, "list", "--json", "--socket-dir", AgentSocketDir)
 	if err != nil {
 		s.printf("  (list --json: %v)\n", err)
-		return c
+		return nil
 	}
 	var raw json.RawMessage // the first JSON value; anything after it is log
 	if err := json.NewDecoder(strings.NewReader(js)).Decode(&raw); err != nil {
 		s.printf("  (list --json: %v)\n", err)
-		return c
+		return nil
 	}
-	lc, err := listCounters(raw)
+	c, err := listCounters(raw)
 	if err != nil {
 		s.printf("  (%v)\n", err)
 	}
-	maps.Copy(c, lc)
 	return c
 }
 
@@ -509,7 +524,7 @@ func roundLabel(r int) string {
 func (s *suite) measure(se *session) (roundResult, error) {
 	rr := roundResult{arm: se.arm}
 	conn, p := s.conns[0], se.paths[0]
-	c0 := s.snap(se)
+	_, b0 := s.snap(se)
 	tr, err := benchToGuest(s.ctx, s.g, conn, p, s.cfg.Bytes)
 	if err != nil {
 		return rr, fmt.Errorf("host→guest: %w", err)
@@ -518,7 +533,7 @@ func (s *suite) measure(se *session) (roundResult, error) {
 	if err := s.settle(se); err != nil {
 		return rr, err
 	}
-	c1 := s.snap(se)
+	e1, b1 := s.snap(se)
 	if tr, err = benchFromGuest(s.ctx, s.g, conn, p, s.cfg.Bytes, 7); err != nil {
 		return rr, fmt.Errorf("guest→host: %w", err)
 	}
@@ -526,15 +541,15 @@ func (s *suite) measure(se *session) (roundResult, error) {
 	if err := s.settle(se); err != nil {
 		return rr, err
 	}
-	c2 := s.snap(se)
+	e2, b2 := s.snap(se)
 	if _, rr.rtt, err = PingPongSamples(s.ctx, s.g, conn, p, s.cfg.RTTs); err != nil {
 		return rr, fmt.Errorf("round trips: %w", err)
 	}
 	if err := s.settle(se); err != nil {
 		return rr, err
 	}
-	c3 := s.snap(se)
-	rr.phases = [3]counterSet{c1.sub(c0), c2.sub(c1), c3.sub(c2)}
+	e3, _ := s.snap(se)
+	rr.phases = [3]counterSet{e1.sub(b0), e2.sub(b1), e3.sub(b2)}
 	return rr, nil
 }
 
@@ -756,9 +771,11 @@ func (s *suite) trickle(name string, extra ...string) (float64, error) {
 		return 0, err
 	}
 	time.Sleep(trickleSettle)
-	c0, n0 := s.snap(se), got.Load()
+	_, c0 := s.snap(se)
+	n0 := got.Load()
 	time.Sleep(trickleWindow)
-	c1, n1 := s.snap(se), got.Load()
+	n1 := got.Load()
+	c1, _ := s.snap(se)
 	if _, err := p.Wait(s.ctx); err != nil {
 		return 0, err
 	}
@@ -797,9 +814,9 @@ func (s *suite) idle() {
 		s.b.Fatalf("idle: clients: %v", err)
 	}
 	time.Sleep(500 * time.Millisecond)
-	c0 := s.snap(se)
+	_, c0 := s.snap(se)
 	time.Sleep(idleWindow)
-	c1 := s.snap(se)
+	c1, _ := s.snap(se)
 	_ = hold.Signal(s.ctx, 15)
 	_, _ = hold.Wait(s.ctx) // killed: not an error
 	if err := s.close(se); err != nil {
