@@ -108,8 +108,13 @@ func TestProcCountersAndDeltas(t *testing.T) {
 	if len(d) != len(want) {
 		t.Errorf("deltas %v", d)
 	}
-	if got := formatCounters(counterSet{"x.counters.kicks": 0, "x.counters.spins": 4, "irq 9 a": 3, "vcsw": 1, "cpu_ms": 10}, 2); got != "cpu_ms 5, vcsw 0.5, irq 9 a 1.5, x.counters.spins 2" {
-		t.Errorf("formatCounters = %q", got)
+	lines := formatCounters(counterSet{
+		"p[a].counters.kicks": 0, "p[a].counters.spins": 4, "p[b].counters.spins": 4, "p[c].counters.spins": 6,
+		"p[a].counters.loop": 8, "p[b].counters.loop": 8, "p[c].counters.loop": 8, "p[c].counters.sends": 2,
+		"p[d].counters.kicks": 0, "irq 9 a": 3, "vcsw": 1, "cpu_ms": 10}, 2)
+	wantLines := []string{"cpu_ms 5, vcsw 0.5, irq 9 a 1.5", "in all 3: loop 4", "p[a] = p[b]: spins 2", "p[c]: sends 1, spins 3"}
+	if !slices.Equal(lines, wantLines) {
+		t.Errorf("formatCounters = %q, want %q", lines, wantLines)
 	}
 	if got := abba("KSA", 0) + abba("KSA", 1) + abba("KSA", 2); got != "KSAASKKSA" {
 		t.Errorf("abba order %q", got)

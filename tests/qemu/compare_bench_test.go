@@ -562,19 +562,19 @@ func (s *suite) printPhases(rr roundResult) {
 		per  float64
 		unit string
 	}{{"host→guest", mib, "MiB"}, {"guest→host", mib, "MiB"}, {"round trips", float64(s.cfg.RTTs), "round trip"}} {
-		if line := formatCounters(rr.phases[i], ph.per); line != "" {
-			s.printf("      %c %s, per %s: %s\n", rr.arm, ph.name, ph.unit, line)
-		}
+		s.printCounters("      ", fmt.Sprintf("%c %s, per %s: ", rr.arm, ph.name, ph.unit), rr.phases[i], ph.per)
 	}
 }
 
-// formatCounters prints every counter divided by per: the process's CPU
-// and context switches and the interrupt lines always, the agent's own
-// counters when they moved.
-func formatCounters(c counterSet, per float64) string {
-	var f []string
+// formatCounters prints every counter divided by per. The first line has
+// the process's CPU and context switches and the interrupt lines; then
+// the agent's counters that moved, by owner of the "counters" object (a
+// port, a device), the field names without the owner's path. Fields with
+// the same figure in every owner (a device's counters repeated on each of
+// its ports) come once, on a line of their own; owners left with the same
+// figures share a line.
+func formatCounters(c counterSet, per float64) []string {
 	keys := c.keys()
-	// The process's own figures first, then interrupts, then the agent's.
 	rank := map[string]int{"cpu_ms": 0, "sched_ms": 1, "vcsw": 2, "ivcsw": 3}
 	order := func(k string) int {
 		if r, ok := rank[k]; ok {
@@ -586,14 +586,77 @@ func formatCounters(c counterSet, per float64) string {
 		return 5
 	}
 	slices.SortStableFunc(keys, func(a, b string) int { return order(a) - order(b) })
+	type field struct{ name, text string }
+	var base, owners []string
+	fields := map[string][]field{}
 	for _, k := range keys {
 		v := c[k]
-		if v == 0 && strings.Contains(k, "counters") {
+		owner, name, ok := strings.Cut(k, ".counters.")
+		if !ok {
+			base = append(base, fmt.Sprintf("%s %.4g", k, v/per))
 			continue
 		}
-		f = append(f, fmt.Sprintf("%s %.4g", k, v/per))
+		if v == 0 {
+			continue
+		}
+		if fields[owner] == nil {
+			owners = append(owners, owner)
+		}
+		fields[owner] = append(fields[owner], field{name, fmt.Sprintf("%s %.4g", name, v/per)})
 	}
-	return strings.Join(f, ", ")
+	lines := []string{strings.Join(base, ", ")}
+	// Fields every owner has with the same figure.
+	common := map[string]bool{}
+	if len(owners) > 1 {
+		count := map[string]int{}
+		for _, o := range owners {
+			for _, f := range fields[o] {
+				count[f.text]++
+			}
+		}
+		var shared []string
+		for _, f := range fields[owners[0]] {
+			if count[f.text] == len(owners) {
+				common[f.text] = true
+				shared = append(shared, f.text)
+			}
+		}
+		if len(shared) > 0 {
+			lines = append(lines, fmt.Sprintf("in all %d: %s", len(owners), strings.Join(shared, ", ")))
+		}
+	}
+	var figures []string
+	sharing := map[string][]string{}
+	for _, o := range owners {
+		var rest []string
+		for _, f := range fields[o] {
+			if !common[f.text] {
+				rest = append(rest, f.text)
+			}
+		}
+		if len(rest) == 0 {
+			continue
+		}
+		f := strings.Join(rest, ", ")
+		if sharing[f] == nil {
+			figures = append(figures, f)
+		}
+		sharing[f] = append(sharing[f], o)
+	}
+	for _, f := range figures {
+		lines = append(lines, strings.Join(sharing[f], " = ")+": "+f)
+	}
+	return lines
+}
+
+// printCounters prints formatCounters' lines after head, the owners'
+// lines indented below it.
+func (s *suite) printCounters(indent, head string, c counterSet, per float64) {
+	lines := formatCounters(c, per)
+	s.printf("%s%s%s\n", indent, head, lines[0])
+	for _, l := range lines[1:] {
+		s.printf("%s    %s\n", indent, l)
+	}
 }
 
 // ---- eight ports at once ----
@@ -793,7 +856,7 @@ func (s *suite) trickle(name string, extra ...string) (float64, error) {
 	}
 	msgs := float64(n1 - n0)
 	d := c1.sub(c0)
-	s.printf("  %s: %.0f messages in the window; per message: %s\n", name, msgs, formatCounters(d, msgs))
+	s.printCounters("  ", fmt.Sprintf("%s: %.0f messages in the window; per message: ", name, msgs), d, msgs)
 	if msgs == 0 {
 		return math.NaN(), nil
 	}
@@ -823,7 +886,7 @@ func (s *suite) idle() {
 		s.b.Fatalf("idle: %v", err)
 	}
 	d := c1.sub(c0)
-	s.printf("\nidle, %d clients connected and the host connected, over %v: %s\n", len(se.paths), idleWindow, formatCounters(d, 1))
+	s.printCounters("\n", fmt.Sprintf("idle, %d clients connected and the host connected, over %v: ", len(se.paths), idleWindow), d, 1)
 	s.b.ReportMetric(d["cpu_ms"]/1e3, "idle-cpu-s")
 }
 
