@@ -113,32 +113,14 @@ func benchFromGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath stri
 	}
 	rc := make(chan result, 1)
 	go func() {
-		buf := make([]byte, 256<<10)
-		var got int64
-		var first time.Time
-		for got < n {
-			k, err := conn.Read(buf[:min(int64(len(buf)), n-got)])
-			if k > 0 && got == 0 {
-				first = time.Now()
-			}
-			for i := 0; i < k; {
-				off := int((got + int64(i)) % int64(len(block)))
-				run := min(k-i, len(block)-off)
-				if !bytes.Equal(buf[i:i+run], block[off:off+run]) {
-					rc <- result{err: fmt.Errorf("data differs from the pattern within bytes [%d,%d)", got+int64(i), got+int64(i+run))}
-					return
-				}
-				i += run
-			}
-			got += int64(k)
-			if err != nil {
-				rc <- result{err: fmt.Errorf("host read after %d of %d bytes: %w", got, n, err)}
-				return
-			}
+		first, last, err := readBlocks(conn, n, block)
+		if err != nil {
+			rc <- result{err: err}
+			return
 		}
-		tr := Transfer{Bytes: got, SHA256: "none", Secs: time.Since(first).Seconds()}
+		tr := Transfer{Bytes: n, SHA256: "none", Secs: last.Sub(first).Seconds()}
 		if tr.Secs > 0 {
-			tr.MBps = float64(got) / tr.Secs / 1e6
+			tr.MBps = float64(n) / tr.Secs / 1e6
 		}
 		rc <- result{tr: tr}
 	}()
@@ -150,4 +132,30 @@ func benchFromGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath stri
 	}
 	r := <-rc
 	return r.tr, r.err
+}
+
+// readBlocks reads n bytes from conn, checks that they repeat block, and
+// returns when the first and the last byte arrived.
+func readBlocks(conn net.Conn, n int64, block []byte) (first, last time.Time, err error) {
+	buf := make([]byte, 256<<10)
+	var got int64
+	for got < n {
+		k, err := conn.Read(buf[:min(int64(len(buf)), n-got)])
+		if k > 0 && got == 0 {
+			first = time.Now()
+		}
+		for i := 0; i < k; {
+			off := int((got + int64(i)) % int64(len(block)))
+			run := min(k-i, len(block)-off)
+			if !bytes.Equal(buf[i:i+run], block[off:off+run]) {
+				return first, last, fmt.Errorf("data differs from the pattern within bytes [%d,%d)", got+int64(i), got+int64(i+run))
+			}
+			i += run
+		}
+		got += int64(k)
+		if err != nil {
+			return first, last, fmt.Errorf("host read after %d of %d bytes: %w", got, n, err)
+		}
+	}
+	return first, time.Now(), nil
 }

@@ -2,117 +2,971 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
+	"math"
+	"net"
+	"os"
+	"path"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"text/tabwriter"
 	"time"
 )
 
-// BenchmarkKernelVsAgent measures one port with the in-kernel driver, then
-// hands the device to vserial-agent in the same boot and measures the same
-// port through the agent's socket, once per binding, and reports
-// agent/kernel ratios:
+// BenchmarkKernelVsAgent compares, in one guest boot, three ways for a
+// guest program to reach a port, in interleaved rounds:
 //
-//	go test -run '^$' -bench KernelVsAgent -benchtime 1x ./tests/qemu/
+//	K  the in-kernel virtio_console driver's /dev/vportNpM, directly
+//	S  the in-kernel driver behind `socat UNIX-LISTEN:PATH,fork /dev/vportNpM`
+//	   (Debian's socat): the socket users have today
+//	A  vserial-agent's socket
 //
-// One sub-benchmark per guest. uio: the plain guest, agent on
-// uio_pci_generic (INTx). vfio-type1: the IOMMU guest, agent on VFIO type1
-// (MSI-X, IOMMU). noiommu: the no-IOMMU guest, agent on VFIO no-IOMMU
-// (MSI-X) and then on uio (INTx), so MSI-X and INTx meet on the same device
-// in the same boot.
+// The guest programs are the same Go clients for all three (sink, source,
+// pingpong of tests/qemu/guest). Run it alone on the host:
+//
+//	go test -run '^$' -bench KernelVsAgent -benchtime 1x -timeout 120m ./tests/qemu/
+//
+// One sub-benchmark per binding and vCPU count: uio-1cpu, uio-2cpu (the
+// plain guest, agent on uio_pci_generic) and vfio-type1-1cpu,
+// vfio-type1-2cpu (the IOMMU guest, agent on VFIO type1). Each boots once
+// and runs, in order:
+//
+//  1. a calibration of the guest (calib: a syscall, a copy, process and
+//     thread ping-pongs);
+//  2. the main rounds: one warm-up round per arm, then VSERIAL_BENCH_ROUNDS
+//     (default 5) rounds per arm in ABBA order (K S A | A S K | K S A …);
+//     each round moves VSERIAL_BENCH_MIB MiB (default 16) host→guest, as
+//     many guest→host, and VSERIAL_BENCH_RTTS (default 1000) one-byte
+//     round trips. The agent is started with --device for its round (it
+//     takes the function from virtio-pci) and stopped with SIGTERM after
+//     it (it gives the function back);
+//  3. eight ports streaming at once, K against A, each direction
+//     separately, in the same ABBA rounds;
+//  4. a one-way trickle (1 byte every ms, no replies) through the agent,
+//     with its default polling and with --poll off;
+//  5. idle: the agent with eight connected clients and the host connected,
+//     over 5 s;
+//  6. the calibration again.
+//
+// docs/benchmarks.md explains every line of the output.
 func BenchmarkKernelVsAgent(b *testing.B) {
-	for _, c := range []struct {
-		name     string
-		opts     Options
-		bindings []string
-	}{
-		{"uio", Options{}, []string{"uio"}},
-		{"vfio-type1", Options{IOMMU: true, Modules: []string{"vfio-pci", "vfio_iommu_type1"}}, []string{"vfio"}},
-		{"noiommu", Options{NoIOMMUVFIO: true}, []string{"vfio", "uio"}},
-	} {
-		b.Run(c.name, func(b *testing.B) { benchKernelVsAgent(b, c.opts, c.bindings) })
-	}
-}
-
-func benchKernelVsAgent(b *testing.B, opts Options, bindings []string) {
-	opts.Ports, opts.MaxPorts = []Port{{Name: benchPort}}, 2
-	opts.Files = append(opts.Files, BuildAgent(b))
-	g := Boot(b, opts)
-	dev := kernelPorts(b, g)[benchPort]
-	if dev == "" {
-		b.Fatalf("port %s not found in the guest", benchPort)
-	}
-	ctx, cancel := context.WithTimeout(b.Context(), 30*time.Minute)
-	defer cancel()
-	conn := g.DialPort(b, benchPort)
-	kernel, err := MeasurePort(ctx, g, conn, dev, MeasureConfig{})
+	cfg, err := benchConfigFromEnv()
 	if err != nil {
-		b.Fatalf("kernel driver: %v", err)
-	}
-	b.Logf("kernel %s: %s", dev, kernel)
-
-	if _, err := ReleaseKernelDriver(ctx, g); err != nil {
 		b.Fatal(err)
 	}
-	sock := AgentSocket(benchPort)
-	var ms []Measurement
-	b.ResetTimer()
-	for _, bind := range bindings {
-		agent, err := StartAgent(ctx, g, "--log-level", "info", "--bind", bind)
-		if err != nil {
-			b.Fatal(err)
+	for _, c := range []struct {
+		name string
+		opts Options
+		bind string
+	}{
+		{"uio", Options{}, "uio"},
+		{"vfio-type1", Options{IOMMU: true, Modules: []string{"vfio-pci", "vfio_iommu_type1"}}, "vfio"},
+	} {
+		for _, cpus := range []int{1, 2} {
+			b.Run(fmt.Sprintf("%s-%dcpu", c.name, cpus), func(b *testing.B) {
+				opts := c.opts
+				opts.CPUs = cpus
+				runSuite(b, opts, c.bind, cfg)
+			})
 		}
-		if err := g.WaitPath(ctx, sock, 30*time.Second); err != nil {
-			if agent.Exited() {
-				out, err := agent.Wait(ctx)
-				b.Fatalf("vserial-agent --bind %s exited: %v\n%s", bind, err, out)
-			}
-			b.Fatalf("vserial-agent --bind %s is running but published no socket: %v", bind, err)
-		}
-		var m Measurement
-		for range b.N {
-			if m, err = MeasurePort(ctx, g, conn, sock, MeasureConfig{}); err != nil {
-				b.Fatalf("vserial-agent --bind %s: %v", bind, err)
-			}
-		}
-		if err := agent.Signal(ctx, 15); err != nil {
-			b.Error(err)
-		}
-		out, err := agent.Wait(ctx)
-		if err != nil {
-			b.Errorf("agent exit: %v\n%s", err, out)
-		}
-		b.Logf("agent --bind %s (%s) %s: %s", bind, openedAs(out), sock, m)
-		ms = append(ms, m)
 	}
-	b.StopTimer()
-	for i, bind := range bindings {
-		m := ms[i]
-		b.ReportMetric(m.HostToGuest.MBps/kernel.HostToGuest.MBps, "h2g-"+bind+"/kernel")
-		b.ReportMetric(m.GuestToHost.MBps/kernel.GuestToHost.MBps, "g2h-"+bind+"/kernel")
-		b.ReportMetric(m.RoundTrips.MeanUS/kernel.RoundTrips.MeanUS, "rtt-"+bind+"/kernel")
-		b.ReportMetric(m.HostToGuest.MBps, bind+"-h2g-MB/s")
-		b.ReportMetric(m.GuestToHost.MBps, bind+"-g2h-MB/s")
-		b.ReportMetric(m.RoundTrips.MeanUS, bind+"-rtt-mean-µs")
-	}
-	b.ReportMetric(kernel.HostToGuest.MBps, "kernel-h2g-MB/s")
-	b.ReportMetric(kernel.GuestToHost.MBps, "kernel-g2h-MB/s")
-	b.ReportMetric(kernel.RoundTrips.MeanUS, "kernel-rtt-mean-µs")
 }
 
-// openedAs picks how the agent opened its function out of its log: the
-// VFIO mode and vector count, or uio.
-func openedAs(log string) string {
-	for line := range strings.Lines(log) {
-		if strings.Contains(line, `msg="vfio: opened"`) {
-			kv := map[string]string{}
-			for _, f := range strings.Fields(line) {
-				if k, v, ok := strings.Cut(f, "="); ok {
-					kv[k] = v
-				}
-			}
-			return fmt.Sprintf("vfio %s, %s MSI-X vectors", kv["mode"], kv["msix_vectors"])
+// Environment variables that size the benchmark (a smoke run:
+// VSERIAL_BENCH_MIB=1 VSERIAL_BENCH_RTTS=50 VSERIAL_BENCH_ROUNDS=1).
+const (
+	EnvBenchMiB    = "VSERIAL_BENCH_MIB"
+	EnvBenchRTTs   = "VSERIAL_BENCH_RTTS"
+	EnvBenchRounds = "VSERIAL_BENCH_ROUNDS"
+	// EnvBenchReport names a file the report is appended to.
+	EnvBenchReport = "VSERIAL_BENCH_REPORT"
+)
+
+type benchConfig struct {
+	Bytes  int64 // each way, per round, on the main port
+	RTTs   int   // per round
+	Rounds int   // measured rounds per arm, after one warm-up round
+}
+
+func benchConfigFromEnv() (benchConfig, error) {
+	num := func(name string, def int) (int, error) {
+		v := os.Getenv(name)
+		if v == "" {
+			return def, nil
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return 0, fmt.Errorf("%s=%q: want a positive integer", name, v)
+		}
+		return n, nil
+	}
+	mib, err1 := num(EnvBenchMiB, 16)
+	rtts, err2 := num(EnvBenchRTTs, 1000)
+	rounds, err3 := num(EnvBenchRounds, 5)
+	return benchConfig{Bytes: int64(mib) << 20, RTTs: rtts, Rounds: rounds}, errors.Join(err1, err2, err3)
+}
+
+const (
+	benchPorts    = 8
+	socatSocket   = "/tmp/socat.sock"
+	calibPings    = 1000
+	calibIters    = 100000
+	trickleCount  = 3000 // one per ms: 3 s
+	trickleSettle = time.Second
+	trickleWindow = 1500 * time.Millisecond
+	idleWindow    = 5 * time.Second
+)
+
+// suite is one boot's benchmark.
+type suite struct {
+	b     *testing.B
+	ctx   context.Context
+	g     *Guest
+	cfg   benchConfig
+	bind  string   // the agent's --bind
+	addr  string   // the function's PCI address
+	names []string // port names; names[0] is the main port
+	conns []*net.UnixConn
+	out   strings.Builder // the report, logged at the end
+}
+
+func runSuite(b *testing.B, opts Options, bind string, cfg benchConfig) {
+	s := &suite{b: b, cfg: cfg, bind: bind}
+	for i := range benchPorts {
+		name := benchPort
+		if i > 0 {
+			name += "." + strconv.Itoa(i+1)
+		}
+		s.names = append(s.names, name)
+		opts.Ports = append(opts.Ports, Port{Name: name})
+	}
+	opts.MaxPorts = benchPorts + 1
+	opts.Socat = true
+	opts.Files = append(opts.Files, BuildAgent(b))
+	s.g = Boot(b, opts)
+	ctx, cancel := context.WithTimeout(b.Context(), 100*time.Minute)
+	defer cancel()
+	s.ctx = ctx
+	kernelPorts(b, s.g) // loads virtio_pci and virtio_console
+	addrs, err := s.functions()
+	if err != nil || len(addrs) != 1 {
+		b.Fatalf("want one function on virtio-pci, got %v (%v)", addrs, err)
+	}
+	s.addr = addrs[0]
+	for _, n := range s.names {
+		s.conns = append(s.conns, s.g.DialPort(b, n))
+	}
+	fmt.Fprintf(&s.out, "%s, %d vCPU, agent --bind %s, function %s; %d MiB each way and %d round trips per round, %d rounds per arm after a warm-up\n",
+		b.Name(), max(opts.CPUs, 1), bind, s.addr, cfg.Bytes>>20, cfg.RTTs, cfg.Rounds)
+
+	// A failed run still shows what it measured up to the failure.
+	published := false
+	defer func() {
+		if !published {
+			fmt.Printf("==== %s (incomplete: the run failed)\n%s", b.Name(), s.out.String())
+		}
+	}()
+	b.ResetTimer()
+	cal0 := s.calibrate("before")
+	main := s.mainRounds()
+	s.multiRounds()
+	s.trickles()
+	s.idle()
+	cal1 := s.calibrate("after")
+	b.StopTimer()
+	s.publish(s.summary(main, cal0, cal1))
+	published = true
+}
+
+// publish writes the whole report to standard output (the testing
+// package keeps only the first ten lines of a benchmark's log) and, when
+// VSERIAL_BENCH_REPORT names a file, appends it there; the summary table
+// also goes to the benchmark's log.
+func (s *suite) publish(table string) {
+	report := fmt.Sprintf("==== %s (%s)\n%s", s.b.Name(), time.Now().UTC().Format(time.RFC3339), s.out.String())
+	fmt.Print(report)
+	if name := os.Getenv(EnvBenchReport); name != "" {
+		f, err := os.OpenFile(name, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err == nil {
+			_, err = f.WriteString(report)
+			err = errors.Join(err, f.Close())
+		}
+		if err != nil {
+			s.b.Errorf("%s: %v", EnvBenchReport, err)
 		}
 	}
-	return "uio, INTx"
+	s.b.Log(table)
+}
+
+// functions lists the PCI functions the in-kernel virtio-pci driver holds.
+func (s *suite) functions() ([]string, error) {
+	out, err := s.g.Run(s.ctx, "ls", "/sys/bus/pci/drivers/virtio-pci")
+	var addrs []string
+	for _, name := range strings.Fields(out) {
+		if strings.Count(name, ":") == 2 {
+			addrs = append(addrs, name)
+		}
+	}
+	return addrs, err
+}
+
+func (s *suite) printf(format string, args ...any) { fmt.Fprintf(&s.out, format, args...) }
+
+// hostLoad is the host's 1-minute load average, for the round lines.
+func hostLoad() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
+}
+
+// ---- calibration ----
+
+type calibration map[string]float64
+
+func (s *suite) calibrate(when string) calibration {
+	out, err := s.g.Run(s.ctx, "calib", strconv.Itoa(calibPings), strconv.Itoa(calibIters))
+	if err != nil {
+		s.b.Fatalf("calibration: %v", err)
+	}
+	c := calibration{}
+	for k, v := range ParseKV(out) {
+		if x, err := strconv.ParseFloat(v, 64); err == nil {
+			c[k] = x
+		}
+	}
+	s.printf("calibration (%s): getppid %.2f µs; copy %.2f µs/KiB, through a pipe %.2f µs/KiB; 1-byte round trip p50 (mean): processes over a Unix socket %.0f µs (%.0f), over pipes %.0f µs (%.0f); threads over a Unix socket %.0f µs (%.0f), over pipes %.0f µs (%.0f); processes over a Unix socket through Go's poller %.0f µs (%.0f)\n",
+		when, c["getppid_us"], c["copy_us_per_kib"], c["pipecopy_us_per_kib"],
+		c["proc_unix_p50_us"], c["proc_unix_mean_us"], c["proc_pipe_p50_us"], c["proc_pipe_mean_us"],
+		c["thread_unix_p50_us"], c["thread_unix_mean_us"], c["thread_pipe_p50_us"], c["thread_pipe_mean_us"],
+		c["proc_unix_go_p50_us"], c["proc_unix_go_mean_us"])
+	return c
+}
+
+// ---- arms ----
+
+// session is one arm set up in the guest: the paths a guest program
+// opens for each port, and what runs for it.
+type session struct {
+	arm   byte
+	paths []string // per port; for S only the main port's is the relay
+	agent *Proc    // A
+	socat *Proc    // S
+}
+
+// pid is the process whose CPU time and context switches are counted:
+// the agent's, none for the other arms.
+func (se *session) pid() int {
+	if se.agent != nil {
+		return se.agent.Pid
+	}
+	return 0
+}
+
+// open sets up an arm. For A, extra are more `run` flags; an agent that
+// exits at once (a flag it does not know) gives ErrAgentExited with its
+// output.
+func (s *suite) open(arm byte, extra ...string) (*session, error) {
+	se := &session{arm: arm}
+	if arm == 'A' {
+		args := append([]string{"--log-level", "info", "--bind", s.bind, "--device", s.addr}, extra...)
+		p, err := StartAgent(s.ctx, s.g, args...)
+		if err != nil {
+			return nil, err
+		}
+		se.agent = p
+		for _, n := range s.names {
+			se.paths = append(se.paths, AgentSocket(n))
+		}
+		if err := s.waitAgent(p, se.paths); err != nil {
+			return nil, err
+		}
+		return se, nil
+	}
+	devs, err := s.vports()
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range s.names {
+		se.paths = append(se.paths, devs[n])
+	}
+	if arm == 'S' {
+		p, err := s.g.Start(s.ctx, SocatPath, "UNIX-LISTEN:"+socatSocket+",fork,unlink-early", se.paths[0])
+		if err != nil {
+			return nil, err
+		}
+		se.socat = p
+		if err := s.g.WaitPath(s.ctx, socatSocket, 30*time.Second); err != nil {
+			return nil, fmt.Errorf("socat: %w", err)
+		}
+		se.paths[0] = socatSocket
+	}
+	return se, nil
+}
+
+// errAgentExited is an agent that stopped before it published its
+// sockets.
+type errAgentExited struct {
+	err    error
+	output string
+}
+
+func (e *errAgentExited) Error() string {
+	return fmt.Sprintf("vserial-agent exited before publishing its ports: %v\n%s", e.err, e.output)
+}
+
+func (s *suite) waitAgent(p *Proc, paths []string) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for _, sock := range paths {
+		for {
+			err := s.g.WaitPath(s.ctx, sock, time.Second)
+			if err == nil {
+				break
+			}
+			if p.Exited() {
+				out, werr := p.Wait(s.ctx)
+				return &errAgentExited{werr, out}
+			}
+			if s.ctx.Err() != nil || time.Now().After(deadline) {
+				_ = p.Signal(s.ctx, 15)
+				out, _ := p.Wait(s.ctx)
+				return fmt.Errorf("vserial-agent published no %s: %v\n%s", sock, err, out)
+			}
+		}
+	}
+	return nil
+}
+
+// vports waits until the in-kernel driver shows every port (after the
+// agent gave the function back, ports come up one by one) and returns
+// name → device.
+func (s *suite) vports() (map[string]string, error) {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, err := s.g.Run(s.ctx, "vports")
+		devs := map[string]string{}
+		for line := range strings.Lines(out) {
+			if f := strings.Fields(line); len(f) >= 2 {
+				devs[f[0]] = f[1]
+			}
+		}
+		missing := 0
+		for _, n := range s.names {
+			if devs[n] == "" {
+				missing++
+			}
+		}
+		if err == nil && missing == 0 {
+			return devs, nil
+		}
+		if time.Now().After(deadline) || s.ctx.Err() != nil {
+			return nil, fmt.Errorf("the in-kernel driver shows %d of %d ports (%v): %s", len(s.names)-missing, len(s.names), err, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// settle waits, for S, until socat's relay of the last connection has
+// exited: the device is open once at a time, and the next connection's
+// relay must be able to open it.
+func (s *suite) settle(se *session) error {
+	if se.socat == nil {
+		return nil
+	}
+	_, err := s.g.Run(s.ctx, "wait-nochild", strconv.Itoa(se.socat.Pid), "30")
+	return err
+}
+
+// close stops what open started. After the agent it makes sure the
+// function is back on virtio-pci.
+func (s *suite) close(se *session) error {
+	switch {
+	case se.socat != nil:
+		if err := s.settle(se); err != nil {
+			return err
+		}
+		if err := se.socat.Signal(s.ctx, 15); err != nil {
+			return err
+		}
+		_, _ = se.socat.Wait(s.ctx) // killed by the signal: not an error
+	case se.agent != nil:
+		if err := se.agent.Signal(s.ctx, 15); err != nil {
+			return err
+		}
+		if out, err := se.agent.Wait(s.ctx); err != nil {
+			return fmt.Errorf("vserial-agent exit: %v\n%s", err, out)
+		}
+		drv, _ := s.g.Run(s.ctx, "readlink", "/sys/bus/pci/devices/"+s.addr+"/driver")
+		if path.Base(strings.TrimSpace(drv)) != "virtio-pci" {
+			if _, err := s.g.Run(s.ctx, "write", "/sys/bus/pci/drivers/virtio-pci/bind", s.addr); err != nil {
+				return fmt.Errorf("the agent left %s on %q; binding virtio-pci: %w", s.addr, drv, err)
+			}
+		}
+	}
+	return nil
+}
+
+// snap reads the counters of an arm between two phases: for the phase
+// that ends (end) and for the one that begins (begin). They are the
+// agent's CPU time and context switches, the device's interrupt lines
+// and, for A, every "counters" object in `vserial-agent list --json`.
+// The agent answers list itself, so its CPU is read before and after the
+// query, and the query's cost falls in neither phase. A failure costs the
+// counters, not the run.
+func (s *suite) snap(se *session) (end, begin counterSet) {
+	proc := func() counterSet {
+		out, err := s.g.Run(s.ctx, "procsnap", strconv.Itoa(se.pid()), s.addr)
+		if err != nil {
+			s.printf("  (procsnap: %v)\n", err)
+		}
+		return procCounters(out)
+	}
+	end = proc()
+	if se.agent == nil {
+		return end, end
+	}
+	list := s.agentCounters()
+	begin = proc()
+	maps.Copy(end, list)
+	maps.Copy(begin, list)
+	return end, begin
+}
+
+// agentCounters reads every "counters" object of `vserial-agent list
+// --json`.
+func (s *suite) agentCounters() counterSet {
+	js, err := s.g.Run(s.ctx, AgentPath, "list", "--json", "--socket-dir", AgentSocketDir)
+	if err != nil {
+		s.printf("  (list --json: %v)\n", err)
+		return nil
+	}
+	var raw json.RawMessage // the first JSON value; anything after it is log
+	if err := json.NewDecoder(strings.NewReader(js)).Decode(&raw); err != nil {
+		s.printf("  (list --json: %v)\n", err)
+		return nil
+	}
+	c, err := listCounters(raw)
+	if err != nil {
+		s.printf("  (%v)\n", err)
+	}
+	return c
+}
+
+// ---- main rounds ----
+
+type roundResult struct {
+	arm      byte
+	h2g, g2h float64   // MB/s
+	rtt      []float64 // µs, every sample
+	// deltas of the counters over each phase: host→guest, guest→host,
+	// round trips
+	phases [3]counterSet
+}
+
+// abba is the order of the arms in round r (0 is the warm-up): the arms
+// as given, then reversed, and so on, so that each arm is as often early
+// as late and each round holds one measurement of every arm, side by
+// side.
+func abba(arms string, r int) string {
+	if r%2 == 0 {
+		return arms
+	}
+	b := []byte(arms)
+	slices.Reverse(b)
+	return string(b)
+}
+
+func (s *suite) mainRounds() map[byte][]roundResult {
+	res := map[byte][]roundResult{}
+	s.printf("\nmain port, one arm at a time (host load average at the start of each round in brackets):\n")
+	for r := 0; r <= s.cfg.Rounds; r++ {
+		for _, arm := range []byte(abba("KSA", r)) {
+			load := hostLoad()
+			se, err := s.open(arm)
+			if err != nil {
+				s.b.Fatalf("round %d %c: %v", r, arm, err)
+			}
+			rr, err := s.measure(se)
+			if err != nil {
+				s.b.Fatalf("round %d %c: %v", r, arm, err)
+			}
+			if err := s.close(se); err != nil {
+				s.b.Fatalf("round %d %c: %v", r, arm, err)
+			}
+			s.printf("  %-8s %c: host→guest %7.1f MB/s, guest→host %7.1f MB/s, round trip p50 %6.0f µs p99 %6.0f µs [load %s]\n",
+				roundLabel(r), arm, rr.h2g, rr.g2h, percentile(rr.rtt, 50), percentile(rr.rtt, 99), load)
+			if r > 0 {
+				res[arm] = append(res[arm], rr)
+				s.printPhases(rr)
+			}
+		}
+	}
+	return res
+}
+
+func roundLabel(r int) string {
+	if r == 0 {
+		return "warm-up"
+	}
+	return fmt.Sprintf("round %d", r)
+}
+
+// measure runs one round on the main port: host→guest, guest→host, round
+// trips, reading the counters before and after each.
+func (s *suite) measure(se *session) (roundResult, error) {
+	rr := roundResult{arm: se.arm}
+	conn, p := s.conns[0], se.paths[0]
+	_, b0 := s.snap(se)
+	tr, err := benchToGuest(s.ctx, s.g, conn, p, s.cfg.Bytes)
+	if err != nil {
+		return rr, fmt.Errorf("host→guest: %w", err)
+	}
+	rr.h2g = tr.MBps
+	if err := s.settle(se); err != nil {
+		return rr, err
+	}
+	e1, b1 := s.snap(se)
+	if tr, err = benchFromGuest(s.ctx, s.g, conn, p, s.cfg.Bytes, 7); err != nil {
+		return rr, fmt.Errorf("guest→host: %w", err)
+	}
+	rr.g2h = tr.MBps
+	if err := s.settle(se); err != nil {
+		return rr, err
+	}
+	e2, b2 := s.snap(se)
+	if _, rr.rtt, err = PingPongSamples(s.ctx, s.g, conn, p, s.cfg.RTTs); err != nil {
+		return rr, fmt.Errorf("round trips: %w", err)
+	}
+	if err := s.settle(se); err != nil {
+		return rr, err
+	}
+	e3, _ := s.snap(se)
+	rr.phases = [3]counterSet{e1.sub(b0), e2.sub(b1), e3.sub(b2)}
+	return rr, nil
+}
+
+// printPhases prints a round's counters: per MiB for the transfers, per
+// round trip for the round trips.
+func (s *suite) printPhases(rr roundResult) {
+	mib := float64(s.cfg.Bytes) / (1 << 20)
+	for i, ph := range []struct {
+		name string
+		per  float64
+		unit string
+	}{{"host→guest", mib, "MiB"}, {"guest→host", mib, "MiB"}, {"round trips", float64(s.cfg.RTTs), "round trip"}} {
+		s.printCounters("      ", fmt.Sprintf("%c %s, per %s: ", rr.arm, ph.name, ph.unit), rr.phases[i], ph.per)
+	}
+}
+
+// formatCounters prints every counter divided by per. The first line has
+// the process's CPU and context switches and the interrupt lines; then
+// the agent's counters that moved, by owner of the "counters" object (a
+// port, a device), the field names without the owner's path. Fields with
+// the same figure in every owner (a device's counters repeated on each of
+// its ports) come once, on a line of their own; owners left with the same
+// figures share a line.
+func formatCounters(c counterSet, per float64) []string {
+	keys := c.keys()
+	rank := map[string]int{"cpu_ms": 0, "sched_ms": 1, "vcsw": 2, "ivcsw": 3}
+	order := func(k string) int {
+		if r, ok := rank[k]; ok {
+			return r
+		}
+		if strings.HasPrefix(k, "irq ") {
+			return 4
+		}
+		return 5
+	}
+	slices.SortStableFunc(keys, func(a, b string) int { return order(a) - order(b) })
+	type field struct{ name, text string }
+	var base, owners []string
+	fields := map[string][]field{}
+	for _, k := range keys {
+		v := c[k]
+		owner, name, ok := strings.Cut(k, ".counters.")
+		if !ok {
+			base = append(base, fmt.Sprintf("%s %.4g", k, v/per))
+			continue
+		}
+		if v == 0 {
+			continue
+		}
+		if fields[owner] == nil {
+			owners = append(owners, owner)
+		}
+		fields[owner] = append(fields[owner], field{name, fmt.Sprintf("%s %.4g", name, v/per)})
+	}
+	lines := []string{strings.Join(base, ", ")}
+	// Fields every owner has with the same figure.
+	common := map[string]bool{}
+	if len(owners) > 1 {
+		count := map[string]int{}
+		for _, o := range owners {
+			for _, f := range fields[o] {
+				count[f.text]++
+			}
+		}
+		var shared []string
+		for _, f := range fields[owners[0]] {
+			if count[f.text] == len(owners) {
+				common[f.text] = true
+				shared = append(shared, f.text)
+			}
+		}
+		if len(shared) > 0 {
+			lines = append(lines, fmt.Sprintf("in all %d: %s", len(owners), strings.Join(shared, ", ")))
+		}
+	}
+	var figures []string
+	sharing := map[string][]string{}
+	for _, o := range owners {
+		var rest []string
+		for _, f := range fields[o] {
+			if !common[f.text] {
+				rest = append(rest, f.text)
+			}
+		}
+		if len(rest) == 0 {
+			continue
+		}
+		f := strings.Join(rest, ", ")
+		if sharing[f] == nil {
+			figures = append(figures, f)
+		}
+		sharing[f] = append(sharing[f], o)
+	}
+	for _, f := range figures {
+		lines = append(lines, strings.Join(sharing[f], " = ")+": "+f)
+	}
+	return lines
+}
+
+// printCounters prints formatCounters' lines after head, the owners'
+// lines indented below it.
+func (s *suite) printCounters(indent, head string, c counterSet, per float64) {
+	lines := formatCounters(c, per)
+	s.printf("%s%s%s\n", indent, head, lines[0])
+	for _, l := range lines[1:] {
+		s.printf("%s    %s\n", indent, l)
+	}
+}
+
+// ---- eight ports at once ----
+
+func (s *suite) multiRounds() {
+	perPort := max(s.cfg.Bytes/2, 64<<10)
+	s.printf("\n%d ports at once, %d KiB per port each way, aggregate MB/s:\n", benchPorts, perPort>>10)
+	agg := map[string][]float64{}
+	for r := 0; r <= s.cfg.Rounds; r++ {
+		for _, arm := range []byte(abba("KA", r)) {
+			se, err := s.open(arm)
+			if err != nil {
+				s.b.Fatalf("8 ports, round %d %c: %v", r, arm, err)
+			}
+			h2g, err := s.multiToGuest(se, perPort)
+			if err != nil {
+				s.b.Fatalf("8 ports, round %d %c: host→guest: %v", r, arm, err)
+			}
+			g2h, err := s.multiFromGuest(se, perPort)
+			if err != nil {
+				s.b.Fatalf("8 ports, round %d %c: guest→host: %v", r, arm, err)
+			}
+			if err := s.close(se); err != nil {
+				s.b.Fatalf("8 ports, round %d %c: %v", r, arm, err)
+			}
+			s.printf("  %-8s %c: host→guest %7.1f MB/s, guest→host %7.1f MB/s\n", roundLabel(r), arm, h2g, g2h)
+			if r > 0 {
+				agg[string(arm)+"h2g"] = append(agg[string(arm)+"h2g"], h2g)
+				agg[string(arm)+"g2h"] = append(agg[string(arm)+"g2h"], g2h)
+			}
+		}
+	}
+	for _, dir := range []string{"h2g", "g2h"} {
+		k, a := agg["K"+dir], agg["A"+dir]
+		sp := spreadOf(ratios(a, k))
+		s.printf("  %s: K %.1f MB/s, A %.1f MB/s (medians); A/K %s\n", dir, median(k), median(a), sp)
+		s.b.ReportMetric(sp.Med, "8port-"+dir+"-A/K")
+	}
+}
+
+// multiToGuest has the guest read n bytes from every port at once (msink)
+// while the host writes them, and returns the guest's aggregate MB/s.
+func (s *suite) multiToGuest(se *session, n int64) (float64, error) {
+	p, err := s.g.Start(s.ctx, append([]string{"msink", strconv.FormatInt(n, 10)}, se.paths...)...)
+	if err != nil {
+		return 0, err
+	}
+	block := patternBlock(3)
+	var wg sync.WaitGroup
+	errs := make([]error, len(s.conns))
+	for i, c := range s.conns {
+		done := deadline(s.ctx, c)
+		wg.Go(func() {
+			defer done()
+			for left := n; left > 0; {
+				k := min(int64(len(block)), left)
+				if _, err := c.Write(block[:k]); err != nil {
+					errs[i] = err
+					return
+				}
+				left -= k
+			}
+		})
+	}
+	out, err := p.Wait(s.ctx)
+	if err := s.collect(err, &wg, errs); err != nil {
+		return 0, err
+	}
+	return strconv.ParseFloat(ParseKV(out)["mbps"], 64)
+}
+
+// collect waits for the host side of a phase on every port (wg, each
+// goroutine's error in errs); when the guest side failed (guestErr), it
+// first unblocks them.
+func (s *suite) collect(guestErr error, wg *sync.WaitGroup, errs []error) error {
+	if guestErr != nil {
+		for _, c := range s.conns {
+			_ = c.SetDeadline(time.Unix(1, 0))
+		}
+	}
+	wg.Wait()
+	return errors.Join(guestErr, errors.Join(errs...))
+}
+
+// multiFromGuest has the guest write n bytes to every port at once
+// (msource) and returns the aggregate MB/s the host measured from the
+// first byte on any port to the last on all, every byte checked.
+func (s *suite) multiFromGuest(se *session, n int64) (float64, error) {
+	const seed = 9
+	block := patternBlock(seed)
+	var wg sync.WaitGroup
+	firsts, lasts := make([]time.Time, len(s.conns)), make([]time.Time, len(s.conns))
+	errs := make([]error, len(s.conns))
+	for i, c := range s.conns {
+		done := deadline(s.ctx, c)
+		wg.Go(func() {
+			defer done()
+			firsts[i], lasts[i], errs[i] = readBlocks(c, n, block)
+		})
+	}
+	_, err := s.g.Run(s.ctx, append([]string{"msource", strconv.FormatInt(n, 10), strconv.Itoa(seed)}, se.paths...)...)
+	if err := s.collect(err, &wg, errs); err != nil {
+		return 0, err
+	}
+	first := slices.MinFunc(firsts, func(a, b time.Time) int { return a.Compare(b) })
+	last := slices.MaxFunc(lasts, func(a, b time.Time) int { return a.Compare(b) })
+	return float64(n) * float64(len(s.conns)) / last.Sub(first).Seconds() / 1e6, nil
+}
+
+// ---- trickle and idle ----
+
+func (s *suite) trickles() {
+	s.printf("\none-way trickle, 1 byte every ms, no replies; agent CPU per message over %v after %v:\n", trickleWindow, trickleSettle)
+	var def float64
+	for _, c := range []struct {
+		name  string
+		extra []string
+	}{{"default", nil}, {"--poll off", []string{"--poll", "off"}}} {
+		v, err := s.trickle(c.name, c.extra...)
+		var exited *errAgentExited
+		var usage *ExitError
+		switch {
+		case errors.As(err, &exited) && errors.As(exited.err, &usage) && usage.Code == 2 && c.extra != nil:
+			// Exit status 2: a usage error, the flag is not there (yet).
+			s.printf("  %s: skipped, the agent does not take it: %s\n", c.name, firstLine(exited.output))
+			continue
+		case err != nil:
+			s.b.Fatalf("trickle (%s): %v", c.name, err)
+		}
+		if c.extra == nil {
+			def = v
+			s.b.ReportMetric(v, "trickle-cpu-µs/msg")
+		} else {
+			s.b.ReportMetric(v, "trickle-polloff-cpu-µs/msg")
+			s.printf("  default/off %.2f×\n", def/v)
+		}
+	}
+}
+
+func firstLine(s string) string {
+	for line := range strings.Lines(s) {
+		if line = strings.TrimSpace(line); line != "" {
+			return line
+		}
+	}
+	return ""
+}
+
+// trickle runs the trickle through an agent started with extra and
+// returns its CPU time per message in µs (from schedstat).
+func (s *suite) trickle(name string, extra ...string) (float64, error) {
+	se, err := s.open('A', extra...)
+	if err != nil {
+		return 0, err
+	}
+	conn := s.conns[0]
+	var got atomic.Int64
+	readErr := make(chan error, 1)
+	done := deadline(s.ctx, conn)
+	go func() {
+		defer done()
+		buf := make([]byte, 4096)
+		for got.Load() < trickleCount {
+			k, err := conn.Read(buf)
+			got.Add(int64(k))
+			if err != nil {
+				readErr <- err
+				return
+			}
+		}
+		readErr <- nil
+	}()
+	p, err := s.g.Start(s.ctx, "trickle", se.paths[0], strconv.Itoa(trickleCount), "1000")
+	if err != nil {
+		return 0, err
+	}
+	time.Sleep(trickleSettle)
+	_, c0 := s.snap(se)
+	n0 := got.Load()
+	time.Sleep(trickleWindow)
+	n1 := got.Load()
+	c1, _ := s.snap(se)
+	if _, err := p.Wait(s.ctx); err != nil {
+		return 0, err
+	}
+	select {
+	case err = <-readErr:
+	case <-time.After(30 * time.Second):
+		_ = conn.SetDeadline(time.Unix(1, 0))
+		err = errors.Join(errors.New("the last bytes did not arrive within 30 s"), <-readErr)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("host read after %d of %d bytes: %w", got.Load(), trickleCount, err)
+	}
+	if err := s.close(se); err != nil {
+		return 0, err
+	}
+	msgs := float64(n1 - n0)
+	d := c1.sub(c0)
+	s.printCounters("  ", fmt.Sprintf("%s: %.0f messages in the window; per message: ", name, msgs), d, msgs)
+	if msgs == 0 {
+		return math.NaN(), nil
+	}
+	return d["sched_ms"] * 1e3 / msgs, nil
+}
+
+func (s *suite) idle() {
+	se, err := s.open('A')
+	if err != nil {
+		s.b.Fatalf("idle: %v", err)
+	}
+	ready := "/tmp/idle-ready"
+	hold, err := s.g.Start(s.ctx, append([]string{"hold", ready, "60"}, se.paths...)...)
+	if err != nil {
+		s.b.Fatalf("idle: %v", err)
+	}
+	if err := s.g.WaitPath(s.ctx, ready, 30*time.Second); err != nil {
+		s.b.Fatalf("idle: clients: %v", err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	_, c0 := s.snap(se)
+	time.Sleep(idleWindow)
+	c1, _ := s.snap(se)
+	_ = hold.Signal(s.ctx, 15)
+	_, _ = hold.Wait(s.ctx) // killed: not an error
+	if err := s.close(se); err != nil {
+		s.b.Fatalf("idle: %v", err)
+	}
+	d := c1.sub(c0)
+	s.printCounters("\n", fmt.Sprintf("idle, %d clients connected and the host connected, over %v: ", len(se.paths), idleWindow), d, 1)
+	s.b.ReportMetric(d["cpu_ms"]/1e3, "idle-cpu-s")
+}
+
+// ---- summary ----
+
+// summary prints the table of the main rounds and the relay floor, and
+// returns them in short for the benchmark's log (which keeps ten lines).
+func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) string {
+	col := func(arm byte, f func(roundResult) float64) []float64 {
+		var xs []float64
+		for _, r := range res[arm] {
+			xs = append(xs, f(r))
+		}
+		return xs
+	}
+	pooled := func(arm byte) []float64 {
+		var xs []float64
+		for _, r := range res[arm] {
+			xs = append(xs, r.rtt...)
+		}
+		return xs
+	}
+	h2g := func(r roundResult) float64 { return r.h2g }
+	g2h := func(r roundResult) float64 { return r.g2h }
+	p50 := func(r roundResult) float64 { return percentile(r.rtt, 50) }
+	p99 := func(r roundResult) float64 { return percentile(r.rtt, 99) }
+
+	s.printf("\nsummary over %d rounds per arm (throughput: median of the rounds; round trips: percentiles of all samples pooled; ratios: median [min–max] of the per-round ratios):\n", s.cfg.Rounds)
+	var table strings.Builder
+	tw := tabwriter.NewWriter(&table, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "metric\tK\tS\tA\tA/K\tA/S\t\n")
+	for _, m := range []struct {
+		name, key string
+		f         func(roundResult) float64
+	}{{"host→guest MB/s", "h2g", h2g}, {"guest→host MB/s", "g2h", g2h}, {"round trip p50 µs", "rtt-p50", p50}, {"round trip p99 µs", "rtt-p99", p99}} {
+		k, sv, a := col('K', m.f), col('S', m.f), col('A', m.f)
+		abs := func(arm byte, xs []float64) float64 {
+			switch m.key {
+			case "rtt-p50":
+				return percentile(pooled(arm), 50)
+			case "rtt-p99":
+				return percentile(pooled(arm), 99)
+			}
+			return median(xs)
+		}
+		ak, as := spreadOf(ratios(a, k)), spreadOf(ratios(a, sv))
+		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.1f\t%s\t%s\t\n", m.name, abs('K', k), abs('S', sv), abs('A', a), ak, as)
+		s.b.ReportMetric(ak.Med, m.key+"-A/K")
+		s.b.ReportMetric(as.Med, m.key+"-A/S")
+	}
+	k999, s999, a999 := percentile(pooled('K'), 99.9), percentile(pooled('S'), 99.9), percentile(pooled('A'), 99.9)
+	fmt.Fprintf(tw, "round trip p99.9 µs\t%.1f\t%.1f\t%.1f\t%.2f× (pooled)\t%.2f× (pooled)\t\n", k999, s999, a999, a999/k999, a999/s999)
+	_ = tw.Flush()
+	s.out.WriteString(table.String())
+
+	kp50 := percentile(pooled('K'), 50)
+	proc := (cal0["proc_unix_p50_us"] + cal1["proc_unix_p50_us"]) / 2
+	floor := kp50 + proc
+	ap50, ap99, sp50 := percentile(pooled('A'), 50), percentile(pooled('A'), 99), percentile(pooled('S'), 50)
+	floorLine := fmt.Sprintf("A p50 %.2f× the relay floor, A p99 %.2f×, S p50 %.2f×", ap50/floor, ap99/floor, sp50/floor)
+	goProc := (cal0["proc_unix_go_p50_us"] + cal1["proc_unix_go_p50_us"]) / 2
+	s.printf("relay floor = K round trip p50 %.0f µs + process ping-pong p50 over a Unix socket %.0f µs (mean of the two calibrations) = %.0f µs; %s\n",
+		kp50, proc, floor, floorLine)
+	s.printf("  (with Go's poller on both sides of the ping-pong: %.0f µs, floor %.0f µs, A p50 %.2f× it)\n", goProc, kp50+goProc, ap50/(kp50+goProc))
+	s.b.ReportMetric(ap50/floor, "rtt-p50-A/floor")
+	s.b.ReportMetric(ap99/floor, "rtt-p99-A/floor")
+	s.b.ReportMetric(sp50/floor, "rtt-p50-S/floor")
+	// The agent's CPU (utime+stime) per MiB and per round trip, medians
+	// over its rounds.
+	mib := float64(s.cfg.Bytes) / (1 << 20)
+	cpu := func(phase int, per float64) float64 {
+		return median(col('A', func(r roundResult) float64 { return r.phases[phase]["cpu_ms"] / per }))
+	}
+	s.b.ReportMetric(cpu(0, mib), "A-cpu-ms/MiB-h2g")
+	s.b.ReportMetric(cpu(1, mib), "A-cpu-ms/MiB-g2h")
+	s.b.ReportMetric(cpu(2, float64(s.cfg.RTTs))*1e3, "A-cpu-µs/rtt")
+	for _, arm := range []byte("KSA") {
+		s.b.ReportMetric(median(col(arm, h2g)), string(arm)+"-h2g-MB/s")
+		s.b.ReportMetric(median(col(arm, g2h)), string(arm)+"-g2h-MB/s")
+		s.b.ReportMetric(percentile(pooled(arm), 50), string(arm)+"-rtt-p50-µs")
+	}
+	return fmt.Sprintf("%s (%.0f µs); the full report is on standard output\n%s", floorLine, floor, table.String())
 }

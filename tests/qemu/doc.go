@@ -39,15 +39,20 @@
 //     libnuma, liburing; about 6 MB), found in the default library
 //     directories as ld.so would without an ld.so.cache. StartQGA runs it
 //     with --method=unix-listen.
-//   - QEMU: qemu-system-x86_64 -machine q35 -accel tcg -m 512M, the serial
-//     console on QEMU's stdin/stdout, QMP on a Unix socket, the device under
-//     test virtio-serial-pci (id vs0) and one virtserialport (virtconsole
-//     with Port.Console) per Port with a listening Unix socket chardev.
+//   - socat (Options.Socat, benchmark guests only): Debian's socat and its
+//     Depends closure, fetched and carried the same way (EnsureDebTree,
+//     ELFClosure), at /usr/bin/socat.
+//   - QEMU: qemu-system-x86_64 -machine q35 -accel tcg -m 512M (-smp N with
+//     Options.CPUs), the serial console on QEMU's stdin/stdout, QMP on a
+//     Unix socket, the device under test virtio-serial-pci (id vs0) and one
+//     virtserialport (virtconsole with Port.Console) per Port with a
+//     listening Unix socket chardev.
 //
 // The helper serves commands sent over the serial console (protocol in
 // internal/wire): Guest.Run and Guest.Start run its built-ins (modprobe,
 // vports, sink, source, echo, pingpong, cputime, write, wait-path, minish,
-// ptyxfer, ...) or
+// ptyxfer, and for the benchmark calib, msink, msource, trickle, hold,
+// procsnap, wait-nochild, ...) or
 // any program in the guest. Boot once per QEMU command line and run many
 // cases in that boot: a boot to the helper takes about 2 s. At most two
 // guests run at once in a test process (Boot waits for a slot): under TCG
@@ -164,11 +169,18 @@
 //     guest program greeting each other and moving 4 MiB each way through
 //     the agent's sockets.
 //   - BenchmarkKernelDriver: MeasurePort on the in-kernel driver.
-//   - BenchmarkKernelVsAgent: the same port measured with the in-kernel
-//     driver and then, in the same boot, through vserial-agent's socket;
-//     reports agent/kernel ratios. Sub-benchmarks: uio (plain guest),
-//     vfio-type1 (IOMMU guest), noiommu (VFIO no-IOMMU, then uio, in one
-//     boot: MSI-X against INTx on the same device).
+//   - BenchmarkKernelVsAgent: in one boot per binding (uio; VFIO type1 in
+//     the IOMMU guest) and vCPU count (1, 2), interleaved ABBA rounds of
+//     three arms on the same port: the in-kernel driver's /dev/vportNpM
+//     (K), the in-kernel driver behind Debian's socat (S) and
+//     vserial-agent's socket (A); median ratios with their min–max,
+//     pooled round-trip percentiles, the relay floor, a calibration of
+//     the guest, the agent's CPU, context switches, interrupts and
+//     counters per MiB and per round trip, eight ports at once, a one-way
+//     trickle and idle CPU. docs/benchmarks.md has the method and the
+//     output explained; VSERIAL_BENCH_MIB, VSERIAL_BENCH_RTTS and
+//     VSERIAL_BENCH_ROUNDS size it, VSERIAL_BENCH_REPORT names a file the
+//     report is appended to.
 //
 // Run the benchmarks with -benchtime 1x: each call boots a guest, and a
 // measurement is long enough on its own.

@@ -83,6 +83,12 @@ type Options struct {
 	// its loader and shared libraries (about 6 MB more initramfs; see
 	// EnsureQGA). Start it with StartQGA.
 	QGA bool
+	// Socat carries Debian's socat, unmodified, at SocatPath with its
+	// loader and shared libraries (a few MB more initramfs), for the
+	// benchmark's kernel driver + socat arm.
+	Socat bool
+	// CPUs is QEMU's -smp; 0 keeps QEMU's default (one vCPU).
+	CPUs int
 	// Modules are kernel modules to carry beyond GuestModules.
 	Modules []string
 	// Append is added to the kernel command line.
@@ -207,6 +213,13 @@ func Boot(t testing.TB, opts Options) *Guest {
 			t.Fatalf("guest qemu-ga: %v", err)
 		}
 	}
+	if opts.Socat {
+		f, err := socatFiles(cache)
+		if err != nil {
+			t.Fatalf("guest socat: %v", err)
+		}
+		qgaFiles = append(qgaFiles, f...)
+	}
 	setup := time.Since(t0)
 
 	// Short directory: socket paths must fit in sun_path (108 bytes).
@@ -309,12 +322,17 @@ func (g *Guest) commandLine(opts Options, initrd string) []string {
 	args := []string{
 		"qemu-system-x86_64",
 		"-machine", machine, "-accel", "tcg", "-m", mem,
+	}
+	if opts.CPUs > 0 {
+		args = append(args, "-smp", strconv.Itoa(opts.CPUs))
+	}
+	args = append(args,
 		"-nographic", "-no-reboot", "-nic", "none",
 		"-kernel", g.Kernel.Vmlinux, "-initrd", initrd,
-		"-append", strings.TrimSpace("console=ttyS0 panic=-1 loglevel=4 " + appendLine),
+		"-append", strings.TrimSpace("console=ttyS0 panic=-1 loglevel=4 "+appendLine),
 		"-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0", "-monitor", "none",
-		"-qmp", "unix:" + filepath.Join(g.Dir, "qmp.sock") + ",server=on,wait=off",
-	}
+		"-qmp", "unix:"+filepath.Join(g.Dir, "qmp.sock")+",server=on,wait=off",
+	)
 	if opts.IOMMU {
 		// Before the device it translates for.
 		args = append(args, "-device", "intel-iommu,intremap=on,caching-mode=on")

@@ -169,6 +169,17 @@ func ReceiveFromGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath st
 // echoed by the host on conn before the next, and returns the round trips
 // the guest measured.
 func PingPong(ctx context.Context, g *Guest, conn net.Conn, guestPath string, count int) (RoundTrips, error) {
+	rt, _, err := pingPong(ctx, g, conn, guestPath, count, false)
+	return rt, err
+}
+
+// PingPongSamples is PingPong that also returns every round trip, in µs,
+// in the order measured.
+func PingPongSamples(ctx context.Context, g *Guest, conn net.Conn, guestPath string, count int) (RoundTrips, []float64, error) {
+	return pingPong(ctx, g, conn, guestPath, count, true)
+}
+
+func pingPong(ctx context.Context, g *Guest, conn net.Conn, guestPath string, count int, samples bool) (RoundTrips, []float64, error) {
 	defer deadline(ctx, conn)()
 	echoed := make(chan error, 1)
 	go func() {
@@ -185,14 +196,18 @@ func PingPong(ctx context.Context, g *Guest, conn net.Conn, guestPath string, co
 		}
 		echoed <- nil
 	}()
-	out, err := g.Run(ctx, "pingpong", guestPath, strconv.Itoa(count))
+	argv := []string{"pingpong", guestPath, strconv.Itoa(count)}
+	if samples {
+		argv = append(argv, "samples")
+	}
+	out, err := g.Run(ctx, argv...)
 	if err != nil {
 		_ = conn.SetDeadline(time.Unix(1, 0))
 		<-echoed
-		return RoundTrips{}, err
+		return RoundTrips{}, nil, err
 	}
 	if err := <-echoed; err != nil {
-		return RoundTrips{}, fmt.Errorf("host echo: %w", err)
+		return RoundTrips{}, nil, fmt.Errorf("host echo: %w", err)
 	}
 	kv := ParseKV(out)
 	var rt RoundTrips
@@ -205,9 +220,16 @@ func PingPong(ctx context.Context, g *Guest, conn net.Conn, guestPath string, co
 	rt.Count = int(num("count"))
 	rt.MeanUS, rt.P50US, rt.P99US, rt.Max = num("mean_us"), num("p50_us"), num("p99_us"), num("max_us")
 	if err := errors.Join(errs...); err != nil {
-		return rt, fmt.Errorf("pingpong output %q: %w", out, err)
+		return rt, nil, fmt.Errorf("pingpong output %q: %w", out, err)
 	}
-	return rt, nil
+	if !samples {
+		return rt, nil, nil
+	}
+	xs, err := parseSamples(kv["samples_us"])
+	if err == nil && len(xs) != count {
+		err = fmt.Errorf("%d samples for %d round trips", len(xs), count)
+	}
+	return rt, xs, err
 }
 
 func parseTransfer(out string) (Transfer, error) {

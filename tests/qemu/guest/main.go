@@ -60,7 +60,7 @@ func init() {
 		"sink":         {"sink PATH N [count] [ready]", sink},
 		"source":       {"source PATH N SEED [block]", source},
 		"echo":         {"echo PATH", echo},
-		"pingpong":     {"pingpong PATH COUNT", pingpong},
+		"pingpong":     {"pingpong PATH COUNT [samples]", pingpong},
 		"cputime":      {"cputime PID", cputime},
 		"sleep":        {"sleep SECONDS", sleep},
 		"ls":           {"ls DIR...", ls},
@@ -78,6 +78,14 @@ func init() {
 		"signal":       {"signal PID SIGNUM", signal},
 		"minish":       {"minish", minish},
 		"ptyxfer":      {"ptyxfer PATH N SEED", ptyXfer},
+		"calib":        {"calib PINGS ITERATIONS", calib},
+		"calib-peer":   {"calib-peer [poller]", calibPeer},
+		"msink":        {"msink N PATH...", msink},
+		"msource":      {"msource N SEED PATH...", msource},
+		"trickle":      {"trickle PATH COUNT INTERVAL_US", trickle},
+		"hold":         {"hold READYFILE SECONDS PATH...", hold},
+		"procsnap":     {"procsnap PID ADDR", procsnap},
+		"wait-nochild": {"wait-nochild PID SECONDS", waitNoChild},
 		"poweroff":     {"poweroff", func([]string) error { return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) }},
 		"help":         {"help", help},
 	}
@@ -576,10 +584,16 @@ func echo(args []string) error {
 }
 
 // pingpong sends one byte and waits for it to come back, COUNT times, and
-// prints the round-trip statistics. The host side echoes.
+// prints the round-trip statistics. The host side echoes. With "samples"
+// it also prints every round trip, in µs (samples_us=12.3,45.6,...), so
+// that the host can pool the samples of several runs.
 func pingpong(args []string) error {
+	withSamples := len(args) == 3 && args[2] == "samples"
+	if withSamples {
+		args = args[:2]
+	}
 	if len(args) != 2 {
-		return errors.New("usage: pingpong PATH COUNT")
+		return errors.New("usage: pingpong PATH COUNT [samples]")
 	}
 	count, err := strconv.Atoi(args[1])
 	if err != nil || count <= 0 {
@@ -607,8 +621,15 @@ func pingpong(args []string) error {
 		}
 	}
 	var sum time.Duration
+	var samples []string
 	for _, d := range rtts {
 		sum += d
+		if withSamples {
+			samples = append(samples, strconv.FormatFloat(float64(d)/1e3, 'f', 1, 64))
+		}
+	}
+	if withSamples {
+		fmt.Fprintf(stdout, "samples_us=%s\n", strings.Join(samples, ","))
 	}
 	slices.Sort(rtts)
 	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
@@ -624,19 +645,9 @@ func cputime(args []string) error {
 	if len(args) != 1 {
 		return errors.New("usage: cputime PID")
 	}
-	b, err := os.ReadFile("/proc/" + args[0] + "/stat")
+	f, err := procStat("/proc/" + args[0])
 	if err != nil {
 		return err
-	}
-	// Fields after the command name, which is in parentheses and may hold
-	// spaces: state is field 3, utime 14, stime 15 (proc(5)).
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return fmt.Errorf("malformed stat %q", b)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return fmt.Errorf("malformed stat %q", b)
 	}
 	const clkTck = 100 // USER_HZ on x86 Linux
 	ut, err1 := strconv.ParseUint(f[11], 10, 64)
@@ -646,6 +657,26 @@ func cputime(args []string) error {
 	}
 	fmt.Fprintf(stdout, "utime_s=%.2f stime_s=%.2f\n", float64(ut)/clkTck, float64(st)/clkTck)
 	return nil
+}
+
+// procStat returns the fields of DIR/stat (DIR: /proc/PID) after the
+// command name, which is in parentheses and may hold spaces: f[0] is the
+// state (field 3 of proc(5)), f[1] the parent's pid, f[11] utime (field
+// 14), f[12] stime.
+func procStat(dir string) ([]string, error) {
+	b, err := os.ReadFile(dir + "/stat")
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("malformed stat %q", b)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return nil, fmt.Errorf("malformed stat %q", b)
+	}
+	return f, nil
 }
 
 func signal(args []string) error {

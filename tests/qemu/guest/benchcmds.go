@@ -1,0 +1,649 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vserial/vserial/tests/qemu/internal/wire"
+	"golang.org/x/sys/unix"
+)
+
+// Built-ins for BenchmarkSocketPaths: a calibration of what the guest's
+// syscalls, copies and process switches cost, clients that use several
+// ports at once, a one-way trickle, idle clients, and snapshots of a
+// process's CPU time and the device's interrupts.
+
+// calib measures, in this boot, the costs a relay is made of, and prints
+// them as key=value:
+//
+//	getppid_us            one getppid(2)
+//	copy_us_per_kib       copy() of a 64 KiB buffer, per KiB
+//	pipecopy_us_per_kib   64 KiB written into a pipe and read back, per KiB
+//	proc_unix_p50_us      1-byte round trip between two processes over a
+//	                      Unix stream socket (socketpair), median
+//	proc_pipe_p50_us      the same over two pipes
+//	thread_unix_p50_us    the same between two threads of this process
+//	thread_pipe_p50_us
+//	proc_unix_go_p50_us   proc_unix with both sides reading and writing
+//	                      through Go's poller (net.Conn), as the
+//	                      benchmark's clients and a Go relay do
+//
+// Each ping-pong also prints its mean (…_mean_us). Except for the last,
+// the fds are blocking and both sides use plain read(2) and write(2), so
+// the figures are the kernel's and the CPU's, not Go's poller's.
+func calib(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: calib PINGS ITERATIONS")
+	}
+	pings, err1 := strconv.Atoi(args[0])
+	iters, err2 := strconv.Atoi(args[1])
+	if err := errors.Join(err1, err2); err != nil || pings <= 0 || iters <= 0 {
+		return fmt.Errorf("bad counts %q", args)
+	}
+	// Two Ps, so that two goroutines locked to their threads can both sit
+	// in a blocking read on one vCPU.
+	runtime.GOMAXPROCS(max(2, runtime.GOMAXPROCS(0)))
+	var out []string
+	put := func(k string, v float64) { out = append(out, fmt.Sprintf("%s=%.3f", k, v)) }
+
+	t0 := time.Now()
+	for range iters {
+		unix.Getppid()
+	}
+	put("getppid_us", float64(time.Since(t0))/1e3/float64(iters))
+
+	src, dst := make([]byte, 64<<10), make([]byte, 64<<10)
+	for i := range src {
+		src[i] = byte(i)
+	}
+	copies := max(iters/10, 1)
+	t0 = time.Now()
+	for range copies {
+		copy(dst, src)
+		src[0]++
+	}
+	put("copy_us_per_kib", float64(time.Since(t0))/1e3/float64(copies)/64)
+
+	var p [2]int
+	if err := unix.Pipe(p[:]); err != nil {
+		return err
+	}
+	t0 = time.Now()
+	for range copies {
+		if err := writeFull(p[1], src); err != nil {
+			return err
+		}
+		if err := readFull(p[0], dst); err != nil {
+			return err
+		}
+	}
+	put("pipecopy_us_per_kib", float64(time.Since(t0))/1e3/float64(copies)/64)
+	unix.Close(p[0])
+	unix.Close(p[1])
+
+	for _, c := range []struct {
+		name   string
+		proc   bool
+		socket bool
+	}{
+		{"proc_unix", true, true},
+		{"proc_pipe", true, false},
+		{"thread_unix", false, true},
+		{"thread_pipe", false, false},
+	} {
+		rtts, err := pingPeer(pings, c.proc, c.socket)
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.name, err)
+		}
+		p50, mean := medianMean(rtts)
+		put(c.name+"_p50_us", p50)
+		put(c.name+"_mean_us", mean)
+	}
+	rtts, err := pingPollerPeer(pings)
+	if err != nil {
+		return fmt.Errorf("proc_unix_go: %w", err)
+	}
+	p50, mean := medianMean(rtts)
+	put("proc_unix_go_p50_us", p50)
+	put("proc_unix_go_mean_us", mean)
+	fmt.Fprintln(stdout, strings.Join(out, " "))
+	return nil
+}
+
+// pingPeer sends one byte and waits for it to come back, count times,
+// with a peer that echoes: another process (calib-peer) or a thread of
+// this one; over a socketpair or two pipes. It returns each round trip in
+// µs.
+func pingPeer(count int, proc, socket bool) ([]float64, error) {
+	// mine: the fds this side reads and writes; theirs: the peer's.
+	var mine, theirs [2]int
+	if socket {
+		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return nil, err
+		}
+		mine, theirs = [2]int{sp[0], sp[0]}, [2]int{sp[1], sp[1]}
+	} else {
+		var a, b [2]int // a: this side → peer, b: peer → this side
+		if err := unix.Pipe2(a[:], unix.O_CLOEXEC); err != nil {
+			return nil, err
+		}
+		if err := unix.Pipe2(b[:], unix.O_CLOEXEC); err != nil {
+			return nil, err
+		}
+		mine, theirs = [2]int{b[0], a[1]}, [2]int{a[0], b[1]}
+	}
+	closeAll := func(fds [2]int) {
+		unix.Close(fds[0])
+		if fds[1] != fds[0] {
+			unix.Close(fds[1])
+		}
+	}
+	var wait func() error
+	if proc {
+		in := os.NewFile(uintptr(theirs[0]), "peer-in")
+		outf := in
+		if theirs[1] != theirs[0] {
+			outf = os.NewFile(uintptr(theirs[1]), "peer-out")
+		}
+		cmd := exec.Command("/proc/self/exe", "calib-peer")
+		cmd.Args[0] = "vsguest"
+		cmd.ExtraFiles = []*os.File{in, outf} // fd 3 and fd 4
+		cmd.Stderr = os.Stderr
+		err := cmd.Start()
+		in.Close()
+		outf.Close() // a second Close of the same file only errs
+		if err != nil {
+			closeAll(mine)
+			return nil, err
+		}
+		wait = cmd.Wait
+	} else {
+		done := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread()
+			done <- echoFDs(theirs[0], theirs[1])
+			closeAll(theirs)
+		}()
+		wait = func() error { return <-done }
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	rtts := make([]float64, count)
+	b := []byte{0}
+	var err error
+	for i := range count {
+		t0 := time.Now()
+		if err = writeFull(mine[1], b); err != nil {
+			break
+		}
+		if err = readFull(mine[0], b); err != nil {
+			break
+		}
+		rtts[i] = float64(time.Since(t0)) / 1e3
+	}
+	closeAll(mine) // the peer sees end of file
+	return rtts, errors.Join(err, wait())
+}
+
+// pingPollerPeer is pingPeer between two processes over a socketpair,
+// both sides going through Go's poller.
+func pingPollerPeer(count int) ([]float64, error) {
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	theirs := os.NewFile(uintptr(sp[1]), "peer")
+	cmd := exec.Command("/proc/self/exe", "calib-peer", "poller")
+	cmd.Args[0] = "vsguest"
+	cmd.ExtraFiles = []*os.File{theirs}
+	cmd.Stderr = os.Stderr
+	err = cmd.Start()
+	theirs.Close()
+	mine := os.NewFile(uintptr(sp[0]), "mine")
+	defer mine.Close()
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.FileConn(mine) // a non-blocking duplicate in the poller
+	if err != nil {
+		return nil, errors.Join(err, cmd.Wait())
+	}
+	rtts := make([]float64, count)
+	b := []byte{0}
+	for i := range count {
+		t0 := time.Now()
+		if _, err = c.Write(b); err != nil {
+			break
+		}
+		if _, err = io.ReadFull(c, b); err != nil {
+			break
+		}
+		rtts[i] = float64(time.Since(t0)) / 1e3
+	}
+	c.Close()
+	mine.Close() // the peer sees end of file
+	return rtts, errors.Join(err, cmd.Wait())
+}
+
+// calibPeer is the other process of calib's process ping-pongs: it echoes
+// what it reads on fd 3 to fd 4 until end of file; with "poller", what it
+// reads on the socket at fd 3 back to it, through Go's poller.
+func calibPeer(args []string) error {
+	if len(args) == 1 && args[0] == "poller" {
+		c, err := net.FileConn(os.NewFile(3, "peer"))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		buf := make([]byte, 64)
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				if _, werr := c.Write(buf[:n]); werr != nil {
+					return werr
+				}
+			}
+			if err != nil {
+				return nil // end of file: the ping-pong is over
+			}
+		}
+	}
+	return echoFDs(3, 4)
+}
+
+func echoFDs(in, out int) error {
+	buf := make([]byte, 64)
+	for {
+		n, err := unix.Read(in, buf)
+		if n == 0 || errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
+			return nil
+		}
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return err
+		}
+		if err := writeFull(out, buf[:n]); err != nil {
+			return err
+		}
+	}
+}
+
+func writeFull(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+func readFull(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Read(fd, b)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+func medianMean(v []float64) (p50, mean float64) {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	var sum float64
+	for _, x := range s {
+		sum += x
+	}
+	return s[len(s)/2], sum / float64(len(s))
+}
+
+// msink reads N bytes from each PATH at once (one goroutine each) and
+// prints the aggregate rate from the first byte on any port to the last
+// byte on all, and the slowest and fastest port's own rate.
+func msink(args []string) error {
+	if len(args) < 2 {
+		return errors.New("usage: msink N PATH [PATH ...]")
+	}
+	n, err := parseSize(args[0])
+	if err != nil {
+		return err
+	}
+	type span struct{ first, last time.Time }
+	spans := make([]span, len(args)-1)
+	errs := make([]error, len(spans))
+	var wg sync.WaitGroup
+	for i, path := range args[1:] {
+		f, err := openPath(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		wg.Go(func() {
+			buf := make([]byte, 256<<10)
+			for got := int64(0); got < n; {
+				k, err := f.Read(buf[:min(int64(len(buf)), n-got)])
+				if k > 0 && got == 0 {
+					spans[i].first = time.Now()
+				}
+				got += int64(k)
+				if err != nil || k == 0 {
+					errs[i] = fmt.Errorf("%s: after %d of %d bytes: %v", path, got, n, err)
+					return
+				}
+			}
+			spans[i].last = time.Now()
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	first, last := spans[0].first, spans[0].last
+	lo, hi := 0.0, 0.0
+	for i, s := range spans {
+		if s.first.Before(first) {
+			first = s.first
+		}
+		if s.last.After(last) {
+			last = s.last
+		}
+		r := float64(n) / s.last.Sub(s.first).Seconds() / 1e6
+		if i == 0 || r < lo {
+			lo = r
+		}
+		if i == 0 || r > hi {
+			hi = r
+		}
+	}
+	total := n * int64(len(spans))
+	secs := last.Sub(first).Seconds()
+	fmt.Fprintf(stdout, "bytes=%d secs=%.6f mbps=%.3f port_min_mbps=%.3f port_max_mbps=%.3f\n",
+		total, secs, float64(total)/secs/1e6, lo, hi)
+	return nil
+}
+
+// msource writes N bytes of the first wire.BlockSize bytes of
+// wire.Pattern(SEED), repeated, to each PATH at once (one goroutine each).
+// The host checks and times what arrives.
+func msource(args []string) error {
+	if len(args) < 3 {
+		return errors.New("usage: msource N SEED PATH [PATH ...]")
+	}
+	n, seed, err := parseSizeSeed(args[0], args[1])
+	if err != nil {
+		return err
+	}
+	block := make([]byte, wire.BlockSize)
+	_, _ = wire.Pattern(seed).Read(block)
+	errs := make([]error, len(args)-2)
+	var wg sync.WaitGroup
+	for i, path := range args[2:] {
+		f, err := openPath(path)
+		if err != nil {
+			return err
+		}
+		wg.Go(func() {
+			defer f.Close()
+			for left := n; left > 0; {
+				k := min(int64(len(block)), left)
+				if _, err := f.Write(block[:k]); err != nil {
+					errs[i] = fmt.Errorf("%s: after %d of %d bytes: %w", path, n-left, n, err)
+					return
+				}
+				left -= k
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "bytes=%d\n", n*int64(len(errs)))
+	return nil
+}
+
+// trickle writes COUNT single bytes to PATH, one every INTERVAL_US
+// microseconds on a fixed schedule (a late byte does not push the next
+// ones back), and reads nothing.
+func trickle(args []string) error {
+	if len(args) != 3 {
+		return errors.New("usage: trickle PATH COUNT INTERVAL_US")
+	}
+	count, err1 := strconv.Atoi(args[1])
+	us, err2 := strconv.Atoi(args[2])
+	if err := errors.Join(err1, err2); err != nil || count <= 0 || us <= 0 {
+		return fmt.Errorf("bad count or interval %q", args[1:])
+	}
+	f, err := openPath(args[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	interval := time.Duration(us) * time.Microsecond
+	start := time.Now()
+	for i := range count {
+		time.Sleep(time.Until(start.Add(time.Duration(i) * interval)))
+		if _, err := f.Write([]byte{byte(i)}); err != nil {
+			return fmt.Errorf("byte %d: %w", i, err)
+		}
+	}
+	fmt.Fprintf(stdout, "count=%d secs=%.3f\n", count, time.Since(start).Seconds())
+	return nil
+}
+
+// hold connects to (or opens) every PATH, then creates READYFILE and
+// keeps the connections open, reading nothing, for SECONDS.
+func hold(args []string) error {
+	if len(args) < 3 {
+		return errors.New("usage: hold READYFILE SECONDS PATH [PATH ...]")
+	}
+	s, err := strconv.ParseFloat(args[1], 64)
+	if err != nil {
+		return err
+	}
+	for _, path := range args[2:] {
+		f, err := openPath(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+	}
+	if err := touch(args[:1]); err != nil {
+		return err
+	}
+	time.Sleep(time.Duration(s * float64(time.Second)))
+	fmt.Fprintf(stdout, "held=%d\n", len(args)-2)
+	return nil
+}
+
+// procsnap prints, as key=value, what the benchmark counts around a
+// measurement: for process PID (0: none) its CPU time as /proc/PID/stat
+// has it (utime_ticks, stime_ticks: the whole process, in USER_HZ), the
+// run time of its threads from schedstat in ns (sched_ns; threads that
+// already exited are missing), and its threads' voluntary and involuntary
+// context switches (vcsw, ivcsw); for the PCI function ADDR (""
+// or "-": none) the count of each of its interrupt lines in
+// /proc/interrupts (irq:N=count, summed over CPUs) and the line's name
+// (irqname:N=name, spaces as "_").
+func procsnap(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: procsnap PID ADDR")
+	}
+	var out []string
+	if args[0] != "0" {
+		kv, err := procCounters("/proc/" + args[0])
+		if err != nil {
+			return err
+		}
+		out = append(out, kv...)
+	}
+	if args[1] != "" && args[1] != "-" {
+		kv, err := deviceIRQs(args[1])
+		if err != nil {
+			return err
+		}
+		out = append(out, kv...)
+	}
+	fmt.Fprintln(stdout, strings.Join(out, " "))
+	return nil
+}
+
+func procCounters(dir string) ([]string, error) {
+	f, err := procStat(dir)
+	if err != nil {
+		return nil, err
+	}
+	kv := []string{"utime_ticks=" + f[11], "stime_ticks=" + f[12]}
+	tasks, err := os.ReadDir(filepath.Join(dir, "task"))
+	if err != nil {
+		return nil, err
+	}
+	var schedNS, vcsw, ivcsw uint64
+	for _, t := range tasks {
+		td := filepath.Join(dir, "task", t.Name())
+		if b, err := os.ReadFile(filepath.Join(td, "schedstat")); err == nil {
+			if f := strings.Fields(string(b)); len(f) > 0 {
+				v, _ := strconv.ParseUint(f[0], 10, 64)
+				schedNS += v
+			}
+		}
+		st, err := os.Open(filepath.Join(td, "status"))
+		if err != nil {
+			continue // the thread exited
+		}
+		sc := bufio.NewScanner(st)
+		for sc.Scan() {
+			k, v, _ := strings.Cut(sc.Text(), ":")
+			n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			switch k {
+			case "voluntary_ctxt_switches":
+				vcsw += n
+			case "nonvoluntary_ctxt_switches":
+				ivcsw += n
+			}
+		}
+		st.Close()
+	}
+	return append(kv, fmt.Sprintf("sched_ns=%d vcsw=%d ivcsw=%d", schedNS, vcsw, ivcsw)), nil
+}
+
+// deviceIRQs reports the /proc/interrupts lines of the PCI function addr:
+// its INTx line and MSI vectors as sysfs lists them, and any line whose
+// name mentions the address (vfio-msix[0](0000:00:03.0)) or is one of the
+// drivers that can hold it (virtioN-…, uio_pci_generic).
+func deviceIRQs(addr string) ([]string, error) {
+	dev := filepath.Join("/sys/bus/pci/devices", addr)
+	ours := map[string]bool{}
+	if b, err := os.ReadFile(filepath.Join(dev, "irq")); err == nil {
+		if s := strings.TrimSpace(string(b)); s != "0" {
+			ours[s] = true
+		}
+	}
+	if ents, err := os.ReadDir(filepath.Join(dev, "msi_irqs")); err == nil {
+		for _, e := range ents {
+			ours[e.Name()] = true
+		}
+	}
+	b, err := os.ReadFile("/proc/interrupts")
+	if err != nil {
+		return nil, err
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) == 0 {
+		return nil, errors.New("empty /proc/interrupts")
+	}
+	cpus := len(strings.Fields(lines[0]))
+	var kv []string
+	for _, line := range lines[1:] {
+		num, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) < cpus {
+			continue
+		}
+		name := strings.Join(f[cpus:], "_")
+		if !ours[num] && !strings.Contains(name, addr) && !strings.Contains(name, "virtio") && !strings.Contains(name, "uio") {
+			continue
+		}
+		var sum uint64
+		for _, c := range f[:cpus] {
+			v, _ := strconv.ParseUint(c, 10, 64)
+			sum += v
+		}
+		kv = append(kv, fmt.Sprintf("irq:%s=%d irqname:%s=%s", num, sum, num, name))
+	}
+	return kv, nil
+}
+
+// waitNoChild waits until process PID has no child process left (socat's
+// forked relay of the last connection has exited and closed the device).
+func waitNoChild(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: wait-nochild PID SECONDS")
+	}
+	s, err := strconv.ParseFloat(args[1], 64)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(time.Duration(s * float64(time.Second)))
+	for {
+		kids, err := children(args[0])
+		if err != nil {
+			return err
+		}
+		if len(kids) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("process %s still has children %v after %ss", args[0], kids, args[1])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// children lists the processes whose parent is pid.
+func children(pid string) ([]string, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var kids []string
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		if f, err := procStat(filepath.Join("/proc", e.Name())); err == nil && f[1] == pid {
+			kids = append(kids, e.Name())
+		}
+	}
+	return kids, nil
+}

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/vserial/vserial/tests/qemu/internal/wire"
+)
+
+// TestMain lets calib's process ping-pongs re-execute this test binary as
+// the peer (/proc/self/exe calib-peer), as the guest helper does.
+func TestMain(m *testing.M) {
+	if len(os.Args) >= 2 && os.Args[1] == "calib-peer" {
+		if err := calibPeer(os.Args[2:]); err != nil {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func TestCalibPrintsEveryFigure(t *testing.T) {
+	out := captureStdout(t)
+	if err := calib([]string{"20", "1000"}); err != nil {
+		t.Fatal(err)
+	}
+	m := kv(out.String())
+	for _, k := range []string{"getppid_us", "copy_us_per_kib", "pipecopy_us_per_kib",
+		"proc_unix_p50_us", "proc_pipe_p50_us", "thread_unix_p50_us", "thread_pipe_p50_us", "thread_pipe_mean_us", "proc_unix_go_p50_us"} {
+		if v, err := strconv.ParseFloat(m[k], 64); err != nil || v <= 0 {
+			t.Errorf("%s = %q in %q", k, m[k], out)
+		}
+	}
+}
+
+func TestPingpongSamples(t *testing.T) {
+	out := captureStdout(t)
+	sock, conns := peer(t)
+	go func() {
+		c := <-conns
+		io.Copy(c, c)
+	}()
+	if err := pingpong([]string{sock, "7", "samples"}); err != nil {
+		t.Fatal(err)
+	}
+	if s := kv(out.String())["samples_us"]; len(strings.Split(s, ",")) != 7 {
+		t.Errorf("pingpong printed %q", out)
+	}
+}
+
+// listeners stands in for n ports: n Unix sockets, each handing its first
+// connection to f.
+func listeners(t *testing.T, n int, f func(i int, c net.Conn)) []string {
+	t.Helper()
+	var paths []string
+	for i := range n {
+		p := filepath.Join(t.TempDir(), "p"+strconv.Itoa(i))
+		l, err := net.Listen("unix", p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			if c, err := l.Accept(); err == nil {
+				defer c.Close()
+				f(i, c)
+			}
+		}()
+		paths = append(paths, p)
+	}
+	return paths
+}
+
+func TestMsinkAndMsource(t *testing.T) {
+	out := captureStdout(t)
+	const n = 200000
+	paths := listeners(t, 3, func(_ int, c net.Conn) { io.CopyN(c, wire.Pattern(1), n) })
+	if err := msink(append([]string{strconv.Itoa(n)}, paths...)); err != nil {
+		t.Fatal(err)
+	}
+	if m := kv(out.String()); m["bytes"] != strconv.Itoa(3*n) || m["port_min_mbps"] == "" {
+		t.Errorf("msink printed %q", out)
+	}
+
+	out.Reset()
+	got := make(chan int64, 3)
+	paths = listeners(t, 3, func(_ int, c net.Conn) {
+		k, _ := io.Copy(io.Discard, c)
+		got <- k
+	})
+	if err := msource(append([]string{strconv.Itoa(n), "4"}, paths...)); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if k := <-got; k != n {
+			t.Errorf("a port got %d bytes, want %d", k, n)
+		}
+	}
+}
+
+func TestTrickleAndHold(t *testing.T) {
+	out := captureStdout(t)
+	got := make(chan int64, 1)
+	paths := listeners(t, 1, func(_ int, c net.Conn) {
+		k, _ := io.Copy(io.Discard, c)
+		got <- k
+	})
+	if err := trickle([]string{paths[0], "20", "500"}); err != nil {
+		t.Fatal(err)
+	}
+	if k := <-got; k != 20 {
+		t.Errorf("trickle sent %d bytes, printed %q", k, out)
+	}
+
+	ready := filepath.Join(t.TempDir(), "ready")
+	paths = listeners(t, 2, func(_ int, c net.Conn) { io.Copy(io.Discard, c) })
+	if err := hold(append([]string{ready, "0"}, paths...)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(ready); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestProcsnapOfSelf(t *testing.T) {
+	out := captureStdout(t)
+	if err := procsnap([]string{strconv.Itoa(os.Getpid()), "-"}); err != nil {
+		t.Fatal(err)
+	}
+	m := kv(out.String())
+	for _, k := range []string{"utime_ticks", "stime_ticks", "sched_ns", "vcsw", "ivcsw"} {
+		if _, err := strconv.ParseUint(m[k], 10, 64); err != nil {
+			t.Errorf("%s = %q in %q", k, m[k], out)
+		}
+	}
+}
+
+func TestWaitNoChild(t *testing.T) {
+	if err := waitNoChild([]string{strconv.Itoa(os.Getpid()), "1"}); err != nil {
+		t.Fatal(err)
+	}
+}
