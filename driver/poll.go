@@ -213,7 +213,7 @@ func (d *Device) Arm(unmask bool) (pending bool) {
 		if s == nil {
 			continue
 		}
-		if s.rx.EnableInterrupts() {
+		if s.rx.EnableInterruptsAfter(s.rxArmAfter()) {
 			pending = true
 		}
 		if s.txWaiters > 0 || s.injectedOut > 0 || s.loopTxWait {
@@ -372,6 +372,37 @@ func (p *Port) RxPending() bool {
 		return false
 	}
 	return s.fLen > 0 || s.rx.Pending()
+}
+
+// SetRxBatch makes Arm ask for the port's receive interrupt only once n
+// buffers are waiting (those RecvTo has not taken count), within 3/4 of
+// the buffers the device holds: a loop that moves a stream in batches of
+// about n buffers sets it, and must then wake up by itself after a while
+// for the tail of the stream. 0 or 1: at the next buffer.
+func (p *Port) SetRxBatch(n int) {
+	p.d.mu.Lock()
+	defer p.d.mu.Unlock()
+	p.s.rxBatch = max(0, min(n, 1<<15))
+}
+
+// RxBuffered returns how many received buffers wait for RecvTo.
+func (p *Port) RxBuffered() int {
+	p.d.mu.Lock()
+	defer p.d.mu.Unlock()
+	if p.s.port != p {
+		return 0
+	}
+	return p.s.fLen
+}
+
+// rxArmAfter is how many more used receive buffers the next interrupt
+// waits for (SetRxBatch).
+func (s *slot) rxArmAfter() uint16 {
+	want := s.rxBatch - s.fLen
+	if want <= 1 {
+		return 1
+	}
+	return uint16(max(1, min(want, s.rx.InFlight()*3/4)))
 }
 
 // CanSend reports whether bytes queued now would reach the host (the host

@@ -97,6 +97,9 @@ type slot struct {
 	// loopTxWait: an external loop waits for transmit buffers to come
 	// back (SendFrom found none free, or TxDrained is not done yet).
 	loopTxWait bool
+	// rxBatch: an external loop moves this port's receive stream in
+	// batches; Arm waits for that many buffers (SetRxBatch).
+	rxBatch int
 	gen        uint64 // bumped when the port goes away or the device resets
 
 	port *Port

@@ -27,6 +27,7 @@ type virtqueue interface {
 	// reports whether one is already pending; DisableInterrupts asks for
 	// none (advisory).
 	EnableInterrupts() (pending bool)
+	EnableInterruptsAfter(n uint16) (pending bool)
 	DisableInterrupts()
 	// InFlight counts chains the device owns.
 	InFlight() int

@@ -32,7 +32,11 @@ type client struct {
 	eofSeen            bool // a read returned 0: the peer's end
 
 	spin spinner
-	iov  [maxIov]unix.Iovec
+	// rxStream: host→guest bytes stream to this client and go in
+	// batches (rxbatch.go); rxSmall counts small writes in a row.
+	rxStream bool
+	rxSmall  int
+	iov      [maxIov]unix.Iovec
 }
 
 // ReadBuffers is readv(2) into bufs for SendFrom: 0 and no error when the

@@ -84,7 +84,10 @@ type Loop struct {
 	// Client polling on more than one vCPU (clientpoll.go).
 	cpoll    spinner
 	cpollDue bool
-	small    int // small transfers in a row while batched
+	// Receive streams moved in batches (rxbatch.go).
+	rxStreams int  // clients in rxStream mode
+	rxFlush   bool // deliver what is buffered, batch or not
+	small     int  // small transfers in a row while batched
 }
 
 // New starts the loop of dev, which must have been opened with
@@ -284,8 +287,12 @@ func (l *Loop) run() {
 		if n == 0 {
 			l.stats.sleeps.Add(1)
 			var err error
-			n, err = unix.EpollWait(l.ep, l.evs, l.storm.timeout())
+			n, err = unix.EpollWait(l.ep, l.evs, l.timeout())
 			l.stats.epollWaits.Add(1)
+			if n == 0 && err == nil && l.rxStreams > 0 {
+				// Woken by the clock: the tail of a stream is due.
+				l.rxFlush = true
+			}
 			if err != nil {
 				if err == unix.EINTR {
 					continue
@@ -424,6 +431,7 @@ func (l *Loop) end(c *client, err error) {
 	if l.spinOn == c {
 		l.spinOn = nil
 	}
+	l.endRxStream(c)
 	c.done <- err
 }
 
@@ -458,6 +466,9 @@ func (l *Loop) pass() (progress bool) {
 			i++
 		}
 	}
+	if !progress {
+		l.rxFlush = false
+	}
 	return progress
 }
 
@@ -465,7 +476,7 @@ func (l *Loop) pass() (progress bool) {
 // allow, without blocking.
 func (l *Loop) serve(c *client) (progress bool) {
 	p := c.port
-	if c.writable {
+	if c.writable && l.rxDue(c) {
 		n, _, err := p.RecvTo(c)
 		if n > 0 {
 			progress = true
@@ -473,6 +484,7 @@ func (l *Loop) serve(c *client) (progress bool) {
 			if !l.noBatch {
 				l.batchMode(n)
 			}
+			l.rxStreamMode(c, n)
 			l.replied(n)
 		}
 		if err != nil {

@@ -421,3 +421,30 @@ func TestInterruptStormIsBounded(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamBatchesAndGoesIdle: a host→guest stream is handed over in
+// batches (far fewer writes than buffers), arrives byte-exact with its
+// tail, and once it ends the loop stops waking by the clock.
+func TestStreamBatchesAndGoesIdle(t *testing.T) {
+	r := newRig(t, rigOpts{})
+	s := r.attach(1)
+	in := pattern(8<<20, 3)
+	go func() {
+		for off := 0; off < len(in); off += 64 << 10 {
+			r.m.HostWrite(1, in[off:off+64<<10])
+		}
+	}()
+	if got := readFull(t, s.conn, len(in)); !bytes.Equal(got, in) {
+		t.Fatal("stream not byte-exact")
+	}
+	pc := r.l.PortCounters(1)
+	if bufs := len(in) / 4096; pc["writev"] > uint64(bufs/4) {
+		t.Errorf("%d writes for %d buffers: not batched", pc["writev"], bufs)
+	}
+	time.Sleep(20 * time.Millisecond)
+	before := r.l.Counters()
+	time.Sleep(100 * time.Millisecond)
+	if after := r.l.Counters(); after["epoll_waits"] != before["epoll_waits"] || after["passes"] != before["passes"] {
+		t.Errorf("after the stream the loop kept waking: %d → %d waits", before["epoll_waits"], after["epoll_waits"])
+	}
+}

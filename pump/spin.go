@@ -12,7 +12,8 @@ type PollMode uint8
 
 const (
 	// PollAdaptive spins for a budget learnt from the port's reply times:
-	// twice their moving average, within [minBudget, maxBudget]; halved
+	// enough for the slowest recent one (1.5× it, at least 3× their
+	// moving average), within [minBudget, maxBudget]; halved
 	// after a spin that saw no reply and off after three in a row; back on
 	// when a reply arrives (by interrupt) soon enough that a spin would have
 	// caught it. Never after a bulk send, never while idle.
@@ -75,6 +76,7 @@ type spinner struct {
 	mode   PollMode
 	budget time.Duration // 0: off
 	avg    time.Duration // moving average of reply times (0: none yet)
+	high   time.Duration // the slowest recent reply, decaying
 	misses int
 	kickAt int64 // monotonic ns of the last small send still awaiting a reply, 0: none
 }
@@ -121,17 +123,20 @@ func (s *spinner) reply(now int64, spun bool) {
 	} else {
 		s.avg = (3*s.avg + l) / 4
 	}
+	// The slowest recent reply, decaying: a spin that gives up costs the
+	// loop a sleep and the interrupt wake-up (two process switches, far
+	// more than the spin), so the budget covers the tail, not the mean.
+	s.high = max(l, s.high-s.high/16)
 	switch {
 	case spun:
 		s.misses = 0
-		s.budget = clamp(max(s.budget, 2*s.avg))
+		s.budget = clamp(max(3*s.avg, s.high+s.high/2))
 	case l <= maxBudget:
-		// Late for the spin (or none ran), but a spin of 2× the average
-		// would have caught it: spin (again), with that budget.
-		s.budget = clamp(2 * s.avg)
-		if s.misses >= missesOff {
-			s.misses = 0
-		}
+		// Late for the spin (or none ran), but within reach: a
+		// request/reply port, not a trickle. Spin (again), long enough
+		// for this one.
+		s.misses = 0
+		s.budget = clamp(max(3*s.avg, s.high+s.high/2))
 	}
 }
 

@@ -77,7 +77,6 @@ func (l *Loop) spurious() {
 	s.count, s.handled, s.stormy = 0, 0, true
 	s.backoff = min(max(2*s.backoff, firstBackoff), maxBackoff)
 	s.muted, s.until = true, now+int64(s.backoff)
-	l.stats.irqStorms.Add(1)
 	for _, fd := range l.irqFDs {
 		if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, fd, nil); err != nil {
 			l.log.Warn("pump: stop watching the interrupt", "err", err)
@@ -85,6 +84,7 @@ func (l *Loop) spurious() {
 	}
 	l.dev.ReportViolation(fmt.Errorf("%w: interrupt storm: %d interrupts found no work within %v; interrupts ignored for %v",
 		driver.ErrDeviceProtocolConsole, stormLimit, stormWindow, s.backoff))
+	l.stats.irqStorms.Add(1) // last: a reader that sees it sees the rest
 }
 
 // unmute watches the interrupt again after a backoff.

@@ -601,6 +601,27 @@ func (q *Queue) Pending() bool {
 	return q.lastUsed != q.usedIdx || q.reload() || q.broken != nil
 }
 
+// EnableInterruptsAfter is EnableInterrupts that asks for the interrupt
+// only once n more chains have been used (EVENT_IDX: used_event = last
+// used + n - 1; virtqueue_enable_cb_delayed_split does the same with 3/4
+// of the chains in flight), to move a stream in fewer, larger batches.
+// Without EVENT_IDX, or with n ≤ 1, it is EnableInterrupts. pending
+// reports that n chains are already used.
+func (q *Queue) EnableInterruptsAfter(n uint16) (pending bool) {
+	if !q.cfg.EventIdx || n <= 1 {
+		return q.EnableInterrupts()
+	}
+	if q.broken != nil {
+		return true
+	}
+	q.irqOff = false
+	if ev := q.lastUsed + n - 1; q.usedEvent != ev {
+		q.storeUsedEvent(ev)
+	}
+	// As in EnableInterrupts: the store above precedes this load.
+	return uint16(atomic.LoadUint32(q.usedHdr)>>16)-q.lastUsed >= n
+}
+
 // NumFree returns the number of free descriptors.
 func (q *Queue) NumFree() int { return q.numFree }
 

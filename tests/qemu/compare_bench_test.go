@@ -87,6 +87,9 @@ const (
 	EnvBenchRounds = "VSERIAL_BENCH_ROUNDS"
 	// EnvBenchReport names a file the report is appended to.
 	EnvBenchReport = "VSERIAL_BENCH_REPORT"
+	// EnvBenchAgentArgs adds `run` flags (split at spaces) to every agent
+	// the benchmark starts, e.g. "--poll off", to compare policies.
+	EnvBenchAgentArgs = "VSERIAL_BENCH_AGENT_ARGS"
 )
 
 type benchConfig struct {
@@ -277,7 +280,9 @@ func (se *session) pid() int {
 func (s *suite) open(arm byte, extra ...string) (*session, error) {
 	se := &session{arm: arm}
 	if arm == 'A' {
-		args := append([]string{"--log-level", "info", "--bind", s.bind, "--device", s.addr}, extra...)
+		args := []string{"--log-level", "info", "--bind", s.bind, "--device", s.addr}
+		args = append(args, strings.Fields(os.Getenv(EnvBenchAgentArgs))...)
+		args = append(args, extra...)
 		p, err := StartAgent(s.ctx, s.g, args...)
 		if err != nil {
 			return nil, err
