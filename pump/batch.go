@@ -55,3 +55,40 @@ func (l *Loop) setPolicy(batch bool) {
 	l.batch = batch
 	l.stats.policySwitches.Add(1)
 }
+
+// Even SCHED_BATCH does not keep the client from preempting the loop in
+// the middle of one large writev or readv: the kernel queues a Unix stream
+// in skbs of at most about 36 KiB and wakes the client for each (and a
+// reader that frees the writer's buffer wakes the writer), and the woken
+// client, SCHED_OTHER, preempts the batch task; the pair then switches
+// once per skb. So a bulk transfer runs as SCHED_FIFO (priority 1), which
+// no SCHED_OTHER wake-up preempts, and the policy goes back right after
+// the call. Only the one system call runs real-time: the loop never spins
+// or waits in it. Without CAP_SYS_NICE this is skipped.
+
+// rtCall runs call with the loop's thread SCHED_FIFO when the loop is
+// streaming and the transfer is large; otherwise it just runs it.
+func (l *Loop) rtCall(total int, call func()) {
+	if !l.batch || l.rtBroken || total < streamBytes {
+		call()
+		return
+	}
+	fifo := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 1}
+	if err := unix.SchedSetAttr(0, &fifo, 0); err != nil {
+		l.rtBroken = true
+		l.log.Info("pump: bulk transfers cannot run real-time; they may be preempted per skb", "err", err)
+		call()
+		return
+	}
+	l.stats.rtCalls.Add(1)
+	call()
+	back := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH}
+	if err := unix.SchedSetAttr(0, &back, 0); err != nil {
+		// Never stay real-time: fall back to the default policy.
+		l.log.Warn("pump: leave SCHED_FIFO", "err", err)
+		l.rtBroken = true
+		def := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
+		_ = unix.SchedSetAttr(0, &def, 0)
+		l.batch = false
+	}
+}

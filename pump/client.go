@@ -18,6 +18,7 @@ import (
 // (the descriptor drained or full) clears it, so the loop never makes a
 // system call only to hear EAGAIN.
 type client struct {
+	loop *Loop
 	id   int32
 	port *driver.Port
 	fd   int
@@ -69,7 +70,9 @@ func (c *client) vector(nr uintptr, op string, bufs [][]byte, ready *bool) (int,
 		total += len(b)
 	}
 	for {
-		n, errno := rawv(nr, c.fd, bufs, &c.iov)
+		var n int
+		var errno unix.Errno
+		c.loop.rtCall(total, func() { n, errno = rawv(nr, c.fd, bufs, &c.iov) })
 		switch errno {
 		case 0:
 		case unix.EINTR:

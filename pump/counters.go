@@ -11,7 +11,7 @@ type loopCounters struct {
 	spinHits, spinMisses, spinNanos  atomic.Uint64
 	peeks                            atomic.Uint64
 	irqSpurious, irqStorms           atomic.Uint64
-	policySwitches                   atomic.Uint64
+	policySwitches, rtCalls          atomic.Uint64
 	epollPolls                       atomic.Uint64
 	clientPollHits, clientPollMisses atomic.Uint64
 }

@@ -80,6 +80,7 @@ type Loop struct {
 	storm stormState
 	// SCHED_BATCH while streaming (batch.go).
 	batch, batchBroken bool
+	rtBroken           bool // SCHED_FIFO refused: bulk calls run as they are
 	noBatch            bool
 	// Client polling on more than one vCPU (clientpoll.go).
 	cpoll    spinner
@@ -196,7 +197,7 @@ func (l *Loop) Serve(ctx context.Context, p *driver.Port, fd int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	c := &client{port: p, fd: fd, done: make(chan error, 1), readable: true, writable: true, spin: newSpinner(l.poll)}
+	c := &client{loop: l, port: p, fd: fd, done: make(chan error, 1), readable: true, writable: true, spin: newSpinner(l.poll)}
 	c.pc = l.portCounters(p.ID())
 	// A bigger send buffer lets one writev hand over every received buffer
 	// (the default, wmem_default, is about 208 KiB); needs CAP_NET_ADMIN,

@@ -332,7 +332,7 @@ func TestLoopPathAllocatesNothing(t *testing.T) {
 	ours, theirs := socketPair(t)
 	defer unix.Close(ours)
 	defer theirs.Close()
-	c := &client{port: p, fd: ours, done: make(chan error, 1), readable: true, writable: true, spin: newSpinner(Poll{Mode: PollOff})}
+	c := &client{loop: r.l, port: p, fd: ours, done: make(chan error, 1), readable: true, writable: true, spin: newSpinner(Poll{Mode: PollOff})}
 	c.pc = r.l.portCounters(1)
 	r.l.attach(c)
 	peer := connFD(t, theirs)
