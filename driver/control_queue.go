@@ -15,6 +15,23 @@ import (
 // every answer with another message must not monopolise the driver).
 const maxControlPasses = 64
 
+// maxControlRate bounds the control messages the driver takes from a
+// device in one second. Each one answers something the guest or the host
+// did (a port plugged, named, opened): even a 511-port device replaying
+// everything on DEVICE_READY sends a few thousand. A device past it is
+// flooding; the driver resets it (and fails it past the reset budget).
+var maxControlRate = 20_000 // a variable for tests
+
+// controlFloodLocked counts a control message and reports a flood.
+func (d *Device) controlFloodLocked() bool {
+	now := time.Now()
+	if now.Sub(d.ctrlWindow) > time.Second {
+		d.ctrlWindow, d.ctrlCount = now, 0
+	}
+	d.ctrlCount++
+	return d.ctrlCount > maxControlRate
+}
+
 // testHookControlCopied, when set by a test, sees the device's control
 // buffer right after the driver copied it, so it can rewrite it the way a
 // hostile device would between a check and a use.
@@ -24,13 +41,20 @@ func (d *Device) serviceControlPassesLocked(passes int) (more bool, err error) {
 	q := d.queues[controlRxQueue]
 	for range passes {
 		progress := false
-		for {
+		// At most one queue's worth per pass: a device that fills each
+		// buffer again as soon as it is re-posted must not keep the
+		// driver (and its lock) in here forever.
+		for n := 0; n < int(q.Size()); n++ {
 			u, ok, err := q.Pop()
 			if err != nil {
 				return false, fmt.Errorf("control receiveq: %w", err)
 			}
 			if !ok {
 				break
+			}
+			if d.controlFloodLocked() {
+				return false, fmt.Errorf("%w: control flood: more than %d control messages within %v",
+					ErrDeviceProtocolConsole, maxControlRate, time.Second)
 			}
 			d.popped++
 			progress = true

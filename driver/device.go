@@ -135,6 +135,8 @@ type Device struct {
 	ctrlQueue  []ctrlOut // control messages waiting for a descriptor
 	ctrlCopy   [bufSize]byte
 	lines      lineLimiter
+	ctrlWindow time.Time // control flood detection (control_queue.go)
+	ctrlCount  int
 	popped     uint64 // used buffers taken from any queue (HandleIRQ: was it ours?) // a control message, copied out of device memory before it is parsed
 	slots      []*slot
 	seg        [1]ring.Segment

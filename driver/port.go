@@ -100,7 +100,7 @@ type slot struct {
 	// rxBatch: an external loop moves this port's receive stream in
 	// batches; Arm waits for that many buffers (SetRxBatch).
 	rxBatch int
-	gen        uint64 // bumped when the port goes away or the device resets
+	gen     uint64 // bumped when the port goes away or the device resets
 
 	port *Port
 }
