@@ -160,7 +160,7 @@ func (d *Device) Poll() (more bool) {
 	if d.broken() {
 		return false
 	}
-	if err := d.serviceDataLocked(allVectors); err != nil {
+	if err := d.pollDataLocked(); err != nil {
 		d.faultLocked(err)
 		return false
 	}
@@ -188,15 +188,51 @@ func (d *Device) Disarm() {
 		if s == nil {
 			continue
 		}
-		s.rx.DisableInterrupts()
-		if s.txWaiters == 0 && s.injectedOut == 0 {
+		if s.hotLocked() {
+			s.rx.DisableInterrupts()
+			s.rxOff = true
+		}
+		if s.txOn && s.txWaiters == 0 && s.injectedOut == 0 {
 			s.tx.DisableInterrupts()
+			s.txOn = false
 		}
 	}
 }
 
+// hotLocked reports whether the slot's port can get data from the device:
+// one a guest program has open, or a console. The loop polls only those;
+// the others keep their receive interrupt on (a device that sends to a
+// closed port, which QEMU does not, still wakes the loop and is serviced).
+// Touching fewer rings per pass matters: after every process switch TCG
+// has to refill its TLB for each page touched.
+func (s *slot) hotLocked() bool {
+	p := s.port
+	return p != nil && !p.removed && (p.guestOpen || p.console)
+}
+
+// pollDataLocked services the queues a pass can find work on: the receive
+// queues of hot slots and the transmit queues with buffers out.
+func (d *Device) pollDataLocked() error {
+	for _, s := range d.slots {
+		if s == nil {
+			continue
+		}
+		if s.hotLocked() {
+			if err := d.serviceRxLocked(s); err != nil {
+				return err
+			}
+		}
+		if s.tx.InFlight() > 0 {
+			if err := d.reapTxErrLocked(s); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Arm prepares the loop's sleep: it asks for an interrupt at the next used
-// buffer of every receive queue and of the transmit queues whose port waits
+// buffer of every receive queue Disarm turned off and of the transmit queues whose port waits
 // for buffers (SendFull, TxDrained not yet done, a blocked Send or Flush),
 // then unmasks INTx if an interrupt was taken since the last Arm. It reports
 // true when buffers arrived meanwhile or control work is left: the loop
@@ -213,10 +249,14 @@ func (d *Device) Arm(unmask bool) (pending bool) {
 		if s == nil {
 			continue
 		}
-		if s.rx.EnableInterruptsAfter(s.rxArmAfter()) {
-			pending = true
+		if s.rxOff {
+			s.rxOff = false
+			if s.rx.EnableInterruptsAfter(s.rxArmAfter()) {
+				pending = true
+			}
 		}
 		if s.txWaiters > 0 || s.injectedOut > 0 || s.loopTxWait {
+			s.txOn = true
 			if s.tx.EnableInterrupts() {
 				pending = true
 			}

@@ -97,6 +97,9 @@ type slot struct {
 	// loopTxWait: an external loop waits for transmit buffers to come
 	// back (SendFrom found none free, or TxDrained is not done yet).
 	loopTxWait bool
+	// rxOff: Disarm turned the receive interrupt off (Arm turns it on);
+	// txOn: Arm turned the transmit interrupt on for the loop.
+	rxOff, txOn bool
 	// rxBatch: an external loop moves this port's receive stream in
 	// batches; Arm waits for that many buffers (SetRxBatch).
 	rxBatch int
