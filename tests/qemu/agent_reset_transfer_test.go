@@ -153,8 +153,14 @@ func resetRound(ctx context.Context, t *testing.T, a *runningAgent, ports []rese
 	}
 	t.Logf("reset injected on port %d at %s; after it: %s", ports[0].nr, before, progress(ports))
 
-	// Every client ends, one way or the other. (On a hang the agent's
-	// goroutines are printed when the test fails: see bootAgent.)
+	// Every client ends, one way or the other. A host→guest stream that
+	// lost bytes without its client being told leaves the client waiting
+	// for bytes that never come: once the host has written everything and
+	// the port's bytes_in has not moved for a while, the host writes more
+	// of the pattern, so that the client reads its count and reports where
+	// its stream left the pattern. (On a hang the agent's goroutines are
+	// printed when the test fails: see bootAgent.)
+	padStalled(ctx, t, a, ports)
 	wctx, wcancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer wcancel()
 	for i := range ports {
@@ -204,6 +210,54 @@ func resetRound(ctx context.Context, t *testing.T, a *runningAgent, ports []rese
 	for i := range ports {
 		p := &ports[i]
 		p.judge(t, events)
+	}
+}
+
+// padStalled waits until every guest client of ports has ended, or pads
+// the host→guest stream of each one that waits for bytes the host has
+// already written (bytes_in unchanged for stallFor): the host writes
+// another 1 MiB of its pattern. The bytes a stream lost are then made up by
+// later ones and the client's report says where.
+func padStalled(ctx context.Context, t *testing.T, a *runningAgent, ports []resetXfer) {
+	t.Helper()
+	const stallFor = 20 * time.Second
+	type seen struct {
+		in    uint64
+		since time.Time
+		pad   bool
+	}
+	st := make([]seen, len(ports))
+	for i := range st {
+		st[i].since = time.Now()
+	}
+	for ctx.Err() == nil {
+		waiting := false
+		l, _, err := a.list(ctx)
+		for i := range ports {
+			p := &ports[i]
+			if p.guest.Exited() || st[i].pad {
+				continue
+			}
+			waiting = true
+			lp, ok := l.port(p.sock)
+			if err != nil || !ok || lp.BytesIn != st[i].in {
+				st[i].in, st[i].since = lp.BytesIn, time.Now()
+				continue
+			}
+			if p.toGuest > 0 && p.host.wrote.Load() && time.Since(st[i].since) >= stallFor {
+				t.Errorf("%s: the guest client still waits for host→guest bytes %v after the host wrote all %d and bytes_in stopped at %d: bytes lost without the client being told; padding the stream to see where",
+					p.name, stallFor, p.toGuest, lp.BytesIn)
+				st[i].pad = true
+				go func() {
+					_ = p.host.conn.SetWriteDeadline(time.Now().Add(time.Minute))
+					_, _ = io.CopyN(p.host.conn, p.host.pat, 1<<20)
+				}()
+			}
+		}
+		if !waiting {
+			return
+		}
+		time.Sleep(time.Second)
 	}
 }
 
@@ -258,7 +312,9 @@ func (p *resetXfer) judge(t *testing.T, events []agent.Event) {
 	}
 	finished := in == int64(p.toGuest) && out == int64(p.toHost) && inErr == "none" && outErr == "none"
 	if finished {
-		t.Logf("%s: finished byte-exact across the reset; the session ended with %q", p.name, gone.Reason)
+		if inMis == -1 && hostMis == -1 {
+			t.Logf("%s: finished byte-exact across the reset; the session ended with %q", p.name, gone.Reason)
+		}
 		if recv != int64(p.toHost) {
 			t.Errorf("%s: the guest client wrote all %d bytes and was told nothing, but the host got %d: %d bytes lost silently (agent: %q)",
 				p.name, p.toHost, recv, int64(p.toHost)-recv, gone.Reason)
@@ -291,6 +347,8 @@ type hostEnd struct {
 	sent     atomic.Int64
 	recv     atomic.Int64
 	mismatch atomic.Int64 // offset of the first received byte off the pattern, -1: none
+	wrote    atomic.Bool  // the writer wrote everything
+	pat      io.Reader    // the writer's pattern, where it stopped
 	wdone    chan error
 	rdone    chan error
 }
@@ -304,8 +362,10 @@ func newHostEnd(conn *net.UnixConn) *hostEnd {
 // start writes n bytes of wire.Pattern(seed) and reads up to m bytes,
 // checking them against wire.Pattern(rseed).
 func (h *hostEnd) start(n int, seed uint64, m int, rseed uint64) {
+	h.pat = wire.Pattern(seed)
 	go func() {
-		_, err := io.CopyN(countWriter{h.conn, &h.sent}, wire.Pattern(seed), int64(n))
+		_, err := io.CopyN(countWriter{h.conn, &h.sent}, h.pat, int64(n))
+		h.wrote.Store(err == nil)
 		h.wdone <- err
 	}()
 	go func() {
