@@ -223,7 +223,7 @@ func resetRound(ctx context.Context, t *testing.T, a *runningAgent, ports []rese
 // later ones and the client's report says where.
 func padStalled(ctx context.Context, t *testing.T, a *runningAgent, ports []resetXfer) {
 	t.Helper()
-	const stallFor = 20 * time.Second
+	const stallFor = 45 * time.Second
 	type seen struct {
 		in    uint64
 		since time.Time
@@ -233,7 +233,9 @@ func padStalled(ctx context.Context, t *testing.T, a *runningAgent, ports []rese
 	for i := range st {
 		st[i].since = time.Now()
 	}
-	for ctx.Err() == nil {
+	// A client that waits for another reason (a stalled guest→host
+	// direction) is left to the caller's wait, which reports it.
+	for end := time.Now().Add(4 * time.Minute); ctx.Err() == nil && time.Now().Before(end); {
 		waiting := false
 		l, _, err := a.list(ctx)
 		for i := range ports {
