@@ -38,6 +38,7 @@ type Port struct {
 	st      State
 	bufSize int
 	openErr error
+	sendErr error // FailSend's error, not reported yet
 	noKeep  bool
 	console bool
 	cols    uint16
@@ -59,6 +60,9 @@ type State struct {
 	SendCalls         int
 	SendBytesHostDown int
 	Flushes           int
+	// Lost counts guest→host bytes a Send read but dropped because of
+	// FailSend (the bytes a device reset loses).
+	Lost int
 	// Held and Pending count host→guest bytes held by the host and
 	// received but unread.
 	Held, Pending int
@@ -206,6 +210,19 @@ func (p *Port) FailOpen(err error) {
 	p.openErr = err
 }
 
+// FailSend makes the port lose bytes the way the driver does when the
+// device is reset under a stream (driver.ErrDeviceReset): the next Send
+// returns err, once; if that Send read bytes, they are dropped (counted in
+// State.Lost). A Send that is already waiting in its read when FailSend is
+// called fails when the read returns. Flush returns err too, once, if no
+// Send has reported it. Later calls work again.
+func (p *Port) FailSend(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sendErr = err
+	p.bumpLocked(false)
+}
+
 // Deliver sends host→guest bytes. While the guest has the port closed the
 // host holds them, as QEMU does; they are received when the guest opens it.
 func (p *Port) Deliver(b []byte) {
@@ -293,6 +310,13 @@ func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 		p.mu.Unlock()
 		return 0, ErrRemoved
 	}
+	if err := p.sendErr; err != nil {
+		p.sendErr = nil
+		p.st.SendCalls++
+		p.bumpLocked(false)
+		p.mu.Unlock()
+		return 0, err
+	}
 	buf := make([]byte, p.bufSize)
 	p.mu.Unlock()
 	if err := ctx.Err(); err != nil {
@@ -302,6 +326,12 @@ func (p *Port) Send(ctx context.Context, r io.Reader) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.st.SendCalls++
+	if ferr := p.sendErr; ferr != nil {
+		p.sendErr = nil
+		p.st.Lost += max(n, 0)
+		p.bumpLocked(false)
+		return n, ferr
+	}
 	if n > 0 {
 		if !p.noKeep {
 			p.out.Write(buf[:n])
@@ -321,6 +351,10 @@ func (p *Port) Flush(ctx context.Context) error {
 	defer p.mu.Unlock()
 	p.st.Flushes++
 	p.bumpLocked(false)
+	if err := p.sendErr; err != nil {
+		p.sendErr = nil
+		return err
+	}
 	if p.removed {
 		return ErrRemoved
 	}

@@ -71,6 +71,7 @@ func init() {
 		"wait-gone":    {"wait-gone PATH SECONDS", waitGone},
 		"touch":        {"touch FILE", touch},
 		"stream":       {"stream PATH SEED N1 FILE N2", stream},
+		"duplex":       {"duplex PATH NIN SEEDIN NOUT SEEDOUT", duplex},
 		"rejected":     {"rejected PATH SECONDS", rejected},
 		"greet":        {"greet PATH REPLY", greet},
 		"listen-greet": {"listen-greet PATH COUNT", listenGreet},
