@@ -120,7 +120,7 @@ func FuzzHostileDevice(f *testing.F) {
 			ctx, cancel := context.WithTimeout(r.ctx, time.Millisecond)
 			_, err := p.Recv(ctx, io.Discard)
 			cancel()
-			if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrPortRemoved) && !errors.Is(err, ErrClosed) {
+			if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrPortRemoved) && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrDeviceReset) {
 				t.Errorf("Recv: %v", err)
 			}
 			_ = p.Stats()

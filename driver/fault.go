@@ -80,11 +80,38 @@ func (d *Device) faultLocked(cause error) {
 		d.stats.Resets++
 		d.log.Warn("virtio-console: device fault, resetting", "err", cause, "resets", d.stats.Resets)
 		d.emitDeviceLocked(PortEvent{Kind: DeviceReset, Err: cause, Violations: d.stats.Violations})
+		d.salvageRxLocked(cause)
 		err := d.bringUpLocked(false)
 		if err == nil {
 			return
 		}
 		cause = err
+	}
+}
+
+// salvageRxLocked takes, before a reset, the receive buffers the device has
+// already filled on every receive queue the fault does not concern: their
+// used entries are the device's word for bytes it delivered, and the reset
+// would throw them away (a session then missed 4 KiB of its stream without
+// a word: the reset-during-transfer guest test found it). A port whose own
+// receive queue broke may have lost bytes; a loop's client is told once
+// (ErrDeviceReset from RecvTo; a terminal's blocking Recv goes on).
+func (d *Device) salvageRxLocked(cause error) {
+	bad := ^uint32(0)
+	var pf *portFault
+	if errors.As(cause, &pf) && pf.queue == "receiveq" {
+		bad = pf.id
+	}
+	for _, s := range d.slots {
+		if s == nil || s.rxBufs == nil {
+			continue
+		}
+		if s.id != bad && d.serviceRxLocked(s) == nil {
+			continue
+		}
+		if p := s.port; p != nil && !p.removed && (p.guestOpen || p.console) {
+			p.rxLost = true
+		}
 	}
 }
 

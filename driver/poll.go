@@ -290,6 +290,10 @@ func (p *Port) RecvTo(w BuffersWriter) (n int, more bool, err error) {
 	if err := p.errLocked(); err != nil {
 		return 0, false, err
 	}
+	if p.rxLost {
+		p.rxLost = false
+		return 0, s.fLen > 0, ErrDeviceReset
+	}
 	if s.port != p || s.fLen == 0 {
 		return 0, false, nil
 	}

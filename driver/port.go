@@ -126,6 +126,7 @@ type Port struct {
 	cols, rows    uint16
 	txInflight    int
 	txLost        bool
+	rxLost        bool // host→guest bytes may have been lost in a reset
 	stats         PortStats
 	changed       chan struct{}
 	changeQueued  bool // a PortChanged waits in the event queue
