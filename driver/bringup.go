@@ -43,6 +43,9 @@ func (d *Device) bringUpLocked(first bool) error {
 	if err := t.Reset(); err != nil {
 		return err
 	}
+	if !first && d.queues != nil {
+		d.salvageRxLocked(d.resetCause)
+	}
 	if err := t.AddStatus(StatusAcknowledge); err != nil {
 		return err
 	}

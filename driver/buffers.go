@@ -128,6 +128,9 @@ func (d *Device) notifyLocked(q uint16) {
 	if d.broken() {
 		return
 	}
+	if d.salvaging {
+		return // the device is being reset
+	}
 	d.stats.Kicks++
 	if err := d.t.Notify(q); err != nil {
 		d.log.Warn("virtio-console: notify", "queue", q, "err", err)

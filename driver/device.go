@@ -135,6 +135,8 @@ type Device struct {
 	ctrlQueue  []ctrlOut // control messages waiting for a descriptor
 	ctrlCopy   [bufSize]byte
 	lines      lineLimiter
+	resetCause error     // the fault a recovery answers (salvageRxLocked)
+	salvaging  bool      // taking used buffers after a reset: no kicks
 	ctrlWindow time.Time // control flood detection (control_queue.go)
 	ctrlCount  int
 	popped     uint64 // used buffers taken from any queue (HandleIRQ: was it ours?) // a control message, copied out of device memory before it is parsed

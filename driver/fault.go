@@ -80,7 +80,7 @@ func (d *Device) faultLocked(cause error) {
 		d.stats.Resets++
 		d.log.Warn("virtio-console: device fault, resetting", "err", cause, "resets", d.stats.Resets)
 		d.emitDeviceLocked(PortEvent{Kind: DeviceReset, Err: cause, Violations: d.stats.Violations})
-		d.salvageRxLocked(cause)
+		d.resetCause = cause
 		err := d.bringUpLocked(false)
 		if err == nil {
 			return
@@ -89,19 +89,25 @@ func (d *Device) faultLocked(cause error) {
 	}
 }
 
-// salvageRxLocked takes, before a reset, the receive buffers the device has
-// already filled on every receive queue the fault does not concern: their
-// used entries are the device's word for bytes it delivered, and the reset
-// would throw them away (a session then missed 4 KiB of its stream without
-// a word: the reset-during-transfer guest test found it). A port whose own
-// receive queue broke may have lost bytes; a loop's client is told once
-// (ErrDeviceReset from RecvTo; a terminal's blocking Recv goes on).
+// salvageRxLocked runs right after the reset write, when the device no
+// longer touches memory but its rings still hold what it wrote: it takes
+// the receive buffers the device filled and marked used on every receive
+// queue the fault does not concern, so their bytes reach the reader. QEMU
+// keeps filling receive buffers until the reset lands, and throwing those
+// away left a stream with a silent 4 KiB gap, or many (the
+// reset-during-transfer guest test, 1 round in 10–30). A port whose own
+// receive queue broke may have lost bytes: its loop client is told once
+// (ErrDeviceReset from RecvTo, and the agent ends it with the reason; a
+// terminal's blocking Recv carries on). Nothing is kicked: the device is
+// reset.
 func (d *Device) salvageRxLocked(cause error) {
 	bad := ^uint32(0)
 	var pf *portFault
 	if errors.As(cause, &pf) && pf.queue == "receiveq" {
 		bad = pf.id
 	}
+	d.salvaging = true
+	defer func() { d.salvaging = false }()
 	for _, s := range d.slots {
 		if s == nil || s.rxBufs == nil {
 			continue
