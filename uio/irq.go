@@ -34,8 +34,10 @@ type IRQ struct {
 	count atomic.Uint32 // last interrupt count read
 
 	// raw is a descriptor of /dev/uioN outside the Go poller, handed to an
-	// event loop by PollFDs (-1: none yet).
-	raw int
+	// event loop by PollFDs (-1: none yet). Guarded by rawMu, not mu: close
+	// must not wait for a blocked Wait, which it is there to wake.
+	rawMu sync.Mutex
+	raw   int
 }
 
 func newIRQ(f *os.File, cfg *Config) *IRQ { return &IRQ{f: f, cfg: cfg, raw: -1} }
@@ -56,8 +58,8 @@ func newIRQ(f *os.File, cfg *Config) *IRQ { return &IRQ{f: f, cfg: cfg, raw: -1}
 // closing of the poller's descriptor stops the device's DMA until the
 // driver sets Bus Master again (bring-up does).
 func (q *IRQ) PollFDs() ([]int, error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+	q.rawMu.Lock()
+	defer q.rawMu.Unlock()
 	if q.raw >= 0 {
 		return []int{q.raw}, nil
 	}
@@ -157,10 +159,10 @@ func (q *IRQ) close() error {
 	if q.closed.Swap(true) {
 		return nil
 	}
-	q.mu.Lock()
+	q.rawMu.Lock()
 	raw := q.raw
 	q.raw = -1
-	q.mu.Unlock()
+	q.rawMu.Unlock()
 	if raw >= 0 {
 		// The poller's descriptor is already closed.
 		return unix.Close(raw)
