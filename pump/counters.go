@@ -46,6 +46,7 @@ func (l *Loop) Counters() map[string]uint64 {
 		"irq_spurious":       s.irqSpurious.Load(),
 		"irq_storms":         s.irqStorms.Load(),
 		"batch_toggles":      s.policySwitches.Load(),
+		"rt_calls":           s.rtCalls.Load(),
 		"epoll_polls":        s.epollPolls.Load(),
 		"client_poll_hits":   s.clientPollHits.Load(),
 		"client_poll_misses": s.clientPollMisses.Load(),

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"testing"
@@ -440,6 +441,9 @@ func TestStreamBatchesAndGoesIdle(t *testing.T) {
 	pc := r.l.PortCounters(1)
 	if bufs := len(in) / 4096; pc["writev"] > uint64(bufs/4) {
 		t.Errorf("%d writes for %d buffers: not batched", pc["writev"], bufs)
+	}
+	if c := r.l.Counters(); os.Geteuid() == 0 && (c["rt_calls"] == 0 || c["batch_toggles"] == 0) {
+		t.Errorf("a stream ran neither batch nor real-time (as root): %v", c)
 	}
 	time.Sleep(20 * time.Millisecond)
 	before := r.l.Counters()
