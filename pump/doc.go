@@ -25,8 +25,8 @@
 //     resets) wake it through the device's waker.
 //   - Streams move as many bytes per process switch as they can: the
 //     loop's thread runs SCHED_BATCH while a port streams (batch.go), each
-//     bulk readv or writev runs SCHED_FIFO so the client cannot preempt it
-//     per skb, and host→guest streams go in batches of 256 KiB with the
+//     bulk host→guest writev runs SCHED_FIFO so the client cannot preempt
+//     it per skb, and host→guest streams go in batches of 256 KiB with the
 //     receive interrupt delayed until then (rxbatch.go).
 //   - After a small send (below 32 KiB) the loop may spin on the port's
 //     receive queue for the reply, within the client's budget (Poll:
