@@ -38,11 +38,13 @@ import (
 // buffers in flight at the reset has its client ended (the guest sees
 // ECONNRESET on read and EPIPE on write, not a clean end of file, since
 // the agent closes a socket with unread bytes); one without (host→guest
-// only, or between two sends) carries on byte-exact. But in a few rounds
-// in thirty (TestAgentResetDuringTransferSoak) a host→guest stream whose
-// session goes on loses one 4 KiB receive buffer the device had filled
-// before the reset and the driver had not taken: a silent gap, which this
-// test reports as a failure (padStalled).
+// only, or between two sends) carries on byte-exact. A silent gap in a
+// host→guest stream whose session goes on is a failure (padStalled): in a
+// few rounds in thirty (TestAgentResetDuringTransferSoak) the driver lost
+// the receive buffers the device had filled just before the reset (one to
+// 28 of 4 KiB; a QEMU trace of virtqueue_fill showed them filled right
+// before status 0), until it learnt to take them after the reset write
+// (driver: salvageRxLocked).
 func TestAgentResetDuringTransfer(t *testing.T) {
 	t.Parallel()
 	const big = 64 << 20
