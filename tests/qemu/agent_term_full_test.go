@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"regexp"
@@ -157,13 +156,8 @@ func readQuiet(conn interface {
 		k, err := conn.Read(buf)
 		if k > 0 {
 			_, _ = p.Read(want[:k])
-			if mismatch < 0 && !bytes.Equal(buf[:k], want[:k]) {
-				for i := range k {
-					if buf[i] != want[i] {
-						mismatch = got + int64(i)
-						break
-					}
-				}
+			if i := wire.Mismatch(buf[:k], want[:k]); mismatch < 0 && i >= 0 {
+				mismatch = got + int64(i)
 			}
 			got += int64(k)
 		}

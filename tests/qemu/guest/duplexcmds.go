@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -89,13 +88,8 @@ func readPattern(r io.Reader, n int64, seed uint64) (got, mismatch int64, err er
 		k, rerr := r.Read(buf[:min(int64(len(buf)), n-got)])
 		if k > 0 {
 			_, _ = p.Read(want[:k])
-			if mismatch < 0 && !bytes.Equal(buf[:k], want[:k]) {
-				for i := range k {
-					if buf[i] != want[i] {
-						mismatch = got + int64(i)
-						break
-					}
-				}
+			if i := wire.Mismatch(buf[:k], want[:k]); mismatch < 0 && i >= 0 {
+				mismatch = got + int64(i)
 			}
 			got += int64(k)
 		}

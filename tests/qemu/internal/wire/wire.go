@@ -185,3 +185,14 @@ func Pattern(seed uint64) *rand.ChaCha8 {
 	copy(key[8:], "vserial test pattern v1.")
 	return rand.NewChaCha8(key)
 }
+
+// Mismatch returns the index of the first byte where got differs from want
+// (compared over len(got)), or -1: where a checked stream first went wrong.
+func Mismatch(got, want []byte) int {
+	for i := range got {
+		if got[i] != want[i] {
+			return i
+		}
+	}
+	return -1
+}

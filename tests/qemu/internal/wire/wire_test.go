@@ -115,3 +115,12 @@ func TestPatternIsDeterministicPerSeed(t *testing.T) {
 		t.Error("stream depends on read sizes")
 	}
 }
+
+func TestMismatch(t *testing.T) {
+	if i := Mismatch([]byte("abcd"), []byte("abcd")); i != -1 {
+		t.Errorf("equal: %d", i)
+	}
+	if i := Mismatch([]byte("abXd"), []byte("abcd")); i != 2 {
+		t.Errorf("differ at 2: %d", i)
+	}
+}
