@@ -44,7 +44,7 @@ func (d *Device) bringUpLocked(first bool) error {
 		return err
 	}
 	if !first && d.queues != nil {
-		d.salvageRxLocked(d.resetCause)
+		d.salvageLocked(d.resetCause)
 	}
 	if err := t.AddStatus(StatusAcknowledge); err != nil {
 		return err
@@ -436,6 +436,9 @@ func (d *Device) forgetInFlightLocked() {
 	for _, s := range d.slots {
 		if s == nil {
 			continue
+		}
+		if p := s.port; p != nil && !p.removed {
+			d.dropInflightLocked(p, "device reset")
 		}
 		s.posting = false
 		for i := range s.rxBufs {

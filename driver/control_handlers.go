@@ -192,6 +192,7 @@ func (d *Device) removePortLocked(s *slot) {
 		return
 	}
 	p.discardRxLocked()
+	d.dropInflightLocked(p, "port removed")
 	p.removed = true
 	p.hostConnected = false
 	p.txInflight = 0

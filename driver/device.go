@@ -73,6 +73,10 @@ type Config struct {
 	// MaxResets bounds recoveries within a minute (0: 5); one more device
 	// violation then fails the device.
 	MaxResets int
+	// CloseFlush bounds Close's wait for the device to take the transmit
+	// buffers in flight before it resets the device (0: 2 s; negative: no
+	// wait). Whatever is left is counted and logged (undelivered.go).
+	CloseFlush time.Duration
 	// ExternalLoop: Open starts no event loop of its own. The caller waits
 	// for the interrupt itself (IRQFDs) and drives the device through
 	// HandleIRQ, Poll, Arm and Disarm (poll.go; package pump does).
@@ -88,6 +92,7 @@ type DeviceStats struct {
 	Dropped       uint64 // port and device events dropped because nobody read Events
 	IgnoredPorts  uint64 // PORT_ADD beyond the configured cap
 	Discarded     uint64 // host→guest bytes for no live port
+	Undelivered   uint64 // guest→host bytes dropped before the device took them (PortStats.Undelivered)
 	ControlIn     uint64 // control messages received
 	ControlOut    uint64 // control messages sent
 	Interrupts    uint64 // wake-ups of the event loop
@@ -135,7 +140,7 @@ type Device struct {
 	ctrlQueue  []ctrlOut // control messages waiting for a descriptor
 	ctrlCopy   [bufSize]byte
 	lines      lineLimiter
-	resetCause error     // the fault a recovery answers (salvageRxLocked)
+	resetCause error     // the fault a recovery answers (salvageLocked)
 	salvaging  bool      // taking used buffers after a reset: no kicks
 	ctrlWindow time.Time // control flood detection (control_queue.go)
 	ctrlCount  int
@@ -305,6 +310,17 @@ func (d *Device) Close() error {
 		d.mu.Unlock()
 		<-d.loopDone
 		return nil
+	}
+	if flush := d.cfg.CloseFlush; !d.failed && flush >= 0 {
+		if flush == 0 {
+			flush = defaultCloseFlush
+		}
+		d.flushTxLocked(flush)
+	}
+	for _, s := range d.slots {
+		if s != nil && s.port != nil && !s.port.removed {
+			d.dropInflightLocked(s.port, "device closed")
+		}
 	}
 	if !d.failed && d.multiport {
 		for _, s := range d.slots {

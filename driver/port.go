@@ -41,10 +41,14 @@ var (
 
 // PortStats are a port's counters (the same fields as agent.PortStats).
 type PortStats struct {
-	BytesIn    uint64 // host → guest, delivered to a reader
-	BytesOut   uint64 // guest → host, taken by the device
-	Discarded  uint64 // host → guest bytes dropped (no reader, port closed, removed)
-	Violations uint64 // device protocol violations on this port
+	BytesIn   uint64 // host → guest, delivered to a reader
+	BytesOut  uint64 // guest → host, taken by the device
+	Discarded uint64 // host → guest bytes dropped (no reader, port closed, removed)
+	// Undelivered counts guest → host bytes read from a client that a
+	// device reset, the port's removal or Close dropped before the device
+	// took them (undelivered.go).
+	Undelivered uint64
+	Violations  uint64 // device protocol violations on this port
 }
 
 // Receive buffer states.

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/vserial/vserial/agent"
@@ -54,8 +55,12 @@ type runConfig struct {
 	Bind     string       // bindUIO, bindVFIO or bindAuto (chooseBind decides per function)
 	MaxPorts int          // 0: as many as the device offers
 	Poll     pump.Poll    // the data-plane loop's polling policy (--poll)
-	LogLevel slog.Level
-	Sysfs    string
+	// ShutdownFlush bounds the wait at shutdown for the device to take
+	// guest→host bytes already read from clients (--shutdown-flush;
+	// negative: no wait).
+	ShutdownFlush time.Duration
+	LogLevel      slog.Level
+	Sysfs         string
 	// CPUProfile, when set, receives a pprof CPU profile of the run
 	// (hidden flag, for performance work in guests).
 	CPUProfile string
@@ -67,6 +72,10 @@ type listConfig struct {
 	JSON      bool
 	Sysfs     string
 }
+
+// maxShutdownFlush bounds --shutdown-flush: each device waits in turn, and
+// a supervisor's stop timeout (systemd: 90 s) must outlast them.
+const maxShutdownFlush = 30 * time.Second
 
 // parseRun turns `run` arguments into a checked runConfig. -h/--help returns
 // pflag.ErrHelp after writing the help to out.
@@ -83,6 +92,7 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	consolePTY := fl.Bool("console-pty", false, "give every console port (virtconsole) a pseudo-terminal as well as its socket: SOCKET_DIR/NAME.pty → /dev/pts/N")
 	consoleExec := fl.String("console-exec", "", "run this program (absolute path, then arguments, split at spaces) on every console's terminal, restarted when it exits, e.g. \"/bin/sh -l\"; implies --console-pty")
 	poll := fl.String("poll", "adaptive", "poll for a reply after a small send before sleeping: adaptive (learns per port; never idle), off, or a budget such as 200us")
+	shutdownFlush := fl.Duration("shutdown-flush", 2*time.Second, "at shutdown, wait at most this long for the host to take guest→host bytes already read from clients (0: no wait); what is left is counted and logged")
 	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
 	configFile := fl.String("config", "", "per-port configuration file (format: README, Configuration)")
 	portFlags := fl.StringArray("port", nil, "configure one port: 'NAME KEY=VALUE ...' as after 'port' in the config file (repeatable; overrides the file key by key)")
@@ -137,6 +147,13 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	cfg.MaxPorts = *maxPorts
 	if cfg.Poll, err = pump.ParsePoll(*poll); err != nil {
 		return runConfig{}, usagef(cmd, "--%v", err)
+	}
+	if *shutdownFlush < 0 || *shutdownFlush > maxShutdownFlush {
+		return runConfig{}, usagef(cmd, "--shutdown-flush %v: want 0 to %v", *shutdownFlush, maxShutdownFlush)
+	}
+	cfg.ShutdownFlush = *shutdownFlush
+	if cfg.ShutdownFlush == 0 {
+		cfg.ShutdownFlush = -1 // driver.Config.CloseFlush: no wait
 	}
 	cfg.Agent.Console.PTY = *consolePTY
 	if fl.Changed("console-exec") {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 )
@@ -192,6 +193,27 @@ func TestParseModeValues(t *testing.T) {
 		got, err := parseMode("run", "--socket-mode", in, 0o600, 0o660)
 		if err != nil || got != want {
 			t.Errorf("parseMode(%q) = %#o, %v; want %#o", in, got, err, want)
+		}
+	}
+}
+
+func TestParseRunShutdownFlush(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want time.Duration // as driver.Config.CloseFlush takes it
+	}{
+		{nil, 2 * time.Second},
+		{[]string{"--shutdown-flush", "500ms"}, 500 * time.Millisecond},
+		{[]string{"--shutdown-flush", "0"}, -1},
+	} {
+		cfg, err := parseRun(c.args, io.Discard)
+		if err != nil || cfg.ShutdownFlush != c.want {
+			t.Errorf("%v: flush %v, %v; want %v", c.args, cfg.ShutdownFlush, err, c.want)
+		}
+	}
+	for _, bad := range []string{"-1s", "31s", "soon"} {
+		if _, err := parseRun([]string{"--shutdown-flush", bad}, io.Discard); err == nil {
+			t.Errorf("--shutdown-flush %s accepted", bad)
 		}
 	}
 }

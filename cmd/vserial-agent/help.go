@@ -71,7 +71,9 @@ the device (docs/data-plane.md). After a small request it polls for the reply
 before sleeping (--poll adaptive: a budget learnt per port, never while idle
 or streaming; off: interrupts only; or a fixed budget such as 200us).
 
-SIGTERM or SIGINT shut down cleanly: clients see end of file, the host sees
+SIGTERM or SIGINT shut down cleanly: clients see end of file; guest→host
+bytes already read from clients get --shutdown-flush (2s) to reach the host,
+and what is left is counted and logged ("not delivered"); the host sees
 every port closed, the device is reset, the sockets are removed and the
 function goes back to the driver it had; exit 0. A second signal kills.
 

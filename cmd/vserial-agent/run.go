@@ -71,15 +71,16 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 	}
 	for i, f := range fns {
 		d, err := open(ctx, deviceSpec{
-			Index:    i,
-			Function: f,
-			Explicit: len(cfg.Devices) > 0,
-			Bind:     cfg.Bind,
-			MaxPorts: cfg.MaxPorts,
-			Poll:     cfg.Poll,
-			Sysfs:    cfg.Sysfs,
-			Logger:   log.With("pci", f.Addr, "dev", i),
-			Report:   func(ev agent.DeviceEvent) { reportDevice(a, ev, log) },
+			Index:         i,
+			Function:      f,
+			Explicit:      len(cfg.Devices) > 0,
+			Bind:          cfg.Bind,
+			MaxPorts:      cfg.MaxPorts,
+			Poll:          cfg.Poll,
+			ShutdownFlush: cfg.ShutdownFlush,
+			Sysfs:         cfg.Sysfs,
+			Logger:        log.With("pci", f.Addr, "dev", i),
+			Report:        func(ev agent.DeviceEvent) { reportDevice(a, ev, log) },
 		})
 		if err != nil {
 			if ctx.Err() != nil {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/u-root/u-root/pkg/kmodule"
 	"golang.org/x/sys/unix"
@@ -54,8 +55,10 @@ type deviceSpec struct {
 	Bind     string // bindUIO, bindVFIO or bindAuto
 	MaxPorts int    // 0: as many as the device offers
 	Poll     pump.Poll
-	Sysfs    string
-	Logger   *slog.Logger
+	// ShutdownFlush is driver.Config.CloseFlush (negative: no wait).
+	ShutdownFlush time.Duration
+	Sysfs         string
+	Logger        *slog.Logger
 	// Report, when not nil, receives the device's own events (resets,
 	// protocol violations) for the agent's event stream. It must not block.
 	Report func(agent.DeviceEvent)
@@ -170,6 +173,7 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 		MaxPorts:     maxPorts,
 		Index:        spec.Index,
 		MaxResets:    maxResets,
+		CloseFlush:   spec.ShutdownFlush,
 		ExternalLoop: true,
 		Logger:       log,
 	})
