@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // PTYSuffix ends the name of a console's symlink in the socket directory:
@@ -358,10 +360,12 @@ func (c *ptyConsole) attachLocked() {
 	c.master.SetDeadline(time.Time{})
 	a.wg.Add(1)
 	go func() {
+		defer guard.Recover()
 		defer a.wg.Done()
 		defer close(done)
 		woke := make(chan struct{})
 		go func() {
+			defer guard.Recover()
 			// Ending ctx wakes whatever master read or write a pump is
 			// blocked in.
 			<-ctx.Done()
@@ -382,6 +386,7 @@ func (c *ptyConsole) attachLocked() {
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() {
+			defer guard.Recover()
 			defer wg.Done()
 			c.hostToTTY(ctx)
 		}()
@@ -503,6 +508,7 @@ func (c *ptyConsole) closeLocked() {
 	a := c.pt.a
 	a.wg.Add(1)
 	go func() {
+		defer guard.Recover()
 		defer a.wg.Done()
 		if cancel != nil {
 			cancel()
@@ -519,6 +525,7 @@ func (c *ptyConsole) closeLocked() {
 // runProgram runs ConsoleConfig.Exec on the slave until the port's context
 // ends, restarting it with backoff.
 func (c *ptyConsole) runProgram() {
+	defer guard.Recover()
 	a, pt := c.pt.a, c.pt
 	defer a.wg.Done()
 	defer close(c.progDone)
@@ -545,7 +552,10 @@ func (c *ptyConsole) runProgram() {
 		} else {
 			pt.log.Info("console program started", "program", cfg.Exec[0], "pid", cmd.Process.Pid, "pty", c.tty)
 			waited := make(chan error, 1)
-			go func() { waited <- cmd.Wait() }()
+			go func() {
+				defer guard.Recover()
+				waited <- cmd.Wait()
+			}()
 			select {
 			case err := <-waited:
 				pt.log.Warn("console program exited", "program", cfg.Exec[0], "pid", cmd.Process.Pid, "status", exitStatus(err))

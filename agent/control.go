@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // The control protocol: the client sends one JSON object on one line. For
@@ -126,6 +128,7 @@ func (a *Agent) ServeControl(l net.Listener) error {
 		a.wg.Add(1)
 		a.mu.Unlock()
 		go func() {
+			defer guard.Recover()
 			defer a.wg.Done()
 			a.answer(c)
 		}()

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // EventKind names an event on the stream (the "event" field).
@@ -240,6 +242,7 @@ func (a *Agent) stream(c net.Conn) {
 	// subscription. Stray bytes are ignored.
 	a.wg.Add(1)
 	go func() {
+		defer guard.Recover()
 		defer a.wg.Done()
 		io.Copy(io.Discard, c)
 		a.endSubscription(s, "")

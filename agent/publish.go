@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"time"
+
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // port is the agent's state for one published Port.
@@ -76,6 +78,7 @@ func (pt *port) poke() {
 // watch follows the port's Changed notifications: host connects and
 // disconnects, a late name, removal.
 func (pt *port) watch() {
+	defer guard.Recover()
 	defer pt.a.wg.Done()
 	for {
 		ch := pt.p.Changed()
@@ -272,6 +275,7 @@ func (a *Agent) placeListenLocked(pt *port, cfg PortConfig) {
 // connection, and redials when the dial fails or the connection ends, with
 // capped exponential backoff, until ctx ends.
 func (pt *port) dial(ctx context.Context, target string) {
+	defer guard.Recover()
 	a := pt.a
 	defer a.wg.Done()
 	b := newBackoff(a.redialMin, a.redialMax)
@@ -342,6 +346,7 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 // accept takes connections on one listener of pt until it is closed.
 func (pt *port) accept(ln *net.UnixListener) {
+	defer guard.Recover()
 	defer pt.a.wg.Done()
 	for {
 		c, err := ln.AcceptUnix()

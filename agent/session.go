@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // closeTimeout bounds the PORT_OPEN 0 message sent when a session ends, so
@@ -51,6 +53,7 @@ func newSession(pt *port, c *net.UnixConn) *session {
 // run opens the port for the client, pumps bytes both ways until the client
 // leaves (or the port goes away, or the agent closes), then closes the port.
 func (s *session) run() {
+	defer guard.Recover()
 	pt, p := s.pt, s.pt.p
 	defer pt.a.wg.Done()
 	defer s.cancel()
@@ -77,6 +80,7 @@ func (s *session) run() {
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() {
+			defer guard.Recover()
 			defer wg.Done()
 			s.hostToGuest()
 		}()
@@ -224,6 +228,7 @@ func (s *session) awaitHost(raw syscall.RawConn) (hup bool, err error) {
 func (s *session) waitHangup(raw syscall.RawConn, ch <-chan struct{}) (bool, error) {
 	done, helperDone := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer guard.Recover()
 		defer close(helperDone)
 		select {
 		case <-ch:

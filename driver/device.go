@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vserial/vserial/dma"
@@ -158,14 +159,17 @@ type Device struct {
 	irqFDs          int  // descriptors IRQFDs handed out
 	waker           func()
 	closed          bool
-	failed          bool
-	err             error
-	held            int // buffers in use outside the lock
-	freed           bool
-	done            chan struct{}
-	evq             []PortEvent
-	evWake          chan struct{}
-	events          chan PortEvent
+	// closing is set when Close starts (before the device's memory and
+	// BARs may go): LastGasp reads it without the lock.
+	closing atomic.Bool
+	failed  bool
+	err     error
+	held    int // buffers in use outside the lock
+	freed   bool
+	done    chan struct{}
+	evq     []PortEvent
+	evWake  chan struct{}
+	events  chan PortEvent
 }
 
 type ctrlOut struct {
@@ -305,6 +309,7 @@ func (p *Port) KernelName() string { return fmt.Sprintf("vport%dp%d", p.d.cfg.In
 // resets the device and frees its memory (once no buffer is in use by a
 // reader or writer). It is idempotent.
 func (d *Device) Close() error {
+	d.closing.Store(true)
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -459,6 +464,10 @@ const emergWrOffset = 8
 func (d *Device) EmergencyWrite(b []byte) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.emergencyWriteLocked(b)
+}
+
+func (d *Device) emergencyWriteLocked(b []byte) error {
 	switch {
 	case d.closed:
 		return ErrClosed
@@ -476,6 +485,32 @@ func (d *Device) EmergencyWrite(b []byte) error {
 		}
 	}
 	return nil
+}
+
+// lastGaspWait bounds LastGasp's wait for the driver's lock.
+const lastGaspWait = 100 * time.Millisecond
+
+// LastGasp is EmergencyWrite for a process that is about to die of a
+// panic: the goroutine that panicked may hold the driver's lock forever,
+// so LastGasp waits for it at most lastGaspWait and then writes without
+// it (one register write per byte, which the device handles on its own).
+// It refuses once Close has started releasing the device's memory.
+func (d *Device) LastGasp(b []byte) error {
+	deadline := time.Now().Add(lastGaspWait)
+	for {
+		if d.mu.TryLock() {
+			defer d.mu.Unlock()
+			return d.emergencyWriteLocked(b)
+		}
+		if !time.Now().Before(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if d.closing.Load() || !d.emergF {
+		return ErrClosed
+	}
+	return d.emergencyWriteLocked(b)
 }
 
 // --- buffers ---

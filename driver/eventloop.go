@@ -9,6 +9,8 @@ package driver
 import (
 	"context"
 	"fmt"
+
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // isrConfig is the ISR's configuration-change bit (spec 4.1.4.5). The
@@ -20,6 +22,7 @@ const isrConfig = 2
 const allVectors = ^uint64(0)
 
 func (d *Device) loop(ctx context.Context) {
+	defer guard.Recover()
 	defer close(d.loopDone)
 	irq := d.fn.IRQ()
 	vi, byVector := irq.(VectorIRQ)

@@ -4,7 +4,11 @@ package driver
 // coalesced per port, PortAdded and PortRemoved are never dropped, and an
 // external loop is woken for each.
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/vserial/vserial/internal/guard"
+)
 
 // PortEventKind says what happened to a port.
 type PortEventKind uint8
@@ -90,6 +94,7 @@ func (d *Device) emitLocked(p *Port, k PortEventKind) {
 // forward delivers queued port events to Events in order, and closes it
 // when the device stops.
 func (d *Device) forward() {
+	defer guard.Recover()
 	defer close(d.fwdDone)
 	defer close(d.events)
 	var batch []PortEvent

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/guard"
 )
 
 var (
@@ -245,6 +246,7 @@ func (l *Loop) portCounters(id uint32) *portCounters {
 // run is the loop: work until a pass makes no progress, spin if a reply is
 // due soon, arm the interrupts, and only then sleep in epoll_wait.
 func (l *Loop) run() {
+	defer guard.Recover()
 	defer close(l.done)
 	// The thread's scheduling policy follows the traffic (batch.go).
 	runtime.LockOSThread()

@@ -14,6 +14,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/pflag"
+
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // minProcs is the least GOMAXPROCS the agent runs with. On a one-CPU guest
@@ -32,6 +34,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	go func() {
+		defer guard.Recover()
 		// After the first signal, a second one kills the process the
 		// default way, in case shutdown hangs.
 		<-ctx.Done()

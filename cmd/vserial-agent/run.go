@@ -7,8 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 
 	"github.com/vserial/vserial/agent"
+	"github.com/vserial/vserial/internal/guard"
 	"github.com/vserial/vserial/pciscan"
 )
 
@@ -45,19 +47,19 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 		return failed("cannot create the control socket", err)
 	}
 	served := make(chan error, 1)
-	go func() { served <- a.ServeControl(ctl) }()
+	go func() {
+		defer guard.Recover()
+		served <- a.ServeControl(ctl)
+	}()
 
 	var devs []device
 	var addrs []string
-	// The last gasp: if anything panics below, the host hears why.
-	defer func() {
-		if r := recover(); r != nil {
-			for i, d := range devs {
-				emergencyLine(d, addrs[i], log, fmt.Sprintf("fatal: panic: %v", r))
-			}
-			panic(r)
-		}
-	}()
+	// The last gasp: if anything panics, in this goroutine or any other
+	// the agent started, the host hears why (internal/guard).
+	words := &lastWords{log: log}
+	guard.SetHandler(words.panicked)
+	defer guard.SetHandler(nil)
+	defer guard.Recover()
 	shutdown := func() {
 		a.Close()
 		if err := <-served; err != nil && !errors.Is(err, agent.ErrClosed) {
@@ -96,6 +98,7 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 		}
 		devs = append(devs, d)
 		addrs = append(addrs, f.Addr)
+		words.add(d, f.Addr)
 		log.Info("device opened", "pci", f.Addr, "dev", i)
 		// Before any port is published: the host sees the agent coming up
 		// even when nothing else works later.
@@ -129,6 +132,7 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 	stopped := make(chan int, len(devs))
 	for i, d := range devs {
 		go func() {
+			defer guard.Recover()
 			skip := started[i]
 			for p := range d.Ports() {
 				if skip[p] {
@@ -249,6 +253,10 @@ const maxEmergencyLine = 240
 // are cut, so one call is one line. Best effort: a device without the
 // channel is logged at debug level.
 func emergencyLine(d device, addr string, log *slog.Logger, msg string) {
+	writeLine(d.EmergencyWrite, addr, log, msg)
+}
+
+func writeLine(write func([]byte) error, addr string, log *slog.Logger, msg string) {
 	b := []byte("vserial-agent: ")
 	for _, c := range []byte(msg) {
 		if c < 0x20 || c == 0x7f {
@@ -260,9 +268,42 @@ func emergencyLine(d device, addr string, log *slog.Logger, msg string) {
 		b = append(b[:maxEmergencyLine-4], "..."...)
 	}
 	b = append(b, '\n')
-	if err := d.EmergencyWrite(b); err != nil {
+	if err := write(b); err != nil {
 		log.Debug("no emergency write", "pci", addr, "err", err)
 		return
 	}
 	log.Debug("emergency write", "pci", addr, "line", string(b[:len(b)-1]))
+}
+
+// lastWords is run's answer to a panic in any goroutine the agent started
+// (internal/guard.Handler): the panic and its stack go to the log, and
+// "fatal: panic: V" through the emergency channel of every device opened
+// so far, without waiting for a lock the panicking goroutine may hold
+// (driver.Device.LastGasp). The process then dies of the panic (exit 2).
+type lastWords struct {
+	log   *slog.Logger
+	mu    sync.Mutex
+	devs  []device
+	addrs []string
+}
+
+func (w *lastWords) add(d device, addr string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.devs = append(w.devs, d)
+	w.addrs = append(w.addrs, addr)
+}
+
+func (w *lastWords) panicked(v any, stack []byte) {
+	w.log.Error("panic", "value", fmt.Sprint(v), "stack", string(stack))
+	w.mu.Lock()
+	devs, addrs := w.devs, w.addrs
+	w.mu.Unlock()
+	for i, d := range devs {
+		write := d.EmergencyWrite
+		if g, ok := d.(interface{ LastGasp([]byte) error }); ok {
+			write = g.LastGasp
+		}
+		writeLine(write, addrs[i], w.log, fmt.Sprintf("fatal: panic: %v", v))
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/dma"
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/guard"
 	"github.com/vserial/vserial/pciscan"
 	"github.com/vserial/vserial/pump"
 	"github.com/vserial/vserial/uio"
@@ -315,6 +316,7 @@ type consoleDevice struct {
 // device events into reports. Other port events reach the agent through
 // each port's Changed channel.
 func (d *consoleDevice) forward() {
+	defer guard.Recover()
 	defer close(d.done)
 	defer close(d.ports)
 	for {
@@ -365,6 +367,9 @@ func (d *consoleDevice) Ports() <-chan agent.Port { return d.ports }
 func (d *consoleDevice) Present() []agent.Port { return d.present }
 
 func (d *consoleDevice) EmergencyWrite(b []byte) error { return d.dev.EmergencyWrite(b) }
+
+// LastGasp is EmergencyWrite after a panic (driver.Device.LastGasp).
+func (d *consoleDevice) LastGasp(b []byte) error { return d.dev.LastGasp(b) }
 
 func (d *consoleDevice) Err() error {
 	select {
