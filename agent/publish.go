@@ -32,15 +32,18 @@ type port struct {
 	// once each time the watcher places the socket, so the socket, the
 	// configuration and the events of one round agree even while the
 	// device names the port meanwhile.
-	name     string
-	sock     string // socket path, "" when unpublished
-	ln       *net.UnixListener
-	client   *session
-	badName  string // last name reported as unusable, so it is logged once
-	cfg      PortConfig
-	con      *ptyConsole        // the console's terminal, nil if none
-	cfgSet   bool               // cfg holds the configuration in force
-	dialStop context.CancelFunc // ends the connect-mode dialer, nil if none
+	name    string
+	sock    string // socket path, "" when unpublished
+	ln      *net.UnixListener
+	client  *session
+	badName string // last name reported as unusable, so it is logged once
+	cfg     PortConfig
+	con     *ptyConsole // the console's terminal, nil if none
+	// consoleCapped: the port was refused a terminal by the per-device
+	// cap (logged once).
+	consoleCapped bool
+	cfgSet        bool               // cfg holds the configuration in force
+	dialStop      context.CancelFunc // ends the connect-mode dialer, nil if none
 	// nameProblem says why the socket is not named after the port's name
 	// (unusable as a file name, or taken by another port); "" otherwise.
 	nameProblem string

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -90,7 +91,9 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	bind := fl.String("bind", bindAuto, "how to take the function: vfio (vfio-pci), uio (uio_pci_generic) or auto (vfio in an IOMMU group, else uio; 'list' shows the choice)")
 	maxPorts := fl.Int("max-ports", 0, "set up at most this many ports per device (0: as many as the device offers)")
 	consolePTY := fl.Bool("console-pty", false, "give every console port (virtconsole) a pseudo-terminal as well as its socket: SOCKET_DIR/NAME.pty → /dev/pts/N")
-	consoleExec := fl.String("console-exec", "", "run this program (absolute path, then arguments, split at spaces) on every console's terminal, restarted when it exits, e.g. \"/bin/sh -l\"; implies --console-pty")
+	consoleExec := fl.String("console-exec", "", "run this program (absolute path, then arguments) on each console terminal, restarted when it exits; a getty, not a shell; implies --console-pty")
+	consoleMax := fl.Int("console-max", agent.DefaultMaxConsoles, "give at most this many console ports of one device a terminal and a program; further consoles stay plain sockets")
+	consoleEnv := fl.StringArray("console-env", nil, "KEY=VALUE for the --console-exec program's environment, added to the minimal one (PATH, TERM=vt220, HOME=/; repeatable)")
 	poll := fl.String("poll", "adaptive", "poll for a reply after a small send before sleeping: adaptive (learns per port; never idle), off, or a budget such as 200us")
 	shutdownFlush := fl.Duration("shutdown-flush", 2*time.Second, "at shutdown, wait at most this long for the host to take guest→host bytes already read from clients (0: no wait); what is left is counted and logged")
 	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
@@ -167,6 +170,17 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 		cfg.Agent.Console.Exec = argv
 		cfg.Agent.Console.PTY = true
 	}
+	if *consoleMax < 1 || *consoleMax > 64 {
+		return runConfig{}, usagef(cmd, "--console-max %d: want 1 to 64", *consoleMax)
+	}
+	cfg.Agent.Console.MaxPerDevice = *consoleMax
+	if len(*consoleEnv) > 0 {
+		env, err := consoleEnvironment(*consoleEnv)
+		if err != nil {
+			return runConfig{}, usagef(cmd, "--console-env: %v", err)
+		}
+		cfg.Agent.Console.Env = env
+	}
 	if cfg.LogLevel, err = parseLevel(cmd, *logLevel); err != nil {
 		return runConfig{}, err
 	}
@@ -180,6 +194,21 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	cfg.Agent.Default, cfg.Agent.Ports = pcs.Default, pcs.Ports
 	cfg.CPUProfile = *cpuProfile
 	return cfg, nil
+}
+
+// consoleEnvironment is agent.MinimalEnv with each KEY=VALUE of extra
+// added, or replacing the variable of the same name.
+func consoleEnvironment(extra []string) ([]string, error) {
+	env := slices.Clone(agent.MinimalEnv)
+	for _, kv := range extra {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || strings.ContainsAny(k, " \t\x00") || strings.ContainsRune(kv, 0) {
+			return nil, fmt.Errorf("%q: want KEY=VALUE", kv)
+		}
+		env = slices.DeleteFunc(env, func(e string) bool { return strings.HasPrefix(e, k+"=") })
+		env = append(env, kv)
+	}
+	return env, nil
 }
 
 // parseList turns `list` arguments into a listConfig.

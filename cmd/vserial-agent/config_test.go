@@ -217,3 +217,23 @@ func TestParseRunShutdownFlush(t *testing.T) {
 		}
 	}
 }
+
+func TestParseRunConsoleLimits(t *testing.T) {
+	cfg, err := parseRun(nil, io.Discard)
+	if err != nil || cfg.Agent.Console.MaxPerDevice != 4 || cfg.Agent.Console.Env != nil {
+		t.Fatalf("defaults: max %d env %v (%v)", cfg.Agent.Console.MaxPerDevice, cfg.Agent.Console.Env, err)
+	}
+	cfg, err = parseRun([]string{"--console-max", "2", "--console-env", "LANG=C.UTF-8", "--console-env", "TERM=linux"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := strings.Join(cfg.Agent.Console.Env, " ")
+	if cfg.Agent.Console.MaxPerDevice != 2 || !strings.Contains(env, "LANG=C.UTF-8") || !strings.Contains(env, "TERM=linux") || strings.Contains(env, "vt220") || !strings.Contains(env, "PATH=") {
+		t.Errorf("max %d env %q", cfg.Agent.Console.MaxPerDevice, env)
+	}
+	for _, bad := range [][]string{{"--console-max", "0"}, {"--console-max", "65"}, {"--console-env", "NOEQUALS"}, {"--console-env", "=x"}} {
+		if _, err := parseRun(bad, io.Discard); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+}

@@ -271,7 +271,7 @@ func TestAgentConsole(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 		defer cancel()
 		from := tap.Len()
-		a := startConsoleAgent(ctx, t, g, "--console-exec", HelperPath+" minish")
+		a := startConsoleAgent(ctx, t, g, "--console-exec", HelperPath+" minish", "--console-env", guestPATH)
 		at, err := tap.waitFor(ctx, from, startLine)
 		if err != nil {
 			t.Fatalf("emergency-write start line: %v", err)
@@ -473,7 +473,7 @@ func TestAgentConsoleSinglePort(t *testing.T) {
 	addr := path.Base(findVirtioConsole(t, g))
 	link := AgentSocket("vport0p0.pty")
 
-	a := startConsoleAgent(ctx, t, g, "--console-exec", HelperPath+" minish")
+	a := startConsoleAgent(ctx, t, g, "--console-exec", HelperPath+" minish", "--console-env", guestPATH)
 	at, err := tap.waitFor(ctx, 0, "vserial-agent: starting on "+addr+"\n")
 	if err != nil {
 		t.Fatalf("emergency-write start line: %v", err)
@@ -507,3 +507,8 @@ func TestAgentConsoleSinglePort(t *testing.T) {
 		}
 	}
 }
+
+// guestPATH is the console program's PATH in the test image: u-root keeps
+// its commands in /bbin, which the agent's minimal environment for console
+// programs (agent.MinimalEnv) does not name.
+const guestPATH = "PATH=/bbin:/bin:/sbin:/usr/bin:/usr/sbin"
