@@ -30,8 +30,25 @@ func queueSize(max uint16, legacy bool) (uint16, error) {
 
 // bringUpLocked runs device initialisation. The first time it allocates
 // queues and control buffers; afterwards (recovery) it reuses them and
-// checks that the device still describes itself the same way.
+// checks that the device still describes itself the same way. A device
+// that refuses an MSI-X vector (it reads back NO_VECTOR) gets the whole
+// sequence again, from the reset, with fewer vectors, as Linux's
+// vp_find_vqs falls back: one vector per port, then every data queue on
+// one shared vector, then a single vector for everything.
 func (d *Device) bringUpLocked(first bool) error {
+	for {
+		err := d.bringUpOnceLocked(first)
+		if err == nil || !errors.Is(err, ErrVectorRefused) || d.nvec <= 1 {
+			return err
+		}
+		was := d.nvec
+		d.nvec = min(d.nvec-1, 2)
+		d.stats.VectorFallbacks++
+		d.log.Warn("virtio-console: the device refused an MSI-X vector; fewer vectors", "err", err, "vectors", was, "now", d.nvec)
+	}
+}
+
+func (d *Device) bringUpOnceLocked(first bool) error {
 	t := d.t
 	if !first {
 		// QEMU drops DRIVER_OK when Bus Master is cleared (VIRTIO-NOTES
@@ -99,7 +116,7 @@ func (d *Device) bringUpLocked(first bool) error {
 	}
 	// Queue numbers are 16-bit: port 0x7fff's transmitq is the last one.
 	nslots = min(nslots, maxQueuePorts)
-	if first {
+	if first && !d.vectorsChosen {
 		d.nslots = nslots
 		if err := d.setupVectors(); err != nil {
 			return err
@@ -108,7 +125,7 @@ func (d *Device) bringUpLocked(first bool) error {
 	if err := t.SetConfigVector(d.vecConfig); err != nil {
 		return err
 	}
-	if first {
+	if first && d.queues == nil {
 		if err := d.allocQueuesLocked(); err != nil {
 			return err
 		}
@@ -226,6 +243,7 @@ func (d *Device) setupVectors() error {
 		return fmt.Errorf("driver: the interrupt source reports %d MSI-X vectors", n)
 	}
 	d.nvec = n
+	d.vectorsChosen = true
 	d.vecConfig = 0
 	if n == 0 {
 		d.vecConfig = NoVector

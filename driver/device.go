@@ -102,6 +102,9 @@ type DeviceStats struct {
 	LogsSuppressed uint64
 	Kicks          uint64 // available-buffer notifications sent (MMIO doorbell writes)
 	Unmasks        uint64 // INTx re-enabled after an interrupt (external loop only)
+	// VectorFallbacks counts bring-ups repeated with fewer MSI-X vectors
+	// because the device refused one.
+	VectorFallbacks uint64
 	// Injected counts descriptors InjectFault posted; InjectedAccepted
 	// those the device used instead of refusing them.
 	Injected         uint64
@@ -117,19 +120,21 @@ type Device struct {
 	alloc dma.Allocator
 	order binary.ByteOrder // of control messages and config fields
 
-	features   uint64
-	multiport  bool
-	maxNr      uint32 // max_nr_ports as the device reported it (validated)
-	nslots     uint32 // port ids served: min(maxNr, caps)
-	vecConfig  uint16 // configuration changes and the control queues
-	nvec       int    // MSI-X vectors routed (0: INTx)
-	eventIdx   bool
-	sizeF      bool // VIRTIO_CONSOLE_F_SIZE negotiated
-	emergF     bool // VIRTIO_CONSOLE_F_EMERG_WRITE negotiated
-	maxResets  int
-	loopCancel context.CancelFunc
-	loopDone   chan struct{}
-	fwdDone    chan struct{}
+	features  uint64
+	multiport bool
+	maxNr     uint32 // max_nr_ports as the device reported it (validated)
+	nslots    uint32 // port ids served: min(maxNr, caps)
+	vecConfig uint16 // configuration changes and the control queues
+	nvec      int    // MSI-X vectors routed (0: INTx)
+	// vectorsChosen: setupVectors ran (a fallback lowers nvec after it).
+	vectorsChosen bool
+	eventIdx      bool
+	sizeF         bool // VIRTIO_CONSOLE_F_SIZE negotiated
+	emergF        bool // VIRTIO_CONSOLE_F_EMERG_WRITE negotiated
+	maxResets     int
+	loopCancel    context.CancelFunc
+	loopDone      chan struct{}
+	fwdDone       chan struct{}
 
 	mu         sync.Mutex
 	queues     []virtqueue // by queue number; nil where not set up

@@ -94,6 +94,9 @@ type TransportMisbehaviour struct {
 	QueueSizeNotPow2 bool
 	// VectorRefused: MSI-X vector writes read back 0xFFFF.
 	VectorRefused bool
+	// VectorsAccepted > 0: only vectors below it are kept; the others
+	// read back 0xFFFF (QEMU does so when it cannot route a vector).
+	VectorsAccepted uint16
 	// NumQueues > 0: num_queues reads this, and queues at or above it do not
 	// exist, whatever the model says.
 	NumQueues uint16
