@@ -101,9 +101,9 @@ func (d *Device) bringUpOnceLocked(first bool) error {
 			d.failStatus()
 			return fmt.Errorf("%w: max_nr_ports is 0 with MULTIPORT", ErrDeviceProtocolConsole)
 		}
-		if maxNr > maxPortsLimit {
-			d.log.Warn("virtio-console: max_nr_ports capped", "max_nr_ports", maxNr, "cap", maxPortsLimit)
-			maxNr = maxPortsLimit
+		if maxNr > MaxPorts {
+			d.log.Warn("virtio-console: max_nr_ports capped", "max_nr_ports", maxNr, "cap", MaxPorts)
+			maxNr = MaxPorts
 		}
 	}
 	if !first && maxNr != d.maxNr {
@@ -114,8 +114,9 @@ func (d *Device) bringUpOnceLocked(first bool) error {
 	if d.cfg.MaxPorts > 0 && nslots > d.cfg.MaxPorts {
 		nslots = d.cfg.MaxPorts
 	}
-	// Queue numbers are 16-bit: port 0x7fff's transmitq is the last one.
-	nslots = min(nslots, maxQueuePorts)
+	// Queue numbers are 16-bit: port 0x7ffe's transmitq (0xffff) is the
+	// last one.
+	nslots = min(nslots, MaxPorts-1)
 	if first && !d.vectorsChosen {
 		d.nslots = nslots
 		if err := d.setupVectors(); err != nil {

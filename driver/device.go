@@ -37,7 +37,6 @@ const (
 // (it may lower the device's size, spec 4.1.4.3); legacy sizes are fixed by
 // the device and only bounded.
 const (
-	maxQueuePorts      = 0x7fff
 	maxQueueSize       = 256
 	maxLegacyQueueSize = 1024
 )
@@ -51,8 +50,9 @@ const (
 
 // Config configures Open.
 type Config struct {
-	// MaxPorts caps max_nr_ports (0: no cap beyond 0x8000). Ports with
-	// larger ids are ignored with a log line and never acknowledged.
+	// MaxPorts caps max_nr_ports (0: no cap beyond MaxPorts-1, the last
+	// id with queues). Ports with larger ids are ignored with a log line
+	// and never acknowledged.
 	MaxPorts uint32
 	// Index is the device index D used in fallback names "vport<D>p<ID>".
 	Index int

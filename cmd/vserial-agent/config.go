@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/pflag"
 	"github.com/vserial/vserial/agent"
+	"github.com/vserial/vserial/driver"
 	"github.com/vserial/vserial/pciscan"
 	"github.com/vserial/vserial/pump"
 )
@@ -38,9 +39,11 @@ func usagef(cmd, format string, args ...any) error {
 	return &usageError{cmd: cmd, err: fmt.Errorf(format, args...)}
 }
 
-// maxPortsLimit is the most ports a virtio-pci console can have: queue
-// indexes are 16 bits and a device has 2·(max_nr_ports+1) queues.
-const maxPortsLimit = 32766
+// defaultMaxPorts is run's port cap per device (--max-ports): a device
+// offering more (QEMU allows 511, the protocol 0x8000) gets this many
+// ports unless the operator asks for more; docs/memory.md says what each
+// port costs.
+const defaultMaxPorts = 64
 
 // Bind modes.
 const (
@@ -54,7 +57,7 @@ type runConfig struct {
 	Agent    agent.Config // Logger is filled in by run
 	Devices  []string     // canonical PCI addresses; empty: every free console
 	Bind     string       // bindUIO, bindVFIO or bindAuto (chooseBind decides per function)
-	MaxPorts int          // 0: as many as the device offers
+	MaxPorts int          // 0: as many as the device offers (up to driver.MaxPorts)
 	Poll     pump.Poll    // the data-plane loop's polling policy (--poll)
 	// ShutdownFlush bounds the wait at shutdown for the device to take
 	// guest→host bytes already read from clients (--shutdown-flush;
@@ -89,7 +92,7 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	dirMode := fl.String("dir-mode", fmt.Sprintf("%04o", agent.DefaultDirMode), "permission bits of the socket directory when it is created, octal")
 	devices := fl.StringArray("device", nil, "PCI address DDDD:BB:DD.F of a virtio-console function to drive (repeatable; default: every virtio-console function no driver holds)")
 	bind := fl.String("bind", bindAuto, "how to take the function: vfio (vfio-pci), uio (uio_pci_generic) or auto (vfio in an IOMMU group, else uio; 'list' shows the choice)")
-	maxPorts := fl.Int("max-ports", 0, "set up at most this many ports per device (0: as many as the device offers)")
+	maxPorts := fl.Int("max-ports", defaultMaxPorts, "set up at most this many ports per device (0: as many as the device offers, up to the protocol's 32768)")
 	consolePTY := fl.Bool("console-pty", false, "give every console port (virtconsole) a pseudo-terminal as well as its socket: SOCKET_DIR/NAME.pty → /dev/pts/N")
 	consoleExec := fl.String("console-exec", "", "run this program (absolute path, then arguments) on each console terminal, restarted when it exits; a getty, not a shell; implies --console-pty")
 	consoleMax := fl.Int("console-max", agent.DefaultMaxConsoles, "give at most this many console ports of one device a terminal and a program; further consoles stay plain sockets")
@@ -144,8 +147,8 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	default:
 		return runConfig{}, usagef(cmd, "--bind %q: want uio, vfio or auto", *bind)
 	}
-	if *maxPorts < 0 || *maxPorts > maxPortsLimit {
-		return runConfig{}, usagef(cmd, "--max-ports %d: want 0 (as many as the device offers) to %d", *maxPorts, maxPortsLimit)
+	if *maxPorts < 0 || *maxPorts > driver.MaxPorts {
+		return runConfig{}, usagef(cmd, "--max-ports %d: want 0 (as many as the device offers) to %d", *maxPorts, driver.MaxPorts)
 	}
 	cfg.MaxPorts = *maxPorts
 	if cfg.Poll, err = pump.ParsePoll(*poll); err != nil {

@@ -22,7 +22,7 @@ func TestParseRunDefaults(t *testing.T) {
 	if cfg.Agent.SocketDir != "/run/vserial" || cfg.Agent.SocketMode != 0o660 || cfg.Agent.DirMode != 0o755 {
 		t.Errorf("agent config %+v", cfg.Agent)
 	}
-	if cfg.Bind != bindAuto || cfg.MaxPorts != 0 || cfg.LogLevel != slog.LevelInfo || cfg.Sysfs != "/sys" || len(cfg.Devices) != 0 {
+	if cfg.Bind != bindAuto || cfg.MaxPorts != 64 || cfg.LogLevel != slog.LevelInfo || cfg.Sysfs != "/sys" || len(cfg.Devices) != 0 {
 		t.Errorf("config %+v", cfg)
 	}
 }
