@@ -26,8 +26,8 @@ type Options struct {
 	// which may be 1 GiB.)
 	HugepagesFile string
 	// NoReserve forbids raising the hugepage pool when no page is free.
-	// By default Open adds the page it needs to the pool, which persists
-	// after the process exits (it is a system setting).
+	// By default the allocator adds each page it needs to the pool (a
+	// system setting) and lowers the pool by as many pages at Close.
 	NoReserve bool
 	// AllowSmallPages falls back to single locked 4 KiB pages when no
 	// hugepage can be had. Each allocation is then at most 4096 bytes, and
