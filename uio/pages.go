@@ -18,7 +18,7 @@ const hugeSize = 2 << 20
 // (we still check every 4 KiB subpage). hugetlb pages are never swapped,
 // and MAP_LOCKED|MAP_POPULATE faults them in up front; but the kernel may
 // still migrate an in-use hugetlb page (memory hot-unplug, virtio-mem,
-// CMA, offlining), which the device, holding its
+// CMA, offlining: see migration.go), which the device, holding its
 // physical address, would not see.
 //
 // When no hugepage is free and reserve is set, get raises the pool by one

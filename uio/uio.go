@@ -34,6 +34,8 @@ type Options struct {
 	// the kernel may migrate such a page under the device; see the
 	// smallSource comment. Off by default.
 	AllowSmallPages bool
+	// Meminfo is read for a CMA area (migration.go); default /proc/meminfo.
+	Meminfo string
 	// CPUInfo is read to detect confidential guests; default /proc/cpuinfo.
 	CPUInfo string
 	// IgnoreConfidential opens the device even if the guest looks
@@ -132,6 +134,7 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 		return fail(fmt.Errorf("set Bus Master: %w", err))
 	}
 
+	warnMigration(sysfs, opts, log, "uio")
 	src, fallback := opts.source, pageSource(nil)
 	if src == nil {
 		src, fallback = physSources(sysfs, opts)
