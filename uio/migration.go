@@ -50,7 +50,7 @@ func MigrationRisks(sysfs, meminfo string) []MigrationRisk {
 		add(true, "%d virtio-mem device(s): unplugging their memory migrates the pages in it", n)
 	}
 	if m, _ := filepath.Glob(filepath.Join(sysfs, "bus", "acpi", "devices", "PNP0C80:*")); len(m) > 0 {
-		add(true, "%d ACPI memory device(s) (hot-pluggable DIMMs): removing one migrates the pages in it", len(m))
+		add(true, "%d ACPI memory device(s) (DIMM slots for memory hot-plug): removing a DIMM migrates the pages in it", len(m))
 	}
 	blocks, _ := filepath.Glob(filepath.Join(sysfs, "devices", "system", "memory", "memory[0-9]*"))
 	movable, removable := 0, 0

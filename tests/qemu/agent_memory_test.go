@@ -126,3 +126,34 @@ func TestAgentHugepageFootprint(t *testing.T) {
 		t.Errorf("the agent did not log the hugepages it gave back:\n%s", out)
 	}
 }
+
+// TestAgentWarnsOfHotplugMemory boots a guest with a hot-pluggable DIMM
+// (a pc-dimm in a memory slot: ACPI memory device PNP0C80) and checks that
+// the agent, taking the console through uio, warns at start that DMA pages
+// can be migrated, with that reason (docs/memory.md, page migration).
+func TestAgentWarnsOfHotplugMemory(t *testing.T) {
+	t.Parallel()
+	const name = "org.vserial.dimm"
+	a := bootAgentArgs(t, Options{
+		Ports:     []Port{{Name: name}},
+		Memory:    "512M,slots=2,maxmem=1G",
+		ExtraArgs: []string{"-object", "memory-backend-ram,id=dimm0,size=128M", "-device", "pc-dimm,id=dimm0d,memdev=dimm0"},
+	}, []string{"--bind", "uio"}, name)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	acpi, _ := a.g.Run(ctx, "ls", "/sys/bus/acpi/devices")
+	out, err := a.stop(ctx)
+	if err != nil {
+		t.Fatalf("agent exit: %v\n%s", err, out)
+	}
+	var warned string
+	for line := range strings.Lines(out) {
+		if strings.Contains(line, "level=WARN") && strings.Contains(line, "DMA pages can be migrated") {
+			warned += line
+		}
+	}
+	t.Logf("the agent's migration warnings:\n%s", warned)
+	if !strings.Contains(warned, "ACPI memory device(s) (DIMM slots for memory hot-plug)") {
+		t.Errorf("no warning about the hot-pluggable DIMM; ACPI devices in the guest: %s\nagent log:\n%s", strings.Join(strings.Fields(acpi), " "), out)
+	}
+}

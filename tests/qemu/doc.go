@@ -170,6 +170,9 @@
 //     511-port device with 8 ports: 64 port ids served (the default cap),
 //     3 hugepages idle and 4 once two ports sent, as docs/memory.md
 //     computes them, and the pool back at its start value after exit.
+//   - TestAgentWarnsOfHotplugMemory: a guest with memory slots and a
+//     pc-dimm; the agent (uio) warns at start that DMA pages can be
+//     migrated, naming the ACPI memory devices.
 //   - TestDemo: what scripts/demo shows, step by step: a host program and a
 //     guest program greeting each other and moving 4 MiB each way through
 //     the agent's sockets.
