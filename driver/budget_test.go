@@ -68,22 +68,36 @@ func (r *rig) roundTrip(id uint32) {
 }
 
 // A device that asks for everything (max_nr_ports 0x8000, num_queues
-// 0xffff, 256-entry queues, PORT_ADD for every id) gets ports capped
-// within the budget, the ports it does get all work, the memory never
-// exceeds the budget, and another device next to it keeps serving. The
-// heap is limited to twice the budget so that a driver without the budget
-// fails here instead of exhausting the machine (0x7fff ports' rings alone
-// are 437 MB, their receive buffers 32 GiB).
+// 0xffff, the largest queues: 256 entries on the modern interface, 1024 on
+// the legacy one, PORT_ADD for every id) gets ports capped within the
+// budget, the ports it does get all work, the memory never exceeds the
+// budget, and another device next to it keeps serving. The heap is limited
+// to twice the budget so that a driver without the budget fails here
+// instead of exhausting the machine (0x7fff ports' modern rings alone are
+// 437 MB, their receive buffers 32 GiB).
 func TestHostileDeviceStaysWithinBudget(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fn   virtiotest.Options
+		size uint16
+	}{
+		{"modern-256", virtiotest.Options{Misbehave: virtiotest.TransportMisbehaviour{NumQueues: 0xffff}}, 256},
+		{"legacy-1024", virtiotest.Options{LegacyOnly: true}, 1024},
+	} {
+		t.Run(tc.name, func(t *testing.T) { hostileDevice(t, tc.fn, tc.size) })
+	}
+}
+
+func hostileDevice(t *testing.T, fn virtiotest.Options, size uint16) {
 	other := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 1, name: "other"})})
 	other.port(1, "other")
 
 	const budget = DefaultDMABudget
 	r := newRig(t, rigOpts{
-		console: virtiotest.ConsoleConfig{MaxPorts: MaxPorts - 1, QueueSize: 256, ControlQueueSize: 256},
-		fn:      virtiotest.Options{Misbehave: virtiotest.TransportMisbehaviour{NumQueues: 0xffff}},
+		console: virtiotest.ConsoleConfig{MaxPorts: MaxPorts - 1, QueueSize: size, ControlQueueSize: size},
+		fn:      fn,
 		bad:     &virtiotest.ConsoleMisbehaviour{OverrideMaxNrPorts: true, MaxNrPorts: MaxPorts},
-		plug:    plugPorts(portSpec{id: 1, name: "first"}, portSpec{id: 1500, name: "late"}),
+		plug:    plugPorts(portSpec{id: 1, name: "first"}, portSpec{id: 1000, name: "late"}),
 		noOpen:  true,
 	})
 	r.f.Heap().SetLimit(2 * budget)
@@ -102,14 +116,14 @@ func TestHostileDeviceStaysWithinBudget(t *testing.T) {
 	})
 	evs := collectEvents(d)
 	nslots := d.MaxPorts()
-	if nslots <= 1500 || nslots >= MaxPorts-1 {
-		t.Fatalf("%d ports served: want the budget to cap 0x7fff, above port 1500", nslots)
+	if nslots <= 1000 || nslots >= MaxPorts-1 {
+		t.Fatalf("%d ports served: want the budget to cap 0x7fff, above port 1000", nslots)
 	}
 	// PORT_ADD for every id the protocol allows, paced below the control
 	// flood limit (maxControlRate a second) so that the budget, not the
 	// flood detection, is what this test sees.
 	for id := uint32(0); id < MaxPorts; id++ {
-		if id == 1 || id == 1500 {
+		if id == 1 || id == 1000 {
 			continue // announced by the device at DEVICE_READY
 		}
 		if id > 0 && id%uint32(maxControlRate*3/4) == 0 {
@@ -123,7 +137,7 @@ func TestHostileDeviceStaysWithinBudget(t *testing.T) {
 		t.Errorf("stats %+v: want reduced sets, no port refused, ports beyond the cap ignored", st)
 	}
 	r.roundTrip(1)    // a full set
-	r.roundTrip(1500) // a reduced set
+	r.roundTrip(1000) // a reduced set
 	other.roundTrip(1)
 
 	u := d.DMAUsage()
