@@ -236,3 +236,22 @@ func TestHugepagesGivenBackConcurrently(t *testing.T) {
 		t.Errorf("pool %d after every allocator closed, want 2", n)
 	}
 }
+
+// An Open that fails to map its first chunk (here: the pool was raised
+// but no page appeared, as without CAP_SYS_ADMIN for pagemap) gives the
+// page it reserved back: a service restarted on failure must not grow the
+// pool on every attempt.
+func TestHugepagesGivenBackWhenOpenFails(t *testing.T) {
+	ff := newFakeFn(t)
+	nr := filepath.Join(t.TempDir(), "nr_hugepages")
+	writeCount(t, nr, 1)
+	ff.opts.source = &hugeSource{nrFile: nr, reserve: true, mapFn: noFreeHugepage}
+	for range 3 {
+		if _, err := Open(ff.sysfs, ff.dev, testAddr, ff.opts); !errors.Is(err, ErrNoHugepages) {
+			t.Fatalf("Open = %v, want ErrNoHugepages", err)
+		}
+		if n, _ := readCount(nr); n != 1 {
+			t.Fatalf("pool %d after a failed Open, want 1 as before", n)
+		}
+	}
+}

@@ -140,12 +140,14 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 		src, fallback = physSources(sysfs, opts)
 	}
 	alloc := newAllocator(src, fallback, log)
+	// Closed on failure even if no chunk was mapped: a hugepage the pool
+	// was raised for is given back.
+	undo = append(undo, func() { alloc.Close() })
 	// Map the first chunk now, so a missing hugepage or privilege shows up
 	// at start-up rather than at the first queue setup.
 	if err := alloc.prime(); err != nil {
 		return fail(fmt.Errorf("dma memory: %w", err))
 	}
-	undo = append(undo, func() { alloc.Close() })
 
 	f := &Function{
 		addr: addr, dir: dir, log: log,
