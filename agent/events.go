@@ -61,6 +61,11 @@ const (
 	// isolated the message or the port without a reset (Reason says what;
 	// Port when one port is concerned; Violations is the device's count).
 	EventProtocolViolation EventKind = "protocol_violation"
+	// EventDeviceLimited: the device asked for more DMA memory than its
+	// budget allows (run --dma-budget); Reason says what the driver did
+	// instead (ports capped, smaller buffer sets). Once per device and kind
+	// of limit.
+	EventDeviceLimited EventKind = "device_limited"
 	// EventDeviceFailed: the device stopped for good (Reason); its ports
 	// are removed.
 	EventDeviceFailed EventKind = "device_failed"
@@ -288,7 +293,8 @@ func writeLine(c net.Conn, v any) error {
 // DeviceEvent is something that happened to a device as a whole, reported
 // by the code that drives it (ReportDevice).
 type DeviceEvent struct {
-	// Kind is EventDeviceReset, EventProtocolViolation or EventDeviceFailed.
+	// Kind is EventDeviceReset, EventProtocolViolation, EventDeviceLimited
+	// or EventDeviceFailed.
 	Kind   EventKind
 	Device int
 	// Port is the port concerned, nil if none (or not known).
@@ -309,7 +315,7 @@ const maxReason = 512
 // logs nothing: the driver has logged it). It checks ev first.
 func (a *Agent) ReportDevice(ev DeviceEvent) error {
 	switch ev.Kind {
-	case EventDeviceReset, EventProtocolViolation, EventDeviceFailed:
+	case EventDeviceReset, EventProtocolViolation, EventDeviceLimited, EventDeviceFailed:
 	default:
 		return fmt.Errorf("agent: report device event: kind %q is not a device event", ev.Kind)
 	}

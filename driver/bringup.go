@@ -101,9 +101,9 @@ func (d *Device) bringUpOnceLocked(first bool) error {
 			d.failStatus()
 			return fmt.Errorf("%w: max_nr_ports is 0 with MULTIPORT", ErrDeviceProtocolConsole)
 		}
-		if maxNr > maxPortsLimit {
-			d.log.Warn("virtio-console: max_nr_ports capped", "max_nr_ports", maxNr, "cap", maxPortsLimit)
-			maxNr = maxPortsLimit
+		if maxNr > MaxPorts {
+			d.log.Warn("virtio-console: max_nr_ports capped", "max_nr_ports", maxNr, "cap", MaxPorts)
+			maxNr = MaxPorts
 		}
 	}
 	if !first && maxNr != d.maxNr {
@@ -114,8 +114,9 @@ func (d *Device) bringUpOnceLocked(first bool) error {
 	if d.cfg.MaxPorts > 0 && nslots > d.cfg.MaxPorts {
 		nslots = d.cfg.MaxPorts
 	}
-	// Queue numbers are 16-bit: port 0x7fff's transmitq is the last one.
-	nslots = min(nslots, maxQueuePorts)
+	// Queue numbers are 16-bit: port 0x7ffe's transmitq (0xffff) is the
+	// last one.
+	nslots = min(nslots, MaxPorts-1)
 	if first && !d.vectorsChosen {
 		d.nslots = nslots
 		if err := d.setupVectors(); err != nil {
@@ -284,51 +285,114 @@ func (d *Device) queueCount() int {
 
 // allocQueuesLocked creates every queue (all before DRIVER_OK, so
 // hot-plugged ports work) and the slots of the ports that have queues.
+// Port 0's and the control queues come first, with the control buffers;
+// then each further port's two queues, as long as the DMA budget leaves
+// room for them and a reduced buffer set for every slot so far. Where it
+// does not, the ports are capped there (logged, DeviceLimited), so no
+// device value makes the driver allocate beyond its budget.
 func (d *Device) allocQueuesLocked() error {
 	n := d.queueCount()
 	d.queues = make([]virtqueue, n)
-	layout := ring.Modern
-	if d.t.Legacy() {
-		layout = ring.Legacy
-	}
-	for qi := 0; qi < n; qi++ {
-		max, err := d.t.QueueMax(uint16(qi))
-		if err != nil && !errors.Is(err, ErrNoQueue) {
-			return fmt.Errorf("queue %d: %w", qi, err)
-		}
-		size, err := queueSize(max, d.t.Legacy())
-		if err != nil {
-			return fmt.Errorf("queue %d: %w", qi, err)
-		}
-		if size == 0 {
-			if qi < 4 && (qi < 2 || d.multiport) {
-				return fmt.Errorf("%w: queue %d does not exist", ErrNoQueue, qi)
-			}
-			continue
-		}
-		q, err := ring.New(d.alloc, ring.Config{Size: size, Layout: layout, EventIdx: d.eventIdx})
-		if err != nil {
-			return fmt.Errorf("queue %d: %w", qi, err)
-		}
-		d.queues[qi] = q
-	}
 	d.slots = make([]*slot, d.nslots)
-	for id := uint32(0); id < d.nslots; id++ {
-		rxq, txq := portQueues(id)
-		if int(txq) >= n || d.queues[rxq] == nil || d.queues[txq] == nil {
-			continue
+	fixed := min(n, 4)
+	for qi := range fixed {
+		if err := d.allocQueueLocked(qi, qi < 2 || d.multiport); err != nil {
+			return err
 		}
-		s := &slot{id: id, rxq: rxq, txq: txq, rx: d.queues[rxq], tx: d.queues[txq]}
-		s.rxByHead = newHeadMap(int(s.rx.Size()))
-		s.txByHead = newHeadMap(int(s.tx.Size()))
-		d.slots[id] = s
 	}
+	d.addSlotLocked(0)
 	if d.multiport {
 		if err := d.allocControlLocked(); err != nil {
 			return err
 		}
 	}
+	for id := uint32(1); id < d.nslots; id++ {
+		rxq, txq := portQueues(id)
+		rx, err := d.queueConfig(int(rxq))
+		if err != nil {
+			return err
+		}
+		tx, err := d.queueConfig(int(txq))
+		if err != nil {
+			return err
+		}
+		if rx.Size == 0 || tx.Size == 0 {
+			continue // no queues, no port with this id
+		}
+		if left := d.mem.left(); slotCost(rx, tx)+(d.unplanned+1)*reducedShare > left {
+			d.limitedLocked(&d.limits.slots, nil, fmt.Errorf("%w: ports capped at %d of the %d the device offers (%d bytes of %d left)",
+				ErrDMABudget, id, d.maxNr, left, d.mem.limit))
+			d.nslots = id
+			d.queues = d.queues[:d.queueCount()]
+			d.slots = d.slots[:id]
+			break
+		}
+		if err := d.newQueueLocked(int(rxq), rx); err != nil {
+			return err
+		}
+		if err := d.newQueueLocked(int(txq), tx); err != nil {
+			return err
+		}
+		d.addSlotLocked(id)
+	}
 	return nil
+}
+
+// queueConfig is the ring queue qi gets: size 0 if the device has no such
+// queue.
+func (d *Device) queueConfig(qi int) (ring.Config, error) {
+	layout := ring.Modern
+	if d.t.Legacy() {
+		layout = ring.Legacy
+	}
+	max, err := d.t.QueueMax(uint16(qi))
+	if err != nil && !errors.Is(err, ErrNoQueue) {
+		return ring.Config{}, fmt.Errorf("queue %d: %w", qi, err)
+	}
+	size, err := queueSize(max, d.t.Legacy())
+	if err != nil {
+		return ring.Config{}, fmt.Errorf("queue %d: %w", qi, err)
+	}
+	return ring.Config{Size: size, Layout: layout, EventIdx: d.eventIdx}, nil
+}
+
+// allocQueueLocked creates queue qi, if the device has it; a required
+// queue must exist.
+func (d *Device) allocQueueLocked(qi int, required bool) error {
+	cfg, err := d.queueConfig(qi)
+	if err != nil {
+		return err
+	}
+	if cfg.Size == 0 {
+		if required {
+			return fmt.Errorf("%w: queue %d does not exist", ErrNoQueue, qi)
+		}
+		return nil
+	}
+	return d.newQueueLocked(qi, cfg)
+}
+
+// newQueueLocked allocates queue qi's ring.
+func (d *Device) newQueueLocked(qi int, cfg ring.Config) error {
+	q, err := ring.New(d.alloc, cfg)
+	if err != nil {
+		return fmt.Errorf("queue %d: %w", qi, err)
+	}
+	d.queues[qi] = q
+	return nil
+}
+
+// addSlotLocked makes the slot of port id if both its queues exist.
+func (d *Device) addSlotLocked(id uint32) {
+	rxq, txq := portQueues(id)
+	if int(txq) >= len(d.queues) || d.queues[rxq] == nil || d.queues[txq] == nil {
+		return
+	}
+	s := &slot{id: id, rxq: rxq, txq: txq, rx: d.queues[rxq], tx: d.queues[txq]}
+	s.rxByHead = newHeadMap(int(s.rx.Size()))
+	s.txByHead = newHeadMap(int(s.tx.Size()))
+	d.slots[id] = s
+	d.unplanned++
 }
 
 func newHeadMap(n int) []int32 {
@@ -349,12 +413,12 @@ func portQueues(id uint32) (rx, tx uint16) {
 }
 
 // allocControlLocked allocates the control receive buffers (one page per
-// descriptor, filling the queue, as Linux does) and the control transmit
-// messages (8 bytes each, in one region).
+// descriptor, filling the queue as Linux does, up to maxRxBuffers) and the
+// control transmit messages (8 bytes each, in one region).
 func (d *Device) allocControlLocked() error {
 	rq, tq := d.queues[controlRxQueue], d.queues[controlTxQueue]
 	d.ctrlRxHead = newHeadMap(int(rq.Size()))
-	for range int(rq.Size()) {
+	for range min(int(rq.Size()), maxRxBuffers) {
 		r, err := d.alloc.Alloc(bufSize, 8)
 		if err != nil {
 			return fmt.Errorf("control receive buffers: %w", err)

@@ -86,6 +86,13 @@ type slot struct {
 	fLen     int
 	posting  bool // the device announced this id since the last reset
 
+	// plan is the buffer set the DMA budget gave the slot at its first
+	// PORT_ADD (planned); txReserved the bytes still reserved for its
+	// transmit buffers, allocated at the first send.
+	plan       bufPlan
+	planned    bool
+	txReserved int
+
 	txBufs   []txBuf
 	txByHead []int32
 	txFree   []int32

@@ -26,14 +26,16 @@ type Options struct {
 	// which may be 1 GiB.)
 	HugepagesFile string
 	// NoReserve forbids raising the hugepage pool when no page is free.
-	// By default Open adds the page it needs to the pool, which persists
-	// after the process exits (it is a system setting).
+	// By default the allocator adds each page it needs to the pool (a
+	// system setting) and lowers the pool by as many pages at Close.
 	NoReserve bool
 	// AllowSmallPages falls back to single locked 4 KiB pages when no
 	// hugepage can be had. Each allocation is then at most 4096 bytes, and
 	// the kernel may migrate such a page under the device; see the
 	// smallSource comment. Off by default.
 	AllowSmallPages bool
+	// Meminfo is read for a CMA area (migration.go); default /proc/meminfo.
+	Meminfo string
 	// CPUInfo is read to detect confidential guests; default /proc/cpuinfo.
 	CPUInfo string
 	// IgnoreConfidential opens the device even if the guest looks
@@ -132,17 +134,20 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 		return fail(fmt.Errorf("set Bus Master: %w", err))
 	}
 
+	warnMigration(sysfs, opts, log, "uio")
 	src, fallback := opts.source, pageSource(nil)
 	if src == nil {
 		src, fallback = physSources(sysfs, opts)
 	}
 	alloc := newAllocator(src, fallback, log)
+	// Closed on failure even if no chunk was mapped: a hugepage the pool
+	// was raised for is given back.
+	undo = append(undo, func() { alloc.Close() })
 	// Map the first chunk now, so a missing hugepage or privilege shows up
 	// at start-up rather than at the first queue setup.
 	if err := alloc.prime(); err != nil {
 		return fail(fmt.Errorf("dma memory: %w", err))
 	}
-	undo = append(undo, func() { alloc.Close() })
 
 	f := &Function{
 		addr: addr, dir: dir, log: log,

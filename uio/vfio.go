@@ -417,6 +417,9 @@ func (f *VFIOFunction) Requested() <-chan struct{} { return f.requested }
 // addresses of hugepages (as uio) in no-IOMMU mode. It maps the first chunk
 // now so a problem shows at start-up.
 func (f *VFIOFunction) setupDMA(sysfs string, opts Options) error {
+	if f.noIOMMU {
+		warnMigration(sysfs, opts, f.log, "vfio no-IOMMU")
+	}
 	var src, fallback pageSource
 	switch {
 	case opts.source != nil:

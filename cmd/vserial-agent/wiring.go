@@ -55,7 +55,10 @@ type deviceSpec struct {
 	Explicit bool
 	Bind     string // bindUIO, bindVFIO or bindAuto
 	MaxPorts int    // 0: as many as the device offers
-	Poll     pump.Poll
+	// DMABudget bounds the device memory of the function, in bytes (0:
+	// the driver's default).
+	DMABudget int
+	Poll      pump.Poll
 	// ShutdownFlush is driver.Config.CloseFlush (negative: no wait).
 	ShutdownFlush time.Duration
 	Sysfs         string
@@ -172,6 +175,7 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 	}
 	dev, err := driver.Open(ctx, fn, driver.Config{
 		MaxPorts:     maxPorts,
+		DMABudget:    spec.DMABudget,
 		Index:        spec.Index,
 		MaxResets:    maxResets,
 		CloseFlush:   spec.ShutdownFlush,
@@ -325,7 +329,7 @@ func (d *consoleDevice) forward() {
 			if !ok {
 				return
 			}
-			if ev.Kind == driver.DeviceReset || ev.Kind == driver.ProtocolViolation {
+			if ev.Kind == driver.DeviceReset || ev.Kind == driver.ProtocolViolation || ev.Kind == driver.DeviceLimited {
 				d.reportEvent(ev)
 				continue
 			}
@@ -349,8 +353,11 @@ func (d *consoleDevice) reportEvent(ev driver.PortEvent) {
 		return
 	}
 	out := agent.DeviceEvent{Kind: agent.EventDeviceReset, Device: d.index, Violations: ev.Violations, Reason: "unknown"}
-	if ev.Kind == driver.ProtocolViolation {
+	switch ev.Kind {
+	case driver.ProtocolViolation:
 		out.Kind = agent.EventProtocolViolation
+	case driver.DeviceLimited:
+		out.Kind = agent.EventDeviceLimited
 	}
 	if ev.Err != nil {
 		out.Reason = ev.Err.Error()

@@ -165,6 +165,14 @@
 //     stream reports device_reset; 100 resets in a row leak no goroutine,
 //     descriptor or mapping; 20 SIGTERM-and-restart cycles each find both
 //     ports and leave hugepages, binding and socket directory as they were.
+//   - TestAgentHugepageFootprint: nr_hugepages, /proc/meminfo and the
+//     agent's HugetlbPages before, while and after an agent runs on a
+//     511-port device with 8 ports: 64 port ids served (the default cap),
+//     3 hugepages idle and 4 once two ports sent, as docs/memory.md
+//     computes them, and the pool back at its start value after exit.
+//   - TestAgentWarnsOfHotplugMemory: a guest with memory slots and a
+//     pc-dimm; the agent (uio) warns at start that DMA pages can be
+//     migrated, naming the ACPI memory devices.
 //   - TestDemo: what scripts/demo shows, step by step: a host program and a
 //     guest program greeting each other and moving 4 MiB each way through
 //     the agent's sockets.
