@@ -21,6 +21,10 @@ const (
 	DefaultSocketDir              = "/run/vserial"
 	DefaultSocketMode fs.FileMode = 0o660
 	DefaultDirMode    fs.FileMode = 0o755
+	// DefaultControlMode is the control socket's: it tells who connects
+	// to the ports (peer pids and uids), so only the agent's user by
+	// default.
+	DefaultControlMode fs.FileMode = 0o600
 )
 
 // ControlName is the file name of the control socket in the socket directory.
@@ -45,6 +49,9 @@ type Config struct {
 	SocketDir string
 	// SocketMode is the permission of every socket file (default 0660).
 	SocketMode fs.FileMode
+	// ControlMode is the permission of the control socket (default
+	// DefaultControlMode, 0600).
+	ControlMode fs.FileMode
 	// DirMode is the permission SocketDir gets when New creates it (default
 	// 0755). An existing directory keeps its mode.
 	DirMode fs.FileMode
@@ -87,7 +94,7 @@ type PortStatus struct {
 // use.
 type Agent struct {
 	dir                  string
-	sockMode             fs.FileMode
+	sockMode, ctlMode    fs.FileMode
 	log                  *slog.Logger
 	maxName              int // longest socket name that fits sun_path with dir
 	portCfgs             map[string]PortConfig
@@ -108,6 +115,8 @@ type Agent struct {
 	tmpSeq   atomic.Uint32
 
 	ev events // the control socket's event streams (events.go)
+
+	ctl controlLimits // the control socket's bounds (limit.go)
 }
 
 type portKey struct {
@@ -134,6 +143,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.DirMode == 0 {
 		cfg.DirMode = DefaultDirMode
 	}
+	if cfg.ControlMode == 0 {
+		cfg.ControlMode = DefaultControlMode
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -159,8 +171,8 @@ func New(cfg Config) (*Agent, error) {
 		}
 		portCfgs[name] = pc
 	}
-	if cfg.SocketMode&^fs.ModePerm != 0 || cfg.DirMode&^fs.ModePerm != 0 {
-		return nil, fmt.Errorf("agent: socket mode %v and dir mode %v must be plain permission bits (at most 0777)", cfg.SocketMode, cfg.DirMode)
+	if (cfg.SocketMode|cfg.DirMode|cfg.ControlMode)&^fs.ModePerm != 0 {
+		return nil, fmt.Errorf("agent: socket mode %v, control mode %v and dir mode %v must be plain permission bits (at most 0777)", cfg.SocketMode, cfg.ControlMode, cfg.DirMode)
 	}
 	dir, err := filepath.Abs(cfg.SocketDir)
 	if err != nil {
@@ -180,6 +192,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		dir:       dir,
 		sockMode:  cfg.SocketMode,
+		ctlMode:   cfg.ControlMode,
 		log:       log,
 		maxName:   maxName,
 		portCfgs:  portCfgs,
@@ -191,6 +204,7 @@ func New(cfg Config) (*Agent, error) {
 		owners:    make(map[string]*port),
 		controls:  make(map[net.Listener]bool),
 	}
+	a.initControlLimits()
 	a.removeStaleLinks()
 	if err := a.removeStale(); err != nil {
 		return nil, err
