@@ -22,6 +22,10 @@ func SetPeerUID(a *Agent, f func(net.Conn) uint32) { a.ctl.uidOf = f }
 // SetSnapshotWait sets how long the write of a stream's snapshot may take.
 func SetSnapshotWait(a *Agent, d time.Duration) { a.ctl.snapWait = d }
 
+// SetAfterBind makes socket creation call f with the path of each socket
+// it has just bound, before it sets the socket's owner and mode.
+func SetAfterBind(a *Agent, f func(path string)) { a.afterBind = f }
+
 // Refused returns how many control connections and subscriptions the
 // agent refused for being beyond a limit.
 func Refused(a *Agent) uint64 { return a.ctl.refused.Load() }
