@@ -52,6 +52,7 @@ func list(ctx context.Context, cfg listConfig, stdout, stderr io.Writer) int {
 	choose := func(f pciscan.Function) bindChoice { return chooseBind(env, f) }
 	rep := buildReport(cfg.SocketDir, fns, scanErr, status.Ports, queryErr, choose)
 	rep.Agent.Subscribers = status.Subscribers
+	rep.Agent.ControlRefused = status.ControlRefused
 	var err error
 	if cfg.JSON {
 		err = writeJSON(stdout, rep)
