@@ -113,6 +113,9 @@ func TestSecondAgentTouchesNothing(t *testing.T) {
 	for _, serving := range []bool{false, true} {
 		if serving {
 			serveControl(t, a)
+			if _, err := agent.QueryStatus(waitCtx(t), a.Dir()); err != nil {
+				t.Fatalf("QueryStatus: %v", err)
+			}
 		}
 		_, err := agent.New(agent.Config{SocketDir: a.Dir(), Logger: testLogger(t)})
 		if !errors.Is(err, agent.ErrBusy) {
