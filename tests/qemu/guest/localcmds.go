@@ -47,7 +47,7 @@ func dropTo(uid int) error {
 // passes its output and exit status on.
 func asUID(args []string) error {
 	if len(args) < 2 {
-		return errors.New("usage: as-uid UID ARGV...")
+		return errors.New("usage: as-uid UID ARGV [ARGS]")
 	}
 	uid, err := strconv.ParseUint(args[0], 10, 31)
 	if err != nil {
