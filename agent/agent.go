@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -119,7 +118,6 @@ type Agent struct {
 
 	lock       *os.File // the socket directory, flocked (lockDir)
 	unlockOnce sync.Once
-	tmpSeq     atomic.Uint32
 
 	ev events // the control socket's event streams (events.go)
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/vserial/vserial/agent"
@@ -133,5 +134,25 @@ func TestSecondAgentTouchesNothing(t *testing.T) {
 	newAgent(t, agent.Config{SocketDir: a.Dir()})
 	if _, err := os.Lstat(link); err == nil {
 		t.Error("a stale console link survived the next agent's start")
+	}
+}
+
+// The owner is set through the same descriptor as the mode (fchownat with
+// AT_EMPTY_PATH on an O_PATH descriptor): a real change of owner works.
+func TestSocketOwnerOfAnotherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a socket to another user (CI runs as root; run with sudo)")
+	}
+	sock := filepath.Join(shortTempDir(t), "p.sock")
+	nobody := 65534
+	a := newAgent(t, agent.Config{Ports: map[string]agent.PortConfig{"p": {Socket: sock, Owner: &nobody, Group: &nobody, SocketMode: 0o640}}})
+	addPort(t, a, 0, agenttest.NewPort(1, "p"))
+	fi, err := os.Lstat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Uid != 65534 || st.Gid != 65534 || fi.Mode().Perm() != 0o640 {
+		t.Errorf("%s: uid %d gid %d mode %#o, want 65534 65534 0640", sock, st.Uid, st.Gid, fi.Mode().Perm())
 	}
 }

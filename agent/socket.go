@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -150,7 +151,9 @@ func (a *Agent) listenAt(final string, perm sockPerm, replaceStale bool) (*net.U
 // fresh temporary name in parent.
 func (a *Agent) privateDir(parent string) (string, error) {
 	for range 16 {
-		dir := filepath.Join(parent, fmt.Sprintf("%s%08x", tmpPrefix, a.tmpSeq.Add(1)^uint32(os.Getpid())<<12))
+		// Random, so another user who may write to parent (a sticky
+		// directory) cannot take the names in advance.
+		dir := filepath.Join(parent, fmt.Sprintf("%s%08x", tmpPrefix, rand.Uint32()))
 		err := os.Mkdir(dir, 0o700)
 		if err == nil {
 			return dir, nil
