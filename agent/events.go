@@ -272,7 +272,8 @@ func (a *Agent) stream(c net.Conn, uid uint32) {
 	}
 	a.ev.mu.Unlock()
 	if !ok {
-		a.log.Info("event subscriber did not take its snapshot; stream closed", "peer_uid", uid, "err", werr)
+		// Debug: a client can make this happen at will (subscribe, close).
+		a.log.Debug("event subscriber did not take its snapshot; stream closed", "peer_uid", uid, "err", werr)
 	}
 	for b := range s.ch {
 		if !ok {
