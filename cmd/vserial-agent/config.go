@@ -90,6 +90,7 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	fl.SetOutput(io.Discard)
 	socketDir := fl.String("socket-dir", agent.DefaultSocketDir, "directory for the port sockets and the .control socket")
 	socketMode := fl.String("socket-mode", fmt.Sprintf("%04o", agent.DefaultSocketMode), "permission bits of each socket, octal")
+	controlMode := fl.String("control-mode", fmt.Sprintf("%04o", agent.DefaultControlMode), "permission bits of SOCKET_DIR/.control, octal (who may run list and events; it shows who uses the ports)")
 	dirMode := fl.String("dir-mode", fmt.Sprintf("%04o", agent.DefaultDirMode), "permission bits of the socket directory when it is created, octal")
 	devices := fl.StringArray("device", nil, "PCI address DDDD:BB:DD.F of a virtio-console function to drive (repeatable; default: every virtio-console function no driver holds)")
 	bind := fl.String("bind", bindAuto, "how to take the function: vfio (vfio-pci), uio (uio_pci_generic) or auto (vfio in an IOMMU group, else uio; 'list' shows the choice)")
@@ -126,6 +127,9 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 		return runConfig{}, err
 	}
 	if cfg.Agent.SocketMode, err = parseMode(cmd, "--socket-mode", *socketMode, 0o600, agent.DefaultSocketMode); err != nil {
+		return runConfig{}, err
+	}
+	if cfg.Agent.ControlMode, err = parseMode(cmd, "--control-mode", *controlMode, 0o600, agent.DefaultControlMode); err != nil {
 		return runConfig{}, err
 	}
 	if cfg.Agent.DirMode, err = parseMode(cmd, "--dir-mode", *dirMode, 0o700, agent.DefaultDirMode); err != nil {

@@ -19,7 +19,7 @@ func TestParseRunDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Agent.SocketDir != "/run/vserial" || cfg.Agent.SocketMode != 0o660 || cfg.Agent.DirMode != 0o755 {
+	if cfg.Agent.SocketDir != "/run/vserial" || cfg.Agent.SocketMode != 0o660 || cfg.Agent.ControlMode != 0o600 || cfg.Agent.DirMode != 0o755 {
 		t.Errorf("agent config %+v", cfg.Agent)
 	}
 	if cfg.Bind != bindAuto || cfg.MaxPorts != 64 || cfg.DMABudget != 133<<20 || cfg.LogLevel != slog.LevelInfo || cfg.Sysfs != "/sys" || len(cfg.Devices) != 0 {
@@ -29,14 +29,14 @@ func TestParseRunDefaults(t *testing.T) {
 
 func TestParseRunValues(t *testing.T) {
 	cfg, err := parseRun([]string{
-		"--socket-dir", "/tmp/x", "--socket-mode", "600", "--dir-mode=0o700",
+		"--socket-dir", "/tmp/x", "--socket-mode", "600", "--control-mode", "0660", "--dir-mode=0o700",
 		"--device", "00:03.0", "--device", "0000:00:04.0",
 		"--bind", "uio", "--max-ports", "8", "--log-level", "DEBUG", "--sysfs", "/tmp/sys", "--dma-budget", "24M",
 	}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Agent.SocketDir != "/tmp/x" || cfg.Agent.SocketMode != 0o600 || cfg.Agent.DirMode != 0o700 {
+	if cfg.Agent.SocketDir != "/tmp/x" || cfg.Agent.SocketMode != 0o600 || cfg.Agent.ControlMode != 0o660 || cfg.Agent.DirMode != 0o700 {
 		t.Errorf("agent config %+v", cfg.Agent)
 	}
 	if strings.Join(cfg.Devices, ",") != "0000:00:03.0,0000:00:04.0" {
@@ -89,6 +89,8 @@ func TestParseRunRejects(t *testing.T) {
 		{[]string{"--socket-mode", "0999"}, "not an octal permission"},
 		{[]string{"--socket-mode", "4660"}, "at most 0777"},
 		{[]string{"--socket-mode", "0460"}, "owner needs at least 0600"},
+		{[]string{"--control-mode", "0400"}, "--control-mode \"0400\": the owner needs at least 0600"},
+		{[]string{"--control-mode", "1777"}, "at most 0777"},
 		{[]string{"--dir-mode", "0600"}, "owner needs at least 0700"},
 		{[]string{"--dir-mode", ""}, "not an octal permission"},
 		{[]string{"--device", "nonsense"}, `--device "nonsense": not a PCI address`},

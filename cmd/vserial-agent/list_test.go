@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -155,6 +156,29 @@ func TestListText(t *testing.T) {
 		`note: device 1 port 1 "dup" is served as /d/vport1p1: name clash: device 0 port 3 has the socket dup`} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("text output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// Regression test: list printed host-chosen names raw, so a host could put
+// terminal escape sequences on the operator's screen.
+func TestListTextEscapesHostNames(t *testing.T) {
+	evil := "x\x1b]0;owned\x07\x1b[2J\u009b31m\x7f"
+	ports := []agent.PortStatus{
+		{Device: 0, ID: 1, Name: evil, Mode: agent.ModeListen, Socket: "/d/vport0p1", NameProblem: "unusable as a file name: " + evil},
+		{Device: 0, ID: 2, Name: "ok", Mode: agent.ModeConnect, Target: "/t/" + evil},
+	}
+	var out bytes.Buffer
+	writeText(&out, buildReport("/d", nil, errors.New("scan: "+evil), ports, nil, fixedChoice))
+	text := out.String()
+	for _, r := range text {
+		if r != '\n' && !strconv.IsPrint(r) {
+			t.Fatalf("text output holds %U:\n%q", r, text)
+		}
+	}
+	for _, want := range []string{`"x\x1b]0;owned\a\x1b[2J\u009b31m\x7f"`, `→ "/t/x\x1b]0;owned`, `unusable as a file name: x\x1b]0;owned\a`, `cannot scan: scan: x\x1b]0;`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("text output lacks %s:\n%s", want, text)
 		}
 	}
 }

@@ -87,6 +87,8 @@ func init() {
 		"hold":         {"hold READYFILE SECONDS PATH...", hold},
 		"procsnap":     {"procsnap PID ADDR", procsnap},
 		"wait-nochild": {"wait-nochild PID SECONDS", waitNoChild},
+		"as-uid":       {"as-uid UID ARGV [ARGS]", asUID},
+		"ctlflood":     {"ctlflood UID DIR IDLE SUBS READYFILE SECONDS", ctlflood},
 		"poweroff":     {"poweroff", func([]string) error { return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) }},
 		"help":         {"help", help},
 	}
