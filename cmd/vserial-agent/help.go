@@ -53,7 +53,8 @@ two devices, say) have the same name, the first published keeps it (at
 start: the lower device index) and the other is served as vport<D>p<N>;
 the clash is logged and shown by 'list'.
 Hot-plugged ports appear and unplugged ones disappear while it runs; a
-device that breaks the protocol is reset and its ports come back.
+device that breaks the protocol is reset and its ports come back. What a
+socket does, rule by rule: docs/sockets.md.
 
 Without --device it takes every virtio-console function that no kernel
 driver holds. It logs to stderr (structured, one line per event, none per
