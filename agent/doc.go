@@ -34,10 +34,12 @@
 //   - The bytes of a port belong to the Port: the agent never touches device
 //     memory. It moves bytes through Port.Recv and Port.Send (each slice valid
 //     only during the call), or lets FDServer.ServeFD move them.
-//   - In the socket directory the agent creates, renames and removes only
-//     files whose names it could have created (sockets, NAME.pty symlinks,
-//     temporary names, .control). A socket configured outside the directory
-//     replaces only a stale socket file at that path.
+//   - The socket directory is the agent's while it runs (an exclusive flock).
+//     In it the agent creates, renames and removes only files whose names it
+//     could have created (sockets, NAME.pty symlinks, temporary names,
+//     .control), and never follows a symbolic link when it makes a socket. A
+//     socket configured outside the directory replaces only a stale socket
+//     file at that path.
 //
 // # What it never does
 //
