@@ -3,6 +3,21 @@ package driver
 // Bring-up: the one sequence that both Open and recovery run (reset,
 // features, queues, vectors, control buffers, DRIVER_OK, DEVICE_READY), and
 // what a reset leaves behind.
+//
+// Open (device.go) runs the whole bring-up through this file: reset, ACKNOWLEDGE|DRIVER,
+// features (MULTIPORT, VERSION_1, EVENT_IDX, F_SIZE and EMERG_WRITE when
+// offered; ACCESS_PLATFORM, required, when the function is behind an IOMMU),
+// max_nr_ports (0 with MULTIPORT fails Open; capped at MaxPorts, at the
+// 16-bit queue numbers, at Config.MaxPorts and at what the DMA budget
+// holds), every queue of every served port before DRIVER_OK, the control
+// receiveq filled with 4096-byte buffers, then DEVICE_READY(0xffffffff, 1).
+// Every byte of device memory is checked against the per-device budget
+// (Config.DMABudget, budget.go) before it is allocated: ports beyond it get
+// a reduced buffer set, and the device a DeviceLimited event. QEMU replays PORT_ADD for
+// every port on DEVICE_READY and answers synchronously, so Open returns
+// with the cold-plugged ports known; every port is also reported on Events.
+// Without MULTIPORT there is one console port 0 on queues 0/1 and no
+// control traffic.
 
 import (
 	"errors"

@@ -3,6 +3,11 @@
 // every client descriptor attached to its ports, and moves bytes straight
 // between them.
 //
+// Its caller is cmd/vserial-agent: New takes a driver.Device opened with
+// Config.ExternalLoop, and the agent hands each client's descriptor to the
+// loop through agent.FDServer. How the loop works, with its counters, is
+// in docs/data-plane.md.
+//
 // # Contract
 //
 //   - One goroutine per device, blocked only in one epoll_wait over the
@@ -35,8 +40,8 @@
 //   - Serve attaches a descriptor and blocks until the client is done; the
 //     semantics (host gating, hang-up while the host is away, EOF flushed
 //     before the end, one client per port, device resets reported as
-//     driver.ErrDeviceReset) are the agent's socket semantics. The loop
-//     never closes a client's descriptor.
+//     driver.ErrDeviceReset) are the socket semantics of docs/sockets.md.
+//     The loop never closes a client's descriptor.
 //
 // Counters and PortCounters say why a number moved: passes, sleeps,
 // wake-ups by interrupt and by command, spins, system calls by kind, and the

@@ -126,6 +126,6 @@ func warnMigration(sysfs string, opts Options, log *slog.Logger, mode string) {
 			level = slog.LevelWarn
 		}
 		log.Log(context.Background(), level, mode+": DMA pages can be migrated under the device",
-			"reason", r.Reason, "safe", "VFIO type1 (an IOMMU) pins its DMA memory; see the README's Bindings")
+			"reason", r.Reason, "safe", "VFIO type1 (an IOMMU) pins its DMA memory; see docs/operating.md, Bindings")
 	}
 }

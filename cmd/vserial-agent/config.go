@@ -103,7 +103,7 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	poll := fl.String("poll", "adaptive", "poll for a reply after a small send before sleeping: adaptive (learns per port; never idle), off, or a budget such as 200us")
 	shutdownFlush := fl.Duration("shutdown-flush", 2*time.Second, "at shutdown, wait at most this long for the host to take guest→host bytes already read from clients (0: no wait); what is left is counted and logged")
 	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
-	configFile := fl.String("config", "", "per-port configuration file (format: README, Configuration)")
+	configFile := fl.String("config", "", "per-port configuration file (format: docs/configuration.md)")
 	portFlags := fl.StringArray("port", nil, "configure one port: 'NAME KEY=VALUE ...' as after 'port' in the config file (repeatable; overrides the file key by key)")
 	ignoreFlags := fl.StringArray("ignore", nil, "port NAME to leave alone: no socket, never opened towards the host (repeatable)")
 	sysfs := fl.String("sysfs", "/sys", "sysfs root (for tests)")

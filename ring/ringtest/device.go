@@ -1,6 +1,7 @@
 // Package ringtest plays the device side of a split virtqueue over the same
 // memory as a ring.Queue, with the same atomics, for tests. It can be told to
-// misbehave in each way a hostile or broken device could.
+// misbehave in each way a hostile or broken device could. Production code
+// never imports it (layering_test.go).
 package ringtest
 
 // API CONTRACT (the ring helper implements the bodies; the fake PCI function

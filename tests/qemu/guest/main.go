@@ -175,7 +175,7 @@ func serveOn(r io.Reader, w io.Writer) error {
 			case perr == nil:
 				go runCommand(con, c)
 			case errors.Is(perr, wire.ErrNotCommand):
-				// A human at the console (see doc.go): run it and print plainly.
+				// A human at the console (see docs/testing.md): run it and print plainly.
 				go runHuman(con, strings.Fields(line))
 			default:
 				con.write(fmt.Sprintf("vsguest: %v\n", perr))
