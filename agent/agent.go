@@ -145,55 +145,8 @@ const (
 
 // New prepares the socket directory and returns an agent with no ports.
 func New(cfg Config) (*Agent, error) {
-	if cfg.SocketDir == "" {
-		cfg.SocketDir = DefaultSocketDir
-	}
-	if cfg.SocketMode == 0 {
-		cfg.SocketMode = DefaultSocketMode
-	}
-	if cfg.DirMode == 0 {
-		cfg.DirMode = DefaultDirMode
-	}
-	if cfg.ControlMode == 0 {
-		cfg.ControlMode = DefaultControlMode
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.RedialMin <= 0 {
-		cfg.RedialMin = DefaultRedialMin
-	}
-	if cfg.RedialMax <= 0 {
-		cfg.RedialMax = DefaultRedialMax
-	}
-	if cfg.RedialMax < cfg.RedialMin {
-		return nil, fmt.Errorf("agent: redial max %v is below redial min %v", cfg.RedialMax, cfg.RedialMin)
-	}
-	if err := cfg.Default.Check(); err != nil {
-		return nil, fmt.Errorf("agent: default port configuration: %w", err)
-	}
-	if cfg.Default.effectiveMode() == ModeConnect {
-		return nil, errors.New("agent: default port configuration: mode connect needs a port of its own (one target per port)")
-	}
-	portCfgs := make(map[string]PortConfig, len(cfg.Ports))
-	for name, pc := range cfg.Ports {
-		if err := pc.Check(); err != nil {
-			return nil, fmt.Errorf("agent: port %q: %w", name, err)
-		}
-		portCfgs[name] = pc
-	}
-	if (cfg.SocketMode|cfg.DirMode|cfg.ControlMode)&^fs.ModePerm != 0 {
-		return nil, fmt.Errorf("agent: socket mode %v, control mode %v and dir mode %v must be plain permission bits (at most 0777)", cfg.SocketMode, cfg.ControlMode, cfg.DirMode)
-	}
-	dir, err := filepath.Abs(cfg.SocketDir)
+	portCfgs, dir, maxName, err := cfg.check()
 	if err != nil {
-		return nil, fmt.Errorf("agent: socket dir %q: %w", cfg.SocketDir, err)
-	}
-	maxName := sunPathMax - len(dir) - 1
-	if maxName < tmpPathLen {
-		return nil, fmt.Errorf("agent: socket dir %s: path too long for Unix sockets (%d bytes; at most %d)", dir, len(dir), sunPathMax-1-tmpPathLen)
-	}
-	if err := cfg.Console.check(); err != nil {
 		return nil, err
 	}
 	log := cfg.Logger
@@ -237,6 +190,64 @@ func New(cfg Config) (*Agent, error) {
 	a.removeStaleLinks()
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	return a, nil
+}
+
+// check fills in cfg's defaults and validates it: the port
+// configurations by name, the socket directory's absolute path and the
+// longest socket name it leaves room for.
+func (cfg *Config) check() (portCfgs map[string]PortConfig, dir string, maxName int, err error) {
+	if cfg.SocketDir == "" {
+		cfg.SocketDir = DefaultSocketDir
+	}
+	if cfg.SocketMode == 0 {
+		cfg.SocketMode = DefaultSocketMode
+	}
+	if cfg.DirMode == 0 {
+		cfg.DirMode = DefaultDirMode
+	}
+	if cfg.ControlMode == 0 {
+		cfg.ControlMode = DefaultControlMode
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.RedialMin <= 0 {
+		cfg.RedialMin = DefaultRedialMin
+	}
+	if cfg.RedialMax <= 0 {
+		cfg.RedialMax = DefaultRedialMax
+	}
+	if cfg.RedialMax < cfg.RedialMin {
+		return nil, "", 0, fmt.Errorf("agent: redial max %v is below redial min %v", cfg.RedialMax, cfg.RedialMin)
+	}
+	if err := cfg.Default.Check(); err != nil {
+		return nil, "", 0, fmt.Errorf("agent: default port configuration: %w", err)
+	}
+	if cfg.Default.effectiveMode() == ModeConnect {
+		return nil, "", 0, errors.New("agent: default port configuration: mode connect needs a port of its own (one target per port)")
+	}
+	portCfgs = make(map[string]PortConfig, len(cfg.Ports))
+	for name, pc := range cfg.Ports {
+		if err := pc.Check(); err != nil {
+			return nil, "", 0, fmt.Errorf("agent: port %q: %w", name, err)
+		}
+		portCfgs[name] = pc
+	}
+	if (cfg.SocketMode|cfg.DirMode|cfg.ControlMode)&^fs.ModePerm != 0 {
+		return nil, "", 0, fmt.Errorf("agent: socket mode %v, control mode %v and dir mode %v must be plain permission bits (at most 0777)", cfg.SocketMode, cfg.ControlMode, cfg.DirMode)
+	}
+	dir, err = filepath.Abs(cfg.SocketDir)
+	if err != nil {
+		return nil, "", 0, fmt.Errorf("agent: socket dir %q: %w", cfg.SocketDir, err)
+	}
+	maxName = sunPathMax - len(dir) - 1
+	if maxName < tmpPathLen {
+		return nil, "", 0, fmt.Errorf("agent: socket dir %s: path too long for Unix sockets (%d bytes; at most %d)", dir, len(dir), sunPathMax-1-tmpPathLen)
+	}
+	if err := cfg.Console.check(); err != nil {
+		return nil, "", 0, err
+	}
+	return portCfgs, dir, maxName, nil
 }
 
 // Dir returns the absolute path of the socket directory.

@@ -139,20 +139,10 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 		}
 	}()
 
-	devPath := filepath.Join(dev, uioName)
-	fd, err := unix.Open(devPath, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if errors.Is(err, unix.ENOENT) {
-		// No devtmpfs (or no udev) made the node: say how to make it.
-		num, _ := os.ReadFile(filepath.Join(dir, "uio", uioName, "dev"))
-		return fail(fmt.Errorf("%s does not exist (is devtmpfs mounted on %s?); the device number is %q in sysfs: mknod %s c MAJOR MINOR",
-			devPath, dev, strings.TrimSpace(string(num)), devPath))
-	}
+	irqFile, err := openUIONode(dir, dev, uioName)
 	if err != nil {
-		return fail(&os.PathError{Op: "open", Path: devPath, Err: err})
+		return fail(err)
 	}
-	// Non-blocking before NewFile, so the file joins the poller and Wait
-	// sleeps there instead of in a thread blocked in read(2).
-	irqFile := os.NewFile(uintptr(fd), devPath)
 	undo = append(undo, func() { irqFile.Close() })
 
 	cf, err := os.OpenFile(filepath.Join(dir, "config"), os.O_RDWR, 0)
@@ -196,6 +186,23 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 	}
 	log.Info("uio: opened", "addr", addr, "uio", uioName, "dma", alloc.describe())
 	return f, nil
+}
+
+// openUIONode opens /dev/uioN non-blocking, so that the file joins Go's
+// poller and Wait sleeps there instead of in a thread blocked in read(2).
+func openUIONode(dir, dev, uioName string) (*os.File, error) {
+	devPath := filepath.Join(dev, uioName)
+	fd, err := unix.Open(devPath, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		// No devtmpfs (or no udev) made the node: say how to make it.
+		num, _ := os.ReadFile(filepath.Join(dir, "uio", uioName, "dev"))
+		return nil, fmt.Errorf("%s does not exist (is devtmpfs mounted on %s?); the device number is %q in sysfs: mknod %s c MAJOR MINOR",
+			devPath, dev, strings.TrimSpace(string(num)), devPath)
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: devPath, Err: err}
+	}
+	return os.NewFile(uintptr(fd), devPath), nil
 }
 
 // checkFunction does the checks both bindings start with: a canonical

@@ -60,75 +60,21 @@ func Run(ctx context.Context, ev Events, cfg Config, o Owner) error {
 	if cfg.Settle <= 0 {
 		cfg.Settle = DefaultSettle
 	}
-	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	type next struct {
-		ev  pciscan.Uevent
-		err error
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	events := make(chan next)
-	go func() {
-		defer guard.Recover()
-		for {
-			e, err := ev.Next()
-			select {
-			case events <- next{e, err}:
-			case <-ctx.Done():
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
+	go read(ctx, ev, events)
 	defer ev.Close()
-
-	pending := map[string]time.Time{} // function → when to judge it
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
-	rearm := func() {
-		var first time.Time
-		for _, at := range pending {
-			if first.IsZero() || at.Before(first) {
-				first = at
-			}
-		}
-		if !first.IsZero() {
-			timer.Reset(time.Until(first))
-		}
-	}
-	judge := func(addr string) {
-		if o.Held(addr) {
-			return
-		}
-		fn, err := pciscan.Lookup(cfg.Sysfs, addr)
-		if err != nil {
-			if !errors.Is(err, pciscan.ErrNoDevice) {
-				log.Warn("hot-plug: cannot read the function", "pci", addr, "err", err)
-			}
-			return
-		}
-		if pciscan.IsConsole(fn) && o.Eligible(fn) {
-			log.Info("hot-plug: adopting a new virtio-console function", "pci", addr, "driver", fn.Driver)
-			o.Adopt(fn)
-		}
-	}
+	w := &watch{cfg: cfg, o: o, pending: map[string]time.Time{}, timer: time.NewTimer(time.Hour)}
+	w.timer.Stop()
+	defer w.timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-timer.C:
-			now := time.Now()
-			for addr, at := range pending {
-				if !at.After(now) {
-					delete(pending, addr)
-					judge(addr)
-				}
-			}
-			rearm()
+		case <-w.timer.C:
+			w.due()
 		case n := <-events:
 			if n.err != nil {
 				if ctx.Err() != nil {
@@ -136,36 +82,112 @@ func Run(ctx context.Context, ev Events, cfg Config, o Owner) error {
 				}
 				return n.err
 			}
-			e := n.ev
-			switch e.Action {
-			case pciscan.ActionOverflow:
-				log.Warn("hot-plug: uevents were lost; looking at every function again")
-				all, err := pciscan.Scan(cfg.Sysfs)
-				if err != nil {
-					log.Warn("hot-plug: rescan", "err", err)
-				}
-				for _, fn := range all {
-					if pciscan.IsConsole(fn) && !o.Held(fn.Addr) {
-						pending[fn.Addr] = time.Now()
-					}
-				}
-			case "remove":
-				delete(pending, e.Addr)
-				if o.Held(e.Addr) {
-					o.Release(e.Addr, "function removed")
-				}
-			case "unbind":
-				if o.Held(e.Addr) {
-					o.Release(e.Addr, "function unbound from "+e.Driver+" by someone else")
-					continue
-				}
-				pending[e.Addr] = time.Now().Add(cfg.Settle)
-			case "add", "bind":
-				if !o.Held(e.Addr) {
-					pending[e.Addr] = time.Now().Add(cfg.Settle)
-				}
-			}
-			rearm()
+			w.handle(n.ev)
 		}
+		w.rearm()
+	}
+}
+
+// next is one result of Events.Next.
+type next struct {
+	ev  pciscan.Uevent
+	err error
+}
+
+// read passes ev's events on until one fails or ctx ends.
+func read(ctx context.Context, ev Events, out chan<- next) {
+	defer guard.Recover()
+	for {
+		e, err := ev.Next()
+		select {
+		case out <- next{e, err}:
+		case <-ctx.Done():
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// watch is Run's state: the functions waiting to be judged.
+type watch struct {
+	cfg     Config
+	o       Owner
+	pending map[string]time.Time // function → when to judge it
+	timer   *time.Timer
+}
+
+// handle acts on one uevent.
+func (w *watch) handle(e pciscan.Uevent) {
+	switch e.Action {
+	case pciscan.ActionOverflow:
+		w.cfg.Log.Warn("hot-plug: uevents were lost; looking at every function again")
+		all, err := pciscan.Scan(w.cfg.Sysfs)
+		if err != nil {
+			w.cfg.Log.Warn("hot-plug: rescan", "err", err)
+		}
+		for _, fn := range all {
+			if pciscan.IsConsole(fn) && !w.o.Held(fn.Addr) {
+				w.pending[fn.Addr] = time.Now()
+			}
+		}
+	case "remove":
+		delete(w.pending, e.Addr)
+		if w.o.Held(e.Addr) {
+			w.o.Release(e.Addr, "function removed")
+		}
+	case "unbind":
+		if w.o.Held(e.Addr) {
+			w.o.Release(e.Addr, "function unbound from "+e.Driver+" by someone else")
+			return
+		}
+		w.pending[e.Addr] = time.Now().Add(w.cfg.Settle)
+	case "add", "bind":
+		if !w.o.Held(e.Addr) {
+			w.pending[e.Addr] = time.Now().Add(w.cfg.Settle)
+		}
+	}
+}
+
+// due judges every function whose settle time has passed.
+func (w *watch) due() {
+	now := time.Now()
+	for addr, at := range w.pending {
+		if !at.After(now) {
+			delete(w.pending, addr)
+			w.judge(addr)
+		}
+	}
+}
+
+// rearm sets the timer for the next function to judge.
+func (w *watch) rearm() {
+	var first time.Time
+	for _, at := range w.pending {
+		if first.IsZero() || at.Before(first) {
+			first = at
+		}
+	}
+	if !first.IsZero() {
+		w.timer.Reset(time.Until(first))
+	}
+}
+
+// judge adopts the function at addr if it is an eligible console.
+func (w *watch) judge(addr string) {
+	if w.o.Held(addr) {
+		return
+	}
+	fn, err := pciscan.Lookup(w.cfg.Sysfs, addr)
+	if err != nil {
+		if !errors.Is(err, pciscan.ErrNoDevice) {
+			w.cfg.Log.Warn("hot-plug: cannot read the function", "pci", addr, "err", err)
+		}
+		return
+	}
+	if pciscan.IsConsole(fn) && w.o.Eligible(fn) {
+		w.cfg.Log.Info("hot-plug: adopting a new virtio-console function", "pci", addr, "driver", fn.Driver)
+		w.o.Adopt(fn)
 	}
 }
