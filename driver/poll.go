@@ -456,3 +456,23 @@ func (p *Port) CanSend() bool {
 	defer p.d.mu.Unlock()
 	return p.errLocked() == nil && p.canSendLocked()
 }
+
+// Ready says what a client that waits on the port outside the loop (an
+// in-process endpoint, which calls RecvTo and SendFrom from its own
+// goroutine) can do now: recv, RecvTo has bytes or an error for it; send,
+// SendFrom would take bytes (the host side is connected and a transmit
+// buffer is free) or report an error; drained, the device holds nothing the
+// port queued. A loop calls it after Poll, which reclaims transmit buffers,
+// to wake such a client only when waking it helps.
+func (p *Port) Ready() (recv, send, drained bool) {
+	d, s := p.d, p.s
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p.errLocked() != nil || s.port != p {
+		return true, true, true
+	}
+	recv = p.rxLost || s.fLen > 0
+	send = p.txLost || (p.canSendLocked() && len(s.txFree) > 0)
+	drained = p.txLost || p.txInflight == 0
+	return recv, send, drained
+}
