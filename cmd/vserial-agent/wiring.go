@@ -8,6 +8,7 @@ import (
 
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/agentwire"
 	"github.com/vserial/vserial/internal/devopen"
 	"github.com/vserial/vserial/internal/guard"
 	"github.com/vserial/vserial/pciscan"
@@ -167,21 +168,7 @@ func (d *consoleDevice) reportEvent(ev driver.PortEvent) {
 	if d.report == nil {
 		return
 	}
-	out := agent.DeviceEvent{Kind: agent.EventDeviceReset, Device: d.index, Violations: ev.Violations, Reason: "unknown"}
-	switch ev.Kind {
-	case driver.ProtocolViolation:
-		out.Kind = agent.EventProtocolViolation
-	case driver.DeviceLimited:
-		out.Kind = agent.EventDeviceLimited
-	}
-	if ev.Err != nil {
-		out.Reason = ev.Err.Error()
-	}
-	if ev.Port != nil {
-		id := ev.Port.ID()
-		out.Port = &id
-	}
-	d.report(out)
+	d.report(agentwire.DeviceEvent(d.index, ev))
 }
 
 func (d *consoleDevice) Ports() <-chan agent.Port { return d.ports }
@@ -231,13 +218,10 @@ func (d *consoleDevice) adapt(p *driver.Port) agent.Port {
 }
 
 // port adapts *driver.Port to agent.Port: driver must not import agent, so
-// the counters are converted here.
+// the counters are converted (agentwire).
 type port struct{ *driver.Port }
 
-func (p port) Stats() agent.PortStats {
-	s := p.Port.Stats()
-	return agent.PortStats{BytesIn: s.BytesIn, BytesOut: s.BytesOut, Discarded: s.Discarded, Violations: s.Violations}
-}
+func (p port) Stats() agent.PortStats { return agentwire.Stats(p.Port, nil) }
 
 // loopPort is a port whose clients the device's data-plane loop serves
 // (agent.FDServer).
@@ -252,14 +236,7 @@ func (p loopPort) ServeFD(ctx context.Context, fd int) error {
 
 // Stats adds the loop's counters: the port's own, and the device's under
 // "loop_" (the same for every port of the device).
-func (p loopPort) Stats() agent.PortStats {
-	s := p.port.Stats()
-	s.Counters = p.loop.PortCounters(p.ID())
-	for k, v := range p.loop.Counters() {
-		s.Counters["loop_"+k] = v
-	}
-	return s
-}
+func (p loopPort) Stats() agent.PortStats { return agentwire.Stats(p.Port, p.loop) }
 
 var (
 	_ agent.Port     = port{}
