@@ -196,3 +196,11 @@ func Mismatch(got, want []byte) int {
 	}
 	return -1
 }
+
+// VserialPrefix marks a PATH that the guest's transfer built-ins (sink,
+// source, pingpong, echo) open in-process through package vserial
+// instead of as a file or socket: "vserial:BIND/ADDR/NAME" takes the
+// function at PCI address ADDR with binding BIND (uio, vfio or auto),
+// dials port NAME, and gives the function back when the built-in closes
+// it. The benchmark's G arm (the Go library) uses it.
+const VserialPrefix = "vserial:"
