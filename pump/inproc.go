@@ -67,6 +67,12 @@ type Endpoint struct {
 	src          copyIn
 	bytesRead    atomic.Uint64
 	bytesWritten atomic.Uint64
+
+	// The reply spin (Read's side): kickAt is when Write last queued a
+	// small request (0: none since); spin and quiet are the reader's.
+	kickAt atomic.Int64
+	spin   spinner
+	quiet  bool // the receive interrupt is off (Port.QuietRx)
 }
 
 // copyOut is the BuffersWriter Read hands RecvTo: it copies into dst.
@@ -126,6 +132,7 @@ func newEndpoint(l *Loop, p *driver.Port) *Endpoint {
 		rsig: make(chan struct{}, 1), wsig: make(chan struct{}, 1),
 		rtimer: stoppedTimer(), wtimer: stoppedTimer(),
 		closing: make(chan struct{}), gone: make(chan struct{}),
+		spin: newSpinner(l.poll),
 	}
 	e.c = &client{loop: l, port: p, fd: -1, ep: e, done: make(chan error, 1), attached: make(chan struct{})}
 	e.c.pc = l.portCounters(p.ID())
@@ -169,7 +176,20 @@ func (e *Endpoint) Read(b []byte) (int, error) {
 		if n > 0 || err != nil {
 			e.rwait.Store(false)
 			e.bytesRead.Add(uint64(n))
+			if n > 0 {
+				e.spin.reply(nanotime(), false)
+			}
 			return n, err
+		}
+		if e.spinRx() {
+			continue
+		}
+		// Never wait with the receive interrupt off.
+		if e.quiet {
+			e.quiet = false
+			if e.port.ArmRx() {
+				continue
+			}
 		}
 		if h := testHookReadWait.Load(); h != nil {
 			(*h)(e)
@@ -203,6 +223,10 @@ func (e *Endpoint) Write(b []byte) (int, error) {
 		total += n
 		b = b[n:]
 		e.bytesWritten.Add(uint64(n))
+		if n > 0 && len(b) == 0 && total < bulkSend {
+			// A request: the next Read may spin for its reply.
+			e.kickAt.Store(nanotime())
+		}
 		if err != nil {
 			e.wwait.Store(waitNone)
 			return total, err
@@ -297,6 +321,14 @@ func (e *Endpoint) Close() error {
 		err := e.drain()
 		e.wmu.Unlock()
 		close(e.closing)
+		// A Read that returned with the receive interrupt off leaves it
+		// on for whoever holds the port next.
+		e.rmu.Lock()
+		if e.quiet {
+			e.quiet = false
+			e.port.ArmRx()
+		}
+		e.rmu.Unlock()
 		// Refused only once the loop is closed, which ends every client.
 		e.loop.submit(command{kind: cmdDetach, c: e.c, err: net.ErrClosed})
 		<-e.gone
@@ -335,6 +367,39 @@ func (e *Endpoint) drain() error {
 // BytesRead and BytesWritten count what Read returned and Write queued.
 func (e *Endpoint) BytesRead() uint64    { return e.bytesRead.Load() }
 func (e *Endpoint) BytesWritten() uint64 { return e.bytesWritten.Load() }
+
+// spinRx spins on the port's receive ring, with its interrupt off and no
+// system call, for the reply to the request Write just queued, within the
+// endpoint's budget (the loop's policy: Poll, spinner). It reports whether
+// the reply (or an error) is there for RecvTo.
+func (e *Endpoint) spinRx() bool {
+	k := e.kickAt.Swap(0)
+	if k == 0 {
+		return false
+	}
+	e.spin.kickAt = k
+	if e.spin.budget <= 0 {
+		return false
+	}
+	if !e.quiet {
+		e.quiet = true
+		e.port.QuietRx()
+	}
+	start := nanotime()
+	deadline := start + int64(e.spin.budget)
+	for i := 0; ; i++ {
+		if e.port.TakeRx() {
+			e.spin.reply(nanotime(), true)
+			e.c.pc.spinHits.Add(1)
+			return true
+		}
+		if i&7 == 7 && nanotime() >= deadline {
+			e.spin.missed()
+			e.c.pc.spinMisses.Add(1)
+			return false
+		}
+	}
+}
 
 // serveEndpoint is the loop's part for an in-process client: after Poll,
 // wake its reader or writer if the driver says waiting is over. It moves no
