@@ -314,7 +314,13 @@ func (a *Agent) take(ctx context.Context, d *devopen.Device, p *driver.Port, nam
 	c := &conn{a: a, ep: e, port: p, addr: Addr(name)}
 	a.mu.Lock()
 	h.conn = c
+	closed := a.closed
 	a.mu.Unlock()
+	if closed {
+		// Close ran meanwhile and did not see this conn.
+		c.Close()
+		return nil, ErrClosed
+	}
 	a.log.Info("vserial: port held in-process", "port", name)
 	return c, nil
 }
@@ -350,6 +356,8 @@ func (a *Agent) Close() error {
 		return nil
 	}
 	a.closed = true
+	close(a.changed) // waiting Dials return ErrClosed
+	a.changed = make(chan struct{})
 	var conns []*conn
 	for _, h := range a.held {
 		if h.conn != nil {

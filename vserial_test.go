@@ -146,7 +146,16 @@ func TestDialWaitsForThePort(t *testing.T) {
 	if err := <-dialed; err != nil {
 		t.Fatalf("Dial of a hot-plugged port: %v", err)
 	}
+	// A Dial that waits when the agent closes returns.
+	go func() {
+		_, err := a.Dial(ctx, "never")
+		dialed <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
 	a.Close()
+	if err := <-dialed; !errors.Is(err, ErrClosed) {
+		t.Fatalf("Dial waiting across Close: %v", err)
+	}
 	if _, err := a.Dial(ctx, "p"); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Dial after Close: %v", err)
 	}
