@@ -13,6 +13,7 @@ import (
 	"github.com/vserial/vserial/driver"
 	"github.com/vserial/vserial/internal/agentwire"
 	"github.com/vserial/vserial/internal/devopen"
+	"github.com/vserial/vserial/internal/guard"
 	"github.com/vserial/vserial/pump"
 )
 
@@ -164,13 +165,17 @@ func (a *Agent) serveSockets(dir string) error {
 	}
 	a.sock = s
 	a.ctl = make(chan error, 1)
-	go func() { a.ctl <- s.ServeControl(ln) }()
+	go func() {
+		defer guard.Recover()
+		a.ctl <- s.ServeControl(ln)
+	}()
 	return nil
 }
 
 // watch follows device i's events: it wakes waiting Dials at every port
 // change and publishes new ports as sockets.
 func (a *Agent) watch(i int, d *devopen.Device) {
+	defer guard.Recover()
 	defer a.wg.Done()
 	published := map[*driver.Port]bool{}
 	publish := func(p *driver.Port) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // An in-process endpoint is a client with no descriptor: a Go program that
@@ -121,7 +122,7 @@ func (l *Loop) Attach(p *driver.Port) (*Endpoint, error) {
 		return nil, err
 	case <-c.attached:
 	}
-	go e.watch()
+	go e.awaitGone()
 	return e, nil
 }
 
@@ -145,8 +146,9 @@ func stoppedTimer() *time.Timer {
 	return t
 }
 
-// watch waits for the loop to let go of the client.
-func (e *Endpoint) watch() {
+// awaitGone waits for the loop to let go of the client.
+func (e *Endpoint) awaitGone() {
+	defer guard.Recover()
 	e.goneErr = <-e.c.done
 	close(e.gone)
 }
