@@ -44,7 +44,8 @@ func (c *conn) Read(b []byte) (int, error) { return c.ep.Read(b) }
 // device's transmit buffers; while the host side is away it waits.
 func (c *conn) Write(b []byte) (int, error) { return c.ep.Write(b) }
 
-// Close waits until the device took every byte written, tells the host
+// Close waits until the device took every byte written (at most until the
+// write deadline, or pump.DrainTimeout without one), tells the host
 // the port closed (PORT_OPEN 0; host bytes nobody read are discarded and
 // counted) and lets go of the port: it may be dialed again, and its
 // socket, if it has one, takes clients again.

@@ -2,6 +2,7 @@ package pump
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"sync"
@@ -313,7 +314,8 @@ func signal(sig chan struct{}) {
 }
 
 // Close lets go of the port: it waits until the device took every byte
-// Write queued (or the port went, or the device reset), then detaches the
+// Write queued (or the port went, or the device reset; at most until the
+// write deadline, or DrainTimeout without one), then detaches the
 // endpoint from the loop; waiting Reads and Writes return net.ErrClosed.
 // The caller then closes the port for the host (SetGuestOpen(false), which
 // discards and counts host bytes nobody read).
@@ -342,8 +344,20 @@ func (e *Endpoint) Close() error {
 	return e.closeErr
 }
 
-// drain waits until the device holds nothing the endpoint queued.
+// DrainTimeout bounds how long Close waits for the device to take what
+// Write queued when no write deadline is set (a host that stopped reading
+// for good must not hang Close).
+const DrainTimeout = 30 * time.Second
+
+// drain waits until the device holds nothing the endpoint queued, until
+// the write deadline or at most DrainTimeout.
 func (e *Endpoint) drain() error {
+	deadline := time.Now().Add(DrainTimeout)
+	if d := e.wdl.Load(); d != 0 {
+		deadline = time.Unix(0, d)
+	}
+	e.wtimer.Reset(max(time.Until(deadline), 0))
+	defer e.wtimer.Stop()
 	for {
 		e.wwait.Store(waitDrain)
 		done, err := e.port.TxDrained()
@@ -359,6 +373,9 @@ func (e *Endpoint) drain() error {
 		e.loop.wake()
 		select {
 		case <-e.wsig:
+		case <-e.wtimer.C:
+			e.wwait.Store(waitNone)
+			return fmt.Errorf("pump: close: the device did not take every byte written by %v: %w", deadline.Format(time.RFC3339Nano), ErrDeadline)
 		case <-e.gone:
 			e.wwait.Store(waitNone)
 			return nil

@@ -281,6 +281,25 @@ func TestEndpointClose(t *testing.T) {
 	if _, err := e.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("write after Close: %v", err)
 	}
+	// A device that never takes the bytes holds Close only until the
+	// write deadline.
+	e4, err := r.l.Attach(e.Port())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.m.SetQueueNotify(virtiotest.TxQueue(1), false)
+	if _, err := e4.Write([]byte("stuck")); err != nil {
+		t.Fatal(err)
+	}
+	e4.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	if err := e4.Close(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Close with bytes the device never takes: %v", err)
+	}
+	r.m.SetQueueNotify(virtiotest.TxQueue(1), true)
+	r.m.Notify(virtiotest.TxQueue(1))
+	if got, err := r.m.HostReadFull(r.ctx, 1, 5); err != nil || string(got) != "stuck" {
+		t.Fatalf("host got %q, %v", got, err)
+	}
 	// The port is free again.
 	e2, err := r.l.Attach(e.Port())
 	if err != nil {
