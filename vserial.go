@@ -134,16 +134,26 @@ func Open(ctx context.Context, opts Options) (*Agent, error) {
 	return a, nil
 }
 
-// start serves sockets in dir (if not "") and follows every device.
+// start serves sockets in dir (if not "") and follows every device. The
+// ports present now are published before start returns, device by device
+// in index order, so a name two devices share goes to the lower index (as
+// run does); later ones as they come.
 func (a *Agent) start(dir string) error {
 	if dir != "" {
 		if err := a.serveSockets(dir); err != nil {
 			return err
 		}
 	}
+	published := make([]map[*driver.Port]bool, len(a.devs))
+	for i, d := range a.devs {
+		published[i] = map[*driver.Port]bool{}
+		for _, p := range d.Dev.Ports() {
+			a.publish(i, d, p, published[i])
+		}
+	}
 	for i, d := range a.devs {
 		a.wg.Add(1)
-		go a.watch(i, d)
+		go a.watch(i, d, published[i])
 	}
 	return nil
 }
@@ -151,8 +161,7 @@ func (a *Agent) start(dir string) error {
 // sysfs is where Open finds and binds functions.
 const sysfs = "/sys"
 
-// serveSockets starts the socket side and publishes the ports present now
-// (later ones come through watch).
+// serveSockets starts the socket side with its control socket.
 func (a *Agent) serveSockets(dir string) error {
 	s, err := agent.New(agent.Config{SocketDir: dir, Logger: a.log})
 	if err != nil {
@@ -172,33 +181,31 @@ func (a *Agent) serveSockets(dir string) error {
 	return nil
 }
 
+// publish serves p, a port of device i, as a socket, once (published
+// holds the device's ports already served).
+func (a *Agent) publish(i int, d *devopen.Device, p *driver.Port, published map[*driver.Port]bool) {
+	if a.sock == nil || published[p] {
+		return
+	}
+	published[p] = true
+	sp := &sockPort{Port: p, a: a, loop: d.Loop}
+	a.mu.Lock()
+	a.sockets[p] = sp
+	a.mu.Unlock()
+	if err := a.sock.AddPort(i, sp); err != nil && !errors.Is(err, agent.ErrClosed) {
+		a.log.Error("vserial: cannot publish port", "dev", i, "port", p.ID(), "err", err)
+	}
+}
+
 // watch follows device i's events: it wakes waiting Dials at every port
 // change and publishes new ports as sockets.
-func (a *Agent) watch(i int, d *devopen.Device) {
+func (a *Agent) watch(i int, d *devopen.Device, published map[*driver.Port]bool) {
 	defer guard.Recover()
 	defer a.wg.Done()
-	published := map[*driver.Port]bool{}
-	publish := func(p *driver.Port) {
-		if a.sock == nil || published[p] {
-			return
-		}
-		published[p] = true
-		sp := &sockPort{Port: p, a: a, loop: d.Loop}
-		a.mu.Lock()
-		a.sockets[p] = sp
-		a.mu.Unlock()
-		if err := a.sock.AddPort(i, sp); err != nil && !errors.Is(err, agent.ErrClosed) {
-			a.log.Error("vserial: cannot publish port", "dev", i, "port", p.ID(), "err", err)
-		}
-	}
-	for _, p := range d.Dev.Ports() {
-		publish(p)
-	}
-	a.bump()
 	for ev := range d.Dev.Events() {
 		switch ev.Kind {
 		case driver.PortAdded:
-			publish(ev.Port)
+			a.publish(i, d, ev.Port, published)
 		case driver.DeviceReset, driver.ProtocolViolation, driver.DeviceLimited:
 			a.reportDevice(i, ev)
 		case driver.PortRemoved:
