@@ -94,7 +94,8 @@ const (
 	// EnvBenchReport names a file the report is appended to.
 	EnvBenchReport = "VSERIAL_BENCH_REPORT"
 	// EnvBenchAgentArgs adds `run` flags (split at spaces) to every agent
-	// the benchmark starts, e.g. "--poll off", to compare policies.
+	// the benchmark starts, e.g. "--poll off", to compare policies. Its
+	// --poll also sets the G arm's polling (vserial.Options.Poll).
 	EnvBenchAgentArgs = "VSERIAL_BENCH_AGENT_ARGS"
 )
 
@@ -312,8 +313,9 @@ func (s *suite) open(arm byte, extra ...string) (*session, error) {
 	if arm == 'G' {
 		// Each guest program takes the function from virtio-pci itself.
 		se.paths = se.paths[:0]
+		poll := benchPoll(strings.Fields(os.Getenv(EnvBenchAgentArgs)))
 		for _, n := range s.names {
-			se.paths = append(se.paths, wire.VserialPrefix+s.bind+"/"+s.addr+"/"+n)
+			se.paths = append(se.paths, wire.VserialPath(s.bind, s.addr, n, poll))
 		}
 		return se, nil
 	}
@@ -329,6 +331,19 @@ func (s *suite) open(arm byte, extra ...string) (*session, error) {
 		se.paths[0] = socatSocket
 	}
 	return se, nil
+}
+
+// benchPoll is the value of --poll in run flags, "" if none.
+func benchPoll(args []string) string {
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, "--poll="); ok {
+			return v
+		}
+		if a == "--poll" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
 }
 
 // errAgentExited is an agent that stopped before it published its

@@ -7,19 +7,18 @@ import (
 	"io"
 	"net"
 	"runtime"
-	"strings"
 	"time"
 
 	"github.com/vserial/vserial"
 	"github.com/vserial/vserial/tests/qemu/internal/wire"
 )
 
-// openVserial opens a "vserial:BIND/ADDR/NAME" path (without its prefix).
+// openVserial opens a "vserial:BIND/ADDR/NAME[/POLL]" path (without its
+// prefix).
 func openVserial(spec string) (io.ReadWriteCloser, error) {
-	bind, rest, ok1 := strings.Cut(spec, "/")
-	addr, name, ok2 := strings.Cut(rest, "/")
-	if !ok1 || !ok2 || addr == "" || name == "" {
-		return nil, fmt.Errorf("%s%s: want %sBIND/ADDR/NAME", wire.VserialPrefix, spec, wire.VserialPrefix)
+	bind, addr, name, poll, ok := wire.ParseVserialPath(spec)
+	if !ok {
+		return nil, fmt.Errorf("%s%s: want %sBIND/ADDR/NAME[/POLL]", wire.VserialPrefix, spec, wire.VserialPrefix)
 	}
 	// The library wants two Ps (its package documentation).
 	if runtime.GOMAXPROCS(0) < 2 {
@@ -27,7 +26,7 @@ func openVserial(spec string) (io.ReadWriteCloser, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, err := vserial.Open(ctx, vserial.Options{Devices: []string{addr}, Bind: bind})
+	a, err := vserial.Open(ctx, vserial.Options{Devices: []string{addr}, Bind: bind, Poll: poll})
 	if err != nil {
 		return nil, err
 	}
