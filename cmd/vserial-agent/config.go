@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/devopen"
 	"github.com/vserial/vserial/pciscan"
 	"github.com/vserial/vserial/pump"
 )
@@ -47,9 +48,9 @@ const defaultMaxPorts = 64
 
 // Bind modes.
 const (
-	bindUIO  = "uio"
-	bindVFIO = "vfio"
-	bindAuto = "auto"
+	bindUIO  = devopen.BindUIO
+	bindVFIO = devopen.BindVFIO
+	bindAuto = devopen.BindAuto
 )
 
 // runConfig is everything `vserial-agent run` was told, checked.
@@ -338,3 +339,7 @@ func parseLevel(cmd, v string) (slog.Level, error) {
 	}
 	return 0, usagef(cmd, "--log-level %q: want debug, info, warn or error", v)
 }
+
+// bindChoice is the binding --bind auto takes for one function, and why
+// (devopen.Choose decides; list shows it).
+type bindChoice = devopen.Choice

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vserial/vserial/agent"
+	"github.com/vserial/vserial/internal/devopen"
 	"github.com/vserial/vserial/pciscan"
 )
 
@@ -48,8 +49,8 @@ func list(ctx context.Context, cfg listConfig, stdout, stderr io.Writer) int {
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	status, queryErr := agent.QueryReport(qctx, cfg.SocketDir)
 	cancel()
-	env := hostBindEnv(cfg.Sysfs)
-	choose := func(f pciscan.Function) bindChoice { return chooseBind(env, f) }
+	env := devopen.HostEnv(cfg.Sysfs)
+	choose := func(f pciscan.Function) bindChoice { return devopen.Choose(env, f) }
 	rep := buildReport(cfg.SocketDir, fns, scanErr, status.Ports, queryErr, choose)
 	rep.Agent.Subscribers = status.Subscribers
 	rep.Agent.ControlRefused = status.ControlRefused
@@ -133,7 +134,7 @@ func writeText(w io.Writer, rep listReport) error {
 		fmt.Fprintf(tw, "FUNCTION\tID\tSUBSYSTEM\tDRIVER\tIOMMU GROUP\tBIND (auto)\n")
 		for _, f := range rep.Functions {
 			fmt.Fprintf(tw, "%s\t%s:%s\t%s:%s\t%s\t%s\t%s\n", f.Addr, f.Vendor, f.Device, f.SubVendor, f.SubDevice, dash(f.Driver), dash(f.IOMMUGroup),
-				bindChoice{f.Bind, f.BindReason})
+				bindChoice{Bind: f.Bind, Reason: f.BindReason})
 		}
 	}
 	fmt.Fprintln(tw)

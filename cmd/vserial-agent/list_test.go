@@ -17,32 +17,19 @@ import (
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/agent/agenttest"
 	"github.com/vserial/vserial/pciscan"
+	"github.com/vserial/vserial/pciscan/pciscantest"
 )
 
 // fakeFunction writes one PCI function into a sysfs tree under root.
 func fakeFunction(t *testing.T, root, addr, vendor, device, subdev, driver string) {
 	t.Helper()
-	dir := filepath.Join(root, "bus", "pci", "devices", addr)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for name, v := range map[string]string{
-		"vendor": vendor, "device": device, "subsystem_vendor": "0x1af4", "subsystem_device": subdev,
-		"revision": "0x01", "class": "0x078000",
-	} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(v+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if driver != "" {
-		if err := os.Symlink("../../../bus/pci/drivers/"+driver, filepath.Join(dir, "driver")); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pciscantest.Function(t, root, addr, vendor, device, subdev, driver)
 }
 
 // fixedChoice stands in for chooseBind in report tests.
-func fixedChoice(pciscan.Function) bindChoice { return bindChoice{bindVFIO, "IOMMU group 7"} }
+func fixedChoice(pciscan.Function) bindChoice {
+	return bindChoice{Bind: bindVFIO, Reason: "IOMMU group 7"}
+}
 
 func shortTempDir(t *testing.T) string {
 	t.Helper()

@@ -418,9 +418,13 @@ func mknodFromSysfs(devFile, node string) error {
 
 // ---- data movers ----
 
-// openPath opens a port: a Unix socket is dialled, anything else is opened
-// read-write as a device file.
+// openPath opens a port: a Unix socket is dialled, a wire.VserialPrefix
+// path is held in-process through package vserial (golib.go), anything
+// else is opened read-write as a device file.
 func openPath(path string) (io.ReadWriteCloser, error) {
+	if spec, ok := strings.CutPrefix(path, wire.VserialPrefix); ok {
+		return openVserial(spec)
+	}
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, err
