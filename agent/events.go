@@ -69,6 +69,14 @@ const (
 	// EventDeviceFailed: the device stopped for good (Reason); its ports
 	// are removed.
 	EventDeviceFailed EventKind = "device_failed"
+	// EventDeviceAdded: a function appeared while the agent ran (run
+	// --wait-devices) and was brought up as this device index; Reason
+	// names the function. Its ports follow as port_added.
+	EventDeviceAdded EventKind = "device_added"
+	// EventDeviceRemoved: the agent let go of a function that is going
+	// away (hot-unplugged, or taken by someone else; Reason says which);
+	// its ports are removed.
+	EventDeviceRemoved EventKind = "device_removed"
 	// EventOverflow is the last line a subscriber gets when it did not keep
 	// up: events after it were not sent; the stream closes.
 	EventOverflow EventKind = "overflow"
@@ -319,8 +327,8 @@ func writeLine(c net.Conn, v any) error {
 // DeviceEvent is something that happened to a device as a whole, reported
 // by the code that drives it (ReportDevice).
 type DeviceEvent struct {
-	// Kind is EventDeviceReset, EventProtocolViolation, EventDeviceLimited
-	// or EventDeviceFailed.
+	// Kind is EventDeviceReset, EventProtocolViolation, EventDeviceLimited,
+	// EventDeviceFailed, EventDeviceAdded or EventDeviceRemoved.
 	Kind   EventKind
 	Device int
 	// Port is the port concerned, nil if none (or not known).
@@ -341,7 +349,7 @@ const maxReason = 512
 // logs nothing: the driver has logged it). It checks ev first.
 func (a *Agent) ReportDevice(ev DeviceEvent) error {
 	switch ev.Kind {
-	case EventDeviceReset, EventProtocolViolation, EventDeviceLimited, EventDeviceFailed:
+	case EventDeviceReset, EventProtocolViolation, EventDeviceLimited, EventDeviceFailed, EventDeviceAdded, EventDeviceRemoved:
 	default:
 		return fmt.Errorf("agent: report device event: kind %q is not a device event", ev.Kind)
 	}

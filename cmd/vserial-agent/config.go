@@ -61,6 +61,9 @@ type runConfig struct {
 	MaxPorts  int          // 0: as many as the device offers (up to driver.MaxPorts)
 	DMABudget int          // bytes of DMA memory per device (--dma-budget)
 	Poll      pump.Poll    // the data-plane loop's polling policy (--poll)
+	// WaitDevices: run with no function at all, adopt each that appears
+	// and let go of each that goes (kernel uevents; --wait-devices).
+	WaitDevices bool
 	// ShutdownFlush bounds the wait at shutdown for the device to take
 	// guest→host bytes already read from clients (--shutdown-flush;
 	// negative: no wait).
@@ -99,6 +102,7 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	dmaBudget := fl.String("dma-budget", formatBytes(driver.DefaultDMABudget), "DMA memory one device may take (rings, buffers); beyond it ports get fewer buffers or are capped (docs/memory.md)")
 	consolePTY := fl.Bool("console-pty", false, "give every console port (virtconsole) a pseudo-terminal as well as its socket: SOCKET_DIR/NAME.pty → /dev/pts/N")
 	consoleExec := fl.String("console-exec", "", "run this program (absolute path, then arguments) on each console terminal, restarted when it exits; a getty, not a shell; implies --console-pty")
+	waitDevices := fl.Bool("wait-devices", false, "keep running with no virtio-console function, adopt each that appears (hot-plug) and let go of each that goes; without it run exits when no device is left")
 	consoleMax := fl.Int("console-max", agent.DefaultMaxConsoles, "give at most this many console ports of one device a terminal and a program; further consoles stay plain sockets")
 	consoleEnv := fl.StringArray("console-env", nil, "KEY=VALUE for the --console-exec program's environment, added to the minimal one (PATH, TERM=vt220, HOME=/; repeatable)")
 	poll := fl.String("poll", "adaptive", "poll for a reply after a small send before sleeping: adaptive (learns per port; never idle), off, or a budget such as 200us")
@@ -167,6 +171,7 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	if *shutdownFlush < 0 || *shutdownFlush > maxShutdownFlush {
 		return runConfig{}, usagef(cmd, "--shutdown-flush %v: want 0 to %v", *shutdownFlush, maxShutdownFlush)
 	}
+	cfg.WaitDevices = *waitDevices
 	cfg.ShutdownFlush = *shutdownFlush
 	if cfg.ShutdownFlush == 0 {
 		cfg.ShutdownFlush = -1 // driver.Config.CloseFlush: no wait

@@ -86,6 +86,7 @@ func openDevice(ctx context.Context, spec deviceSpec) (device, error) {
 	}
 	cd := newConsoleDevice(od.Dev, od.Loop, od.Release, od.GiveBack, spec.Index, spec.Report)
 	cd.unmapped = od.Unmapped
+	cd.requested = od.Requested
 	return cd, nil
 }
 
@@ -123,8 +124,11 @@ type consoleDevice struct {
 	// unmapped names a device address never mapped (VFIO type1), for
 	// fault injection; nil elsewhere.
 	unmapped func() (uint64, bool)
-	index    int
-	report   func(agent.DeviceEvent)
+	// requested is closed when the kernel asks for the function back
+	// (VFIO's request interrupt); nil under uio.
+	requested <-chan struct{}
+	index     int
+	report    func(agent.DeviceEvent)
 
 	once     sync.Once
 	closeErr error
@@ -176,6 +180,10 @@ func (d *consoleDevice) Ports() <-chan agent.Port { return d.ports }
 func (d *consoleDevice) Present() []agent.Port { return d.present }
 
 func (d *consoleDevice) EmergencyWrite(b []byte) error { return d.dev.EmergencyWrite(b) }
+
+// Requested is closed when the kernel asks for the function back (a VFIO
+// unplug or unbind); nil when it cannot ask (uio).
+func (d *consoleDevice) Requested() <-chan struct{} { return d.requested }
 
 // LastGasp is EmergencyWrite after a panic (driver.Device.LastGasp).
 func (d *consoleDevice) LastGasp(b []byte) error { return d.dev.LastGasp(b) }

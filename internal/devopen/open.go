@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -67,6 +68,9 @@ type Device struct {
 	// Unmapped names a device address never mapped (VFIO type1, for fault
 	// injection); nil elsewhere.
 	Unmapped func() (uint64, bool)
+	// Requested is closed when the kernel asks for the function back
+	// (VFIO's request interrupt: an unplug or unbind); nil under uio.
+	Requested <-chan struct{}
 }
 
 // Close stops the loop, resets the device (the driver sends PORT_OPEN 0
@@ -206,6 +210,7 @@ func Open(ctx context.Context, spec Spec) (_ *Device, err error) {
 	d := &Device{Dev: dev, Loop: loop, Release: release, GiveBack: giveBack}
 	if vf, ok := fn.(vfioFunction); ok {
 		d.Unmapped = vf.f.UnmappedIOVA
+		d.Requested = vf.f.Requested()
 	}
 	return d, nil
 }
@@ -367,4 +372,18 @@ func Select(sysfs string, devices []string, log *slog.Logger) ([]pciscan.Functio
 		return nil, fmt.Errorf("no virtio-console function under %s/bus/pci/devices (QEMU: -device virtio-serial-pci)", sysfs)
 	}
 	return out, nil
+}
+
+// Eligible is Select's rule for one function, for functions that appear
+// later (run --wait-devices): with devices named, only those; otherwise a
+// virtio-console function no kernel driver holds (or one an earlier run
+// left on uio_pci_generic).
+func Eligible(f pciscan.Function, devices []string) bool {
+	if !pciscan.IsConsole(f) {
+		return false
+	}
+	if len(devices) > 0 {
+		return slices.Contains(devices, f.Addr)
+	}
+	return f.Driver == "" || f.Driver == UIODriver
 }

@@ -41,6 +41,10 @@ type Owner interface {
 	// Release stops the function at addr, which is going away (why says
 	// how), and gives it up.
 	Release(addr, why string)
+	// Gone says the function at addr was removed from the system (after
+	// Release if it was held): a function plugged at that address later
+	// is a new one.
+	Gone(addr string)
 }
 
 // DefaultSettle is how long a new function is left to the kernel's own
@@ -137,9 +141,16 @@ func (w *watch) handle(e pciscan.Uevent) {
 		if w.o.Held(e.Addr) {
 			w.o.Release(e.Addr, "function removed")
 		}
+		w.o.Gone(e.Addr)
 	case "unbind":
 		if w.o.Held(e.Addr) {
-			w.o.Release(e.Addr, "function unbound from "+e.Driver+" by someone else")
+			// The kernel unbinds a function before it removes it, so
+			// this is an unplug as often as someone else's doing.
+			drv := e.Driver
+			if drv == "" {
+				drv = "its driver"
+			}
+			w.o.Release(e.Addr, "function unbound from "+drv+" (unplugged, or taken by someone else)")
 			return
 		}
 		w.pending[e.Addr] = time.Now().Add(w.cfg.Settle)

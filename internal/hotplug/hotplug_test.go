@@ -72,6 +72,13 @@ func (o *owner) Release(addr, why string) {
 	o.changed <- struct{}{}
 }
 
+func (o *owner) Gone(addr string) {
+	o.mu.Lock()
+	o.log = append(o.log, "gone "+addr)
+	o.mu.Unlock()
+	o.changed <- struct{}{}
+}
+
 func (o *owner) decisions() []string { o.mu.Lock(); defer o.mu.Unlock(); return slices.Clone(o.log) }
 
 // function writes a PCI function into a fake sysfs.
@@ -144,15 +151,15 @@ func TestAdoptAndRelease(t *testing.T) {
 	for _, a := range []string{"0000:01:00.0", "0000:02:00.0", "0000:03:00.0"} {
 		ev.c <- pciscan.Uevent{Action: "add", Addr: a}
 	}
-	got := o.wait(t, 1)
+	o.wait(t, 1)
 	time.Sleep(100 * time.Millisecond)
-	if got = o.decisions(); !slices.Equal(got, []string{"adopt 0000:01:00.0"}) {
+	if got := o.decisions(); !slices.Equal(got, []string{"adopt 0000:01:00.0"}) {
 		t.Fatalf("decisions %q, want only the free console adopted", got)
 	}
-	ev.c <- pciscan.Uevent{Action: "remove", Addr: "0000:02:00.0"} // not ours: nothing
+	ev.c <- pciscan.Uevent{Action: "remove", Addr: "0000:02:00.0"} // not ours: only gone
 	ev.c <- pciscan.Uevent{Action: "unbind", Addr: "0000:01:00.0", Driver: "uio_pci_generic"}
-	got = o.wait(t, 2)
-	if got[1] != "release 0000:01:00.0: function unbound from uio_pci_generic by someone else" {
+	got := o.wait(t, 3)
+	if got[1] != "gone 0000:02:00.0" || got[2] != "release 0000:01:00.0: function unbound from uio_pci_generic (unplugged, or taken by someone else)" {
 		t.Fatalf("decisions %q", got)
 	}
 }
@@ -170,8 +177,8 @@ func TestExplicitAndVanished(t *testing.T) {
 	ev.c <- pciscan.Uevent{Action: "add", Addr: "0000:05:00.0"} // no such directory
 	o.wait(t, 1)
 	ev.c <- pciscan.Uevent{Action: "remove", Addr: "0000:04:00.0"}
-	got := o.wait(t, 2)
-	if !slices.Equal(got, []string{"adopt 0000:04:00.0", "release 0000:04:00.0: function removed"}) {
+	got := o.wait(t, 3)
+	if !slices.Equal(got, []string{"adopt 0000:04:00.0", "release 0000:04:00.0: function removed", "gone 0000:04:00.0"}) {
 		t.Fatalf("decisions %q", got)
 	}
 }

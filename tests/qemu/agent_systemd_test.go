@@ -44,7 +44,7 @@ func TestAgentUnderSystemd(t *testing.T) {
 	files = append(files, File{Dst: "/etc/systemd/system/vserial-agent.service.d/log.conf",
 		Data: []byte("[Service]\nStandardOutput=append:/agent.log\nStandardError=append:/agent.log\n")})
 	const name = "org.vserial.systemd.0"
-	g := Boot(t, Options{Ports: []Port{{Name: name, Nr: 1}}, Files: files, Append: SystemdAppend})
+	g := Boot(t, Options{Ports: []Port{{Name: name, Nr: 1}}, Files: files, Append: SystemdAppend, ExtraArgs: RootPortArgs(1)})
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 	sock := AgentSocket(name)
@@ -95,6 +95,19 @@ func TestAgentUnderSystemd(t *testing.T) {
 	}
 	conn := g.DialPort(t, name)
 	if err := both(ctx, t, g, conn, sock, 256<<10, 8100); err != nil {
+		t.Fatal(err)
+	}
+
+	// The unit runs --wait-devices: a function hot-plugged now is adopted
+	// from the kernel's uevents, which the sandbox must let through.
+	hot := Port{Name: "org.vserial.systemd.hot", Nr: 2}
+	if _, err := g.HotplugFunction(ctx, "hs1", "rp1", "", hot); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.WaitPath(ctx, AgentSocket(hot.Name), time.Minute); err != nil {
+		t.Fatalf("a function hot-plugged under the unit was not adopted: %v", err)
+	}
+	if err := both(ctx, t, g, g.DialPort(t, hot.Name), AgentSocket(hot.Name), 64<<10, 8102); err != nil {
 		t.Fatal(err)
 	}
 
