@@ -3,11 +3,12 @@
 // docs/operating.md describes the commands, bindings, exit codes and how
 // to run it.
 //
-// It is the one place that composes the packages: for each function it
-// finds (pciscan), it chooses a binding and loads its modules (bindchoice.go,
-// wiring.go), takes the function from its kernel driver (pciscan), opens it
-// (uio), brings the device up (driver), starts its data-plane loop (pump)
-// and hands its ports and device events to the agent (agent). Flags exist
+// It composes the packages (as the Go library, package vserial, does for
+// a program that holds ports in-process): for each function it finds
+// (pciscan), internal/devopen chooses a binding and loads its modules,
+// takes the function from its kernel driver (pciscan), opens it (uio),
+// brings the device up (driver) and starts its data-plane loop (pump);
+// wiring.go hands its ports and device events to the agent (agent). Flags exist
 // only here: parseRun turns them into a runConfig, from which the packages'
 // Config values are built.
 //
@@ -17,7 +18,7 @@
 //     before it touches a device, with exit code 2 and what is wrong.
 //   - Whatever happens after a function was taken, the device is reset and
 //     the function goes back to the driver it had (undo stack in
-//     openDevice).
+//     devopen.Open).
 //   - A device that stops, a failed open or a panic in any goroutine is told
 //     to the host through the emergency write before the process exits
 //     (run.go, internal/guard).

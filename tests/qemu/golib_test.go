@@ -4,9 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"path"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vserial/vserial/tests/qemu/internal/wire"
 )
 
 // The Go library guest test: examples/echo, a Go program built with
@@ -153,6 +157,55 @@ func runGoLibrary(t *testing.T, opts Options, bind string) {
 			t.Errorf("echo's output lacks its serving line:\n%s", out)
 		}
 		t.Logf("echo's output:\n%s", out)
+	})
+
+	t.Run("guest-writes-wait-while-host-away", func(t *testing.T) {
+		// Another Go program built with the package (the guest helper's
+		// stream, on a vserial: path) takes the function echo gave back
+		// and streams to the host: the host takes exactly the first part
+		// and leaves; the program's Writes of the second part wait while
+		// the host is away (nothing is discarded by QEMU), and the host
+		// gets all of it, in order, once it is back.
+		const n1, n2, seed = 1 << 20, 4 << 20, 41
+		flag := "/tmp/golib-go"
+		want, _ := patternSum(n1+n2, seed)
+		addr := path.Base(findVirtioConsole(t, g))
+		// (The host-reconnect case's connection closed with it.)
+		conn := g.DialPort(t, libNamed.Name)
+		proc, err := g.Start(ctx, "stream", wire.VserialPath(bind, addr, libNamed.Name, ""), strconv.Itoa(seed), strconv.Itoa(n1), flag, strconv.Itoa(n2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := readPart(ctx, conn, n1)
+		if err != nil {
+			t.Fatalf("first part: %v", err)
+		}
+		conn.Close()
+		time.Sleep(time.Second) // the guest hears the host left
+		g.MustRun(t, "touch", flag)
+		const awayFor = 3 * time.Second
+		time.Sleep(awayFor)
+		if proc.Exited() {
+			out, err := proc.Wait(ctx)
+			t.Fatalf("the guest program wrote %d bytes while the host was away (no backpressure; dropped?): %v %s", n2, err, out)
+		}
+		conn = g.DialPort(t, libNamed.Name)
+		if err := h.add(ctx, conn, n2); err != nil {
+			t.Fatalf("second part after the host came back: %v", err)
+		}
+		out, err := proc.Wait(ctx)
+		if err != nil {
+			t.Fatalf("guest program: %v %s", err, out)
+		}
+		if sent := ParseKV(out)["sha256"]; sent != want {
+			t.Fatalf("guest program sent sha256 %s, want %s", sent, want)
+		}
+		if got := h.sum(); got != want {
+			t.Errorf("host received sha256 %s, the guest sent %s: bytes lost or duplicated while the host was away", got, want)
+		}
+		if err := nothingMore(conn, 300*time.Millisecond); err != nil {
+			t.Error(err)
+		}
 	})
 }
 
