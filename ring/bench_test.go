@@ -11,16 +11,16 @@ import (
 
 // benchRig is a queue with the device called inline; the device validates
 // chains but does not resolve their bytes, so the numbers are the ring's.
-func benchRig(b *testing.B, cfg ring.Config) (*ring.Queue, *ringtest.Device, []ring.Segment) {
+func benchRig(b *testing.B, cfg ring.Config) (vq, ringtest.Queue, []ring.Segment) {
 	h := dmatest.NewHeap()
-	q, err := ring.New(h, cfg)
+	q, err := newVQ(h, cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { q.Close() })
 	dc := ringtest.ConfigFor(q, cfg)
 	dc.SkipData = true
-	dev, err := ringtest.New(h, dc)
+	dev, err := ringtest.NewQueue(h, dc)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -54,6 +54,8 @@ func BenchmarkAddPublishPop(b *testing.B) {
 		{"modern", ring.Config{Size: 256}},
 		{"modern-eventidx", ring.Config{Size: 256, EventIdx: true}},
 		{"legacy", ring.Config{Size: 128, Layout: ring.Legacy}},
+		{"packed", ring.Config{Size: 256, Layout: ring.PackedRing}},
+		{"packed-eventidx", ring.Config{Size: 256, Layout: ring.PackedRing, EventIdx: true}},
 	} {
 		for _, side := range []string{"driver", "device"} {
 			for _, batch := range []int{1, 8, 32} {
