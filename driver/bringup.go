@@ -56,6 +56,13 @@ func (d *Device) bringUpLocked(first bool) error {
 	// drops unoffered bits): console sizes, and EmergencyWrite.
 	want := FeatureConsoleMultiport | FeatureVersion1 | FeatureEventIdx | FeatureConsoleSize | FeatureConsoleEmergWrite
 	var required uint64
+	switch d.cfg.Ring {
+	case RingAuto:
+		want |= FeatureRingPacked // dropped when not offered, or on legacy
+	case RingPacked:
+		want |= FeatureRingPacked
+		required |= FeatureRingPacked
+	}
 	if d.fn.IOMMU() {
 		want |= FeatureAccessPlatform
 		required |= FeatureAccessPlatform
@@ -70,6 +77,7 @@ func (d *Device) bringUpLocked(first bool) error {
 	d.features = feat
 	d.multiport = feat&FeatureConsoleMultiport != 0
 	d.eventIdx = feat&FeatureEventIdx != 0
+	d.packed = feat&FeatureRingPacked != 0
 	d.sizeF = feat&FeatureConsoleSize != 0
 	d.emergF = feat&FeatureConsoleEmergWrite != 0
 
@@ -270,7 +278,10 @@ func (d *Device) allocQueuesLocked() error {
 	n := d.queueCount()
 	d.queues = make([]virtqueue, n)
 	layout := ring.Modern
-	if d.t.Legacy() {
+	switch {
+	case d.packed:
+		layout = ring.PackedRing
+	case d.t.Legacy():
 		layout = ring.Legacy
 	}
 	for qi := 0; qi < n; qi++ {
@@ -288,7 +299,7 @@ func (d *Device) allocQueuesLocked() error {
 			}
 			continue
 		}
-		q, err := ring.New(d.alloc, ring.Config{Size: size, Layout: layout, EventIdx: d.eventIdx})
+		q, err := newVirtqueue(d.alloc, ring.Config{Size: size, Layout: layout, EventIdx: d.eventIdx})
 		if err != nil {
 			return fmt.Errorf("queue %d: %w", qi, err)
 		}

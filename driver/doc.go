@@ -39,6 +39,16 @@
 // refused with ErrNeedsIOMMU, since its DMA would be translated by an IOMMU
 // while the driver hands it physical addresses.
 //
+// Ring layout: bring-up adds FeatureRingPacked (VIRTIO_F_RING_PACKED, bit
+// 34) to the wanted set unless Config.Ring is RingSplit, and to the
+// required set for RingPacked; the legacy interface's 32 bits never carry
+// it. When it is negotiated every queue — data, control, after a reset and
+// for hot-plugged ports — is a ring.Packed (newVirtqueue): one allocation
+// with the descriptor ring 16-aligned and the driver and device event
+// suppression words 4-aligned after it (spec 2.8.10.1), programmed as
+// queue_desc, queue_driver and queue_device. Nothing above the virtqueue
+// interface knows the layout.
+//
 // Tests run against virtiotest.Function. Because virtiotest cannot import
 // this package, its methods return concrete types and
 // transport_fake_test.go adapts it (fakeFunction, newFake); newFake fails
