@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/pflag"
 	"github.com/vserial/vserial/agent"
+	"github.com/vserial/vserial/driver"
 	"github.com/vserial/vserial/pciscan"
 	"github.com/vserial/vserial/pump"
 )
@@ -51,11 +52,12 @@ const (
 
 // runConfig is everything `vserial-agent run` was told, checked.
 type runConfig struct {
-	Agent    agent.Config // Logger is filled in by run
-	Devices  []string     // canonical PCI addresses; empty: every free console
-	Bind     string       // bindUIO, bindVFIO or bindAuto (chooseBind decides per function)
-	MaxPorts int          // 0: as many as the device offers
-	Poll     pump.Poll    // the data-plane loop's polling policy (--poll)
+	Agent    agent.Config      // Logger is filled in by run
+	Devices  []string          // canonical PCI addresses; empty: every free console
+	Bind     string            // bindUIO, bindVFIO or bindAuto (chooseBind decides per function)
+	MaxPorts int               // 0: as many as the device offers
+	Ring     driver.RingLayout // virtqueue layout (--ring)
+	Poll     pump.Poll         // the data-plane loop's polling policy (--poll)
 	// ShutdownFlush bounds the wait at shutdown for the device to take
 	// guest→host bytes already read from clients (--shutdown-flush;
 	// negative: no wait).
@@ -89,6 +91,7 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	dirMode := fl.String("dir-mode", fmt.Sprintf("%04o", agent.DefaultDirMode), "permission bits of the socket directory when it is created, octal")
 	devices := fl.StringArray("device", nil, "PCI address DDDD:BB:DD.F of a virtio-console function to drive (repeatable; default: every virtio-console function no driver holds)")
 	bind := fl.String("bind", bindAuto, "how to take the function: vfio (vfio-pci), uio (uio_pci_generic) or auto (vfio in an IOMMU group, else uio; 'list' shows the choice)")
+	ringLayout := fl.String("ring", "auto", "virtqueue layout: auto (packed when the device offers it, split otherwise), split, or packed (fail if not offered)")
 	maxPorts := fl.Int("max-ports", 0, "set up at most this many ports per device (0: as many as the device offers)")
 	consolePTY := fl.Bool("console-pty", false, "give every console port (virtconsole) a pseudo-terminal as well as its socket: SOCKET_DIR/NAME.pty → /dev/pts/N")
 	consoleExec := fl.String("console-exec", "", "run this program (absolute path, then arguments) on each console terminal, restarted when it exits; a getty, not a shell; implies --console-pty")
@@ -148,6 +151,9 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 		return runConfig{}, usagef(cmd, "--max-ports %d: want 0 (as many as the device offers) to %d", *maxPorts, maxPortsLimit)
 	}
 	cfg.MaxPorts = *maxPorts
+	if cfg.Ring, err = driver.ParseRingLayout(*ringLayout); err != nil {
+		return runConfig{}, usagef(cmd, "--ring %q: want auto, split or packed", *ringLayout)
+	}
 	if cfg.Poll, err = pump.ParsePoll(*poll); err != nil {
 		return runConfig{}, usagef(cmd, "--%v", err)
 	}

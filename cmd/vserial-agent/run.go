@@ -78,6 +78,7 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 			Explicit:      len(cfg.Devices) > 0,
 			Bind:          cfg.Bind,
 			MaxPorts:      cfg.MaxPorts,
+			Ring:          cfg.Ring,
 			Poll:          cfg.Poll,
 			ShutdownFlush: cfg.ShutdownFlush,
 			Sysfs:         cfg.Sysfs,

@@ -55,6 +55,7 @@ type deviceSpec struct {
 	Explicit bool
 	Bind     string // bindUIO, bindVFIO or bindAuto
 	MaxPorts int    // 0: as many as the device offers
+	Ring     driver.RingLayout
 	Poll     pump.Poll
 	// ShutdownFlush is driver.Config.CloseFlush (negative: no wait).
 	ShutdownFlush time.Duration
@@ -175,6 +176,7 @@ func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
 		Index:        spec.Index,
 		MaxResets:    maxResets,
 		CloseFlush:   spec.ShutdownFlush,
+		Ring:         spec.Ring,
 		ExternalLoop: true,
 		Logger:       log,
 	})
