@@ -68,6 +68,7 @@ type Packed struct {
 	freeID   uint16
 	numFree  int // free ring descriptors
 	inFlight int
+	multi    int // chains in flight that took more than one descriptor
 
 	nextAvail uint16 // next ring slot to fill
 	availWrap bool   // driver ring wrap counter (spec 2.8.1), starts at 1
@@ -206,6 +207,9 @@ func (q *Packed) Add(segs []Segment) (id uint16, err error) {
 	if q.broken != nil {
 		return 0, q.broken
 	}
+	if len(segs) == 1 {
+		return q.addOne(&segs[0])
+	}
 	writable, err := checkChain(segs, q.cfg.Size)
 	if err != nil {
 		return 0, err
@@ -271,21 +275,61 @@ func (q *Packed) Add(segs []Segment) (id uint16, err error) {
 			q.advanceAvail()
 		}
 	}
-	if q.unpub == 0 {
-		q.pendOff, q.pendWord = first+12, firstWord
-	} else {
-		// An earlier unpublished chain's first descriptor still hides
-		// this one from the device, which reads the ring in order, so a
-		// plain store suffices: the release in Publish orders it.
-		binary.LittleEndian.PutUint32(q.desc[first+12:first+16], firstWord)
+	q.placeFirst(first+12, firstWord)
+	q.commit(st, need, uint32(writable))
+	return id, nil
+}
+
+// addOne is Add for a chain of one segment, the common case: one
+// descriptor, never indirect, always a valid chain. It writes the same
+// bytes Add would.
+func (q *Packed) addOne(s *Segment) (id uint16, err error) {
+	if q.numFree == 0 {
+		return 0, ErrFull
 	}
+	id = q.freeID
+	st := &q.state[id]
+	q.freeID = st.next
+	flags := availBits(q.availWrap)
+	var writable uint32
+	if s.Write {
+		flags |= descFWrite
+		writable = s.Len
+	}
+	off := int(q.nextAvail) * descSize
+	d := q.desc[off : off+descSize : off+descSize]
+	binary.LittleEndian.PutUint64(d[0:], s.Addr)
+	binary.LittleEndian.PutUint32(d[8:], s.Len)
+	q.placeFirst(off+12, uint32(id)|uint32(flags)<<16)
+	q.advanceAvail()
+	q.commit(st, 1, writable)
+	return id, nil
+}
+
+// placeFirst writes the id|flags word of a chain's first descriptor: held
+// back for Publish if it starts the batch; otherwise an earlier unpublished
+// chain's first descriptor still hides it from the device, which reads the
+// ring in order, so a plain store suffices (the release in Publish orders
+// it).
+func (q *Packed) placeFirst(off int, word uint32) {
+	if q.unpub == 0 {
+		q.pendOff, q.pendWord = off, word
+		return
+	}
+	binary.LittleEndian.PutUint32(q.desc[off:off+4], word)
+}
+
+// commit records a chain of need descriptors just written under st's id.
+func (q *Packed) commit(st *packedState, need int, writable uint32) {
 	q.numFree -= need
 	q.unpub += need
-	st.ndesc, st.seq, st.writable = uint16(need), q.addSeq, uint32(writable)
+	st.ndesc, st.seq, st.writable = uint16(need), q.addSeq, writable
+	if need > 1 {
+		q.multi++
+	}
 	q.addSeq++
 	q.inFlight++
 	q.stats.Added++
-	return id, nil
 }
 
 func (q *Packed) advanceAvail() {
@@ -426,6 +470,9 @@ func (q *Packed) Pop() (u Used, ok bool, err error) {
 	}
 	q.lastUsed = uint16(next)
 	q.numFree += int(st.ndesc)
+	if st.ndesc > 1 {
+		q.multi--
+	}
 	st.ndesc = 0
 	st.next = q.freeID
 	q.freeID = id
@@ -486,12 +533,14 @@ func (q *Packed) EnableInterrupts() (pending bool) {
 }
 
 // EnableInterruptsAfter is EnableInterrupts that asks for the interrupt only
-// once n more chains have been used: the device writes used elements to
-// consecutive slots, so the n-th lands at lastUsed + n - 1
-// (virtqueue_enable_cb_delayed_packed). Without EVENT_IDX, or with n ≤ 1,
-// it is EnableInterrupts. pending reports that n chains are already used.
+// once n more chains have been used (virtqueue_enable_cb_delayed_packed). A
+// used element advances the device's position by its chain's descriptor
+// count, so only while every chain in flight took one descriptor does the
+// n-th land exactly at lastUsed + n - 1; otherwise, without EVENT_IDX, or
+// with n ≤ 1, it is EnableInterrupts. pending reports that n chains are
+// already used.
 func (q *Packed) EnableInterruptsAfter(n uint16) (pending bool) {
-	if !q.cfg.EventIdx || n <= 1 || n > q.cfg.Size {
+	if !q.cfg.EventIdx || n <= 1 || n > q.cfg.Size || q.multi != 0 {
 		return q.EnableInterrupts()
 	}
 	if q.broken != nil {
@@ -553,7 +602,7 @@ func (q *Packed) Reset() {
 	for i := range q.state {
 		q.state[i] = packedState{next: uint16(i + 1)}
 	}
-	q.freeID, q.numFree, q.inFlight = 0, len(q.state), 0
+	q.freeID, q.numFree, q.inFlight, q.multi = 0, len(q.state), 0, 0
 	q.nextAvail, q.availWrap, q.unpub = 0, true, 0
 	q.addSeq, q.pubSeq = 0, 0
 	q.pendOff, q.pendWord = 0, 0

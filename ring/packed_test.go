@@ -280,3 +280,25 @@ func TestAddPublishPopAllocatesNothing(t *testing.T) {
 		}
 	})
 }
+
+// A used element moves the device on by its chain's descriptor count, so
+// with a multi-descriptor chain in flight the n-th element is not at
+// lastUsed + n - 1: EnableInterruptsAfter must not bet on that slot, or a
+// completion that never crosses it goes without an interrupt.
+func TestPackedEnableAfterWithLongChainLosesNoInterrupt(t *testing.T) {
+	r := newRig(t, ring.Config{Size: 8, Layout: ring.PackedRing, EventIdx: true})
+	long := append(r.rw(1, 1), r.one(1)...) // 3 descriptors, slots 0-2
+	r.add(long...)
+	b := r.add(r.one(1)...) // slot 3
+	r.q.Publish()
+	r.q.DisableInterrupts()
+	a := r.devPop()
+	r.devPop()
+	r.dev.Push(a.Head, 0) // element at slot 0, device now at slot 3
+	if r.q.EnableInterruptsAfter(2) {
+		return // told to Pop: fine
+	}
+	if !r.dev.Push(b, 0) { // element at slot 3
+		t.Fatalf("two chains used, no interrupt (driver event %d/%#x)", r.dev.AvailFlags(), r.dev.UsedEvent())
+	}
+}
