@@ -103,6 +103,14 @@
 //     config at offset 24 under MSI-X) and on a modern one with vectors=4
 //     (one vector per port); here --bind auto chooses uio (no IOMMU group)
 //     and list shows the no-IOMMU group as a reason for uio.
+//   - TestAgentPacked: a modern device with packed=on under uio, the agent
+//     run with --ring packed: QEMU's x-query-virtio-status shows
+//     VIRTIO_F_RING_PACKED among the guest features (checkRingPacked),
+//     then behaviourChecks and a reset recovery (the faultinject agent's
+//     zero-length descriptor, DEVICE_NEEDS_RESET, the ports back with 1 MiB
+//     both ways byte-exact).
+//   - TestAgentVFIOIOMMUPacked: TestAgentVFIOIOMMU's cases on a packed=on
+//     device (--ring auto takes it), plus checkRingPacked.
 //   - behaviourChecks, shared by the bindings' tests: socket names, data
 //     both ways on two ports at once byte-exact (1 B to 8 MiB), a guest
 //     client's open and close seen by the host (VSERPORT_CHANGE), and the
