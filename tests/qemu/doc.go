@@ -111,6 +111,8 @@
 //     both ways byte-exact).
 //   - TestAgentVFIOIOMMUPacked: TestAgentVFIOIOMMU's cases on a packed=on
 //     device (--ring auto takes it), plus checkRingPacked.
+//   - TestAgentHotplugPacked: TestAgentHotplug's cases on a packed=on
+//     device, plus checkRingPacked.
 //   - behaviourChecks, shared by the bindings' tests: socket names, data
 //     both ways on two ports at once byte-exact (1 B to 8 MiB), a guest
 //     client's open and close seen by the host (VSERPORT_CHANGE), and the
