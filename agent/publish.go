@@ -25,6 +25,9 @@ type port struct {
 	kick   chan struct{} // asks the watcher to look at the name again
 
 	rejected atomic.Uint64
+	// Rejected clients and accept errors are the clients' doing: their
+	// log lines and events go through these gates.
+	rejectGate, acceptLog rateGate
 
 	// Guarded by a.mu.
 	gone bool
@@ -68,8 +71,19 @@ func newPort(a *Agent, dev int, p Port) *port {
 		name:   p.Name(),
 
 		hostSeen: p.HostConnected(),
+
+		rejectGate: rateGate{burst: rejectBurst, rate: rejectRate},
+		acceptLog:  rateGate{burst: 5, rate: 1},
 	}
 }
+
+// A port reports rejected clients as log lines and client_rejected events
+// in a burst of rejectBurst, then rejectRate a second; each carries the
+// running count (rejected_total), so none is lost from the count.
+const (
+	rejectBurst = 10
+	rejectRate  = 1
+)
 
 func (pt *port) poke() {
 	select {
@@ -351,6 +365,7 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 func (pt *port) accept(ln *net.UnixListener) {
 	defer guard.Recover()
 	defer pt.a.wg.Done()
+	b := newBackoff(acceptWaitMin, acceptWaitMax)
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -359,14 +374,12 @@ func (pt *port) accept(ln *net.UnixListener) {
 			}
 			// Out of file descriptors and the like: say so, give the
 			// system a moment, and carry on.
-			pt.log.Error("accept failed", "err", err)
-			select {
-			case <-time.After(100 * time.Millisecond):
-			case <-pt.ctx.Done():
+			if !acceptPause(pt.ctx, b, &pt.acceptLog, pt.log.Error, err) {
 				return
 			}
 			continue
 		}
+		b.reset()
 		pt.connect(c)
 	}
 }
@@ -409,7 +422,11 @@ func (pt *port) connectAfter(c *net.UnixConn, mayWait bool) *session {
 		ev := pt.eventLocked(EventClientRejected)
 		a.mu.Unlock()
 		defer c.Close()
-		pt.log.Warn("client rejected: the port already has a client", append(peerAttrs(c), "rejected_total", n)...)
+		ok, held := pt.rejectGate.allow()
+		if !ok {
+			return nil // counted in rejected_total
+		}
+		pt.log.Warn("client rejected: the port already has a client", append(peerAttrs(c), "rejected_total", n, "lines_suppressed_before", held)...)
 		ev.Rejected = n
 		ev.PeerPID, ev.PeerUID = peerCred(c)
 		a.publish(ev)

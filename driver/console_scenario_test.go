@@ -430,8 +430,8 @@ func TestMaxNrPortsHugeIsCapped(t *testing.T) {
 		plug: plugPorts(portSpec{id: 1, name: "p"}),
 		bad:  &virtiotest.ConsoleMisbehaviour{OverrideMaxNrPorts: true, MaxNrPorts: 0xffffffff},
 	})
-	if got := r.d.MaxPorts(); got != maxQueuePorts {
-		t.Errorf("MaxPorts %d, want %d", got, maxQueuePorts)
+	if got := r.d.MaxPorts(); got != MaxPorts-1 {
+		t.Errorf("MaxPorts %d, want %d", got, MaxPorts-1)
 	}
 	r.port(1, "p")
 	if !r.log.Contains("max_nr_ports capped") {

@@ -68,7 +68,6 @@ const (
 // (it may lower the device's size, spec 4.1.4.3); legacy sizes are fixed by
 // the device and only bounded.
 const (
-	maxQueuePorts      = 0x7fff
 	maxQueueSize       = 256
 	maxLegacyQueueSize = 1024
 )
@@ -82,8 +81,9 @@ const (
 
 // Config configures Open.
 type Config struct {
-	// MaxPorts caps max_nr_ports (0: no cap beyond 0x8000). Ports with
-	// larger ids are ignored with a log line and never acknowledged.
+	// MaxPorts caps max_nr_ports (0: no cap beyond MaxPorts-1, the last
+	// id with queues). Ports with larger ids are ignored with a log line
+	// and never acknowledged.
 	MaxPorts uint32
 	// Index is the device index D used in fallback names "vport<D>p<ID>".
 	Index int
@@ -109,6 +109,10 @@ type Config struct {
 	// buffers in flight before it resets the device (0: 2 s; negative: no
 	// wait). Whatever is left is counted and logged (undelivered.go).
 	CloseFlush time.Duration
+	// DMABudget bounds the device memory (rings and buffers) the device
+	// may make the driver allocate, in bytes (0: DefaultDMABudget). See
+	// budget.go: beyond it ports get fewer buffers, or are capped.
+	DMABudget int
 	// ExternalLoop: Open starts no event loop of its own. The caller waits
 	// for the interrupt itself (IRQFDs) and drives the device through
 	// HandleIRQ, Poll, Arm and Disarm (poll.go; package pump does).
@@ -136,10 +140,17 @@ type DeviceStats struct {
 	LogsSuppressed uint64
 	Kicks          uint64 // available-buffer notifications sent (MMIO doorbell writes)
 	Unmasks        uint64 // INTx re-enabled after an interrupt (external loop only)
+	// VectorFallbacks counts bring-ups repeated with fewer MSI-X vectors
+	// because the device refused one.
+	VectorFallbacks uint64
 	// Injected counts descriptors InjectFault posted; InjectedAccepted
 	// those the device used instead of refusing them.
 	Injected         uint64
 	InjectedAccepted uint64
+	// BudgetReduced counts ports given a reduced buffer set, and
+	// BudgetRefused ports refused, because of the DMA budget.
+	BudgetReduced uint64
+	BudgetRefused uint64
 }
 
 // Device is a virtio-console device driven by this process.
@@ -148,23 +159,26 @@ type Device struct {
 	log   *slog.Logger
 	fn    Function
 	t     transport
-	alloc dma.Allocator
+	alloc dma.Allocator // mem, the function's allocator within the budget
+	mem   *dmaBudget
 	order binary.ByteOrder // of control messages and config fields
 
-	features   uint64
-	multiport  bool
-	maxNr      uint32 // max_nr_ports as the device reported it (validated)
-	nslots     uint32 // port ids served: min(maxNr, caps)
-	vecConfig  uint16 // configuration changes and the control queues
-	nvec       int    // MSI-X vectors routed (0: INTx)
-	eventIdx   bool
-	packed     bool // VIRTIO_F_RING_PACKED negotiated: every queue is a ring.Packed
-	sizeF      bool // VIRTIO_CONSOLE_F_SIZE negotiated
-	emergF     bool // VIRTIO_CONSOLE_F_EMERG_WRITE negotiated
-	maxResets  int
-	loopCancel context.CancelFunc
-	loopDone   chan struct{}
-	fwdDone    chan struct{}
+	features  uint64
+	multiport bool
+	maxNr     uint32 // max_nr_ports as the device reported it (validated)
+	nslots    uint32 // port ids served: min(maxNr, caps)
+	vecConfig uint16 // configuration changes and the control queues
+	nvec      int    // MSI-X vectors routed (0: INTx)
+	// vectorsChosen: setupVectors ran (a fallback lowers nvec after it).
+	vectorsChosen bool
+	eventIdx      bool
+	packed        bool // VIRTIO_F_RING_PACKED negotiated: every queue is a ring.Packed
+	sizeF         bool // VIRTIO_CONSOLE_F_SIZE negotiated
+	emergF        bool // VIRTIO_CONSOLE_F_EMERG_WRITE negotiated
+	maxResets     int
+	loopCancel    context.CancelFunc
+	loopDone      chan struct{}
+	fwdDone       chan struct{}
 
 	mu         sync.Mutex
 	queues     []virtqueue // by queue number; nil where not set up
@@ -182,6 +196,8 @@ type Device struct {
 	ctrlCount  int
 	popped     uint64 // used buffers taken from any queue (HandleIRQ: was it ours?) // a control message, copied out of device memory before it is parsed
 	slots      []*slot
+	unplanned  int          // slots with queues and no buffer plan yet (budget.go)
+	limits     budgetLimits // budget limits reported so far
 	seg        [1]ring.Segment
 	stats      DeviceStats
 	resetTimes []time.Time
@@ -224,12 +240,20 @@ func Open(ctx context.Context, fn Function, cfg Config) (*Device, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	budget := cfg.DMABudget
+	switch {
+	case budget < 0:
+		return nil, fmt.Errorf("driver: open: DMA budget %d bytes is negative", budget)
+	case budget == 0:
+		budget = DefaultDMABudget
+	}
 	t, err := newTransport(fn, log)
 	if err != nil {
 		return nil, err
 	}
+	mem := newDMABudget(fn.DMA(), budget)
 	d := &Device{
-		cfg: cfg, log: log, fn: fn, t: t, alloc: fn.DMA(),
+		cfg: cfg, log: log, fn: fn, t: t, alloc: mem, mem: mem,
 		order:     binary.LittleEndian,
 		maxResets: cfg.MaxResets,
 		done:      make(chan struct{}),

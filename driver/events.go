@@ -30,6 +30,11 @@ const (
 	// is the port concerned, or nil. Rate-limited like the log: the first
 	// 32 of a device, then one in 1000.
 	ProtocolViolation
+	// DeviceLimited: the device asked for more than the DMA budget allows
+	// (Config.DMABudget): Err says what the driver did instead (ports
+	// capped, reduced buffer sets, a port refused). Port is the port
+	// concerned, or nil. Once per device and kind of limit.
+	DeviceLimited
 )
 
 func (k PortEventKind) String() string {
@@ -44,12 +49,14 @@ func (k PortEventKind) String() string {
 		return "reset"
 	case ProtocolViolation:
 		return "violation"
+	case DeviceLimited:
+		return "limited"
 	}
 	return fmt.Sprintf("PortEventKind(%d)", uint8(k))
 }
 
 // PortEvent reports a change of a port, or of the device (DeviceReset,
-// ProtocolViolation).
+// ProtocolViolation, DeviceLimited).
 type PortEvent struct {
 	Port       *Port
 	Kind       PortEventKind

@@ -2,6 +2,17 @@ package driver
 
 // Device faults: violations that are counted and isolated, faults that reset
 // the device (within a budget), and failures that stop it.
+//
+// A ring protocol violation, a control queue that breaks,
+// DEVICE_NEEDS_RESET or a device that drops DRIVER_OK resets the device and
+// runs the bring-up again on the same memory: ports that come back with the
+// same id and name keep their Port objects (PORT_OPEN(1) is re-sent for
+// guest-open ones), others are removed or replaced. Each reset is reported
+// on Events as DeviceReset with its cause, before the ports' own events;
+// violations the driver isolates without a reset are reported as
+// ProtocolViolation (rate-limited like their log lines). Config.MaxResets
+// resets per minute are allowed; one more fault fails the device: it is
+// reset, every port is removed, and Done closes with Err.
 
 import (
 	"errors"

@@ -118,7 +118,7 @@ func NewPacked(alloc dma.Allocator, cfg Config) (*Packed, error) {
 			q.Close()
 		}
 	}()
-	r, err := allocRegion(alloc, &q.mem, descSize*n+8, 16)
+	r, err := allocRegion(alloc, &q.mem, packedRingSize(n), 16)
 	if err != nil {
 		return nil, fmt.Errorf("ring: new packed: %w", err)
 	}
@@ -140,6 +140,10 @@ func NewPacked(alloc dma.Allocator, cfg Config) (*Packed, error) {
 	ok = true
 	return q, nil
 }
+
+// packedRingSize is the ring allocation of a packed queue of n: the
+// descriptors, then the driver and the device event suppression words.
+func packedRingSize(n int) int { return descSize*n + 8 }
 
 // allocRegion allocates size bytes, recording the region in *mem so Close
 // frees it even when the length is wrong.

@@ -198,10 +198,7 @@ func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
 			q.Close()
 		}
 	}()
-	// Sizes per spec 2.7 (VIRTIO-NOTES §4.2), plus 2 bytes after each ring
-	// so the 32-bit word holding used_event / avail_event lies inside.
-	availSize := 6 + 2*n + 2
-	usedSize := 6 + 8*n + 2
+	availSize, usedSize := ringSizes(n)
 	switch cfg.Layout {
 	case Modern:
 		d, err := q.allocate(descSize*n, 16)
@@ -223,8 +220,7 @@ func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
 		// descriptors, used at the next 4096 boundary. The padding before
 		// the used ring already holds the used_event word; 4 bytes past
 		// the spec's size hold the avail_event word.
-		usedOff := alignUp(descSize*n+6+2*n, legacyAlign)
-		total := usedOff + 6 + 8*n + 4
+		usedOff, total := legacySizes(n)
 		b, err := q.allocate(total, legacyAlign)
 		if err != nil {
 			return nil, err
@@ -268,6 +264,35 @@ func (q *Queue) allocate(size, align int) (dma.Region, error) {
 }
 
 func alignUp(x, a int) int { return (x + a - 1) &^ (a - 1) }
+
+// ringSizes are the sizes of the modern avail and used rings of n entries:
+// spec 2.7 (VIRTIO-NOTES §4.2), plus 2 bytes after each ring so the 32-bit
+// word holding used_event / avail_event lies inside.
+func ringSizes(n int) (avail, used int) { return 6 + 2*n + 2, 6 + 8*n + 2 }
+
+// legacySizes is the legacy block of n entries (spec 2.7.2): the used ring's
+// offset and the size of the whole block.
+func legacySizes(n int) (usedOff, total int) {
+	usedOff = alignUp(descSize*n+6+2*n, legacyAlign)
+	return usedOff, usedOff + 6 + 8*n + 4
+}
+
+// Footprint is how many bytes of device memory New (NewPacked for
+// PackedRing) allocates for cfg, so
+// a caller can check a budget before allocating. cfg is not validated.
+func Footprint(cfg Config) int {
+	n := int(cfg.Size)
+	total := descSize * cfg.Indirect * n
+	if cfg.Layout == PackedRing {
+		return total + packedRingSize(n)
+	}
+	if cfg.Layout == Legacy {
+		_, l := legacySizes(n)
+		return total + l
+	}
+	a, u := ringSizes(n)
+	return total + descSize*n + a + u
+}
 
 // Size returns the number of descriptors.
 func (q *Queue) Size() uint16 { return q.cfg.Size }

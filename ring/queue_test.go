@@ -465,3 +465,21 @@ func TestClosedQueueRefusesWork(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 }
+
+func TestFootprintIsWhatNewAllocates(t *testing.T) {
+	for _, cfg := range []ring.Config{
+		{Size: 1, Layout: ring.Modern}, {Size: 128, Layout: ring.Modern}, {Size: 256, Layout: ring.Modern, EventIdx: true},
+		{Size: 8, Layout: ring.Modern, Indirect: 4}, {Size: 128, Layout: ring.Legacy}, {Size: 1024, Layout: ring.Legacy},
+		{Size: 1, Layout: ring.PackedRing}, {Size: 256, Layout: ring.PackedRing, EventIdx: true}, {Size: 7, Layout: ring.PackedRing, Indirect: 4},
+	} {
+		h := dmatest.NewHeap()
+		q, err := newVQ(h, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, got := h.Live(); got != ring.Footprint(cfg) {
+			t.Errorf("%+v: New allocated %d bytes, Footprint says %d", cfg, got, ring.Footprint(cfg))
+		}
+		q.Close()
+	}
+}

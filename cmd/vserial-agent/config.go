@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/devopen"
 	"github.com/vserial/vserial/pciscan"
 	"github.com/vserial/vserial/pump"
 )
@@ -39,25 +40,28 @@ func usagef(cmd, format string, args ...any) error {
 	return &usageError{cmd: cmd, err: fmt.Errorf(format, args...)}
 }
 
-// maxPortsLimit is the most ports a virtio-pci console can have: queue
-// indexes are 16 bits and a device has 2·(max_nr_ports+1) queues.
-const maxPortsLimit = 32766
+// defaultMaxPorts is run's port cap per device (--max-ports): a device
+// offering more (QEMU allows 511, the protocol 0x8000) gets this many
+// ports unless the operator asks for more; docs/memory.md says what each
+// port costs.
+const defaultMaxPorts = 64
 
 // Bind modes.
 const (
-	bindUIO  = "uio"
-	bindVFIO = "vfio"
-	bindAuto = "auto"
+	bindUIO  = devopen.BindUIO
+	bindVFIO = devopen.BindVFIO
+	bindAuto = devopen.BindAuto
 )
 
 // runConfig is everything `vserial-agent run` was told, checked.
 type runConfig struct {
-	Agent    agent.Config      // Logger is filled in by run
-	Devices  []string          // canonical PCI addresses; empty: every free console
-	Bind     string            // bindUIO, bindVFIO or bindAuto (chooseBind decides per function)
-	MaxPorts int               // 0: as many as the device offers
-	Ring     driver.RingLayout // virtqueue layout (--ring)
-	Poll     pump.Poll         // the data-plane loop's polling policy (--poll)
+	Agent     agent.Config      // Logger is filled in by run
+	Devices   []string          // canonical PCI addresses; empty: every free console
+	Bind      string            // bindUIO, bindVFIO or bindAuto (chooseBind decides per function)
+	MaxPorts  int               // 0: as many as the device offers (up to driver.MaxPorts)
+	DMABudget int               // bytes of DMA memory per device (--dma-budget)
+	Ring      driver.RingLayout // virtqueue layout (--ring)
+	Poll      pump.Poll         // the data-plane loop's polling policy (--poll)
 	// ShutdownFlush bounds the wait at shutdown for the device to take
 	// guest→host bytes already read from clients (--shutdown-flush;
 	// negative: no wait).
@@ -88,11 +92,13 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	fl.SetOutput(io.Discard)
 	socketDir := fl.String("socket-dir", agent.DefaultSocketDir, "directory for the port sockets and the .control socket")
 	socketMode := fl.String("socket-mode", fmt.Sprintf("%04o", agent.DefaultSocketMode), "permission bits of each socket, octal")
+	controlMode := fl.String("control-mode", fmt.Sprintf("%04o", agent.DefaultControlMode), "permission bits of SOCKET_DIR/.control, octal (who may run list and events; it shows who uses the ports)")
 	dirMode := fl.String("dir-mode", fmt.Sprintf("%04o", agent.DefaultDirMode), "permission bits of the socket directory when it is created, octal")
 	devices := fl.StringArray("device", nil, "PCI address DDDD:BB:DD.F of a virtio-console function to drive (repeatable; default: every virtio-console function no driver holds)")
 	bind := fl.String("bind", bindAuto, "how to take the function: vfio (vfio-pci), uio (uio_pci_generic) or auto (vfio in an IOMMU group, else uio; 'list' shows the choice)")
 	ringLayout := fl.String("ring", "auto", "virtqueue layout: auto (packed when the device offers it, split otherwise), split, or packed (fail if not offered)")
-	maxPorts := fl.Int("max-ports", 0, "set up at most this many ports per device (0: as many as the device offers)")
+	maxPorts := fl.Int("max-ports", defaultMaxPorts, "set up at most this many ports per device (0: as many as the device offers, up to the protocol's 32768)")
+	dmaBudget := fl.String("dma-budget", formatBytes(driver.DefaultDMABudget), "DMA memory one device may take (rings, buffers); beyond it ports get fewer buffers or are capped (docs/memory.md)")
 	consolePTY := fl.Bool("console-pty", false, "give every console port (virtconsole) a pseudo-terminal as well as its socket: SOCKET_DIR/NAME.pty → /dev/pts/N")
 	consoleExec := fl.String("console-exec", "", "run this program (absolute path, then arguments) on each console terminal, restarted when it exits; a getty, not a shell; implies --console-pty")
 	consoleMax := fl.Int("console-max", agent.DefaultMaxConsoles, "give at most this many console ports of one device a terminal and a program; further consoles stay plain sockets")
@@ -100,7 +106,7 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	poll := fl.String("poll", "adaptive", "poll for a reply after a small send before sleeping: adaptive (learns per port; never idle), off, or a budget such as 200us")
 	shutdownFlush := fl.Duration("shutdown-flush", 2*time.Second, "at shutdown, wait at most this long for the host to take guest→host bytes already read from clients (0: no wait); what is left is counted and logged")
 	logLevel := fl.String("log-level", "info", "debug, info, warn or error")
-	configFile := fl.String("config", "", "per-port configuration file (format: README, Configuration)")
+	configFile := fl.String("config", "", "per-port configuration file (format: docs/configuration.md)")
 	portFlags := fl.StringArray("port", nil, "configure one port: 'NAME KEY=VALUE ...' as after 'port' in the config file (repeatable; overrides the file key by key)")
 	ignoreFlags := fl.StringArray("ignore", nil, "port NAME to leave alone: no socket, never opened towards the host (repeatable)")
 	sysfs := fl.String("sysfs", "/sys", "sysfs root (for tests)")
@@ -126,6 +132,9 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	if cfg.Agent.SocketMode, err = parseMode(cmd, "--socket-mode", *socketMode, 0o600, agent.DefaultSocketMode); err != nil {
 		return runConfig{}, err
 	}
+	if cfg.Agent.ControlMode, err = parseMode(cmd, "--control-mode", *controlMode, 0o600, agent.DefaultControlMode); err != nil {
+		return runConfig{}, err
+	}
 	if cfg.Agent.DirMode, err = parseMode(cmd, "--dir-mode", *dirMode, 0o700, agent.DefaultDirMode); err != nil {
 		return runConfig{}, err
 	}
@@ -147,10 +156,13 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	default:
 		return runConfig{}, usagef(cmd, "--bind %q: want uio, vfio or auto", *bind)
 	}
-	if *maxPorts < 0 || *maxPorts > maxPortsLimit {
-		return runConfig{}, usagef(cmd, "--max-ports %d: want 0 (as many as the device offers) to %d", *maxPorts, maxPortsLimit)
+	if *maxPorts < 0 || *maxPorts > driver.MaxPorts {
+		return runConfig{}, usagef(cmd, "--max-ports %d: want 0 (as many as the device offers) to %d", *maxPorts, driver.MaxPorts)
 	}
 	cfg.MaxPorts = *maxPorts
+	if cfg.DMABudget, err = parseBytes(*dmaBudget); err != nil {
+		return runConfig{}, usagef(cmd, "--dma-budget %q: %v", *dmaBudget, err)
+	}
 	if cfg.Ring, err = driver.ParseRingLayout(*ringLayout); err != nil {
 		return runConfig{}, usagef(cmd, "--ring %q: want auto, split or packed", *ringLayout)
 	}
@@ -281,6 +293,44 @@ func parseMode(cmd, flag, v string, need, example fs.FileMode) (fs.FileMode, err
 	return mode, nil
 }
 
+// DMA budget bounds: below minDMABudget not even one port fits beside the
+// control queues; maxDMABudget is far beyond any guest.
+const (
+	minDMABudget = 1 << 20
+	maxDMABudget = 1 << 40
+)
+
+// parseBytes parses a byte count: a number, optionally followed by K, M or
+// G (KiB, MiB, GiB: powers of 1024), within the DMA budget's bounds.
+func parseBytes(v string) (int, error) {
+	num, unit := v, ""
+	if i := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
+		num, unit = v[:i], v[i:]
+	}
+	shift, ok := map[string]uint{"": 0, "K": 10, "KiB": 10, "M": 20, "MiB": 20, "G": 30, "GiB": 30}[unit]
+	n, err := strconv.ParseInt(num, 10, 64)
+	if !ok || err != nil {
+		return 0, errors.New("want a byte count such as 133MiB, 512K or 1073741824")
+	}
+	if n > maxDMABudget>>shift || n<<shift < minDMABudget {
+		return 0, fmt.Errorf("want %s to %s", formatBytes(minDMABudget), formatBytes(maxDMABudget))
+	}
+	return int(n << shift), nil
+}
+
+// formatBytes writes n in the largest unit parseBytes reads back exactly.
+func formatBytes(n int) string {
+	for _, u := range []struct {
+		shift uint
+		name  string
+	}{{30, "GiB"}, {20, "MiB"}, {10, "KiB"}} {
+		if n >= 1<<u.shift && n%(1<<u.shift) == 0 {
+			return fmt.Sprintf("%d%s", n>>u.shift, u.name)
+		}
+	}
+	return strconv.Itoa(n)
+}
+
 func parseLevel(cmd, v string) (slog.Level, error) {
 	switch strings.ToLower(v) {
 	case "debug":
@@ -294,3 +344,7 @@ func parseLevel(cmd, v string) (slog.Level, error) {
 	}
 	return 0, usagef(cmd, "--log-level %q: want debug, info, warn or error", v)
 }
+
+// bindChoice is the binding --bind auto takes for one function, and why
+// (devopen.Choose decides; list shows it).
+type bindChoice = devopen.Choice

@@ -1,5 +1,3 @@
-// Command vserial-agent drives virtio-console PCI functions from userspace
-// and publishes every port as a Unix socket. See `vserial-agent --help`.
 package main
 
 import (

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"sync"
 
 	"github.com/vserial/vserial/agent"
+	"github.com/vserial/vserial/internal/devopen"
 	"github.com/vserial/vserial/internal/guard"
 	"github.com/vserial/vserial/pciscan"
 )
@@ -78,6 +78,7 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 			Explicit:      len(cfg.Devices) > 0,
 			Bind:          cfg.Bind,
 			MaxPorts:      cfg.MaxPorts,
+			DMABudget:     cfg.DMABudget,
 			Ring:          cfg.Ring,
 			Poll:          cfg.Poll,
 			ShutdownFlush: cfg.ShutdownFlush,
@@ -196,51 +197,7 @@ func reportDevice(a *agent.Agent, ev agent.DeviceEvent, log *slog.Logger) {
 // selectFunctions returns the functions to drive: those named with
 // --device, or every virtio-console function no driver holds.
 func selectFunctions(cfg runConfig, log *slog.Logger) ([]pciscan.Function, error) {
-	if len(cfg.Devices) > 0 {
-		var out []pciscan.Function
-		for _, addr := range cfg.Devices {
-			f, err := pciscan.Lookup(cfg.Sysfs, addr)
-			if err != nil {
-				return nil, err
-			}
-			if !pciscan.IsConsole(f) {
-				return nil, fmt.Errorf("--device %s is not a virtio-console function: %v", addr, f)
-			}
-			out = append(out, f)
-		}
-		return out, nil
-	}
-	all, err := pciscan.Scan(cfg.Sysfs)
-	if err != nil {
-		return nil, err
-	}
-	var out []pciscan.Function
-	var held []string
-	for _, f := range all {
-		if !pciscan.IsConsole(f) {
-			continue
-		}
-		if f.Driver == uioDriver {
-			// Bound to uio_pci_generic and not held by a kernel driver:
-			// an earlier run of ours left it there.
-			log.Info("taking virtio-console function already bound to uio_pci_generic", "pci", f.Addr)
-			out = append(out, f)
-			continue
-		}
-		if f.Driver != "" {
-			held = append(held, f.Addr+" ("+f.Driver+")")
-			log.Info("skipping virtio-console function held by a driver; name it with --device to take it", "pci", f.Addr, "driver", f.Driver)
-			continue
-		}
-		out = append(out, f)
-	}
-	if len(out) == 0 {
-		if len(held) > 0 {
-			return nil, fmt.Errorf("every virtio-console function is held by a driver: %s; name one with --device to take it", strings.Join(held, ", "))
-		}
-		return nil, fmt.Errorf("no virtio-console function under %s/bus/pci/devices (QEMU: -device virtio-serial-pci)", cfg.Sysfs)
-	}
-	return out, nil
+	return devopen.Select(cfg.Sysfs, cfg.Devices, log)
 }
 
 // maxEmergencyLine bounds a line written through the emergency channel: each

@@ -2,7 +2,8 @@
 // space with the virtio vendor capabilities, a modern BAR register file and a
 // legacy I/O BAR, ISR read-to-clear, notifications, and interrupts through a
 // real eventfd. Behind the registers sits a device Model; Console is a model
-// that behaves like QEMU 7.2's virtio-serial, quirks included.
+// that behaves like QEMU 7.2's virtio-serial, quirks included. Production
+// code never imports it (layering_test.go).
 package virtiotest
 
 // Model and Bus separate the PCI function (registers) from device models.

@@ -172,6 +172,9 @@ func (f *Function) vectorOK(v uint16) uint16 {
 	if n == 0 {
 		n = 2
 	}
+	if lim := f.opts.Misbehave.VectorsAccepted; lim > 0 && v != NoVector && v >= lim {
+		return NoVector
+	}
 	if f.opts.Misbehave.VectorRefused || v != NoVector && int(v) >= n {
 		return NoVector
 	}

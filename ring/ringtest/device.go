@@ -1,7 +1,7 @@
 // Package ringtest plays the device side of a virtqueue over the same memory
 // as a ring.Queue (Device) or a ring.Packed (Packed), with the same atomics,
-// for tests. It can be told to
-// misbehave in each way a hostile or broken device could.
+// for tests. It can be told to misbehave in each way a hostile or broken
+// device could. Production code never imports it (layering_test.go).
 package ringtest
 
 // API CONTRACT (the ring helper implements the bodies; the fake PCI function
