@@ -119,6 +119,15 @@ func (d *Device) bringUpOnceLocked(first bool) error {
 	d.packed = feat&FeatureRingPacked != 0
 	d.sizeF = feat&FeatureConsoleSize != 0
 	d.emergF = feat&FeatureConsoleEmergWrite != 0
+	if first {
+		// One line per device: which ring layout it runs on is otherwise
+		// visible only through Features (list does not show it).
+		layout := "split"
+		if d.packed {
+			layout = "packed"
+		}
+		d.log.Info("virtio-console: features negotiated", "features", fmt.Sprintf("%#x", feat), "ring", layout, "event_idx", d.eventIdx)
+	}
 
 	maxNr := uint32(1)
 	if d.multiport {

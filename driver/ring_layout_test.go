@@ -3,6 +3,8 @@ package driver
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/vserial/vserial/driver/virtiotest"
@@ -36,7 +38,8 @@ func TestRingLayoutNegotiation(t *testing.T) {
 			f, fn := newFake(t, m, c.fn)
 			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 			defer cancel()
-			d, err := Open(ctx, fn, Config{Ring: c.ring})
+			log := &logBuf{}
+			d, err := Open(ctx, fn, Config{Ring: c.ring, Logger: slog.New(slog.NewTextHandler(log, nil))})
 			if c.wantErr != nil {
 				if !errors.Is(err, c.wantErr) {
 					t.Fatalf("Open = %v, want %v", err, c.wantErr)
@@ -49,6 +52,13 @@ func TestRingLayoutNegotiation(t *testing.T) {
 			defer d.Close()
 			if got := d.Features()&FeatureRingPacked != 0; got != c.wantPacked {
 				t.Fatalf("packed negotiated %v, want %v", got, c.wantPacked)
+			}
+			want := "ring=split"
+			if c.wantPacked {
+				want = "ring=packed"
+			}
+			if !strings.Contains(log.String(), want) {
+				t.Errorf("log does not say %s:\n%s", want, log)
 			}
 			if !c.wantPacked {
 				return
