@@ -38,7 +38,13 @@ func (r *rig) serviceNow() {
 // and control messages while the guest and host move data. The driver may
 // reset or fail the device, but must never panic, hang, corrupt memory or
 // leak it: Close always succeeds and returns every allocation.
-func FuzzHostileDevice(f *testing.F) {
+func FuzzHostileDevice(f *testing.F) { fuzzHostileDevice(f, false) }
+
+// FuzzHostileDevicePacked is FuzzHostileDevice with the packed ring
+// negotiated.
+func FuzzHostileDevicePacked(f *testing.F) { fuzzHostileDevice(f, true) }
+
+func fuzzHostileDevice(f *testing.F, packed bool) {
 	// Seeds from the fake's normal traffic: heads the driver really posted
 	// (control receive buffers 0.., port receive buffers), real messages.
 	f.Add([]byte{opHostWrite, 1, 0, 0, 10, 0, opGuestSend, 1, 0, 0, 20, 0})
@@ -55,6 +61,7 @@ func FuzzHostileDevice(f *testing.F) {
 			prog = prog[:6*64]
 		}
 		r := newRig(t, rigOpts{
+			packed:  packed,
 			console: virtiotest.ConsoleConfig{MaxPorts: 4},
 			cfg:     Config{MaxResets: 3, RxBuffers: 8, TxBuffers: 4},
 			plug: plugPorts(portSpec{id: 0, name: "con", console: true},

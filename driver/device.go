@@ -25,7 +25,38 @@ const (
 	FeatureConsoleEmergWrite = uint64(1) << 2
 	FeatureIndirectDesc      = uint64(1) << 28
 	FeatureEventIdx          = uint64(1) << 29
+	// FeatureRingPacked is VIRTIO_F_RING_PACKED (spec 6): the packed
+	// virtqueue layout. Above bit 31, so modern transport only.
+	FeatureRingPacked = uint64(1) << 34
 )
+
+// RingLayout is Config.Ring: which virtqueue layout the driver accepts.
+type RingLayout uint8
+
+const (
+	// RingAuto takes the packed ring when the device offers it (modern
+	// transport only), the split ring otherwise.
+	RingAuto RingLayout = iota
+	// RingSplit never negotiates the packed ring.
+	RingSplit
+	// RingPacked requires it: bring-up fails if the device does not
+	// offer VIRTIO_F_RING_PACKED (or is driven through the legacy
+	// interface).
+	RingPacked
+)
+
+// ParseRingLayout parses "auto", "split" or "packed".
+func ParseRingLayout(s string) (RingLayout, error) {
+	switch s {
+	case "auto":
+		return RingAuto, nil
+	case "split":
+		return RingSplit, nil
+	case "packed":
+		return RingPacked, nil
+	}
+	return 0, fmt.Errorf("ring layout %q: want auto, split or packed", s)
+}
 
 // Queue numbers of the control queues (spec 5.3.2).
 const (
@@ -86,7 +117,10 @@ type Config struct {
 	// for the interrupt itself (IRQFDs) and drives the device through
 	// HandleIRQ, Poll, Arm and Disarm (poll.go; package pump does).
 	ExternalLoop bool
-	Logger       *slog.Logger
+	// Ring selects the virtqueue layout (default RingAuto: packed when
+	// offered on the modern transport).
+	Ring   RingLayout
+	Logger *slog.Logger
 }
 
 // DeviceStats counts what the driver has seen of the device.
@@ -138,6 +172,7 @@ type Device struct {
 	// vectorsChosen: setupVectors ran (a fallback lowers nvec after it).
 	vectorsChosen bool
 	eventIdx      bool
+	packed        bool // VIRTIO_F_RING_PACKED negotiated: every queue is a ring.Packed
 	sizeF         bool // VIRTIO_CONSOLE_F_SIZE negotiated
 	emergF        bool // VIRTIO_CONSOLE_F_EMERG_WRITE negotiated
 	maxResets     int

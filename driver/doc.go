@@ -35,8 +35,10 @@
 //
 // # Who writes which memory
 //
-//   - The rings follow package ring: the driver writes descriptors and the
-//     avail ring, the device writes the used ring.
+//   - The rings follow package ring: split (the driver writes descriptors
+//     and the avail ring, the device writes the used ring) or, with
+//     VIRTIO_F_RING_PACKED, packed (one descriptor ring both write, whose
+//     AVAIL/USED bits say who owns each descriptor).
 //   - Receive buffers are written by the device only; the driver reads one
 //     after the used ring returned it, lends it to a reader only for the
 //     duration of one call, and re-posts it after.

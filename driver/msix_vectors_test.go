@@ -41,11 +41,11 @@ func TestQueueVectorLayout(t *testing.T) {
 }
 
 func TestMSIXVectorsPerPort(t *testing.T) {
-	for _, opts := range []virtiotest.Options{{MSIXVectors: 2}, {MSIXVectors: 4}, {LegacyOnly: true, MSIXVectors: 4}} {
-		name := fmt.Sprintf("legacy=%v vectors=%d", opts.LegacyOnly, opts.MSIXVectors)
+	for _, opts := range []virtiotest.Options{{MSIXVectors: 2}, {MSIXVectors: 4}, {LegacyOnly: true, MSIXVectors: 4}, {MSIXVectors: 4, Packed: true}} {
+		name := fmt.Sprintf("legacy=%v vectors=%d packed=%v", opts.LegacyOnly, opts.MSIXVectors, opts.Packed)
 		t.Run(name, func(t *testing.T) {
 			ports := []portSpec{{id: 1, name: "a", host: true}, {id: 2, name: "b", host: true}, {id: 3, name: "c", host: true}}
-			r := newRig(t, rigOpts{fn: opts, plug: plugPorts(ports...)})
+			r := newRig(t, rigOpts{fn: opts, packed: opts.Packed, plug: plugPorts(ports...)})
 			// What the device was told, queue by queue.
 			for qi := uint16(0); qi < 10; qi++ {
 				info, ok := r.f.Queue(qi)

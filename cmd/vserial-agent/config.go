@@ -55,12 +55,13 @@ const (
 
 // runConfig is everything `vserial-agent run` was told, checked.
 type runConfig struct {
-	Agent     agent.Config // Logger is filled in by run
-	Devices   []string     // canonical PCI addresses; empty: every free console
-	Bind      string       // bindUIO, bindVFIO or bindAuto (chooseBind decides per function)
-	MaxPorts  int          // 0: as many as the device offers (up to driver.MaxPorts)
-	DMABudget int          // bytes of DMA memory per device (--dma-budget)
-	Poll      pump.Poll    // the data-plane loop's polling policy (--poll)
+	Agent     agent.Config      // Logger is filled in by run
+	Devices   []string          // canonical PCI addresses; empty: every free console
+	Bind      string            // bindUIO, bindVFIO or bindAuto (chooseBind decides per function)
+	MaxPorts  int               // 0: as many as the device offers (up to driver.MaxPorts)
+	DMABudget int               // bytes of DMA memory per device (--dma-budget)
+	Ring      driver.RingLayout // virtqueue layout (--ring)
+	Poll      pump.Poll         // the data-plane loop's polling policy (--poll)
 	// WaitDevices: run with no function at all, adopt each that appears
 	// and let go of each that goes (kernel uevents; --wait-devices).
 	WaitDevices bool
@@ -98,6 +99,7 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	dirMode := fl.String("dir-mode", fmt.Sprintf("%04o", agent.DefaultDirMode), "permission bits of the socket directory when it is created, octal")
 	devices := fl.StringArray("device", nil, "PCI address DDDD:BB:DD.F of a virtio-console function to drive (repeatable; default: every virtio-console function no driver holds)")
 	bind := fl.String("bind", bindAuto, "how to take the function: vfio (vfio-pci), uio (uio_pci_generic) or auto (vfio in an IOMMU group, else uio; 'list' shows the choice)")
+	ringLayout := fl.String("ring", "auto", "virtqueue layout: auto (packed when the device offers it, split otherwise), split, or packed (fail if not offered)")
 	maxPorts := fl.Int("max-ports", defaultMaxPorts, "set up at most this many ports per device (0: as many as the device offers, up to the protocol's 32768)")
 	dmaBudget := fl.String("dma-budget", formatBytes(driver.DefaultDMABudget), "DMA memory one device may take (rings, buffers); beyond it ports get fewer buffers or are capped (docs/memory.md)")
 	consolePTY := fl.Bool("console-pty", false, "give every console port (virtconsole) a pseudo-terminal as well as its socket: SOCKET_DIR/NAME.pty → /dev/pts/N")
@@ -164,6 +166,9 @@ func parseRun(args []string, out io.Writer) (runConfig, error) {
 	cfg.MaxPorts = *maxPorts
 	if cfg.DMABudget, err = parseBytes(*dmaBudget); err != nil {
 		return runConfig{}, usagef(cmd, "--dma-budget %q: %v", *dmaBudget, err)
+	}
+	if cfg.Ring, err = driver.ParseRingLayout(*ringLayout); err != nil {
+		return runConfig{}, usagef(cmd, "--ring %q: want auto, split or packed", *ringLayout)
 	}
 	if cfg.Poll, err = pump.ParsePoll(*poll); err != nil {
 		return runConfig{}, usagef(cmd, "--%v", err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"github.com/vserial/vserial/driver"
 )
 
 func TestParseRunDefaults(t *testing.T) {
@@ -22,7 +23,7 @@ func TestParseRunDefaults(t *testing.T) {
 	if cfg.Agent.SocketDir != "/run/vserial" || cfg.Agent.SocketMode != 0o660 || cfg.Agent.ControlMode != 0o600 || cfg.Agent.DirMode != 0o755 {
 		t.Errorf("agent config %+v", cfg.Agent)
 	}
-	if cfg.Bind != bindAuto || cfg.MaxPorts != 64 || cfg.DMABudget != 133<<20 || cfg.LogLevel != slog.LevelInfo || cfg.Sysfs != "/sys" || len(cfg.Devices) != 0 {
+	if cfg.Bind != bindAuto || cfg.Ring != driver.RingAuto || cfg.MaxPorts != 64 || cfg.DMABudget != 133<<20 || cfg.LogLevel != slog.LevelInfo || cfg.Sysfs != "/sys" || len(cfg.Devices) != 0 {
 		t.Errorf("config %+v", cfg)
 	}
 }
@@ -31,7 +32,7 @@ func TestParseRunValues(t *testing.T) {
 	cfg, err := parseRun([]string{
 		"--socket-dir", "/tmp/x", "--socket-mode", "600", "--control-mode", "0660", "--dir-mode=0o700",
 		"--device", "00:03.0", "--device", "0000:00:04.0",
-		"--bind", "uio", "--max-ports", "8", "--log-level", "DEBUG", "--sysfs", "/tmp/sys", "--dma-budget", "24M",
+		"--bind", "uio", "--max-ports", "8", "--log-level", "DEBUG", "--sysfs", "/tmp/sys", "--dma-budget", "24M", "--ring", "split",
 	}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +43,7 @@ func TestParseRunValues(t *testing.T) {
 	if strings.Join(cfg.Devices, ",") != "0000:00:03.0,0000:00:04.0" {
 		t.Errorf("devices %v: want canonical addresses in order", cfg.Devices)
 	}
-	if cfg.MaxPorts != 8 || cfg.DMABudget != 24<<20 || cfg.LogLevel != slog.LevelDebug || cfg.Sysfs != "/tmp/sys" {
+	if cfg.MaxPorts != 8 || cfg.DMABudget != 24<<20 || cfg.LogLevel != slog.LevelDebug || cfg.Sysfs != "/tmp/sys" || cfg.Ring != driver.RingSplit {
 		t.Errorf("config %+v", cfg)
 	}
 }
@@ -97,6 +98,7 @@ func TestParseRunRejects(t *testing.T) {
 		{[]string{"--device", "0000:00:20.0"}, "not a PCI address"},
 		{[]string{"--device", "00:03.0", "--device", "0000:00:03.0"}, "given twice"},
 		{[]string{"--bind", "kernel"}, `--bind "kernel": want uio, vfio or auto`},
+		{[]string{"--ring", "ring"}, `--ring "ring": want auto, split or packed`},
 		{[]string{"--max-ports", "-1"}, "--max-ports -1"},
 		{[]string{"--max-ports", "40000"}, "--max-ports 40000"},
 		{[]string{"--max-ports", "many"}, "invalid argument"},

@@ -73,6 +73,7 @@ func (s *supervisor) spec(i int, fn pciscan.Function) deviceSpec {
 		Bind:          s.cfg.Bind,
 		MaxPorts:      s.cfg.MaxPorts,
 		DMABudget:     s.cfg.DMABudget,
+		Ring:          s.cfg.Ring,
 		Poll:          s.cfg.Poll,
 		ShutdownFlush: s.cfg.ShutdownFlush,
 		Sysfs:         s.cfg.Sysfs,

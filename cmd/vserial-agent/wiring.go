@@ -51,6 +51,7 @@ type deviceSpec struct {
 	// DMABudget bounds the device memory of the function, in bytes (0:
 	// the driver's default).
 	DMABudget int
+	Ring      driver.RingLayout
 	Poll      pump.Poll
 	// ShutdownFlush is driver.Config.CloseFlush (negative: no wait).
 	ShutdownFlush time.Duration
@@ -75,6 +76,7 @@ func openDevice(ctx context.Context, spec deviceSpec) (device, error) {
 		Bind:       spec.Bind,
 		MaxPorts:   spec.MaxPorts,
 		DMABudget:  spec.DMABudget,
+		Ring:       spec.Ring,
 		MaxResets:  maxResets,
 		CloseFlush: spec.ShutdownFlush,
 		Poll:       spec.Poll,

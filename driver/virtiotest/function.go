@@ -57,6 +57,7 @@ const (
 	featAccessPlatform = uint64(1) << 33
 	featIndirect       = uint64(1) << 28
 	featEventIdx       = uint64(1) << 29
+	featRingPacked     = uint64(1) << 34
 	featNotifyOnEmpty  = uint64(1) << 24
 	featAnyLayout      = uint64(1) << 27
 	featBad            = uint64(1) << 30
@@ -122,6 +123,10 @@ type Options struct {
 	// IOMMUPlatform offers VIRTIO_F_ACCESS_PLATFORM, makes it mandatory (QEMU
 	// iommu_platform=on) and makes IOMMU report true.
 	IOMMUPlatform bool
+	// Packed offers VIRTIO_F_RING_PACKED on the modern interface (QEMU
+	// packed=on); queues enabled after the driver accepted it are served
+	// as packed rings.
+	Packed bool
 	// Heap is the device-visible memory; nil makes a new one.
 	Heap *dmatest.Heap
 	// Misbehave arms transport-level misbehaviour.
@@ -156,7 +161,7 @@ type queue struct {
 	enabled              bool
 	desc, driver, device uint64
 	pfn                  uint32
-	dev                  *ringtest.Device
+	dev                  ringtest.Queue
 }
 
 // QueueInfo is what the driver programmed for one queue.
@@ -261,6 +266,9 @@ func New(model Model, opts Options) (*Function, error) {
 	}
 	if opts.IOMMUPlatform {
 		f.offered |= featAccessPlatform
+	}
+	if opts.Packed && !opts.LegacyOnly {
+		f.offered |= featRingPacked
 	}
 	f.buildConfig()
 	irq, err := newIRQ(f)

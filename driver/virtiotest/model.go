@@ -34,7 +34,7 @@ type Model interface {
 type Bus interface {
 	// Queue returns the device side of queue q, or nil if the driver did not
 	// enable it.
-	Queue(q uint16) *ringtest.Device
+	Queue(q uint16) ringtest.Queue
 	// Negotiated returns the features the driver accepted.
 	Negotiated() uint64
 	// Interrupt raises a used-buffer interrupt for queue q (ISR bit 0).

@@ -349,7 +349,11 @@ func (f *Function) commonWriteLocked(off uint64, v uint32) []func() {
 		if live("queue_enable") {
 			return nil
 		}
-		f.enableQueueLocked(f.queueSel, ring.Modern)
+		layout := ring.Modern
+		if f.accepted&featRingPacked != 0 {
+			layout = ring.PackedRing
+		}
+		f.enableQueueLocked(f.queueSel, layout)
 	case 32, 36:
 		if !live("queue_desc") {
 			set32(&q.desc, off == 36, v)
@@ -372,7 +376,7 @@ func (f *Function) enableQueueLocked(qi uint16, layout ring.Layout) {
 		f.violate("queue %d: enabled but it does not exist (size 0)", qi)
 		return
 	}
-	dev, err := ringtest.New(f.heap, ringtest.Config{
+	dev, err := ringtest.NewQueue(f.heap, ringtest.Config{
 		Size:     q.size,
 		Layout:   layout,
 		EventIdx: f.accepted&featEventIdx != 0,

@@ -48,6 +48,9 @@ type Spec struct {
 	// DMABudget bounds the device memory of the function, in bytes (0:
 	// the driver's default).
 	DMABudget int
+	// Ring is driver.Config.Ring: the virtqueue layout (auto, split or
+	// packed).
+	Ring driver.RingLayout
 	// CloseFlush is driver.Config.CloseFlush (negative: no wait).
 	CloseFlush time.Duration
 	Poll       pump.Poll
@@ -187,6 +190,7 @@ func Open(ctx context.Context, spec Spec) (_ *Device, err error) {
 	dev, err := driver.Open(ctx, fn, driver.Config{
 		MaxPorts:     maxPorts,
 		DMABudget:    spec.DMABudget,
+		Ring:         spec.Ring,
 		Index:        spec.Index,
 		MaxResets:    spec.MaxResets,
 		CloseFlush:   spec.CloseFlush,

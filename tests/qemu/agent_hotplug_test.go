@@ -86,6 +86,13 @@ func TestAgentHotplugModern(t *testing.T) {
 	testHotplug(t, Options{MaxPorts: 8, DisableLegacy: true}, "")
 }
 
+// TestAgentHotplugPacked is TestAgentHotplug on a packed=on device: the
+// hot port's queues, created before DRIVER_OK, are packed rings too.
+func TestAgentHotplugPacked(t *testing.T) {
+	t.Parallel()
+	testHotplug(t, Options{MaxPorts: 8, Packed: true}, "org.vserial.hot")
+}
+
 func testHotplug(t *testing.T, opts Options, hotName string) {
 	const (
 		steady = "org.vserial.steady"
@@ -101,6 +108,9 @@ func testHotplug(t *testing.T, opts Options, hotName string) {
 	opts.Ports = []Port{{Name: steady, Nr: 1}}
 	a := bootAgent(t, opts, steady)
 	g := a.g
+	if opts.Packed {
+		checkRingPacked(t.Context(), t, g)
+	}
 	sconn := g.DialPort(t, steady)
 	steadySock := AgentSocket(steady)
 
