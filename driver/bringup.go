@@ -64,6 +64,25 @@ func (d *Device) bringUpLocked(first bool) error {
 }
 
 func (d *Device) bringUpOnceLocked(first bool) error {
+	if err := d.resetLocked(first); err != nil {
+		return err
+	}
+	if err := d.negotiateLocked(first); err != nil {
+		return err
+	}
+	if err := d.readMaxPortsLocked(first); err != nil {
+		return err
+	}
+	if err := d.setupQueuesLocked(first); err != nil {
+		return err
+	}
+	return d.goLiveLocked(first)
+}
+
+// resetLocked resets the device (re-enabling it first in a recovery),
+// salvages what the device finished before the reset, and announces the
+// driver (ACKNOWLEDGE, DRIVER).
+func (d *Device) resetLocked(first bool) error {
 	t := d.t
 	if !first {
 		// QEMU drops DRIVER_OK when Bus Master is cleared (VIRTIO-NOTES
@@ -81,9 +100,11 @@ func (d *Device) bringUpOnceLocked(first bool) error {
 	if err := t.AddStatus(StatusAcknowledge); err != nil {
 		return err
 	}
-	if err := t.AddStatus(StatusDriver); err != nil {
-		return err
-	}
+	return t.AddStatus(StatusDriver)
+}
+
+// negotiateLocked agrees on the features; a recovery must get the same.
+func (d *Device) negotiateLocked(first bool) error {
 	// F_SIZE and EMERG_WRITE are taken when offered (negotiateFeatures
 	// drops unoffered bits): console sizes, and EmergencyWrite.
 	want := FeatureConsoleMultiport | FeatureVersion1 | FeatureEventIdx | FeatureConsoleSize | FeatureConsoleEmergWrite
@@ -106,7 +127,7 @@ func (d *Device) bringUpOnceLocked(first bool) error {
 		want |= FeatureAccessPlatform
 		required |= FeatureAccessPlatform
 	}
-	feat, err := negotiateFeatures(t, want, required)
+	feat, err := negotiateFeatures(d.t, want, required)
 	if err != nil {
 		return err
 	}
@@ -128,11 +149,16 @@ func (d *Device) bringUpOnceLocked(first bool) error {
 		}
 		d.log.Info("virtio-console: features negotiated", "features", fmt.Sprintf("%#x", feat), "ring", layout, "event_idx", d.eventIdx)
 	}
+	return nil
+}
 
+// readMaxPortsLocked reads and checks max_nr_ports; a recovery must read
+// the same.
+func (d *Device) readMaxPortsLocked(first bool) error {
 	maxNr := uint32(1)
 	if d.multiport {
 		var b [4]byte
-		if err := t.ReadConfig(4, b[:]); err != nil {
+		if err := d.t.ReadConfig(4, b[:]); err != nil {
 			return fmt.Errorf("read max_nr_ports: %w", err)
 		}
 		maxNr = d.order.Uint32(b[:])
@@ -149,7 +175,14 @@ func (d *Device) bringUpOnceLocked(first bool) error {
 		return fmt.Errorf("max_nr_ports changed across reset: %d, was %d", maxNr, d.maxNr)
 	}
 	d.maxNr = maxNr
-	nslots := maxNr
+	return nil
+}
+
+// setupQueuesLocked picks the vectors and allocates the queues the first
+// time, and programs every queue into the device.
+func (d *Device) setupQueuesLocked(first bool) error {
+	t := d.t
+	nslots := d.maxNr
 	if d.cfg.MaxPorts > 0 && nslots > d.cfg.MaxPorts {
 		nslots = d.cfg.MaxPorts
 	}
@@ -194,10 +227,17 @@ func (d *Device) bringUpOnceLocked(first bool) error {
 			s.tx.DisableInterrupts()
 		}
 	}
+	return nil
+}
+
+// goLiveLocked stocks the control queue, sets DRIVER_OK, and with
+// MULTIPORT says DEVICE_READY and takes the device's first answers.
+func (d *Device) goLiveLocked(first bool) error {
+	t := d.t
 	kickCtrl := false
 	if d.multiport {
-		kickCtrl, err = d.fillControlRxLocked()
-		if err != nil {
+		var err error
+		if kickCtrl, err = d.fillControlRxLocked(); err != nil {
 			return err
 		}
 	}

@@ -107,40 +107,9 @@ func Open(ctx context.Context, spec Spec) (_ *Device, err error) {
 		}
 	}()
 
-	bind := spec.Bind
-	if bind == BindAuto || bind == "" {
-		c := Choose(HostEnv(spec.Sysfs), spec.Function)
-		log.Info("bind auto", "bind", c.Bind, "reason", c.Reason)
-		bind = c.Bind
-	}
-	drv := UIODriver
-	var mode vfioMode
-	switch bind {
-	case BindUIO:
-		if err := ensureModule(spec.Sysfs, UIODriver, UIODriver, log); err != nil {
-			return nil, err
-		}
-	case BindVFIO:
-		drv = uio.VFIODriver
-		// vfio first, on its own: it is a dependency of vfio-pci, and only
-		// the module named to Probe gets its command-line parameters
-		// (vfio.enable_unsafe_noiommu_mode=1).
-		if err := ensureModule(spec.Sysfs, "vfio", "", log); err != nil {
-			return nil, err
-		}
-		if err := ensureModule(spec.Sysfs, vfioModule, uio.VFIODriver, log); err != nil {
-			return nil, err
-		}
-		if mode, err = checkVFIO(spec.Sysfs, spec.Function); err != nil {
-			return nil, err
-		}
-		if !mode.NoIOMMU {
-			if err := ensureModule(spec.Sysfs, vfioType1Module, "", log); err != nil {
-				return nil, err
-			}
-		}
-	default:
-		return nil, fmt.Errorf("unknown binding %q", bind)
+	bind, drv, err := loadBinding(spec, log)
+	if err != nil {
+		return nil, err
 	}
 	prev := spec.Function.Driver
 	took := false // we bound the function to drv: give it back on Close
@@ -156,33 +125,11 @@ func Open(ctx context.Context, spec Spec) (_ *Device, err error) {
 		prev = ""
 	}
 
-	var fn driver.Function
-	var release func() error
-	if bind == BindVFIO {
-		vf, err := uio.OpenVFIO(spec.Sysfs, "/dev", addr, uio.Options{Logger: log})
-		if err != nil {
-			return nil, err
-		}
-		fn, release = vfioFunction{vf}, vf.Close
-	} else {
-		uf, err := uio.Open(spec.Sysfs, "/dev", addr, uio.Options{Logger: log})
-		if err != nil {
-			return nil, err
-		}
-		fn, release = uioFunction{uf}, uf.Close
-	}
-	undo = append(undo, func() { release() })
-	// The data-plane loop waits for the interrupt in its own epoll set.
-	// Take its descriptors now, before bring-up: under uio that closes a
-	// descriptor of /dev/uioN, which clears Bus Master (uio.IRQ.PollFDs).
-	pi, ok := fn.IRQ().(driver.PollIRQ)
-	if !ok {
-		return nil, fmt.Errorf("virtio-console %s: the interrupt cannot be polled (%T)", addr, fn.IRQ())
-	}
-	if _, err := pi.PollFDs(); err != nil {
+	fn, release, err := openFunction(spec, bind, log)
+	if err != nil {
 		return nil, err
 	}
-
+	undo = append(undo, func() { release() })
 	maxPorts := uint32(0)
 	if spec.MaxPorts > 0 {
 		maxPorts = uint32(spec.MaxPorts)
@@ -217,6 +164,73 @@ func Open(ctx context.Context, spec Spec) (_ *Device, err error) {
 		d.Requested = vf.f.Requested()
 	}
 	return d, nil
+}
+
+// loadBinding decides the binding (BindAuto asks Choose) and loads the
+// modules it needs; it returns the binding and its PCI driver.
+func loadBinding(spec Spec, log *slog.Logger) (bind, drv string, err error) {
+	bind = spec.Bind
+	if bind == BindAuto || bind == "" {
+		c := Choose(HostEnv(spec.Sysfs), spec.Function)
+		log.Info("bind auto", "bind", c.Bind, "reason", c.Reason)
+		bind = c.Bind
+	}
+	switch bind {
+	case BindUIO:
+		return bind, UIODriver, ensureModule(spec.Sysfs, UIODriver, UIODriver, log)
+	case BindVFIO:
+		// vfio first, on its own: it is a dependency of vfio-pci, and only
+		// the module named to Probe gets its command-line parameters
+		// (vfio.enable_unsafe_noiommu_mode=1).
+		if err := ensureModule(spec.Sysfs, "vfio", "", log); err != nil {
+			return "", "", err
+		}
+		if err := ensureModule(spec.Sysfs, vfioModule, uio.VFIODriver, log); err != nil {
+			return "", "", err
+		}
+		mode, err := checkVFIO(spec.Sysfs, spec.Function)
+		if err != nil {
+			return "", "", err
+		}
+		if !mode.NoIOMMU {
+			if err := ensureModule(spec.Sysfs, vfioType1Module, "", log); err != nil {
+				return "", "", err
+			}
+		}
+		return bind, uio.VFIODriver, nil
+	}
+	return "", "", fmt.Errorf("unknown binding %q", bind)
+}
+
+// openFunction opens the bound function and takes the interrupt's
+// descriptors for the data-plane loop now, before bring-up: under uio that
+// closes a descriptor of /dev/uioN, which clears Bus Master
+// (uio.IRQ.PollFDs). release closes what it opened.
+func openFunction(spec Spec, bind string, log *slog.Logger) (fn driver.Function, release func() error, err error) {
+	addr := spec.Function.Addr
+	if bind == BindVFIO {
+		vf, err := uio.OpenVFIO(spec.Sysfs, "/dev", addr, uio.Options{Logger: log})
+		if err != nil {
+			return nil, nil, err
+		}
+		fn, release = vfioFunction{vf}, vf.Close
+	} else {
+		uf, err := uio.Open(spec.Sysfs, "/dev", addr, uio.Options{Logger: log})
+		if err != nil {
+			return nil, nil, err
+		}
+		fn, release = uioFunction{uf}, uf.Close
+	}
+	pi, ok := fn.IRQ().(driver.PollIRQ)
+	if !ok {
+		release()
+		return nil, nil, fmt.Errorf("virtio-console %s: the interrupt cannot be polled (%T)", addr, fn.IRQ())
+	}
+	if _, err := pi.PollFDs(); err != nil {
+		release()
+		return nil, nil, err
+	}
+	return fn, release, nil
 }
 
 // ensureModule loads kernel module name (with its dependencies, from
