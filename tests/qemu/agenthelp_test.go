@@ -422,3 +422,11 @@ func checkHostReconnect(ctx context.Context, t *testing.T, a *runningAgent, conn
 		t.Error(err)
 	}
 }
+
+// caseCtx is a context for one case of a guest test: it ends after d or
+// when the case ends.
+func caseCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
