@@ -83,10 +83,7 @@ func (env *multiportEnv) restartAfterFailure(t *testing.T) {
 // multiportCases run in this order on one boot. Each starts from the
 // boot's state (every host side connected, no guest client), and leaves
 // it so, except sigterm, which stops the agent and comes last.
-var multiportCases = []struct {
-	name string
-	run  func(t *testing.T, env *multiportEnv)
-}{
+var multiportCases = []guestCase[*multiportEnv]{
 	{"transitional-device", multiportTransitionalDevice},
 	{"socket-names", multiportSocketNames},
 	{"list-json", multiportListJSON},

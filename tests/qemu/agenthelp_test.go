@@ -430,3 +430,11 @@ func caseCtx(t *testing.T, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// guestCase is one named case of a guest test's table: a top-level
+// function run as a subtest on the environment E the test's one boot
+// provides.
+type guestCase[E any] struct {
+	name string
+	run  func(t *testing.T, env E)
+}
