@@ -257,12 +257,21 @@ func (d *Device) goLiveLocked(first bool) error {
 	}
 	// VIRTIO-NOTES §7.5 step 3. QEMU answers synchronously with PORT_ADD
 	// for every port, which the drain below handles.
+	answered := d.stats.ControlIn
 	d.sendControlLocked(badPortID, eventDeviceReady, 1)
 	// Bounded: a device that answers every answer must not hold bring-up
 	// forever; what is left goes to the event loop.
 	more, err := d.serviceControlPassesLocked(4*int(d.nslots) + maxControlPasses)
 	if err != nil {
 		return err
+	}
+	if wait := d.cfg.AnnounceWait; first && !more && wait >= 0 {
+		if wait == 0 {
+			wait = announceWait
+		}
+		if more, err = d.awaitAnnouncementsLocked(answered, wait); err != nil {
+			return err
+		}
 	}
 	if more {
 		d.pendingWork = true
@@ -271,6 +280,58 @@ func (d *Device) goLiveLocked(first bool) error {
 		d.scheduleUnannouncedDropLocked()
 	}
 	return nil
+}
+
+// announceWait bounds how long the first bring-up waits for the device's
+// answers to DEVICE_READY. QEMU sends them synchronously only when the
+// doorbell is not an ioeventfd; with one (virtio-pci's default) they come
+// from its main loop a moment later, and under load after bring-up would
+// have returned: the ports present at start (Ports, what the agent
+// publishes before it reports ready) would then be none.
+const announceWait = time.Second
+
+// announceQuiet is how long the first bring-up keeps listening after the
+// device's last control message when a port still has no name (QEMU sends
+// a name right after the port's PORT_READY, or never).
+const announceQuiet = 200 * time.Millisecond
+
+// awaitAnnouncementsLocked takes the device's answers to DEVICE_READY
+// (control messages beyond the count before, taken before it was sent)
+// until some came and either every port announced has its name or the
+// device has been quiet for announceQuiet; with no answer at all (a device
+// with no port) it waits for timeout, once, at Open. It gives up the lock
+// while it sleeps.
+func (d *Device) awaitAnnouncementsLocked(before uint64, timeout time.Duration) (more bool, err error) {
+	deadline := time.Now().Add(timeout)
+	seen, last := before, time.Now()
+	for {
+		now := time.Now()
+		if d.stats.ControlIn != seen {
+			seen, last = d.stats.ControlIn, now
+		}
+		if seen > before && (d.portsNamedLocked() || now.Sub(last) >= announceQuiet) {
+			return false, nil
+		}
+		if !now.Before(deadline) || d.broken() {
+			return false, nil
+		}
+		d.mu.Unlock()
+		time.Sleep(time.Millisecond)
+		d.mu.Lock()
+		if more, err = d.serviceControlPassesLocked(maxControlPasses); err != nil || more {
+			return more, err
+		}
+	}
+}
+
+// portsNamedLocked reports whether every live port has a name.
+func (d *Device) portsNamedLocked() bool {
+	for _, s := range d.slots {
+		if s != nil && s.port != nil && !s.port.removed && s.port.name == "" {
+			return false
+		}
+	}
+	return true
 }
 
 // reannounceGrace is how long after a reset the driver waits for the device

@@ -105,6 +105,10 @@ type Config struct {
 	// MaxResets bounds recoveries within a minute (0: 5); one more device
 	// violation then fails the device.
 	MaxResets int
+	// AnnounceWait bounds how long Open waits for the device's answers to
+	// DEVICE_READY when they do not come at once (0: 1 s; negative: no
+	// wait; see announceWait).
+	AnnounceWait time.Duration
 	// CloseFlush bounds Close's wait for the device to take the transmit
 	// buffers in flight before it resets the device (0: 2 s; negative: no
 	// wait). Whatever is left is counted and logged (undelivered.go).

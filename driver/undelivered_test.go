@@ -2,6 +2,7 @@ package driver
 
 import (
 	"bytes"
+	"github.com/vserial/vserial/driver/virtiotest"
 	"testing"
 	"time"
 )
@@ -96,5 +97,31 @@ func TestResetCountsUndelivered(t *testing.T) {
 	}
 	if !r.log.Contains(`why="device reset"`) {
 		t.Errorf("no undelivered line for the reset:\n%s", r.log)
+	}
+}
+
+// A device that answers DEVICE_READY from its main loop a moment later
+// (QEMU with an ioeventfd doorbell) still has its ports, named, when Open
+// returns: they are what the agent publishes before it reports ready.
+func TestOpenWaitsForLateAnnouncements(t *testing.T) {
+	for _, c := range []struct {
+		wait time.Duration
+		want int
+	}{{0, 2}, {-1, 0}} {
+		r := newRig(t, rigOpts{
+			console: virtiotest.ConsoleConfig{ControlDelay: 100 * time.Millisecond},
+			cfg:     Config{AnnounceWait: c.wait},
+			plug:    plugPorts(portSpec{id: 1, name: "a", host: true}, portSpec{id: 2, name: "b", host: true}),
+		})
+		ports := r.d.Ports()
+		named := 0
+		for _, p := range ports {
+			if p.Name() != "" {
+				named++
+			}
+		}
+		if len(ports) != c.want || named != c.want {
+			t.Errorf("AnnounceWait %v: %d ports (%d named) when Open returned, want %d", c.wait, len(ports), named, c.want)
+		}
 	}
 }
