@@ -12,8 +12,8 @@ import (
 // TestAgentPacked runs vserial-agent (--ring packed, the faultinject
 // build) on a modern device with packed=on under uio: QEMU's own account
 // of the negotiated features must hold VIRTIO_F_RING_PACKED, so the checks
-// below ran on the packed layout. Then the behaviour checks every binding
-// passes (names, 1 B to 8 MiB both ways byte-exact on two ports at once,
+// below ran on the packed layout, and VIRTIO_RING_F_INDIRECT_DESC. Then
+// the behaviour checks every binding passes (names, 1 B to 8 MiB both ways byte-exact on two ports at once,
 // open/close, host reconnect with nothing lost), and a reset recovery: a
 // zero-length descriptor QEMU refuses, DEVICE_NEEDS_RESET, the ports back
 // and moving bytes again.
@@ -31,6 +31,7 @@ func TestAgentPacked(t *testing.T) {
 	defer cancel()
 
 	t.Run("qemu-reports-ring-packed", func(t *testing.T) { checkRingPacked(ctx, t, g) })
+	t.Run("qemu-reports-indirect-desc", func(t *testing.T) { checkGuestFeature(ctx, t, g, "INDIRECT_DESC") })
 
 	conns := map[string]*net.UnixConn{}
 	behaviourChecks(t, a, names, conns)
@@ -67,6 +68,13 @@ func TestAgentPacked(t *testing.T) {
 // them: the proof that a test ran on the packed layout.
 func checkRingPacked(ctx context.Context, t *testing.T, g *Guest) {
 	t.Helper()
+	checkGuestFeature(ctx, t, g, "VIRTIO_F_RING_PACKED")
+}
+
+// checkGuestFeature asks QEMU (x-query-virtio-status) for the features
+// the driver accepted on vs0 and fails unless one of them contains name.
+func checkGuestFeature(ctx context.Context, t *testing.T, g *Guest, name string) {
+	t.Helper()
 	r, err := g.QMP.Execute(ctx, "x-query-virtio-status", map[string]any{"path": "/machine/peripheral/vs0/virtio-backend"})
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +87,7 @@ func checkRingPacked(ctx context.Context, t *testing.T, g *Guest) {
 		t.Fatalf("x-query-virtio-status: %v\n%s", err, r)
 	}
 	t.Logf("guest features: %s", st.GuestFeatures)
-	if !strings.Contains(string(st.GuestFeatures), "VIRTIO_F_RING_PACKED") {
-		t.Fatalf("the driver did not negotiate VIRTIO_F_RING_PACKED; host offers %s", st.HostFeatures)
+	if !strings.Contains(string(st.GuestFeatures), name) {
+		t.Fatalf("the driver did not negotiate %s; host offers %s", name, st.HostFeatures)
 	}
 }
