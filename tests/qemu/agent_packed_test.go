@@ -100,7 +100,7 @@ func checkListDevice(ctx context.Context, t *testing.T, a *runningAgent, ring st
 
 // checkGuestFeature asks QEMU (x-query-virtio-status) for the features
 // the driver accepted on vs0 and fails unless one of them contains name.
-func checkGuestFeature(ctx context.Context, t *testing.T, g *Guest, name string) {
+func checkGuestFeature(ctx context.Context, t testing.TB, g *Guest, name string) {
 	t.Helper()
 	r, err := g.QMP.Execute(ctx, "x-query-virtio-status", map[string]any{"path": "/machine/peripheral/vs0/virtio-backend"})
 	if err != nil {

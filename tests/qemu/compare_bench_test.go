@@ -173,6 +173,12 @@ func runSuite(b *testing.B, opts Options, bind string, cfg benchConfig) {
 	defer cancel()
 	s.ctx = ctx
 	kernelPorts(b, s.g) // loads virtio_pci and virtio_console
+	if opts.Packed {
+		// The kernel driver took the packed ring (the agent and the
+		// library take it too, with --ring auto): the K and S arms
+		// really run on it.
+		checkGuestFeature(ctx, b, s.g, "VIRTIO_F_RING_PACKED")
+	}
 	addrs, err := s.functions()
 	if err != nil || len(addrs) != 1 {
 		b.Fatalf("want one function on virtio-pci, got %v (%v)", addrs, err)
