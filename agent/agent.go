@@ -114,7 +114,8 @@ type Agent struct {
 	ports    map[portKey]*port
 	owners   map[string]*port // socket file name → the port publishing it
 	controls map[net.Listener]bool
-	ctlLn    net.Listener // created by ListenControl
+	ctlLn    net.Listener          // created by ListenControl
+	devices  func() []DeviceStatus // SetDevices
 
 	lock       *os.File // the socket directory, flocked (lockDir)
 	unlockOnce sync.Once

@@ -66,6 +66,26 @@ type StatusReport struct {
 	// (MaxControlConns, MaxSubscribers and their per-uid forms).
 	ControlRefused uint64       `json:"control_refused,omitempty"`
 	Ports          []PortStatus `json:"ports"`
+	// Devices describes each device the agent drives, by index: what was
+	// negotiated with it (SetDevices; absent when nothing says).
+	Devices []DeviceStatus `json:"devices,omitempty"`
+}
+
+// DeviceStatus describes one device: its function, how it is bound and
+// the virtio features negotiated with it. The agent does not know devices;
+// it reports what the func given to SetDevices returns.
+type DeviceStatus struct {
+	Index   int    `json:"index"`   // the D of vport<D>p<P>
+	Addr    string `json:"addr"`    // PCI address of the function
+	Binding string `json:"binding"` // "uio", "vfio type1", "vfio no-IOMMU" ("" if unknown)
+	// Features is the negotiated feature bits, in hex ("0x...").
+	Features string `json:"features"`
+	// Ring is the virtqueue layout: "packed" or "split".
+	Ring string `json:"ring"`
+	// Flags names the negotiated features that matter to a console
+	// (multiport, event_idx, indirect, emerg_write, size, version_1,
+	// access_platform), in that order.
+	Flags []string `json:"flags"`
 }
 
 // controlError is the answer to a request the agent refuses.

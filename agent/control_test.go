@@ -68,6 +68,30 @@ func TestControlStatus(t *testing.T) {
 	}
 }
 
+// The status answer carries what SetDevices's func describes, asked at
+// each request, and nothing without one.
+func TestControlStatusDevices(t *testing.T) {
+	a := newAgent(t, agent.Config{})
+	serveControl(t, a)
+	rep, err := agent.QueryReport(waitCtx(t), a.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Devices != nil {
+		t.Errorf("devices %+v without SetDevices", rep.Devices)
+	}
+	want := []agent.DeviceStatus{{Index: 0, Addr: "0000:00:04.0", Binding: "uio", Features: "0x500000003",
+		Ring: "packed", Flags: []string{"multiport", "event_idx"}}}
+	a.SetDevices(func() []agent.DeviceStatus { return want })
+	rep, err = agent.QueryReport(waitCtx(t), a.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(rep.Devices, want) {
+		t.Errorf("devices %+v, want %+v", rep.Devices, want)
+	}
+}
+
 func TestControlBadRequest(t *testing.T) {
 	a := newAgent(t, agent.Config{})
 	serveControl(t, a)

@@ -450,7 +450,28 @@ func (a *Agent) Subscribers() int {
 
 // statusReport is the agent's answer to a status request.
 func (a *Agent) statusReport() *StatusReport {
-	return &StatusReport{SocketDir: a.dir, Running: true, Subscribers: a.Subscribers(), ControlRefused: a.ctl.refused.Load(), Ports: a.Status()}
+	return &StatusReport{SocketDir: a.dir, Running: true, Subscribers: a.Subscribers(), ControlRefused: a.ctl.refused.Load(),
+		Ports: a.Status(), Devices: a.deviceStatus()}
+}
+
+// SetDevices gives the agent what describes its devices in the status
+// report (nil: nothing). f is called without the agent's lock held, from
+// the goroutine answering a status request; it must not block for long.
+func (a *Agent) SetDevices(f func() []DeviceStatus) {
+	a.mu.Lock()
+	a.devices = f
+	a.mu.Unlock()
+}
+
+// deviceStatus is what SetDevices's func says, nil without one.
+func (a *Agent) deviceStatus() []DeviceStatus {
+	a.mu.Lock()
+	f := a.devices
+	a.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	return f()
 }
 
 // added is the port_added event of pt, and the starting point of what the

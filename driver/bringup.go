@@ -107,7 +107,12 @@ func (d *Device) resetLocked(first bool) error {
 func (d *Device) negotiateLocked(first bool) error {
 	// F_SIZE and EMERG_WRITE are taken when offered (negotiateFeatures
 	// drops unoffered bits): console sizes, and EmergencyWrite.
-	want := FeatureConsoleMultiport | FeatureVersion1 | FeatureEventIdx | FeatureConsoleSize | FeatureConsoleEmergWrite
+	// INDIRECT_DESC is taken when offered too, as Linux does, but it only
+	// permits indirect tables: every chain the driver posts is one
+	// segment (a receive buffer, or one copy of client bytes), and a
+	// one-segment chain is never indirect, so queueConfig allocates no
+	// tables (ring.Config.Indirect 0). docs/operating.md says why.
+	want := FeatureConsoleMultiport | FeatureVersion1 | FeatureEventIdx | FeatureConsoleSize | FeatureConsoleEmergWrite | FeatureIndirectDesc
 	// Ring layout: RING_PACKED (bit 34) is wanted unless Config.Ring is
 	// RingSplit and required for RingPacked; the legacy interface's 32
 	// bits never carry it. When negotiated every queue — data, control,

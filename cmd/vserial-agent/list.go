@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -54,6 +55,7 @@ func list(ctx context.Context, cfg listConfig, stdout, stderr io.Writer) int {
 	rep := buildReport(cfg.SocketDir, fns, scanErr, status.Ports, queryErr, choose)
 	rep.Agent.Subscribers = status.Subscribers
 	rep.Agent.ControlRefused = status.ControlRefused
+	rep.Agent.Devices = status.Devices
 	var err error
 	if cfg.JSON {
 		err = writeJSON(stdout, rep)
@@ -163,7 +165,21 @@ func writeText(w io.Writer, rep listReport) error {
 			}
 		}
 	}
+	writeDevices(tw, rep.Agent.Devices)
 	return tw.Flush()
+}
+
+// writeDevices prints one line per device the agent drives: its function,
+// binding, ring layout and negotiated features.
+func writeDevices(w io.Writer, devs []agent.DeviceStatus) {
+	if len(devs) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "DEV\tFUNCTION\tBINDING\tRING\tFEATURES\tNEGOTIATED\n")
+	for _, d := range devs {
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", d.Index, dash(d.Addr), dash(d.Binding), dash(d.Ring), dash(d.Features), dash(strings.Join(d.Flags, ",")))
+	}
 }
 
 // cell is s as a column of the text output: "-" when empty, quoted when

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/agent/agenttest"
@@ -170,6 +172,21 @@ func TestListTextEscapesHostNames(t *testing.T) {
 	}
 }
 
+// listJSON runs `list --json` on socket directory dir and sysfs sys,
+// which must exit 0, and decodes what it printed.
+func listJSON(t *testing.T, dir, sys string) listReport {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if code := realMain(context.Background(), []string{"list", "--json", "--socket-dir", dir, "--sysfs", sys}, &out, &errOut, nil); code != exitOK {
+		t.Fatalf("list: exit %d: %s", code, errOut.String())
+	}
+	var rep listReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
 // TestListAgainstRunningAgent runs `list --json` against a fake sysfs and a
 // live agent's control socket.
 func TestListAgainstRunningAgent(t *testing.T) {
@@ -178,14 +195,7 @@ func TestListAgainstRunningAgent(t *testing.T) {
 	fakeFunction(t, sys, "0000:00:05.0", "0x1af4", "0x1003", "0x0003", "virtio-pci")
 	dir := filepath.Join(shortTempDir(t), "run")
 
-	var out, errOut bytes.Buffer
-	if code := realMain(context.Background(), []string{"list", "--json", "--socket-dir", dir, "--sysfs", sys}, &out, &errOut, nil); code != exitOK {
-		t.Fatalf("list with no agent: exit %d: %s", code, errOut.String())
-	}
-	var rep listReport
-	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := listJSON(t, dir, sys)
 	if rep.Agent.Running || len(rep.Functions) != 2 || rep.Functions[1].Driver != "virtio-pci" {
 		t.Errorf("report with no agent: %+v", rep)
 	}
@@ -209,17 +219,79 @@ func TestListAgainstRunningAgent(t *testing.T) {
 	p := agenttest.NewPort(1, "named")
 	p.SetHostConnected(true)
 	a.AddPort(0, p)
-	out.Reset()
-	if code := realMain(context.Background(), []string{"list", "--json", "--socket-dir", dir, "--sysfs", sys}, &out, &errOut, nil); code != exitOK {
-		t.Fatalf("list: exit %d: %s", code, errOut.String())
-	}
-	rep = listReport{}
-	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep = listJSON(t, dir, sys)
 	want := agent.PortStatus{Device: 0, ID: 1, Name: "named", Mode: agent.ModeListen, Socket: filepath.Join(dir, "named"), HostConnected: true}
 	if !rep.Agent.Running || len(rep.Agent.Ports) != 1 || !reflect.DeepEqual(rep.Agent.Ports[0], want) {
 		t.Errorf("agent part of the report: %+v, want one port %+v", rep.Agent, want)
+	}
+}
+
+// Negotiated feature bits are named; RING_PACKED decides the ring.
+func TestDescribeFeatures(t *testing.T) {
+	for _, c := range []struct {
+		feat  uint64
+		ring  string
+		flags []string
+	}{
+		{0, "split", []string{}},
+		{1<<1 | 1<<29 | 1<<32, "split", []string{"multiport", "event_idx", "version_1"}},
+		{fakeFeatures | 1<<0 | 1<<33, "packed", []string{"multiport", "event_idx", "indirect", "emerg_write", "size", "version_1", "access_platform"}},
+	} {
+		got := describeFeatures("vfio type1", c.feat)
+		want := agent.DeviceStatus{Binding: "vfio type1", Features: fmt.Sprintf("%#x", c.feat), Ring: c.ring, Flags: c.flags}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("describeFeatures(%#x) = %+v, want %+v", c.feat, got, want)
+		}
+	}
+}
+
+// The text output has one line per device the agent drives.
+func TestListTextDevices(t *testing.T) {
+	rep := buildReport("/d", nil, nil, nil, nil, fixedChoice)
+	rep.Agent.Devices = []agent.DeviceStatus{
+		{Index: 0, Addr: "0000:00:04.0", Binding: "uio", Features: "0x530000006", Ring: "packed", Flags: []string{"multiport", "event_idx"}},
+		{Index: 2, Addr: "0000:00:05.0", Binding: "vfio no-IOMMU", Features: "0x100000002", Ring: "split", Flags: []string{"multiport"}},
+	}
+	var out bytes.Buffer
+	writeText(&out, rep)
+	text := out.String()
+	for _, want := range []string{"DEV  FUNCTION", "RING", "0000:00:04.0  uio            packed  0x530000006  multiport,event_idx",
+		"2    0000:00:05.0  vfio no-IOMMU  split   0x100000002  multiport"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("text output lacks %q:\n%s", want, text)
+		}
+	}
+}
+
+// list --json against `run` shows each device the agent drives with what
+// was negotiated with it, from the device (describer) through the
+// supervisor and the agent's status report.
+func TestListDevicesOfRunningAgent(t *testing.T) {
+	sys := shortTempDir(t)
+	fakeFunction(t, sys, "0000:00:03.0", "0x1af4", "0x1043", "0x1100", "")
+	fakeFunction(t, sys, "0000:00:04.0", "0x1af4", "0x1043", "0x1100", "")
+	h := startRun(t, sys, nil, nil)
+	h.device(1)
+	waitFile(t, agent.ControlPath(h.dir))
+	var rep listReport
+	deadline := time.Now().Add(patience)
+	for len(rep.Agent.Devices) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("list --json never showed two devices: %+v", rep.Agent)
+		}
+		time.Sleep(5 * time.Millisecond)
+		rep = listJSON(t, h.dir, sys)
+	}
+	for i, addr := range []string{"0000:00:03.0", "0000:00:04.0"} {
+		want := describeFeatures("uio", fakeFeatures)
+		want.Index, want.Addr = i, addr
+		if !reflect.DeepEqual(rep.Agent.Devices[i], want) {
+			t.Errorf("device %d: %+v, want %+v", i, rep.Agent.Devices[i], want)
+		}
+	}
+	h.cancel()
+	if code := h.wait(); code != exitOK {
+		t.Errorf("run exit %d", code)
 	}
 }
 

@@ -57,6 +57,13 @@ func newFakeDevice(dir string) *fakeDevice {
 
 func (d *fakeDevice) Ports() <-chan agent.Port { return d.ports }
 
+// fakeFeatures is what every fakeDevice says was negotiated (Describe):
+// MULTIPORT, EMERG_WRITE, INDIRECT_DESC, EVENT_IDX, VERSION_1, RING_PACKED.
+const fakeFeatures = 1<<1 | 1<<2 | 1<<28 | 1<<29 | 1<<32 | 1<<34
+
+// Describe is a packed device under uio (describer).
+func (d *fakeDevice) Describe() agent.DeviceStatus { return describeFeatures("uio", fakeFeatures) }
+
 func (d *fakeDevice) Present() []agent.Port { return d.present }
 
 // EmergencyWrite records what the agent wrote through the emergency channel.

@@ -54,7 +54,7 @@ type managed struct {
 }
 
 func newSupervisor(ctx context.Context, cfg runConfig, log *slog.Logger, open deviceOpener, a *agent.Agent) *supervisor {
-	return &supervisor{
+	s := &supervisor{
 		ctx: ctx, cfg: cfg, log: log, open: open, a: a,
 		words:   &lastWords{log: log},
 		served:  make(chan error, 1),
@@ -62,6 +62,24 @@ func newSupervisor(ctx context.Context, cfg runConfig, log *slog.Logger, open de
 		gaveUp:  map[string]bool{},
 		stopped: make(chan *managed, 64),
 	}
+	a.SetDevices(s.deviceStatus)
+	return s
+}
+
+// deviceStatus describes the devices driven now, by index, for the
+// agent's status report: those that can say (describer) what was
+// negotiated, the others by address only.
+func (s *supervisor) deviceStatus() []agent.DeviceStatus {
+	out := []agent.DeviceStatus{}
+	for _, m := range s.devices() {
+		st := agent.DeviceStatus{Flags: []string{}}
+		if d, ok := m.dev.(describer); ok {
+			st = d.Describe()
+		}
+		st.Index, st.Addr = m.index, m.addr
+		out = append(out, st)
+	}
+	return out
 }
 
 // spec is how device index i on fn is opened.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -89,7 +90,47 @@ func openDevice(ctx context.Context, spec deviceSpec) (device, error) {
 	cd := newConsoleDevice(od.Dev, od.Loop, od.Release, od.GiveBack, spec.Index, spec.Report)
 	cd.unmapped = od.Unmapped
 	cd.requested = od.Requested
+	cd.binding = od.Binding
 	return cd, nil
+}
+
+// describer is a device that says what was negotiated with it, for the
+// status report (supervisor.deviceStatus fills in Index and Addr).
+type describer interface {
+	Describe() agent.DeviceStatus
+}
+
+// Describe is the device's binding and negotiated features.
+func (d *consoleDevice) Describe() agent.DeviceStatus {
+	return describeFeatures(d.binding, d.dev.Features())
+}
+
+// featureNames are the feature bits a DeviceStatus names, in its order.
+var featureNames = []struct {
+	bit  uint64
+	name string
+}{
+	{driver.FeatureConsoleMultiport, "multiport"},
+	{driver.FeatureEventIdx, "event_idx"},
+	{driver.FeatureIndirectDesc, "indirect"},
+	{driver.FeatureConsoleEmergWrite, "emerg_write"},
+	{driver.FeatureConsoleSize, "size"},
+	{driver.FeatureVersion1, "version_1"},
+	{driver.FeatureAccessPlatform, "access_platform"},
+}
+
+// describeFeatures turns negotiated feature bits into a DeviceStatus.
+func describeFeatures(binding string, feat uint64) agent.DeviceStatus {
+	st := agent.DeviceStatus{Binding: binding, Features: fmt.Sprintf("%#x", feat), Ring: "split", Flags: []string{}}
+	if feat&driver.FeatureRingPacked != 0 {
+		st.Ring = "packed"
+	}
+	for _, f := range featureNames {
+		if feat&f.bit != 0 {
+			st.Flags = append(st.Flags, f.name)
+		}
+	}
+	return st
 }
 
 // newConsoleDevice wraps a driver.Device that is up. release frees what the
@@ -131,6 +172,7 @@ type consoleDevice struct {
 	requested <-chan struct{}
 	index     int
 	report    func(agent.DeviceEvent)
+	binding   string // devopen.Device.Binding ("" if unknown)
 
 	once     sync.Once
 	closeErr error

@@ -74,6 +74,22 @@ type Device struct {
 	// Requested is closed when the kernel asks for the function back
 	// (VFIO's request interrupt: an unplug or unbind); nil under uio.
 	Requested <-chan struct{}
+	// Binding is how the function is driven: "uio", "vfio type1" or
+	// "vfio no-IOMMU" (BindingName).
+	Binding string
+}
+
+// BindingName names how fn, opened with binding bind, is driven: "uio",
+// or "vfio type1" / "vfio no-IOMMU" after whether its device addresses go
+// through an IOMMU.
+func BindingName(bind string, fn driver.Function) string {
+	if bind != BindVFIO {
+		return BindUIO
+	}
+	if fn.IOMMU() {
+		return "vfio type1"
+	}
+	return "vfio no-IOMMU"
 }
 
 // Close stops the loop, resets the device (the driver sends PORT_OPEN 0
@@ -158,7 +174,7 @@ func Open(ctx context.Context, spec Spec) (_ *Device, err error) {
 	if took {
 		giveBack = func() { restore(spec.Sysfs, addr, prev, log) }
 	}
-	d := &Device{Dev: dev, Loop: loop, Release: release, GiveBack: giveBack}
+	d := &Device{Dev: dev, Loop: loop, Release: release, GiveBack: giveBack, Binding: BindingName(bind, fn)}
 	if vf, ok := fn.(vfioFunction); ok {
 		d.Unmapped = vf.f.UnmappedIOVA
 		d.Requested = vf.f.Requested()

@@ -46,6 +46,8 @@ func TestAgentModern(t *testing.T) {
 		if f := l.Functions[0]; f.Driver != "uio_pci_generic" || f.Bind != "uio" || f.BindReason != "no IOMMU group" {
 			t.Errorf("list function %+v, want bound to uio_pci_generic and bind uio (no IOMMU group)", f)
 		}
+		// No packed=on: the modern device runs the split ring.
+		checkListDevice(ctx, t, a, "split")
 		for i, name := range names {
 			p, ok := l.port(AgentSocket(name))
 			if !ok || p.Name != name || p.ID != uint32(i+1) {

@@ -41,7 +41,9 @@ import (
 //
 // One sub-benchmark per binding and vCPU count: uio-1cpu, uio-2cpu (the
 // plain guest, agent on uio_pci_generic) and vfio-type1-1cpu,
-// vfio-type1-2cpu (the IOMMU guest, agent on VFIO type1). Each boots once
+// vfio-type1-2cpu (the IOMMU guest, agent on VFIO type1), and
+// uio-1cpu-packed: uio-1cpu on a modern device with packed=on, so every
+// arm (the kernel driver too) runs on the packed ring. Each boots once
 // and runs, in order:
 //
 //  1. a calibration of the guest (calib: a syscall, a copy, process and
@@ -68,15 +70,21 @@ func BenchmarkKernelVsAgent(b *testing.B) {
 		b.Fatal(err)
 	}
 	for _, c := range []struct {
-		name string
-		opts Options
-		bind string
+		name   string
+		opts   Options
+		bind   string
+		cpus   []int
+		suffix string
 	}{
-		{"uio", Options{}, "uio"},
-		{"vfio-type1", Options{IOMMU: true, Modules: []string{"vfio-pci", "vfio_iommu_type1"}}, "vfio"},
+		{"uio", Options{}, "uio", []int{1, 2}, ""},
+		{"vfio-type1", Options{IOMMU: true, Modules: []string{"vfio-pci", "vfio_iommu_type1"}}, "vfio", []int{1, 2}, ""},
+		// The packed arm: a modern device with packed=on, which the kernel
+		// driver (K, S) and the agent and library (A, G, --ring auto) all
+		// take, against uio-1cpu's split ring.
+		{"uio", Options{Packed: true}, "uio", []int{1}, "-packed"},
 	} {
-		for _, cpus := range []int{1, 2} {
-			b.Run(fmt.Sprintf("%s-%dcpu", c.name, cpus), func(b *testing.B) {
+		for _, cpus := range c.cpus {
+			b.Run(fmt.Sprintf("%s-%dcpu%s", c.name, cpus, c.suffix), func(b *testing.B) {
 				opts := c.opts
 				opts.CPUs = cpus
 				runSuite(b, opts, c.bind, cfg)
@@ -165,6 +173,12 @@ func runSuite(b *testing.B, opts Options, bind string, cfg benchConfig) {
 	defer cancel()
 	s.ctx = ctx
 	kernelPorts(b, s.g) // loads virtio_pci and virtio_console
+	if opts.Packed {
+		// The kernel driver took the packed ring (the agent and the
+		// library take it too, with --ring auto): the K and S arms
+		// really run on it.
+		checkGuestFeature(ctx, b, s.g, "VIRTIO_F_RING_PACKED")
+	}
 	addrs, err := s.functions()
 	if err != nil || len(addrs) != 1 {
 		b.Fatalf("want one function on virtio-pci, got %v (%v)", addrs, err)
