@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/rawio"
 )
 
 var (
@@ -165,7 +166,7 @@ func (l *Loop) closeFDs() {
 // changes; commands use it too). It never blocks.
 func (l *Loop) wake() {
 	l.stats.wakes.Add(1)
-	rawWrite8(l.cmdFD)
+	rawio.EventfdAdd(l.cmdFD)
 }
 
 // submit queues a command for the loop; false once the loop is closed.
@@ -365,7 +366,7 @@ func (l *Loop) irqFailed(i int) {
 // commands takes the queued commands; it reports a stop.
 func (l *Loop) commands() (stop bool) {
 	l.stats.cmdWakes.Add(1)
-	rawRead8(l.cmdFD)
+	rawio.EventfdDrain(l.cmdFD)
 	l.mu.Lock()
 	l.pending = append(l.pending[:0], l.cmds...)
 	clear(l.cmds)
