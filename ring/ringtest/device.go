@@ -3,10 +3,6 @@
 // misbehave in each way a hostile or broken device could.
 package ringtest
 
-// API CONTRACT (the ring helper implements the bodies; the fake PCI function
-// and the console model in driver/virtiotest are written against these
-// signatures).
-
 import (
 	"encoding/binary"
 	"errors"
