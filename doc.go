@@ -1,5 +1,73 @@
-// Package vserial is the root of a guest-side, userspace virtio-console
-// driver and agent. The code lives in the sub-packages; see README.md.
-// This package holds only repository-wide tests: import layering, and
-// "unsafe" imported only from files named *_unsafe.go (or *_unsafe_test.go).
+// Package vserial holds the ports of a virtio-console (virtio-serial)
+// device inside a Go program, without the kernel's virtio_console driver
+// and without a socket in between: a guest agent written in Go opens the
+// device with Open and gets each port as a net.Conn with Dial.
+//
+//	a, err := vserial.Open(ctx, vserial.Options{})
+//	if err != nil { ... }
+//	defer a.Close()
+//	c, err := a.Dial(ctx, "org.example.agent.0") // QEMU: virtserialport,name=org.example.agent.0
+//	if err != nil { ... }
+//	defer c.Close()
+//	c.Write([]byte("hello, host\n"))
+//
+// On the host, QEMU's side of the port (-chardev socket,...) is an
+// ordinary socket; the guest program reads and writes c. Read and Write
+// copy once, between the caller's slice and the device's buffers, in the
+// caller's goroutine; no system call is made per message unless the
+// program must wait, and then it is woken in-process.
+//
+// # What Open does
+//
+// Open takes PCI functions from the kernel as `vserial-agent run` does:
+// the free virtio-console functions (or those named in Options.Devices),
+// each bound to uio_pci_generic, or to vfio-pci when it sits in a real
+// IOMMU group (Options.Bind), brought up with MULTIPORT and served by one
+// data-plane goroutine per device. Close resets the devices and gives the
+// functions back. Options.SocketDir additionally serves every port no conn
+// holds as a Unix socket there, as run does; a Dial takes such a port over
+// (its socket client is disconnected, the socket refuses clients until the
+// conn is closed).
+//
+// # Port semantics
+//
+// A conn is its port's one client, with the semantics of a socket client
+// of run: Dial tells the host the port is open (PORT_OPEN 1) and Close that
+// it closed (PORT_OPEN 0); while the host side is away, Write waits and
+// nothing is lost; host bytes that arrive while no conn holds the port are
+// discarded and counted, as Linux does; deadlines work and end calls with
+// os.ErrDeadlineExceeded. Read and Write return ErrPortRemoved once the host
+// unplugged the port, and ErrDeviceReset once when bytes were lost in a
+// reset of the device (the conn goes on). Dial waits for a port that does
+// not exist yet (hot-plug), until its context ends.
+//
+// # What the program must provide
+//
+//   - Root (CAP_SYS_ADMIN and CAP_SYS_RAWIO at least): Open binds drivers
+//     through sysfs, maps the device's registers and pins DMA memory.
+//   - The kernel modules uio_pci_generic (and for VFIO: vfio, vfio-pci,
+//     vfio_iommu_type1) built in, loaded, or loadable from
+//     /lib/modules/$(uname -r); Open loads them itself, taking module
+//     parameters from the kernel command line.
+//   - GOMAXPROCS of at least 2 (Go's default on two or more CPUs; on one
+//     vCPU set it, as vserial-agent does): the data plane makes raw system
+//     calls and, when Options.Poll is not "off", spins after a request for
+//     its reply; with a single P the runtime hands that P to another
+//     thread on every long call. Open logs a warning otherwise.
+//   - Nothing else in the process driving the same functions. Signals,
+//     systemd notification and what to do on a panic stay the program's.
+//
+// The repository's docs/go-api.md says more, and the example under
+// examples/echo is a complete guest program.
+//
+// # Repository-wide tests
+//
+// This package's tests keep the packages' promises to each other:
+// TestImportDirections (imports point one way, as ARCHITECTURE says),
+// TestProductionCodeDoesNotImportTests, and TestEveryGoroutineIsGuarded
+// (every goroutine production code starts begins with defer
+// guard.Recover(), package internal/guard, so a panic anywhere gets the
+// last gasp), and TestUnsafeOnlyInUnsafeFiles ("unsafe" is imported only
+// from files named *_unsafe.go, or *_unsafe_test.go).
+// README.md is the front door; docs/README.md indexes the rest.
 package vserial

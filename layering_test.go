@@ -29,6 +29,12 @@ var forbidden = map[string][]string{
 	// pump owns client descriptors and the device's loop above driver's
 	// poll face; it never reaches the hardware itself.
 	"pump": {"uio", "pciscan", "agent", "cmd"},
+	// internal/devopen takes a function from the kernel and brings it up
+	// with its loop, for cmd and the root package alike; it knows
+	// nothing of sockets. internal/agentwire converts between the driver
+	// and the agent for the same two.
+	"internal/devopen":   {"agent", "cmd"},
+	"internal/agentwire": {"uio", "pciscan", "cmd"},
 	// internal/rawio is the data plane's raw system calls (pump, agent):
 	// a leaf that knows nothing of vserial.
 	"internal/rawio": {"dma", "ring", "driver", "uio", "pciscan", "agent", "cmd", "pump"},
@@ -43,6 +49,11 @@ func layer(rel string) string {
 	}
 	return f[0]
 }
+
+// rootImporters are the only top-level directories whose packages may
+// import the root package vserial (the library): its users. The root may
+// import every sub-package.
+var rootImporters = []string{"cmd", "tests", "examples"}
 
 type pkg struct {
 	ImportPath string
@@ -82,6 +93,29 @@ func TestImportDirections(t *testing.T) {
 	}
 	if seen == 0 {
 		t.Fatal("go list reported none of the layered packages")
+	}
+}
+
+func TestOnlyUsersImportTheRoot(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}} {{join .Imports \" \"}} {{join .TestImports \" \"}} {{join .XTestImports \" \"}}", "./...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] == module {
+			continue
+		}
+		top := strings.SplitN(strings.TrimPrefix(f[0], module+"/"), "/", 2)[0]
+		user := false
+		for _, u := range rootImporters {
+			user = user || top == u
+		}
+		for _, d := range f[1:] {
+			if d == module && !user {
+				t.Errorf("%s imports the root package %s: only %v may (it would import the whole library)", f[0], module, rootImporters)
+			}
+		}
 	}
 }
 

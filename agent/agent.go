@@ -11,9 +11,10 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Defaults for Config fields left zero.
@@ -21,6 +22,10 @@ const (
 	DefaultSocketDir              = "/run/vserial"
 	DefaultSocketMode fs.FileMode = 0o660
 	DefaultDirMode    fs.FileMode = 0o755
+	// DefaultControlMode is the control socket's: it tells who connects
+	// to the ports (peer pids and uids), so only the agent's user by
+	// default.
+	DefaultControlMode fs.FileMode = 0o600
 )
 
 // ControlName is the file name of the control socket in the socket directory.
@@ -30,10 +35,12 @@ var (
 	// ErrClosed is returned by methods of an Agent after Close.
 	ErrClosed = errors.New("agent: closed")
 	// ErrUnsafeDir is wrapped by New when the socket directory is a symbolic
-	// link, not a directory, or owned by another user.
+	// link, not a directory, owned by another user, or writable by everyone
+	// without the sticky bit (and by the creation of a socket in such a
+	// directory).
 	ErrUnsafeDir = errors.New("unsafe socket directory")
-	// ErrBusy is wrapped by New when another agent answers on the control
-	// socket of the directory.
+	// ErrBusy is wrapped by New when another agent holds the directory
+	// (its lock, or an answer on the control socket).
 	ErrBusy = errors.New("socket directory in use by another agent")
 )
 
@@ -45,6 +52,9 @@ type Config struct {
 	SocketDir string
 	// SocketMode is the permission of every socket file (default 0660).
 	SocketMode fs.FileMode
+	// ControlMode is the permission of the control socket (default
+	// DefaultControlMode, 0600).
+	ControlMode fs.FileMode
 	// DirMode is the permission SocketDir gets when New creates it (default
 	// 0755). An existing directory keeps its mode.
 	DirMode fs.FileMode
@@ -87,7 +97,7 @@ type PortStatus struct {
 // use.
 type Agent struct {
 	dir                  string
-	sockMode             fs.FileMode
+	sockMode, ctlMode    fs.FileMode
 	log                  *slog.Logger
 	maxName              int // longest socket name that fits sun_path with dir
 	portCfgs             map[string]PortConfig
@@ -105,9 +115,15 @@ type Agent struct {
 	owners   map[string]*port // socket file name → the port publishing it
 	controls map[net.Listener]bool
 	ctlLn    net.Listener // created by ListenControl
-	tmpSeq   atomic.Uint32
+
+	lock       *os.File // the socket directory, flocked (lockDir)
+	unlockOnce sync.Once
 
 	ev events // the control socket's event streams (events.go)
+
+	afterBind func(path string) // a seam for tests (listenAt)
+
+	ctl controlLimits // the control socket's bounds (limit.go)
 }
 
 type portKey struct {
@@ -119,67 +135,36 @@ type portKey struct {
 // bytes and Go requires room for the terminating NUL.
 const sunPathMax = 107
 
-// tmpNameLen is the length of the temporary names sockets are bound under
-// (".new-" and 8 hex digits).
-const tmpNameLen = 13
+// tmpNameLen is the length of the name of the private directories sockets
+// are bound in (".new-" and 8 hex digits), tmpPathLen that of the path of
+// the socket in it relative to the socket directory.
+const (
+	tmpNameLen = 13
+	tmpPathLen = tmpNameLen + 1 + len(tmpSockName)
+)
 
 // New prepares the socket directory and returns an agent with no ports.
 func New(cfg Config) (*Agent, error) {
-	if cfg.SocketDir == "" {
-		cfg.SocketDir = DefaultSocketDir
-	}
-	if cfg.SocketMode == 0 {
-		cfg.SocketMode = DefaultSocketMode
-	}
-	if cfg.DirMode == 0 {
-		cfg.DirMode = DefaultDirMode
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.RedialMin <= 0 {
-		cfg.RedialMin = DefaultRedialMin
-	}
-	if cfg.RedialMax <= 0 {
-		cfg.RedialMax = DefaultRedialMax
-	}
-	if cfg.RedialMax < cfg.RedialMin {
-		return nil, fmt.Errorf("agent: redial max %v is below redial min %v", cfg.RedialMax, cfg.RedialMin)
-	}
-	if err := cfg.Default.Check(); err != nil {
-		return nil, fmt.Errorf("agent: default port configuration: %w", err)
-	}
-	if cfg.Default.effectiveMode() == ModeConnect {
-		return nil, errors.New("agent: default port configuration: mode connect needs a port of its own (one target per port)")
-	}
-	portCfgs := make(map[string]PortConfig, len(cfg.Ports))
-	for name, pc := range cfg.Ports {
-		if err := pc.Check(); err != nil {
-			return nil, fmt.Errorf("agent: port %q: %w", name, err)
-		}
-		portCfgs[name] = pc
-	}
-	if cfg.SocketMode&^fs.ModePerm != 0 || cfg.DirMode&^fs.ModePerm != 0 {
-		return nil, fmt.Errorf("agent: socket mode %v and dir mode %v must be plain permission bits (at most 0777)", cfg.SocketMode, cfg.DirMode)
-	}
-	dir, err := filepath.Abs(cfg.SocketDir)
+	portCfgs, dir, maxName, err := cfg.check()
 	if err != nil {
-		return nil, fmt.Errorf("agent: socket dir %q: %w", cfg.SocketDir, err)
-	}
-	maxName := sunPathMax - len(dir) - 1
-	if maxName < tmpNameLen {
-		return nil, fmt.Errorf("agent: socket dir %s: path too long for Unix sockets (%d bytes; at most %d)", dir, len(dir), sunPathMax-1-tmpNameLen)
-	}
-	if err := cfg.Console.check(); err != nil {
 		return nil, err
 	}
 	log := cfg.Logger
 	if err := prepareDir(dir, cfg.DirMode, log); err != nil {
 		return nil, err
 	}
+	for name, pc := range portCfgs {
+		// Checked again at each creation; here so that run fails at once.
+		if filepath.IsAbs(pc.Socket) {
+			if err := checkParent(filepath.Dir(pc.Socket)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("agent: port %q: socket %s: %w", name, pc.Socket, err)
+			}
+		}
+	}
 	a := &Agent{
 		dir:       dir,
 		sockMode:  cfg.SocketMode,
+		ctlMode:   cfg.ControlMode,
 		log:       log,
 		maxName:   maxName,
 		portCfgs:  portCfgs,
@@ -191,12 +176,78 @@ func New(cfg Config) (*Agent, error) {
 		owners:    make(map[string]*port),
 		controls:  make(map[net.Listener]bool),
 	}
-	a.removeStaleLinks()
-	if err := a.removeStale(); err != nil {
+	a.initControlLimits()
+	// Nothing in the directory is touched before it is ours: a second
+	// agent started on it by mistake must leave the first one's sockets
+	// and console links alone.
+	if a.lock, err = lockDir(dir); err != nil {
 		return nil, err
 	}
+	if err := a.removeStale(); err != nil {
+		a.lock.Close()
+		return nil, err
+	}
+	a.removeStaleLinks()
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	return a, nil
+}
+
+// check fills in cfg's defaults and validates it: the port
+// configurations by name, the socket directory's absolute path and the
+// longest socket name it leaves room for.
+func (cfg *Config) check() (portCfgs map[string]PortConfig, dir string, maxName int, err error) {
+	if cfg.SocketDir == "" {
+		cfg.SocketDir = DefaultSocketDir
+	}
+	if cfg.SocketMode == 0 {
+		cfg.SocketMode = DefaultSocketMode
+	}
+	if cfg.DirMode == 0 {
+		cfg.DirMode = DefaultDirMode
+	}
+	if cfg.ControlMode == 0 {
+		cfg.ControlMode = DefaultControlMode
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.RedialMin <= 0 {
+		cfg.RedialMin = DefaultRedialMin
+	}
+	if cfg.RedialMax <= 0 {
+		cfg.RedialMax = DefaultRedialMax
+	}
+	if cfg.RedialMax < cfg.RedialMin {
+		return nil, "", 0, fmt.Errorf("agent: redial max %v is below redial min %v", cfg.RedialMax, cfg.RedialMin)
+	}
+	if err := cfg.Default.Check(); err != nil {
+		return nil, "", 0, fmt.Errorf("agent: default port configuration: %w", err)
+	}
+	if cfg.Default.effectiveMode() == ModeConnect {
+		return nil, "", 0, errors.New("agent: default port configuration: mode connect needs a port of its own (one target per port)")
+	}
+	portCfgs = make(map[string]PortConfig, len(cfg.Ports))
+	for name, pc := range cfg.Ports {
+		if err := pc.Check(); err != nil {
+			return nil, "", 0, fmt.Errorf("agent: port %q: %w", name, err)
+		}
+		portCfgs[name] = pc
+	}
+	if (cfg.SocketMode|cfg.DirMode|cfg.ControlMode)&^fs.ModePerm != 0 {
+		return nil, "", 0, fmt.Errorf("agent: socket mode %v, control mode %v and dir mode %v must be plain permission bits (at most 0777)", cfg.SocketMode, cfg.ControlMode, cfg.DirMode)
+	}
+	dir, err = filepath.Abs(cfg.SocketDir)
+	if err != nil {
+		return nil, "", 0, fmt.Errorf("agent: socket dir %q: %w", cfg.SocketDir, err)
+	}
+	maxName = sunPathMax - len(dir) - 1
+	if maxName < tmpPathLen {
+		return nil, "", 0, fmt.Errorf("agent: socket dir %s: path too long for Unix sockets (%d bytes; at most %d)", dir, len(dir), sunPathMax-1-tmpPathLen)
+	}
+	if err := cfg.Console.check(); err != nil {
+		return nil, "", 0, err
+	}
+	return portCfgs, dir, maxName, nil
 }
 
 // Dir returns the absolute path of the socket directory.
@@ -239,10 +290,48 @@ func prepareDir(dir string, mode fs.FileMode, log *slog.Logger) error {
 	if euid := os.Geteuid(); int(st.Uid) != euid {
 		return fmt.Errorf("agent: socket dir %s is owned by uid %d, not by us (euid %d); use a directory of our own: %w", dir, st.Uid, euid, ErrUnsafeDir)
 	}
-	if fi.Mode().Perm()&0o002 != 0 && fi.Mode()&fs.ModeSticky == 0 {
-		log.Warn("socket dir is writable by everyone: other users can replace the port sockets", "dir", dir, "mode", fmt.Sprintf("%#o", fi.Mode().Perm()))
+	if err := checkWritable(dir, fi); err != nil {
+		return fmt.Errorf("agent: socket dir: %w", err)
 	}
 	return nil
+}
+
+// checkWritable refuses a directory everyone may write to without the
+// sticky bit: anyone could replace or squat the sockets in it.
+func checkWritable(dir string, fi fs.FileInfo) error {
+	if fi.Mode().Perm()&0o002 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+		return fmt.Errorf("%s is writable by everyone and not sticky (mode %#o): other users could replace or squat its sockets; remove o+w or set the sticky bit: %w", dir, fi.Mode().Perm(), ErrUnsafeDir)
+	}
+	return nil
+}
+
+// checkParent checks the directory a socket is created in (the socket
+// directory, or the parent of an absolute socket= path) just before use.
+func checkParent(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	return checkWritable(dir, fi)
+}
+
+// lockDir takes the socket directory for this agent (an exclusive flock on
+// the directory itself, released when the returned file is closed or the
+// agent dies). It wraps ErrBusy when another agent holds it.
+func lockDir(dir string) (*os.File, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("agent: lock socket dir %s: %w", dir, err)
+	}
+	f := os.NewFile(uintptr(fd), dir)
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("agent: %s is locked by another agent; stop it or use another --socket-dir: %w", dir, ErrBusy)
+		}
+		return nil, fmt.Errorf("agent: lock socket dir %s: %w", dir, err)
+	}
+	return f, nil
 }
 
 // removeStale removes the sockets an earlier agent left behind, unless that
@@ -259,6 +348,15 @@ func (a *Agent) removeStale() error {
 	}
 	for _, e := range entries {
 		path := filepath.Join(a.dir, e.Name())
+		if e.IsDir() && isTempName(e.Name()) {
+			// A private directory a socket was bound in, left by an agent
+			// that died while creating a socket.
+			if err := os.RemoveAll(path); err != nil {
+				return fmt.Errorf("agent: remove stale temporary directory: %w", err)
+			}
+			a.log.Info("removed stale temporary directory", "path", path)
+			continue
+		}
 		if e.Type()&fs.ModeSocket == 0 || !a.mayCreate(e.Name()) {
 			a.log.Info("leaving foreign file in socket dir alone", "path", path, "type", e.Type().String())
 			continue
@@ -381,6 +479,7 @@ func (a *Agent) Close() error {
 	}
 	a.mu.Unlock()
 	a.wg.Wait()
+	a.unlockOnce.Do(func() { a.lock.Close() })
 	return nil
 }
 

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // PTYSuffix ends the name of a console's symlink in the socket directory:
@@ -27,8 +29,10 @@ const PTYSuffix = ".pty"
 
 // Restart backoff of the console program, when ConsoleConfig leaves it zero.
 const (
-	DefaultRestartMin = time.Second
-	DefaultRestartMax = 30 * time.Second
+	// DefaultMaxConsoles is ConsoleConfig.MaxPerDevice when left zero.
+	DefaultMaxConsoles = 4
+	DefaultRestartMin  = time.Second
+	DefaultRestartMax  = 30 * time.Second
 	// restartReset is how long a program must have run for the backoff to
 	// start again from RestartMin.
 	restartReset = 10 * time.Second
@@ -55,9 +59,18 @@ type ConsoleConfig struct {
 	// and SIGTERM to its process group, SIGKILL after 3 s) when the port
 	// goes away or the agent closes.
 	Exec []string
-	// Env is the program's environment (nil: the agent's, with
-	// TERM=vt220 added when TERM is unset).
+	// Env is the program's environment (nil: MinimalEnv). The agent's
+	// own environment is never passed on: the host decides when the
+	// program runs and drives it, and the agent's variables (a service
+	// manager's sockets, credentials) are not the host's business.
 	Env []string
+	// MaxPerDevice caps the console ports of one device that get a
+	// terminal (and a program) because they are consoles (0:
+	// DefaultMaxConsoles): the device decides how many consoles it has.
+	// Further consoles stay plain sockets, with a log line, until one
+	// with a terminal goes away. Ports configured with mode=pty are the
+	// operator's choice and are not counted.
+	MaxPerDevice int
 	// RestartMin and RestartMax bound the wait before a restart (defaults
 	// DefaultRestartMin, DefaultRestartMax).
 	RestartMin, RestartMax time.Duration
@@ -68,6 +81,14 @@ type ConsoleConfig struct {
 
 func (c ConsoleConfig) enabled() bool { return c.PTY || len(c.Exec) > 0 }
 
+// MinimalEnv is a console program's environment when ConsoleConfig.Env is
+// nil: what login(1) and a getty need, nothing of the agent's.
+var MinimalEnv = []string{
+	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	"TERM=vt220",
+	"HOME=/",
+}
+
 // check validates c and fills in defaults.
 func (c *ConsoleConfig) check() error {
 	if c.RestartMin <= 0 {
@@ -75,6 +96,17 @@ func (c *ConsoleConfig) check() error {
 	}
 	if c.RestartMax <= 0 {
 		c.RestartMax = DefaultRestartMax
+	}
+	if c.MaxPerDevice < 0 {
+		return fmt.Errorf("agent: console cap %d per device: want 0 (default %d) or more", c.MaxPerDevice, DefaultMaxConsoles)
+	}
+	if c.MaxPerDevice == 0 {
+		c.MaxPerDevice = DefaultMaxConsoles
+	}
+	for _, kv := range c.Env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return fmt.Errorf("agent: console environment %q: want KEY=VALUE", kv)
+		}
 	}
 	if c.RestartMax < c.RestartMin {
 		return fmt.Errorf("agent: console restart max %v is below restart min %v", c.RestartMax, c.RestartMin)
@@ -141,16 +173,32 @@ type ptyConsole struct {
 
 // consoleWanted reports whether pt gets a terminal: a port in mode pty
 // does, and so does a console port in mode listen when ConsoleConfig asks
-// for it. a.mu is held.
-func (a *Agent) consoleWanted(pt *port) bool {
+// for it; capped says the latter is one console too many for its device.
+// a.mu is held.
+func (a *Agent) consoleWanted(pt *port) (want, capped bool) {
 	switch pt.cfg.effectiveMode() {
 	case ModePTY:
-		return true
+		return true, false
 	case ModeListen:
 		cp, ok := pt.p.(ConsolePort)
-		return a.console.enabled() && ok && cp.IsConsole()
+		if !a.console.enabled() || !ok || !cp.IsConsole() {
+			return false, false
+		}
+		if pt.con != nil {
+			return true, false
+		}
+		n := 0
+		for _, o := range a.ports {
+			if o.dev == pt.dev && o.con != nil && o.cfg.effectiveMode() != ModePTY {
+				n++
+			}
+		}
+		if n >= a.console.MaxPerDevice {
+			return false, true
+		}
+		return true, false
 	}
-	return false
+	return false, false
 }
 
 // size returns the console size the host gave pt's port (0, 0: none, or
@@ -172,7 +220,11 @@ func (a *Agent) checkConsole(pt *port) {
 		return
 	}
 	c := pt.con
-	want := a.consoleWanted(pt)
+	want, capped := a.consoleWanted(pt)
+	if capped && !pt.consoleCapped {
+		pt.consoleCapped = true
+		pt.log.Warn("console port left without a terminal: the device has its cap of consoles with one", "max", a.console.MaxPerDevice)
+	}
 	if c != nil && !want {
 		// The configuration changed (a name arrived that has an entry of
 		// its own): the terminal goes.
@@ -358,10 +410,12 @@ func (c *ptyConsole) attachLocked() {
 	c.master.SetDeadline(time.Time{})
 	a.wg.Add(1)
 	go func() {
+		defer guard.Recover()
 		defer a.wg.Done()
 		defer close(done)
 		woke := make(chan struct{})
 		go func() {
+			defer guard.Recover()
 			// Ending ctx wakes whatever master read or write a pump is
 			// blocked in.
 			<-ctx.Done()
@@ -382,6 +436,7 @@ func (c *ptyConsole) attachLocked() {
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() {
+			defer guard.Recover()
 			defer wg.Done()
 			c.hostToTTY(ctx)
 		}()
@@ -503,6 +558,7 @@ func (c *ptyConsole) closeLocked() {
 	a := c.pt.a
 	a.wg.Add(1)
 	go func() {
+		defer guard.Recover()
 		defer a.wg.Done()
 		if cancel != nil {
 			cancel()
@@ -519,16 +575,14 @@ func (c *ptyConsole) closeLocked() {
 // runProgram runs ConsoleConfig.Exec on the slave until the port's context
 // ends, restarting it with backoff.
 func (c *ptyConsole) runProgram() {
+	defer guard.Recover()
 	a, pt := c.pt.a, c.pt
 	defer a.wg.Done()
 	defer close(c.progDone)
 	cfg := a.console
 	env := cfg.Env
 	if env == nil {
-		env = os.Environ()
-		if os.Getenv("TERM") == "" {
-			env = append(env, "TERM=vt220")
-		}
+		env = MinimalEnv
 	}
 	delay := cfg.RestartMin
 	for {
@@ -545,7 +599,10 @@ func (c *ptyConsole) runProgram() {
 		} else {
 			pt.log.Info("console program started", "program", cfg.Exec[0], "pid", cmd.Process.Pid, "pty", c.tty)
 			waited := make(chan error, 1)
-			go func() { waited <- cmd.Wait() }()
+			go func() {
+				defer guard.Recover()
+				waited <- cmd.Wait()
+			}()
 			select {
 			case err := <-waited:
 				pt.log.Warn("console program exited", "program", cfg.Exec[0], "pid", cmd.Process.Pid, "status", exitStatus(err))

@@ -278,3 +278,63 @@ func TestConsoleModePTY(t *testing.T) {
 		t.Error("an ignored console got a terminal")
 	}
 }
+
+// The device decides how many consoles it has; each gets a terminal (and a
+// program) only up to the cap per device, whichever are set up first. The
+// one over the cap is a plain socket until a console with a terminal goes
+// away.
+func TestConsoleCapPerDevice(t *testing.T) {
+	a := newAgent(t, agent.Config{Console: agent.ConsoleConfig{PTY: true, MaxPerDevice: 2}})
+	names := []string{"c0", "c1", "c2"}
+	ps := map[string]*agenttest.Port{}
+	for i, n := range names {
+		ps[n] = consolePort(uint32(i), n)
+		addPort(t, a, 0, ps[n])
+	}
+	other := consolePort(0, "d1c0")
+	addPort(t, a, 1, other)
+	link := func(name string) string { return filepath.Join(a.Dir(), name+agent.PTYSuffix) }
+	waitLink(t, link("d1c0")) // another device has a cap of its own
+	var with, without []string
+	deadline := time.Now().Add(patience)
+	for {
+		with, without = nil, nil
+		for _, n := range names {
+			if exists(link(n)) {
+				with = append(with, n)
+			} else {
+				without = append(without, n)
+			}
+		}
+		if len(with) >= 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if exists(link(without[0])) || len(with) != 2 {
+		t.Fatalf("consoles of one device with a terminal: %v, want 2 (the cap)", with)
+	}
+	if !exists(filepath.Join(a.Dir(), without[0])) {
+		t.Fatal("the console over the cap has no socket")
+	}
+	ps[with[0]].Remove()
+	waitLink(t, link(without[0]))
+}
+
+// A console program gets a minimal environment, not the agent's.
+func TestConsoleProgramMinimalEnv(t *testing.T) {
+	t.Setenv("VSERIAL_TEST_SECRET", "leaked")
+	a := newAgent(t, agent.Config{Console: agent.ConsoleConfig{Exec: []string{"/bin/sh"}}})
+	p := consolePort(0, "con")
+	addPort(t, a, 0, p)
+	waitLink(t, filepath.Join(a.Dir(), "con"+agent.PTYSuffix))
+	p.Deliver([]byte("echo env-[$VSERIAL_TEST_SECRET]-$((2+3))-$TERM-$HOME-$(env | wc -l)\n"))
+	m := waitSent(t, p, `env-\[(.*)\]-5-(\S*)-(\S*)-\s*(\d+)\r\n`)
+	if m[1] != "" || m[2] != "vt220" || m[3] != "/" {
+		t.Errorf("console program environment: secret %q TERM %q HOME %q; want none, vt220, /", m[1], m[2], m[3])
+	}
+	if n, _ := strconv.Atoi(m[4]); n > len(agent.MinimalEnv)+4 {
+		t.Errorf("console program sees %d variables, want about the %d of MinimalEnv", n, len(agent.MinimalEnv))
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // The control protocol: the client sends one JSON object on one line. For
@@ -58,8 +60,12 @@ type StatusReport struct {
 	Error     string `json:"error,omitempty"` // why it could not be asked (list only)
 	// Subscribers is how many event streams are open (the one asking
 	// included, in a snapshot).
-	Subscribers int          `json:"subscribers,omitempty"`
-	Ports       []PortStatus `json:"ports"`
+	Subscribers int `json:"subscribers,omitempty"`
+	// ControlRefused counts the control connections and event
+	// subscriptions turned away because they were beyond a limit
+	// (MaxControlConns, MaxSubscribers and their per-uid forms).
+	ControlRefused uint64       `json:"control_refused,omitempty"`
+	Ports          []PortStatus `json:"ports"`
 }
 
 // controlError is the answer to a request the agent refuses.
@@ -72,8 +78,8 @@ func ControlPath(socketDir string) string {
 	return filepath.Join(socketDir, ControlName)
 }
 
-// ListenControl creates the control socket SOCKET_DIR/.control (with the
-// sockets' mode) for ServeControl. Close removes it.
+// ListenControl creates the control socket SOCKET_DIR/.control (with
+// Config.ControlMode) for ServeControl. Close removes it.
 func (a *Agent) ListenControl() (net.Listener, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -83,7 +89,7 @@ func (a *Agent) ListenControl() (net.Listener, error) {
 	if a.ctlLn != nil {
 		return nil, errors.New("agent: control socket already created")
 	}
-	ln, err := a.listen(ControlName)
+	ln, err := a.listenAt(filepath.Join(a.dir, ControlName), sockPerm{mode: a.ctlMode}, false)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +98,10 @@ func (a *Agent) ListenControl() (net.Listener, error) {
 }
 
 // ServeControl answers control requests on l until l is closed or the agent
-// closes (then it returns nil). Close closes l.
+// closes (then it returns nil). Close closes l. An accept error (out of
+// file descriptors and the like) is logged and retried with back-off; a
+// connection beyond the limits (MaxControlConns, MaxControlConnsPerUID) is
+// answered with an error line and closed.
 func (a *Agent) ServeControl(l net.Listener) error {
 	a.mu.Lock()
 	if a.closed {
@@ -109,31 +118,82 @@ func (a *Agent) ServeControl(l net.Listener) error {
 		delete(a.controls, l)
 		a.mu.Unlock()
 	}()
+	b := newBackoff(acceptWaitMin, acceptWaitMax)
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("agent: control: %w", err)
+			if !acceptPause(a.ctx, b, &a.ctl.acceptLog, a.log.With("socket", ControlName).Error, err) {
+				return nil
+			}
+			continue
+		}
+		b.reset()
+		uid := a.ctl.uidOf(c)
+		if !a.takeControl(uid) {
+			a.refuseControl(c, uid)
+			continue
 		}
 		a.mu.Lock()
 		if a.closed {
 			a.mu.Unlock()
+			a.giveControl(uid)
 			c.Close()
 			return nil
 		}
 		a.wg.Add(1)
 		a.mu.Unlock()
 		go func() {
+			defer guard.Recover()
 			defer a.wg.Done()
-			a.answer(c)
+			a.answer(c, uid)
 		}()
 	}
 }
 
-// answer handles one control connection.
-func (a *Agent) answer(c net.Conn) {
+// takeControl takes a control-connection slot for uid, or reports false.
+func (a *Agent) takeControl(uid uint32) bool {
+	a.ctl.mu.Lock()
+	defer a.ctl.mu.Unlock()
+	return a.ctl.slots.take(uid)
+}
+
+func (a *Agent) giveControl(uid uint32) {
+	a.ctl.mu.Lock()
+	a.ctl.slots.give(uid)
+	a.ctl.mu.Unlock()
+}
+
+// refuseWait bounds the write of the refusal line (a fresh connection has
+// room for it; a peer cannot make the accept loop wait longer).
+const refuseWait = 10 * time.Millisecond
+
+// refuseControl turns c away: the control connections of uid (or of
+// everyone) are at their limit. It is counted, and logged within a rate.
+func (a *Agent) refuseControl(c net.Conn, uid uint32) {
+	n := a.ctl.refused.Add(1)
+	msg := fmt.Sprintf("too many control connections (at most %d per user, %d in all); try again later", MaxControlConnsPerUID, MaxControlConns)
+	c.SetWriteDeadline(time.Now().Add(refuseWait))
+	writeLine(c, controlError{Error: msg})
+	c.Close()
+	if ok, held := a.ctl.refuseLog.allow(); ok {
+		a.log.Warn("control connection refused: too many at once", "peer_uid", uid, "refused_total", n, "lines_suppressed_before", held)
+	}
+}
+
+// answer handles one control connection, which holds a control slot of
+// uid until it ends or becomes an event stream.
+func (a *Agent) answer(c net.Conn, uid uint32) {
+	held := true
+	release := func() {
+		if held {
+			held = false
+			a.giveControl(uid)
+		}
+	}
+	defer release()
 	defer c.Close()
 	stop := context.AfterFunc(a.ctx, func() { c.SetDeadline(longAgo) })
 	defer func() { stop() }()
@@ -161,7 +221,9 @@ func (a *Agent) answer(c net.Conn) {
 		if !stop() {
 			return // the agent is closing already
 		}
-		a.stream(c)
+		// A stream counts against the subscriber limits instead.
+		release()
+		a.stream(c, uid)
 	}
 }
 

@@ -19,11 +19,18 @@ func serveControl(t *testing.T, a *agent.Agent) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveOn(t, a, l)
+}
+
+// serveOn runs ServeControl on l until the end of the test.
+func serveOn(t *testing.T, a *agent.Agent, l net.Listener) {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- a.ServeControl(l) }()
 	t.Cleanup(func() {
 		a.Close()
-		if err := <-done; err != nil {
+		// ErrClosed: the test ended before ServeControl started.
+		if err := <-done; err != nil && !errors.Is(err, agent.ErrClosed) {
 			t.Errorf("ServeControl: %v", err)
 		}
 	})

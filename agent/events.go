@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // EventKind names an event on the stream (the "event" field).
@@ -59,9 +61,22 @@ const (
 	// isolated the message or the port without a reset (Reason says what;
 	// Port when one port is concerned; Violations is the device's count).
 	EventProtocolViolation EventKind = "protocol_violation"
+	// EventDeviceLimited: the device asked for more DMA memory than its
+	// budget allows (run --dma-budget); Reason says what the driver did
+	// instead (ports capped, smaller buffer sets). Once per device and kind
+	// of limit.
+	EventDeviceLimited EventKind = "device_limited"
 	// EventDeviceFailed: the device stopped for good (Reason); its ports
 	// are removed.
 	EventDeviceFailed EventKind = "device_failed"
+	// EventDeviceAdded: a function appeared while the agent ran (run
+	// --wait-devices) and was brought up as this device index; Reason
+	// names the function. Its ports follow as port_added.
+	EventDeviceAdded EventKind = "device_added"
+	// EventDeviceRemoved: the agent let go of a function that is going
+	// away (hot-unplugged, or taken by someone else; Reason says which);
+	// its ports are removed.
+	EventDeviceRemoved EventKind = "device_removed"
 	// EventOverflow is the last line a subscriber gets when it did not keep
 	// up: events after it were not sent; the stream closes.
 	EventOverflow EventKind = "overflow"
@@ -106,17 +121,23 @@ const (
 	// before it is cut off with an overflow line.
 	DefaultEventQueue = 256
 	// MaxSubscribers bounds the event streams open at once; one more
-	// request is answered with an error.
+	// request is answered with an error. MaxSubscribersPerUID bounds those
+	// of one peer uid.
 	MaxSubscribers = 64
 	// streamGrace bounds the writes left to a stream that ends (the queued
 	// events and the last line), so a stuck subscriber holds nothing.
 	streamGrace = 5 * time.Second
+	// snapshotWait bounds the write of a stream's snapshot: a subscriber
+	// that does not read cannot hold its slot and a goroutine forever on
+	// an idle agent (the default of Agent.snapWait).
+	snapshotWait = 10 * time.Second
 )
 
 // subscriber is one open event stream.
 type subscriber struct {
-	c  net.Conn
-	ch chan []byte // encoded lines, newline included; closed when it ends
+	c   net.Conn
+	uid uint32      // the peer's, for the per-uid limit
+	ch  chan []byte // encoded lines, newline included; closed when it ends
 
 	// Guarded by Agent.ev.mu.
 	ended  bool
@@ -127,6 +148,7 @@ type subscriber struct {
 type events struct {
 	mu     sync.Mutex
 	subs   map[*subscriber]bool
+	slots  slots // the subscribers' count per uid and in all
 	closed bool
 	queue  int // per-subscriber queue length
 }
@@ -168,6 +190,7 @@ func (a *Agent) endLocked(s *subscriber, why EventKind) {
 	s.ended = true
 	s.reason = why
 	delete(a.ev.subs, s)
+	a.ev.slots.give(s.uid)
 	close(s.ch)
 	if why != "" {
 		s.c.SetWriteDeadline(time.Now().Add(streamGrace))
@@ -194,26 +217,32 @@ func (a *Agent) closeEvents() {
 	}
 }
 
-// errTooManySubscribers answers an events request beyond MaxSubscribers.
-var errTooManySubscribers = fmt.Errorf("too many event subscribers (at most %d)", MaxSubscribers)
+// errTooManySubscribers answers an events request beyond MaxSubscribers
+// or MaxSubscribersPerUID.
+var errTooManySubscribers = fmt.Errorf("too many event subscribers (at most %d per user, %d in all)", MaxSubscribersPerUID, MaxSubscribers)
 
-// subscribe registers a stream on c, or says why not. It returns the time
-// of registration, which no event queued for the stream precedes.
-func (a *Agent) subscribe(c net.Conn) (*subscriber, time.Time, error) {
+// subscribe registers a stream on c for a peer of uid, or says why not. It
+// returns the time of registration, which no event queued for the stream
+// precedes.
+func (a *Agent) subscribe(c net.Conn, uid uint32) (*subscriber, time.Time, error) {
 	e := &a.ev
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
 		return nil, time.Time{}, ErrClosed
 	}
-	if len(e.subs) >= MaxSubscribers {
+	if e.slots.total == 0 {
+		e.slots = slots{total: MaxSubscribers, perUID: MaxSubscribersPerUID}
+	}
+	if !e.slots.take(uid) {
+		a.ctl.refused.Add(1)
 		return nil, time.Time{}, errTooManySubscribers
 	}
 	q := e.queue
 	if q <= 0 {
 		q = DefaultEventQueue
 	}
-	s := &subscriber{c: c, ch: make(chan []byte, q)}
+	s := &subscriber{c: c, uid: uid, ch: make(chan []byte, q)}
 	if e.subs == nil {
 		e.subs = make(map[*subscriber]bool)
 	}
@@ -221,12 +250,14 @@ func (a *Agent) subscribe(c net.Conn) (*subscriber, time.Time, error) {
 	return s, time.Now().UTC(), nil
 }
 
-// stream serves an events request on c: the snapshot, then every event
-// until the client leaves, falls behind, or the agent closes. It owns c.
-func (a *Agent) stream(c net.Conn) {
-	// No deadline while streaming: ending the subscription sets one.
+// stream serves an events request on c from a peer of uid: the snapshot,
+// then every event until the client leaves, falls behind, or the agent
+// closes. It owns c.
+func (a *Agent) stream(c net.Conn, uid uint32) {
+	// No deadline while streaming (but for the snapshot): ending the
+	// subscription sets one.
 	c.SetDeadline(time.Time{})
-	s, at, err := a.subscribe(c)
+	s, at, err := a.subscribe(c, uid)
 	if err != nil {
 		c.SetWriteDeadline(time.Now().Add(streamGrace))
 		writeLine(c, controlError{Error: err.Error()})
@@ -240,14 +271,25 @@ func (a *Agent) stream(c net.Conn) {
 	// subscription. Stray bytes are ignored.
 	a.wg.Add(1)
 	go func() {
+		defer guard.Recover()
 		defer a.wg.Done()
 		io.Copy(io.Discard, c)
 		a.endSubscription(s, "")
 	}()
 
-	ok := writeLine(c, snap) == nil
+	c.SetWriteDeadline(time.Now().Add(a.ctl.snapWait))
+	werr := writeLine(c, snap)
+	ok := werr == nil
+	a.ev.mu.Lock()
 	if !ok {
-		a.endSubscription(s, "")
+		a.endLocked(s, "")
+	} else if !s.ended {
+		c.SetWriteDeadline(time.Time{}) // not the grace an ending set
+	}
+	a.ev.mu.Unlock()
+	if !ok {
+		// Debug: a client can make this happen at will (subscribe, close).
+		a.log.Debug("event subscriber did not take its snapshot; stream closed", "peer_uid", uid, "err", werr)
 	}
 	for b := range s.ch {
 		if !ok {
@@ -285,7 +327,8 @@ func writeLine(c net.Conn, v any) error {
 // DeviceEvent is something that happened to a device as a whole, reported
 // by the code that drives it (ReportDevice).
 type DeviceEvent struct {
-	// Kind is EventDeviceReset, EventProtocolViolation or EventDeviceFailed.
+	// Kind is EventDeviceReset, EventProtocolViolation, EventDeviceLimited,
+	// EventDeviceFailed, EventDeviceAdded or EventDeviceRemoved.
 	Kind   EventKind
 	Device int
 	// Port is the port concerned, nil if none (or not known).
@@ -306,7 +349,7 @@ const maxReason = 512
 // logs nothing: the driver has logged it). It checks ev first.
 func (a *Agent) ReportDevice(ev DeviceEvent) error {
 	switch ev.Kind {
-	case EventDeviceReset, EventProtocolViolation, EventDeviceFailed:
+	case EventDeviceReset, EventProtocolViolation, EventDeviceLimited, EventDeviceFailed, EventDeviceAdded, EventDeviceRemoved:
 	default:
 		return fmt.Errorf("agent: report device event: kind %q is not a device event", ev.Kind)
 	}
@@ -407,7 +450,7 @@ func (a *Agent) Subscribers() int {
 
 // statusReport is the agent's answer to a status request.
 func (a *Agent) statusReport() *StatusReport {
-	return &StatusReport{SocketDir: a.dir, Running: true, Subscribers: a.Subscribers(), Ports: a.Status()}
+	return &StatusReport{SocketDir: a.dir, Running: true, Subscribers: a.Subscribers(), ControlRefused: a.ctl.refused.Load(), Ports: a.Status()}
 }
 
 // added is the port_added event of pt, and the starting point of what the

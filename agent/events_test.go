@@ -261,10 +261,14 @@ func TestEventsSlowSubscriberOverflows(t *testing.T) {
 
 func TestEventsSubscriberLimit(t *testing.T) {
 	a := newAgent(t, agent.Config{})
+	setUID := uidSeam(a)
 	serveControl(t, a)
-	for range agent.MaxSubscribers {
+	// As many users as it takes to fill every slot.
+	for i := range agent.MaxSubscribers {
+		setUID(uint32(1000 + i/agent.MaxSubscribersPerUID))
 		subscribe(t, a)
 	}
+	setUID(2000)
 	s, err := agent.SubscribeEvents(waitCtx(t), a.Dir())
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"time"
+
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // port is the agent's state for one published Port.
@@ -23,6 +25,9 @@ type port struct {
 	kick   chan struct{} // asks the watcher to look at the name again
 
 	rejected atomic.Uint64
+	// Rejected clients and accept errors are the clients' doing: their
+	// log lines and events go through these gates.
+	rejectGate, acceptLog rateGate
 
 	// Guarded by a.mu.
 	gone bool
@@ -30,15 +35,18 @@ type port struct {
 	// once each time the watcher places the socket, so the socket, the
 	// configuration and the events of one round agree even while the
 	// device names the port meanwhile.
-	name     string
-	sock     string // socket path, "" when unpublished
-	ln       *net.UnixListener
-	client   *session
-	badName  string // last name reported as unusable, so it is logged once
-	cfg      PortConfig
-	con      *ptyConsole        // the console's terminal, nil if none
-	cfgSet   bool               // cfg holds the configuration in force
-	dialStop context.CancelFunc // ends the connect-mode dialer, nil if none
+	name    string
+	sock    string // socket path, "" when unpublished
+	ln      *net.UnixListener
+	client  *session
+	badName string // last name reported as unusable, so it is logged once
+	cfg     PortConfig
+	con     *ptyConsole // the console's terminal, nil if none
+	// consoleCapped: the port was refused a terminal by the per-device
+	// cap (logged once).
+	consoleCapped bool
+	cfgSet        bool               // cfg holds the configuration in force
+	dialStop      context.CancelFunc // ends the connect-mode dialer, nil if none
 	// nameProblem says why the socket is not named after the port's name
 	// (unusable as a file name, or taken by another port); "" otherwise.
 	nameProblem string
@@ -63,8 +71,19 @@ func newPort(a *Agent, dev int, p Port) *port {
 		name:   p.Name(),
 
 		hostSeen: p.HostConnected(),
+
+		rejectGate: rateGate{burst: rejectBurst, rate: rejectRate},
+		acceptLog:  rateGate{burst: 5, rate: 1},
 	}
 }
+
+// A port reports rejected clients as log lines and client_rejected events
+// in a burst of rejectBurst, then rejectRate a second; each carries the
+// running count (rejected_total), so none is lost from the count.
+const (
+	rejectBurst = 10
+	rejectRate  = 1
+)
 
 func (pt *port) poke() {
 	select {
@@ -76,6 +95,7 @@ func (pt *port) poke() {
 // watch follows the port's Changed notifications: host connects and
 // disconnects, a late name, removal.
 func (pt *port) watch() {
+	defer guard.Recover()
 	defer pt.a.wg.Done()
 	for {
 		ch := pt.p.Changed()
@@ -272,6 +292,7 @@ func (a *Agent) placeListenLocked(pt *port, cfg PortConfig) {
 // connection, and redials when the dial fails or the connection ends, with
 // capped exponential backoff, until ctx ends.
 func (pt *port) dial(ctx context.Context, target string) {
+	defer guard.Recover()
 	a := pt.a
 	defer a.wg.Done()
 	b := newBackoff(a.redialMin, a.redialMax)
@@ -342,7 +363,9 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 // accept takes connections on one listener of pt until it is closed.
 func (pt *port) accept(ln *net.UnixListener) {
+	defer guard.Recover()
 	defer pt.a.wg.Done()
+	b := newBackoff(acceptWaitMin, acceptWaitMax)
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -351,14 +374,12 @@ func (pt *port) accept(ln *net.UnixListener) {
 			}
 			// Out of file descriptors and the like: say so, give the
 			// system a moment, and carry on.
-			pt.log.Error("accept failed", "err", err)
-			select {
-			case <-time.After(100 * time.Millisecond):
-			case <-pt.ctx.Done():
+			if !acceptPause(pt.ctx, b, &pt.acceptLog, pt.log.Error, err) {
 				return
 			}
 			continue
 		}
+		b.reset()
 		pt.connect(c)
 	}
 }
@@ -401,7 +422,11 @@ func (pt *port) connectAfter(c *net.UnixConn, mayWait bool) *session {
 		ev := pt.eventLocked(EventClientRejected)
 		a.mu.Unlock()
 		defer c.Close()
-		pt.log.Warn("client rejected: the port already has a client", append(peerAttrs(c), "rejected_total", n)...)
+		ok, held := pt.rejectGate.allow()
+		if !ok {
+			return nil // counted in rejected_total
+		}
+		pt.log.Warn("client rejected: the port already has a client", append(peerAttrs(c), "rejected_total", n, "lines_suppressed_before", held)...)
 		ev.Rejected = n
 		ev.PeerPID, ev.PeerUID = peerCred(c)
 		a.publish(ev)

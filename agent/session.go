@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vserial/vserial/internal/guard"
 	"github.com/vserial/vserial/internal/rawio"
 )
 
@@ -53,6 +54,7 @@ func newSession(pt *port, c *net.UnixConn) *session {
 // run opens the port for the client, pumps bytes both ways until the client
 // leaves (or the port goes away, or the agent closes), then closes the port.
 func (s *session) run() {
+	defer guard.Recover()
 	pt, p := s.pt, s.pt.p
 	defer pt.a.wg.Done()
 	defer s.cancel()
@@ -79,6 +81,7 @@ func (s *session) run() {
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() {
+			defer guard.Recover()
 			defer wg.Done()
 			s.hostToGuest()
 		}()
@@ -226,6 +229,7 @@ func (s *session) awaitHost(raw syscall.RawConn) (hup bool, err error) {
 func (s *session) waitHangup(raw syscall.RawConn, ch <-chan struct{}) (bool, error) {
 	done, helperDone := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer guard.Recover()
 		defer close(helperDone)
 		select {
 		case <-ch:

@@ -216,8 +216,8 @@ func TestHostToGuestByteExact(t *testing.T) {
 	}
 }
 
-// TestUnreadHostBytesDiscardedOnClose pins the Linux semantics documented in
-// doc.go: bytes received but not read when the client leaves are discarded
+// TestUnreadHostBytesDiscardedOnClose pins the Linux semantics specified in
+// docs/sockets.md: bytes received but not read when the client leaves are discarded
 // by PORT_OPEN 0 and counted.
 func TestUnreadHostBytesDiscardedOnClose(t *testing.T) {
 	a := newAgent(t, agent.Config{})

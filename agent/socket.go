@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // vportName is the fallback socket name of a port, the name Linux gives the
@@ -90,44 +93,44 @@ type sockPerm struct {
 	owner, group *int
 }
 
-// listen creates the socket a.dir/name with mode a.sockMode.
-func (a *Agent) listen(name string) (*net.UnixListener, error) {
-	return a.listenAt(filepath.Join(a.dir, name), sockPerm{mode: a.sockMode}, false)
-}
+// tmpSockName is the name a socket is bound under in its private directory.
+const tmpSockName = "s"
 
-// listenAt creates the socket final with perm. It binds under a temporary
-// name in the same directory, sets mode and owner, then hard-links the
-// socket to its final name, so the final name never exists with another
-// mode and an existing file is never replaced. With replaceStale (sockets
-// the operator placed outside the socket directory), a socket file already
-// at final that nobody listens on is removed first.
+// listenAt creates the socket final with perm. It binds in a private
+// directory next to final (mode 0700, made by the agent, so no other user
+// can touch what is in it), sets owner and mode on the socket it bound
+// without following a symbolic link, then hard-links it to its final name,
+// so the final name never exists with another mode and an existing file
+// is never replaced. A parent directory everyone may write to without the
+// sticky bit is refused. With replaceStale (sockets the operator placed
+// outside the socket directory), a socket file already at final that
+// nobody listens on is removed first.
 func (a *Agent) listenAt(final string, perm sockPerm, replaceStale bool) (*net.UnixListener, error) {
-	tmp := filepath.Join(filepath.Dir(final), fmt.Sprintf("%s%08x", tmpPrefix, a.tmpSeq.Add(1)^uint32(os.Getpid())<<12))
+	fail := func(err error) (*net.UnixListener, error) {
+		return nil, fmt.Errorf("agent: listen %s: %w", final, err)
+	}
+	parent := filepath.Dir(final)
+	if err := checkParent(parent); err != nil {
+		return fail(err)
+	}
+	priv, err := a.privateDir(parent)
+	if err != nil {
+		return fail(err)
+	}
+	defer os.RemoveAll(priv)
+	tmp := filepath.Join(priv, tmpSockName)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
-		return nil, fmt.Errorf("agent: listen %s: %w", final, err)
+		return fail(err)
 	}
 	// The agent removes the final name itself; the temporary one is gone
 	// by the time Close runs.
 	ln.SetUnlinkOnClose(false)
-	defer os.Remove(tmp)
-	fail := func(err error) (*net.UnixListener, error) {
+	if a.afterBind != nil {
+		a.afterBind(tmp)
+	}
+	if err := setPerm(tmp, perm); err != nil {
 		ln.Close()
-		return nil, fmt.Errorf("agent: listen %s: %w", final, err)
-	}
-	if perm.owner != nil || perm.group != nil {
-		uid, gid := -1, -1
-		if perm.owner != nil {
-			uid = *perm.owner
-		}
-		if perm.group != nil {
-			gid = *perm.group
-		}
-		if err := os.Lchown(tmp, uid, gid); err != nil {
-			return fail(err)
-		}
-	}
-	if err := os.Chmod(tmp, perm.mode); err != nil {
 		return fail(err)
 	}
 	err = os.Link(tmp, final)
@@ -138,9 +141,65 @@ func (a *Agent) listenAt(final string, perm sockPerm, replaceStale bool) (*net.U
 		}
 	}
 	if err != nil {
+		ln.Close()
 		return fail(err)
 	}
 	return ln, nil
+}
+
+// privateDir makes a directory only the agent's user can enter, with a
+// fresh temporary name in parent.
+func (a *Agent) privateDir(parent string) (string, error) {
+	for range 16 {
+		// Random, so another user who may write to parent (a sticky
+		// directory) cannot take the names in advance.
+		dir := filepath.Join(parent, fmt.Sprintf("%s%08x", tmpPrefix, rand.Uint32()))
+		err := os.Mkdir(dir, 0o700)
+		if err == nil {
+			return dir, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return "", err
+		}
+	}
+	return "", errors.New("no free temporary name")
+}
+
+// setPerm gives the socket file at path perm's owner and mode. It acts on
+// the file through a descriptor opened without following a symbolic link
+// and checked to be a socket: whatever replaced the socket, a link to
+// another file never gets the socket's mode.
+func setPerm(path string, perm sockPerm) error {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("%s is no longer the socket the agent bound (file type %#o); refusing to change its owner or mode", path, st.Mode&unix.S_IFMT)
+	}
+	if perm.owner != nil || perm.group != nil {
+		uid, gid := -1, -1
+		if perm.owner != nil {
+			uid = *perm.owner
+		}
+		if perm.group != nil {
+			gid = *perm.group
+		}
+		if err := unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH); err != nil {
+			return fmt.Errorf("chown %s: %w", path, err)
+		}
+	}
+	// Linux has no fchmod for an O_PATH descriptor before fchmodat2
+	// (6.6): chmod through its /proc entry reaches the same inode.
+	if err := os.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), perm.mode); err != nil {
+		return fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return nil
 }
 
 // staleSocket reports whether path is a socket file nobody listens on.

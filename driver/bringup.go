@@ -3,6 +3,21 @@ package driver
 // Bring-up: the one sequence that both Open and recovery run (reset,
 // features, queues, vectors, control buffers, DRIVER_OK, DEVICE_READY), and
 // what a reset leaves behind.
+//
+// Open (device.go) runs the whole bring-up through this file: reset, ACKNOWLEDGE|DRIVER,
+// features (MULTIPORT, VERSION_1, EVENT_IDX, F_SIZE and EMERG_WRITE when
+// offered; ACCESS_PLATFORM, required, when the function is behind an IOMMU),
+// max_nr_ports (0 with MULTIPORT fails Open; capped at MaxPorts, at the
+// 16-bit queue numbers, at Config.MaxPorts and at what the DMA budget
+// holds), every queue of every served port before DRIVER_OK, the control
+// receiveq filled with 4096-byte buffers, then DEVICE_READY(0xffffffff, 1).
+// Every byte of device memory is checked against the per-device budget
+// (Config.DMABudget, budget.go) before it is allocated: ports beyond it get
+// a reduced buffer set, and the device a DeviceLimited event. QEMU replays PORT_ADD for
+// every port on DEVICE_READY and answers synchronously, so Open returns
+// with the cold-plugged ports known; every port is also reported on Events.
+// Without MULTIPORT there is one console port 0 on queues 0/1 and no
+// control traffic.
 
 import (
 	"errors"
@@ -30,8 +45,44 @@ func queueSize(max uint16, legacy bool) (uint16, error) {
 
 // bringUpLocked runs device initialisation. The first time it allocates
 // queues and control buffers; afterwards (recovery) it reuses them and
-// checks that the device still describes itself the same way.
+// checks that the device still describes itself the same way. A device
+// that refuses an MSI-X vector (it reads back NO_VECTOR) gets the whole
+// sequence again, from the reset, with fewer vectors, as Linux's
+// vp_find_vqs falls back: one vector per port, then every data queue on
+// one shared vector, then a single vector for everything.
 func (d *Device) bringUpLocked(first bool) error {
+	for {
+		err := d.bringUpOnceLocked(first)
+		if err == nil || !errors.Is(err, ErrVectorRefused) || d.nvec <= 1 {
+			return err
+		}
+		was := d.nvec
+		d.nvec = min(d.nvec-1, 2)
+		d.stats.VectorFallbacks++
+		d.log.Warn("virtio-console: the device refused an MSI-X vector; fewer vectors", "err", err, "vectors", was, "now", d.nvec)
+	}
+}
+
+func (d *Device) bringUpOnceLocked(first bool) error {
+	if err := d.resetLocked(first); err != nil {
+		return err
+	}
+	if err := d.negotiateLocked(first); err != nil {
+		return err
+	}
+	if err := d.readMaxPortsLocked(first); err != nil {
+		return err
+	}
+	if err := d.setupQueuesLocked(first); err != nil {
+		return err
+	}
+	return d.goLiveLocked(first)
+}
+
+// resetLocked resets the device (re-enabling it first in a recovery),
+// salvages what the device finished before the reset, and announces the
+// driver (ACKNOWLEDGE, DRIVER).
+func (d *Device) resetLocked(first bool) error {
 	t := d.t
 	if !first {
 		// QEMU drops DRIVER_OK when Bus Master is cleared (VIRTIO-NOTES
@@ -44,23 +95,39 @@ func (d *Device) bringUpLocked(first bool) error {
 		return err
 	}
 	if !first && d.queues != nil {
-		d.salvageRxLocked(d.resetCause)
+		d.salvageLocked(d.resetCause)
 	}
 	if err := t.AddStatus(StatusAcknowledge); err != nil {
 		return err
 	}
-	if err := t.AddStatus(StatusDriver); err != nil {
-		return err
-	}
+	return t.AddStatus(StatusDriver)
+}
+
+// negotiateLocked agrees on the features; a recovery must get the same.
+func (d *Device) negotiateLocked(first bool) error {
 	// F_SIZE and EMERG_WRITE are taken when offered (negotiateFeatures
 	// drops unoffered bits): console sizes, and EmergencyWrite.
 	want := FeatureConsoleMultiport | FeatureVersion1 | FeatureEventIdx | FeatureConsoleSize | FeatureConsoleEmergWrite
+	// Ring layout: RING_PACKED (bit 34) is wanted unless Config.Ring is
+	// RingSplit and required for RingPacked; the legacy interface's 32
+	// bits never carry it. When negotiated every queue — data, control,
+	// after a reset, of hot-plugged ports — is a ring.Packed (queueConfig,
+	// newVirtqueue): one allocation with the descriptor ring 16-aligned and
+	// the driver and device event suppression words 4-aligned after it
+	// (spec 2.8.10.1). Nothing above the virtqueue interface knows it.
 	var required uint64
+	switch d.cfg.Ring {
+	case RingAuto:
+		want |= FeatureRingPacked // dropped when not offered, or on legacy
+	case RingPacked:
+		want |= FeatureRingPacked
+		required |= FeatureRingPacked
+	}
 	if d.fn.IOMMU() {
 		want |= FeatureAccessPlatform
 		required |= FeatureAccessPlatform
 	}
-	feat, err := negotiateFeatures(t, want, required)
+	feat, err := negotiateFeatures(d.t, want, required)
 	if err != nil {
 		return err
 	}
@@ -70,13 +137,28 @@ func (d *Device) bringUpLocked(first bool) error {
 	d.features = feat
 	d.multiport = feat&FeatureConsoleMultiport != 0
 	d.eventIdx = feat&FeatureEventIdx != 0
+	d.packed = feat&FeatureRingPacked != 0
 	d.sizeF = feat&FeatureConsoleSize != 0
 	d.emergF = feat&FeatureConsoleEmergWrite != 0
+	if first {
+		// One line per device: which ring layout it runs on is otherwise
+		// visible only through Features (list does not show it).
+		layout := "split"
+		if d.packed {
+			layout = "packed"
+		}
+		d.log.Info("virtio-console: features negotiated", "features", fmt.Sprintf("%#x", feat), "ring", layout, "event_idx", d.eventIdx)
+	}
+	return nil
+}
 
+// readMaxPortsLocked reads and checks max_nr_ports; a recovery must read
+// the same.
+func (d *Device) readMaxPortsLocked(first bool) error {
 	maxNr := uint32(1)
 	if d.multiport {
 		var b [4]byte
-		if err := t.ReadConfig(4, b[:]); err != nil {
+		if err := d.t.ReadConfig(4, b[:]); err != nil {
 			return fmt.Errorf("read max_nr_ports: %w", err)
 		}
 		maxNr = d.order.Uint32(b[:])
@@ -84,22 +166,30 @@ func (d *Device) bringUpLocked(first bool) error {
 			d.failStatus()
 			return fmt.Errorf("%w: max_nr_ports is 0 with MULTIPORT", ErrDeviceProtocolConsole)
 		}
-		if maxNr > maxPortsLimit {
-			d.log.Warn("virtio-console: max_nr_ports capped", "max_nr_ports", maxNr, "cap", maxPortsLimit)
-			maxNr = maxPortsLimit
+		if maxNr > MaxPorts {
+			d.log.Warn("virtio-console: max_nr_ports capped", "max_nr_ports", maxNr, "cap", MaxPorts)
+			maxNr = MaxPorts
 		}
 	}
 	if !first && maxNr != d.maxNr {
 		return fmt.Errorf("max_nr_ports changed across reset: %d, was %d", maxNr, d.maxNr)
 	}
 	d.maxNr = maxNr
-	nslots := maxNr
+	return nil
+}
+
+// setupQueuesLocked picks the vectors and allocates the queues the first
+// time, and programs every queue into the device.
+func (d *Device) setupQueuesLocked(first bool) error {
+	t := d.t
+	nslots := d.maxNr
 	if d.cfg.MaxPorts > 0 && nslots > d.cfg.MaxPorts {
 		nslots = d.cfg.MaxPorts
 	}
-	// Queue numbers are 16-bit: port 0x7fff's transmitq is the last one.
-	nslots = min(nslots, maxQueuePorts)
-	if first {
+	// Queue numbers are 16-bit: port 0x7ffe's transmitq (0xffff) is the
+	// last one.
+	nslots = min(nslots, MaxPorts-1)
+	if first && !d.vectorsChosen {
 		d.nslots = nslots
 		if err := d.setupVectors(); err != nil {
 			return err
@@ -108,7 +198,7 @@ func (d *Device) bringUpLocked(first bool) error {
 	if err := t.SetConfigVector(d.vecConfig); err != nil {
 		return err
 	}
-	if first {
+	if first && d.queues == nil {
 		if err := d.allocQueuesLocked(); err != nil {
 			return err
 		}
@@ -137,10 +227,17 @@ func (d *Device) bringUpLocked(first bool) error {
 			s.tx.DisableInterrupts()
 		}
 	}
+	return nil
+}
+
+// goLiveLocked stocks the control queue, sets DRIVER_OK, and with
+// MULTIPORT says DEVICE_READY and takes the device's first answers.
+func (d *Device) goLiveLocked(first bool) error {
+	t := d.t
 	kickCtrl := false
 	if d.multiport {
-		kickCtrl, err = d.fillControlRxLocked()
-		if err != nil {
+		var err error
+		if kickCtrl, err = d.fillControlRxLocked(); err != nil {
 			return err
 		}
 	}
@@ -226,6 +323,7 @@ func (d *Device) setupVectors() error {
 		return fmt.Errorf("driver: the interrupt source reports %d MSI-X vectors", n)
 	}
 	d.nvec = n
+	d.vectorsChosen = true
 	d.vecConfig = 0
 	if n == 0 {
 		d.vecConfig = NoVector
@@ -266,51 +364,117 @@ func (d *Device) queueCount() int {
 
 // allocQueuesLocked creates every queue (all before DRIVER_OK, so
 // hot-plugged ports work) and the slots of the ports that have queues.
+// Port 0's and the control queues come first, with the control buffers;
+// then each further port's two queues, as long as the DMA budget leaves
+// room for them and a reduced buffer set for every slot so far. Where it
+// does not, the ports are capped there (logged, DeviceLimited), so no
+// device value makes the driver allocate beyond its budget.
 func (d *Device) allocQueuesLocked() error {
 	n := d.queueCount()
 	d.queues = make([]virtqueue, n)
-	layout := ring.Modern
-	if d.t.Legacy() {
-		layout = ring.Legacy
-	}
-	for qi := 0; qi < n; qi++ {
-		max, err := d.t.QueueMax(uint16(qi))
-		if err != nil && !errors.Is(err, ErrNoQueue) {
-			return fmt.Errorf("queue %d: %w", qi, err)
-		}
-		size, err := queueSize(max, d.t.Legacy())
-		if err != nil {
-			return fmt.Errorf("queue %d: %w", qi, err)
-		}
-		if size == 0 {
-			if qi < 4 && (qi < 2 || d.multiport) {
-				return fmt.Errorf("%w: queue %d does not exist", ErrNoQueue, qi)
-			}
-			continue
-		}
-		q, err := ring.New(d.alloc, ring.Config{Size: size, Layout: layout, EventIdx: d.eventIdx})
-		if err != nil {
-			return fmt.Errorf("queue %d: %w", qi, err)
-		}
-		d.queues[qi] = q
-	}
 	d.slots = make([]*slot, d.nslots)
-	for id := uint32(0); id < d.nslots; id++ {
-		rxq, txq := portQueues(id)
-		if int(txq) >= n || d.queues[rxq] == nil || d.queues[txq] == nil {
-			continue
+	fixed := min(n, 4)
+	for qi := range fixed {
+		if err := d.allocQueueLocked(qi, qi < 2 || d.multiport); err != nil {
+			return err
 		}
-		s := &slot{id: id, rxq: rxq, txq: txq, rx: d.queues[rxq], tx: d.queues[txq]}
-		s.rxByHead = newHeadMap(int(s.rx.Size()))
-		s.txByHead = newHeadMap(int(s.tx.Size()))
-		d.slots[id] = s
 	}
+	d.addSlotLocked(0)
 	if d.multiport {
 		if err := d.allocControlLocked(); err != nil {
 			return err
 		}
 	}
+	for id := uint32(1); id < d.nslots; id++ {
+		rxq, txq := portQueues(id)
+		rx, err := d.queueConfig(int(rxq))
+		if err != nil {
+			return err
+		}
+		tx, err := d.queueConfig(int(txq))
+		if err != nil {
+			return err
+		}
+		if rx.Size == 0 || tx.Size == 0 {
+			continue // no queues, no port with this id
+		}
+		if left := d.mem.left(); slotCost(rx, tx)+(d.unplanned+1)*reducedShare > left {
+			d.limitedLocked(&d.limits.slots, nil, fmt.Errorf("%w: ports capped at %d of the %d the device offers (%d bytes of %d left)",
+				ErrDMABudget, id, d.maxNr, left, d.mem.limit))
+			d.nslots = id
+			d.queues = d.queues[:d.queueCount()]
+			d.slots = d.slots[:id]
+			break
+		}
+		if err := d.newQueueLocked(int(rxq), rx); err != nil {
+			return err
+		}
+		if err := d.newQueueLocked(int(txq), tx); err != nil {
+			return err
+		}
+		d.addSlotLocked(id)
+	}
 	return nil
+}
+
+// queueConfig is the ring queue qi gets: size 0 if the device has no such
+// queue.
+func (d *Device) queueConfig(qi int) (ring.Config, error) {
+	layout := ring.Modern
+	switch {
+	case d.packed:
+		layout = ring.PackedRing
+	case d.t.Legacy():
+		layout = ring.Legacy
+	}
+	max, err := d.t.QueueMax(uint16(qi))
+	if err != nil && !errors.Is(err, ErrNoQueue) {
+		return ring.Config{}, fmt.Errorf("queue %d: %w", qi, err)
+	}
+	size, err := queueSize(max, d.t.Legacy())
+	if err != nil {
+		return ring.Config{}, fmt.Errorf("queue %d: %w", qi, err)
+	}
+	return ring.Config{Size: size, Layout: layout, EventIdx: d.eventIdx}, nil
+}
+
+// allocQueueLocked creates queue qi, if the device has it; a required
+// queue must exist.
+func (d *Device) allocQueueLocked(qi int, required bool) error {
+	cfg, err := d.queueConfig(qi)
+	if err != nil {
+		return err
+	}
+	if cfg.Size == 0 {
+		if required {
+			return fmt.Errorf("%w: queue %d does not exist", ErrNoQueue, qi)
+		}
+		return nil
+	}
+	return d.newQueueLocked(qi, cfg)
+}
+
+// newQueueLocked allocates queue qi's ring.
+func (d *Device) newQueueLocked(qi int, cfg ring.Config) error {
+	q, err := newVirtqueue(d.alloc, cfg)
+	if err != nil {
+		return fmt.Errorf("queue %d: %w", qi, err)
+	}
+	d.queues[qi] = q
+	return nil
+}
+
+// addSlotLocked makes the slot of port id if both its queues exist.
+func (d *Device) addSlotLocked(id uint32) {
+	rxq, txq := portQueues(id)
+	if int(txq) >= len(d.queues) || d.queues[rxq] == nil || d.queues[txq] == nil {
+		return
+	}
+	s := &slot{id: id, rxq: rxq, txq: txq, rx: d.queues[rxq], tx: d.queues[txq]}
+	s.rxByHead = newHeadMap(int(s.rx.Size()))
+	s.txByHead = newHeadMap(int(s.tx.Size()))
+	d.slots[id] = s
+	d.unplanned++
 }
 
 func newHeadMap(n int) []int32 {
@@ -331,12 +495,12 @@ func portQueues(id uint32) (rx, tx uint16) {
 }
 
 // allocControlLocked allocates the control receive buffers (one page per
-// descriptor, filling the queue, as Linux does) and the control transmit
-// messages (8 bytes each, in one region).
+// descriptor, filling the queue as Linux does, up to maxRxBuffers) and the
+// control transmit messages (8 bytes each, in one region).
 func (d *Device) allocControlLocked() error {
 	rq, tq := d.queues[controlRxQueue], d.queues[controlTxQueue]
 	d.ctrlRxHead = newHeadMap(int(rq.Size()))
-	for range int(rq.Size()) {
+	for range min(int(rq.Size()), maxRxBuffers) {
 		r, err := d.alloc.Alloc(bufSize, 8)
 		if err != nil {
 			return fmt.Errorf("control receive buffers: %w", err)
@@ -436,6 +600,9 @@ func (d *Device) forgetInFlightLocked() {
 	for _, s := range d.slots {
 		if s == nil {
 			continue
+		}
+		if p := s.port; p != nil && !p.removed {
+			d.dropInflightLocked(p, "device reset")
 		}
 		s.posting = false
 		for i := range s.rxBufs {

@@ -10,15 +10,16 @@ import (
 )
 
 // ensureRxLocked allocates the slot's receive buffers the first time the
-// port id is announced.
+// port id is announced, after the DMA budget decided the slot's buffer set
+// (planLocked).
 func (d *Device) ensureRxLocked(s *slot) error {
 	if s.rxBufs != nil {
 		return nil
 	}
-	n := int(s.rx.Size())
-	if d.cfg.RxBuffers > 0 {
-		n = min(n, d.cfg.RxBuffers)
+	if err := d.planLocked(s); err != nil {
+		return err
 	}
+	n := s.plan.rx
 	bufs := make([]rxBuf, 0, n)
 	for range n {
 		r, err := d.alloc.Alloc(bufSize, 8)
@@ -35,20 +36,18 @@ func (d *Device) ensureRxLocked(s *slot) error {
 	return nil
 }
 
-// ensureTxLocked allocates the slot's transmit buffers at first use.
+// ensureTxLocked allocates the slot's transmit buffers at first use, from
+// the bytes its plan reserved.
 func (d *Device) ensureTxLocked(s *slot) error {
 	if s.txBufs != nil || d.broken() {
 		return nil
 	}
-	n := d.cfg.TxBuffers
-	if n <= 0 {
-		n = defaultTxBuffers
+	if err := d.planLocked(s); err != nil {
+		return err
 	}
-	n = min(n, int(s.tx.Size()))
-	size := d.cfg.TxBufferSize
-	if size <= 0 {
-		size = defaultTxBufferSize
-	}
+	d.mem.unreserve(s.txReserved)
+	s.txReserved = 0
+	n, size := s.plan.tx, s.plan.txSize
 	bufs := make([]txBuf, 0, n)
 	for len(bufs) < n {
 		r, err := d.alloc.Alloc(size, 8)

@@ -41,7 +41,13 @@ func (r *rig) serviceNow() {
 // device lies in a used ring, bytes must also arrive on their own port,
 // in order and whole, or with a loss the driver reported (streamOracle).
 // The driver runs with its default configuration (buffer counts included).
-func FuzzHostileDevice(f *testing.F) {
+func FuzzHostileDevice(f *testing.F) { fuzzHostileDevice(f, false) }
+
+// FuzzHostileDevicePacked is FuzzHostileDevice with the packed ring
+// negotiated.
+func FuzzHostileDevicePacked(f *testing.F) { fuzzHostileDevice(f, true) }
+
+func fuzzHostileDevice(f *testing.F, packed bool) {
 	// Seeds from the fake's normal traffic: heads the driver really posted
 	// (control receive buffers 0.., port receive buffers), real messages.
 	f.Add([]byte{opHostWrite, 1, 0, 0, 10, 0, opGuestSend, 1, 0, 0, 20, 0})
@@ -66,6 +72,7 @@ func FuzzHostileDevice(f *testing.F) {
 			prog = prog[:6*64]
 		}
 		r := newRig(t, rigOpts{
+			packed:  packed,
 			console: virtiotest.ConsoleConfig{MaxPorts: 4},
 			cfg:     Config{MaxResets: 3},
 			plug: plugPorts(portSpec{id: 0, name: "con", console: true},

@@ -55,6 +55,22 @@ type rigOpts struct {
 	plug    func(m *virtiotest.Console) // before Open (cold plug)
 	bad     *virtiotest.ConsoleMisbehaviour
 	noOpen  bool
+	// packed: the function offers VIRTIO_F_RING_PACKED and the rig checks
+	// that the driver took it.
+	packed bool
+}
+
+// bothRings runs fn with the split ring and with the packed ring (the
+// function offering VIRTIO_F_RING_PACKED, which the driver takes).
+func bothRings(t *testing.T, fn func(t *testing.T, packed bool)) {
+	t.Helper()
+	for _, packed := range []bool{false, true} {
+		name := "split"
+		if packed {
+			name = "packed"
+		}
+		t.Run(name, func(t *testing.T) { fn(t, packed) })
+	}
 }
 
 func newRig(t *testing.T, o rigOpts) *rig {
@@ -65,6 +81,9 @@ func newRig(t *testing.T, o rigOpts) *rig {
 	}
 	if o.bad != nil {
 		m.SetMisbehaviour(*o.bad)
+	}
+	if o.packed {
+		o.fn.Packed = true
 	}
 	f, fn := newFake(t, m, o.fn)
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
@@ -81,6 +100,9 @@ func newRig(t *testing.T, o rigOpts) *rig {
 		t.Fatalf("Open: %v\nlog:\n%s", err, r.log)
 	}
 	r.d = d
+	if got := d.Features()&FeatureRingPacked != 0; got != o.packed {
+		t.Fatalf("packed ring negotiated: %v, want %v (features %#x)", got, o.packed, d.Features())
+	}
 	t.Cleanup(func() {
 		if err := d.Close(); err != nil {
 			t.Errorf("Close: %v", err)

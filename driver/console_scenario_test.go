@@ -144,37 +144,39 @@ type readerFunc func([]byte) (int, error)
 func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
 
 func TestGuestToHostBackpressureWhenHostStopsReading(t *testing.T) {
-	r := newRig(t, rigOpts{cfg: Config{TxBuffers: 4}, plug: plugPorts(portSpec{id: 1, name: "p", host: true})})
-	p := r.port(1, "p")
-	r.until("host connected", p.HostConnected)
-	if err := r.m.SetThrottled(1, true); err != nil {
-		t.Fatal(err)
-	}
-	// Four buffers go in flight, the fifth Send has to wait.
-	for i := 0; i < 4; i++ {
-		if _, err := p.Send(r.ctx, bytes.NewReader([]byte{byte(i)})); err != nil {
+	bothRings(t, func(t *testing.T, packed bool) {
+		r := newRig(t, rigOpts{packed: packed, cfg: Config{TxBuffers: 4}, plug: plugPorts(portSpec{id: 1, name: "p", host: true})})
+		p := r.port(1, "p")
+		r.until("host connected", p.HostConnected)
+		if err := r.m.SetThrottled(1, true); err != nil {
 			t.Fatal(err)
 		}
-	}
-	ctx, cancel := context.WithTimeout(r.ctx, 50*time.Millisecond)
-	_, err := p.Send(ctx, bytes.NewReader([]byte{4}))
-	cancel()
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("fifth Send with every buffer in flight: %v, want it to wait", err)
-	}
-	if err := r.m.SetThrottled(1, false); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Send(r.ctx, bytes.NewReader([]byte{4})); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Flush(r.ctx); err != nil {
-		t.Fatal(err)
-	}
-	got, err := r.m.HostReadFull(r.ctx, 1, 5)
-	if err != nil || !bytes.Equal(got, []byte{0, 1, 2, 3, 4}) {
-		t.Fatalf("host got %v, %v", got, err)
-	}
+		// Four buffers go in flight, the fifth Send has to wait.
+		for i := 0; i < 4; i++ {
+			if _, err := p.Send(r.ctx, bytes.NewReader([]byte{byte(i)})); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithTimeout(r.ctx, 50*time.Millisecond)
+		_, err := p.Send(ctx, bytes.NewReader([]byte{4}))
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("fifth Send with every buffer in flight: %v, want it to wait", err)
+		}
+		if err := r.m.SetThrottled(1, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Send(r.ctx, bytes.NewReader([]byte{4})); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Flush(r.ctx); err != nil {
+			t.Fatal(err)
+		}
+		got, err := r.m.HostReadFull(r.ctx, 1, 5)
+		if err != nil || !bytes.Equal(got, []byte{0, 1, 2, 3, 4}) {
+			t.Fatalf("host got %v, %v", got, err)
+		}
+	})
 }
 
 func TestHostToGuestHeldWhileGuestPortClosed(t *testing.T) {
@@ -262,93 +264,97 @@ func TestReadKeepsBytesThatDoNotFit(t *testing.T) {
 }
 
 func TestPortRemoveWakesReadersAndWriters(t *testing.T) {
-	r := newRig(t, rigOpts{cfg: Config{TxBuffers: 1}, plug: plugPorts(portSpec{id: 1, name: "p", host: true})})
-	p := r.port(1, "p")
-	r.until("host connected", p.HostConnected)
-	if err := p.SetGuestOpen(r.ctx, true); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.m.SetThrottled(1, true); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Send(r.ctx, strings.NewReader("x")); err != nil { // the only tx buffer
-		t.Fatal(err)
-	}
-	changed := p.Changed()
-	recvErr := make(chan error, 1)
-	txErrs := make(chan error, 2)
-	go func() { _, err := p.Recv(r.ctx, io.Discard); recvErr <- err }()
-	go func() { _, err := p.Send(r.ctx, strings.NewReader("y")); txErrs <- err }()
-	go func() { txErrs <- p.Flush(r.ctx) }()
-	time.Sleep(20 * time.Millisecond) // let them block (the test passes either way)
-	if err := r.m.Unplug(1); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-recvErr; !errors.Is(err, ErrPortRemoved) {
-		t.Errorf("reader: %v, want ErrPortRemoved", err)
-	}
-	// QEMU returns the port's pending transmit buffers (used, len 0) before
-	// it sends PORT_REMOVE. A writer that reaps them first sees its bytes
-	// taken (nil), as a Linux writer would; otherwise it sees the removal.
-	// Either way it must wake up, and nothing else is acceptable.
-	for i := 0; i < 2; i++ {
-		if err := <-txErrs; err != nil && !errors.Is(err, ErrPortRemoved) {
-			t.Errorf("writer %d: %v, want nil or ErrPortRemoved", i, err)
+	bothRings(t, func(t *testing.T, packed bool) {
+		r := newRig(t, rigOpts{packed: packed, cfg: Config{TxBuffers: 1}, plug: plugPorts(portSpec{id: 1, name: "p", host: true})})
+		p := r.port(1, "p")
+		r.until("host connected", p.HostConnected)
+		if err := p.SetGuestOpen(r.ctx, true); err != nil {
+			t.Fatal(err)
 		}
-	}
-	r.until("removed", p.Removed)
-	if _, err := p.Send(r.ctx, strings.NewReader("z")); !errors.Is(err, ErrPortRemoved) {
-		t.Errorf("Send after removal: %v, want ErrPortRemoved", err)
-	}
-	select {
-	case <-changed:
-	default:
-		t.Error("Changed not fired by removal")
-	}
-	if !p.Removed() || r.d.Port(1) != nil {
-		t.Error("port still reported live")
-	}
-	if err := p.SetGuestOpen(r.ctx, false); !errors.Is(err, ErrPortRemoved) {
-		t.Errorf("SetGuestOpen after removal: %v", err)
-	}
-	if _, err := p.Write(r.ctx, []byte("z")); !errors.Is(err, ErrPortRemoved) {
-		t.Errorf("Write after removal: %v", err)
-	}
-	if v := r.d.Stats().Violations; v != 0 {
-		t.Errorf("%d violations", v)
-	}
+		if err := r.m.SetThrottled(1, true); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Send(r.ctx, strings.NewReader("x")); err != nil { // the only tx buffer
+			t.Fatal(err)
+		}
+		changed := p.Changed()
+		recvErr := make(chan error, 1)
+		txErrs := make(chan error, 2)
+		go func() { _, err := p.Recv(r.ctx, io.Discard); recvErr <- err }()
+		go func() { _, err := p.Send(r.ctx, strings.NewReader("y")); txErrs <- err }()
+		go func() { txErrs <- p.Flush(r.ctx) }()
+		time.Sleep(20 * time.Millisecond) // let them block (the test passes either way)
+		if err := r.m.Unplug(1); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-recvErr; !errors.Is(err, ErrPortRemoved) {
+			t.Errorf("reader: %v, want ErrPortRemoved", err)
+		}
+		// QEMU returns the port's pending transmit buffers (used, len 0) before
+		// it sends PORT_REMOVE. A writer that reaps them first sees its bytes
+		// taken (nil), as a Linux writer would; otherwise it sees the removal.
+		// Either way it must wake up, and nothing else is acceptable.
+		for i := 0; i < 2; i++ {
+			if err := <-txErrs; err != nil && !errors.Is(err, ErrPortRemoved) {
+				t.Errorf("writer %d: %v, want nil or ErrPortRemoved", i, err)
+			}
+		}
+		r.until("removed", p.Removed)
+		if _, err := p.Send(r.ctx, strings.NewReader("z")); !errors.Is(err, ErrPortRemoved) {
+			t.Errorf("Send after removal: %v, want ErrPortRemoved", err)
+		}
+		select {
+		case <-changed:
+		default:
+			t.Error("Changed not fired by removal")
+		}
+		if !p.Removed() || r.d.Port(1) != nil {
+			t.Error("port still reported live")
+		}
+		if err := p.SetGuestOpen(r.ctx, false); !errors.Is(err, ErrPortRemoved) {
+			t.Errorf("SetGuestOpen after removal: %v", err)
+		}
+		if _, err := p.Write(r.ctx, []byte("z")); !errors.Is(err, ErrPortRemoved) {
+			t.Errorf("Write after removal: %v", err)
+		}
+		if v := r.d.Stats().Violations; v != 0 {
+			t.Errorf("%d violations", v)
+		}
+	})
 }
 
 func TestReplugReusesPostedReceiveBuffers(t *testing.T) {
-	r := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 1, name: "p", host: true})})
-	p := r.port(1, "p")
-	n0, _ := r.f.Heap().Live()
-	if err := r.m.Unplug(1); err != nil {
-		t.Fatal(err)
-	}
-	r.until("removed", p.Removed)
-	if err := r.m.Plug(1, "p2", false); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.m.HostConnect(1, true); err != nil {
-		t.Fatal(err)
-	}
-	p2 := r.port(1, "p2")
-	if p2 == p {
-		t.Fatal("re-plugged port reuses the removed Port object")
-	}
-	if n1, _ := r.f.Heap().Live(); n1 != n0 {
-		t.Errorf("live allocations %d → %d across unplug/replug: receive buffers not reused", n0, n1)
-	}
-	if err := p2.SetGuestOpen(r.ctx, true); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.m.HostWrite(1, []byte("again")); err != nil {
-		t.Fatal(err)
-	}
-	if got := r.recvN(p2, 5); string(got) != "again" {
-		t.Fatalf("got %q", got)
-	}
+	bothRings(t, func(t *testing.T, packed bool) {
+		r := newRig(t, rigOpts{packed: packed, plug: plugPorts(portSpec{id: 1, name: "p", host: true})})
+		p := r.port(1, "p")
+		n0, _ := r.f.Heap().Live()
+		if err := r.m.Unplug(1); err != nil {
+			t.Fatal(err)
+		}
+		r.until("removed", p.Removed)
+		if err := r.m.Plug(1, "p2", false); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.m.HostConnect(1, true); err != nil {
+			t.Fatal(err)
+		}
+		p2 := r.port(1, "p2")
+		if p2 == p {
+			t.Fatal("re-plugged port reuses the removed Port object")
+		}
+		if n1, _ := r.f.Heap().Live(); n1 != n0 {
+			t.Errorf("live allocations %d → %d across unplug/replug: receive buffers not reused", n0, n1)
+		}
+		if err := p2.SetGuestOpen(r.ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.m.HostWrite(1, []byte("again")); err != nil {
+			t.Fatal(err)
+		}
+		if got := r.recvN(p2, 5); string(got) != "again" {
+			t.Fatalf("got %q", got)
+		}
+	})
 }
 
 func TestDuplicatePortAddReAcked(t *testing.T) {
@@ -424,8 +430,8 @@ func TestMaxNrPortsHugeIsCapped(t *testing.T) {
 		plug: plugPorts(portSpec{id: 1, name: "p"}),
 		bad:  &virtiotest.ConsoleMisbehaviour{OverrideMaxNrPorts: true, MaxNrPorts: 0xffffffff},
 	})
-	if got := r.d.MaxPorts(); got != maxQueuePorts {
-		t.Errorf("MaxPorts %d, want %d", got, maxQueuePorts)
+	if got := r.d.MaxPorts(); got != MaxPorts-1 {
+		t.Errorf("MaxPorts %d, want %d", got, MaxPorts-1)
 	}
 	r.port(1, "p")
 	if !r.log.Contains("max_nr_ports capped") {
@@ -569,38 +575,40 @@ func TestPortNameStoredOnce(t *testing.T) {
 }
 
 func TestHostConnectDisconnectFiresChanged(t *testing.T) {
-	r := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 1, name: "p"})})
-	p := r.port(1, "p")
-	for _, want := range []bool{true, false, true} {
-		ch := p.Changed()
-		if err := r.m.HostConnect(1, want); err != nil {
-			t.Fatal(err)
+	bothRings(t, func(t *testing.T, packed bool) {
+		r := newRig(t, rigOpts{packed: packed, plug: plugPorts(portSpec{id: 1, name: "p"})})
+		p := r.port(1, "p")
+		for _, want := range []bool{true, false, true} {
+			ch := p.Changed()
+			if err := r.m.HostConnect(1, want); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-ch:
+			case <-r.ctx.Done():
+				t.Fatalf("Changed did not fire for host connected=%v", want)
+			}
+			if got := p.HostConnected(); got != want {
+				t.Errorf("HostConnected %v, want %v", got, want)
+			}
 		}
-		select {
-		case <-ch:
-		case <-r.ctx.Done():
-			t.Fatalf("Changed did not fire for host connected=%v", want)
+		// added, then changes for named, connected, disconnected, connected:
+		// changes that come while one is still queued are one event ("look
+		// again"), so there are one to four of them.
+		var kinds []PortEventKind
+		for done := false; !done; {
+			select {
+			case ev := <-r.d.Events():
+				kinds = append(kinds, ev.Kind)
+			case <-time.After(200 * time.Millisecond):
+				done = true
+			}
 		}
-		if got := p.HostConnected(); got != want {
-			t.Errorf("HostConnected %v, want %v", got, want)
+		s := fmt.Sprint(kinds)
+		if n := strings.Count(s, "changed"); !strings.HasPrefix(s, "[added") || n < 1 || n > 4 || len(kinds) != n+1 {
+			t.Errorf("events %v", kinds)
 		}
-	}
-	// added, then changes for named, connected, disconnected, connected:
-	// changes that come while one is still queued are one event ("look
-	// again"), so there are one to four of them.
-	var kinds []PortEventKind
-	for done := false; !done; {
-		select {
-		case ev := <-r.d.Events():
-			kinds = append(kinds, ev.Kind)
-		case <-time.After(200 * time.Millisecond):
-			done = true
-		}
-	}
-	s := fmt.Sprint(kinds)
-	if n := strings.Count(s, "changed"); !strings.HasPrefix(s, "[added") || n < 1 || n > 4 || len(kinds) != n+1 {
-		t.Errorf("events %v", kinds)
-	}
+	})
 }
 
 func TestResizeSurfacedForConsolePort(t *testing.T) {
@@ -680,120 +688,126 @@ func TestCloseSendsPortOpenZeroAndResets(t *testing.T) {
 // --- recovery ---
 
 func TestRingViolationResetsDeviceAndKeepsPorts(t *testing.T) {
-	cases := []struct {
-		name string
-		tx   bool // on the transmitq (else the receiveq)
-		bad  ringtest.Misbehaviour
-	}{
-		{"rx bad id", false, ringtest.Misbehaviour{BadID: true}},
-		{"rx idx jump", false, ringtest.Misbehaviour{IdxJump: 5}},
-		{"tx bad id", true, ringtest.Misbehaviour{BadID: true}},
-		{"tx idx jump", true, ringtest.Misbehaviour{IdxJump: 1}},
-		// A duplicate of a re-posted receive buffer is indistinguishable
-		// from a real completion; on the transmitq the head is free.
-		{"tx duplicate", true, ringtest.Misbehaviour{Duplicate: true}},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			r := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 1, name: "p", host: true}, portSpec{id: 2, name: "q", host: true})})
-			p := r.port(1, "p")
-			q := r.port(2, "q")
-			r.until("host connected", func() bool { return p.HostConnected() && q.HostConnected() })
-			for _, x := range []*Port{p, q} {
-				if err := x.SetGuestOpen(r.ctx, true); err != nil {
+	bothRings(t, func(t *testing.T, packed bool) {
+		cases := []struct {
+			name string
+			tx   bool // on the transmitq (else the receiveq)
+			bad  ringtest.Misbehaviour
+		}{
+			{"rx bad id", false, ringtest.Misbehaviour{BadID: true}},
+			{"rx idx jump", false, ringtest.Misbehaviour{IdxJump: 5}},
+			{"tx bad id", true, ringtest.Misbehaviour{BadID: true}},
+			{"tx idx jump", true, ringtest.Misbehaviour{IdxJump: 1}},
+			// A duplicate of a re-posted receive buffer is indistinguishable
+			// from a real completion; on the transmitq the head is free.
+			{"tx duplicate", true, ringtest.Misbehaviour{Duplicate: true}},
+		}
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				r := newRig(t, rigOpts{packed: packed, plug: plugPorts(portSpec{id: 1, name: "p", host: true}, portSpec{id: 2, name: "q", host: true})})
+				p := r.port(1, "p")
+				q := r.port(2, "q")
+				r.until("host connected", func() bool { return p.HostConnected() && q.HostConnected() })
+				for _, x := range []*Port{p, q} {
+					if err := x.SetGuestOpen(r.ctx, true); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// One good buffer first (Duplicate needs a previous head).
+				if c.tx {
+					if _, err := p.Write(r.ctx, []byte("1")); err != nil {
+						t.Fatal(err)
+					}
+					r.m.MisbehaveRing(virtiotest.TxQueue(1), c.bad, false)
+					// Send, not Write: the bytes may be lost in the reset.
+					if _, err := p.Send(r.ctx, strings.NewReader("2")); err != nil {
+						t.Fatal(err)
+					}
+					// Nobody waits for transmit buffers, so the device is not
+					// asked to interrupt: the next look at the ring (a Flush
+					// here) finds the violation. The bytes may be lost.
+					_ = p.Flush(r.ctx)
+				} else {
+					if err := r.m.HostWrite(1, []byte("1")); err != nil {
+						t.Fatal(err)
+					}
+					r.recvN(p, 1)
+					r.m.MisbehaveRing(virtiotest.RxQueue(1), c.bad, false)
+					if err := r.m.HostWrite(1, []byte("2")); err != nil {
+						t.Fatal(err)
+					}
+				}
+				r.until("reset", func() bool { return r.d.Stats().Resets == 1 })
+				r.until("port back", func() bool { return p.settled() && q.settled() })
+				if r.d.Port(1) != p || r.d.Port(2) != q {
+					t.Fatal("ports replaced although they came back with the same id and name")
+				}
+				if p.Stats().Violations != 1 {
+					t.Errorf("port violations %d", p.Stats().Violations)
+				}
+				if !r.log.Contains("device fault, resetting") {
+					t.Error("no log line for the reset")
+				}
+				// Guest-open state was re-sent, data flows again both ways.
+				r.modelWait("guest open again", func() bool { return r.m.GuestConnected(1) && r.m.GuestConnected(2) })
+				r.until("host connected again", func() bool { return p.HostConnected() && q.HostConnected() })
+				if err := r.m.HostWrite(2, []byte("after")); err != nil {
 					t.Fatal(err)
 				}
-			}
-			// One good buffer first (Duplicate needs a previous head).
-			if c.tx {
-				if _, err := p.Write(r.ctx, []byte("1")); err != nil {
+				if got := r.recvN(q, 5); string(got) != "after" {
+					t.Fatalf("got %q", got)
+				}
+				r.m.HostRead(1) // drop "1" and whatever of "2" went through
+				if _, err := p.Write(r.ctx, []byte("out")); err != nil {
 					t.Fatal(err)
 				}
-				r.m.MisbehaveRing(virtiotest.TxQueue(1), c.bad, false)
-				// Send, not Write: the bytes may be lost in the reset.
-				if _, err := p.Send(r.ctx, strings.NewReader("2")); err != nil {
-					t.Fatal(err)
+				if got, err := r.m.HostReadFull(r.ctx, 1, 3); err != nil || string(got) != "out" {
+					t.Fatalf("host got %q %v", got, err)
 				}
-				// Nobody waits for transmit buffers, so the device is not
-				// asked to interrupt: the next look at the ring (a Flush
-				// here) finds the violation. The bytes may be lost.
-				_ = p.Flush(r.ctx)
-			} else {
-				if err := r.m.HostWrite(1, []byte("1")); err != nil {
-					t.Fatal(err)
-				}
-				r.recvN(p, 1)
-				r.m.MisbehaveRing(virtiotest.RxQueue(1), c.bad, false)
-				if err := r.m.HostWrite(1, []byte("2")); err != nil {
-					t.Fatal(err)
-				}
-			}
-			r.until("reset", func() bool { return r.d.Stats().Resets == 1 })
-			r.until("port back", func() bool { return p.settled() && q.settled() })
-			if r.d.Port(1) != p || r.d.Port(2) != q {
-				t.Fatal("ports replaced although they came back with the same id and name")
-			}
-			if p.Stats().Violations != 1 {
-				t.Errorf("port violations %d", p.Stats().Violations)
-			}
-			if !r.log.Contains("device fault, resetting") {
-				t.Error("no log line for the reset")
-			}
-			// Guest-open state was re-sent, data flows again both ways.
-			r.modelWait("guest open again", func() bool { return r.m.GuestConnected(1) && r.m.GuestConnected(2) })
-			r.until("host connected again", func() bool { return p.HostConnected() && q.HostConnected() })
-			if err := r.m.HostWrite(2, []byte("after")); err != nil {
-				t.Fatal(err)
-			}
-			if got := r.recvN(q, 5); string(got) != "after" {
-				t.Fatalf("got %q", got)
-			}
-			r.m.HostRead(1) // drop "1" and whatever of "2" went through
-			if _, err := p.Write(r.ctx, []byte("out")); err != nil {
-				t.Fatal(err)
-			}
-			if got, err := r.m.HostReadFull(r.ctx, 1, 3); err != nil || string(got) != "out" {
-				t.Fatalf("host got %q %v", got, err)
-			}
-		})
-	}
+			})
+		}
+	})
 }
 
 func TestUsedLengthLongerThanPostedIsClamped(t *testing.T) {
-	r := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 1, name: "p", host: true})})
-	p := r.port(1, "p")
-	if err := p.SetGuestOpen(r.ctx, true); err != nil {
-		t.Fatal(err)
-	}
-	r.m.MisbehaveRing(virtiotest.RxQueue(1), ringtest.Misbehaviour{LongLen: 1 << 20}, false)
-	if err := r.m.HostWrite(1, []byte("abc")); err != nil {
-		t.Fatal(err)
-	}
-	// The used length claims 1 MiB + 3: clamped to the 4096-byte buffer,
-	// never read beyond it.
-	got := r.recvN(p, bufSize)
-	if !bytes.HasPrefix(got, []byte("abc")) {
-		t.Fatalf("got %q...", got[:8])
-	}
-	if st := r.d.Stats(); st.Resets != 0 {
-		t.Errorf("reset for a clamped length: %+v", st)
-	}
+	bothRings(t, func(t *testing.T, packed bool) {
+		r := newRig(t, rigOpts{packed: packed, plug: plugPorts(portSpec{id: 1, name: "p", host: true})})
+		p := r.port(1, "p")
+		if err := p.SetGuestOpen(r.ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		r.m.MisbehaveRing(virtiotest.RxQueue(1), ringtest.Misbehaviour{LongLen: 1 << 20}, false)
+		if err := r.m.HostWrite(1, []byte("abc")); err != nil {
+			t.Fatal(err)
+		}
+		// The used length claims 1 MiB + 3: clamped to the 4096-byte buffer,
+		// never read beyond it.
+		got := r.recvN(p, bufSize)
+		if !bytes.HasPrefix(got, []byte("abc")) {
+			t.Fatalf("got %q...", got[:8])
+		}
+		if st := r.d.Stats(); st.Resets != 0 {
+			t.Errorf("reset for a clamped length: %+v", st)
+		}
+	})
 }
 
 func TestDeviceNeedsResetRecovers(t *testing.T) {
-	r := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 1, name: "p", host: true})})
-	p := r.port(1, "p")
-	if err := p.SetGuestOpen(r.ctx, true); err != nil {
-		t.Fatal(err)
-	}
-	r.m.NeedsReset()
-	r.until("reset", func() bool { return r.d.Stats().Resets == 1 })
-	r.until("port back", p.settled)
-	r.modelWait("guest open again", func() bool { return r.m.GuestConnected(1) })
-	if err := r.m.HostWrite(1, []byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	r.recvN(p, 1)
+	bothRings(t, func(t *testing.T, packed bool) {
+		r := newRig(t, rigOpts{packed: packed, plug: plugPorts(portSpec{id: 1, name: "p", host: true})})
+		p := r.port(1, "p")
+		if err := p.SetGuestOpen(r.ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		r.m.NeedsReset()
+		r.until("reset", func() bool { return r.d.Stats().Resets == 1 })
+		r.until("port back", p.settled)
+		r.modelWait("guest open again", func() bool { return r.m.GuestConnected(1) })
+		if err := r.m.HostWrite(1, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		r.recvN(p, 1)
+	})
 }
 
 func TestPortReplacedWhenNameChangesAcrossReset(t *testing.T) {
@@ -987,29 +1001,31 @@ func TestEndlessControlPingPongDoesNotHangDriver(t *testing.T) {
 }
 
 func TestDriverRestartRediscoversPorts(t *testing.T) {
-	r := newRig(t, rigOpts{noOpen: true, plug: plugPorts(portSpec{id: 1, name: "a", host: true}, portSpec{id: 4, name: "b"})})
-	for round := 0; round < 3; round++ {
-		d, err := Open(r.ctx, r.fn, Config{Logger: r.logger()})
-		if err != nil {
-			t.Fatalf("round %d: Open: %v", round, err)
+	bothRings(t, func(t *testing.T, packed bool) {
+		r := newRig(t, rigOpts{packed: packed, noOpen: true, plug: plugPorts(portSpec{id: 1, name: "a", host: true}, portSpec{id: 4, name: "b"})})
+		for round := 0; round < 3; round++ {
+			d, err := Open(r.ctx, r.fn, Config{Logger: r.logger()})
+			if err != nil {
+				t.Fatalf("round %d: Open: %v", round, err)
+			}
+			r.d = d
+			a := r.port(1, "a")
+			r.port(4, "b")
+			if err := a.SetGuestOpen(r.ctx, true); err != nil {
+				t.Fatal(err)
+			}
+			r.modelWait("guest open", func() bool { return r.m.GuestConnected(1) })
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if r.m.GuestConnected(1) {
+				t.Errorf("round %d: port still guest-open after Close", round)
+			}
+			if n, _ := r.f.Heap().Live(); n != 0 {
+				t.Fatalf("round %d: %d allocations live after Close", round, n)
+			}
 		}
-		r.d = d
-		a := r.port(1, "a")
-		r.port(4, "b")
-		if err := a.SetGuestOpen(r.ctx, true); err != nil {
-			t.Fatal(err)
-		}
-		r.modelWait("guest open", func() bool { return r.m.GuestConnected(1) })
-		if err := d.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if r.m.GuestConnected(1) {
-			t.Errorf("round %d: port still guest-open after Close", round)
-		}
-		if n, _ := r.f.Heap().Live(); n != 0 {
-			t.Fatalf("round %d: %d allocations live after Close", round, n)
-		}
-	}
+	})
 }
 
 // countingFunction counts every register access and interrupt wait the

@@ -3,6 +3,7 @@ package driver
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/vserial/vserial/driver/virtiotest"
 	"github.com/vserial/vserial/ring/ringtest"
@@ -176,5 +177,39 @@ func TestEmergencyWriteNotNegotiated(t *testing.T) {
 	}
 	if got := r.m.HostRead(0); len(got) != 0 {
 		t.Errorf("host got %q", got)
+	}
+}
+
+// LastGasp gets its line out while another goroutine holds the driver's
+// lock for good (a panic under the lock), within its bound; after Close it
+// refuses, held lock or not.
+func TestLastGaspWithTheLockHeld(t *testing.T) {
+	r := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 0, name: "con", console: true})})
+	r.port(0, "con")
+	r.d.mu.Lock()
+	t0 := time.Now()
+	err := r.d.LastGasp([]byte("vserial-agent: fatal: panic\n"))
+	took := time.Since(t0)
+	r.d.mu.Unlock()
+	if err != nil {
+		t.Fatalf("LastGasp with the lock held: %v", err)
+	}
+	if took < lastGaspWait || took > testTimeout/4 {
+		t.Errorf("LastGasp took %v with the lock held, want about %v", took, lastGaspWait)
+	}
+	if got := string(r.m.HostRead(0)); got != "vserial-agent: fatal: panic\n" {
+		t.Errorf("host got %q", got)
+	}
+	if err := r.d.LastGasp([]byte("free")); err != nil || string(r.m.HostRead(0)) != "free" {
+		t.Errorf("LastGasp with the lock free: %v", err)
+	}
+	if err := r.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r.d.mu.Lock()
+	err = r.d.LastGasp([]byte("x"))
+	r.d.mu.Unlock()
+	if !errors.Is(err, ErrClosed) {
+		t.Errorf("LastGasp after Close: %v, want ErrClosed", err)
 	}
 }

@@ -31,8 +31,12 @@ const controlHeaderLen = 8
 // limit is NAME_MAX.
 const MaxNameLen = 255
 
-// maxPortsLimit is the largest max_nr_ports accepted (Linux rejects more).
-const maxPortsLimit = 0x8000
+// MaxPorts is the protocol's port limit, the one constant every layer
+// uses: the largest max_nr_ports accepted (Linux refuses a device that
+// reports more; the driver caps it with a warning). Port ids are below
+// max_nr_ports, and the transmitq of port id is queue 2·id+3, a 16-bit
+// queue number, so at most MaxPorts-1 ids (0 … 0x7ffe) can have queues.
+const MaxPorts = 0x8000
 
 // ErrControl is matched by every malformed control message from the device.
 var ErrControl = errors.New("driver: malformed control message")

@@ -1,6 +1,34 @@
 package driver
 
 // What each control message from the device does (VIRTIO-NOTES §7.4–7.7).
+//
+// Control messages (control.go, this file) are parsed as untrusted input:
+// shorter than 8 bytes, an id ≥ max_nr_ports, an event for a port that does
+// not exist, a name that is empty, longer than MaxNameLen, not UTF-8, or
+// that contains '/' or NUL or is "." or ".." (names become socket names;
+// QEMU's trailing NUL is accepted) are counted as violations and ignored;
+// unknown event codes are counted and ignored. Each control receive buffer
+// is re-posted right after its message is handled, and replies are sent one
+// at a time, after the re-post: QEMU answers PORT_READY with up to three
+// messages and drops those that find no buffer, so with one message in
+// flight none is lost even with hundreds of ports. PORT_ADD posts the
+// port's receive buffers and answers PORT_READY(1) (PORT_READY(0) if its
+// buffers cannot be allocated; nothing for ids beyond the cap, which are
+// logged); a duplicate is re-acknowledged like Linux does. CONSOLE_PORT is
+// answered with PORT_OPEN(1). PORT_NAME is stored once. PORT_OPEN from the
+// device sets HostConnected. RESIZE (console ports only) is applied only
+// with F_SIZE negotiated, as Linux does, parsed in the order
+// Config.ResizeOrder names (sizes above 10000 are violations), and surfaced
+// by Port.Size and Changed. Without MULTIPORT the size of port 0 is the
+// cols/rows configuration fields (F_SIZE), read at bring-up and on every
+// configuration interrupt. QEMU 7.2 offers neither. EmergencyWrite writes
+// bytes through the emerg_wr configuration field (EMERG_WRITE): no queue or
+// interrupt is involved, so it serves as a last-gasp channel even after
+// the device failed. PORT_REMOVE wakes readers and writers with
+// ErrPortRemoved, forgets in-flight transmissions and discards unread
+// data; the receive buffers stay posted in the still-live queue (they
+// belong to the port id, port.go's slot) and serve the id again when it is
+// re-plugged.
 
 import "fmt"
 
@@ -192,6 +220,7 @@ func (d *Device) removePortLocked(s *slot) {
 		return
 	}
 	p.discardRxLocked()
+	d.dropInflightLocked(p, "port removed")
 	p.removed = true
 	p.hostConnected = false
 	p.txInflight = 0

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vserial/vserial/dma"
@@ -24,7 +25,38 @@ const (
 	FeatureConsoleEmergWrite = uint64(1) << 2
 	FeatureIndirectDesc      = uint64(1) << 28
 	FeatureEventIdx          = uint64(1) << 29
+	// FeatureRingPacked is VIRTIO_F_RING_PACKED (spec 6): the packed
+	// virtqueue layout. Above bit 31, so modern transport only.
+	FeatureRingPacked = uint64(1) << 34
 )
+
+// RingLayout is Config.Ring: which virtqueue layout the driver accepts.
+type RingLayout uint8
+
+const (
+	// RingAuto takes the packed ring when the device offers it (modern
+	// transport only), the split ring otherwise.
+	RingAuto RingLayout = iota
+	// RingSplit never negotiates the packed ring.
+	RingSplit
+	// RingPacked requires it: bring-up fails if the device does not
+	// offer VIRTIO_F_RING_PACKED (or is driven through the legacy
+	// interface).
+	RingPacked
+)
+
+// ParseRingLayout parses "auto", "split" or "packed".
+func ParseRingLayout(s string) (RingLayout, error) {
+	switch s {
+	case "auto":
+		return RingAuto, nil
+	case "split":
+		return RingSplit, nil
+	case "packed":
+		return RingPacked, nil
+	}
+	return 0, fmt.Errorf("ring layout %q: want auto, split or packed", s)
+}
 
 // Queue numbers of the control queues (spec 5.3.2).
 const (
@@ -36,7 +68,6 @@ const (
 // (it may lower the device's size, spec 4.1.4.3); legacy sizes are fixed by
 // the device and only bounded.
 const (
-	maxQueuePorts      = 0x7fff
 	maxQueueSize       = 256
 	maxLegacyQueueSize = 1024
 )
@@ -50,8 +81,9 @@ const (
 
 // Config configures Open.
 type Config struct {
-	// MaxPorts caps max_nr_ports (0: no cap beyond 0x8000). Ports with
-	// larger ids are ignored with a log line and never acknowledged.
+	// MaxPorts caps max_nr_ports (0: no cap beyond MaxPorts-1, the last
+	// id with queues). Ports with larger ids are ignored with a log line
+	// and never acknowledged.
 	MaxPorts uint32
 	// Index is the device index D used in fallback names "vport<D>p<ID>".
 	Index int
@@ -73,11 +105,22 @@ type Config struct {
 	// MaxResets bounds recoveries within a minute (0: 5); one more device
 	// violation then fails the device.
 	MaxResets int
+	// CloseFlush bounds Close's wait for the device to take the transmit
+	// buffers in flight before it resets the device (0: 2 s; negative: no
+	// wait). Whatever is left is counted and logged (undelivered.go).
+	CloseFlush time.Duration
+	// DMABudget bounds the device memory (rings and buffers) the device
+	// may make the driver allocate, in bytes (0: DefaultDMABudget). See
+	// budget.go: beyond it ports get fewer buffers, or are capped.
+	DMABudget int
 	// ExternalLoop: Open starts no event loop of its own. The caller waits
 	// for the interrupt itself (IRQFDs) and drives the device through
 	// HandleIRQ, Poll, Arm and Disarm (poll.go; package pump does).
 	ExternalLoop bool
-	Logger       *slog.Logger
+	// Ring selects the virtqueue layout (default RingAuto: packed when
+	// offered on the modern transport).
+	Ring   RingLayout
+	Logger *slog.Logger
 }
 
 // DeviceStats counts what the driver has seen of the device.
@@ -88,6 +131,7 @@ type DeviceStats struct {
 	Dropped       uint64 // port and device events dropped because nobody read Events
 	IgnoredPorts  uint64 // PORT_ADD beyond the configured cap
 	Discarded     uint64 // host→guest bytes for no live port
+	Undelivered   uint64 // guest→host bytes dropped before the device took them (PortStats.Undelivered)
 	ControlIn     uint64 // control messages received
 	ControlOut    uint64 // control messages sent
 	Interrupts    uint64 // wake-ups of the event loop
@@ -96,10 +140,17 @@ type DeviceStats struct {
 	LogsSuppressed uint64
 	Kicks          uint64 // available-buffer notifications sent (MMIO doorbell writes)
 	Unmasks        uint64 // INTx re-enabled after an interrupt (external loop only)
+	// VectorFallbacks counts bring-ups repeated with fewer MSI-X vectors
+	// because the device refused one.
+	VectorFallbacks uint64
 	// Injected counts descriptors InjectFault posted; InjectedAccepted
 	// those the device used instead of refusing them.
 	Injected         uint64
 	InjectedAccepted uint64
+	// BudgetReduced counts ports given a reduced buffer set, and
+	// BudgetRefused ports refused, because of the DMA budget.
+	BudgetReduced uint64
+	BudgetRefused uint64
 }
 
 // Device is a virtio-console device driven by this process.
@@ -108,22 +159,26 @@ type Device struct {
 	log   *slog.Logger
 	fn    Function
 	t     transport
-	alloc dma.Allocator
+	alloc dma.Allocator // mem, the function's allocator within the budget
+	mem   *dmaBudget
 	order binary.ByteOrder // of control messages and config fields
 
-	features   uint64
-	multiport  bool
-	maxNr      uint32 // max_nr_ports as the device reported it (validated)
-	nslots     uint32 // port ids served: min(maxNr, caps)
-	vecConfig  uint16 // configuration changes and the control queues
-	nvec       int    // MSI-X vectors routed (0: INTx)
-	eventIdx   bool
-	sizeF      bool // VIRTIO_CONSOLE_F_SIZE negotiated
-	emergF     bool // VIRTIO_CONSOLE_F_EMERG_WRITE negotiated
-	maxResets  int
-	loopCancel context.CancelFunc
-	loopDone   chan struct{}
-	fwdDone    chan struct{}
+	features  uint64
+	multiport bool
+	maxNr     uint32 // max_nr_ports as the device reported it (validated)
+	nslots    uint32 // port ids served: min(maxNr, caps)
+	vecConfig uint16 // configuration changes and the control queues
+	nvec      int    // MSI-X vectors routed (0: INTx)
+	// vectorsChosen: setupVectors ran (a fallback lowers nvec after it).
+	vectorsChosen bool
+	eventIdx      bool
+	packed        bool // VIRTIO_F_RING_PACKED negotiated: every queue is a ring.Packed
+	sizeF         bool // VIRTIO_CONSOLE_F_SIZE negotiated
+	emergF        bool // VIRTIO_CONSOLE_F_EMERG_WRITE negotiated
+	maxResets     int
+	loopCancel    context.CancelFunc
+	loopDone      chan struct{}
+	fwdDone       chan struct{}
 
 	mu         sync.Mutex
 	queues     []virtqueue // by queue number; nil where not set up
@@ -135,12 +190,14 @@ type Device struct {
 	ctrlQueue  []ctrlOut // control messages waiting for a descriptor
 	ctrlCopy   [bufSize]byte
 	lines      lineLimiter
-	resetCause error     // the fault a recovery answers (salvageRxLocked)
+	resetCause error     // the fault a recovery answers (salvageLocked)
 	salvaging  bool      // taking used buffers after a reset: no kicks
 	ctrlWindow time.Time // control flood detection (control_queue.go)
 	ctrlCount  int
 	popped     uint64 // used buffers taken from any queue (HandleIRQ: was it ours?) // a control message, copied out of device memory before it is parsed
 	slots      []*slot
+	unplanned  int          // slots with queues and no buffer plan yet (budget.go)
+	limits     budgetLimits // budget limits reported so far
 	seg        [1]ring.Segment
 	stats      DeviceStats
 	resetTimes []time.Time
@@ -153,14 +210,17 @@ type Device struct {
 	irqFDs          int  // descriptors IRQFDs handed out
 	waker           func()
 	closed          bool
-	failed          bool
-	err             error
-	held            int // buffers in use outside the lock
-	freed           bool
-	done            chan struct{}
-	evq             []PortEvent
-	evWake          chan struct{}
-	events          chan PortEvent
+	// closing is set when Close starts (before the device's memory and
+	// BARs may go): LastGasp reads it without the lock.
+	closing atomic.Bool
+	failed  bool
+	err     error
+	held    int // buffers in use outside the lock
+	freed   bool
+	done    chan struct{}
+	evq     []PortEvent
+	evWake  chan struct{}
+	events  chan PortEvent
 }
 
 type ctrlOut struct {
@@ -180,12 +240,20 @@ func Open(ctx context.Context, fn Function, cfg Config) (*Device, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	budget := cfg.DMABudget
+	switch {
+	case budget < 0:
+		return nil, fmt.Errorf("driver: open: DMA budget %d bytes is negative", budget)
+	case budget == 0:
+		budget = DefaultDMABudget
+	}
 	t, err := newTransport(fn, log)
 	if err != nil {
 		return nil, err
 	}
+	mem := newDMABudget(fn.DMA(), budget)
 	d := &Device{
-		cfg: cfg, log: log, fn: fn, t: t, alloc: fn.DMA(),
+		cfg: cfg, log: log, fn: fn, t: t, alloc: mem, mem: mem,
 		order:     binary.LittleEndian,
 		maxResets: cfg.MaxResets,
 		done:      make(chan struct{}),
@@ -300,11 +368,23 @@ func (p *Port) KernelName() string { return fmt.Sprintf("vport%dp%d", p.d.cfg.In
 // resets the device and frees its memory (once no buffer is in use by a
 // reader or writer). It is idempotent.
 func (d *Device) Close() error {
+	d.closing.Store(true)
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
 		<-d.loopDone
 		return nil
+	}
+	if flush := d.cfg.CloseFlush; !d.failed && flush >= 0 {
+		if flush == 0 {
+			flush = defaultCloseFlush
+		}
+		d.flushTxLocked(flush)
+	}
+	for _, s := range d.slots {
+		if s != nil && s.port != nil && !s.port.removed {
+			d.dropInflightLocked(s.port, "device closed")
+		}
 	}
 	if !d.failed && d.multiport {
 		for _, s := range d.slots {
@@ -443,6 +523,10 @@ const emergWrOffset = 8
 func (d *Device) EmergencyWrite(b []byte) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.emergencyWriteLocked(b)
+}
+
+func (d *Device) emergencyWriteLocked(b []byte) error {
 	switch {
 	case d.closed:
 		return ErrClosed
@@ -460,6 +544,32 @@ func (d *Device) EmergencyWrite(b []byte) error {
 		}
 	}
 	return nil
+}
+
+// lastGaspWait bounds LastGasp's wait for the driver's lock.
+const lastGaspWait = 100 * time.Millisecond
+
+// LastGasp is EmergencyWrite for a process that is about to die of a
+// panic: the goroutine that panicked may hold the driver's lock forever,
+// so LastGasp waits for it at most lastGaspWait and then writes without
+// it (one register write per byte, which the device handles on its own).
+// It refuses once Close has started releasing the device's memory.
+func (d *Device) LastGasp(b []byte) error {
+	deadline := time.Now().Add(lastGaspWait)
+	for {
+		if d.mu.TryLock() {
+			defer d.mu.Unlock()
+			return d.emergencyWriteLocked(b)
+		}
+		if !time.Now().Before(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if d.closing.Load() || !d.emergF {
+		return ErrClosed
+	}
+	return d.emergencyWriteLocked(b)
 }
 
 // --- buffers ---

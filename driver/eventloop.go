@@ -5,10 +5,35 @@ package driver
 // interrupt and services the queues: all of them, or with MSI-X and a
 // VectorIRQ only those on the vectors that fired. Idle, it sits in IRQ.Wait
 // (the Go poller): no polling, no timers.
+//
+// Two ways to drive a device. By default one goroutine (this file) waits in
+// IRQ.Wait, reads the ISR for INTx, unmasks, and drains every queue; idle,
+// it costs nothing. With Config.ExternalLoop the driver starts no goroutine
+// and offers its poll face instead (poll.go): a loop that owns the
+// interrupt descriptors (IRQFDs, from a PollIRQ) calls HandleIRQ, Poll,
+// Disarm and Arm (NAPI: data interrupts off while it works, re-armed and
+// re-checked before it sleeps; INTx masked until then), and moves bytes
+// with RecvTo and SendFrom, which do the caller's non-blocking vectored
+// I/O under the driver's lock; package pump is that loop. Port events are
+// coalesced (one PortChanged per port waits at a time; PortAdded and
+// PortRemoved are never dropped), device-driven log lines are rate-limited
+// (ratelog.go), and control messages are copied out of device memory
+// before they are parsed.
+//
+// With MSI-X, vector 0 carries configuration changes and both control
+// queues, and the data queues of port id p sit on vector 1 + p mod (n-1)
+// (setupVectors, queueVector): with QEMU's default of two vectors all data
+// shares vector 1, with more each port up to n-1 has its own; one vector
+// carries everything. When the IRQ is a VectorIRQ (uio's VFIO MSI-X is) the
+// loop learns which vectors fired and services only their ports, reads the
+// device status only when vector 0 fired, and runs the control queues only
+// then; an IRQ that cannot tell services everything, as INTx does.
 
 import (
 	"context"
 	"fmt"
+
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // isrConfig is the ISR's configuration-change bit (spec 4.1.4.5). The
@@ -20,6 +45,7 @@ const isrConfig = 2
 const allVectors = ^uint64(0)
 
 func (d *Device) loop(ctx context.Context) {
+	defer guard.Recover()
 	defer close(d.loopDone)
 	irq := d.fn.IRQ()
 	vi, byVector := irq.(VectorIRQ)

@@ -4,7 +4,11 @@ package driver
 // coalesced per port, PortAdded and PortRemoved are never dropped, and an
 // external loop is woken for each.
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/vserial/vserial/internal/guard"
+)
 
 // PortEventKind says what happened to a port.
 type PortEventKind uint8
@@ -26,6 +30,11 @@ const (
 	// is the port concerned, or nil. Rate-limited like the log: the first
 	// 32 of a device, then one in 1000.
 	ProtocolViolation
+	// DeviceLimited: the device asked for more than the DMA budget allows
+	// (Config.DMABudget): Err says what the driver did instead (ports
+	// capped, reduced buffer sets, a port refused). Port is the port
+	// concerned, or nil. Once per device and kind of limit.
+	DeviceLimited
 )
 
 func (k PortEventKind) String() string {
@@ -40,12 +49,14 @@ func (k PortEventKind) String() string {
 		return "reset"
 	case ProtocolViolation:
 		return "violation"
+	case DeviceLimited:
+		return "limited"
 	}
 	return fmt.Sprintf("PortEventKind(%d)", uint8(k))
 }
 
 // PortEvent reports a change of a port, or of the device (DeviceReset,
-// ProtocolViolation).
+// ProtocolViolation, DeviceLimited).
 type PortEvent struct {
 	Port       *Port
 	Kind       PortEventKind
@@ -90,6 +101,7 @@ func (d *Device) emitLocked(p *Port, k PortEventKind) {
 // forward delivers queued port events to Events in order, and closes it
 // when the device stops.
 func (d *Device) forward() {
+	defer guard.Recover()
 	defer close(d.fwdDone)
 	defer close(d.events)
 	var batch []PortEvent

@@ -2,6 +2,17 @@ package driver
 
 // Device faults: violations that are counted and isolated, faults that reset
 // the device (within a budget), and failures that stop it.
+//
+// A ring protocol violation, a control queue that breaks,
+// DEVICE_NEEDS_RESET or a device that drops DRIVER_OK resets the device and
+// runs the bring-up again on the same memory: ports that come back with the
+// same id and name keep their Port objects (PORT_OPEN(1) is re-sent for
+// guest-open ones), others are removed or replaced. Each reset is reported
+// on Events as DeviceReset with its cause, before the ports' own events;
+// violations the driver isolates without a reset are reported as
+// ProtocolViolation (rate-limited like their log lines). Config.MaxResets
+// resets per minute are allowed; one more fault fails the device: it is
+// reset, every port is removed, and Done closes with Err.
 
 import (
 	"errors"
@@ -89,7 +100,7 @@ func (d *Device) faultLocked(cause error) {
 	}
 }
 
-// salvageRxLocked runs right after the reset write, when the device no
+// salvageLocked runs right after the reset write, when the device no
 // longer touches memory but its rings still hold what it wrote: it takes
 // the receive buffers the device filled and marked used on every receive
 // queue the fault does not concern, so their bytes reach the reader. QEMU
@@ -99,15 +110,26 @@ func (d *Device) faultLocked(cause error) {
 // receive queue broke may have lost bytes: its loop client is told once
 // (ErrDeviceReset from RecvTo, and the agent ends it with the reason; a
 // terminal's blocking Recv carries on). Nothing is kicked: the device is
-// reset.
-func (d *Device) salvageRxLocked(cause error) {
-	bad := ^uint32(0)
+// reset. Transmit buffers the device used are taken back the same way, so
+// that only those it never took count as undelivered (undelivered.go).
+func (d *Device) salvageLocked(cause error) {
+	badRx, badTx := ^uint32(0), ^uint32(0)
 	var pf *portFault
 	if errors.As(cause, &pf) && pf.queue == "receiveq" {
-		bad = pf.id
+		badRx = pf.id
+	} else if pf != nil && pf.queue == "transmitq" {
+		badTx = pf.id
 	}
 	d.salvaging = true
 	defer func() { d.salvaging = false }()
+	for _, s := range d.slots {
+		if s != nil && s.txBufs != nil && s.id != badTx && s.port != nil && s.port.txInflight > 0 {
+			if err := d.reapTxErrLocked(s); err != nil {
+				d.log.Debug("virtio-console: transmit salvage after reset", "port", s.id, "err", err)
+			}
+		}
+	}
+	bad := badRx
 	for _, s := range d.slots {
 		if s == nil || s.rxBufs == nil {
 			continue

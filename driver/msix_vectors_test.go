@@ -3,6 +3,7 @@ package driver
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 
@@ -40,11 +41,11 @@ func TestQueueVectorLayout(t *testing.T) {
 }
 
 func TestMSIXVectorsPerPort(t *testing.T) {
-	for _, opts := range []virtiotest.Options{{MSIXVectors: 2}, {MSIXVectors: 4}, {LegacyOnly: true, MSIXVectors: 4}} {
-		name := fmt.Sprintf("legacy=%v vectors=%d", opts.LegacyOnly, opts.MSIXVectors)
+	for _, opts := range []virtiotest.Options{{MSIXVectors: 2}, {MSIXVectors: 4}, {LegacyOnly: true, MSIXVectors: 4}, {MSIXVectors: 4, Packed: true}} {
+		name := fmt.Sprintf("legacy=%v vectors=%d packed=%v", opts.LegacyOnly, opts.MSIXVectors, opts.Packed)
 		t.Run(name, func(t *testing.T) {
 			ports := []portSpec{{id: 1, name: "a", host: true}, {id: 2, name: "b", host: true}, {id: 3, name: "c", host: true}}
-			r := newRig(t, rigOpts{fn: opts, plug: plugPorts(ports...)})
+			r := newRig(t, rigOpts{fn: opts, packed: opts.Packed, plug: plugPorts(ports...)})
 			// What the device was told, queue by queue.
 			for qi := uint16(0); qi < 10; qi++ {
 				info, ok := r.f.Queue(qi)
@@ -152,4 +153,58 @@ func TestFakeIRQReportsFiredVectors(t *testing.T) {
 		t.Fatalf("WaitVectors = %#b, %v; want vectors 2 and 3", got, err)
 	}
 	_ = f
+}
+
+// A device that refuses some MSI-X vectors (they read back NO_VECTOR) gets
+// the bring-up again with fewer: per-port vectors, then one shared data
+// vector, then one vector for everything; data flows either way. A device
+// that refuses vector 0 itself cannot be driven with MSI-X: Open fails.
+func TestMSIXVectorFallback(t *testing.T) {
+	for _, c := range []struct {
+		accepted  uint16
+		wantNvec  int
+		fallbacks uint64
+	}{
+		{accepted: 2, wantNvec: 2, fallbacks: 1},
+		{accepted: 1, wantNvec: 1, fallbacks: 2},
+	} {
+		t.Run(fmt.Sprintf("accepted=%d", c.accepted), func(t *testing.T) {
+			opts := virtiotest.Options{MSIXVectors: 4}
+			opts.Misbehave.VectorsAccepted = c.accepted
+			ports := []portSpec{{id: 1, name: "a", host: true}, {id: 2, name: "b", host: true}}
+			r := newRig(t, rigOpts{fn: opts, plug: plugPorts(ports...)})
+			if r.d.nvec != c.wantNvec || r.d.Stats().VectorFallbacks != c.fallbacks {
+				t.Fatalf("%d vectors after %d fallbacks, want %d after %d", r.d.nvec, r.d.Stats().VectorFallbacks, c.wantNvec, c.fallbacks)
+			}
+			for qi := uint16(0); qi < 8; qi++ {
+				if info, _ := r.f.Queue(qi); info.Vector >= c.accepted {
+					t.Errorf("queue %d on vector %#x, which the device refuses", qi, info.Vector)
+				}
+			}
+			if !r.log.Contains("refused an MSI-X vector") {
+				t.Errorf("no log line for the fallback:\n%s", r.log)
+			}
+			for _, ps := range ports {
+				if err := roundTrip(r, r.port(ps.id, ps.name), ps.id, bytes.Repeat([]byte{'x'}, 2*bufSize+3)); err != nil {
+					t.Error(err)
+				}
+			}
+			r.m.NeedsReset()
+			r.until("reset", func() bool { return r.d.Stats().Resets == 1 })
+			p := r.port(1, "a")
+			r.until("port back", p.settled)
+			if err := roundTrip(r, p, 1, []byte("after reset")); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	opts := virtiotest.Options{MSIXVectors: 4}
+	opts.Misbehave.VectorRefused = true
+	r := newRig(t, rigOpts{fn: opts, noOpen: true})
+	if d, err := Open(r.ctx, r.fn, Config{Logger: r.logger()}); err == nil || !errors.Is(err, ErrVectorRefused) {
+		if d != nil {
+			d.Close()
+		}
+		t.Fatalf("Open with every vector refused: %v, want ErrVectorRefused", err)
+	}
 }

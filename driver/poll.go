@@ -456,3 +456,86 @@ func (p *Port) CanSend() bool {
 	defer p.d.mu.Unlock()
 	return p.errLocked() == nil && p.canSendLocked()
 }
+
+// Ready says what a client that waits on the port outside the loop (an
+// in-process endpoint, which calls RecvTo and SendFrom from its own
+// goroutine) can do now: recv, RecvTo has bytes or an error for it; send,
+// SendFrom would take bytes (the host side is connected and a transmit
+// buffer is free) or report an error; drained, the device holds nothing the
+// port queued. A loop calls it after Poll, which reclaims transmit buffers,
+// to wake such a client only when waking it helps.
+func (p *Port) Ready() (recv, send, drained bool) {
+	d, s := p.d, p.s
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p.errLocked() != nil || s.port != p {
+		return true, true, true
+	}
+	recv = p.rxLost || s.fLen > 0
+	send = p.txLost || (p.canSendLocked() && len(s.txFree) > 0)
+	drained = p.txLost || p.txInflight == 0
+	return recv, send, drained
+}
+
+// A client outside the loop (an in-process endpoint) may spin on its
+// port's receive ring after a request, as the loop spins for a socket
+// client: QuietRx turns the receive interrupt off, TakeRx takes what the
+// device returned, and ArmRx turns the interrupt on again before the
+// client waits (re-checking the ring, as Arm does). The loop's own Disarm
+// and Arm touch the same state under the same lock, so either may run in
+// between: whoever arms last finds what arrived.
+
+// QuietRx turns the port's receive interrupt off while a client spins on
+// the ring; ArmRx (or the loop's next Arm) turns it on again.
+func (p *Port) QuietRx() {
+	d, s := p.d, p.s
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.broken() || s.port != p || !s.hotLocked() {
+		return
+	}
+	s.rx.DisableInterrupts()
+	s.rxOff = true
+}
+
+// TakeRx moves the buffers the device returned on the port's receive
+// queue to the bytes waiting for RecvTo, and reports whether bytes (or an
+// error) wait for RecvTo.
+func (p *Port) TakeRx() bool {
+	d, s := p.d, p.s
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p.errLocked() != nil || s.port != p || d.broken() {
+		return true
+	}
+	if s.rx.Pending() {
+		if err := d.serviceRxLocked(s); err != nil {
+			d.faultLocked(err)
+			return true
+		}
+	}
+	return p.rxLost || s.fLen > 0
+}
+
+// ArmRx turns the receive interrupt QuietRx turned off on again. Buffers
+// the device returned before that raise no interrupt: ArmRx takes them,
+// and reports whether bytes (or an error) wait for RecvTo, in which case
+// the caller reads instead of waiting.
+func (p *Port) ArmRx() bool {
+	d, s := p.d, p.s
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p.errLocked() != nil || s.port != p || d.broken() {
+		return true
+	}
+	if s.rxOff {
+		s.rxOff = false
+		if s.rx.EnableInterruptsAfter(s.rxArmAfter()) {
+			if err := d.serviceRxLocked(s); err != nil {
+				d.faultLocked(err)
+				return true
+			}
+		}
+	}
+	return p.rxLost || s.fLen > 0
+}

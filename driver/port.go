@@ -4,6 +4,21 @@ package driver
 // buffers and transmit buffers belong to its slot (the id), which outlives
 // hot-unplug: QEMU keeps the queues of a removed port live, so the receive
 // buffers stay posted there and are reused when the id is plugged again.
+//
+// Data moves with one copy on each side: Recv hands the device's
+// receive buffers straight to an io.Writer, Send reads straight into a
+// transmit buffer (32 KiB by default, Config.TxBufferSize), and several
+// transmit buffers (Config.TxBuffers) are in flight at once. A writer that
+// is a BuffersWriter gets every filled receive buffer in one call (writev),
+// a reader that is a BuffersReader fills every free transmit buffer in one
+// call (readv) while the data streams, and each batch is published with one
+// kick. Transmit interrupts are asked for only while a writer waits for a
+// buffer or a Flush for the device; receive interrupts stay on, so bytes
+// from the host always wake the event loop. Under INTx every interrupt is
+// a uio wake-up, an ISR read and a config write, so these matter for
+// throughput. Send waits while the host side of a non-console port is
+// disconnected, since QEMU discards such bytes. The steady-state data path
+// makes no allocations.
 
 import (
 	"context"
@@ -41,10 +56,14 @@ var (
 
 // PortStats are a port's counters (the same fields as agent.PortStats).
 type PortStats struct {
-	BytesIn    uint64 // host → guest, delivered to a reader
-	BytesOut   uint64 // guest → host, taken by the device
-	Discarded  uint64 // host → guest bytes dropped (no reader, port closed, removed)
-	Violations uint64 // device protocol violations on this port
+	BytesIn   uint64 // host → guest, delivered to a reader
+	BytesOut  uint64 // guest → host, taken by the device
+	Discarded uint64 // host → guest bytes dropped (no reader, port closed, removed)
+	// Undelivered counts guest → host bytes read from a client that a
+	// device reset, the port's removal or Close dropped before the device
+	// took them (undelivered.go).
+	Undelivered uint64
+	Violations  uint64 // device protocol violations on this port
 }
 
 // Receive buffer states.
@@ -81,6 +100,13 @@ type slot struct {
 	fHead    int
 	fLen     int
 	posting  bool // the device announced this id since the last reset
+
+	// plan is the buffer set the DMA budget gave the slot at its first
+	// PORT_ADD (planned); txReserved the bytes still reserved for its
+	// transmit buffers, allocated at the first send.
+	plan       bufPlan
+	planned    bool
+	txReserved int
 
 	txBufs   []txBuf
 	txByHead []int32

@@ -1,11 +1,14 @@
 package driver
 
-import "github.com/vserial/vserial/ring"
+import (
+	"github.com/vserial/vserial/dma"
+	"github.com/vserial/vserial/ring"
+)
 
 // virtqueue is what the driver needs of one virtqueue. ring.Queue (the
-// split ring) implements it; a packed ring implementing the same methods
-// can take its place without touching the console protocol, the ports or
-// the data-plane loop above them (pump sees only Port and Device).
+// split ring) and ring.Packed (the packed ring) implement it, so the
+// console protocol, the ports and the data-plane loop above them never see
+// the layout (pump sees only Port and Device).
 type virtqueue interface {
 	// Size is the number of descriptors.
 	Size() uint16
@@ -37,4 +40,16 @@ type virtqueue interface {
 	Close() error
 }
 
-var _ virtqueue = (*ring.Queue)(nil)
+var (
+	_ virtqueue = (*ring.Queue)(nil)
+	_ virtqueue = (*ring.Packed)(nil)
+)
+
+// newVirtqueue creates the queue cfg.Layout names: a packed ring for
+// ring.PackedRing, a split ring otherwise.
+func newVirtqueue(alloc dma.Allocator, cfg ring.Config) (virtqueue, error) {
+	if cfg.Layout == ring.PackedRing {
+		return ring.NewPacked(alloc, cfg)
+	}
+	return ring.New(alloc, cfg)
+}

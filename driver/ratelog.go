@@ -20,7 +20,16 @@ type lineLimiter struct {
 
 // infoLocked logs a device-driven line at Info, within the limit.
 func (d *Device) infoLocked(msg string, args ...any) {
-	l := &d.lines
+	if args, ok := d.lines.take(args); ok {
+		d.log.Info(msg, args...)
+	} else {
+		d.stats.LogsSuppressed++
+	}
+}
+
+// take spends a token for one line: false if the line must be held back
+// (counted); otherwise args, with the count of lines held back before it.
+func (l *lineLimiter) take(args []any) ([]any, bool) {
 	now := time.Now()
 	if l.last.IsZero() {
 		l.tokens = logBurst
@@ -30,13 +39,12 @@ func (d *Device) infoLocked(msg string, args ...any) {
 	l.last = now
 	if l.tokens < 1 {
 		l.suppressed++
-		d.stats.LogsSuppressed++
-		return
+		return args, false
 	}
 	l.tokens--
 	if l.suppressed > 0 {
 		args = append(args, "lines_suppressed_before", l.suppressed)
 		l.suppressed = 0
 	}
-	d.log.Info(msg, args...)
+	return args, true
 }

@@ -139,11 +139,11 @@ func (s *valueScript) stableMaxNr(legacy bool) map[uint32]bool {
 			continue
 		}
 		if legacy {
-			ok[min(r.v, maxPortsLimit)] = true
+			ok[min(r.v, MaxPorts)] = true
 			continue
 		}
 		if i > 0 && i+1 < len(s.log) && s.log[i-1].reg == "gen" && s.log[i+1].reg == "gen" && s.log[i-1].v == s.log[i+1].v {
-			ok[min(r.v, maxPortsLimit)] = true
+			ok[min(r.v, MaxPorts)] = true
 		}
 	}
 	return ok

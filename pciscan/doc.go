@@ -21,6 +21,9 @@
 //     is set. Restore gives the function back.
 //   - Addresses are checked against the canonical form DDDD:BB:DD.F before
 //     they are joined to any path, so an address cannot escape sysfs.
+//   - Watch reports the kernel's uevents about PCI functions (added,
+//     removed, bound, unbound), accepting only messages the kernel itself
+//     sent, so a running agent learns of hot-plug without polling sysfs.
 //
 // Package pciscan does not load kernel modules (cmd does that); ModuleLoaded
 // and DriverRegistered only report whether it has happened. It knows nothing

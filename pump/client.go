@@ -25,6 +25,10 @@ type client struct {
 	fd   int
 	pc   *portCounters
 	done chan error // Serve's answer, buffered
+	// ep is set for an in-process client (no descriptor: fd is -1);
+	// attached is closed once the loop took it (inproc.go).
+	ep       *Endpoint
+	attached chan struct{}
 
 	readable, writable bool
 	hup                bool // the peer hung up (EPOLLRDHUP/HUP)

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/guard"
 	"github.com/vserial/vserial/internal/rawio"
 )
 
@@ -246,6 +247,7 @@ func (l *Loop) portCounters(id uint32) *portCounters {
 // run is the loop: work until a pass makes no progress, spin if a reply is
 // due soon, arm the interrupts, and only then sleep in epoll_wait.
 func (l *Loop) run() {
+	defer guard.Recover()
 	defer close(l.done)
 	// The thread's scheduling policy follows the traffic (batch.go).
 	runtime.LockOSThread()
@@ -397,6 +399,13 @@ func (l *Loop) attach(c *client) {
 	}
 	l.nextID++
 	c.id = l.nextID
+	if c.ep != nil {
+		l.byPort[id] = c
+		l.active = append(l.active, c)
+		c.pc.sessions.Add(1)
+		close(c.attached)
+		return
+	}
 	if err := l.watch(c.fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, tagClient, c.id); err != nil {
 		c.ended = true
 		c.done <- err
@@ -414,8 +423,10 @@ func (l *Loop) end(c *client, err error) {
 		return
 	}
 	c.ended = true
-	if derr := unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, c.fd, nil); derr != nil && derr != unix.EBADF && derr != unix.ENOENT {
-		l.log.Warn("pump: epoll del", "port", c.port.ID(), "err", derr)
+	if c.fd >= 0 { // an in-process client has none
+		if derr := unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, c.fd, nil); derr != nil && derr != unix.EBADF && derr != unix.ENOENT {
+			l.log.Warn("pump: epoll del", "port", c.port.ID(), "err", derr)
+		}
 	}
 	delete(l.clients, c.id)
 	if l.byPort[c.port.ID()] == c {

@@ -35,6 +35,10 @@ func (l *Loop) pass() (progress bool) {
 // serve moves c's bytes both ways as far as the device and the descriptor
 // allow, without blocking.
 func (l *Loop) serve(c *client) (progress bool) {
+	if c.ep != nil {
+		l.serveEndpoint(c)
+		return false
+	}
 	p := c.port
 	if c.writable && l.rxDue(c) {
 		n, _, err := p.RecvTo(c)

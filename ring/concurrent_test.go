@@ -164,7 +164,7 @@ func soak(t *testing.T, cfg ring.Config, chains, maxSegs int, seed uint64) {
 
 // runDevice serves the queue until done: it echoes readable bytes ^ 0x5a into
 // the writable buffers and interrupts when the driver asks for it.
-func runDevice(dev *ringtest.Device, irq chan<- struct{}, done <-chan struct{}) error {
+func runDevice(dev ringtest.Queue, irq chan<- struct{}, done <-chan struct{}) error {
 	bufs := make([]ringtest.Buf, 0, 64)
 	var scratch []byte
 	for {
@@ -230,11 +230,16 @@ func TestNoLostNotificationEventIdx(t *testing.T) {
 	if testing.Short() {
 		chains = 5000
 	}
-	for _, ev := range []bool{false, true} {
-		for _, size := range []uint16{1, 2, 8} {
-			t.Run(fmt.Sprintf("eventidx=%v/size=%d", ev, size), func(t *testing.T) {
-				soak(t, ring.Config{Size: size, EventIdx: ev}, chains, 1, uint64(size))
-			})
+	for _, layout := range []ring.Layout{ring.Modern, ring.PackedRing} {
+		for _, ev := range []bool{false, true} {
+			for _, size := range []uint16{1, 2, 3, 8} {
+				if size == 3 && layout != ring.PackedRing {
+					continue // only the packed ring takes other sizes than powers of two
+				}
+				t.Run(fmt.Sprintf("layout=%d/eventidx=%v/size=%d", layout, ev, size), func(t *testing.T) {
+					soak(t, ring.Config{Size: size, Layout: layout, EventIdx: ev}, chains, 1, uint64(size))
+				})
+			}
 		}
 	}
 }
@@ -256,6 +261,11 @@ func TestConcurrentSoakWrapsIndices(t *testing.T) {
 		{"modern/direct", ring.Config{Size: 32}, chains / 3},
 		// N = 1: avail.ring[0] and used_event share one 32-bit word.
 		{"legacy/size1/eventidx", ring.Config{Size: 1, Layout: ring.Legacy, EventIdx: true}, chains / 10},
+		// Packed: both wrap counters flip every 16 (or 7) descriptors, and
+		// chains straddle the wrap.
+		{"packed/eventidx/indirect", ring.Config{Size: 16, Layout: ring.PackedRing, EventIdx: true, Indirect: 4}, chains},
+		{"packed/size7", ring.Config{Size: 7, Layout: ring.PackedRing}, chains / 3},
+		{"packed/size6/eventidx", ring.Config{Size: 6, Layout: ring.PackedRing, EventIdx: true}, chains / 3},
 	}
 	for i, c := range cfgs {
 		t.Run(c.name, func(t *testing.T) {
@@ -276,4 +286,4 @@ func drain(c <-chan struct{}) {
 
 // drainKicks drops kicks that arrived while the device was busy (the same
 // reasoning as for interrupts in soak).
-func drainKicks(dev *ringtest.Device) { drain(dev.Kicked()) }
+func drainKicks(dev ringtest.Queue) { drain(dev.Kicked()) }

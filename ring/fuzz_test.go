@@ -10,10 +10,14 @@ import (
 
 const fuzzSize = 8
 
-// fuzzConfig decodes the layout and features from the fuzzer's flag byte.
-func fuzzConfig(flags uint8) ring.Config {
+// fuzzConfig decodes the layout and features from the fuzzer's flag byte;
+// packed selects the packed ring (then flags&2 is ignored).
+func fuzzConfig(flags uint8, packed bool) ring.Config {
 	cfg := ring.Config{Size: fuzzSize, EventIdx: flags&1 != 0}
-	if flags&2 != 0 {
+	switch {
+	case packed:
+		cfg.Layout = ring.PackedRing
+	case flags&2 != 0:
 		cfg.Layout = ring.Legacy
 	}
 	if flags&4 != 0 {
@@ -25,8 +29,8 @@ func fuzzConfig(flags uint8) ring.Config {
 // fuzzState builds a queue with nAdd chains added (the last one left
 // unpublished when flags&8), and lets a well-behaved device complete
 // (flags>>4)&7 of them, so the used ring holds a state ringtest produced.
-func fuzzState(t testing.TB, flags, nAdd uint8) (r *rig, posted map[uint16]uint32, unpublished int) {
-	r = newRig(t, fuzzConfig(flags))
+func fuzzState(t testing.TB, flags, nAdd uint8, packed bool) (r *rig, posted map[uint16]uint32, unpublished int) {
+	r = newRig(t, fuzzConfig(flags, packed))
 	posted = map[uint16]uint32{}
 	r.ndesc = map[uint16]int{}
 	unpublished = -1
@@ -83,18 +87,56 @@ func fuzzState(t testing.TB, flags, nAdd uint8) (r *rig, posted map[uint16]uint3
 // The driver must not panic, must return only errors matching
 // ErrDeviceProtocol, must never hand out a head that was not in flight or a
 // length beyond what was posted, and must keep its descriptor accounting.
-func FuzzHostileUsedRing(f *testing.F) {
-	// Seeds: used areas as ringtest leaves them, well-behaved and after each
+func FuzzHostileUsedRing(f *testing.F) { fuzzHostile(f, false) }
+
+// FuzzHostilePackedRing is FuzzHostileUsedRing for the packed ring: the
+// hostile device writes arbitrary bytes over the descriptor ring (ids,
+// lengths, AVAIL/USED flags) and the device event suppression word.
+func FuzzHostilePackedRing(f *testing.F) { fuzzHostile(f, true) }
+
+// hostileArea is what a hostile device may write: the split ring's device
+// area, or the packed ring's descriptor ring.
+func (r *rig) hostileArea() []byte {
+	if r.cfg.Layout != ring.PackedRing {
+		return r.usedArea()
+	}
+	r.t.Helper()
+	b, err := r.heap.Resolve(r.q.DescAddr(), 16*int(r.cfg.Size))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return b
+}
+
+// setEventWord writes the device's suppression word: avail_event for the
+// split ring, the device event off_wrap (and flags from the flag byte) for
+// the packed ring.
+func (r *rig) setEventWord(ev uint16, flags uint8) {
+	if r.cfg.Layout == ring.PackedRing {
+		b, err := r.heap.Resolve(r.q.DeviceAddr(), 4)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		b[0], b[1], b[2], b[3] = byte(ev), byte(ev>>8), (flags>>5)&3, 0
+		return
+	}
+	area := r.usedArea()
+	area[4+8*fuzzSize] = byte(ev)
+	area[5+8*fuzzSize] = byte(ev >> 8)
+}
+
+func fuzzHostile(f *testing.F, packed bool) {
+	// Seeds: areas as ringtest leaves them, well-behaved and after each
 	// misbehaviour switch.
 	for i, m := range []ringtest.Misbehaviour{{}, {BadID: true}, {Duplicate: true}, {LongLen: 1000}, {IdxJump: 3}, {DelayPublish: true}} {
 		for _, flags := range []uint8{0x30, 0x31, 0x27, 0x7e} {
-			r, _, _ := fuzzState(f, flags, 6)
+			r, _, _ := fuzzState(f, flags, 6, packed)
 			r.dev.Misbehave(m)
 			if c, ok, _ := r.dev.Pop(); ok {
 				r.dev.Push(c.Head, c.Writable())
 				r.dev.Push(c.Head, 1)
 			}
-			snap := append([]byte(nil), r.usedArea()...)
+			snap := append([]byte(nil), r.hostileArea()...)
 			f.Add(flags, uint8(6), snap, uint16(i), snap)
 		}
 	}
@@ -102,13 +144,12 @@ func FuzzHostileUsedRing(f *testing.F) {
 	f.Add(uint8(0x09), uint8(3), []byte{0, 0, 1, 0, 2, 0, 0, 0, 0xff, 0xff, 0xff, 0xff}, uint16(1), []byte{0, 0, 3, 0, 1, 0, 0, 0, 5, 0, 0, 0})
 
 	f.Fuzz(func(t *testing.T, flags, nAdd uint8, used []byte, availEvent uint16, more []byte) {
-		r, posted, unpublished := fuzzState(t, flags, nAdd)
-		area := r.usedArea()
+		r, posted, unpublished := fuzzState(t, flags, nAdd, packed)
+		area := r.hostileArea()
 		copy(area, used) // the hostile device overwrites a prefix
-		if len(used) <= 4+8*fuzzSize {
-			// and, independently, the avail_event word.
-			area[4+8*fuzzSize] = byte(availEvent)
-			area[5+8*fuzzSize] = byte(availEvent >> 8)
+		if packed || len(used) <= 4+8*fuzzSize {
+			// and, independently, its suppression word.
+			r.setEventWord(availEvent, flags)
 		}
 		if flags&0x80 != 0 {
 			r.q.DisableInterrupts()

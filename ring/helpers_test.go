@@ -10,13 +10,46 @@ import (
 	"github.com/vserial/vserial/ring/ringtest"
 )
 
+// vq is the driver side of either layout: ring.Queue or ring.Packed.
+type vq interface {
+	ringtest.Areas
+	Size() uint16
+	Add(segs []ring.Segment) (uint16, error)
+	Publish() bool
+	Pop() (ring.Used, bool, error)
+	Pending() bool
+	EnableInterrupts() bool
+	EnableInterruptsAfter(n uint16) bool
+	DisableInterrupts()
+	NumFree() int
+	InFlight() int
+	InFlightHeads(fn func(head uint16))
+	Reset()
+	Err() error
+	Stats() ring.Stats
+	Close() error
+}
+
+var (
+	_ vq = (*ring.Queue)(nil)
+	_ vq = (*ring.Packed)(nil)
+)
+
+// newVQ creates the driver queue cfg.Layout names.
+func newVQ(alloc dma.Allocator, cfg ring.Config) (vq, error) {
+	if cfg.Layout == ring.PackedRing {
+		return ring.NewPacked(alloc, cfg)
+	}
+	return ring.New(alloc, cfg)
+}
+
 // rig is a driver queue and a device over the same heap memory.
 type rig struct {
 	t    testing.TB
 	heap *dmatest.Heap
 	cfg  ring.Config
-	q    *ring.Queue
-	dev  *ringtest.Device
+	q    vq
+	dev  ringtest.Queue
 	bufs []dma.Region
 	// ndesc records ring descriptors per head, for tests that check the
 	// free list's accounting.
@@ -29,13 +62,13 @@ type rig struct {
 func newRig(t testing.TB, cfg ring.Config) *rig {
 	t.Helper()
 	h := dmatest.NewHeap()
-	q, err := ring.New(h, cfg)
+	q, err := newVQ(h, cfg)
 	if err != nil {
-		t.Fatalf("ring.New(%+v): %v", cfg, err)
+		t.Fatalf("new queue (%+v): %v", cfg, err)
 	}
-	dev, err := ringtest.New(h, ringtest.ConfigFor(q, cfg))
+	dev, err := ringtest.NewQueue(h, ringtest.ConfigFor(q, cfg))
 	if err != nil {
-		t.Fatalf("ringtest.New: %v", err)
+		t.Fatalf("ringtest.NewQueue: %v", err)
 	}
 	r := &rig{t: t, heap: h, cfg: cfg, q: q, dev: dev}
 	t.Cleanup(func() {
@@ -146,5 +179,22 @@ func allConfigs(size uint16) map[string]ring.Config {
 		"modern/indirect":       {Size: size, Indirect: 4},
 		"legacy":                {Size: size, Layout: ring.Legacy},
 		"legacy/eventidx/indir": {Size: size, Layout: ring.Legacy, EventIdx: true, Indirect: 4},
+		"packed":                {Size: size, Layout: ring.PackedRing},
+		"packed/eventidx":       {Size: size, Layout: ring.PackedRing, EventIdx: true},
+		"packed/eventidx/indir": {Size: size, Layout: ring.PackedRing, EventIdx: true, Indirect: 4},
+	}
+}
+
+// forBoth runs fn on a fresh rig for cfg as a split ring and as a packed
+// ring (cfg.Layout replaced by PackedRing).
+func forBoth(t *testing.T, cfg ring.Config, fn func(t *testing.T, r *rig)) {
+	t.Helper()
+	packed := cfg
+	packed.Layout = ring.PackedRing
+	for _, c := range []struct {
+		name string
+		cfg  ring.Config
+	}{{"split", cfg}, {"packed", packed}} {
+		t.Run(c.name, func(t *testing.T) { fn(t, newRig(t, c.cfg)) })
 	}
 }

@@ -189,43 +189,45 @@ func TestEventIdxNeedEventWindowWraps(t *testing.T) {
 }
 
 func TestNeverInterruptSwitchSuppressesInterrupts(t *testing.T) {
-	r := newRig(t, ring.Config{Size: 4, EventIdx: true})
-	r.dev.Misbehave(ringtest.Misbehaviour{NeverInterrupt: true})
-	seg := r.one(1)
-	for range 3 {
-		if _, irq := r.cycle(seg); irq {
-			t.Fatal("NeverInterrupt device asked for an interrupt")
+	forBoth(t, ring.Config{Size: 4, EventIdx: true}, func(t *testing.T, r *rig) {
+		r.dev.Misbehave(ringtest.Misbehaviour{NeverInterrupt: true})
+		seg := r.one(1)
+		for range 3 {
+			if _, irq := r.cycle(seg); irq {
+				t.Fatal("NeverInterrupt device asked for an interrupt")
+			}
 		}
-	}
-	// The driver still finds the buffers by polling: the cycles above popped.
-	if r.q.NumFree() != 4 {
-		t.Fatalf("NumFree %d", r.q.NumFree())
-	}
+		// The driver still finds the buffers by polling: the cycles above popped.
+		if r.q.NumFree() != 4 {
+			t.Fatalf("NumFree %d", r.q.NumFree())
+		}
+	})
 }
 
 func TestDelayPublishHoldsUsedIdxUntilFlush(t *testing.T) {
-	r := newRig(t, ring.Config{Size: 4})
-	r.dev.Misbehave(ringtest.Misbehaviour{DelayPublish: true})
-	a, b := r.add(r.one(1)...), r.add(r.one(1)...)
-	r.q.Publish()
-	r.dev.Push(r.devPop().Head, 1)
-	r.dev.Push(r.devPop().Head, 1)
-	if _, ok, err := r.q.Pop(); ok || err != nil {
-		t.Fatalf("Pop before Flush = %v, %v", ok, err)
-	}
-	if r.q.EnableInterrupts() {
-		t.Fatal("pending before Flush")
-	}
-	if !r.dev.Flush() {
-		t.Fatal("Flush did not interrupt")
-	}
-	if u := r.pop(); u.Head != a {
-		t.Fatalf("popped %d, want %d", u.Head, a)
-	}
-	if u := r.pop(); u.Head != b {
-		t.Fatalf("popped %d, want %d", u.Head, b)
-	}
-	if r.dev.Flush() {
-		t.Fatal("empty Flush interrupted")
-	}
+	forBoth(t, ring.Config{Size: 4}, func(t *testing.T, r *rig) {
+		r.dev.Misbehave(ringtest.Misbehaviour{DelayPublish: true})
+		a, b := r.add(r.one(1)...), r.add(r.one(1)...)
+		r.q.Publish()
+		r.dev.Push(r.devPop().Head, 1)
+		r.dev.Push(r.devPop().Head, 1)
+		if _, ok, err := r.q.Pop(); ok || err != nil {
+			t.Fatalf("Pop before Flush = %v, %v", ok, err)
+		}
+		if r.q.EnableInterrupts() {
+			t.Fatal("pending before Flush")
+		}
+		if !r.dev.Flush() {
+			t.Fatal("Flush did not interrupt")
+		}
+		if u := r.pop(); u.Head != a {
+			t.Fatalf("popped %d, want %d", u.Head, a)
+		}
+		if u := r.pop(); u.Head != b {
+			t.Fatalf("popped %d, want %d", u.Head, b)
+		}
+		if r.dev.Flush() {
+			t.Fatal("empty Flush interrupted")
+		}
+	})
 }

@@ -10,7 +10,8 @@ import (
 	"github.com/vserial/vserial/ring/internal/shm"
 )
 
-// Layout selects how the three parts of a split virtqueue sit in memory.
+// Layout selects the virtqueue format and, for the split ring, how its three
+// parts sit in memory.
 type Layout uint8
 
 const (
@@ -20,6 +21,10 @@ const (
 	// Legacy places them in one contiguous block with the used ring aligned
 	// to 4096 (spec 2.7.2), addressed by QUEUE_PFN.
 	Legacy
+	// PackedRing is the packed virtqueue (spec 2.8, VIRTIO_F_RING_PACKED):
+	// a descriptor ring and two event suppression structures, created with
+	// NewPacked (modern transport only).
+	PackedRing
 )
 
 // Config describes a queue to create.
@@ -172,6 +177,9 @@ func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
 	if alloc == nil {
 		return nil, errors.New("ring: new: nil allocator")
 	}
+	if cfg.Layout == PackedRing {
+		return nil, errors.New("ring: new: a packed ring is created with NewPacked")
+	}
 	if cfg.Layout != Modern && cfg.Layout != Legacy {
 		return nil, fmt.Errorf("ring: new: unknown layout %d", cfg.Layout)
 	}
@@ -186,10 +194,7 @@ func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
 			q.Close()
 		}
 	}()
-	// Sizes per spec 2.7 (VIRTIO-NOTES §4.2), plus 2 bytes after each ring
-	// so the 32-bit word holding used_event / avail_event lies inside.
-	availSize := 6 + 2*n + 2
-	usedSize := 6 + 8*n + 2
+	availSize, usedSize := ringSizes(n)
 	switch cfg.Layout {
 	case Modern:
 		d, err := q.allocate(descSize*n, 16)
@@ -211,8 +216,7 @@ func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
 		// descriptors, used at the next 4096 boundary. The padding before
 		// the used ring already holds the used_event word; 4 bytes past
 		// the spec's size hold the avail_event word.
-		usedOff := alignUp(descSize*n+6+2*n, legacyAlign)
-		total := usedOff + 6 + 8*n + 4
+		usedOff, total := legacySizes(n)
 		b, err := q.allocate(total, legacyAlign)
 		if err != nil {
 			return nil, err
@@ -248,19 +252,43 @@ func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
 }
 
 func (q *Queue) allocate(size, align int) (dma.Region, error) {
-	r, err := q.alloc.Alloc(size, align)
+	r, err := allocRegion(q.alloc, &q.mem, size, align)
 	if err != nil {
-		return dma.Region{}, fmt.Errorf("ring: new: allocate %d bytes: %w", size, err)
+		return dma.Region{}, fmt.Errorf("ring: new: %w", err)
 	}
-	if r.Len() != size {
-		q.mem = append(q.mem, r)
-		return dma.Region{}, fmt.Errorf("ring: new: allocator returned %d bytes, asked for %d", r.Len(), size)
-	}
-	q.mem = append(q.mem, r)
 	return r, nil
 }
 
 func alignUp(x, a int) int { return (x + a - 1) &^ (a - 1) }
+
+// ringSizes are the sizes of the modern avail and used rings of n entries:
+// spec 2.7 (VIRTIO-NOTES §4.2), plus 2 bytes after each ring so the 32-bit
+// word holding used_event / avail_event lies inside.
+func ringSizes(n int) (avail, used int) { return 6 + 2*n + 2, 6 + 8*n + 2 }
+
+// legacySizes is the legacy block of n entries (spec 2.7.2): the used ring's
+// offset and the size of the whole block.
+func legacySizes(n int) (usedOff, total int) {
+	usedOff = alignUp(descSize*n+6+2*n, legacyAlign)
+	return usedOff, usedOff + 6 + 8*n + 4
+}
+
+// Footprint is how many bytes of device memory New (NewPacked for
+// PackedRing) allocates for cfg, so
+// a caller can check a budget before allocating. cfg is not validated.
+func Footprint(cfg Config) int {
+	n := int(cfg.Size)
+	total := descSize * cfg.Indirect * n
+	if cfg.Layout == PackedRing {
+		return total + packedRingSize(n)
+	}
+	if cfg.Layout == Legacy {
+		_, l := legacySizes(n)
+		return total + l
+	}
+	a, u := ringSizes(n)
+	return total + descSize*n + a + u
+}
 
 // Size returns the number of descriptors.
 func (q *Queue) Size() uint16 { return q.cfg.Size }
@@ -293,24 +321,9 @@ func (q *Queue) Add(segs []Segment) (head uint16, err error) {
 	if n == 1 {
 		return q.addOne(&segs[0])
 	}
-	if n == 0 {
-		return 0, ErrBadChain
-	}
-	var total, writable uint64
-	sawWrite := false
-	for i := range segs {
-		s := &segs[i]
-		total += uint64(s.Len)
-		if s.Write {
-			writable += uint64(s.Len)
-			sawWrite = true
-		} else if sawWrite {
-			// Spec 2.7.4.2: device-readable descriptors come first.
-			return 0, ErrBadChain
-		}
-	}
-	if total > 1<<32-1 || n > int(q.cfg.Size) {
-		return 0, ErrBadChain
+	writable, err := checkChain(segs, q.cfg.Size)
+	if err != nil {
+		return 0, err
 	}
 	indirect := n > 1 && n <= q.cfg.Indirect
 	need := n
@@ -670,15 +683,21 @@ func (q *Queue) Close() error {
 	}
 	q.closed = true
 	q.broken = ErrClosed
-	var errs []error
-	for _, r := range q.mem {
-		if err := q.alloc.Free(r); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	err := freeRegions(q.alloc, q.mem)
 	q.mem = nil
 	q.desc, q.avail, q.used, q.indirect = nil, nil, nil, nil
 	q.availHdr, q.usedHdr, q.availEvent, q.usedEventP = nil, nil, nil, nil
+	return err
+}
+
+// freeRegions returns every region to alloc (Close of either layout).
+func freeRegions(alloc dma.Allocator, mem []dma.Region) error {
+	var errs []error
+	for _, r := range mem {
+		if err := alloc.Free(r); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("ring: close: %w", err)
 	}

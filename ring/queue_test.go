@@ -200,44 +200,46 @@ func TestPublishBatchesChains(t *testing.T) {
 }
 
 func TestUsedIDOutOfRangeIsProtocolError(t *testing.T) {
-	r := newRig(t, ring.Config{Size: 8})
-	r.add(r.one(4)...)
-	r.q.Publish()
-	c := r.devPop()
-	r.dev.Misbehave(ringtest.Misbehaviour{BadID: true})
-	r.dev.Push(c.Head, 1)
-	pe := r.popViolation()
-	if pe.What != "used id out of range" || pe.Value < 8 {
-		t.Fatalf("error %+v", pe)
-	}
-	if r.q.Stats().Violations != 1 {
-		t.Fatalf("Violations = %d", r.q.Stats().Violations)
-	}
+	forBoth(t, ring.Config{Size: 8}, func(t *testing.T, r *rig) {
+		r.add(r.one(4)...)
+		r.q.Publish()
+		c := r.devPop()
+		r.dev.Misbehave(ringtest.Misbehaviour{BadID: true})
+		r.dev.Push(c.Head, 1)
+		pe := r.popViolation()
+		if pe.What != "used id out of range" || pe.Value < 8 {
+			t.Fatalf("error %+v", pe)
+		}
+		if r.q.Stats().Violations != 1 {
+			t.Fatalf("Violations = %d", r.q.Stats().Violations)
+		}
+	})
 }
 
 func TestUsedIDNotInFlightIsProtocolError(t *testing.T) {
-	r := newRig(t, ring.Config{Size: 8})
-	a := r.add(r.one(1)...)
-	b := r.add(r.one(1)...)
-	r.add(r.one(1)...)
-	r.q.Publish()
-	r.dev.Push(r.devPop().Head, 0)
-	if u := r.pop(); u.Head != a {
-		t.Fatalf("popped %d, want %d", u.Head, a)
-	}
-	if c := r.devPop(); c.Head != b {
-		t.Fatalf("device popped %d, want %d", c.Head, b)
-	}
-	// The device completes b, then a (already returned) again.
-	r.dev.Misbehave(ringtest.Misbehaviour{Duplicate: true})
-	r.dev.Push(b, 0)
-	if u := r.pop(); u.Head != b {
-		t.Fatalf("popped %d, want %d", u.Head, b)
-	}
-	pe := r.popViolation()
-	if pe.What != "used id not in flight" || pe.Value != uint64(a) {
-		t.Fatalf("error %+v", pe)
-	}
+	forBoth(t, ring.Config{Size: 8}, func(t *testing.T, r *rig) {
+		a := r.add(r.one(1)...)
+		b := r.add(r.one(1)...)
+		r.add(r.one(1)...)
+		r.q.Publish()
+		r.dev.Push(r.devPop().Head, 0)
+		if u := r.pop(); u.Head != a {
+			t.Fatalf("popped %d, want %d", u.Head, a)
+		}
+		if c := r.devPop(); c.Head != b {
+			t.Fatalf("device popped %d, want %d", c.Head, b)
+		}
+		// The device completes b, then a (already returned) again.
+		r.dev.Misbehave(ringtest.Misbehaviour{Duplicate: true})
+		r.dev.Push(b, 0)
+		if u := r.pop(); u.Head != b {
+			t.Fatalf("popped %d, want %d", u.Head, b)
+		}
+		pe := r.popViolation()
+		if pe.What != "used id not in flight" || pe.Value != uint64(a) {
+			t.Fatalf("error %+v", pe)
+		}
+	})
 }
 
 // A chain added but not yet published is not the device's to return.
@@ -257,25 +259,26 @@ func TestUsedIDOfUnpublishedChainIsProtocolError(t *testing.T) {
 }
 
 func TestUsedLenLongerThanPostedIsClamped(t *testing.T) {
-	r := newRig(t, ring.Config{Size: 8, Indirect: 4})
-	r.add(r.rw(10, 6)...)
-	r.q.Publish()
-	c := r.devPop()
-	r.dev.Misbehave(ringtest.Misbehaviour{LongLen: 100})
-	r.dev.Push(c.Head, 2)
-	if u := r.pop(); u.Len != 6 {
-		t.Fatalf("Len = %d, want clamp to the 6 writable bytes posted (not the 10 readable)", u.Len)
-	}
-	if s := r.q.Stats(); s.Clamped != 1 || s.Violations != 0 {
-		t.Fatalf("Stats = %+v", s)
-	}
-	// The switch was one-shot.
-	r.add(r.one(3)...)
-	r.q.Publish()
-	r.dev.Push(r.devPop().Head, 3)
-	if u := r.pop(); u.Len != 3 || r.q.Stats().Clamped != 1 {
-		t.Fatalf("second Pop %+v, stats %+v", u, r.q.Stats())
-	}
+	forBoth(t, ring.Config{Size: 8, Indirect: 4}, func(t *testing.T, r *rig) {
+		r.add(r.rw(10, 6)...)
+		r.q.Publish()
+		c := r.devPop()
+		r.dev.Misbehave(ringtest.Misbehaviour{LongLen: 100})
+		r.dev.Push(c.Head, 2)
+		if u := r.pop(); u.Len != 6 {
+			t.Fatalf("Len = %d, want clamp to the 6 writable bytes posted (not the 10 readable)", u.Len)
+		}
+		if s := r.q.Stats(); s.Clamped != 1 || s.Violations != 0 {
+			t.Fatalf("Stats = %+v", s)
+		}
+		// The switch was one-shot.
+		r.add(r.one(3)...)
+		r.q.Publish()
+		r.dev.Push(r.devPop().Head, 3)
+		if u := r.pop(); u.Len != 3 || r.q.Stats().Clamped != 1 {
+			t.Fatalf("second Pop %+v, stats %+v", u, r.q.Stats())
+		}
+	})
 }
 
 func TestUsedIdxJumpIsProtocolError(t *testing.T) {
@@ -285,6 +288,17 @@ func TestUsedIdxJumpIsProtocolError(t *testing.T) {
 			r.add(r.one(1)...)
 			r.add(r.one(1)...)
 			r.q.Publish()
+			if cfg.Layout == ring.PackedRing {
+				// Packed: IdxJump repeats the element; the first is
+				// genuine, the repeat names an id no longer in flight.
+				r.dev.Misbehave(ringtest.Misbehaviour{IdxJump: 1})
+				r.dev.Push(r.devPop().Head, 0)
+				r.pop()
+				if pe := r.popViolation(); pe.What != "used id not in flight" {
+					t.Fatalf("error %+v", pe)
+				}
+				return
+			}
 			r.dev.Misbehave(ringtest.Misbehaviour{IdxJump: 5})
 			r.dev.Push(r.devPop().Head, 0)
 			pe := r.popViolation()
@@ -359,17 +373,21 @@ func TestResetReturnsToCleanState(t *testing.T) {
 				t.Fatalf("after Reset NumFree %d InFlight %d Err %v", r.q.NumFree(), r.q.InFlight(), r.q.Err())
 			}
 			r.q.InFlightHeads(func(h uint16) { t.Errorf("head %d still in flight after Reset", h) })
+			drvN, devN := 6+2*8, 6+8*8
+			if cfg.Layout == ring.PackedRing {
+				drvN, devN = 4, 4
+			}
 			for _, a := range []struct {
 				addr uint64
 				n    int
-			}{{r.q.DescAddr(), 16 * 8}, {r.q.DriverAddr(), 6 + 2*8}, {r.q.DeviceAddr(), 6 + 8*8}} {
+			}{{r.q.DescAddr(), 16 * 8}, {r.q.DriverAddr(), drvN}, {r.q.DeviceAddr(), devN}} {
 				b, _ := r.heap.Resolve(a.addr, a.n)
 				if !bytes.Equal(b, make([]byte, a.n)) {
 					t.Fatalf("area %#x not zeroed by Reset", a.addr)
 				}
 			}
 			// A fresh device over the reset memory sees a working queue.
-			dev, err := ringtest.New(r.heap, ringtest.ConfigFor(r.q, cfg))
+			dev, err := ringtest.NewQueue(r.heap, ringtest.ConfigFor(r.q, cfg))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -445,5 +463,23 @@ func TestClosedQueueRefusesWork(t *testing.T) {
 	}
 	if err := q.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+func TestFootprintIsWhatNewAllocates(t *testing.T) {
+	for _, cfg := range []ring.Config{
+		{Size: 1, Layout: ring.Modern}, {Size: 128, Layout: ring.Modern}, {Size: 256, Layout: ring.Modern, EventIdx: true},
+		{Size: 8, Layout: ring.Modern, Indirect: 4}, {Size: 128, Layout: ring.Legacy}, {Size: 1024, Layout: ring.Legacy},
+		{Size: 1, Layout: ring.PackedRing}, {Size: 256, Layout: ring.PackedRing, EventIdx: true}, {Size: 7, Layout: ring.PackedRing, Indirect: 4},
+	} {
+		h := dmatest.NewHeap()
+		q, err := newVQ(h, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, got := h.Live(); got != ring.Footprint(cfg) {
+			t.Errorf("%+v: New allocated %d bytes, Footprint says %d", cfg, got, ring.Footprint(cfg))
+		}
+		q.Close()
 	}
 }

@@ -31,6 +31,7 @@ type Allocator struct {
 	src      pageSource
 	fallback pageSource // used instead of src if src cannot supply the first chunk
 	log      *slog.Logger
+	sources  []pageSource // src and fallback as created: Close releases both
 	chunks   []*chunk
 	live     map[uint64]allocation // by device address
 	closed   bool
@@ -58,7 +59,7 @@ func newAllocator(src, fallback pageSource, log *slog.Logger) *Allocator {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Allocator{src: src, fallback: fallback, log: log, live: map[uint64]allocation{}}
+	return &Allocator{src: src, fallback: fallback, sources: []pageSource{src, fallback}, log: log, live: map[uint64]allocation{}}
 }
 
 // ChunkSize is the largest allocation and alignment the allocator serves:
@@ -214,8 +215,10 @@ func (a *Allocator) Chunks() int {
 	return len(a.chunks)
 }
 
-// Close unmaps every chunk. Regions handed out are invalid afterwards; the
-// caller must have reset the device so it no longer writes to them.
+// Close unmaps every chunk, then gives back the hugepages the allocator
+// added to the pool (hugeSource.close). Regions handed out are invalid
+// afterwards; the caller must have reset the device so it no longer writes
+// to them.
 func (a *Allocator) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -228,6 +231,19 @@ func (a *Allocator) Close() error {
 		errs = append(errs, a.src.put(c.mem))
 	}
 	a.chunks, a.live = nil, nil
+	for _, src := range a.sources {
+		h, ok := src.(*hugeSource)
+		if !ok {
+			continue
+		}
+		n, err := h.close()
+		if err != nil {
+			a.log.Warn("uio: dma: cannot give back the hugepages reserved", "file", h.nrFile, "err", err)
+			errs = append(errs, err)
+		} else if n > 0 {
+			a.log.Info("uio: dma: hugepages given back", "pages", n, "file", h.nrFile)
+		}
+	}
 	return errors.Join(errs...)
 }
 

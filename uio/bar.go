@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -27,6 +28,7 @@ type BAR struct {
 	ioBase int64  // offset of the BAR in iofd (VFIO: the region offset; uio: 0)
 	ownFD  bool   // close iofd on close (uio's resourceN; not the shared VFIO device fd)
 	closed atomic.Bool
+	gone   atomic.Bool // an access to the mapping faulted: the function was removed
 }
 
 // openBAR maps or opens dir/resourceN according to res.
@@ -80,6 +82,9 @@ func (b *BAR) check(off, width uint64) error {
 	if b.closed.Load() {
 		return fmt.Errorf("uio: bar %d: %w", b.index, ErrClosed)
 	}
+	if b.gone.Load() {
+		return fmt.Errorf("uio: bar %d: %w", b.index, ErrGone)
+	}
 	if off%width != 0 || b.size < width || off > b.size-width {
 		return fmt.Errorf("uio: bar %d: %w: %d bytes at %#x (region is %#x bytes)", b.index, ErrBadAccess, width, off, b.size)
 	}
@@ -92,7 +97,8 @@ func (b *BAR) Read8(off uint64) (uint8, error) {
 		return 0, err
 	}
 	if b.mem != nil {
-		return mmioRead8(b.mem, off), nil
+		v, err := b.readMem(off, 1)
+		return uint8(v), err
 	}
 	var p [1]byte
 	err := b.pread(p[:], off)
@@ -105,7 +111,8 @@ func (b *BAR) Read16(off uint64) (uint16, error) {
 		return 0, err
 	}
 	if b.mem != nil {
-		return mmioRead16(b.mem, off), nil
+		v, err := b.readMem(off, 2)
+		return uint16(v), err
 	}
 	var p [2]byte
 	err := b.pread(p[:], off)
@@ -118,7 +125,8 @@ func (b *BAR) Read32(off uint64) (uint32, error) {
 		return 0, err
 	}
 	if b.mem != nil {
-		return mmioRead32(b.mem, off), nil
+		v, err := b.readMem(off, 4)
+		return uint32(v), err
 	}
 	var p [4]byte
 	err := b.pread(p[:], off)
@@ -131,8 +139,7 @@ func (b *BAR) Write8(off uint64, v uint8) error {
 		return err
 	}
 	if b.mem != nil {
-		mmioWrite8(b.mem, off, v)
-		return nil
+		return b.writeMem(off, 1, uint32(v))
 	}
 	return b.pwrite([]byte{v}, off)
 }
@@ -143,8 +150,7 @@ func (b *BAR) Write16(off uint64, v uint16) error {
 		return err
 	}
 	if b.mem != nil {
-		mmioWrite16(b.mem, off, v)
-		return nil
+		return b.writeMem(off, 2, uint32(v))
 	}
 	var p [2]byte
 	binary.NativeEndian.PutUint16(p[:], v)
@@ -157,12 +163,62 @@ func (b *BAR) Write32(off uint64, v uint32) error {
 		return err
 	}
 	if b.mem != nil {
-		mmioWrite32(b.mem, off, v)
-		return nil
+		return b.writeMem(off, 4, uint32(v))
 	}
 	var p [4]byte
 	binary.NativeEndian.PutUint32(p[:], v)
 	return b.pwrite(p[:], off)
+}
+
+// A function that is hot-unplugged (or whose sysfs resource file goes)
+// takes its mapping with it: the kernel revokes the pages, and the next
+// access is a SIGBUS, which would kill a Go program on the spot. Each
+// access to the mapping therefore runs with debug.SetPanicOnFault, and a
+// fault becomes ErrGone for this access and every later one; the driver
+// then stops the device like any other transport failure.
+
+// readMem is one load of width bytes at off from the mapping.
+func (b *BAR) readMem(off uint64, width int) (v uint32, err error) {
+	defer b.faulted(debug.SetPanicOnFault(true), off, &err)
+	switch width {
+	case 1:
+		v = uint32(mmioRead8(b.mem, off))
+	case 2:
+		v = uint32(mmioRead16(b.mem, off))
+	default:
+		v = mmioRead32(b.mem, off)
+	}
+	return v, nil
+}
+
+// writeMem is one store of width bytes at off to the mapping.
+func (b *BAR) writeMem(off uint64, width int, v uint32) (err error) {
+	defer b.faulted(debug.SetPanicOnFault(true), off, &err)
+	switch width {
+	case 1:
+		mmioWrite8(b.mem, off, uint8(v))
+	case 2:
+		mmioWrite16(b.mem, off, uint16(v))
+	default:
+		mmioWrite32(b.mem, off, v)
+	}
+	return nil
+}
+
+// faulted is deferred by readMem and writeMem: it restores the goroutine's
+// fault setting and turns a memory fault into ErrGone. Any other panic
+// goes on.
+func (b *BAR) faulted(old bool, off uint64, err *error) {
+	debug.SetPanicOnFault(old)
+	r := recover()
+	if r == nil {
+		return
+	}
+	if _, ok := r.(interface{ Addr() uintptr }); !ok {
+		panic(r)
+	}
+	b.gone.Store(true)
+	*err = fmt.Errorf("uio: bar %d: access at %#x faulted: %w", b.index, off, ErrGone)
 }
 
 // pread is one pread(2) of exactly len(p) bytes: the kernel's

@@ -1,99 +1,54 @@
 // Package uio opens a PCI function for a userspace driver: configuration
-// space, BARs, interrupts and DMA memory. Two bindings are supported:
-// uio_pci_generic (Open: INTx, physical addresses) and vfio-pci (OpenVFIO:
-// MSI-X, and IOVAs behind an IOMMU or physical addresses in no-IOMMU mode).
+// space, BARs, interrupts and DMA memory. It serves both bindings
+// (docs/operating.md#bindings): uio_pci_generic (Open: INTx, physical
+// addresses) and vfio-pci (OpenVFIO: MSI-X, and IOVAs behind an IOMMU or
+// physical addresses in no-IOMMU mode).
 //
-// uio_pci_generic (Open, Function):
+// Its caller is cmd/vserial-agent, which binds the function first (package
+// pciscan) and adapts a Function or VFIOFunction to package driver's
+// Function interface; uio does not import driver. Every path (sysfs root,
+// /dev, /proc/self/pagemap, /proc/sys, /proc/cpuinfo) is a parameter or an
+// Options field, so tests run without root against files in a temporary
+// directory.
 //
-// Contract (the method sets match package driver's Function, ConfigSpace,
-// BAR and IRQ interfaces, to which cmd adapts them; uio does not import
-// driver):
+// # What it promises
 //
-//   - Open(sysfs, dev, addr, opts) expects the function to be bound to
-//     uio_pci_generic already (package pciscan does that) and fails with
-//     ErrNotBound otherwise. It opens /dev/uioN non-blocking through the Go
-//     poller and the sysfs config file, and sets Memory Space, I/O Space and
-//     Bus Master in the command register while clearing Interrupt Disable.
-//     uio_pci_generic enables decoding but never Bus Master, and closing the
-//     last /dev/uioN descriptor clears Bus Master again (VIRTIO-NOTES §9.1).
-//   - Config reads and writes configuration space with one pread/pwrite of
-//     exactly the requested length; the kernel turns an aligned 1, 2 or 4
-//     byte access into one config cycle of that width.
-//   - BAR(i) maps a memory BAR (sysfs resourceN, MAP_SHARED, uncached, never
-//     resourceN_wc) and accesses it with single loads and stores of exactly
-//     the named width (bar_unsafe.go); an I/O BAR is accessed with pread and
-//     pwrite of exactly 1, 2 or 4 bytes on resourceN, which the kernel turns
-//     into one in/out instruction. Kind and size come from the sysfs resource
-//     file. Values are little-endian; Open refuses big-endian hosts.
-//   - IRQ is INTx only (MSIXVectors is 0). Wait reads the 4-byte interrupt
-//     count from /dev/uioN in the poller; a cancelled context or Close
-//     unblocks it. Unmask clears Interrupt Disable (command bit 10)
-//     with one 16-bit write of the cached command register at offset 4,
-//     never a byte write at offset 5 as VIRTIO-NOTES §9.3 suggests: QEMU
-//     (7.2) ignores the INTx line on command writes that miss byte 4 and
-//     would lose an interrupt raised while masked. The caller reads the
-//     device's ISR between Wait and Unmask.
-//   - DMA returns an allocator of zeroed, locked memory whose device
-//     addresses are physical addresses: 2 MiB hugepages (physically
-//     contiguous; their physical address comes from /proc/self/pagemap,
-//     which needs CAP_SYS_ADMIN), sub-allocated so that no region crosses a
-//     hugepage. With Options.AllowSmallPages it falls back to single locked
-//     4 KiB pages when no hugepage can be had; see SmallPages for the caveat.
-//   - IOMMU is false: the device sees guest-physical addresses, so a
-//     misbehaving device can reach any memory. Open refuses confidential
-//     guests (SEV, TDX), whose devices can reach only memory the kernel
-//     shares (best-effort detection, see Confidential).
-//   - Close is idempotent. The caller resets the device first; Close then
-//     unmaps BARs, unmaps all DMA memory and closes the descriptors.
+//   - Open and OpenVFIO take a function that is already bound
+//     (ErrNotBound, ErrNotBoundVFIO otherwise), and leave it with memory and
+//     I/O decoding and Bus Master on. OpenVFIO refuses an IOMMU group that
+//     another driver shares (ErrGroupShared, naming the member).
+//   - Config and BAR accesses are width-exact: one access of exactly the
+//     named width reaches the device (bar_unsafe.go; the instructions are
+//     checked by TestMMIOAccessorsAreSingleMoves). A BAR access that faults
+//     because the function went away returns ErrGone, never SIGBUS.
+//   - IRQ.Wait waits in Go's poller; a cancelled context or Close unblocks
+//     it. With VFIO, WaitVectors also says which MSI-X vectors fired.
+//   - DMA hands out zeroed, locked memory with the address the device must
+//     use, and IOMMU says what that address is: an IOVA the IOMMU checks
+//     (VFIO type1: the device reaches nothing else, with unmapped guard gaps
+//     between chunks), or a physical address (uio, no-IOMMU: the device can
+//     reach any memory; confidential guests are refused, ErrConfidential).
+//   - Close is idempotent and releases everything Open acquired: mappings,
+//     DMA memory (from the IOMMU first), eventfds and descriptors. The caller
+//     resets the device before it.
+//   - Failures wrap the sentinels in errors.go (match them with errors.Is);
+//     OpError names the operation and the address, and messages say what to
+//     fix.
 //
-// vfio-pci (OpenVFIO, VFIOFunction; VIRTIO-NOTES §8):
+// # Who writes which memory
 //
-//   - OpenVFIO(sysfs, dev, addr, opts) expects the function to be bound to
-//     vfio-pci already. It reads the IOMMU group from sysfs and uses
-//     /dev/vfio/GROUP (type1: an IOMMU translates the device's addresses)
-//     or /dev/vfio/noiommu-GROUP (no-IOMMU mode: it does not). The group
-//     must hold only this function, PCI bridges, and functions that are
-//     unbound or bound to vfio-pci; any other member is refused
-//     (ErrGroupShared) with its address and driver, because VFIO gives a
-//     whole group to one user. It then runs the container/group flow (API
-//     version, type1v2 or type1 or NOIOMMU extension, group viable, set
-//     container, set IOMMU), gets the device fd and sets Memory Space, I/O
-//     Space and Bus Master through the config region (vfio-pci leaves Bus
-//     Master to the user).
-//   - Config is the VFIO config region, read and written with one pread or
-//     pwrite of exactly the requested length on the device fd.
-//   - BAR(i) maps the region from the device fd when VFIO allows mmap of
-//     all of it, and otherwise (I/O-port BARs; a sparse mmap that carves
-//     out the MSI-X table) accesses it with width-exact pread/pwrite on
-//     the device fd, which vfio-pci performs as one access of that width.
-//   - IRQ is MSI-X: min(vectors, 16) vectors, each signalling its own
-//     eventfd (VFIO_DEVICE_SET_IRQS, DATA_EVENTFD|ACTION_TRIGGER), enabled
-//     at open time so the driver sees the MSI-X enable bit (the legacy
-//     device config moves to offset 24). Wait sleeps in the Go poller on an
-//     epoll set of the eventfds and drains them all; WaitVectors also
-//     returns which vectors had fired (driver.VectorIRQ), so the driver
-//     services only their queues. Unmask is a no-op. INTx through VFIO is
-//     not used.
-//   - DMA on type1 is ordinary anonymous memory in 2 MiB chunks, each
-//     mapped with VFIO_IOMMU_MAP_DMA at an IOVA we choose (from 4 GiB up,
-//     inside the IOVA ranges the kernel reports) and unmapped on Close; the
-//     device can reach nothing else, and IOMMU is true (the driver then
-//     accepts VIRTIO_F_ACCESS_PLATFORM). Chunks sit 4 MiB apart: the 2 MiB
-//     after each one is a guard gap that is never mapped, so an overrun
-//     faults in the IOMMU. UnmappedIOVA returns the first gap, an address
-//     guaranteed never to be mapped while the function is open (for tests
-//     that check the IOMMU stops a stray DMA). On every binding the
-//     allocator keeps an area of at most 4 KiB inside one 4 KiB page:
-//     QEMU 7.2 behind a vIOMMU mistranslates a ring access that crosses a
-//     page (a used-ring write faulted at IOVA 0x48, the offset into the
-//     ring, in the IOMMU guest tests). In no-IOMMU mode DMA memory is the
-//     hugepage allocator of the uio binding (physical addresses), IOMMU is
-//     false, and confidential guests are refused as with uio.
-//   - Close clears Bus Master, disables MSI-X, closes the eventfds, unmaps
-//     BARs and DMA memory (IOMMU first, then the process), and closes the
-//     device, group and container descriptors. It is idempotent.
+// The device writes only the DMA memory the driver hands it; uio never reads
+// or writes it. BARs and configuration space are the device's registers:
+// uio reads and writes them only when its caller asks.
 //
-// Paths (sysfs root, /dev, /proc/self/pagemap, /proc/sys, /proc/cpuinfo) are
-// parameters or Options fields so tests run without root against files in a
-// temporary directory.
+// # What it never does
+//
+//   - Bind, unbind or load modules (pciscan and cmd do).
+//   - Issue a generic ioctl: each VFIO request is a typed call through one
+//     chokepoint (vfio_ioctl.go, vfio_unsafe.go), with the ABI as data in
+//     uio/internal/vfioabi.
+//   - Use INTx through VFIO, or write-combined BAR mappings.
+//
+// The step-by-step account of each binding sits at the top of uio.go
+// (uio_pci_generic) and vfio.go (vfio-pci).
 package uio

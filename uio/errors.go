@@ -27,6 +27,10 @@ var (
 	ErrTooBig = errors.New("allocation larger than a page")
 	// ErrClosed: the function or allocator was closed.
 	ErrClosed = errors.New("closed")
+	// ErrGone: the function's registers went away under a mapping (it was
+	// hot-unplugged or removed): an access faulted instead of killing the
+	// process with SIGBUS.
+	ErrGone = errors.New("function gone (BAR access faulted)")
 )
 
 // OpError is the error type of this package: "uio: OP ADDR: ERR".

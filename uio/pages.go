@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,12 +15,24 @@ const hugeSize = 2 << 20
 
 // hugeSource maps one 2 MiB hugepage per chunk. A hugepage is physically
 // contiguous, so one pagemap lookup gives the physical address of all of it
-// (we still check every 4 KiB subpage). hugetlb pages are never swapped or
-// migrated while mapped, and MAP_LOCKED|MAP_POPULATE faults them in up front.
+// (we still check every 4 KiB subpage). hugetlb pages are never swapped,
+// and MAP_LOCKED|MAP_POPULATE faults them in up front; but the kernel may
+// still migrate an in-use hugetlb page (memory hot-unplug, virtio-mem,
+// CMA, offlining: see migration.go), which the device, holding its
+// physical address, would not see.
+//
+// When no hugepage is free and reserve is set, get raises the pool by one
+// page and counts it; close gives every page it added back, so the pool
+// ends where it started.
 type hugeSource struct {
 	pagemap string // /proc/self/pagemap
 	nrFile  string // the nr_hugepages file for 2 MiB pages
 	reserve bool   // may raise nr_hugepages when none is free
+	// mapFn maps one hugepage (nil: mapHuge); tests replace it.
+	mapFn func() ([]byte, error)
+
+	mu       sync.Mutex
+	reserved int // pages this source added to the pool and not given back
 }
 
 func (h *hugeSource) chunkSize() int   { return hugeSize }
@@ -31,12 +44,19 @@ func mapHuge() ([]byte, error) {
 }
 
 func (h *hugeSource) get() ([]byte, uint64, error) {
-	mem, err := mapHuge()
+	mapFn := h.mapFn
+	if mapFn == nil {
+		mapFn = mapHuge
+	}
+	mem, err := mapFn()
 	var rerr error
 	if errors.Is(err, unix.ENOMEM) && h.reserve {
 		// hugetlb accounts at mmap time: ENOMEM means no free hugepage.
 		if rerr = reserveHugepages(h.nrFile, 1); rerr == nil {
-			mem, err = mapHuge()
+			h.mu.Lock()
+			h.reserved++
+			h.mu.Unlock()
+			mem, err = mapFn()
 		}
 	}
 	switch {
@@ -66,26 +86,66 @@ func (h *hugeSource) get() ([]byte, uint64, error) {
 
 func (h *hugeSource) put(mem []byte) error { return unix.Munmap(mem) }
 
+// close gives back the pages this source added to the pool. The caller
+// has unmapped its chunks; pages other devices still map are not freed by
+// the kernel when the pool shrinks below them (they become surplus pages,
+// freed when unmapped), so the pool still ends where it started.
+func (h *hugeSource) close() (given int, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.reserved == 0 {
+		return 0, nil
+	}
+	if err := releaseHugepages(h.nrFile, h.reserved); err != nil {
+		return 0, err
+	}
+	given, h.reserved = h.reserved, 0
+	return given, nil
+}
+
+// poolMu serialises the read-modify-write of nr_hugepages within the
+// process: devices opening and closing at once must not undo each other's
+// change. (Another process writing the file at the same moment can still
+// race; the kernel offers no lock.)
+var poolMu sync.Mutex
+
 // reserveHugepages raises the 2 MiB hugepage pool in nrFile by n and checks
 // that the kernel actually found the pages (it reserves fewer when memory
 // is fragmented, silently).
 func reserveHugepages(nrFile string, n int) error {
-	cur, err := readCount(nrFile)
+	want, got, err := changePool(nrFile, n)
 	if err != nil {
-		return err
-	}
-	want := cur + n
-	if err := os.WriteFile(nrFile, []byte(strconv.Itoa(want)+"\n"), 0); err != nil {
 		return fmt.Errorf("raise hugepage pool: %w", err)
-	}
-	got, err := readCount(nrFile)
-	if err != nil {
-		return err
 	}
 	if got < want {
 		return fmt.Errorf("raise hugepage pool: %s is %d after writing %d (memory too fragmented?)", nrFile, got, want)
 	}
 	return nil
+}
+
+// releaseHugepages lowers the pool in nrFile by n (not below 0).
+func releaseHugepages(nrFile string, n int) error {
+	if _, _, err := changePool(nrFile, -n); err != nil {
+		return fmt.Errorf("give back %d hugepages: %w", n, err)
+	}
+	return nil
+}
+
+// changePool adds delta to the pool in nrFile (not below 0) under poolMu:
+// the value written, and the value read back.
+func changePool(nrFile string, delta int) (want, got int, err error) {
+	poolMu.Lock()
+	defer poolMu.Unlock()
+	cur, err := readCount(nrFile)
+	if err != nil {
+		return 0, 0, err
+	}
+	want = max(cur+delta, 0)
+	if err := os.WriteFile(nrFile, []byte(strconv.Itoa(want)+"\n"), 0); err != nil {
+		return 0, 0, err
+	}
+	got, err = readCount(nrFile)
+	return want, got, err
 }
 
 func readCount(path string) (int, error) {

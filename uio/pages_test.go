@@ -4,8 +4,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func readInt(t *testing.T, path string) int {
@@ -152,5 +156,102 @@ func TestAllocatorSmallPagesReal(t *testing.T) {
 	}
 	if _, err := a.Alloc(8192, 8); !errors.Is(err, ErrTooBig) {
 		t.Errorf("8 KiB on small pages = %v, want ErrTooBig", err)
+	}
+}
+
+// noFreeHugepage is a mapFn for a machine whose pool never has a free
+// page: the pool file is a fake, so raising it finds nothing either.
+func noFreeHugepage() ([]byte, error) { return nil, unix.ENOMEM }
+
+func writeCount(t *testing.T, path string, n int) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(strconv.Itoa(n)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Every page the allocator added to the pool is given back when it is
+// closed: the pool ends where it started.
+func TestHugepagesGivenBackOnClose(t *testing.T) {
+	nr := filepath.Join(t.TempDir(), "nr_hugepages")
+	writeCount(t, nr, 3)
+	h := &hugeSource{pagemap: "/proc/self/pagemap", nrFile: nr, reserve: true, mapFn: noFreeHugepage}
+	a := newAllocator(h, nil, quiet)
+	for range 4 {
+		if _, err := a.Alloc(4096, 8); !errors.Is(err, ErrNoHugepages) {
+			t.Fatalf("Alloc = %v, want ErrNoHugepages", err)
+		}
+	}
+	if n, _ := readCount(nr); n != 7 {
+		t.Fatalf("pool %d after four reservations from 3", n)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := readCount(nr); n != 3 {
+		t.Errorf("pool %d after Close, want 3 as at the start", n)
+	}
+	// Only what it added: someone else's change to the pool stays.
+	h2 := &hugeSource{pagemap: "/proc/self/pagemap", nrFile: nr, reserve: true, mapFn: noFreeHugepage}
+	a2 := newAllocator(h2, nil, quiet)
+	a2.Alloc(4096, 8)
+	writeCount(t, nr, 10) // the operator raised it meanwhile (4 + 6)
+	a2.Close()
+	if n, _ := readCount(nr); n != 9 {
+		t.Errorf("pool %d after Close, want 9 (the operator's 10 less the one page added)", n)
+	}
+	// A pool file that cannot be read back makes Close fail, with a log line.
+	h3 := &hugeSource{pagemap: "/proc/self/pagemap", nrFile: nr, reserve: true, mapFn: noFreeHugepage}
+	a3 := newAllocator(h3, nil, quiet)
+	a3.Alloc(4096, 8)
+	os.WriteFile(nr, []byte("garbage\n"), 0o644)
+	if err := a3.Close(); err == nil {
+		t.Error("Close succeeded with an unreadable pool file")
+	}
+}
+
+// Devices opening and closing at once (each its own allocator, one pool
+// file) leave the pool where it started.
+func TestHugepagesGivenBackConcurrently(t *testing.T) {
+	nr := filepath.Join(t.TempDir(), "nr_hugepages")
+	writeCount(t, nr, 2)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 20 {
+				a := newAllocator(&hugeSource{nrFile: nr, reserve: true, mapFn: noFreeHugepage}, nil, quiet)
+				a.Alloc(4096, 8)
+				a.Alloc(4096, 8)
+				if err := a.Close(); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n, _ := readCount(nr); n != 2 {
+		t.Errorf("pool %d after every allocator closed, want 2", n)
+	}
+}
+
+// An Open that fails to map its first chunk (here: the pool was raised
+// but no page appeared, as without CAP_SYS_ADMIN for pagemap) gives the
+// page it reserved back: a service restarted on failure must not grow the
+// pool on every attempt.
+func TestHugepagesGivenBackWhenOpenFails(t *testing.T) {
+	ff := newFakeFn(t)
+	nr := filepath.Join(t.TempDir(), "nr_hugepages")
+	writeCount(t, nr, 1)
+	ff.opts.source = &hugeSource{nrFile: nr, reserve: true, mapFn: noFreeHugepage}
+	for range 3 {
+		if _, err := Open(ff.sysfs, ff.dev, testAddr, ff.opts); !errors.Is(err, ErrNoHugepages) {
+			t.Fatalf("Open = %v, want ErrNoHugepages", err)
+		}
+		if n, _ := readCount(nr); n != 1 {
+			t.Fatalf("pool %d after a failed Open, want 1 as before", n)
+		}
 	}
 }

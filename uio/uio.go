@@ -1,5 +1,46 @@
 package uio
 
+// The uio_pci_generic binding (Open, Function), step by step. The method
+// sets match package driver's Function, ConfigSpace, BAR and IRQ
+// interfaces, to which cmd adapts them; uio does not import driver.
+//
+//   - Open(sysfs, dev, addr, opts) expects the function to be bound to
+//     uio_pci_generic already (package pciscan does that) and fails with
+//     ErrNotBound otherwise. It opens /dev/uioN non-blocking through the Go
+//     poller and the sysfs config file, and sets Memory Space, I/O Space and
+//     Bus Master in the command register while clearing Interrupt Disable.
+//     uio_pci_generic enables decoding but never Bus Master, and closing the
+//     last /dev/uioN descriptor clears Bus Master again (VIRTIO-NOTES §9.1).
+//   - Config reads and writes configuration space with one pread/pwrite of
+//     exactly the requested length; the kernel turns an aligned 1, 2 or 4
+//     byte access into one config cycle of that width.
+//   - BAR(i) maps a memory BAR (sysfs resourceN, MAP_SHARED, uncached, never
+//     resourceN_wc) and accesses it with single loads and stores of exactly
+//     the named width (bar_unsafe.go); an I/O BAR is accessed with pread and
+//     pwrite of exactly 1, 2 or 4 bytes on resourceN, which the kernel turns
+//     into one in/out instruction. Kind and size come from the sysfs resource
+//     file. Values are little-endian; Open refuses big-endian hosts.
+//   - IRQ is INTx only (MSIXVectors is 0). Wait reads the 4-byte interrupt
+//     count from /dev/uioN in the poller; a cancelled context or Close
+//     unblocks it. Unmask clears Interrupt Disable (command bit 10)
+//     with one 16-bit write of the cached command register at offset 4,
+//     never a byte write at offset 5 as VIRTIO-NOTES §9.3 suggests: QEMU
+//     (7.2) ignores the INTx line on command writes that miss byte 4 and
+//     would lose an interrupt raised while masked. The caller reads the
+//     device's ISR between Wait and Unmask.
+//   - DMA returns an allocator of zeroed, locked memory whose device
+//     addresses are physical addresses: 2 MiB hugepages (physically
+//     contiguous; their physical address comes from /proc/self/pagemap,
+//     which needs CAP_SYS_ADMIN), sub-allocated so that no region crosses a
+//     hugepage. With Options.AllowSmallPages it falls back to single locked
+//     4 KiB pages when no hugepage can be had; see SmallPages for the caveat.
+//   - IOMMU is false: the device sees guest-physical addresses, so a
+//     misbehaving device can reach any memory. Open refuses confidential
+//     guests (SEV, TDX), whose devices can reach only memory the kernel
+//     shares (best-effort detection, see Confidential).
+//   - Close is idempotent. The caller resets the device first; Close then
+//     unmaps BARs, unmaps all DMA memory and closes the descriptors.
+
 import (
 	"encoding/binary"
 	"errors"
@@ -26,14 +67,16 @@ type Options struct {
 	// which may be 1 GiB.)
 	HugepagesFile string
 	// NoReserve forbids raising the hugepage pool when no page is free.
-	// By default Open adds the page it needs to the pool, which persists
-	// after the process exits (it is a system setting).
+	// By default the allocator adds each page it needs to the pool (a
+	// system setting) and lowers the pool by as many pages at Close.
 	NoReserve bool
 	// AllowSmallPages falls back to single locked 4 KiB pages when no
 	// hugepage can be had. Each allocation is then at most 4096 bytes, and
 	// the kernel may migrate such a page under the device; see the
 	// smallSource comment. Off by default.
 	AllowSmallPages bool
+	// Meminfo is read for a CMA area (migration.go); default /proc/meminfo.
+	Meminfo string
 	// CPUInfo is read to detect confidential guests; default /proc/cpuinfo.
 	CPUInfo string
 	// IgnoreConfidential opens the device even if the guest looks
@@ -96,20 +139,10 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 		}
 	}()
 
-	devPath := filepath.Join(dev, uioName)
-	fd, err := unix.Open(devPath, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if errors.Is(err, unix.ENOENT) {
-		// No devtmpfs (or no udev) made the node: say how to make it.
-		num, _ := os.ReadFile(filepath.Join(dir, "uio", uioName, "dev"))
-		return fail(fmt.Errorf("%s does not exist (is devtmpfs mounted on %s?); the device number is %q in sysfs: mknod %s c MAJOR MINOR",
-			devPath, dev, strings.TrimSpace(string(num)), devPath))
-	}
+	irqFile, err := openUIONode(dir, dev, uioName)
 	if err != nil {
-		return fail(&os.PathError{Op: "open", Path: devPath, Err: err})
+		return fail(err)
 	}
-	// Non-blocking before NewFile, so the file joins the poller and Wait
-	// sleeps there instead of in a thread blocked in read(2).
-	irqFile := os.NewFile(uintptr(fd), devPath)
 	undo = append(undo, func() { irqFile.Close() })
 
 	cf, err := os.OpenFile(filepath.Join(dir, "config"), os.O_RDWR, 0)
@@ -132,17 +165,20 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 		return fail(fmt.Errorf("set Bus Master: %w", err))
 	}
 
+	warnMigration(sysfs, opts, log, "uio")
 	src, fallback := opts.source, pageSource(nil)
 	if src == nil {
 		src, fallback = physSources(sysfs, opts)
 	}
 	alloc := newAllocator(src, fallback, log)
+	// Closed on failure even if no chunk was mapped: a hugepage the pool
+	// was raised for is given back.
+	undo = append(undo, func() { alloc.Close() })
 	// Map the first chunk now, so a missing hugepage or privilege shows up
 	// at start-up rather than at the first queue setup.
 	if err := alloc.prime(); err != nil {
 		return fail(fmt.Errorf("dma memory: %w", err))
 	}
-	undo = append(undo, func() { alloc.Close() })
 
 	f := &Function{
 		addr: addr, dir: dir, log: log,
@@ -150,6 +186,23 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 	}
 	log.Info("uio: opened", "addr", addr, "uio", uioName, "dma", alloc.describe())
 	return f, nil
+}
+
+// openUIONode opens /dev/uioN non-blocking, so that the file joins Go's
+// poller and Wait sleeps there instead of in a thread blocked in read(2).
+func openUIONode(dir, dev, uioName string) (*os.File, error) {
+	devPath := filepath.Join(dev, uioName)
+	fd, err := unix.Open(devPath, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		// No devtmpfs (or no udev) made the node: say how to make it.
+		num, _ := os.ReadFile(filepath.Join(dir, "uio", uioName, "dev"))
+		return nil, fmt.Errorf("%s does not exist (is devtmpfs mounted on %s?); the device number is %q in sysfs: mknod %s c MAJOR MINOR",
+			devPath, dev, strings.TrimSpace(string(num)), devPath)
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: devPath, Err: err}
+	}
+	return os.NewFile(uintptr(fd), devPath), nil
 }
 
 // checkFunction does the checks both bindings start with: a canonical

@@ -46,6 +46,8 @@ type fakeVFIO struct {
 	maps            map[uint64]uint64 // iova → size
 	irqFDs          []int32
 	irqsDisabled    bool
+	reqIRQ          bool  // offers the request interrupt (VFIO_PCI_REQ_IRQ_INDEX)
+	reqFD           int32 // its eventfd once set, -1 after disabling
 }
 
 const regionShift = 20
@@ -297,6 +299,20 @@ func (fv *fakeVFIO) ioctl(fd int, req uint, arg []byte, val uintptr) (int, error
 			put32(4, vfioabi.IRQInfoEventfd|vfioabi.IRQInfoNoresize)
 			put32(12, fv.msixCount)
 		}
+		if u32(8) == vfioabi.PCIReqIRQ && fv.reqIRQ {
+			put32(4, vfioabi.IRQInfoEventfd)
+			put32(12, 1)
+		}
+		return 0, nil
+	case req == vfioabi.DeviceSetIRQs && onDevice && u32(8) == vfioabi.PCIReqIRQ && fv.reqIRQ:
+		switch {
+		case u32(4) == vfioabi.IRQSetDataNone|vfioabi.IRQSetActionTrigger:
+			fv.reqFD = -1
+		case u32(4) == vfioabi.IRQSetDataEventfd|vfioabi.IRQSetActionTrigger && u32(16) == 1 && len(arg) == 24:
+			fv.reqFD = int32(u32(20))
+		default:
+			return -1, unix.EINVAL
+		}
 		return 0, nil
 	case req == vfioabi.DeviceSetIRQs && onDevice:
 		if int(u32(0)) != len(arg) || u32(8) != vfioabi.PCIMSIXIRQ {
@@ -355,7 +371,8 @@ func TestVFIOOpenType1(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The container/group flow in the order of VIRTIO-NOTES §8.5.
-	want := []string{"api", "ext", "status", "set-container", "set-iommu", "device-fd", "device-info", "region", "irq-info", "set-irqs", "iommu-info", "iommu-info", "map"}
+	// The second irq-info asks for the request interrupt (none here).
+	want := []string{"api", "ext", "status", "set-container", "set-iommu", "device-fd", "device-info", "region", "irq-info", "set-irqs", "irq-info", "iommu-info", "iommu-info", "map"}
 	if !slices.Equal(fv.reqs, want) {
 		t.Errorf("requests %v, want %v", fv.reqs, want)
 	}
@@ -713,5 +730,51 @@ func TestVFIOVectorsCappedAndNoGuardWithoutIOMMU(t *testing.T) {
 	}
 	if iova, ok := f.UnmappedIOVA(); ok {
 		t.Errorf("UnmappedIOVA = %#x in no-IOMMU mode, where the device sees physical addresses", iova)
+	}
+}
+
+// The kernel's request for the device (an unplug) reaches Requested; the
+// eventfd is disabled and closed with the function. Without the index,
+// Requested is nil.
+func TestVFIORequestInterrupt(t *testing.T) {
+	fv := newFakeVFIO(t, false)
+	fv.reqIRQ = true
+	f, err := fv.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Requested() == nil || fv.reqFD <= 0 {
+		t.Fatalf("request interrupt not routed: chan %v fd %d", f.Requested(), fv.reqFD)
+	}
+	select {
+	case <-f.Requested():
+		t.Fatal("requested before the kernel asked")
+	case <-time.After(20 * time.Millisecond):
+	}
+	var one [8]byte
+	one[0] = 1
+	if _, err := unix.Write(int(fv.reqFD), one[:]); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.Requested():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the kernel's request never reached Requested")
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if fv.reqFD != -1 {
+		t.Errorf("request interrupt still routed after Close (fd %d)", fv.reqFD)
+	}
+
+	fv2 := newFakeVFIO(t, false)
+	f2, err := fv2.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f2.Close()
+	if f2.Requested() != nil {
+		t.Error("Requested is not nil without a request interrupt")
 	}
 }

@@ -5,7 +5,8 @@
 // host→guest bytes sent while the guest has the port closed stay with the
 // host until the guest opens it; closing the port discards received bytes
 // nobody read; Send records whether the host was connected when bytes were
-// taken (QEMU would have dropped them otherwise).
+// taken (QEMU would have dropped them otherwise). Production code never
+// imports it (layering_test.go).
 package agenttest
 
 import (

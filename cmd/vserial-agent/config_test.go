@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
+	"github.com/vserial/vserial/driver"
 )
 
 func TestParseRunDefaults(t *testing.T) {
@@ -18,30 +20,30 @@ func TestParseRunDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Agent.SocketDir != "/run/vserial" || cfg.Agent.SocketMode != 0o660 || cfg.Agent.DirMode != 0o755 {
+	if cfg.Agent.SocketDir != "/run/vserial" || cfg.Agent.SocketMode != 0o660 || cfg.Agent.ControlMode != 0o600 || cfg.Agent.DirMode != 0o755 {
 		t.Errorf("agent config %+v", cfg.Agent)
 	}
-	if cfg.Bind != bindAuto || cfg.MaxPorts != 0 || cfg.LogLevel != slog.LevelInfo || cfg.Sysfs != "/sys" || len(cfg.Devices) != 0 {
+	if cfg.Bind != bindAuto || cfg.Ring != driver.RingAuto || cfg.MaxPorts != 64 || cfg.DMABudget != 133<<20 || cfg.LogLevel != slog.LevelInfo || cfg.Sysfs != "/sys" || len(cfg.Devices) != 0 {
 		t.Errorf("config %+v", cfg)
 	}
 }
 
 func TestParseRunValues(t *testing.T) {
 	cfg, err := parseRun([]string{
-		"--socket-dir", "/tmp/x", "--socket-mode", "600", "--dir-mode=0o700",
+		"--socket-dir", "/tmp/x", "--socket-mode", "600", "--control-mode", "0660", "--dir-mode=0o700",
 		"--device", "00:03.0", "--device", "0000:00:04.0",
-		"--bind", "uio", "--max-ports", "8", "--log-level", "DEBUG", "--sysfs", "/tmp/sys",
+		"--bind", "uio", "--max-ports", "8", "--log-level", "DEBUG", "--sysfs", "/tmp/sys", "--dma-budget", "24M", "--ring", "split",
 	}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Agent.SocketDir != "/tmp/x" || cfg.Agent.SocketMode != 0o600 || cfg.Agent.DirMode != 0o700 {
+	if cfg.Agent.SocketDir != "/tmp/x" || cfg.Agent.SocketMode != 0o600 || cfg.Agent.ControlMode != 0o660 || cfg.Agent.DirMode != 0o700 {
 		t.Errorf("agent config %+v", cfg.Agent)
 	}
 	if strings.Join(cfg.Devices, ",") != "0000:00:03.0,0000:00:04.0" {
 		t.Errorf("devices %v: want canonical addresses in order", cfg.Devices)
 	}
-	if cfg.MaxPorts != 8 || cfg.LogLevel != slog.LevelDebug || cfg.Sysfs != "/tmp/sys" {
+	if cfg.MaxPorts != 8 || cfg.DMABudget != 24<<20 || cfg.LogLevel != slog.LevelDebug || cfg.Sysfs != "/tmp/sys" || cfg.Ring != driver.RingSplit {
 		t.Errorf("config %+v", cfg)
 	}
 }
@@ -88,15 +90,23 @@ func TestParseRunRejects(t *testing.T) {
 		{[]string{"--socket-mode", "0999"}, "not an octal permission"},
 		{[]string{"--socket-mode", "4660"}, "at most 0777"},
 		{[]string{"--socket-mode", "0460"}, "owner needs at least 0600"},
+		{[]string{"--control-mode", "0400"}, "--control-mode \"0400\": the owner needs at least 0600"},
+		{[]string{"--control-mode", "1777"}, "at most 0777"},
 		{[]string{"--dir-mode", "0600"}, "owner needs at least 0700"},
 		{[]string{"--dir-mode", ""}, "not an octal permission"},
 		{[]string{"--device", "nonsense"}, `--device "nonsense": not a PCI address`},
 		{[]string{"--device", "0000:00:20.0"}, "not a PCI address"},
 		{[]string{"--device", "00:03.0", "--device", "0000:00:03.0"}, "given twice"},
 		{[]string{"--bind", "kernel"}, `--bind "kernel": want uio, vfio or auto`},
+		{[]string{"--ring", "ring"}, `--ring "ring": want auto, split or packed`},
 		{[]string{"--max-ports", "-1"}, "--max-ports -1"},
 		{[]string{"--max-ports", "40000"}, "--max-ports 40000"},
 		{[]string{"--max-ports", "many"}, "invalid argument"},
+		{[]string{"--dma-budget", "12X"}, `--dma-budget "12X": want a byte count`},
+		{[]string{"--dma-budget", "-1M"}, "want a byte count"},
+		{[]string{"--dma-budget", "1023K"}, "want 1MiB to 1024GiB"},
+		{[]string{"--dma-budget", "2000G"}, "want 1MiB to 1024GiB"},
+		{[]string{"--dma-budget", "99999999999999999999"}, "want a byte count"},
 		{[]string{"--log-level", "loud"}, `--log-level "loud"`},
 		{[]string{"--poll", "sometimes"}, `--poll "sometimes": want adaptive, off or a duration`},
 		{[]string{"--poll", "1h"}, "at most 10ms"},
@@ -192,6 +202,62 @@ func TestParseModeValues(t *testing.T) {
 		got, err := parseMode("run", "--socket-mode", in, 0o600, 0o660)
 		if err != nil || got != want {
 			t.Errorf("parseMode(%q) = %#o, %v; want %#o", in, got, err, want)
+		}
+	}
+}
+
+func TestParseRunShutdownFlush(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want time.Duration // as driver.Config.CloseFlush takes it
+	}{
+		{nil, 2 * time.Second},
+		{[]string{"--shutdown-flush", "500ms"}, 500 * time.Millisecond},
+		{[]string{"--shutdown-flush", "0"}, -1},
+	} {
+		cfg, err := parseRun(c.args, io.Discard)
+		if err != nil || cfg.ShutdownFlush != c.want {
+			t.Errorf("%v: flush %v, %v; want %v", c.args, cfg.ShutdownFlush, err, c.want)
+		}
+	}
+	for _, bad := range []string{"-1s", "31s", "soon"} {
+		if _, err := parseRun([]string{"--shutdown-flush", bad}, io.Discard); err == nil {
+			t.Errorf("--shutdown-flush %s accepted", bad)
+		}
+	}
+}
+
+func TestParseRunConsoleLimits(t *testing.T) {
+	cfg, err := parseRun(nil, io.Discard)
+	if err != nil || cfg.Agent.Console.MaxPerDevice != 4 || cfg.Agent.Console.Env != nil {
+		t.Fatalf("defaults: max %d env %v (%v)", cfg.Agent.Console.MaxPerDevice, cfg.Agent.Console.Env, err)
+	}
+	cfg, err = parseRun([]string{"--console-max", "2", "--console-env", "LANG=C.UTF-8", "--console-env", "TERM=linux"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := strings.Join(cfg.Agent.Console.Env, " ")
+	if cfg.Agent.Console.MaxPerDevice != 2 || !strings.Contains(env, "LANG=C.UTF-8") || !strings.Contains(env, "TERM=linux") || strings.Contains(env, "vt220") || !strings.Contains(env, "PATH=") {
+		t.Errorf("max %d env %q", cfg.Agent.Console.MaxPerDevice, env)
+	}
+	for _, bad := range [][]string{{"--console-max", "0"}, {"--console-max", "65"}, {"--console-env", "NOEQUALS"}, {"--console-env", "=x"}} {
+		if _, err := parseRun(bad, io.Discard); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+}
+
+func TestBytesRoundTrip(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int
+	}{{"1048576", 1 << 20}, {"1024K", 1 << 20}, {"1536KiB", 1536 << 10}, {"133MiB", 133 << 20}, {"2G", 2 << 30}} {
+		got, err := parseBytes(c.in)
+		if err != nil || got != c.want {
+			t.Errorf("parseBytes(%q) = %d, %v; want %d", c.in, got, err, c.want)
+		}
+		if back, err := parseBytes(formatBytes(got)); err != nil || back != got {
+			t.Errorf("formatBytes(%d) = %q reads back as %d, %v", got, formatBytes(got), back, err)
 		}
 	}
 }

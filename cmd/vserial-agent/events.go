@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/pflag"
 
@@ -217,12 +219,19 @@ func formatEvent(ev agent.Event, only string) string {
 }
 
 // quote leaves plain words alone and quotes the rest, so a line splits at
-// blanks.
+// blanks and a host-chosen name cannot carry terminal escapes.
 func quote(s string) string {
-	if s == "" || strings.ContainsAny(s, " \t\n\"=\\") || strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return fmt.Sprintf("%q", s)
+	if s == "" || strings.ContainsAny(s, " \t\n\"=\\") || unprintable(s) {
+		return strconv.Quote(s)
 	}
 	return s
+}
+
+// unprintable reports whether s holds a byte or rune a terminal could act
+// on (C0 and C1 controls, DEL, invalid UTF-8) or that strconv.Quote
+// escapes for another reason.
+func unprintable(s string) bool {
+	return !utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return !strconv.IsPrint(r) })
 }
 
 // portMatches reports whether a port with this host name and socket is the
@@ -279,7 +288,7 @@ func (m portModel) apply(ev agent.Event) {
 	st := m[k]
 	if st == nil {
 		switch ev.Event {
-		case agent.EventDeviceReset, agent.EventProtocolViolation, agent.EventDeviceFailed:
+		case agent.EventDeviceReset, agent.EventProtocolViolation, agent.EventDeviceLimited, agent.EventDeviceFailed:
 			return // says nothing of the port's existence
 		}
 		st = &portState{}

@@ -29,7 +29,7 @@ func nextOf(t *testing.T, s *agent.EventStream, want agent.EventKind) agent.Even
 	}
 }
 
-// The driver's resets and protocol violations reach the agent's event
+// The driver's resets, protocol violations and budget limits reach the agent's event
 // stream through the wiring, with the device index the agent knows.
 func TestDeviceEventsReachTheStream(t *testing.T) {
 	m := virtiotest.NewConsole(virtiotest.ConsoleConfig{})
@@ -51,7 +51,8 @@ func TestDeviceEventsReachTheStream(t *testing.T) {
 	}
 	go a.ServeControl(ln)
 
-	dev, err := driver.Open(ctx, fakeFn{f}, driver.Config{Index: 2})
+	// A budget that gives port 1 its full buffer set and later ports less.
+	dev, err := driver.Open(ctx, fakeFn{f}, driver.Config{Index: 2, DMABudget: 4 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,6 +89,14 @@ func TestDeviceEventsReachTheStream(t *testing.T) {
 	ev = nextOf(t, s, agent.EventDeviceReset)
 	if deref(ev.Device) != 2 || ev.Port != nil || !strings.Contains(ev.Reason, "DEVICE_NEEDS_RESET") {
 		t.Errorf("device_reset %+v", ev)
+	}
+	// A hot-plugged port beyond the DMA budget's full sets.
+	if err := m.Plug(5, "q", false); err != nil {
+		t.Fatal(err)
+	}
+	ev = nextOf(t, s, agent.EventDeviceLimited)
+	if deref(ev.Device) != 2 || !strings.Contains(ev.Reason, "port 5 and later ports get 8 receive") {
+		t.Errorf("device_limited %+v", ev)
 	}
 }
 

@@ -40,8 +40,8 @@ Exit codes:
   4  events --wait: the --timeout passed first
 
 Under systemd (Type=notify) run reports readiness when every port present at
-start has its socket. Needs root. See the README for QEMU options, the unit
-file and u-root images.
+start has its socket. Needs root. See the README for QEMU options and
+docs/operating.md for the unit file and u-root images.
 `
 
 const runUsage = `Usage: vserial-agent run [flags]
@@ -54,7 +54,8 @@ two devices, say) have the same name, the first published keeps it (at
 start: the lower device index) and the other is served as vport<D>p<N>;
 the clash is logged and shown by 'list'.
 Hot-plugged ports appear and unplugged ones disappear while it runs; a
-device that breaks the protocol is reset and its ports come back.
+device that breaks the protocol is reset and its ports come back. What a
+socket does, rule by rule: docs/sockets.md.
 
 Without --device it takes every virtio-console function that no kernel
 driver holds. It logs to stderr (structured, one line per event, none per
@@ -62,17 +63,19 @@ buffer). With $NOTIFY_SOCKET set (systemd Type=notify) it sends READY=1 once
 every port present at start has its socket, and STOPPING=1 at shutdown.
 
 Ports can be configured by name (--config FILE, --port, --ignore; format in
-the README): mode listen (the default), connect (the agent dials a socket
-another program listens on, e.g. qemu-ga --method=unix-listen, and redials
-with backoff), pty, or ignore (no socket, never opened towards the host); a
-socket path, owner, group and mode.
+docs/configuration.md): mode listen (the default), connect (the agent dials
+a socket another program listens on, e.g. qemu-ga --method=unix-listen, and
+redials with backoff), pty, or ignore (no socket, never opened towards the
+host); a socket path, owner, group and mode.
 
 One loop per device moves every port's bytes between its socket client and
 the device (docs/data-plane.md). After a small request it polls for the reply
 before sleeping (--poll adaptive: a budget learnt per port, never while idle
 or streaming; off: interrupts only; or a fixed budget such as 200us).
 
-SIGTERM or SIGINT shut down cleanly: clients see end of file, the host sees
+SIGTERM or SIGINT shut down cleanly: clients see end of file; guest→host
+bytes already read from clients get --shutdown-flush (2s) to reach the host,
+and what is left is counted and logged ("not delivered"); the host sees
 every port closed, the device is reset, the sockets are removed and the
 function goes back to the driver it had; exit 0. A second signal kills.
 
@@ -85,7 +88,7 @@ Examples:
   vserial-agent run --port 'org.qemu.guest_agent.0 mode=connect target=/run/qga.sock'
   vserial-agent run --config /etc/vserial.conf --ignore org.example.unused
 
-Bindings (--bind; README, Bindings): vfio binds the function to vfio-pci.
+Bindings (--bind; docs/operating.md): vfio binds the function to vfio-pci.
 Behind an IOMMU (the function has an iommu_group; boot with intel_iommu=on)
 that is VFIO type1, the safe mode: the device reaches only the memory the
 agent maps, and interrupts are MSI-X. Without an IOMMU it needs vfio's
@@ -128,8 +131,8 @@ event: port_added, port_removed, port_renamed, host_connected,
 host_disconnected, client_connected, client_disconnected, client_rejected,
 console_resize, device_reset, protocol_violation, device_failed, and last
 agent_stopping when the agent shuts down. Text lines by default (time, event,
-key=value), the agent's JSON lines with --json (fields: README, Events and
-status). --port NAME keeps only the lines about that port.
+key=value), the agent's JSON lines with --json (fields: docs/events.md).
+--port NAME keeps only the lines about that port.
 
 With --wait COND --port NAME it prints nothing but the line that made COND
 true and exits 0 as soon as COND holds for the port (at once if the snapshot

@@ -9,7 +9,9 @@ package main
 //
 //	DEV PORT FAULT [ADDR]
 //
-// DEV is the device index, PORT the port id, FAULT zero-length or address,
+// or the single word "panic", which panics in the injecting goroutine (the
+// agent's last gasp must reach the host, then the process dies). DEV is
+// the device index, PORT the port id, FAULT zero-length or address,
 // ADDR the device address (hex, 0x...) an address fault points at, or
 // "unmapped": an IOVA the IOMMU never mapped (VFIO type1 only). After
 // the injection it waits (at most faultWait) for the device to be reset
@@ -35,6 +37,7 @@ import (
 	"time"
 
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // faultMaxResets is the faultinject build's limit of resets a minute: high,
@@ -95,6 +98,7 @@ func startFaultInjection(ctx context.Context, devs []device, log *slog.Logger) {
 	signal.Notify(sig, syscall.SIGUSR1)
 	log.Warn("fault injection enabled (faultinject build)", "file", path, "max_resets", maxResets)
 	go func() {
+		defer guard.Recover()
 		defer signal.Stop(sig)
 		for {
 			select {
@@ -108,6 +112,11 @@ func startFaultInjection(ctx context.Context, devs []device, log *slog.Logger) {
 				continue
 			}
 			line, _, _ := strings.Cut(string(b), "\n")
+			if strings.TrimSpace(line) == "panic" {
+				// A panic outside run's goroutine: the last gasp
+				// (internal/guard) must still reach the host.
+				panic("faultinject: injected panic")
+			}
 			r, err := parseFaultRequest(line)
 			if err == nil && r.dev >= len(devs) {
 				err = fmt.Errorf("fault request: no device %d", r.dev)

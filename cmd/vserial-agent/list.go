@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
 	"github.com/vserial/vserial/agent"
+	"github.com/vserial/vserial/internal/devopen"
 	"github.com/vserial/vserial/pciscan"
 )
 
@@ -47,10 +49,11 @@ func list(ctx context.Context, cfg listConfig, stdout, stderr io.Writer) int {
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	status, queryErr := agent.QueryReport(qctx, cfg.SocketDir)
 	cancel()
-	env := hostBindEnv(cfg.Sysfs)
-	choose := func(f pciscan.Function) bindChoice { return chooseBind(env, f) }
+	env := devopen.HostEnv(cfg.Sysfs)
+	choose := func(f pciscan.Function) bindChoice { return devopen.Choose(env, f) }
 	rep := buildReport(cfg.SocketDir, fns, scanErr, status.Ports, queryErr, choose)
 	rep.Agent.Subscribers = status.Subscribers
+	rep.Agent.ControlRefused = status.ControlRefused
 	var err error
 	if cfg.JSON {
 		err = writeJSON(stdout, rep)
@@ -124,20 +127,20 @@ func writeText(w io.Writer, rep listReport) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	switch {
 	case rep.FunctionsError != "":
-		fmt.Fprintf(tw, "virtio-console functions: cannot scan: %s\n", rep.FunctionsError)
+		fmt.Fprintf(tw, "virtio-console functions: cannot scan: %s\n", escapeText(rep.FunctionsError))
 	case len(rep.Functions) == 0:
 		fmt.Fprintf(tw, "virtio-console functions: none\n")
 	default:
 		fmt.Fprintf(tw, "FUNCTION\tID\tSUBSYSTEM\tDRIVER\tIOMMU GROUP\tBIND (auto)\n")
 		for _, f := range rep.Functions {
 			fmt.Fprintf(tw, "%s\t%s:%s\t%s:%s\t%s\t%s\t%s\n", f.Addr, f.Vendor, f.Device, f.SubVendor, f.SubDevice, dash(f.Driver), dash(f.IOMMUGroup),
-				bindChoice{f.Bind, f.BindReason})
+				bindChoice{Bind: f.Bind, Reason: f.BindReason})
 		}
 	}
 	fmt.Fprintln(tw)
 	switch {
 	case rep.Agent.Error != "":
-		fmt.Fprintf(tw, "agent on %s: %s\n", rep.Agent.SocketDir, rep.Agent.Error)
+		fmt.Fprintf(tw, "agent on %s: %s\n", rep.Agent.SocketDir, escapeText(rep.Agent.Error))
 	case !rep.Agent.Running:
 		fmt.Fprintf(tw, "agent on %s: not running\n", rep.Agent.SocketDir)
 	case len(rep.Agent.Ports) == 0:
@@ -145,20 +148,41 @@ func writeText(w io.Writer, rep listReport) error {
 	default:
 		fmt.Fprintf(tw, "DEV\tPORT\tNAME\tMODE\tSOCKET\tHOST\tCLIENT\tIN\tOUT\tDISCARDED\tREJECTED\n")
 		for _, p := range rep.Agent.Ports {
-			where := p.Socket
+			// Names come from the host, paths partly too: quoted as
+			// events quotes them when they hold blanks or controls.
+			where := cell(p.Socket)
 			if p.Mode == agent.ModeConnect {
-				where = "→ " + p.Target
+				where = "→ " + cell(p.Target)
 			}
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", p.Device, p.ID, dash(p.Name), dash(string(p.Mode)), dash(where),
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", p.Device, p.ID, cell(p.Name), cell(string(p.Mode)), where,
 				yesNo(p.HostConnected), yesNo(p.ClientConnected), p.BytesIn, p.BytesOut, p.Discarded, p.RejectedClients)
 		}
 		for _, p := range rep.Agent.Ports {
 			if p.NameProblem != "" {
-				fmt.Fprintf(tw, "note: device %d port %d %q is served as %s: %s\n", p.Device, p.ID, p.Name, p.Socket, p.NameProblem)
+				fmt.Fprintf(tw, "note: device %d port %d %s is served as %s: %s\n", p.Device, p.ID, strconv.Quote(p.Name), cell(p.Socket), escapeText(p.NameProblem))
 			}
 		}
 	}
 	return tw.Flush()
+}
+
+// cell is s as a column of the text output: "-" when empty, quoted when
+// it holds blanks, quotes or characters a terminal could act on.
+func cell(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return quote(s)
+}
+
+// escapeText escapes, in a free-text message, what a terminal could act
+// on (the message may quote a host-chosen name).
+func escapeText(s string) string {
+	if !unprintable(s) {
+		return s
+	}
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
 }
 
 func dash(s string) string {

@@ -10,38 +10,26 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/agent/agenttest"
 	"github.com/vserial/vserial/pciscan"
+	"github.com/vserial/vserial/pciscan/pciscantest"
 )
 
 // fakeFunction writes one PCI function into a sysfs tree under root.
 func fakeFunction(t *testing.T, root, addr, vendor, device, subdev, driver string) {
 	t.Helper()
-	dir := filepath.Join(root, "bus", "pci", "devices", addr)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for name, v := range map[string]string{
-		"vendor": vendor, "device": device, "subsystem_vendor": "0x1af4", "subsystem_device": subdev,
-		"revision": "0x01", "class": "0x078000",
-	} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(v+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if driver != "" {
-		if err := os.Symlink("../../../bus/pci/drivers/"+driver, filepath.Join(dir, "driver")); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pciscantest.Function(t, root, addr, vendor, device, subdev, driver)
 }
 
 // fixedChoice stands in for chooseBind in report tests.
-func fixedChoice(pciscan.Function) bindChoice { return bindChoice{bindVFIO, "IOMMU group 7"} }
+func fixedChoice(pciscan.Function) bindChoice {
+	return bindChoice{Bind: bindVFIO, Reason: "IOMMU group 7"}
+}
 
 func shortTempDir(t *testing.T) string {
 	t.Helper()
@@ -155,6 +143,29 @@ func TestListText(t *testing.T) {
 		`note: device 1 port 1 "dup" is served as /d/vport1p1: name clash: device 0 port 3 has the socket dup`} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("text output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// Regression test: list printed host-chosen names raw, so a host could put
+// terminal escape sequences on the operator's screen.
+func TestListTextEscapesHostNames(t *testing.T) {
+	evil := "x\x1b]0;owned\x07\x1b[2J\u009b31m\x7f"
+	ports := []agent.PortStatus{
+		{Device: 0, ID: 1, Name: evil, Mode: agent.ModeListen, Socket: "/d/vport0p1", NameProblem: "unusable as a file name: " + evil},
+		{Device: 0, ID: 2, Name: "ok", Mode: agent.ModeConnect, Target: "/t/" + evil},
+	}
+	var out bytes.Buffer
+	writeText(&out, buildReport("/d", nil, errors.New("scan: "+evil), ports, nil, fixedChoice))
+	text := out.String()
+	for _, r := range text {
+		if r != '\n' && !strconv.IsPrint(r) {
+			t.Fatalf("text output holds %U:\n%q", r, text)
+		}
+	}
+	for _, want := range []string{`"x\x1b]0;owned\a\x1b[2J\u009b31m\x7f"`, `→ "/t/x\x1b]0;owned`, `unusable as a file name: x\x1b]0;owned\a`, `cannot scan: scan: x\x1b]0;`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("text output lacks %s:\n%s", want, text)
 		}
 	}
 }

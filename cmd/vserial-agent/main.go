@@ -1,5 +1,3 @@
-// Command vserial-agent drives virtio-console PCI functions from userspace
-// and publishes every port as a Unix socket. See `vserial-agent --help`.
 package main
 
 import (
@@ -14,6 +12,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/pflag"
+
+	"github.com/vserial/vserial/internal/guard"
 )
 
 // minProcs is the least GOMAXPROCS the agent runs with. On a one-CPU guest
@@ -32,6 +32,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	go func() {
+		defer guard.Recover()
 		// After the first signal, a second one kills the process the
 		// default way, in case shutdown hangs.
 		<-ctx.Done()

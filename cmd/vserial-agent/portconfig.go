@@ -1,7 +1,7 @@
 package main
 
 // Per-port configuration: the --config file and the --port, --ignore
-// flags. The format is described in the README ("Configuration").
+// flags. The format is described in docs/configuration.md.
 //
 //	# comment
 //	default mode=ignore

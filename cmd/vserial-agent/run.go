@@ -6,16 +6,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
+	"sync"
 
 	"github.com/vserial/vserial/agent"
+	"github.com/vserial/vserial/internal/devopen"
+	"github.com/vserial/vserial/internal/guard"
 	"github.com/vserial/vserial/pciscan"
 )
 
 // runAgent is `vserial-agent run`: it opens the functions, publishes their
 // ports until ctx ends (SIGTERM/SIGINT) or every device stopped, then shuts
 // down: the agent first (clients see EOF, the host sees PORT_OPEN 0), the
-// devices after.
+// devices after. With --wait-devices it also adopts functions that appear
+// and lets go of those that go (supervisor.go), and runs with none.
 func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceOpener) int {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	notify, err := newNotifier()
@@ -32,7 +35,11 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 	}
 	fns, err := selectFunctions(cfg, log)
 	if err != nil {
-		return failed("no device to drive", err)
+		if !cfg.WaitDevices {
+			return failed("no device to drive", err)
+		}
+		log.Info("no device to drive yet, or not every one named; waiting (--wait-devices)", "why", err.Error())
+		fns = presentFunctions(cfg, log)
 	}
 	cfg.Agent.Logger = log
 	a, err := agent.New(cfg.Agent)
@@ -44,140 +51,59 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceO
 		a.Close()
 		return failed("cannot create the control socket", err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- a.ServeControl(ctl) }()
-
-	var devs []device
-	var addrs []string
-	// The last gasp: if anything panics below, the host hears why.
-	defer func() {
-		if r := recover(); r != nil {
-			for i, d := range devs {
-				emergencyLine(d, addrs[i], log, fmt.Sprintf("fatal: panic: %v", r))
-			}
-			panic(r)
-		}
+	s := newSupervisor(ctx, cfg, log, open, a)
+	go func() {
+		defer guard.Recover()
+		s.served <- a.ServeControl(ctl)
 	}()
-	shutdown := func() {
-		a.Close()
-		if err := <-served; err != nil && !errors.Is(err, agent.ErrClosed) {
-			log.Warn("control socket", "err", err)
-		}
-		for i, d := range devs {
-			if err := d.Close(); err != nil {
-				log.Error("closing device", "pci", fns[i].Addr, "err", err)
-			}
-		}
-	}
-	for i, f := range fns {
-		d, err := open(ctx, deviceSpec{
-			Index:    i,
-			Function: f,
-			Explicit: len(cfg.Devices) > 0,
-			Bind:     cfg.Bind,
-			MaxPorts: cfg.MaxPorts,
-			Poll:     cfg.Poll,
-			Sysfs:    cfg.Sysfs,
-			Logger:   log.With("pci", f.Addr, "dev", i),
-			Report:   func(ev agent.DeviceEvent) { reportDevice(a, ev, log) },
-		})
-		if err != nil {
-			if ctx.Err() != nil {
-				shutdown()
-				log.Info("interrupted while opening devices", "pci", f.Addr, "err", err)
-				return exitOK
-			}
-			for j, d := range devs {
-				emergencyLine(d, addrs[j], log, fmt.Sprintf("fatal: cannot open device %s: %v", f.Addr, err))
-			}
-			shutdown()
-			return failed("cannot open device "+f.Addr, err)
-		}
-		devs = append(devs, d)
-		addrs = append(addrs, f.Addr)
-		log.Info("device opened", "pci", f.Addr, "dev", i)
-		// Before any port is published: the host sees the agent coming up
-		// even when nothing else works later.
-		emergencyLine(d, f.Addr, log, "starting on "+f.Addr)
-	}
+	// The last gasp: if anything panics, in this goroutine or any other
+	// the agent started, the host hears why (internal/guard).
+	guard.SetHandler(s.words.panicked)
+	defer guard.SetHandler(nil)
+	defer guard.Recover()
 
-	startFaultInjection(ctx, devs, log)
-
-	// The ports present at start are published first, device by device in
-	// index order and by id within a device, so a name two devices share
-	// goes to the lower device index (the other is served as
-	// vport<D>p<ID>). Then the agent is ready. Each device then feeds the
-	// ports that arrive later; its first delivery of a start port is the
-	// one just published and is skipped.
-	started := make([]map[agent.Port]bool, len(devs))
-	nPresent := 0
-	for i, d := range devs {
-		started[i] = map[agent.Port]bool{}
-		for _, p := range d.Present() {
-			started[i][p] = true
-			nPresent++
-			if err := a.AddPort(i, p); err != nil {
-				log.Error("cannot publish port", "pci", fns[i].Addr, "dev", i, "port", p.ID(), "err", err)
-			}
+	if code, ok := s.openStart(fns); !ok {
+		s.shutdown()
+		if code != exitOK {
+			return failed("cannot open device", s.openErr)
 		}
+		return code
 	}
-	log.Info("ready", "devices", len(devs), "ports", nPresent, "socket_dir", a.Dir())
-	if err := notify.send("READY=1", fmt.Sprintf("STATUS=serving %d ports of %d devices in %s", nPresent, len(devs), a.Dir())); err != nil {
+	startFaultInjection(ctx, s.startDevices(), log)
+	n := s.publishStart()
+	log.Info("ready", "devices", len(fns), "ports", n, "socket_dir", a.Dir())
+	if err := notify.send("READY=1", fmt.Sprintf("STATUS=serving %d ports of %d devices in %s", n, len(fns), a.Dir())); err != nil {
 		log.Warn("readiness notification failed", "err", err)
 	}
-	stopped := make(chan int, len(devs))
-	for i, d := range devs {
-		go func() {
-			skip := started[i]
-			for p := range d.Ports() {
-				if skip[p] {
-					delete(skip, p)
-					continue
-				}
-				if err := a.AddPort(i, p); err != nil && !errors.Is(err, agent.ErrClosed) {
-					log.Error("cannot publish port", "pci", fns[i].Addr, "dev", i, "port", p.ID(), "err", err)
-				}
-			}
-			stopped <- i
-		}()
-	}
-
-	code := exitOK
-	running := len(devs)
-	for running > 0 && ctx.Err() == nil {
-		select {
-		case <-ctx.Done():
-		case i := <-stopped:
-			running--
-			err := devs[i].Err()
-			log.Error("device stopped", "pci", fns[i].Addr, "dev", i, "err", err)
-			why := "stopped"
-			if err != nil {
-				why = err.Error()
-			}
-			reportDevice(a, agent.DeviceEvent{Kind: agent.EventDeviceFailed, Device: i, Reason: why}, log)
-			emergencyLine(devs[i], fns[i].Addr, log, fmt.Sprintf("fatal: device %s stopped: %v", fns[i].Addr, err))
+	if cfg.WaitDevices {
+		if err := s.watchHotplug(); err != nil {
+			log.Warn("hot-plug of functions disabled: cannot follow kernel uevents", "err", err)
 		}
 	}
-	if running == 0 {
-		code = exitFailure
-		log.Error("every device stopped; exiting")
-		for i, d := range devs {
-			emergencyLine(d, addrs[i], log, "fatal: every device stopped; exiting")
-		}
-	} else {
-		log.Info("shutting down")
-	}
+	code := s.serve()
 	if err := notify.send("STOPPING=1", "STATUS=shutting down"); err != nil {
 		log.Warn("readiness notification failed", "err", err)
 	}
-	shutdown()
-	// Close ends every Ports channel; wait for the feeders.
-	for ; running > 0; running-- {
-		<-stopped
-	}
+	s.shutdown()
 	log.Info("stopped", "exit_code", code)
 	return code
+}
+
+// presentFunctions is, for --wait-devices, the functions that may be
+// driven now (devopen.Eligible); the others are adopted when they appear.
+func presentFunctions(cfg runConfig, log *slog.Logger) []pciscan.Function {
+	all, err := pciscan.Scan(cfg.Sysfs)
+	if err != nil {
+		log.Warn("cannot list PCI functions", "err", err)
+		return nil
+	}
+	var out []pciscan.Function
+	for _, f := range all {
+		if devopen.Eligible(f, cfg.Devices) {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // reportDevice puts a device's event on the agent's event stream.
@@ -190,51 +116,7 @@ func reportDevice(a *agent.Agent, ev agent.DeviceEvent, log *slog.Logger) {
 // selectFunctions returns the functions to drive: those named with
 // --device, or every virtio-console function no driver holds.
 func selectFunctions(cfg runConfig, log *slog.Logger) ([]pciscan.Function, error) {
-	if len(cfg.Devices) > 0 {
-		var out []pciscan.Function
-		for _, addr := range cfg.Devices {
-			f, err := pciscan.Lookup(cfg.Sysfs, addr)
-			if err != nil {
-				return nil, err
-			}
-			if !pciscan.IsConsole(f) {
-				return nil, fmt.Errorf("--device %s is not a virtio-console function: %v", addr, f)
-			}
-			out = append(out, f)
-		}
-		return out, nil
-	}
-	all, err := pciscan.Scan(cfg.Sysfs)
-	if err != nil {
-		return nil, err
-	}
-	var out []pciscan.Function
-	var held []string
-	for _, f := range all {
-		if !pciscan.IsConsole(f) {
-			continue
-		}
-		if f.Driver == uioDriver {
-			// Bound to uio_pci_generic and not held by a kernel driver:
-			// an earlier run of ours left it there.
-			log.Info("taking virtio-console function already bound to uio_pci_generic", "pci", f.Addr)
-			out = append(out, f)
-			continue
-		}
-		if f.Driver != "" {
-			held = append(held, f.Addr+" ("+f.Driver+")")
-			log.Info("skipping virtio-console function held by a driver; name it with --device to take it", "pci", f.Addr, "driver", f.Driver)
-			continue
-		}
-		out = append(out, f)
-	}
-	if len(out) == 0 {
-		if len(held) > 0 {
-			return nil, fmt.Errorf("every virtio-console function is held by a driver: %s; name one with --device to take it", strings.Join(held, ", "))
-		}
-		return nil, fmt.Errorf("no virtio-console function under %s/bus/pci/devices (QEMU: -device virtio-serial-pci)", cfg.Sysfs)
-	}
-	return out, nil
+	return devopen.Select(cfg.Sysfs, cfg.Devices, log)
 }
 
 // maxEmergencyLine bounds a line written through the emergency channel: each
@@ -248,6 +130,10 @@ const maxEmergencyLine = 240
 // are cut, so one call is one line. Best effort: a device without the
 // channel is logged at debug level.
 func emergencyLine(d device, addr string, log *slog.Logger, msg string) {
+	writeLine(d.EmergencyWrite, addr, log, msg)
+}
+
+func writeLine(write func([]byte) error, addr string, log *slog.Logger, msg string) {
 	b := []byte("vserial-agent: ")
 	for _, c := range []byte(msg) {
 		if c < 0x20 || c == 0x7f {
@@ -259,9 +145,42 @@ func emergencyLine(d device, addr string, log *slog.Logger, msg string) {
 		b = append(b[:maxEmergencyLine-4], "..."...)
 	}
 	b = append(b, '\n')
-	if err := d.EmergencyWrite(b); err != nil {
+	if err := write(b); err != nil {
 		log.Debug("no emergency write", "pci", addr, "err", err)
 		return
 	}
 	log.Debug("emergency write", "pci", addr, "line", string(b[:len(b)-1]))
+}
+
+// lastWords is run's answer to a panic in any goroutine the agent started
+// (internal/guard.Handler): the panic and its stack go to the log, and
+// "fatal: panic: V" through the emergency channel of every device opened
+// so far, without waiting for a lock the panicking goroutine may hold
+// (driver.Device.LastGasp). The process then dies of the panic (exit 2).
+type lastWords struct {
+	log   *slog.Logger
+	mu    sync.Mutex
+	devs  []device
+	addrs []string
+}
+
+func (w *lastWords) add(d device, addr string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.devs = append(w.devs, d)
+	w.addrs = append(w.addrs, addr)
+}
+
+func (w *lastWords) panicked(v any, stack []byte) {
+	w.log.Error("panic", "value", fmt.Sprint(v), "stack", string(stack))
+	w.mu.Lock()
+	devs, addrs := w.devs, w.addrs
+	w.mu.Unlock()
+	for i, d := range devs {
+		write := d.EmergencyWrite
+		if g, ok := d.(interface{ LastGasp([]byte) error }); ok {
+			write = g.LastGasp
+		}
+		writeLine(write, addrs[i], w.log, fmt.Sprintf("fatal: panic: %v", v))
+	}
 }

@@ -2,22 +2,17 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
-
-	"github.com/u-root/u-root/pkg/kmodule"
-	"golang.org/x/sys/unix"
+	"time"
 
 	"github.com/vserial/vserial/agent"
-	"github.com/vserial/vserial/dma"
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/agentwire"
+	"github.com/vserial/vserial/internal/devopen"
+	"github.com/vserial/vserial/internal/guard"
 	"github.com/vserial/vserial/pciscan"
 	"github.com/vserial/vserial/pump"
-	"github.com/vserial/vserial/uio"
 )
 
 // device is one virtio-console function brought up for the agent.
@@ -53,9 +48,15 @@ type deviceSpec struct {
 	Explicit bool
 	Bind     string // bindUIO, bindVFIO or bindAuto
 	MaxPorts int    // 0: as many as the device offers
-	Poll     pump.Poll
-	Sysfs    string
-	Logger   *slog.Logger
+	// DMABudget bounds the device memory of the function, in bytes (0:
+	// the driver's default).
+	DMABudget int
+	Ring      driver.RingLayout
+	Poll      pump.Poll
+	// ShutdownFlush is driver.Config.CloseFlush (negative: no wait).
+	ShutdownFlush time.Duration
+	Sysfs         string
+	Logger        *slog.Logger
 	// Report, when not nil, receives the device's own events (resets,
 	// protocol violations) for the agent's event stream. It must not block.
 	Report func(agent.DeviceEvent)
@@ -65,132 +66,29 @@ type deviceSpec struct {
 // tests run the whole command against fake devices.
 type deviceOpener func(ctx context.Context, spec deviceSpec) (device, error)
 
-const uioDriver = "uio_pci_generic"
-
-// openDevice is the production deviceOpener: it binds the function to
-// uio_pci_generic or vfio-pci (loading the modules if needed; --bind auto
-// asks chooseBind), opens it, brings the virtio device up and reports its
-// ports. A failure at any step undoes the steps before it.
-func openDevice(ctx context.Context, spec deviceSpec) (_ device, err error) {
-	log := spec.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	addr := spec.Function.Addr
-	var undo []func()
-	defer func() {
-		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
-		}
-	}()
-
-	bind := spec.Bind
-	if bind == bindAuto || bind == "" {
-		c := chooseBind(hostBindEnv(spec.Sysfs), spec.Function)
-		log.Info("bind auto", "bind", c.Bind, "reason", c.Reason)
-		bind = c.Bind
-	}
-	drv := uioDriver
-	var mode vfioMode
-	switch bind {
-	case bindUIO:
-		if err := ensureModule(spec.Sysfs, uioDriver, uioDriver, log); err != nil {
-			return nil, err
-		}
-	case bindVFIO:
-		drv = uio.VFIODriver
-		// vfio first, on its own: it is a dependency of vfio-pci, and only
-		// the module named to Probe gets its command-line parameters
-		// (vfio.enable_unsafe_noiommu_mode=1).
-		if err := ensureModule(spec.Sysfs, "vfio", "", log); err != nil {
-			return nil, err
-		}
-		if err := ensureModule(spec.Sysfs, vfioModule, uio.VFIODriver, log); err != nil {
-			return nil, err
-		}
-		if mode, err = checkVFIO(spec.Sysfs, spec.Function); err != nil {
-			return nil, err
-		}
-		if !mode.NoIOMMU {
-			if err := ensureModule(spec.Sysfs, vfioType1Module, "", log); err != nil {
-				return nil, err
-			}
-		}
-	default:
-		return nil, fmt.Errorf("unknown binding %q", bind)
-	}
-	prev := spec.Function.Driver
-	took := false // we bound the function to drv: give it back on Close
-	if prev != drv {
-		took = true
-		prev, err = pciscan.Take(spec.Sysfs, addr, drv, spec.Explicit)
-		if err != nil {
-			return nil, err
-		}
-		log.Info("function bound", "driver", drv, "previous", driverName(prev))
-		undo = append(undo, func() { restore(spec.Sysfs, addr, prev, log) })
-	} else {
-		prev = ""
-	}
-
-	var fn driver.Function
-	var release func() error
-	if bind == bindVFIO {
-		vf, err := uio.OpenVFIO(spec.Sysfs, "/dev", addr, uio.Options{Logger: log})
-		if err != nil {
-			return nil, err
-		}
-		fn, release = vfioFunction{vf}, vf.Close
-	} else {
-		uf, err := uio.Open(spec.Sysfs, "/dev", addr, uio.Options{Logger: log})
-		if err != nil {
-			return nil, err
-		}
-		fn, release = uioFunction{uf}, uf.Close
-	}
-	undo = append(undo, func() { release() })
-	// The data-plane loop waits for the interrupt in its own epoll set.
-	// Take its descriptors now, before bring-up: under uio that closes a
-	// descriptor of /dev/uioN, which clears Bus Master (uio.IRQ.PollFDs).
-	pi, ok := fn.IRQ().(driver.PollIRQ)
-	if !ok {
-		return nil, fmt.Errorf("virtio-console %s: the interrupt cannot be polled (%T)", addr, fn.IRQ())
-	}
-	if _, err := pi.PollFDs(); err != nil {
-		return nil, err
-	}
-
-	maxPorts := uint32(0)
-	if spec.MaxPorts > 0 {
-		maxPorts = uint32(spec.MaxPorts)
-	}
-	dev, err := driver.Open(ctx, fn, driver.Config{
-		MaxPorts:     maxPorts,
-		Index:        spec.Index,
-		MaxResets:    maxResets,
-		ExternalLoop: true,
-		Logger:       log,
+// openDevice is the production deviceOpener: devopen brings the function
+// up with its data-plane loop, and the agent sees it as a consoleDevice.
+func openDevice(ctx context.Context, spec deviceSpec) (device, error) {
+	od, err := devopen.Open(ctx, devopen.Spec{
+		Index:      spec.Index,
+		Function:   spec.Function,
+		Explicit:   spec.Explicit,
+		Bind:       spec.Bind,
+		MaxPorts:   spec.MaxPorts,
+		DMABudget:  spec.DMABudget,
+		Ring:       spec.Ring,
+		MaxResets:  maxResets,
+		CloseFlush: spec.ShutdownFlush,
+		Poll:       spec.Poll,
+		Sysfs:      spec.Sysfs,
+		Logger:     spec.Logger,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("bring up virtio-console %s: %w", addr, err)
+		return nil, err
 	}
-	loop, err := pump.New(dev, pump.Options{Poll: spec.Poll, Logger: log})
-	if err != nil {
-		dev.Close()
-		return nil, fmt.Errorf("virtio-console %s: data plane: %w", addr, err)
-	}
-	// Back to the driver it had, or to none (unbound) if it had none:
-	// only a function that came to us already bound to drv stays there.
-	giveBack := func() {}
-	if took {
-		giveBack = func() { restore(spec.Sysfs, addr, prev, log) }
-	}
-	cd := newConsoleDevice(dev, loop, release, giveBack, spec.Index, spec.Report)
-	if vf, ok := fn.(vfioFunction); ok {
-		cd.unmapped = vf.f.UnmappedIOVA
-	}
+	cd := newConsoleDevice(od.Dev, od.Loop, od.Release, od.GiveBack, spec.Index, spec.Report)
+	cd.unmapped = od.Unmapped
+	cd.requested = od.Requested
 	return cd, nil
 }
 
@@ -217,76 +115,6 @@ func newConsoleDevice(dev *driver.Device, loop *pump.Loop, release func() error,
 	return d
 }
 
-// ensureModule loads kernel module name (with its dependencies, from
-// /lib/modules/$(uname -r)) unless PCI driver drv is already registered
-// (drv "": unless the module is loaded).
-func ensureModule(sysfs, name, drv string, log *slog.Logger) error {
-	present := func() bool {
-		if drv == "" {
-			return pciscan.ModuleLoaded(sysfs, name)
-		}
-		return pciscan.DriverRegistered(sysfs, drv)
-	}
-	if present() {
-		return nil
-	}
-	if err := kmodule.Probe(name, cmdlineParams(readCmdline(), name)); err != nil {
-		var u unix.Utsname
-		_ = unix.Uname(&u)
-		rel := unix.ByteSliceToString(u.Release[:])
-		return fmt.Errorf("kernel module %s is not loaded and could not be loaded from %s: %w (install the module for kernel %s or load it before starting)",
-			name, filepath.Join("/lib/modules", rel), err, rel)
-	}
-	log.Info("kernel module loaded", "module", name)
-	// A module that is built in has no sysfs/module entry unless it has
-	// parameters, and Probe succeeds for it: only a driver can be checked.
-	if drv != "" && !present() {
-		return fmt.Errorf("kernel module %s loaded but no driver %s appeared under %s/bus/pci/drivers", name, drv, sysfs)
-	}
-	return nil
-}
-
-// readCmdline returns the kernel command line, "" if it cannot be read.
-func readCmdline() string {
-	b, _ := os.ReadFile("/proc/cmdline")
-	return string(b)
-}
-
-// cmdlineParams picks the parameters for module out of a kernel command
-// line ("module.param=value" words; dashes and underscores in the module
-// name are the same), as modprobe does: the kernel applies them by itself
-// only to built-in modules.
-func cmdlineParams(cmdline, module string) string {
-	want := strings.ReplaceAll(module, "-", "_") + "."
-	var out []string
-	for _, w := range strings.Fields(cmdline) {
-		mod, param, ok := strings.Cut(w, ".")
-		if !ok || param == "" || strings.ReplaceAll(mod, "-", "_")+"." != want {
-			continue
-		}
-		if k, _, _ := strings.Cut(param, "="); k == "" || strings.ContainsAny(k, "/") {
-			continue
-		}
-		out = append(out, param)
-	}
-	return strings.Join(out, " ")
-}
-
-func restore(sysfs, addr, prev string, log *slog.Logger) {
-	if err := pciscan.Restore(sysfs, addr, prev); err != nil {
-		log.Warn("cannot give the function back", "driver", driverName(prev), "err", err)
-		return
-	}
-	log.Info("function given back", "driver", driverName(prev))
-}
-
-func driverName(d string) string {
-	if d == "" {
-		return "(none)"
-	}
-	return d
-}
-
 // consoleDevice is a driver.Device seen as a device of the agent.
 type consoleDevice struct {
 	dev     *driver.Device
@@ -298,8 +126,11 @@ type consoleDevice struct {
 	// unmapped names a device address never mapped (VFIO type1), for
 	// fault injection; nil elsewhere.
 	unmapped func() (uint64, bool)
-	index    int
-	report   func(agent.DeviceEvent)
+	// requested is closed when the kernel asks for the function back
+	// (VFIO's request interrupt); nil under uio.
+	requested <-chan struct{}
+	index     int
+	report    func(agent.DeviceEvent)
 
 	once     sync.Once
 	closeErr error
@@ -311,6 +142,7 @@ type consoleDevice struct {
 // device events into reports. Other port events reach the agent through
 // each port's Changed channel.
 func (d *consoleDevice) forward() {
+	defer guard.Recover()
 	defer close(d.done)
 	defer close(d.ports)
 	for {
@@ -319,7 +151,7 @@ func (d *consoleDevice) forward() {
 			if !ok {
 				return
 			}
-			if ev.Kind == driver.DeviceReset || ev.Kind == driver.ProtocolViolation {
+			if ev.Kind == driver.DeviceReset || ev.Kind == driver.ProtocolViolation || ev.Kind == driver.DeviceLimited {
 				d.reportEvent(ev)
 				continue
 			}
@@ -342,18 +174,7 @@ func (d *consoleDevice) reportEvent(ev driver.PortEvent) {
 	if d.report == nil {
 		return
 	}
-	out := agent.DeviceEvent{Kind: agent.EventDeviceReset, Device: d.index, Violations: ev.Violations, Reason: "unknown"}
-	if ev.Kind == driver.ProtocolViolation {
-		out.Kind = agent.EventProtocolViolation
-	}
-	if ev.Err != nil {
-		out.Reason = ev.Err.Error()
-	}
-	if ev.Port != nil {
-		id := ev.Port.ID()
-		out.Port = &id
-	}
-	d.report(out)
+	d.report(agentwire.DeviceEvent(d.index, ev))
 }
 
 func (d *consoleDevice) Ports() <-chan agent.Port { return d.ports }
@@ -361,6 +182,13 @@ func (d *consoleDevice) Ports() <-chan agent.Port { return d.ports }
 func (d *consoleDevice) Present() []agent.Port { return d.present }
 
 func (d *consoleDevice) EmergencyWrite(b []byte) error { return d.dev.EmergencyWrite(b) }
+
+// Requested is closed when the kernel asks for the function back (a VFIO
+// unplug or unbind); nil when it cannot ask (uio).
+func (d *consoleDevice) Requested() <-chan struct{} { return d.requested }
+
+// LastGasp is EmergencyWrite after a panic (driver.Device.LastGasp).
+func (d *consoleDevice) LastGasp(b []byte) error { return d.dev.LastGasp(b) }
 
 func (d *consoleDevice) Err() error {
 	select {
@@ -400,13 +228,10 @@ func (d *consoleDevice) adapt(p *driver.Port) agent.Port {
 }
 
 // port adapts *driver.Port to agent.Port: driver must not import agent, so
-// the counters are converted here.
+// the counters are converted (agentwire).
 type port struct{ *driver.Port }
 
-func (p port) Stats() agent.PortStats {
-	s := p.Port.Stats()
-	return agent.PortStats{BytesIn: s.BytesIn, BytesOut: s.BytesOut, Discarded: s.Discarded, Violations: s.Violations}
-}
+func (p port) Stats() agent.PortStats { return agentwire.Stats(p.Port, nil) }
 
 // loopPort is a port whose clients the device's data-plane loop serves
 // (agent.FDServer).
@@ -421,51 +246,9 @@ func (p loopPort) ServeFD(ctx context.Context, fd int) error {
 
 // Stats adds the loop's counters: the port's own, and the device's under
 // "loop_" (the same for every port of the device).
-func (p loopPort) Stats() agent.PortStats {
-	s := p.port.Stats()
-	s.Counters = p.loop.PortCounters(p.ID())
-	for k, v := range p.loop.Counters() {
-		s.Counters["loop_"+k] = v
-	}
-	return s
-}
-
-// uioFunction adapts *uio.Function to driver.Function (uio must not import
-// driver, so its methods return concrete types).
-type uioFunction struct{ f *uio.Function }
-
-func (a uioFunction) Config() driver.ConfigSpace { return a.f.Config() }
-func (a uioFunction) BAR(i int) (driver.BAR, error) {
-	b, err := a.f.BAR(i)
-	if err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-func (a uioFunction) IRQ() driver.IRQ    { return a.f.IRQ() }
-func (a uioFunction) DMA() dma.Allocator { return a.f.DMA() }
-func (a uioFunction) IOMMU() bool        { return a.f.IOMMU() }
-
-// vfioFunction adapts *uio.VFIOFunction to driver.Function.
-type vfioFunction struct{ f *uio.VFIOFunction }
-
-func (a vfioFunction) Config() driver.ConfigSpace { return a.f.Config() }
-func (a vfioFunction) BAR(i int) (driver.BAR, error) {
-	b, err := a.f.BAR(i)
-	if err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-func (a vfioFunction) IRQ() driver.IRQ    { return a.f.IRQ() }
-func (a vfioFunction) DMA() dma.Allocator { return a.f.DMA() }
-func (a vfioFunction) IOMMU() bool        { return a.f.IOMMU() }
+func (p loopPort) Stats() agent.PortStats { return agentwire.Stats(p.Port, p.loop) }
 
 var (
-	_ driver.Function = vfioFunction{}
-	// The driver services only the queues on the vectors that fired.
-	_ driver.VectorIRQ = (*uio.MSIX)(nil)
-	_ agent.Port       = port{}
-	_ agent.FDServer   = loopPort{}
-	_ driver.Function  = uioFunction{}
+	_ agent.Port     = port{}
+	_ agent.FDServer = loopPort{}
 )

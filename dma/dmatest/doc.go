@@ -6,4 +6,5 @@
 // stray pointer or a length that runs past the end fails loudly instead of
 // reading someone else's bytes. Because the memory is ordinary Go memory, the
 // race detector sees every access that the driver and a fake device make.
+// Production code never imports it (layering_test.go).
 package dmatest

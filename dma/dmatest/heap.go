@@ -22,6 +22,8 @@ type Heap struct {
 	live  []alloc // sorted by addr
 	freed int
 	bytes int
+	peak  int // most bytes live at once
+	limit int // 0: none; else Alloc fails beyond this many live bytes
 }
 
 type alloc struct {
@@ -42,11 +44,15 @@ func (h *Heap) Alloc(size, align int) (dma.Region, error) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.limit > 0 && h.bytes+size > h.limit {
+		return dma.Region{}, fmt.Errorf("dmatest: alloc %d bytes: %d of the heap's limit of %d in use", size, h.bytes, h.limit)
+	}
 	addr := (h.next + uint64(align) - 1) &^ (uint64(align) - 1)
 	buf := alignedBytes(size)
 	h.next = addr + uint64(size) + gap
 	h.live = append(h.live, alloc{addr: addr, buf: buf})
 	h.bytes += size
+	h.peak = max(h.peak, h.bytes)
 	return dma.NewRegion(buf, addr), nil
 }
 
@@ -89,6 +95,22 @@ func (h *Heap) Live() (count, bytes int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return len(h.live), h.bytes
+}
+
+// SetLimit makes Alloc fail once n bytes are live (0: no limit), as a
+// machine runs out of memory: a test of a memory bound then fails instead
+// of exhausting the machine running it.
+func (h *Heap) SetLimit(n int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.limit = n
+}
+
+// Peak reports the most bytes that were live at once.
+func (h *Heap) Peak() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.peak
 }
 
 // find returns the index of the live allocation containing addr, or -1.

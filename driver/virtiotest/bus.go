@@ -5,7 +5,7 @@ import "github.com/vserial/vserial/ring/ringtest"
 // bus is the Bus a started model sees.
 type bus struct{ f *Function }
 
-func (b *bus) Queue(q uint16) *ringtest.Device {
+func (b *bus) Queue(q uint16) ringtest.Queue {
 	f := b.f
 	f.mu.Lock()
 	defer f.mu.Unlock()

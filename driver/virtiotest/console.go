@@ -778,7 +778,7 @@ func (c *Console) index(id uint32) int {
 	return -1
 }
 
-func (c *Console) queue(q uint16) *ringtest.Device {
+func (c *Console) queue(q uint16) ringtest.Queue {
 	if c.bus == nil {
 		return nil
 	}
@@ -793,7 +793,7 @@ func (c *Console) configChanged() {
 
 // pop takes the next available chain on d. A descriptor error makes the
 // device need a reset, as QEMU's virtio_error does.
-func (c *Console) pop(d *ringtest.Device) (ringtest.Chain, bool) {
+func (c *Console) pop(d ringtest.Queue) (ringtest.Chain, bool) {
 	ch, ok, err := d.PopAppend(c.scratch[:0])
 	if err != nil {
 		c.stats.DescErrors++
@@ -805,7 +805,7 @@ func (c *Console) pop(d *ringtest.Device) (ringtest.Chain, bool) {
 }
 
 // push returns a chain, applying armed ring misbehaviour.
-func (c *Console) push(q uint16, d *ringtest.Device, head uint16, written uint32) bool {
+func (c *Console) push(q uint16, d ringtest.Queue, head uint16, written uint32) bool {
 	if a, ok := c.ringBad[q]; ok {
 		d.Misbehave(a.m)
 		if !a.always {

@@ -27,11 +27,17 @@ type conBus struct {
 	needsReset int
 }
 
-func (b *conBus) Queue(q uint16) *ringtest.Device { return b.dev[q] }
-func (b *conBus) Negotiated() uint64              { return b.negotiated }
-func (b *conBus) Interrupt(q uint16)              { b.irqs[q]++ }
-func (b *conBus) ConfigChanged()                  { b.configs++ }
-func (b *conBus) NeedsReset()                     { b.needsReset++ }
+func (b *conBus) Queue(q uint16) ringtest.Queue {
+	if d, ok := b.dev[q]; ok {
+		return d // a missing queue must be a nil interface, not a nil *Device
+	}
+	return nil
+}
+
+func (b *conBus) Negotiated() uint64 { return b.negotiated }
+func (b *conBus) Interrupt(q uint16) { b.irqs[q]++ }
+func (b *conBus) ConfigChanged()     { b.configs++ }
+func (b *conBus) NeedsReset()        { b.needsReset++ }
 
 // startConsole creates every queue the console offers, and starts it with
 // the given negotiated features.

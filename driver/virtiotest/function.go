@@ -57,6 +57,7 @@ const (
 	featAccessPlatform = uint64(1) << 33
 	featIndirect       = uint64(1) << 28
 	featEventIdx       = uint64(1) << 29
+	featRingPacked     = uint64(1) << 34
 	featNotifyOnEmpty  = uint64(1) << 24
 	featAnyLayout      = uint64(1) << 27
 	featBad            = uint64(1) << 30
@@ -94,6 +95,9 @@ type TransportMisbehaviour struct {
 	QueueSizeNotPow2 bool
 	// VectorRefused: MSI-X vector writes read back 0xFFFF.
 	VectorRefused bool
+	// VectorsAccepted > 0: only vectors below it are kept; the others
+	// read back 0xFFFF (QEMU does so when it cannot route a vector).
+	VectorsAccepted uint16
 	// NumQueues > 0: num_queues reads this, and queues at or above it do not
 	// exist, whatever the model says.
 	NumQueues uint16
@@ -119,6 +123,10 @@ type Options struct {
 	// IOMMUPlatform offers VIRTIO_F_ACCESS_PLATFORM, makes it mandatory (QEMU
 	// iommu_platform=on) and makes IOMMU report true.
 	IOMMUPlatform bool
+	// Packed offers VIRTIO_F_RING_PACKED on the modern interface (QEMU
+	// packed=on); queues enabled after the driver accepted it are served
+	// as packed rings.
+	Packed bool
 	// Heap is the device-visible memory; nil makes a new one.
 	Heap *dmatest.Heap
 	// Misbehave arms transport-level misbehaviour.
@@ -138,8 +146,13 @@ type ConfigSizer interface {
 	ConfigSize() int
 }
 
-// maxScanQueues bounds the scan of Model.QueueMax that finds num_queues.
-const maxScanQueues = 1024
+// The scan of Model.QueueMax that finds num_queues covers the first
+// denseScanQueues queues, then goes on until a queue is absent (a console
+// with 0x7fff ports has 0xffff queues), at most to num_queues' limit.
+const (
+	denseScanQueues = 1024
+	maxScanQueues   = 0xffff
+)
 
 type queue struct {
 	max                  uint16 // size the device offers (0: absent)
@@ -148,7 +161,7 @@ type queue struct {
 	enabled              bool
 	desc, driver, device uint64
 	pfn                  uint32
-	dev                  *ringtest.Device
+	dev                  ringtest.Queue
 }
 
 // QueueInfo is what the driver programmed for one queue.
@@ -233,6 +246,9 @@ func New(model Model, opts Options) (*Function, error) {
 	var maxes []uint16
 	for q := range maxScanQueues {
 		n := model.QueueMax(uint16(q))
+		if n == 0 && q >= denseScanQueues {
+			break
+		}
 		maxes = append(maxes, n)
 		if n != 0 {
 			f.numQueues = uint16(q) + 1
@@ -250,6 +266,9 @@ func New(model Model, opts Options) (*Function, error) {
 	}
 	if opts.IOMMUPlatform {
 		f.offered |= featAccessPlatform
+	}
+	if opts.Packed && !opts.LegacyOnly {
+		f.offered |= featRingPacked
 	}
 	f.buildConfig()
 	irq, err := newIRQ(f)
@@ -314,12 +333,16 @@ func (f *Function) buildConfig() {
 		commonOff = modernBARSize + 0x1000
 	}
 	f.vendorCap(capPCICfg, capNotify, 5, 20, 0, 0, 0)
-	f.vendorCap(capNotify, capDevice, 2, 20, ModernBAR, NotifyOffset, NotifyMult*1024)
+	f.vendorCap(capNotify, capDevice, 2, 20, ModernBAR, NotifyOffset, uint32(f.notifyLen()))
 	f.put32(capNotify+16, NotifyMult)
 	f.vendorCap(capDevice, capISR, 4, 16, ModernBAR, DeviceOffset, structLength)
 	f.vendorCap(capISR, capCommon, 3, 16, ModernBAR, ISROffset, structLength)
 	f.vendorCap(capCommon, 0, 1, 16, ModernBAR, commonOff, structLength)
 }
+
+// notifyLen is the notify structure's length: QEMU's 0x1000 (1024
+// doorbells), longer when the function has more queues.
+func (f *Function) notifyLen() int { return NotifyMult * max(1024, int(f.numQueues)) }
 
 func (f *Function) vendorCap(at, next int, typ, length uint8, bar uint8, off, n uint32) {
 	f.cfg[at] = 0x09
@@ -408,7 +431,7 @@ func (f *Function) BAR(i int) (*BAR, error) {
 	case i == 0 && (f.opts.Transitional || f.opts.LegacyOnly):
 		return &BAR{f: f, idx: 0, size: f.legacyLen}, nil
 	case i == ModernBAR && !f.opts.LegacyOnly:
-		return &BAR{f: f, idx: ModernBAR, size: modernBARSize}, nil
+		return &BAR{f: f, idx: ModernBAR, size: uint64(NotifyOffset + f.notifyLen())}, nil
 	}
 	return nil, fmt.Errorf("virtiotest: BAR%d: not a memory or I/O region of this function", i)
 }

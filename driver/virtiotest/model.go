@@ -2,7 +2,8 @@
 // space with the virtio vendor capabilities, a modern BAR register file and a
 // legacy I/O BAR, ISR read-to-clear, notifications, and interrupts through a
 // real eventfd. Behind the registers sits a device Model; Console is a model
-// that behaves like QEMU 7.2's virtio-serial, quirks included.
+// that behaves like QEMU 7.2's virtio-serial, quirks included. Production
+// code never imports it (layering_test.go).
 package virtiotest
 
 // Model and Bus separate the PCI function (registers) from device models.
@@ -33,7 +34,7 @@ type Model interface {
 type Bus interface {
 	// Queue returns the device side of queue q, or nil if the driver did not
 	// enable it.
-	Queue(q uint16) *ringtest.Device
+	Queue(q uint16) ringtest.Queue
 	// Negotiated returns the features the driver accepted.
 	Negotiated() uint64
 	// Interrupt raises a used-buffer interrupt for queue q (ISR bit 0).

@@ -172,6 +172,9 @@ func (f *Function) vectorOK(v uint16) uint16 {
 	if n == 0 {
 		n = 2
 	}
+	if lim := f.opts.Misbehave.VectorsAccepted; lim > 0 && v != NoVector && v >= lim {
+		return NoVector
+	}
 	if f.opts.Misbehave.VectorRefused || v != NoVector && int(v) >= n {
 		return NoVector
 	}
@@ -346,7 +349,11 @@ func (f *Function) commonWriteLocked(off uint64, v uint32) []func() {
 		if live("queue_enable") {
 			return nil
 		}
-		f.enableQueueLocked(f.queueSel, ring.Modern)
+		layout := ring.Modern
+		if f.accepted&featRingPacked != 0 {
+			layout = ring.PackedRing
+		}
+		f.enableQueueLocked(f.queueSel, layout)
 	case 32, 36:
 		if !live("queue_desc") {
 			set32(&q.desc, off == 36, v)
@@ -369,7 +376,7 @@ func (f *Function) enableQueueLocked(qi uint16, layout ring.Layout) {
 		f.violate("queue %d: enabled but it does not exist (size 0)", qi)
 		return
 	}
-	dev, err := ringtest.New(f.heap, ringtest.Config{
+	dev, err := ringtest.NewQueue(f.heap, ringtest.Config{
 		Size:     q.size,
 		Layout:   layout,
 		EventIdx: f.accepted&featEventIdx != 0,

@@ -1,6 +1,7 @@
-// Package ringtest plays the device side of a split virtqueue over the same
-// memory as a ring.Queue, with the same atomics, for tests. It can be told to
-// misbehave in each way a hostile or broken device could.
+// Package ringtest plays the device side of a virtqueue over the same memory
+// as a ring.Queue (Device) or a ring.Packed (Packed), with the same atomics,
+// for tests. It can be told to misbehave in each way a hostile or broken
+// device could. Production code never imports it (layering_test.go).
 package ringtest
 
 import (
@@ -35,8 +36,16 @@ type Config struct {
 	SkipData bool
 }
 
+// Areas is what ConfigFor needs of a driver queue (ring.Queue or
+// ring.Packed): its three addresses.
+type Areas interface {
+	DescAddr() uint64
+	DriverAddr() uint64
+	DeviceAddr() uint64
+}
+
 // ConfigFor returns the device Config matching a driver queue.
-func ConfigFor(q *ring.Queue, cfg ring.Config) Config {
+func ConfigFor(q Areas, cfg ring.Config) Config {
 	return Config{
 		Size: cfg.Size, Layout: cfg.Layout, EventIdx: cfg.EventIdx, Indirect: cfg.Indirect > 0,
 		Desc: q.DescAddr(), Driver: q.DriverAddr(), Device: q.DeviceAddr(),
@@ -114,8 +123,7 @@ type Device struct {
 	hasPrev   bool
 	mis       Misbehaviour
 
-	kicks  atomic.Uint64
-	kicked chan struct{}
+	kicker
 }
 
 // New attaches a device to the queue memory described by cfg.
@@ -127,13 +135,16 @@ func New(mem Memory, cfg Config) (*Device, error) {
 	if !shm.LittleEndian() {
 		return nil, errors.New("ringtest: new: big-endian hosts are not supported")
 	}
+	if cfg.Layout == ring.PackedRing {
+		return nil, errors.New("ringtest: new: a packed ring is served by NewPacked")
+	}
 	availSize, usedSize := 6+2*n+2, 6+8*n+2
 	driver, device := cfg.Driver, cfg.Device
 	if cfg.Layout == ring.Legacy {
 		driver = cfg.Desc + uint64(16*n)
 		device = cfg.Desc + uint64((16*n+6+2*n+4095)&^4095)
 	}
-	d := &Device{cfg: cfg, mem: mem, mask: uint16(n - 1), notify: true, kicked: make(chan struct{}, 1)}
+	d := &Device{cfg: cfg, mem: mem, mask: uint16(n - 1), notify: true, kicker: newKicker()}
 	var err error
 	if d.desc, err = mem.Resolve(cfg.Desc, 16*n); err != nil {
 		return nil, fmt.Errorf("ringtest: new: descriptor table: %w", err)
@@ -392,20 +403,28 @@ func (d *Device) Pending() int {
 	return int(uint16(shm.Load32(d.avail, 0)>>16) - d.lastAvail)
 }
 
+// kicker records driver notifications for either device type.
+type kicker struct {
+	kicks  atomic.Uint64
+	kicked chan struct{}
+}
+
+func newKicker() kicker { return kicker{kicked: make(chan struct{}, 1)} }
+
 // Kick records a driver notification; safe from any goroutine.
-func (d *Device) Kick() {
-	d.kicks.Add(1)
+func (k *kicker) Kick() {
+	k.kicks.Add(1)
 	select {
-	case d.kicked <- struct{}{}:
+	case k.kicked <- struct{}{}:
 	default:
 	}
 }
 
 // Kicks returns how many times Kick was called.
-func (d *Device) Kicks() uint64 { return d.kicks.Load() }
+func (k *kicker) Kicks() uint64 { return k.kicks.Load() }
 
 // Kicked returns a channel that receives after Kick (coalesced).
-func (d *Device) Kicked() <-chan struct{} { return d.kicked }
+func (k *kicker) Kicked() <-chan struct{} { return k.kicked }
 
 // UsedIdx returns the used index last published, and LastAvail the next
 // avail index the device will consume.

@@ -165,12 +165,86 @@ func startConsoleAgent(ctx context.Context, t *testing.T, g *Guest, args ...stri
 	return a
 }
 
+// Ports of the console boot: a named virtconsole at port 0 and a plain
+// port.
+const (
+	consoleName  = "org.vserial.console"
+	consolePlain = "org.vserial.plain"
+)
+
+// consolePIDRe matches minish's answer to "pid".
+var consolePIDRe = regexp.MustCompile(`^pid=([0-9]+) sid=([0-9]+)\r\n$`)
+
+// consoleEnv is the one boot TestAgentConsole's cases share. The host is
+// attached to the console's chardev from the start and stays attached.
+type consoleEnv struct {
+	g         *Guest
+	conn      *net.UnixConn // host side of the console
+	tap       *consoleTap   // everything that arrived on conn
+	addr      string        // the function's PCI address
+	link      string        // the console's pseudo-terminal symlink
+	startLine string        // the agent's emergency-write start line
+}
+
+// consoleExecEnv is consoleEnv with an agent running --console-exec of
+// the helper's minish on the console, for the cases of consoleExecCases.
+type consoleExecEnv struct {
+	*consoleEnv
+	a   *runningAgent
+	tty string // the console's terminal, /dev/pts/N
+	// pid is the pid of port 0's program, known from consoleExecTyping on
+	// and updated by consoleExecRestart.
+	pid string
+}
+
+// typeLine sends a line as a user at a terminal would (Enter is CR) and
+// waits for what follows it up to the next prompt.
+func (env *consoleExecEnv) typeLine(ctx context.Context, t *testing.T, line string) string {
+	t.Helper()
+	start := env.tap.Len()
+	if _, err := io.WriteString(env.conn, line+"\r"); err != nil {
+		t.Fatal(err)
+	}
+	// Echo first (the terminal is cooked), then the output.
+	echoed, err := env.tap.waitFor(ctx, start, line+"\r\n")
+	if err != nil {
+		t.Fatalf("typed %q: %v", line, err)
+	}
+	end, err := env.tap.waitFor(ctx, echoed, wire.MinishPrompt)
+	if err != nil {
+		t.Fatalf("typed %q: %v", line, err)
+	}
+	out, err := env.tap.bytesAt(ctx, echoed, end-len(wire.MinishPrompt)-echoed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+// checkSameProgram types "pid" and checks that port 0's program is still
+// the one with env.pid; when names the moment in the error.
+func (env *consoleExecEnv) checkSameProgram(ctx context.Context, t *testing.T, when string) {
+	t.Helper()
+	if m := consolePIDRe.FindStringSubmatch(env.typeLine(ctx, t, "pid")); m == nil || m[1] != env.pid {
+		t.Errorf("%s: pid printed %q, want the same program %s", when, m, env.pid)
+	}
+}
+
+// consoleExecCases run in this order on one --console-exec agent, each
+// using what the cases before it left: the program's pid, the agent
+// still running. consoleExecLastGasp ends the agent, so it comes last.
+var consoleExecCases = []guestCase[*consoleExecEnv]{
+	{"typing", consoleExecTyping},
+	{"restart", consoleExecRestart},
+	{"hotplug-console", consoleExecHotplugConsole},
+	{"socket-client", consoleExecSocketClient},
+	{"last-gasp", consoleExecLastGasp},
+}
+
 // TestAgentConsole runs vserial-agent on a device with a virtconsole at
 // port 0 (named, with a socket chardev on the host) and a plain port:
-// emergency-write lines, the console's pseudo-terminal and its symlink, a
-// guest program on the terminal, a program run on it by the agent
-// (--console-exec) that the host drives by typing, its restart, and the
-// last-gasp line when the device is taken away from the agent.
+// consolePTY with --console-pty, then consoleExecCases with
+// --console-exec, each case on the same boot.
 //
 // QEMU marks a virtconsole host-connected from its creation and never
 // throttles it: what the guest writes while no host program is attached to
@@ -178,283 +252,290 @@ func startConsoleAgent(ctx context.Context, t *testing.T, g *Guest, args ...stri
 // before the agent starts, and stays attached.
 func TestAgentConsole(t *testing.T) {
 	t.Parallel()
-	const (
-		con   = "org.vserial.console"
-		plain = "org.vserial.plain"
-	)
-	opts := Options{Ports: []Port{{Console: true, Name: con}, {Name: plain, Nr: 1}}, MaxPorts: 4}
+	opts := Options{Ports: []Port{{Console: true, Name: consoleName}, {Name: consolePlain, Nr: 1}}, MaxPorts: 4}
 	opts.Files = append(opts.Files, BuildAgent(t))
 	g := Boot(t, opts)
-	conn := g.DialPort(t, con)
-	tap := tapConsole(conn)
-	fn := findVirtioConsole(t, g)
-	addr := path.Base(fn)
-	link := AgentSocket(con + ".pty")
-	startLine := "vserial-agent: starting on " + addr + "\n"
-
-	t.Run("pty", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
-		defer cancel()
-		from := tap.Len()
-		a := startConsoleAgent(ctx, t, g, "--console-pty")
-		// Emergency write: the agent's start line, before any port is up,
-		// arrives on the first virtconsole's chardev.
-		if _, err := tap.waitFor(ctx, from, startLine); err != nil {
-			t.Fatalf("emergency-write start line: %v", err)
-		}
-		t.Logf("host saw the start line %q", strings.TrimSpace(startLine))
-		for _, p := range []string{AgentSocket(con), link, AgentSocket(plain)} {
-			if err := g.WaitPath(ctx, p, 60*time.Second); err != nil {
-				t.Fatalf("agent with --console-pty: %v", err)
-			}
-		}
-		tty := strings.TrimSpace(g.MustRun(t, "readlink", link))
-		if !regexp.MustCompile(`^/dev/pts/[0-9]+$`).MatchString(tty) {
-			t.Fatalf("%s points at %q, want /dev/pts/N", link, tty)
-		}
-		t.Logf("%s → %s", link, tty)
-		if _, err := g.Run(ctx, "readlink", AgentSocket(plain)+".pty"); err == nil {
-			t.Errorf("the plain port %s got a terminal too", plain)
-		}
-
-		// A guest program opens the terminal through the symlink and
-		// exchanges bytes with the host, byte-exact both ways (raw mode).
-		const n, seedOut, seedIn = 48 << 10, 71, 72
-		mark := tap.Len()
-		proc, err := g.Start(ctx, "ptyxfer", link, strconv.Itoa(n), strconv.Itoa(seedOut))
-		if err != nil {
-			t.Fatal(err)
-		}
-		at, err := tap.waitFor(ctx, mark, wire.PTYReady)
-		if err != nil {
-			t.Fatalf("guest program on the terminal: %v", err)
-		}
-		got, err := tap.bytesAt(ctx, at, n)
-		if err != nil {
-			t.Fatalf("guest→host through the terminal: %v", err)
-		}
-		want := make([]byte, n)
-		_, _ = io.ReadFull(wire.Pattern(seedOut), want)
-		if !bytes.Equal(got, want) {
-			i := 0
-			for i < n && got[i] == want[i] {
-				i++
-			}
-			t.Fatalf("guest→host through the terminal: %d bytes differ from byte %d on", n, i)
-		}
-		if err := writePattern(ctx, conn, n, seedIn); err != nil {
-			t.Fatal(err)
-		}
-		out, err := proc.Wait(ctx)
-		if err != nil {
-			t.Fatalf("guest program on the terminal: %v", err)
-		}
-		sumIn, _ := patternSum(n, seedIn)
-		if kv := ParseKV(out); kv["sha256"] != sumIn {
-			t.Errorf("the guest program read sha256 %s from the terminal, the host wrote %s", kv["sha256"], sumIn)
-		}
-		if extra := tap.Len() - (at + n); extra != 0 {
-			t.Errorf("%d unexpected bytes on the console after the exchange: %q", extra, tap.text(at+n))
-		}
-		t.Logf("terminal: %d bytes each way byte-exact between a guest program and the host", n)
-
-		out, err = a.stop(ctx)
-		if err != nil {
-			t.Fatalf("vserial-agent after SIGTERM: %v\n%s", err, out)
-		}
-		if _, err := g.Run(ctx, "wait-gone", link, "10"); err != nil {
-			t.Errorf("console symlink after the agent stopped: %v", err)
-		}
-	})
-
+	conn := g.DialPort(t, consoleName)
+	addr := path.Base(findVirtioConsole(t, g))
+	env := &consoleEnv{
+		g: g, conn: conn, tap: tapConsole(conn), addr: addr,
+		link:      AgentSocket(consoleName + ".pty"),
+		startLine: "vserial-agent: starting on " + addr + "\n",
+	}
+	t.Run("pty", func(t *testing.T) { consolePTY(t, env) })
 	t.Run("exec", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
-		defer cancel()
-		from := tap.Len()
-		a := startConsoleAgent(ctx, t, g, "--console-exec", HelperPath+" minish")
-		at, err := tap.waitFor(ctx, from, startLine)
-		if err != nil {
-			t.Fatalf("emergency-write start line: %v", err)
-		}
-		if _, err = tap.waitFor(ctx, at, wire.MinishPrompt); err != nil {
-			t.Fatalf("the console program's prompt: %v", err)
-		}
-		tty := strings.TrimSpace(g.MustRun(t, "readlink", link))
-		// type sends a line as a user at a terminal would (Enter is CR)
-		// and waits for what follows it up to the next prompt.
-		typeLine := func(line string) string {
-			t.Helper()
-			start := tap.Len()
-			if _, err := io.WriteString(conn, line+"\r"); err != nil {
-				t.Fatal(err)
+		x := startConsoleExec(t, env)
+		for _, c := range consoleExecCases {
+			if !t.Run(c.name, func(t *testing.T) { c.run(t, x) }) {
+				// The program's and the agent's state are unknown now.
+				t.Fatalf("%s failed: the later cases need its state, skipped", c.name)
 			}
-			// Echo first (the terminal is cooked), then the output.
-			echoed, err := tap.waitFor(ctx, start, line+"\r\n")
-			if err != nil {
-				t.Fatalf("typed %q: %v", line, err)
-			}
-			end, err := tap.waitFor(ctx, echoed, wire.MinishPrompt)
-			if err != nil {
-				t.Fatalf("typed %q: %v", line, err)
-			}
-			out, err := tap.bytesAt(ctx, echoed, end-len(wire.MinishPrompt)-echoed)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return string(out)
-		}
-		out := typeLine("tty")
-		if want := fmt.Sprintf("tty=%s isatty=true\r\n", tty); out != want {
-			t.Errorf("tty printed %q, want %q (the program's stdin is the console's terminal)", out, want)
-		}
-		out = typeLine("size")
-		t.Logf("size: %s (QEMU 7.2 sends no size, so the terminal keeps its own)", strings.TrimSpace(out))
-		if out != "rows=0 cols=0\r\n" {
-			t.Errorf("size printed %q, want rows=0 cols=0", out)
-		}
-		out = typeLine("uname -r")
-		if !strings.Contains(out, g.Kernel.Version+"\r\n") || !strings.Contains(out, "[exit 0]") {
-			t.Errorf("uname -r printed %q, want %s and [exit 0]", out, g.Kernel.Version)
-		}
-		pidRe := regexp.MustCompile(`^pid=([0-9]+) sid=([0-9]+)\r\n$`)
-		m := pidRe.FindStringSubmatch(typeLine("pid"))
-		if m == nil || m[1] != m[2] {
-			t.Fatalf("pid printed %q, want the program leading its own session", m)
-		}
-		pid1 := m[1]
-		t.Logf("console program: pid %s on %s, driven from the host", pid1, tty)
-
-		// The program exits; the agent starts it again (after 1 s).
-		start := tap.Len()
-		if _, err := io.WriteString(conn, "exit 3\r"); err != nil {
-			t.Fatal(err)
-		}
-		t0 := time.Now()
-		at, err = tap.waitFor(ctx, start, "exit 3\r\n")
-		if err != nil {
-			t.Fatalf("typed exit: %v", err)
-		}
-		if _, err := tap.waitFor(ctx, at, wire.MinishPrompt); err != nil {
-			t.Fatalf("no prompt after the console program exited: %v", err)
-		}
-		t.Logf("console program restarted: new prompt %v after it exited", time.Since(t0).Round(time.Millisecond))
-		m = pidRe.FindStringSubmatch(typeLine("pid"))
-		if m == nil || m[1] == pid1 {
-			t.Errorf("after the restart pid printed %q, want a new process (was %s)", m, pid1)
-		}
-		if _, err := g.Run(ctx, "readlink", link); err != nil {
-			t.Errorf("console symlink after the restart: %v", err)
-		}
-
-		// A virtconsole hot-plugged while the agent runs gets its own
-		// terminal and program; unplugging it stops the program and
-		// removes the symlink; the same nr and name plugged again get a
-		// fresh terminal and program. Twice.
-		const hot = "org.vserial.console.hot"
-		hotLink := AgentSocket(hot + ".pty")
-		for i := range 2 {
-			if _, err := g.HotplugPort(ctx, Port{Console: true, Name: hot, Nr: 2}); err != nil {
-				t.Fatal(err)
-			}
-			if err := g.WaitPath(ctx, hotLink, 30*time.Second); err != nil {
-				t.Fatalf("hot-plugged console (plug %d): %v", i+1, err)
-			}
-			hconn := g.DialPort(t, hot)
-			htap := tapConsole(hconn)
-			// The first prompt may have been written before the host
-			// attached (and dropped, as on any virtconsole): ask for it.
-			if _, err := io.WriteString(hconn, "pid\r"); err != nil {
-				t.Fatal(err)
-			}
-			sub, _, err := htap.waitMatch(ctx, 0, regexp.MustCompile(`pid=([0-9]+) sid=[0-9]+\r\n`))
-			if err != nil {
-				t.Fatalf("program on the hot-plugged console (plug %d): %v", i+1, err)
-			}
-			hpid := sub[1]
-			htty := strings.TrimSpace(g.MustRun(t, "readlink", hotLink))
-			if htty == tty {
-				t.Errorf("the hot-plugged console shares the terminal %s of port 0", tty)
-			}
-			t.Logf("hot-plugged console (plug %d): program pid %s on %s", i+1, hpid, htty)
-			if err := g.UnplugPort(ctx, hot); err != nil {
-				t.Fatal(err)
-			}
-			hconn.Close()
-			if _, err := g.Run(ctx, "wait-gone", hotLink, "30"); err != nil {
-				t.Errorf("unplugged console: %v", err)
-			}
-			if _, err := g.Run(ctx, "wait-gone", "/proc/"+hpid, "30"); err != nil {
-				t.Errorf("the program of the unplugged console still runs: %v", err)
-			}
-		}
-		// Port 0's program was not disturbed.
-		if m2 := pidRe.FindStringSubmatch(typeLine("pid")); m2 == nil || m2[1] != m[1] {
-			t.Errorf("port 0's program after the hot-plugs: pid printed %q, want %s", m2, m[1])
-		}
-
-		// A client of the console's socket takes the port from the
-		// terminal while it is connected; then the terminal, and the same
-		// program, have it again. The client speaks first (pingpong: one
-		// byte out, the host echoes it), so the host knows when it has the
-		// port.
-		start = tap.Len()
-		const rounds = 3
-		pp, err := g.Start(ctx, "pingpong", AgentSocket(con), strconv.Itoa(rounds))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := range rounds {
-			b, err := tap.bytesAt(ctx, start+i, 1)
-			if err != nil {
-				t.Fatalf("socket client on the console, round %d: %v", i, err)
-			}
-			if b[0] != byte(i) {
-				t.Fatalf("socket client on the console, round %d: the host got %q, want %#x (console: %q)", i, b, i, tap.text(start))
-			}
-			if _, err := conn.Write(b); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if out, err := pp.Wait(ctx); err != nil {
-			t.Fatalf("socket client on the console: %v %s", err, out)
-		}
-		a.waitList(ctx, t, "the console's socket client gone", func(l agentList) bool {
-			p, ok := l.byName(con)
-			return ok && !p.ClientConnected
-		})
-		// Nothing reached the terminal meanwhile (it would have echoed).
-		if got := tap.text(start); got != "\x00\x01\x02" {
-			t.Errorf("console while the socket client had it: %q, want just the client's 3 bytes", got)
-		}
-		if m2 := pidRe.FindStringSubmatch(typeLine("pid")); m2 == nil || m2[1] != m[1] {
-			t.Errorf("after the socket client left: pid printed %q, want the same program %s", m2, m[1])
-		}
-
-		// The last gasp: the function is taken away from the agent (its
-		// uio_pci_generic binding removed under it, as an operator might):
-		// the interrupt fd fails, the device stops, and the agent says why
-		// on the console through emergency write before it exits 1.
-		start = tap.Len()
-		g.MustRun(t, "write", "/sys/bus/pci/drivers/uio_pci_generic/unbind", addr)
-		fatal := regexp.MustCompile(`vserial-agent: fatal: device ` + regexp.QuoteMeta(addr) + ` stopped: [^\n]+\n`)
-		sub, at, err := tap.waitMatch(ctx, start, fatal)
-		if err != nil {
-			t.Fatalf("last-gasp line: %v", err)
-		}
-		t.Logf("host saw the last gasp %q", strings.TrimSpace(sub[0]))
-		if _, err := tap.waitFor(ctx, at, "vserial-agent: fatal: every device stopped; exiting\n"); err != nil {
-			t.Errorf("last-gasp exit line: %v", err)
-		}
-		a.stopd = true
-		log, err := a.proc.Wait(ctx)
-		var ee *ExitError
-		if !errors.As(err, &ee) || ee.Code != 1 {
-			t.Errorf("vserial-agent after losing its device: %v, want exit status 1\n%s", err, log)
-		}
-		if _, err := g.Run(ctx, "wait-gone", "/proc/"+m[1], "10"); err != nil {
-			t.Errorf("the console program outlived the agent: %v", err)
 		}
 	})
+}
+
+// consolePTY: with --console-pty the agent's start line arrives on the
+// console through emergency write before any port is up; the console gets
+// a NAME.pty symlink to /dev/pts/N (the plain port none); a guest program
+// opens the terminal through the symlink and exchanges 48 KiB with the host,
+// byte-exact both ways (raw mode); after SIGTERM the symlink is gone.
+func consolePTY(t *testing.T, env *consoleEnv) {
+	ctx := caseCtx(t, 4*time.Minute)
+	from := env.tap.Len()
+	a := startConsoleAgent(ctx, t, env.g, "--console-pty")
+	if _, err := env.tap.waitFor(ctx, from, env.startLine); err != nil {
+		t.Fatalf("emergency-write start line: %v", err)
+	}
+	t.Logf("host saw the start line %q", strings.TrimSpace(env.startLine))
+	for _, p := range []string{AgentSocket(consoleName), env.link, AgentSocket(consolePlain)} {
+		if err := env.g.WaitPath(ctx, p, 60*time.Second); err != nil {
+			t.Fatalf("agent with --console-pty: %v", err)
+		}
+	}
+	tty := strings.TrimSpace(env.g.MustRun(t, "readlink", env.link))
+	if !regexp.MustCompile(`^/dev/pts/[0-9]+$`).MatchString(tty) {
+		t.Fatalf("%s points at %q, want /dev/pts/N", env.link, tty)
+	}
+	t.Logf("%s → %s", env.link, tty)
+	if _, err := env.g.Run(ctx, "readlink", AgentSocket(consolePlain)+".pty"); err == nil {
+		t.Errorf("the plain port %s got a terminal too", consolePlain)
+	}
+
+	// A guest program opens the terminal through the symlink and
+	// exchanges bytes with the host, byte-exact both ways (raw mode).
+	const n, seedOut, seedIn = 48 << 10, 71, 72
+	mark := env.tap.Len()
+	proc, err := env.g.Start(ctx, "ptyxfer", env.link, strconv.Itoa(n), strconv.Itoa(seedOut))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at, err := env.tap.waitFor(ctx, mark, wire.PTYReady)
+	if err != nil {
+		t.Fatalf("guest program on the terminal: %v", err)
+	}
+	got, err := env.tap.bytesAt(ctx, at, n)
+	if err != nil {
+		t.Fatalf("guest→host through the terminal: %v", err)
+	}
+	want := make([]byte, n)
+	_, _ = io.ReadFull(wire.Pattern(seedOut), want)
+	if !bytes.Equal(got, want) {
+		i := 0
+		for i < n && got[i] == want[i] {
+			i++
+		}
+		t.Fatalf("guest→host through the terminal: %d bytes differ from byte %d on", n, i)
+	}
+	if err := writePattern(ctx, env.conn, n, seedIn); err != nil {
+		t.Fatal(err)
+	}
+	out, err := proc.Wait(ctx)
+	if err != nil {
+		t.Fatalf("guest program on the terminal: %v", err)
+	}
+	sumIn, _ := patternSum(n, seedIn)
+	if kv := ParseKV(out); kv["sha256"] != sumIn {
+		t.Errorf("the guest program read sha256 %s from the terminal, the host wrote %s", kv["sha256"], sumIn)
+	}
+	if extra := env.tap.Len() - (at + n); extra != 0 {
+		t.Errorf("%d unexpected bytes on the console after the exchange: %q", extra, env.tap.text(at+n))
+	}
+	t.Logf("terminal: %d bytes each way byte-exact between a guest program and the host", n)
+
+	out, err = a.stop(ctx)
+	if err != nil {
+		t.Fatalf("vserial-agent after SIGTERM: %v\n%s", err, out)
+	}
+	if _, err := env.g.Run(ctx, "wait-gone", env.link, "10"); err != nil {
+		t.Errorf("console symlink after the agent stopped: %v", err)
+	}
+}
+
+// startConsoleExec starts the agent with --console-exec of minish and waits
+// for its start line and the program's prompt on the console.
+func startConsoleExec(t *testing.T, env *consoleEnv) *consoleExecEnv {
+	ctx := caseCtx(t, 2*time.Minute)
+	from := env.tap.Len()
+	a := startConsoleAgent(ctx, t, env.g, "--console-exec", HelperPath+" minish", "--console-env", guestPATH)
+	at, err := env.tap.waitFor(ctx, from, env.startLine)
+	if err != nil {
+		t.Fatalf("emergency-write start line: %v", err)
+	}
+	if _, err = env.tap.waitFor(ctx, at, wire.MinishPrompt); err != nil {
+		t.Fatalf("the console program's prompt: %v", err)
+	}
+	tty := strings.TrimSpace(env.g.MustRun(t, "readlink", env.link))
+	return &consoleExecEnv{consoleEnv: env, a: a, tty: tty}
+}
+
+// consoleExecTyping: the host types commands (tty, size, uname -r, pid) and
+// reads their output through the cooked terminal; the program's stdin is
+// the console's terminal and it leads its own session. It records the
+// program's pid for the later cases.
+func consoleExecTyping(t *testing.T, env *consoleExecEnv) {
+	ctx := caseCtx(t, 2*time.Minute)
+	out := env.typeLine(ctx, t, "tty")
+	if want := fmt.Sprintf("tty=%s isatty=true\r\n", env.tty); out != want {
+		t.Errorf("tty printed %q, want %q (the program's stdin is the console's terminal)", out, want)
+	}
+	out = env.typeLine(ctx, t, "size")
+	t.Logf("size: %s (QEMU 7.2 sends no size, so the terminal keeps its own)", strings.TrimSpace(out))
+	if out != "rows=0 cols=0\r\n" {
+		t.Errorf("size printed %q, want rows=0 cols=0", out)
+	}
+	out = env.typeLine(ctx, t, "uname -r")
+	if !strings.Contains(out, env.g.Kernel.Version+"\r\n") || !strings.Contains(out, "[exit 0]") {
+		t.Errorf("uname -r printed %q, want %s and [exit 0]", out, env.g.Kernel.Version)
+	}
+	m := consolePIDRe.FindStringSubmatch(env.typeLine(ctx, t, "pid"))
+	if m == nil || m[1] != m[2] {
+		t.Fatalf("pid printed %q, want the program leading its own session", m)
+	}
+	env.pid = m[1]
+	t.Logf("console program: pid %s on %s, driven from the host", env.pid, env.tty)
+}
+
+// consoleExecRestart: the program exits; the agent starts it again (after
+// 1 s) on the same terminal, a new process. It updates env.pid.
+func consoleExecRestart(t *testing.T, env *consoleExecEnv) {
+	ctx := caseCtx(t, 2*time.Minute)
+	start := env.tap.Len()
+	if _, err := io.WriteString(env.conn, "exit 3\r"); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	at, err := env.tap.waitFor(ctx, start, "exit 3\r\n")
+	if err != nil {
+		t.Fatalf("typed exit: %v", err)
+	}
+	if _, err := env.tap.waitFor(ctx, at, wire.MinishPrompt); err != nil {
+		t.Fatalf("no prompt after the console program exited: %v", err)
+	}
+	t.Logf("console program restarted: new prompt %v after it exited", time.Since(t0).Round(time.Millisecond))
+	m := consolePIDRe.FindStringSubmatch(env.typeLine(ctx, t, "pid"))
+	if m == nil || m[1] == env.pid {
+		t.Errorf("after the restart pid printed %q, want a new process (was %s)", m, env.pid)
+	}
+	if _, err := env.g.Run(ctx, "readlink", env.link); err != nil {
+		t.Errorf("console symlink after the restart: %v", err)
+	}
+	if m != nil {
+		env.pid = m[1]
+	}
+}
+
+// consoleExecHotplugConsole: a virtconsole hot-plugged while the agent runs
+// gets its own terminal and program; unplugging it stops the program and
+// removes the symlink; the same nr and name plugged again get a fresh
+// terminal and program. Twice. Port 0's program is not disturbed.
+func consoleExecHotplugConsole(t *testing.T, env *consoleExecEnv) {
+	ctx := caseCtx(t, 3*time.Minute)
+	const hot = "org.vserial.console.hot"
+	hotLink := AgentSocket(hot + ".pty")
+	for i := range 2 {
+		if _, err := env.g.HotplugPort(ctx, Port{Console: true, Name: hot, Nr: 2}); err != nil {
+			t.Fatal(err)
+		}
+		if err := env.g.WaitPath(ctx, hotLink, 30*time.Second); err != nil {
+			t.Fatalf("hot-plugged console (plug %d): %v", i+1, err)
+		}
+		hconn := env.g.DialPort(t, hot)
+		htap := tapConsole(hconn)
+		// The first prompt may have been written before the host
+		// attached (and dropped, as on any virtconsole): ask for it.
+		if _, err := io.WriteString(hconn, "pid\r"); err != nil {
+			t.Fatal(err)
+		}
+		sub, _, err := htap.waitMatch(ctx, 0, regexp.MustCompile(`pid=([0-9]+) sid=[0-9]+\r\n`))
+		if err != nil {
+			t.Fatalf("program on the hot-plugged console (plug %d): %v", i+1, err)
+		}
+		hpid := sub[1]
+		htty := strings.TrimSpace(env.g.MustRun(t, "readlink", hotLink))
+		if htty == env.tty {
+			t.Errorf("the hot-plugged console shares the terminal %s of port 0", env.tty)
+		}
+		t.Logf("hot-plugged console (plug %d): program pid %s on %s", i+1, hpid, htty)
+		if err := env.g.UnplugPort(ctx, hot); err != nil {
+			t.Fatal(err)
+		}
+		hconn.Close()
+		if _, err := env.g.Run(ctx, "wait-gone", hotLink, "30"); err != nil {
+			t.Errorf("unplugged console: %v", err)
+		}
+		if _, err := env.g.Run(ctx, "wait-gone", "/proc/"+hpid, "30"); err != nil {
+			t.Errorf("the program of the unplugged console still runs: %v", err)
+		}
+	}
+	// Port 0's program was not disturbed.
+	env.checkSameProgram(ctx, t, "port 0's program after the hot-plugs")
+}
+
+// consoleExecSocketClient: a client of the console's socket takes the port
+// from the terminal while it is connected; then the terminal, and the same
+// program, have it again. The client speaks first (pingpong: one byte out,
+// the host echoes it), so the host knows when it has the port.
+func consoleExecSocketClient(t *testing.T, env *consoleExecEnv) {
+	ctx := caseCtx(t, 2*time.Minute)
+	start := env.tap.Len()
+	const rounds = 3
+	pp, err := env.g.Start(ctx, "pingpong", AgentSocket(consoleName), strconv.Itoa(rounds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range rounds {
+		b, err := env.tap.bytesAt(ctx, start+i, 1)
+		if err != nil {
+			t.Fatalf("socket client on the console, round %d: %v", i, err)
+		}
+		if b[0] != byte(i) {
+			t.Fatalf("socket client on the console, round %d: the host got %q, want %#x (console: %q)", i, b, i, env.tap.text(start))
+		}
+		if _, err := env.conn.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := pp.Wait(ctx); err != nil {
+		t.Fatalf("socket client on the console: %v %s", err, out)
+	}
+	env.a.waitList(ctx, t, "the console's socket client gone", func(l agentList) bool {
+		p, ok := l.byName(consoleName)
+		return ok && !p.ClientConnected
+	})
+	// Nothing reached the terminal meanwhile (it would have echoed).
+	if got := env.tap.text(start); got != "\x00\x01\x02" {
+		t.Errorf("console while the socket client had it: %q, want just the client's 3 bytes", got)
+	}
+	env.checkSameProgram(ctx, t, "after the socket client left")
+}
+
+// consoleExecLastGasp: the function is taken away from the agent (its
+// uio_pci_generic binding removed under it, as an operator might): the
+// interrupt fd fails, the device stops, and the agent says why on the
+// console through emergency write before it exits 1; the program ends
+// with it.
+func consoleExecLastGasp(t *testing.T, env *consoleExecEnv) {
+	ctx := caseCtx(t, 2*time.Minute)
+	start := env.tap.Len()
+	env.g.MustRun(t, "write", "/sys/bus/pci/drivers/uio_pci_generic/unbind", env.addr)
+	fatal := regexp.MustCompile(`vserial-agent: fatal: device ` + regexp.QuoteMeta(env.addr) + ` stopped: [^\n]+\n`)
+	sub, at, err := env.tap.waitMatch(ctx, start, fatal)
+	if err != nil {
+		t.Fatalf("last-gasp line: %v", err)
+	}
+	t.Logf("host saw the last gasp %q", strings.TrimSpace(sub[0]))
+	if _, err := env.tap.waitFor(ctx, at, "vserial-agent: fatal: every device stopped; exiting\n"); err != nil {
+		t.Errorf("last-gasp exit line: %v", err)
+	}
+	env.a.stopd = true
+	log, err := env.a.proc.Wait(ctx)
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.Code != 1 {
+		t.Errorf("vserial-agent after losing its device: %v, want exit status 1\n%s", err, log)
+	}
+	if _, err := env.g.Run(ctx, "wait-gone", "/proc/"+env.pid, "10"); err != nil {
+		t.Errorf("the console program outlived the agent: %v", err)
+	}
 }
 
 // TestAgentConsoleSinglePort runs a program on the console of a device
@@ -473,7 +554,7 @@ func TestAgentConsoleSinglePort(t *testing.T) {
 	addr := path.Base(findVirtioConsole(t, g))
 	link := AgentSocket("vport0p0.pty")
 
-	a := startConsoleAgent(ctx, t, g, "--console-exec", HelperPath+" minish")
+	a := startConsoleAgent(ctx, t, g, "--console-exec", HelperPath+" minish", "--console-env", guestPATH)
 	at, err := tap.waitFor(ctx, 0, "vserial-agent: starting on "+addr+"\n")
 	if err != nil {
 		t.Fatalf("emergency-write start line: %v", err)
@@ -507,3 +588,8 @@ func TestAgentConsoleSinglePort(t *testing.T) {
 		}
 	}
 }
+
+// guestPATH is the console program's PATH in the test image: u-root keeps
+// its commands in /bbin, which the agent's minimal environment for console
+// programs (agent.MinimalEnv) does not name.
+const guestPATH = "PATH=/bbin:/bin:/sbin:/usr/bin:/usr/sbin"

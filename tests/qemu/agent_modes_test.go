@@ -97,7 +97,7 @@ func TestAgentModern(t *testing.T) {
 
 	t.Run("function-given-back", func(t *testing.T) {
 		// After a clean exit the function goes back to the driver it had
-		// before the agent started: none (README: "gives the function back
+		// before the agent started: none (docs/operating.md: "gives the function back
 		// to the driver it had").
 		fn := findVirtioConsole(t, g)
 		if drv, err := g.Run(ctx, "readlink", fn+"/driver"); err == nil {

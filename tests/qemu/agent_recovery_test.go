@@ -193,7 +193,7 @@ func TestAgentRecovery(t *testing.T) {
 		// none removed, replaced or renamed to its vport name meanwhile.
 		// Only the log from the first injection on counts: at start a
 		// port may be published under its vport name until QEMU's
-		// PORT_NAME arrives (README, Port configuration).
+		// PORT_NAME arrives (docs/configuration.md).
 		_, after, _ := strings.Cut(out, "fault injected")
 		for line := range strings.Lines(after) {
 			for _, bad := range []string{"not re-announced", "replaced by a new port", "socket moved"} {

@@ -44,7 +44,7 @@ import (
 // the receive buffers the device had filled just before the reset (one to
 // 28 of 4 KiB; a QEMU trace of virtqueue_fill showed them filled right
 // before status 0), until it learnt to take them after the reset write
-// (driver: salvageRxLocked).
+// (driver: salvageLocked).
 func TestAgentResetDuringTransfer(t *testing.T) {
 	t.Parallel()
 	const big = 64 << 20

@@ -47,6 +47,18 @@ func TestAgentVFIOIOMMU(t *testing.T) {
 	})
 }
 
+// TestAgentVFIOIOMMUPacked is TestAgentVFIOIOMMU on a packed=on device:
+// the agent (--ring auto) negotiates the packed ring behind the IOMMU.
+func TestAgentVFIOIOMMUPacked(t *testing.T) {
+	t.Parallel()
+	runVFIOCase(t, vfioCase{
+		opts: Options{IOMMU: true, Packed: true, Ports: vfioPorts(), MaxPorts: 4, Modules: []string{"vfio-pci", "vfio_iommu_type1"},
+			Files: []File{faultAgentAt(t, faultAgentPath)}},
+		deviceID: "0x1043", mode: "type1", vectors: 2,
+		autoBind: "vfio", autoDriver: "vfio-pci",
+	})
+}
+
 // TestAgentVFIONoIOMMU runs the agent over VFIO in no-IOMMU mode, on a
 // transitional device (legacy transport; its device configuration moves
 // from offset 20 to 24 while MSI-X is on) and on a modern-only one.
@@ -112,6 +124,10 @@ func runVFIOCase(t *testing.T, c vfioCase) {
 			t.Errorf("%d vfio-msix vectors for %s in /proc/interrupts, want all %d of the device", n, addr, c.vectors)
 		}
 	})
+
+	if c.opts.Packed {
+		t.Run("qemu-reports-ring-packed", func(t *testing.T) { checkRingPacked(ctx, t, g) })
+	}
 
 	conns := map[string]*net.UnixConn{}
 	moved := behaviourChecks(t, a, vfioNames, conns)

@@ -422,3 +422,19 @@ func checkHostReconnect(ctx context.Context, t *testing.T, a *runningAgent, conn
 		t.Error(err)
 	}
 }
+
+// caseCtx is a context for one case of a guest test: it ends after d or
+// when the case ends.
+func caseCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// guestCase is one named case of a guest test's table: a top-level
+// function run as a subtest on the environment E the test's one boot
+// provides.
+type guestCase[E any] struct {
+	name string
+	run  func(t *testing.T, env E)
+}

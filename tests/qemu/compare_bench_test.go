@@ -18,6 +18,8 @@ import (
 	"testing"
 	"text/tabwriter"
 	"time"
+
+	"github.com/vserial/vserial/tests/qemu/internal/wire"
 )
 
 // BenchmarkKernelVsAgent compares, in one guest boot, three ways for a
@@ -27,9 +29,13 @@ import (
 //	S  the in-kernel driver behind `socat UNIX-LISTEN:PATH,fork /dev/vportNpM`
 //	   (Debian's socat): the socket users have today
 //	A  vserial-agent's socket
+//	G  the Go library (package vserial): the guest program holds the port
+//	   in-process, no socket (main rounds only)
 //
-// The guest programs are the same Go clients for all three (sink, source,
-// pingpong of tests/qemu/guest). Run it alone on the host:
+// The guest programs are the same Go clients for all four (sink, source,
+// pingpong of tests/qemu/guest; for G they open "vserial:BIND/ADDR/NAME",
+// which takes the function for the phase and gives it back after). Run it
+// alone on the host:
 //
 //	go test -run '^$' -bench KernelVsAgent -benchtime 1x -timeout 120m ./tests/qemu/
 //
@@ -41,7 +47,7 @@ import (
 //  1. a calibration of the guest (calib: a syscall, a copy, process and
 //     thread ping-pongs);
 //  2. the main rounds: one warm-up round per arm, then VSERIAL_BENCH_ROUNDS
-//     (default 5) rounds per arm in ABBA order (K S A | A S K | K S A …);
+//     (default 5) rounds per arm in ABBA order (K S A G | G A S K | …);
 //     each round moves VSERIAL_BENCH_MIB MiB (default 16) host→guest, as
 //     many guest→host, and VSERIAL_BENCH_RTTS (default 1000) one-byte
 //     round trips. The agent is started with --device for its round (it
@@ -88,7 +94,8 @@ const (
 	// EnvBenchReport names a file the report is appended to.
 	EnvBenchReport = "VSERIAL_BENCH_REPORT"
 	// EnvBenchAgentArgs adds `run` flags (split at spaces) to every agent
-	// the benchmark starts, e.g. "--poll off", to compare policies.
+	// the benchmark starts, e.g. "--poll off", to compare policies. Its
+	// --poll also sets the G arm's polling (vserial.Options.Poll).
 	EnvBenchAgentArgs = "VSERIAL_BENCH_AGENT_ARGS"
 )
 
@@ -303,6 +310,15 @@ func (s *suite) open(arm byte, extra ...string) (*session, error) {
 	for _, n := range s.names {
 		se.paths = append(se.paths, devs[n])
 	}
+	if arm == 'G' {
+		// Each guest program takes the function from virtio-pci itself.
+		se.paths = se.paths[:0]
+		poll := benchPoll(strings.Fields(os.Getenv(EnvBenchAgentArgs)))
+		for _, n := range s.names {
+			se.paths = append(se.paths, wire.VserialPath(s.bind, s.addr, n, poll))
+		}
+		return se, nil
+	}
 	if arm == 'S' {
 		p, err := s.g.Start(s.ctx, SocatPath, "UNIX-LISTEN:"+socatSocket+",fork,unlink-early", se.paths[0])
 		if err != nil {
@@ -315,6 +331,19 @@ func (s *suite) open(arm byte, extra ...string) (*session, error) {
 		se.paths[0] = socatSocket
 	}
 	return se, nil
+}
+
+// benchPoll is the value of --poll in run flags, "" if none.
+func benchPoll(args []string) string {
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, "--poll="); ok {
+			return v
+		}
+		if a == "--poll" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
 }
 
 // errAgentExited is an agent that stopped before it published its
@@ -390,10 +419,12 @@ func (s *suite) settle(se *session) error {
 	return err
 }
 
-// close stops what open started. After the agent it makes sure the
-// function is back on virtio-pci.
+// close stops what open started. After the agent (and the Go library's
+// programs) it makes sure the function is back on virtio-pci.
 func (s *suite) close(se *session) error {
 	switch {
+	case se.arm == 'G':
+		return s.backToVirtioPCI("the Go library")
 	case se.socat != nil:
 		if err := s.settle(se); err != nil {
 			return err
@@ -409,11 +440,18 @@ func (s *suite) close(se *session) error {
 		if out, err := se.agent.Wait(s.ctx); err != nil {
 			return fmt.Errorf("vserial-agent exit: %v\n%s", err, out)
 		}
-		drv, _ := s.g.Run(s.ctx, "readlink", "/sys/bus/pci/devices/"+s.addr+"/driver")
-		if path.Base(strings.TrimSpace(drv)) != "virtio-pci" {
-			if _, err := s.g.Run(s.ctx, "write", "/sys/bus/pci/drivers/virtio-pci/bind", s.addr); err != nil {
-				return fmt.Errorf("the agent left %s on %q; binding virtio-pci: %w", s.addr, drv, err)
-			}
+		return s.backToVirtioPCI("the agent")
+	}
+	return nil
+}
+
+// backToVirtioPCI binds the function to virtio-pci again if who left it
+// elsewhere.
+func (s *suite) backToVirtioPCI(who string) error {
+	drv, _ := s.g.Run(s.ctx, "readlink", "/sys/bus/pci/devices/"+s.addr+"/driver")
+	if path.Base(strings.TrimSpace(drv)) != "virtio-pci" {
+		if _, err := s.g.Run(s.ctx, "write", "/sys/bus/pci/drivers/virtio-pci/bind", s.addr); err != nil {
+			return fmt.Errorf("%s left %s on %q; binding virtio-pci: %w", who, s.addr, drv, err)
 		}
 	}
 	return nil
@@ -493,7 +531,7 @@ func (s *suite) mainRounds() map[byte][]roundResult {
 	res := map[byte][]roundResult{}
 	s.printf("\nmain port, one arm at a time (host load average at the start of each round in brackets):\n")
 	for r := 0; r <= s.cfg.Rounds; r++ {
-		for _, arm := range []byte(abba("KSA", r)) {
+		for _, arm := range []byte(abba("KSAG", r)) {
 			load := hostLoad()
 			se, err := s.open(arm)
 			if err != nil {
@@ -922,12 +960,12 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 	s.printf("\nsummary over %d rounds per arm (throughput: median of the rounds; round trips: percentiles of all samples pooled; ratios: median [min–max] of the per-round ratios):\n", s.cfg.Rounds)
 	var table strings.Builder
 	tw := tabwriter.NewWriter(&table, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "metric\tK\tS\tA\tA/K\tA/S\t\n")
+	fmt.Fprintf(tw, "metric\tK\tS\tA\tG\tA/K\tA/S\tG/K\tG/S\t\n")
 	for _, m := range []struct {
 		name, key string
 		f         func(roundResult) float64
 	}{{"host→guest MB/s", "h2g", h2g}, {"guest→host MB/s", "g2h", g2h}, {"round trip p50 µs", "rtt-p50", p50}, {"round trip p99 µs", "rtt-p99", p99}} {
-		k, sv, a := col('K', m.f), col('S', m.f), col('A', m.f)
+		k, sv, a, gl := col('K', m.f), col('S', m.f), col('A', m.f), col('G', m.f)
 		abs := func(arm byte, xs []float64) float64 {
 			switch m.key {
 			case "rtt-p50":
@@ -938,12 +976,15 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 			return median(xs)
 		}
 		ak, as := spreadOf(ratios(a, k)), spreadOf(ratios(a, sv))
-		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.1f\t%s\t%s\t\n", m.name, abs('K', k), abs('S', sv), abs('A', a), ak, as)
+		gk, gs := spreadOf(ratios(gl, k)), spreadOf(ratios(gl, sv))
+		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t\n", m.name, abs('K', k), abs('S', sv), abs('A', a), abs('G', gl), ak, as, gk, gs)
 		s.b.ReportMetric(ak.Med, m.key+"-A/K")
 		s.b.ReportMetric(as.Med, m.key+"-A/S")
+		s.b.ReportMetric(gk.Med, m.key+"-G/K")
+		s.b.ReportMetric(gs.Med, m.key+"-G/S")
 	}
-	k999, s999, a999 := percentile(pooled('K'), 99.9), percentile(pooled('S'), 99.9), percentile(pooled('A'), 99.9)
-	fmt.Fprintf(tw, "round trip p99.9 µs\t%.1f\t%.1f\t%.1f\t%.2f× (pooled)\t%.2f× (pooled)\t\n", k999, s999, a999, a999/k999, a999/s999)
+	k999, s999, a999, g999 := percentile(pooled('K'), 99.9), percentile(pooled('S'), 99.9), percentile(pooled('A'), 99.9), percentile(pooled('G'), 99.9)
+	fmt.Fprintf(tw, "round trip p99.9 µs\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f× (pooled)\t%.2f× (pooled)\t%.2f× (pooled)\t%.2f× (pooled)\t\n", k999, s999, a999, g999, a999/k999, a999/s999, g999/k999, g999/s999)
 	_ = tw.Flush()
 	s.out.WriteString(table.String())
 
@@ -968,7 +1009,7 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 	s.b.ReportMetric(cpu(0, mib), "A-cpu-ms/MiB-h2g")
 	s.b.ReportMetric(cpu(1, mib), "A-cpu-ms/MiB-g2h")
 	s.b.ReportMetric(cpu(2, float64(s.cfg.RTTs))*1e3, "A-cpu-µs/rtt")
-	for _, arm := range []byte("KSA") {
+	for _, arm := range []byte("KSAG") {
 		s.b.ReportMetric(median(col(arm, h2g)), string(arm)+"-h2g-MB/s")
 		s.b.ReportMetric(median(col(arm, g2h)), string(arm)+"-g2h-MB/s")
 		s.b.ReportMetric(percentile(pooled(arm), 50), string(arm)+"-rtt-p50-µs")

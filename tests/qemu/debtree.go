@@ -70,6 +70,12 @@ func candidateVersion(pkg string) (string, error) {
 // package) resolves in it. If apt cannot tell the version (offline), the
 // newest cached tree is used.
 func EnsureDebTree(cache, sub, pkg, prog string) (*DebTree, error) {
+	return ensureDebTree(cache, sub, pkg, prog, DefaultLibDirs)
+}
+
+// ensureDebTree is EnsureDebTree with the library directories prog's
+// closure is resolved in (systemd keeps its own library in /lib/systemd).
+func ensureDebTree(cache, sub, pkg, prog string, libDirs []string) (*DebTree, error) {
 	base := filepath.Join(cache, sub)
 	version, verr := candidateVersion(pkg)
 	if verr != nil {
@@ -114,7 +120,7 @@ func EnsureDebTree(cache, sub, pkg, prog string) (*DebTree, error) {
 	if err := os.WriteFile(pkgList, []byte(strings.Join(t.Packages, "\n")+"\n"), 0o644); err != nil {
 		return nil, err
 	}
-	if _, err := ELFClosure(t.Root, prog, DefaultLibDirs); err != nil {
+	if _, err := ELFClosure(t.Root, prog, libDirs); err != nil {
 		return nil, err
 	}
 	return t, os.WriteFile(done, []byte(version+"\n"), 0o644)

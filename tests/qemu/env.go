@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Environment variables that configure the guest tests (see doc.go).
+// Environment variables that configure the guest tests (see docs/testing.md).
 const (
 	EnvCache    = "VSERIAL_CACHE"
 	EnvRequired = "VSERIAL_QEMU_REQUIRED"

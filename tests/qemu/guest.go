@@ -65,6 +65,10 @@ type Options struct {
 	MaxPorts int
 	// DisableLegacy makes the device modern-only (disable-legacy=on).
 	DisableLegacy bool
+	// Packed offers the packed virtqueue layout (packed=on,
+	// VIRTIO_F_RING_PACKED); it implies DisableLegacy, since only the
+	// modern interface can negotiate it.
+	Packed bool
 	// IOMMU adds an emulated Intel IOMMU (intel_iommu=on in the guest) and
 	// puts the device behind it (iommu_platform=on, modern only), for VFIO.
 	IOMMU bool
@@ -345,7 +349,10 @@ func (g *Guest) commandLine(opts Options, initrd string) []string {
 		if opts.MaxPorts > 0 {
 			dev += ",max_ports=" + strconv.Itoa(opts.MaxPorts)
 		}
-		if opts.DisableLegacy || opts.IOMMU { // QEMU: legacy and ACCESS_PLATFORM exclude each other
+		if opts.Packed {
+			dev += ",packed=on"
+		}
+		if opts.DisableLegacy || opts.IOMMU || opts.Packed { // QEMU: legacy and ACCESS_PLATFORM exclude each other
 			dev += ",disable-legacy=on"
 		}
 		args = append(args, "-device", dev+opts.DeviceProps)

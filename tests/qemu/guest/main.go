@@ -87,6 +87,8 @@ func init() {
 		"hold":         {"hold READYFILE SECONDS PATH...", hold},
 		"procsnap":     {"procsnap PID ADDR", procsnap},
 		"wait-nochild": {"wait-nochild PID SECONDS", waitNoChild},
+		"as-uid":       {"as-uid UID ARGV [ARGS]", asUID},
+		"ctlflood":     {"ctlflood UID DIR IDLE SUBS READYFILE SECONDS", ctlflood},
 		"poweroff":     {"poweroff", func([]string) error { return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) }},
 		"help":         {"help", help},
 	}
@@ -173,7 +175,7 @@ func serveOn(r io.Reader, w io.Writer) error {
 			case perr == nil:
 				go runCommand(con, c)
 			case errors.Is(perr, wire.ErrNotCommand):
-				// A human at the console (see doc.go): run it and print plainly.
+				// A human at the console (see docs/testing.md): run it and print plainly.
 				go runHuman(con, strings.Fields(line))
 			default:
 				con.write(fmt.Sprintf("vsguest: %v\n", perr))
@@ -416,9 +418,13 @@ func mknodFromSysfs(devFile, node string) error {
 
 // ---- data movers ----
 
-// openPath opens a port: a Unix socket is dialled, anything else is opened
-// read-write as a device file.
+// openPath opens a port: a Unix socket is dialled, a wire.VserialPrefix
+// path is held in-process through package vserial (golib.go), anything
+// else is opened read-write as a device file.
 func openPath(path string) (io.ReadWriteCloser, error) {
+	if spec, ok := strings.CutPrefix(path, wire.VserialPrefix); ok {
+		return openVserial(spec)
+	}
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, err

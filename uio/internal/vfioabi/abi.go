@@ -138,6 +138,8 @@ const (
 	PCIINTxIRQ = 0 // VFIO_PCI_INTX_IRQ_INDEX
 	PCIMSIIRQ  = 1 // VFIO_PCI_MSI_IRQ_INDEX
 	PCIMSIXIRQ = 2 // VFIO_PCI_MSIX_IRQ_INDEX
+	PCIErrIRQ  = 3 // VFIO_PCI_ERR_IRQ_INDEX
+	PCIReqIRQ  = 4 // VFIO_PCI_REQ_IRQ_INDEX: the kernel asks for the device back
 )
 
 // IRQSet is the fixed part of struct vfio_irq_set; the data (bools or

@@ -196,3 +196,35 @@ func Mismatch(got, want []byte) int {
 	}
 	return -1
 }
+
+// VserialPrefix marks a PATH that the guest's transfer built-ins (sink,
+// source, pingpong, echo) open in-process through package vserial
+// instead of as a file or socket: "vserial:BIND/ADDR/NAME[/POLL]" takes
+// the function at PCI address ADDR with binding BIND (uio, vfio or auto)
+// and polling POLL (vserial.Options.Poll; default adaptive), dials port
+// NAME, and gives the function back when the built-in closes it. The
+// benchmark's G arm (the Go library) uses it.
+const VserialPrefix = "vserial:"
+
+// VserialPath is the VserialPrefix path of port name on the function at
+// addr; poll "" keeps the default.
+func VserialPath(bind, addr, name, poll string) string {
+	p := VserialPrefix + bind + "/" + addr + "/" + name
+	if poll != "" {
+		p += "/" + poll
+	}
+	return p
+}
+
+// ParseVserialPath splits a VserialPath (without its prefix) into its
+// parts; ok is false when one of BIND, ADDR or NAME is missing.
+func ParseVserialPath(spec string) (bind, addr, name, poll string, ok bool) {
+	parts := strings.Split(spec, "/")
+	if len(parts) < 3 || len(parts) > 4 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+		return "", "", "", "", false
+	}
+	if len(parts) == 4 {
+		poll = parts[3]
+	}
+	return parts[0], parts[1], parts[2], poll, true
+}

@@ -124,3 +124,25 @@ func TestMismatch(t *testing.T) {
 		t.Errorf("differ at 2: %d", i)
 	}
 }
+
+func TestVserialPathRoundTrip(t *testing.T) {
+	for _, c := range []struct{ bind, addr, name, poll string }{
+		{"uio", "0000:00:02.0", "org.vserial.bench", ""},
+		{"vfio", "0000:00:03.0", "vport0p1", "off"},
+	} {
+		p := VserialPath(c.bind, c.addr, c.name, c.poll)
+		spec, ok := strings.CutPrefix(p, VserialPrefix)
+		if !ok {
+			t.Fatalf("%q lacks the prefix", p)
+		}
+		b, a, n, pl, ok := ParseVserialPath(spec)
+		if !ok || b != c.bind || a != c.addr || n != c.name || pl != c.poll {
+			t.Errorf("%q parsed as %q %q %q %q %v", p, b, a, n, pl, ok)
+		}
+	}
+	for _, bad := range []string{"", "uio", "uio/addr", "uio//name", "/addr/name", "uio/a/n/p/x"} {
+		if _, _, _, _, ok := ParseVserialPath(bad); ok {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}

@@ -1,4 +1,4 @@
-package main
+package devopen
 
 import (
 	"bufio"
@@ -24,16 +24,16 @@ const (
 	noIOMMUGroup    = "vfio-noiommu" // the name vfio gives its fake no-IOMMU groups
 )
 
-// bindEnv is where chooseBind looks: the sysfs root and the module
+// Env is where Choose looks: the sysfs root and the module
 // directory of the running kernel (/lib/modules/RELEASE).
-type bindEnv struct {
+type Env struct {
 	Sysfs   string
 	Modules string // "" when unknown: no module counts as loadable
 }
 
-// hostBindEnv is the bindEnv of the running system under sysfs.
-func hostBindEnv(sysfs string) bindEnv {
-	return bindEnv{Sysfs: sysfs, Modules: kernelModulesDir()}
+// HostEnv is the Env of the running system under sysfs.
+func HostEnv(sysfs string) Env {
+	return Env{Sysfs: sysfs, Modules: kernelModulesDir()}
 }
 
 // kernelModulesDir is /lib/modules/$(uname -r), or "" if uname fails.
@@ -45,30 +45,30 @@ func kernelModulesDir() string {
 	return filepath.Join("/lib/modules", unix.ByteSliceToString(u.Release[:]))
 }
 
-// bindChoice is the binding --bind auto takes for one function, and why.
-type bindChoice struct {
-	Bind   string // bindUIO or bindVFIO
+// Choice is the binding --bind auto takes for one function, and why.
+type Choice struct {
+	Bind   string // BindUIO or BindVFIO
 	Reason string // e.g. "IOMMU group 5", "no IOMMU group"
 }
 
-func (c bindChoice) String() string { return c.Bind + " (" + c.Reason + ")" }
+func (c Choice) String() string { return c.Bind + " (" + c.Reason + ")" }
 
-// chooseBind decides what --bind auto does with f: VFIO type1 when the
+// Choose decides what --bind auto does with f: VFIO type1 when the
 // function sits in an IOMMU group that a real IOMMU translates for (not a
 // vfio no-IOMMU group) and vfio-pci is registered or its module can be
 // loaded; uio_pci_generic otherwise. This is the one place the decision is
 // made: `run` acts on it and `list` shows it.
-func chooseBind(env bindEnv, f pciscan.Function) bindChoice {
+func Choose(env Env, f pciscan.Function) Choice {
 	if f.IOMMUGroup == "" {
-		return bindChoice{bindUIO, "no IOMMU group"}
+		return Choice{BindUIO, "no IOMMU group"}
 	}
 	if isNoIOMMUGroup(env.Sysfs, f.IOMMUGroup) {
-		return bindChoice{bindUIO, fmt.Sprintf("IOMMU group %s is vfio no-IOMMU, no IOMMU translates", f.IOMMUGroup)}
+		return Choice{BindUIO, fmt.Sprintf("IOMMU group %s is vfio no-IOMMU, no IOMMU translates", f.IOMMUGroup)}
 	}
 	if !pciscan.DriverRegistered(env.Sysfs, uio.VFIODriver) && !moduleAvailable(env.Modules, vfioModule) {
-		return bindChoice{bindUIO, fmt.Sprintf("IOMMU group %s, but vfio-pci is neither registered nor loadable", f.IOMMUGroup)}
+		return Choice{BindUIO, fmt.Sprintf("IOMMU group %s, but vfio-pci is neither registered nor loadable", f.IOMMUGroup)}
 	}
-	return bindChoice{bindVFIO, "IOMMU group " + f.IOMMUGroup}
+	return Choice{BindVFIO, "IOMMU group " + f.IOMMUGroup}
 }
 
 // isNoIOMMUGroup reports whether IOMMU group group is one vfio made up for

@@ -1,4 +1,4 @@
-package main
+package devopen
 
 import (
 	"errors"
@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/vserial/vserial/pciscan"
+	"github.com/vserial/vserial/pciscan/pciscantest"
 )
 
 // inGroup puts the fake function at addr into IOMMU group group, as the
@@ -79,32 +80,32 @@ func TestChooseBind(t *testing.T) {
 		bind        string
 		reasonParts []string
 	}{
-		{name: "no group", dep: depWithVFIO, bind: bindUIO, reasonParts: []string{"no IOMMU group"}},
-		{name: "group, module loadable", group: "5", dep: depWithVFIO, bind: bindVFIO, reasonParts: []string{"IOMMU group 5"}},
-		{name: "group, driver registered", group: "5", registered: true, bind: bindVFIO, reasonParts: []string{"IOMMU group 5"}},
-		{name: "group, built in", group: "12", builtin: "kernel/drivers/vfio/pci/vfio-pci.ko\n", dep: depWithoutVFIO, bind: bindVFIO, reasonParts: []string{"IOMMU group 12"}},
-		{name: "group, no vfio-pci", group: "5", dep: depWithoutVFIO, bind: bindUIO, reasonParts: []string{"IOMMU group 5", "vfio-pci is neither registered nor loadable"}},
-		{name: "group, no module dir", group: "5", bind: bindUIO, reasonParts: []string{"neither registered nor loadable"}},
-		{name: "no-IOMMU group", group: "0", groupName: "vfio-noiommu", registered: true, bind: bindUIO, reasonParts: []string{"IOMMU group 0 is vfio no-IOMMU"}},
+		{name: "no group", dep: depWithVFIO, bind: BindUIO, reasonParts: []string{"no IOMMU group"}},
+		{name: "group, module loadable", group: "5", dep: depWithVFIO, bind: BindVFIO, reasonParts: []string{"IOMMU group 5"}},
+		{name: "group, driver registered", group: "5", registered: true, bind: BindVFIO, reasonParts: []string{"IOMMU group 5"}},
+		{name: "group, built in", group: "12", builtin: "kernel/drivers/vfio/pci/vfio-pci.ko\n", dep: depWithoutVFIO, bind: BindVFIO, reasonParts: []string{"IOMMU group 12"}},
+		{name: "group, no vfio-pci", group: "5", dep: depWithoutVFIO, bind: BindUIO, reasonParts: []string{"IOMMU group 5", "vfio-pci is neither registered nor loadable"}},
+		{name: "group, no module dir", group: "5", bind: BindUIO, reasonParts: []string{"neither registered nor loadable"}},
+		{name: "no-IOMMU group", group: "0", groupName: "vfio-noiommu", registered: true, bind: BindUIO, reasonParts: []string{"IOMMU group 0 is vfio no-IOMMU"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			root := t.TempDir()
-			fakeFunction(t, root, addr, "0x1af4", "0x1043", "0x1100", "")
+			pciscantest.Function(t, root, addr, "0x1af4", "0x1043", "0x1100", "")
 			if c.group != "" {
 				inGroup(t, root, addr, c.group, c.groupName)
 			}
 			if c.registered {
 				registerDriver(t, root, "vfio-pci")
 			}
-			env := bindEnv{Sysfs: root}
+			env := Env{Sysfs: root}
 			if c.dep != "" || c.builtin != "" {
 				env.Modules = filepath.Join(root, "lib", "modules", "6.1.0-test")
 				writeFile(t, filepath.Join(env.Modules, "modules.dep"), c.dep)
 				writeFile(t, filepath.Join(env.Modules, "modules.builtin"), c.builtin)
 			}
-			got := chooseBind(env, lookup(t, root, addr))
+			got := Choose(env, lookup(t, root, addr))
 			if got.Bind != c.bind {
-				t.Errorf("chooseBind = %s, want %s", got, c.bind)
+				t.Errorf("Choose = %s, want %s", got, c.bind)
 			}
 			for _, p := range c.reasonParts {
 				if !strings.Contains(got.Reason, p) {
@@ -137,7 +138,7 @@ func TestCheckVFIO(t *testing.T) {
 	const addr, other = "0000:00:03.0", "0000:00:04.0"
 	t.Run("type1 alone", func(t *testing.T) {
 		root := t.TempDir()
-		fakeFunction(t, root, addr, "0x1af4", "0x1043", "0x1100", "")
+		pciscantest.Function(t, root, addr, "0x1af4", "0x1043", "0x1100", "")
 		inGroup(t, root, addr, "5", "")
 		m, err := checkVFIO(root, lookup(t, root, addr))
 		if err != nil || m.NoIOMMU || m.Group != "5" {
@@ -146,8 +147,8 @@ func TestCheckVFIO(t *testing.T) {
 	})
 	t.Run("type1 group shared with a bound device", func(t *testing.T) {
 		root := t.TempDir()
-		fakeFunction(t, root, addr, "0x1af4", "0x1043", "0x1100", "")
-		fakeFunction(t, root, other, "0x8086", "0x10d3", "0x0000", "e1000e")
+		pciscantest.Function(t, root, addr, "0x1af4", "0x1043", "0x1100", "")
+		pciscantest.Function(t, root, other, "0x8086", "0x10d3", "0x0000", "e1000e")
 		inGroup(t, root, addr, "5", "")
 		if err := os.Symlink(filepath.Join(root, "bus", "pci", "devices", other), filepath.Join(root, "kernel", "iommu_groups", "5", "devices", other)); err != nil {
 			t.Fatal(err)
@@ -159,7 +160,7 @@ func TestCheckVFIO(t *testing.T) {
 	})
 	t.Run("no group, no-IOMMU mode on", func(t *testing.T) {
 		root := t.TempDir()
-		fakeFunction(t, root, addr, "0x1af4", "0x1003", "0x0003", "")
+		pciscantest.Function(t, root, addr, "0x1af4", "0x1003", "0x0003", "")
 		writeFile(t, filepath.Join(root, "module", "vfio", "parameters", "enable_unsafe_noiommu_mode"), "Y\n")
 		m, err := checkVFIO(root, lookup(t, root, addr))
 		if err != nil || !m.NoIOMMU {
@@ -168,7 +169,7 @@ func TestCheckVFIO(t *testing.T) {
 	})
 	t.Run("no group, no-IOMMU mode off", func(t *testing.T) {
 		root := t.TempDir()
-		fakeFunction(t, root, addr, "0x1af4", "0x1003", "0x0003", "")
+		pciscantest.Function(t, root, addr, "0x1af4", "0x1003", "0x0003", "")
 		writeFile(t, filepath.Join(root, "module", "vfio", "parameters", "enable_unsafe_noiommu_mode"), "N\n")
 		_, err := checkVFIO(root, lookup(t, root, addr))
 		if !errors.Is(err, errNoIOMMUUnavailable) || !strings.Contains(err.Error(), "intel_iommu=on") || !strings.Contains(err.Error(), "enable_unsafe_noiommu_mode=1") {
@@ -177,7 +178,7 @@ func TestCheckVFIO(t *testing.T) {
 	})
 	t.Run("no group, kernel without no-IOMMU", func(t *testing.T) {
 		root := t.TempDir()
-		fakeFunction(t, root, addr, "0x1af4", "0x1003", "0x0003", "")
+		pciscantest.Function(t, root, addr, "0x1af4", "0x1003", "0x0003", "")
 		_, err := checkVFIO(root, lookup(t, root, addr))
 		if !errors.Is(err, errNoIOMMUUnavailable) || !strings.Contains(err.Error(), "CONFIG_VFIO_NOIOMMU") {
 			t.Errorf("checkVFIO = %v; want errNoIOMMUUnavailable naming CONFIG_VFIO_NOIOMMU", err)
@@ -185,7 +186,7 @@ func TestCheckVFIO(t *testing.T) {
 	})
 	t.Run("already in a no-IOMMU group", func(t *testing.T) {
 		root := t.TempDir()
-		fakeFunction(t, root, addr, "0x1af4", "0x1003", "0x0003", "vfio-pci")
+		pciscantest.Function(t, root, addr, "0x1af4", "0x1003", "0x0003", "vfio-pci")
 		inGroup(t, root, addr, "0", "vfio-noiommu")
 		m, err := checkVFIO(root, lookup(t, root, addr))
 		if err != nil || !m.NoIOMMU {

@@ -1,0 +1,85 @@
+package vserial
+
+import (
+	"context"
+	"sync"
+
+	"github.com/vserial/vserial/agent"
+	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/agentwire"
+	"github.com/vserial/vserial/pump"
+)
+
+// sockPort is a port as the socket side (package agent) serves it when
+// Options.SocketDir is set: its clients are served by the device's loop,
+// and a Dial takes it over. While a conn holds the port, the socket's
+// clients are refused at once (the agent logs why), and the socket side's
+// opening and closing of the port are left to the conn.
+type sockPort struct {
+	*driver.Port
+	a    *Agent
+	loop *pump.Loop
+
+	mu     sync.Mutex
+	cancel context.CancelCauseFunc // the socket client being served, or nil
+	done   chan struct{}           // closed when its ServeFD returned
+}
+
+// SetGuestOpen opens or closes the port for a socket client, unless a conn
+// holds it.
+func (p *sockPort) SetGuestOpen(ctx context.Context, open bool) error {
+	if p.a.isHeld(p.Port) {
+		if open {
+			return errTakenOver
+		}
+		return nil
+	}
+	return p.Port.SetGuestOpen(ctx, open)
+}
+
+// ServeFD serves a socket client through the loop until it is done or a
+// Dial takes the port over.
+func (p *sockPort) ServeFD(ctx context.Context, fd int) error {
+	p.mu.Lock()
+	if p.a.isHeld(p.Port) {
+		p.mu.Unlock()
+		return errTakenOver
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	p.cancel, p.done = cancel, done
+	p.mu.Unlock()
+	err := p.loop.Serve(ctx, p.Port, fd)
+	p.mu.Lock()
+	p.cancel, p.done = nil, nil
+	p.mu.Unlock()
+	close(done)
+	if cause := context.Cause(ctx); cause == errTakenOver {
+		err = cause
+	}
+	cancel(nil)
+	return err
+}
+
+// takeOver ends the socket client being served, if any, and waits until
+// the loop let go of it. The port must already be held.
+func (p *sockPort) takeOver() {
+	p.mu.Lock()
+	cancel, done := p.cancel, p.done
+	p.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	p.a.log.Info("vserial: socket client disconnected: the port was dialed in-process", "port", p.ID(), "name", p.Name())
+	cancel(errTakenOver)
+	<-done
+}
+
+// Stats are the port's counters with the loop's (the device's under
+// "loop_"), as run reports them.
+func (p *sockPort) Stats() agent.PortStats { return agentwire.Stats(p.Port, p.loop) }
+
+var (
+	_ agent.Port     = (*sockPort)(nil)
+	_ agent.FDServer = (*sockPort)(nil)
+)
