@@ -67,5 +67,7 @@
 // TestProductionCodeDoesNotImportTests, and TestEveryGoroutineIsGuarded
 // (every goroutine production code starts begins with defer
 // guard.Recover(), package internal/guard, so a panic anywhere gets the
-// last gasp). README.md is the front door; docs/README.md indexes the rest.
+// last gasp), and TestUnsafeOnlyInUnsafeFiles ("unsafe" is imported only
+// from files named *_unsafe.go, or *_unsafe_test.go).
+// README.md is the front door; docs/README.md indexes the rest.
 package vserial

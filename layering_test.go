@@ -2,7 +2,13 @@ package vserial_test
 
 import (
 	"encoding/json"
+	"fmt"
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -29,6 +35,19 @@ var forbidden = map[string][]string{
 	// and the agent for the same two.
 	"internal/devopen":   {"agent", "cmd"},
 	"internal/agentwire": {"uio", "pciscan", "cmd"},
+	// internal/rawio is the data plane's raw system calls (pump, agent):
+	// a leaf that knows nothing of vserial.
+	"internal/rawio": {"dma", "ring", "driver", "uio", "pciscan", "agent", "cmd", "pump"},
+}
+
+// layer names the entry of forbidden that a package path (relative to the
+// module) belongs to: its top directory, or internal/NAME.
+func layer(rel string) string {
+	f := strings.SplitN(rel, "/", 3)
+	if f[0] == "internal" && len(f) > 1 {
+		return f[0] + "/" + f[1]
+	}
+	return f[0]
 }
 
 // rootImporters are the only top-level directories whose packages may
@@ -54,11 +73,8 @@ func TestImportDirections(t *testing.T) {
 			t.Fatal(err)
 		}
 		rel := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")
-		top := strings.SplitN(rel, "/", 2)[0]
+		top := layer(rel)
 		bans, ok := forbidden[top]
-		if parts := strings.SplitN(rel, "/", 3); len(parts) > 1 && !ok {
-			bans, ok = forbidden[parts[0]+"/"+parts[1]]
-		}
 		if !ok {
 			continue
 		}
@@ -67,7 +83,7 @@ func TestImportDirections(t *testing.T) {
 			if !strings.HasPrefix(d, module+"/") {
 				continue
 			}
-			dtop := strings.SplitN(strings.TrimPrefix(d, module+"/"), "/", 2)[0]
+			dtop := layer(strings.TrimPrefix(d, module+"/"))
 			for _, b := range bans {
 				if dtop == b {
 					t.Errorf("%s depends on %s: %s must not import %s (see ARCHITECTURE.md)", p.ImportPath, d, top, b)
@@ -118,5 +134,83 @@ func TestProductionCodeDoesNotImportTests(t *testing.T) {
 				t.Errorf("%s (production) depends on test-support package %s", f[0], d)
 			}
 		}
+	}
+}
+
+// unsafeFileAllowed reports whether a Go file of this name may import
+// "unsafe": only files named *_unsafe.go (or *_unsafe_test.go for tests), so
+// that a reviewer finds every use of it by name (STYLE.md, practice 3).
+func unsafeFileAllowed(name string) bool {
+	base := filepath.Base(name)
+	return strings.HasSuffix(base, "_unsafe.go") || strings.HasSuffix(base, "_unsafe_test.go")
+}
+
+// unsafeViolation parses the imports of one Go file and returns an error
+// when it imports "unsafe" and its name does not allow it.
+func unsafeViolation(name string, src []byte) error {
+	f, err := parser.ParseFile(token.NewFileSet(), name, src, parser.ImportsOnly)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	for _, imp := range f.Imports {
+		if imp.Path.Value == `"unsafe"` && !unsafeFileAllowed(name) {
+			return fmt.Errorf("%s imports unsafe: move that code into a file named *_unsafe.go", name)
+		}
+	}
+	return nil
+}
+
+func TestUnsafeViolation(t *testing.T) {
+	for _, c := range []struct {
+		name, src string
+		bad       bool
+	}{
+		{"pump/iov_unsafe.go", "package pump\nimport \"unsafe\"\n", false},
+		{"pump/iov_unsafe_test.go", "package pump\nimport \"unsafe\"\n", false},
+		{"pump/loop.go", "package pump\nimport \"unsafe\"\n", true},
+		{"pump/loop_test.go", "package pump\nimport (\n\t\"os\"\n\tu \"unsafe\"\n)\n", true},
+		{"pump/unsafe.go", "package pump\nimport _ \"unsafe\"\n", true},
+		{"pump/loop.go", "package pump\nimport \"os\"\n", false},
+		{"pump/not_unsafe.txt.go", "package pump\n// import \"unsafe\"\n", false},
+	} {
+		err := unsafeViolation(c.name, []byte(c.src))
+		if (err != nil) != c.bad {
+			t.Errorf("%s %q: got %v, want a violation: %v", c.name, c.src, err, c.bad)
+		}
+	}
+}
+
+// TestUnsafeOnlyInUnsafeFiles checks every Go file of the module, production
+// and test code, whatever its build tags.
+func TestUnsafeOnlyInUnsafeFiles(t *testing.T) {
+	checked := 0
+	err := filepath.WalkDir(".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if n := d.Name(); p != "." && (strings.HasPrefix(n, ".") || n == "testdata" || n == "vendor") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(p, ".go") {
+			return nil
+		}
+		src, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		checked++
+		if err := unsafeViolation(p, src); err != nil {
+			t.Error(err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checked < 50 {
+		t.Fatalf("checked only %d Go files: not run from the module root?", checked)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vserial/vserial/internal/guard"
+	"github.com/vserial/vserial/internal/rawio"
 )
 
 // closeTimeout bounds the PORT_OPEN 0 message sent when a session ends, so
@@ -283,7 +284,7 @@ type gatedReader struct {
 	// Arguments and results of tryRead.
 	b    []byte
 	bufs [][]byte // vectored read (ReadBuffers) when not nil
-	iov  []unix.Iovec
+	iov  rawio.Iovecs
 	n    int
 	rerr error
 	gone bool
@@ -305,9 +306,9 @@ func (r *gatedReader) tryRead(fd uintptr) bool {
 	for {
 		var errno unix.Errno
 		if r.bufs != nil {
-			r.n, errno = rawv(unix.SYS_READV, fd, r.bufs, &r.iov)
+			r.n, errno = r.iov.Readv(int(fd), r.bufs)
 		} else {
-			r.n, errno = rawRead(fd, r.b)
+			r.n, errno = rawio.Read(int(fd), r.b)
 		}
 		r.rerr = nil
 		if errno != 0 {
@@ -375,7 +376,7 @@ type connWriter struct {
 	fn   func(fd uintptr) bool // w.tryWrite
 	vec  [][]byte
 	left [][]byte
-	iov  []unix.Iovec
+	iov  rawio.Iovecs
 	done int
 	werr error
 }
@@ -414,7 +415,7 @@ func (w *connWriter) WriteBuffers(bufs [][]byte) (int, error) {
 // wait until the socket is writable again.
 func (w *connWriter) tryWrite(fd uintptr) bool {
 	for len(w.left) > 0 {
-		n, errno := rawv(unix.SYS_WRITEV, fd, w.left, &w.iov)
+		n, errno := w.iov.Writev(int(fd), w.left)
 		switch errno {
 		case 0:
 		case unix.EINTR:

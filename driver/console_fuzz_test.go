@@ -37,7 +37,10 @@ func (r *rig) serviceNow() {
 // FuzzHostileDevice lets a device write whatever it likes into used rings
 // and control messages while the guest and host move data. The driver may
 // reset or fail the device, but must never panic, hang, corrupt memory or
-// leak it: Close always succeeds and returns every allocation.
+// leak it: Close always succeeds and returns every allocation. Until the
+// device lies in a used ring, bytes must also arrive on their own port,
+// in order and whole, or with a loss the driver reported (streamOracle).
+// The driver runs with its default configuration (buffer counts included).
 func FuzzHostileDevice(f *testing.F) { fuzzHostileDevice(f, false) }
 
 // FuzzHostileDevicePacked is FuzzHostileDevice with the packed ring
@@ -56,6 +59,14 @@ func fuzzHostileDevice(f *testing.F, packed bool) {
 	f.Add([]byte{opNeedsReset, 0, 0, 0, 0, 0, opHostWrite, 1, 0, 0, 200, 0})
 	f.Add([]byte{opRaw, 9, 1, 0, 0, 0, 7, 0, 1, 0, opRawPush, 0, 0, 0, 255, 255})
 	f.Add([]byte{opRawPush, 1, 200, 0, 1, 0, opRawPush, 5, 0, 8, 0, 16})
+	// Data on three ports in both directions, with opens, closes and host
+	// (dis)connections in between: the stream oracle's ground.
+	f.Add([]byte{opGuestOpen, 1, 1, 0, 0, 0, opGuestOpen, 2, 1, 0, 0, 0, opHostConnect, 2, 1, 0, 0, 0,
+		opHostWrite, 1, 0, 0, 50, 0, opHostWrite, 2, 0, 0, 60, 0, opGuestSend, 1, 0, 0, 70, 0, opGuestSend, 2, 0, 0, 80, 0,
+		opHostWrite, 0, 0, 0, 90, 0, opGuestOpen, 0, 1, 0, 0, 0, opGuestSend, 0, 0, 0, 255, 0,
+		opHostWrite, 1, 0, 0, 100, 0, opGuestOpen, 1, 0, 0, 0, 0, opHostWrite, 1, 0, 0, 30, 0, opGuestOpen, 1, 1, 0, 0, 0,
+		opHostConnect, 2, 0, 0, 0, 0, opGuestSend, 2, 0, 0, 10, 0, opHostConnect, 2, 1, 0, 0, 0, opGuestSend, 2, 0, 0, 10, 0,
+		opPlug, 3, 1, 0, 0, 0, opGuestOpen, 3, 1, 0, 0, 0, opHostWrite, 3, 0, 0, 40, 0, opHostWrite, 2, 0, 0, 200, 0})
 	f.Fuzz(func(t *testing.T, prog []byte) {
 		if len(prog) > 6*64 {
 			prog = prog[:6*64]
@@ -63,11 +74,12 @@ func fuzzHostileDevice(f *testing.F, packed bool) {
 		r := newRig(t, rigOpts{
 			packed:  packed,
 			console: virtiotest.ConsoleConfig{MaxPorts: 4},
-			cfg:     Config{MaxResets: 3, RxBuffers: 8, TxBuffers: 4},
+			cfg:     Config{MaxResets: 3},
 			plug: plugPorts(portSpec{id: 0, name: "con", console: true},
 				portSpec{id: 1, name: "one", host: true}, portSpec{id: 2, name: "two"}),
 		})
 		payload := bytes.Repeat([]byte("hostile"), 40)
+		o := newStreamOracle(t, r)
 		for len(prog) >= 6 {
 			op, a, b, c, d, e := prog[0]%opCount, prog[1], prog[2], prog[3], prog[4], prog[5]
 			rest := prog[6:]
@@ -83,6 +95,7 @@ func fuzzHostileDevice(f *testing.F, packed bool) {
 				if c&4 != 0 {
 					n <<= 8
 				}
+				o.ringLie()
 				r.m.RawPush(uint16(a%8), uint16(b)|uint16(c&0x80)<<1, n, m)
 				r.m.RawPush(uint16(a%8), 0, 0, ringtest.Misbehaviour{}) // clear persistent switches
 			case opControl:
@@ -91,13 +104,9 @@ func fuzzHostileDevice(f *testing.F, packed bool) {
 				n := min(int(a%10), len(rest))
 				r.m.SendRaw(rest[:n])
 			case opHostWrite:
-				_ = r.m.HostWrite(id, payload[:min(int(d)+1, len(payload))])
+				o.hostWrite(id, min(int(d)+1, len(payload)))
 			case opGuestSend:
-				if p := r.d.Port(id); p != nil {
-					ctx, cancel := context.WithTimeout(r.ctx, 2*time.Millisecond)
-					_, _ = p.Send(ctx, bytes.NewReader(payload[:min(int(d)+1, len(payload))]))
-					cancel()
-				}
+				o.guestSend(id, min(int(d)+1, len(payload)))
 			case opGuestOpen:
 				if p := r.d.Port(id); p != nil {
 					_ = p.SetGuestOpen(r.ctx, b&1 != 0)
@@ -113,14 +122,17 @@ func fuzzHostileDevice(f *testing.F, packed bool) {
 			case opNeedsReset:
 				r.m.NeedsReset()
 			case opRingBad:
+				o.ringLie()
 				r.m.MisbehaveRing(uint16(a%8), ringtest.Misbehaviour{
 					BadID: c&1 != 0, Duplicate: c&2 != 0, LongLen: uint32(c&4) << 10, IdxJump: uint16(c>>4) & 7,
 				}, false)
 			}
 			r.serviceNow()
+			o.check()
 		}
 		r.m.FlushDelayed()
 		r.serviceNow()
+		o.check()
 		// Whatever state the device is in, the ports answer without
 		// hanging.
 		for _, p := range r.d.Ports() {

@@ -31,15 +31,11 @@ type binder struct {
 	write writeFunc
 }
 
-// Bind moves the function at addr to driver and returns the driver that held
-// it before ("" if none), which Restore takes to give it back. Bind refuses a
-// function that another driver holds (ErrHeld); use Take with force to take it.
-// Binding to the driver that already holds it succeeds and returns that driver.
-func Bind(sysfs, addr, driver string) (previous string, err error) {
-	return binder{sysfs, sysfsWrite}.take(addr, driver, false)
-}
-
-// Take is Bind with the choice to take the function from another driver.
+// Take moves the function at addr to driver and returns the driver that held
+// it before ("" if none), which Restore takes to give it back. Without
+// force it refuses a function that another driver holds (ErrHeld); with
+// force it takes it from that driver. Taking it for the driver that already
+// holds it succeeds and returns that driver.
 func Take(sysfs, addr, driver string, force bool) (previous string, err error) {
 	return binder{sysfs, sysfsWrite}.take(addr, driver, force)
 }

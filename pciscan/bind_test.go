@@ -11,7 +11,7 @@ import (
 )
 
 // kernel plays the kernel's part in a fake sysfs: it records every write
-// Bind makes, performs it on the file, and then moves the driver symlink as
+// Take makes, performs it on the file, and then moves the driver symlink as
 // the PCI core would.
 type kernel struct {
 	t           *testing.T
@@ -257,8 +257,8 @@ func TestBindRealWriterOnPlainFiles(t *testing.T) {
 	if err != nil || string(b) != "0000:00:03.0" {
 		t.Errorf("unbind file = %q, %v", b, err)
 	}
-	if _, err := Bind(root, consoleLegacy.addr, "uio_pci_generic"); !errors.Is(err, ErrHeld) {
-		t.Errorf("Bind = %v, want ErrHeld", err)
+	if _, err := Take(root, consoleLegacy.addr, "uio_pci_generic", false); !errors.Is(err, ErrHeld) {
+		t.Errorf("Take without force = %v, want ErrHeld", err)
 	}
 	if err := sysfsWrite(filepath.Join(root, "no-such-attribute"), "1"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("sysfsWrite created a file: %v", err)

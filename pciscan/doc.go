@@ -14,11 +14,11 @@
 //   - IsConsole applies the virtio-console matching rule (VIRTIO-NOTES §1):
 //     vendor 0x1af4 and (device 0x1043, or device 0x1003 with subsystem
 //     device 3).
-//   - Bind and Take move one function to a driver (uio_pci_generic, vfio-pci)
+//   - Take moves one function to a driver (uio_pci_generic, vfio-pci)
 //     through driver_override, unbind and drivers_probe (falling back to the
-//     driver's bind file), then verify that the driver symlink names the new
-//     driver. Bind refuses a function that another driver holds; Take does it
-//     anyway when force is set. Restore gives the function back.
+//     driver's bind file), then verifies that the driver symlink names the new
+//     driver. It refuses a function that another driver holds unless force
+//     is set. Restore gives the function back.
 //   - Addresses are checked against the canonical form DDDD:BB:DD.F before
 //     they are joined to any path, so an address cannot escape sysfs.
 //   - Watch reports the kernel's uevents about PCI functions (added,

@@ -27,7 +27,7 @@ var (
 	ErrMalformed = errors.New("malformed sysfs file")
 )
 
-// HeldError is returned by Bind for a function that another driver holds.
+// HeldError is returned by Take (without force) for a function that another driver holds.
 type HeldError struct {
 	Driver string
 }

@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/rawio"
 )
 
 // client is one attached descriptor: a socket (or any stream descriptor)
@@ -41,7 +42,7 @@ type client struct {
 	// batches (rxbatch.go); rxSmall counts small writes in a row.
 	rxStream bool
 	rxSmall  int
-	iov      [maxIov]unix.Iovec
+	iov      rawio.Iovecs
 }
 
 // ReadBuffers is readv(2) into bufs for SendFrom: 0 and no error when the
@@ -78,9 +79,9 @@ func (c *client) vector(nr uintptr, op string, bufs [][]byte, ready *bool) (int,
 		var errno unix.Errno
 		if nr == unix.SYS_WRITEV {
 			// Host→guest only: a bulk writev runs real-time (batch.go).
-			c.loop.rtCall(total, func() { n, errno = rawv(nr, c.fd, bufs, &c.iov) })
+			c.loop.rtCall(total, func() { n, errno = c.iov.Writev(c.fd, bufs) })
 		} else {
-			n, errno = rawv(nr, c.fd, bufs, &c.iov)
+			n, errno = c.iov.Readv(c.fd, bufs)
 		}
 		switch errno {
 		case 0:

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vserial/vserial/driver"
 	"github.com/vserial/vserial/internal/guard"
+	"github.com/vserial/vserial/internal/rawio"
 )
 
 var (
@@ -166,7 +167,7 @@ func (l *Loop) closeFDs() {
 // changes; commands use it too). It never blocks.
 func (l *Loop) wake() {
 	l.stats.wakes.Add(1)
-	rawWrite8(l.cmdFD)
+	rawio.EventfdAdd(l.cmdFD)
 }
 
 // submit queues a command for the loop; false once the loop is closed.
@@ -367,7 +368,7 @@ func (l *Loop) irqFailed(i int) {
 // commands takes the queued commands; it reports a stop.
 func (l *Loop) commands() (stop bool) {
 	l.stats.cmdWakes.Add(1)
-	rawRead8(l.cmdFD)
+	rawio.EventfdDrain(l.cmdFD)
 	l.mu.Lock()
 	l.pending = append(l.pending[:0], l.cmds...)
 	clear(l.cmds)

@@ -1,9 +1,5 @@
 package ring
 
-// API CONTRACT (fixed so other packages can be written against it; the ring
-// helper implements the bodies and may add methods, but must not change these
-// signatures without telling the integrator).
-
 import (
 	"encoding/binary"
 	"errors"

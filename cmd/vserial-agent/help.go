@@ -22,6 +22,7 @@ Usage:
   vserial-agent list [flags]   show virtio-console functions and a running agent's ports
   vserial-agent events [flags] follow a running agent's events, or wait for one (host connected...)
   vserial-agent help [command] show help ("vserial-agent COMMAND --help" too)
+  vserial-agent version        module version and VCS revision of this binary (--version too)
 
 Examples:
   vserial-agent run                         serve every free virtio-console function

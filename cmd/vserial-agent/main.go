@@ -56,6 +56,8 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer, open
 		}
 		fmt.Fprint(stdout, mainUsage)
 		return exitOK
+	case "--version", "version":
+		return printVersion(rest, stdout, stderr)
 	case "run":
 		cfg, err := parseRun(rest, stdout)
 		if err != nil {

@@ -4,10 +4,6 @@
 // device could. Production code never imports it (layering_test.go).
 package ringtest
 
-// API CONTRACT (the ring helper implements the bodies; the fake PCI function
-// and the console model in driver/virtiotest are written against these
-// signatures).
-
 import (
 	"encoding/binary"
 	"errors"

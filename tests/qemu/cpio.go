@@ -1,11 +1,13 @@
 package qemu
 
 import (
-	"fmt"
 	"io"
+	"os"
 	"path"
 	"slices"
 	"strings"
+
+	"github.com/u-root/u-root/pkg/cpio"
 )
 
 // File is one file placed in the guest's initramfs for a boot.
@@ -22,89 +24,96 @@ type File struct {
 	Symlink string
 }
 
-// newcWriter writes an archive in the "newc" cpio format that the kernel's
-// initramfs unpacker reads (Linux Documentation/driver-api/early-userspace/
-// buffer-format.rst). An archive appended to another one adds its files to
-// the same rootfs, which is how a boot extends the cached base image.
-type newcWriter struct {
-	w    io.Writer
-	ino  uint32
-	dirs map[string]bool
-	err  error
-}
+// firstIno numbers this archive's records above the base image's, so that
+// no record of ours can be taken for a hard link to one of its files.
+const firstIno = 1 << 20
 
-const (
-	cpioModeDir     = 0o040000
-	cpioModeFile    = 0o100000
-	cpioModeSymlink = 0o120000
-)
-
-func newNewcWriter(w io.Writer) *newcWriter {
-	return &newcWriter{w: w, ino: 1 << 20, dirs: map[string]bool{".": true, "/": true, "": true}}
-}
-
-func (c *newcWriter) record(name string, mode uint32, data []byte) {
-	if c.err != nil {
-		return
+// writeArchive writes files as a "newc" cpio archive (the format the
+// kernel's initramfs unpacker reads) with u-root's pkg/cpio. An archive
+// appended to another one adds its files to the same rootfs, which is how a
+// boot extends the cached base image. Every missing parent directory gets
+// a record (mode 0755) before its first child: the unpacker does not
+// create parents itself. Records are in Dst order, so archives are
+// reproducible; when two files have the same Dst the later one in files
+// wins, as it would when unpacked.
+func writeArchive(w io.Writer, files []File) error {
+	rw := cpio.Newc.Writer(w)
+	ino := uint64(firstIno)
+	dirs := map[string]bool{}
+	write := func(r cpio.Record, nlink uint64) error {
+		ino++
+		r.Ino, r.NLink = ino, nlink
+		return rw.WriteRecord(r)
 	}
-	c.ino++
-	nlink := 1
-	if mode&cpioModeDir != 0 {
-		nlink = 2
+	for _, f := range sortedFiles(files) {
+		name := strings.TrimPrefix(path.Clean(f.Dst), "/")
+		for _, d := range parents(name) {
+			if dirs[d] {
+				continue
+			}
+			dirs[d] = true
+			if err := write(cpio.Directory(d, 0o755), 2); err != nil {
+				return err
+			}
+		}
+		var rec cpio.Record
+		if f.Symlink != "" {
+			rec = cpio.Symlink(name, f.Symlink)
+		} else {
+			data, mode, err := f.contents()
+			if err != nil {
+				return err
+			}
+			rec = cpio.StaticRecord(data, cpio.Info{Name: name, Mode: cpio.S_IFREG | uint64(mode&0o7777)})
+		}
+		if err := write(rec, 1); err != nil {
+			return err
+		}
 	}
-	hdr := fmt.Sprintf("070701%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x",
-		c.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(name)+1, 0)
-	buf := make([]byte, 0, len(hdr)+len(name)+8+len(data)+4)
-	buf = append(buf, hdr...)
-	buf = append(buf, name...)
-	buf = append(buf, 0)
-	buf = pad4(buf)
-	buf = append(buf, data...)
-	buf = pad4(buf)
-	_, c.err = c.w.Write(buf)
+	return cpio.WriteTrailer(rw)
 }
 
-func pad4(b []byte) []byte {
-	for len(b)%4 != 0 {
-		b = append(b, 0)
+// contents is a regular file's bytes and permission bits.
+func (f File) contents() ([]byte, uint32, error) {
+	if f.Src == "" {
+		return f.Data, orDefault(f.Mode, 0o644), nil
 	}
-	return b
+	data, err := os.ReadFile(f.Src)
+	return data, orDefault(f.Mode, 0o755), err
 }
 
-// mkdirAll adds directory records for every missing parent of dir: the
-// unpacker does not create parents itself.
-func (c *newcWriter) mkdirAll(dir string) {
-	if c.dirs[dir] {
-		return
+func orDefault(mode, def uint32) uint32 {
+	if mode == 0 {
+		return def
 	}
-	c.mkdirAll(path.Dir(dir))
-	c.dirs[dir] = true
-	c.record(dir, cpioModeDir|0o755, nil)
+	return mode
 }
 
-// addFile adds a regular file at the absolute guest path dst.
-func (c *newcWriter) addFile(dst string, mode uint32, data []byte) {
-	name := strings.TrimPrefix(path.Clean(dst), "/")
-	c.mkdirAll(path.Dir(name))
-	c.record(name, cpioModeFile|mode&0o7777, data)
+// parents lists the directories above name, outermost first ("a/b/c" gives
+// "a", "a/b").
+func parents(name string) []string {
+	var ds []string
+	for d := path.Dir(name); d != "." && d != "/"; d = path.Dir(d) {
+		ds = append(ds, d)
+	}
+	slices.Reverse(ds)
+	return ds
 }
 
-// addSymlink adds a symbolic link at dst pointing to target.
-func (c *newcWriter) addSymlink(dst, target string) {
-	name := strings.TrimPrefix(path.Clean(dst), "/")
-	c.mkdirAll(path.Dir(name))
-	c.record(name, cpioModeSymlink|0o777, []byte(target))
-}
-
-// close writes the trailer.
-func (c *newcWriter) close() error {
-	c.record("TRAILER!!!", 0, nil)
-	return c.err
-}
-
-// sortedFiles orders files by destination so that archives are reproducible.
+// sortedFiles orders files by destination, keeping only the last of files
+// with the same destination.
 func sortedFiles(files []File) []File {
 	s := slices.Clone(files)
+	for i := range s {
+		s[i].Dst = path.Clean(s[i].Dst)
+	}
 	slices.SortStableFunc(s, func(a, b File) int { return strings.Compare(a.Dst, b.Dst) })
-	return s
+	out := s[:0]
+	for i, f := range s {
+		if i+1 < len(s) && s[i+1].Dst == f.Dst {
+			continue
+		}
+		out = append(out, f)
+	}
+	return out
 }

@@ -8,10 +8,13 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -93,13 +96,25 @@ func TestExtractVmlinuxRejects(t *testing.T) {
 	}
 }
 
+// TestNewcArchiveReadsBack pins what the kernel's unpacker is given:
+// parents before children, once each and mode 0755; files with their modes
+// (0 meaning 0644 for Data, 0755 for Src); symlinks; the last of two files
+// with one destination; inode numbers above the base image's.
 func TestNewcArchiveReadsBack(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "helper")
+	if err := os.WriteFile(src, []byte("odd-length!"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	var buf bytes.Buffer
-	w := newNewcWriter(&buf)
-	w.addFile("/lib/modules/6.1.0/kernel/drivers/char/virtio_console.ko", 0o644, []byte("module"))
-	w.addFile("/lib/modules/6.1.0/modules.dep", 0o644, []byte("a.ko:\n"))
-	w.addFile("/bin/vsguest", 0o755, []byte("odd-length!"))
-	if err := w.close(); err != nil {
+	err := writeArchive(&buf, []File{
+		{Dst: "/lib/modules/6.1.0/kernel/drivers/char/virtio_console.ko", Data: []byte("module")},
+		{Dst: "/lib/modules/6.1.0/modules.dep", Data: []byte("old")},
+		{Dst: "/bin/vsguest", Src: src},
+		{Dst: "/sbin/modprobe", Symlink: "/bin/vsguest"},
+		{Dst: "/lib/modules/6.1.0/modules.dep", Data: []byte("a.ko:\n"), Mode: 0o600},
+		{Dst: "/bin/setuid", Data: []byte("x"), Mode: 0o4711},
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	if buf.Len()%4 != 0 {
@@ -109,27 +124,33 @@ func TestNewcArchiveReadsBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files := map[string]string{}
-	var order []string
+	var got []string
+	inos := map[uint64]bool{}
 	for _, r := range recs {
-		order = append(order, r.Name)
-		if r.Mode&0o170000 == cpioModeFile {
+		line := fmt.Sprintf("%s %o %d", r.Name, r.Mode, r.NLink)
+		if r.Mode&cpio.S_IFMT == cpio.S_IFREG || r.Mode&cpio.S_IFMT == cpio.S_IFLNK {
 			b, err := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
 			if err != nil {
 				t.Fatal(err)
 			}
-			files[r.Name] = string(b)
+			line += " " + string(b)
 		}
+		got = append(got, line)
+		if r.Ino <= firstIno || inos[r.Ino] || r.UID != 0 || r.GID != 0 {
+			t.Errorf("%s: inode %d (or owner %d:%d) not fresh and above the base image's", r.Name, r.Ino, r.UID, r.GID)
+		}
+		inos[r.Ino] = true
 	}
-	if files["bin/vsguest"] != "odd-length!" || files["lib/modules/6.1.0/modules.dep"] != "a.ko:\n" {
-		t.Errorf("file contents %q", files)
+	want := []string{
+		"bin 40755 2", "bin/setuid 104711 1 x", "bin/vsguest 100755 1 odd-length!",
+		"lib 40755 2", "lib/modules 40755 2", "lib/modules/6.1.0 40755 2", "lib/modules/6.1.0/kernel 40755 2",
+		"lib/modules/6.1.0/kernel/drivers 40755 2", "lib/modules/6.1.0/kernel/drivers/char 40755 2",
+		"lib/modules/6.1.0/kernel/drivers/char/virtio_console.ko 100644 1 module",
+		"lib/modules/6.1.0/modules.dep 100600 1 a.ko:\n",
+		"sbin 40755 2", "sbin/modprobe 120777 1 /bin/vsguest",
 	}
-	// Parents come before children, once each.
-	want := "lib lib/modules lib/modules/6.1.0 lib/modules/6.1.0/kernel lib/modules/6.1.0/kernel/drivers " +
-		"lib/modules/6.1.0/kernel/drivers/char lib/modules/6.1.0/kernel/drivers/char/virtio_console.ko " +
-		"lib/modules/6.1.0/modules.dep bin bin/vsguest"
-	if got := strings.Join(order, " "); got != want {
-		t.Errorf("records\n got %s\nwant %s", got, want)
+	if !slices.Equal(got, want) {
+		t.Errorf("records\n got %q\nwant %q", got, want)
 	}
 }
 

@@ -153,29 +153,16 @@ func writeInitramfs(dst, base string, files []File) error {
 	}
 	defer in.Close()
 	bw := bufio.NewWriterSize(out, 1<<20)
-	if _, err := io.Copy(bw, in); err != nil {
+	n, err := io.Copy(bw, in)
+	if err != nil {
 		return err
 	}
-	cw := newNewcWriter(bw)
-	for _, f := range sortedFiles(files) {
-		if f.Symlink != "" {
-			cw.addSymlink(f.Dst, f.Symlink)
-			continue
-		}
-		data, mode := f.Data, f.Mode
-		if f.Src != "" {
-			if data, err = os.ReadFile(f.Src); err != nil {
-				return err
-			}
-			if mode == 0 {
-				mode = 0o755
-			}
-		} else if mode == 0 {
-			mode = 0o644
-		}
-		cw.addFile(f.Dst, mode, data)
+	// The unpacker wants each header 4-byte aligned and skips zeros
+	// between archives.
+	if _, err := bw.Write(make([]byte, (4-n%4)%4)); err != nil {
+		return err
 	}
-	if err := cw.close(); err != nil {
+	if err := writeArchive(bw, files); err != nil {
 		return err
 	}
 	if err := bw.Flush(); err != nil {

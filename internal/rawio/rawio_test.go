@@ -1,0 +1,128 @@
+package rawio
+
+import (
+	"bytes"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func socketpair(t *testing.T) (int, int) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	return fds[0], fds[1]
+}
+
+func TestVectorsSkipEmptyAndRoundTrip(t *testing.T) {
+	a, b := socketpair(t)
+	var v Iovecs
+	n, e := v.Writev(a, [][]byte{nil, []byte("ab"), {}, []byte("cde")})
+	if e != 0 || n != 5 {
+		t.Fatalf("writev: %d, %v", n, e)
+	}
+	for i := range v {
+		if v[i].Base != nil {
+			t.Fatalf("iovec %d still points at a buffer after the call", i)
+		}
+	}
+	x, y := make([]byte, 1), make([]byte, 8)
+	n, e = v.Readv(b, [][]byte{{}, x, y})
+	if e != 0 || n != 5 || string(x)+string(y[:4]) != "abcde" {
+		t.Fatalf("readv: %d, %v, %q %q", n, e, x, y)
+	}
+	if n, e = v.Readv(b, [][]byte{y}); e != unix.EAGAIN || n != 0 {
+		t.Fatalf("readv on an empty socket: %d, %v, want 0, EAGAIN", n, e)
+	}
+	if n, e = v.Readv(b, [][]byte{nil, {}}); e != 0 || n != 0 {
+		t.Fatalf("readv of no bytes: %d, %v (made a call?)", n, e)
+	}
+}
+
+// More than MaxIov buffers: the call moves the first MaxIov and leaves the
+// rest (a short count), never EINVAL from the kernel's UIO_MAXIOV.
+func TestVectorsStopAtMaxIov(t *testing.T) {
+	a, b := socketpair(t)
+	bufs := make([][]byte, 2000)
+	for i := range bufs {
+		bufs[i] = []byte{byte(i)}
+	}
+	var v Iovecs
+	n, e := v.Writev(a, bufs)
+	if e != 0 || n != MaxIov {
+		t.Fatalf("writev of %d one-byte buffers: %d, %v, want %d", len(bufs), n, e, MaxIov)
+	}
+	got := make([]byte, 4096)
+	n, e = Read(b, got)
+	if e != 0 || n != MaxIov || got[MaxIov-1] != byte(MaxIov-1) {
+		t.Fatalf("read: %d, %v", n, e)
+	}
+}
+
+func TestErrorsAreErrnos(t *testing.T) {
+	var v Iovecs
+	if n, e := v.Writev(-1, [][]byte{[]byte("x")}); e != unix.EBADF || n != 0 {
+		t.Errorf("writev(-1): %d, %v, want 0, EBADF", n, e)
+	}
+	if n, e := Read(-1, make([]byte, 1)); e != unix.EBADF || n != 0 {
+		t.Errorf("read(-1): %d, %v, want 0, EBADF", n, e)
+	}
+	if n, e := Read(-1, nil); e != 0 || n != 0 {
+		t.Errorf("read of nothing: %d, %v, want no call", n, e)
+	}
+}
+
+func TestEventfd(t *testing.T) {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if e := EventfdDrain(fd); e != unix.EAGAIN {
+		t.Fatalf("drain of a zero count: %v, want EAGAIN", e)
+	}
+	for range 3 {
+		if e := EventfdAdd(fd); e != 0 {
+			t.Fatal(e)
+		}
+	}
+	var c [8]byte
+	if _, err := unix.Read(fd, c[:]); err != nil || !bytes.Equal(c[:], []byte{3, 0, 0, 0, 0, 0, 0, 0}) {
+		t.Fatalf("count %v, %v, want 3", c, err)
+	}
+	EventfdAdd(fd)
+	if e := EventfdDrain(fd); e != 0 {
+		t.Fatal(e)
+	}
+	if e := EventfdDrain(fd); e != unix.EAGAIN {
+		t.Fatalf("second drain: %v, want EAGAIN", e)
+	}
+}
+
+func TestAllocatesNothing(t *testing.T) {
+	a, b := socketpair(t)
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(efd)
+	v := new(Iovecs)
+	out := [][]byte{[]byte("hello"), []byte("world")}
+	in := [][]byte{make([]byte, 4), make([]byte, 16)}
+	one := make([]byte, 1)
+	allocs := testing.AllocsPerRun(100, func() {
+		v.Writev(a, out)
+		v.Readv(b, in)
+		v.Writev(a, out[:1])
+		Read(b, one)
+		Read(b, in[1])
+		EventfdAdd(efd)
+		EventfdDrain(efd)
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per round", allocs)
+	}
+}
