@@ -74,7 +74,7 @@ func fuzzHostileDevice(f *testing.F, packed bool) {
 		r := newRig(t, rigOpts{
 			packed:  packed,
 			console: virtiotest.ConsoleConfig{MaxPorts: 4},
-			cfg:     Config{MaxResets: 3, AnnounceWait: -1},
+			cfg:     Config{MaxResets: 3, AnnounceWait: -1, CloseFlush: -1},
 			plug: plugPorts(portSpec{id: 0, name: "con", console: true},
 				portSpec{id: 1, name: "one", host: true}, portSpec{id: 2, name: "two"}),
 		})

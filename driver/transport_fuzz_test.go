@@ -192,7 +192,7 @@ func FuzzTransportValues(f *testing.F) {
 		fn := scriptFunction{fakeFunction{vf}, s, legacy, vectors > 0}
 		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 		defer cancel()
-		d, err := Open(ctx, fn, Config{MaxPorts: 2, MaxResets: 2, RxBuffers: 4, TxBuffers: 2, AnnounceWait: -1})
+		d, err := Open(ctx, fn, Config{MaxPorts: 2, MaxResets: 2, RxBuffers: 4, TxBuffers: 2, AnnounceWait: -1, CloseFlush: -1})
 		if err != nil {
 			if n, b := vf.Heap().Live(); n != 0 {
 				t.Fatalf("Open failed (%v) and left %d allocations (%d bytes)", err, n, b)
