@@ -83,14 +83,21 @@ func TestMSIXVectorsPerPort(t *testing.T) {
 			}
 			// A configuration change (DEVICE_NEEDS_RESET) comes on vector 0
 			// and is seen even though no queue fired with it.
-			r.m.NeedsReset()
-			r.until("reset", func() bool { return r.d.Stats().Resets == 1 })
-			p := r.port(1, "a")
-			r.until("port back", p.settled)
-			if err := roundTrip(r, p, 1, []byte("after reset")); err != nil {
-				t.Error(err)
-			}
+			resetThenRoundTrip(t, r)
 		})
+	}
+}
+
+// resetThenRoundTrip has the device ask for a reset and checks that port 1
+// ("a") comes back and carries data both ways.
+func resetThenRoundTrip(t *testing.T, r *rig) {
+	t.Helper()
+	r.m.NeedsReset()
+	r.until("reset", func() bool { return r.d.Stats().Resets == 1 })
+	p := r.port(1, "a")
+	r.until("port back", p.settled)
+	if err := roundTrip(r, p, 1, []byte("after reset")); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -189,13 +196,7 @@ func TestMSIXVectorFallback(t *testing.T) {
 					t.Error(err)
 				}
 			}
-			r.m.NeedsReset()
-			r.until("reset", func() bool { return r.d.Stats().Resets == 1 })
-			p := r.port(1, "a")
-			r.until("port back", p.settled)
-			if err := roundTrip(r, p, 1, []byte("after reset")); err != nil {
-				t.Error(err)
-			}
+			resetThenRoundTrip(t, r)
 		})
 	}
 	opts := virtiotest.Options{MSIXVectors: 4}
