@@ -319,6 +319,17 @@ func (p *Port) SetGuestOpen(ctx context.Context, open bool) error {
 	}
 	if d.multiport && !p.reannounce {
 		d.sendControlLocked(p.id, eventPortOpen, boolValue(open))
+		if open && p.s.rxBufs != nil {
+			// A notify on the port's receiveq after PORT_OPEN 1: QEMU
+			// answers it with guest_writable, which makes its main loop
+			// look at the port's chardev again. Without KVM there is no
+			// ioeventfd, the PORT_OPEN is handled on the vCPU thread,
+			// and a main loop asleep since the port closed may never
+			// notice that it can read the host's bytes now (seen once:
+			// 128 buffers posted, host bytes waiting, nothing moving for
+			// 90 s). A spurious notify is allowed (spec 2.7.13).
+			d.notifyLocked(p.s.rxq)
+		}
 	}
 	return nil
 }
