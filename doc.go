@@ -42,7 +42,8 @@
 // os.ErrDeadlineExceeded. Read and Write return ErrPortRemoved once the host
 // unplugged the port, and ErrDeviceReset once when bytes were lost in a
 // reset of the device (the conn goes on). Dial waits for a port that does
-// not exist yet (hot-plug), until its context ends.
+// not exist yet (hot-plug), until its context ends. Ports lists the live
+// ports and Changed says when that list or a host connection changes.
 //
 // # What the program must provide
 //

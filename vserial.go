@@ -207,6 +207,40 @@ func (a *Agent) Dial(ctx context.Context, name string) (net.Conn, error) {
 	return &conn{h: h, addr: Addr(name)}, nil
 }
 
+// PortInfo describes a live port of the functions the Agent drives.
+type PortInfo struct {
+	Device        int    // the device's index, the D of vport<D>p<ID>
+	ID            uint32 // the port number (QEMU's nr=)
+	Name          string // the name the host gave it, "" if none yet
+	HostConnected bool   // the host side is connected (QEMU: a client on the chardev)
+	Held          bool   // a conn holds it (Dial)
+}
+
+// Ports returns the live ports, by device index then port number. With
+// Changed, it tells a program without a socket directory what the event
+// stream of the control socket tells others: ports added and removed, the
+// host connecting and leaving.
+func (a *Agent) Ports() []PortInfo {
+	var out []PortInfo
+	for _, p := range a.s.Ports() {
+		out = append(out, PortInfo(p))
+	}
+	return out
+}
+
+// Changed returns a channel that is closed at the next change of what
+// Ports reports (a port plugged, named or unplugged, its host side
+// connecting or leaving, a Dial or a conn's Close, a device opened or
+// stopped), and at Close. Take it before calling Ports, so that no change
+// falls in between:
+//
+//	for {
+//		changed := a.Changed()
+//		show(a.Ports())
+//		<-changed
+//	}
+func (a *Agent) Changed() <-chan struct{} { return a.s.Changed() }
+
 // Done is closed when the agent stopped serving on its own: every device
 // stopped (each told the host why through its emergency channel) and
 // Options.WaitDevices is not set. A program then usually exits; it must

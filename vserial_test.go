@@ -260,3 +260,67 @@ func clientConnected(ctx context.Context, t *testing.T, dir string) bool {
 	}
 	return false
 }
+
+// Ports and Changed follow the ports: the host leaving and coming back, a
+// port plugged, a Dial and its Close, and Close.
+func TestPortsAndChanged(t *testing.T) {
+	a, m, ctx, _ := fakeAgent(t, "")
+	// wait returns Ports once changed fired and ok holds.
+	wait := func(what string, ok func([]PortInfo) bool) []PortInfo {
+		t.Helper()
+		for {
+			changed := a.Changed()
+			ps := a.Ports()
+			if ok(ps) {
+				return ps
+			}
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				t.Fatalf("%s: Ports stayed %+v", what, ps)
+			}
+		}
+	}
+	ps := a.Ports()
+	if len(ps) != 1 || ps[0] != (PortInfo{Device: 0, ID: 1, Name: "p", HostConnected: true}) {
+		t.Fatalf("Ports at start: %+v", ps)
+	}
+	changed := a.Changed()
+	if err := m.HostConnect(1, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	case <-ctx.Done():
+		t.Fatal("Changed did not fire when the host left")
+	}
+	wait("host gone", func(ps []PortInfo) bool { return len(ps) == 1 && !ps[0].HostConnected })
+	if err := m.Plug(2, "q", false); err != nil {
+		t.Fatal(err)
+	}
+	wait("port plugged", func(ps []PortInfo) bool { return len(ps) == 2 && ps[1].ID == 2 && ps[1].Name == "q" })
+	c, err := a.Dial(ctx, "q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps := a.Ports(); !ps[1].Held || ps[0].Held {
+		t.Errorf("after Dial q: %+v", ps)
+	}
+	changed = a.Changed()
+	c.Close()
+	select {
+	case <-changed:
+	case <-ctx.Done():
+		t.Fatal("Changed did not fire at the conn's Close")
+	}
+	if ps := a.Ports(); ps[1].Held {
+		t.Errorf("after Close: %+v", ps)
+	}
+	changed = a.Changed()
+	a.Close()
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Changed still open after Close")
+	}
+}

@@ -51,6 +51,7 @@ func (h *Held) Close() error {
 		h.s.mu.Lock()
 		delete(h.s.helds, h)
 		h.s.mu.Unlock()
+		h.s.bump()
 		h.err = err
 	})
 	return h.err
@@ -130,11 +131,12 @@ func (s *Supervisor) take(ctx context.Context, sp *sockPort, name string) (*Held
 		h.Close()
 		return nil, ErrClosed
 	}
+	s.bump()
 	s.log.Info("vserial: port held in-process", "port", name)
 	return h, nil
 }
 
-// bump wakes every Take waiting for a port.
+// bump wakes every Take waiting for a port, and whoever waits on Changed.
 func (s *Supervisor) bump() {
 	s.mu.Lock()
 	close(s.changed)
