@@ -166,14 +166,18 @@ func (d *consoleDevice) forward() {
 			delete(d.byPort, ev.Port)
 			d.mu.Unlock()
 		}
+		var sp *sockPort
+		if ev.Kind == driver.PortAdded {
+			sp = d.adapt(ev.Port) // before the wake-up: a Dial woken finds it
+		}
 		if d.changed != nil {
 			d.changed()
 		}
-		if ev.Kind != driver.PortAdded {
+		if sp == nil {
 			continue
 		}
 		select {
-		case d.ports <- d.adapt(ev.Port):
+		case d.ports <- sp:
 		case <-d.stop:
 			return
 		}
