@@ -119,6 +119,7 @@ func Open(ctx context.Context, cfg Config) (*Supervisor, error) {
 	fns, err := devopen.Select(s.cfg.Sysfs, s.cfg.Devices, s.log)
 	if err != nil {
 		if !s.cfg.WaitDevices {
+			s.cancel()
 			return nil, fmt.Errorf("no device to drive: %w", err)
 		}
 		s.log.Info("no device to drive yet, or not every one named; waiting (--wait-devices)", "why", err.Error())
