@@ -1,14 +1,10 @@
 package vserial
 
 import (
-	"context"
-	"errors"
 	"net"
-	"sync"
 	"time"
 
-	"github.com/vserial/vserial/driver"
-	"github.com/vserial/vserial/pump"
+	"github.com/vserial/vserial/internal/supervisor"
 )
 
 // Addr is a port's address: the name Dial was given.
@@ -19,58 +15,37 @@ func (Addr) Network() string { return "vserial" }
 
 func (a Addr) String() string { return string(a) }
 
-// closeTimeout bounds telling the host the port closed.
-const closeTimeout = 5 * time.Second
-
 // conn is a port held in-process: a net.Conn over the data plane's
 // in-process endpoint (pump.Endpoint). Read copies host bytes straight out
 // of the device's receive buffers and Write straight into its transmit
 // buffers, each in the caller's goroutine.
 type conn struct {
-	a    *Agent
-	ep   *pump.Endpoint
-	port *driver.Port
+	h    *supervisor.Held
 	addr Addr
-
-	once sync.Once
-	err  error
 }
 
 // Read reads host bytes; it waits while there are none (also while the
 // host side is away).
-func (c *conn) Read(b []byte) (int, error) { return c.ep.Read(b) }
+func (c *conn) Read(b []byte) (int, error) { return c.h.Read(b) }
 
 // Write queues b for the host and returns once all of it is in the
 // device's transmit buffers; while the host side is away it waits.
-func (c *conn) Write(b []byte) (int, error) { return c.ep.Write(b) }
+func (c *conn) Write(b []byte) (int, error) { return c.h.Write(b) }
 
 // Close waits until the device took every byte written (at most until the
 // write deadline, or pump.DrainTimeout without one), tells the host
 // the port closed (PORT_OPEN 0; host bytes nobody read are discarded and
 // counted) and lets go of the port: it may be dialed again, and its
 // socket, if it has one, takes clients again.
-func (c *conn) Close() error {
-	c.once.Do(func() {
-		err := c.ep.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
-		cerr := c.port.SetGuestOpen(ctx, false)
-		cancel()
-		if err == nil && cerr != nil && !errors.Is(cerr, driver.ErrPortRemoved) && !errors.Is(cerr, driver.ErrClosed) {
-			err = cerr
-		}
-		c.a.release(c.port)
-		c.err = err
-	})
-	return c.err
-}
+func (c *conn) Close() error { return c.h.Close() }
 
 func (c *conn) LocalAddr() net.Addr  { return c.addr }
 func (c *conn) RemoteAddr() net.Addr { return c.addr }
 
 func (c *conn) SetDeadline(t time.Time) error {
-	c.ep.SetReadDeadline(t)
-	return c.ep.SetWriteDeadline(t)
+	c.h.SetReadDeadline(t)
+	return c.h.SetWriteDeadline(t)
 }
 
-func (c *conn) SetReadDeadline(t time.Time) error  { return c.ep.SetReadDeadline(t) }
-func (c *conn) SetWriteDeadline(t time.Time) error { return c.ep.SetWriteDeadline(t) }
+func (c *conn) SetReadDeadline(t time.Time) error  { return c.h.SetReadDeadline(t) }
+func (c *conn) SetWriteDeadline(t time.Time) error { return c.h.SetWriteDeadline(t) }

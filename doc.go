@@ -23,11 +23,14 @@
 // the free virtio-console functions (or those named in Options.Devices),
 // each bound to uio_pci_generic, or to vfio-pci when it sits in a real
 // IOMMU group (Options.Bind), brought up with MULTIPORT and served by one
-// data-plane goroutine per device. Close resets the devices and gives the
-// functions back. Options.SocketDir additionally serves every port no conn
-// holds as a Unix socket there, as run does; a Dial takes such a port over
-// (its socket client is disconnected, the socket refuses clients until the
-// conn is closed).
+// data-plane goroutine per device, and returns once the ports present at
+// start are published. Close resets the devices and gives the functions
+// back. Options.SocketDir additionally serves every port no conn holds as
+// a Unix socket there, as run does; a Dial takes such a port over (its
+// socket client is disconnected, the socket refuses clients until the
+// conn is closed). Every other field of Options is one of run's flags,
+// its zero value the flag's default: `vserial-agent run` is itself a user
+// of this package, so the two share one implementation.
 //
 // # Port semantics
 //
@@ -39,7 +42,8 @@
 // os.ErrDeadlineExceeded. Read and Write return ErrPortRemoved once the host
 // unplugged the port, and ErrDeviceReset once when bytes were lost in a
 // reset of the device (the conn goes on). Dial waits for a port that does
-// not exist yet (hot-plug), until its context ends.
+// not exist yet (hot-plug), until its context ends. Ports lists the live
+// ports and Changed says when that list or a host connection changes.
 //
 // # What the program must provide
 //
@@ -56,6 +60,11 @@
 //     thread on every long call. Open logs a warning otherwise.
 //   - Nothing else in the process driving the same functions. Signals,
 //     systemd notification and what to do on a panic stay the program's.
+//   - A look at Done: it is closed when every device stopped (Err says
+//     so; not with Options.WaitDevices). The program then usually exits,
+//     after Close. The host was already told through each device's
+//     emergency channel, which also carries "PROGRAM: starting on ADDR"
+//     at Open (Options.Program).
 //
 // The repository's docs/go-api.md says more, and the example under
 // examples/echo is a complete guest program.

@@ -8,6 +8,8 @@ import (
 	"log"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/vserial/vserial"
@@ -84,4 +86,25 @@ func ExampleAgent_Dial() {
 		log.Fatal(err) // os.ErrDeadlineExceeded if the host is silent
 	}
 	fmt.Printf("%s", reply[:n])
+}
+
+// Serve until SIGTERM, or until every device stopped (its interrupt
+// failed for good, the function was taken away): then exit 1, as
+// `vserial-agent run` does.
+func ExampleAgent_Done() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	a, err := vserial.Open(ctx, vserial.Options{SocketDir: "/run/vserial", Program: "my-agent"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	code := 0
+	select {
+	case <-ctx.Done():
+	case <-a.Done():
+		log.Print(a.Err()) // vserial.ErrEveryDeviceStopped
+		code = 1
+	}
+	a.Close()
+	os.Exit(code)
 }

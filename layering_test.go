@@ -30,11 +30,15 @@ var forbidden = map[string][]string{
 	// poll face; it never reaches the hardware itself.
 	"pump": {"uio", "pciscan", "agent", "cmd"},
 	// internal/devopen takes a function from the kernel and brings it up
-	// with its loop, for cmd and the root package alike; it knows
+	// with its loop, for internal/supervisor; it knows
 	// nothing of sockets. internal/agentwire converts between the driver
-	// and the agent for the same two.
+	// and the agent for internal/supervisor.
 	"internal/devopen":   {"agent", "cmd"},
 	"internal/agentwire": {"uio", "pciscan", "cmd"},
+	// internal/supervisor is the one implementation of run's and the
+	// library's semantics (devopen, the loop, the sockets, Dial); the
+	// root package fronts it and cmd reaches it through the root.
+	"internal/supervisor": {"cmd"},
 	// internal/rawio is the data plane's raw system calls (pump, agent):
 	// a leaf that knows nothing of vserial.
 	"internal/rawio": {"dma", "ring", "driver", "uio", "pciscan", "agent", "cmd", "pump"},

@@ -2,24 +2,25 @@ package vserial
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"runtime"
-	"sync"
+	"time"
 
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/driver"
-	"github.com/vserial/vserial/internal/agentwire"
 	"github.com/vserial/vserial/internal/devopen"
-	"github.com/vserial/vserial/internal/guard"
+	"github.com/vserial/vserial/internal/supervisor"
 	"github.com/vserial/vserial/pump"
 )
 
 // Options say which functions Open takes and how it serves them. The zero
 // value takes every free virtio-console function, binds each as `run
 // --bind auto` would, serves no sockets, polls adaptively and logs nothing.
+// Every field is one of `vserial-agent run`'s flags (run builds its Options
+// from them), and each zero value is run's default.
 type Options struct {
 	// Devices are PCI addresses ("0000:00:04.0") of the functions to take,
 	// even from a kernel driver that holds them; empty: every
@@ -39,207 +40,148 @@ type Options struct {
 	// Logger receives what the driver, the data plane and the sockets
 	// log; nil discards it.
 	Logger *slog.Logger
+
+	// SocketMode, ControlMode and DirMode are the permissions of each
+	// port socket, of the control socket and of SocketDir when Open creates
+	// it (--socket-mode, --control-mode, --dir-mode; 0: 0660, 0600, 0755).
+	SocketMode, ControlMode, DirMode fs.FileMode
+	// Ports configures the sockets of ports by name (the host's name, or
+	// vport<D>p<ID>), DefaultPort every other port: mode, socket path,
+	// owner, ignore... (--config, --port, --ignore; docs/configuration.md).
+	Ports       map[string]agent.PortConfig
+	DefaultPort agent.PortConfig
+	// Console says what console ports (virtconsole) get besides their
+	// socket: a pseudo-terminal, a program on it (--console-pty,
+	// --console-exec, --console-max, --console-env). Zero: nothing.
+	Console agent.ConsoleConfig
+	// MaxPorts caps the ports set up per device (--max-ports): 0:
+	// DefaultMaxPorts; negative: as many as the device offers (up to
+	// driver.MaxPorts).
+	MaxPorts int
+	// DMABudget bounds the DMA memory one device may take, in bytes
+	// (--dma-budget; 0: driver.DefaultDMABudget). docs/memory.md.
+	DMABudget int
+	// Ring is the virtqueue layout (--ring): "auto" (also ""), "split",
+	// or "packed" (fail if the device does not offer it).
+	Ring string
+	// ShutdownFlush bounds, at Close, the wait for the host to take
+	// guest→host bytes already queued (--shutdown-flush; 0: 2 s; negative:
+	// no wait). What is left is counted and logged.
+	ShutdownFlush time.Duration
+	// WaitDevices: Open succeeds with no function at all, and functions
+	// that appear later (hot-plug) are taken, those that go let go
+	// (--wait-devices). Without it, Done is closed once every device
+	// stopped.
+	WaitDevices bool
+	// Sysfs is where functions are found and bound ("": /sys; for tests).
+	Sysfs string
+	// Program names the program in the lines written to the host through
+	// each device's emergency channel ("PROGRAM: starting on ...",
+	// "PROGRAM: fatal: ..."); "": "vserial".
+	Program string
 }
+
+// DefaultMaxPorts is the port cap per device when Options.MaxPorts is 0: a
+// device offering more (QEMU allows 511, the protocol 0x8000) gets this
+// many; docs/memory.md says what each port costs.
+const DefaultMaxPorts = 64
 
 // Errors of Open, Dial and a conn's methods. The driver's errors reach a
 // conn's Read and Write as they are.
 var (
 	// ErrClosed is returned by Dial after Close.
-	ErrClosed = errors.New("vserial: closed")
+	ErrClosed = supervisor.ErrClosed
 	// ErrPortHeld is returned by Dial for a port a conn already holds.
-	ErrPortHeld = errors.New("vserial: port already held in-process")
+	ErrPortHeld = supervisor.ErrPortHeld
 	// ErrPortRemoved is returned by a conn's Read and Write once the host
 	// unplugged the port (or its device stopped).
 	ErrPortRemoved = driver.ErrPortRemoved
 	// ErrDeviceReset is returned once by a conn's Read or Write when bytes
 	// were lost in a reset of the device; the conn goes on after it.
 	ErrDeviceReset = driver.ErrDeviceReset
+	// ErrEveryDeviceStopped is Err once every device stopped.
+	ErrEveryDeviceStopped = supervisor.ErrEveryDeviceStopped
 )
-
-// errTakenOver ends a socket client whose port an in-process Dial took.
-var errTakenOver = errors.New("the port was dialed in-process")
 
 // Agent holds the virtio-console functions Open took. Its methods are safe
 // for concurrent use.
 type Agent struct {
-	log  *slog.Logger
-	devs []*devopen.Device
-	sock *agent.Agent // nil without SocketDir
-	ctl  chan error   // the control socket's end (SocketDir only)
-	wg   sync.WaitGroup
-
-	mu      sync.Mutex
-	closed  bool
-	changed chan struct{} // closed and replaced at every port change
-	held    map[*driver.Port]*hold
-	sockets map[*driver.Port]*sockPort // ports served as sockets
-}
-
-// hold is a port taken by Dial: its conn, or nil while Dial sets it up.
-type hold struct {
-	conn *conn
+	s *supervisor.Supervisor
 }
 
 // Open takes the virtio-console functions opts name and brings them up as
 // `vserial-agent run` does: each is bound to uio_pci_generic or vfio-pci
 // (loading the kernel modules from /lib/modules if needed), reset and
 // brought up with MULTIPORT, and served by one data-plane loop. It needs
-// root (or CAP_SYS_ADMIN and CAP_SYS_RAWIO). With SocketDir set, ports are
-// also served as sockets there until a Dial takes them. ctx bounds the
-// bring-up only.
+// root (or CAP_SYS_ADMIN and CAP_SYS_RAWIO). With SocketDir set, the ports
+// present now have their sockets when Open returns, later ones as they
+// come, until a Dial takes them. ctx bounds the bring-up only.
 func Open(ctx context.Context, opts Options) (*Agent, error) {
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	switch opts.Bind {
-	case "", devopen.BindAuto, devopen.BindUIO, devopen.BindVFIO:
-	default:
-		return nil, fmt.Errorf("vserial: Bind %q: want auto, uio or vfio", opts.Bind)
-	}
-	poll, err := pump.ParsePoll(opts.Poll)
+	cfg, err := opts.config()
 	if err != nil {
-		return nil, fmt.Errorf("vserial: %w", err)
-	}
-	if poll.Mode != pump.PollOff && runtime.GOMAXPROCS(0) < 2 {
-		log.Warn("vserial: GOMAXPROCS is below 2; polling and the data plane's system calls will hand the only P around (set GOMAXPROCS=2)")
-	}
-	fns, err := devopen.Select(sysfs, opts.Devices, log)
-	if err != nil {
-		return nil, fmt.Errorf("vserial: %w", err)
-	}
-	a := &Agent{log: log, changed: make(chan struct{}), held: map[*driver.Port]*hold{}, sockets: map[*driver.Port]*sockPort{}}
-	fail := func(err error) (*Agent, error) {
-		a.closeDevices()
 		return nil, err
 	}
-	for i, f := range fns {
-		d, err := devopen.Open(ctx, devopen.Spec{
-			Index:    i,
-			Function: f,
-			Explicit: len(opts.Devices) > 0,
-			Bind:     opts.Bind,
-			Poll:     poll,
-			Sysfs:    sysfs,
-			Logger:   log.With("pci", f.Addr, "dev", i),
-		})
-		if err != nil {
-			return fail(fmt.Errorf("vserial: open %s: %w", f.Addr, err))
-		}
-		a.devs = append(a.devs, d)
+	if cfg.Poll.Mode != pump.PollOff && runtime.GOMAXPROCS(0) < 2 {
+		cfg.Logger.Warn("vserial: GOMAXPROCS is below 2; polling and the data plane's system calls will hand the only P around (set GOMAXPROCS=2)")
 	}
-	if err := a.start(opts.SocketDir); err != nil {
-		return fail(err)
-	}
-	return a, nil
-}
-
-// start serves sockets in dir (if not "") and follows every device. The
-// ports present now are published before start returns, device by device
-// in index order, so a name two devices share goes to the lower index (as
-// run does); later ones as they come.
-func (a *Agent) start(dir string) error {
-	if dir != "" {
-		if err := a.serveSockets(dir); err != nil {
-			return err
-		}
-	}
-	published := make([]map[*driver.Port]bool, len(a.devs))
-	for i, d := range a.devs {
-		published[i] = map[*driver.Port]bool{}
-		for _, p := range d.Dev.Ports() {
-			a.publish(i, d, p, published[i])
-		}
-	}
-	for i, d := range a.devs {
-		a.wg.Add(1)
-		go a.watch(i, d, published[i])
-	}
-	return nil
-}
-
-// sysfs is where Open finds and binds functions.
-const sysfs = "/sys"
-
-// serveSockets starts the socket side with its control socket.
-func (a *Agent) serveSockets(dir string) error {
-	s, err := agent.New(agent.Config{SocketDir: dir, Logger: a.log})
+	s, err := supervisor.Open(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("vserial: sockets: %w", err)
+		return nil, fmt.Errorf("vserial: %w", err)
 	}
-	ln, err := s.ListenControl()
-	if err != nil {
-		s.Close()
-		return fmt.Errorf("vserial: control socket: %w", err)
-	}
-	a.sock = s
-	a.ctl = make(chan error, 1)
-	go func() {
-		defer guard.Recover()
-		a.ctl <- s.ServeControl(ln)
-	}()
-	return nil
+	return &Agent{s: s}, nil
 }
 
-// publish serves p, a port of device i, as a socket, once (published
-// holds the device's ports already served).
-func (a *Agent) publish(i int, d *devopen.Device, p *driver.Port, published map[*driver.Port]bool) {
-	if a.sock == nil || published[p] {
-		return
+// config checks o and turns it into the supervisor's Config.
+func (o Options) config() (supervisor.Config, error) {
+	cfg := supervisor.Config{
+		Devices:       o.Devices,
+		Bind:          o.Bind,
+		MaxPorts:      o.MaxPorts,
+		DMABudget:     o.DMABudget,
+		ShutdownFlush: o.ShutdownFlush,
+		Sysfs:         o.Sysfs,
+		WaitDevices:   o.WaitDevices,
+		Program:       o.Program,
+		Logger:        o.Logger,
 	}
-	published[p] = true
-	sp := &sockPort{Port: p, a: a, loop: d.Loop}
-	a.mu.Lock()
-	a.sockets[p] = sp
-	a.mu.Unlock()
-	if err := a.sock.AddPort(i, sp); err != nil && !errors.Is(err, agent.ErrClosed) {
-		a.log.Error("vserial: cannot publish port", "dev", i, "port", p.ID(), "err", err)
+	switch o.Bind {
+	case "", devopen.BindAuto, devopen.BindUIO, devopen.BindVFIO:
+	default:
+		return cfg, fmt.Errorf("vserial: Bind %q: want auto, uio or vfio", o.Bind)
 	}
-}
-
-// watch follows device i's events: it wakes waiting Dials at every port
-// change and publishes new ports as sockets.
-func (a *Agent) watch(i int, d *devopen.Device, published map[*driver.Port]bool) {
-	defer guard.Recover()
-	defer a.wg.Done()
-	for ev := range d.Dev.Events() {
-		switch ev.Kind {
-		case driver.PortAdded:
-			a.publish(i, d, ev.Port, published)
-		case driver.DeviceReset, driver.ProtocolViolation, driver.DeviceLimited:
-			a.reportDevice(i, ev)
-		case driver.PortRemoved:
-			delete(published, ev.Port)
-			a.mu.Lock()
-			delete(a.sockets, ev.Port)
-			a.mu.Unlock()
+	var err error
+	if cfg.Poll, err = pump.ParsePoll(o.Poll); err != nil {
+		return cfg, fmt.Errorf("vserial: %w", err)
+	}
+	if o.Ring != "" {
+		if cfg.Ring, err = driver.ParseRingLayout(o.Ring); err != nil {
+			return cfg, fmt.Errorf("vserial: %w", err)
 		}
-		a.bump()
 	}
-	if err := d.Dev.Err(); err != nil && !errors.Is(err, driver.ErrClosed) {
-		a.log.Error("vserial: device stopped", "dev", i, "err", err)
+	switch {
+	case o.MaxPorts == 0:
+		cfg.MaxPorts = DefaultMaxPorts
+	case o.MaxPorts < 0:
+		cfg.MaxPorts = 0 // as many as the device offers
+	case o.MaxPorts > driver.MaxPorts:
+		return cfg, fmt.Errorf("vserial: MaxPorts %d: at most %d", o.MaxPorts, driver.MaxPorts)
 	}
-	a.bump()
-}
-
-// reportDevice puts a reset, a protocol violation or a limit reached on
-// the sockets' event stream.
-func (a *Agent) reportDevice(i int, ev driver.PortEvent) {
-	if a.sock == nil {
-		return
+	if o.DMABudget < 0 {
+		return cfg, fmt.Errorf("vserial: DMABudget %d: negative", o.DMABudget)
 	}
-	out := agentwire.DeviceEvent(i, ev)
-	if err := a.sock.ReportDevice(out); err != nil && !errors.Is(err, agent.ErrClosed) {
-		a.log.Warn("vserial: device event not reported", "dev", i, "err", err)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-}
-
-// bump wakes every Dial waiting for a port.
-func (a *Agent) bump() {
-	a.mu.Lock()
-	close(a.changed)
-	a.changed = make(chan struct{})
-	a.mu.Unlock()
+	if cfg.Program == "" {
+		cfg.Program = "vserial"
+	}
+	if o.SocketDir != "" {
+		cfg.Sockets = &agent.Config{
+			SocketDir: o.SocketDir, SocketMode: o.SocketMode, ControlMode: o.ControlMode, DirMode: o.DirMode,
+			Ports: o.Ports, Default: o.DefaultPort, Console: o.Console,
+		}
+	}
+	return cfg, nil
 }
 
 // Dial returns the port named name held in-process: name is the name the
@@ -258,146 +200,58 @@ func (a *Agent) bump() {
 // socket client, if any, is disconnected (the reason is logged) and the
 // socket refuses clients until the conn is closed.
 func (a *Agent) Dial(ctx context.Context, name string) (net.Conn, error) {
-	if name == "" {
-		return nil, errors.New("vserial: Dial: empty port name")
-	}
-	for {
-		a.mu.Lock()
-		if a.closed {
-			a.mu.Unlock()
-			return nil, ErrClosed
-		}
-		changed := a.changed
-		a.mu.Unlock()
-		if d, p := a.find(name); p != nil {
-			return a.take(ctx, d, p, name)
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("vserial: Dial %s: no such port yet: %w", name, ctx.Err())
-		}
-	}
-}
-
-// find returns the live port called name and its device.
-func (a *Agent) find(name string) (*devopen.Device, *driver.Port) {
-	for _, d := range a.devs {
-		for _, p := range d.Dev.Ports() {
-			if p.Name() == name || p.KernelName() == name {
-				return d, p
-			}
-		}
-	}
-	return nil, nil
-}
-
-// take holds p for a new conn.
-func (a *Agent) take(ctx context.Context, d *devopen.Device, p *driver.Port, name string) (_ net.Conn, err error) {
-	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
-		return nil, ErrClosed
-	}
-	if a.held[p] != nil {
-		a.mu.Unlock()
-		return nil, fmt.Errorf("vserial: Dial %s: %w", name, ErrPortHeld)
-	}
-	h := &hold{}
-	a.held[p] = h
-	a.mu.Unlock()
-	defer func() {
-		if err != nil {
-			a.release(p)
-		}
-	}()
-	// A socket client the loop serves on the port ends first.
-	if sp := a.socketPortOf(p); sp != nil {
-		sp.takeOver()
-	}
-	if err := p.SetGuestOpen(ctx, true); err != nil {
-		return nil, fmt.Errorf("vserial: Dial %s: open the port: %w", name, err)
-	}
-	e, err := d.Loop.Attach(p)
+	h, err := a.s.Take(ctx, name)
 	if err != nil {
-		p.SetGuestOpen(context.WithoutCancel(ctx), false)
-		return nil, fmt.Errorf("vserial: Dial %s: %w", name, err)
+		return nil, err
 	}
-	c := &conn{a: a, ep: e, port: p, addr: Addr(name)}
-	a.mu.Lock()
-	h.conn = c
-	closed := a.closed
-	a.mu.Unlock()
-	if closed {
-		// Close ran meanwhile and did not see this conn.
-		c.Close()
-		return nil, ErrClosed
-	}
-	a.log.Info("vserial: port held in-process", "port", name)
-	return c, nil
+	return &conn{h: h, addr: Addr(name)}, nil
 }
 
-// release lets go of p's hold.
-func (a *Agent) release(p *driver.Port) {
-	a.mu.Lock()
-	delete(a.held, p)
-	a.mu.Unlock()
+// PortInfo describes a live port of the functions the Agent drives.
+type PortInfo struct {
+	Device        int    // the device's index, the D of vport<D>p<ID>
+	ID            uint32 // the port number (QEMU's nr=)
+	Name          string // the name the host gave it, "" if none yet
+	HostConnected bool   // the host side is connected (QEMU: a client on the chardev)
+	Held          bool   // a conn holds it (Dial)
 }
 
-// socketPortOf returns p as the socket side serves it, or nil.
-func (a *Agent) socketPortOf(p *driver.Port) *sockPort {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.sockets[p]
+// Ports returns the live ports, by device index then port number. With
+// Changed, it tells a program without a socket directory what the event
+// stream of the control socket tells others: ports added and removed, the
+// host connecting and leaving.
+func (a *Agent) Ports() []PortInfo {
+	var out []PortInfo
+	for _, p := range a.s.Ports() {
+		out = append(out, PortInfo(p))
+	}
+	return out
 }
 
-// isHeld reports whether a conn holds p (or a Dial is taking it).
-func (a *Agent) isHeld(p *driver.Port) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.held[p] != nil
-}
+// Changed returns a channel that is closed at the next change of what
+// Ports reports (a port plugged, named or unplugged, its host side
+// connecting or leaving, a Dial or a conn's Close, a device opened or
+// stopped), and at Close. Take it before calling Ports, so that no change
+// falls in between:
+//
+//	for {
+//		changed := a.Changed()
+//		show(a.Ports())
+//		<-changed
+//	}
+func (a *Agent) Changed() <-chan struct{} { return a.s.Changed() }
 
-// Close closes every conn, tells the host the ports closed, resets the
-// devices and gives the functions back to the drivers they had. It is
-// idempotent.
-func (a *Agent) Close() error {
-	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
-		return nil
-	}
-	a.closed = true
-	close(a.changed) // waiting Dials return ErrClosed
-	a.changed = make(chan struct{})
-	var conns []*conn
-	for _, h := range a.held {
-		if h.conn != nil {
-			conns = append(conns, h.conn)
-		}
-	}
-	a.mu.Unlock()
-	for _, c := range conns {
-		c.Close()
-	}
-	if a.sock != nil {
-		a.sock.Close()
-		if err := <-a.ctl; err != nil && !errors.Is(err, agent.ErrClosed) {
-			a.log.Warn("vserial: control socket", "err", err)
-		}
-	}
-	err := a.closeDevices()
-	a.wg.Wait()
-	return err
-}
+// Done is closed when the agent stopped serving on its own: every device
+// stopped (each told the host why through its emergency channel) and
+// Options.WaitDevices is not set. A program then usually exits; it must
+// still call Close. Err says why.
+func (a *Agent) Done() <-chan struct{} { return a.s.Done() }
 
-// closeDevices closes every device Open brought up.
-func (a *Agent) closeDevices() error {
-	var first error
-	for _, d := range a.devs {
-		if err := d.Close(); err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
-}
+// Err is ErrEveryDeviceStopped once Done is closed, nil before.
+func (a *Agent) Err() error { return a.s.Err() }
+
+// Close closes every conn, closes the sockets (their clients see end of
+// file), tells the host the ports closed, resets the devices and gives
+// the functions back to the drivers they had. It returns the first error
+// of closing a device, and is idempotent.
+func (a *Agent) Close() error { return a.s.Close() }

@@ -11,10 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/driver"
 	"github.com/vserial/vserial/driver/drivertest"
 	"github.com/vserial/vserial/driver/virtiotest"
 	"github.com/vserial/vserial/internal/devopen"
+	"github.com/vserial/vserial/internal/supervisor"
+	"github.com/vserial/vserial/pciscan/pciscantest"
 	"github.com/vserial/vserial/pump"
 )
 
@@ -22,7 +25,9 @@ const testTimeout = 20 * time.Second
 
 // fakeAgent is an Agent over one fake device (QEMU-like) with port 1 "p"
 // plugged and its host side connected, serving sockets in dir if not "".
-func fakeAgent(t *testing.T, dir string) (*Agent, *virtiotest.Console, context.Context) {
+// It goes through Open: a fake sysfs lists the function, and the opener
+// hook brings the fake device up with its loop.
+func fakeAgent(t *testing.T, dir string) (*Agent, *virtiotest.Console, context.Context, *driver.Device) {
 	t.Helper()
 	m := virtiotest.NewConsole(virtiotest.ConsoleConfig{})
 	if err := m.Plug(1, "p", false); err != nil {
@@ -37,20 +42,27 @@ func fakeAgent(t *testing.T, dir string) (*Agent, *virtiotest.Console, context.C
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	t.Cleanup(cancel)
-	if _, err := f.IRQ().PollFDs(); err != nil {
-		t.Fatal(err)
+	sys := t.TempDir()
+	pciscantest.Function(t, sys, "0000:00:03.0", "0x1af4", "0x1043", "0x1100", "")
+	var dev *driver.Device
+	open := func(ctx context.Context, spec supervisor.Spec) (supervisor.Device, error) {
+		if _, err := f.IRQ().PollFDs(); err != nil {
+			return nil, err
+		}
+		d, err := driver.Open(ctx, drivertest.Function(f), driver.Config{ExternalLoop: true, Index: spec.Index})
+		if err != nil {
+			return nil, err
+		}
+		loop, err := pump.New(d, pump.Options{Poll: spec.Poll})
+		if err != nil {
+			return nil, err
+		}
+		dev = d
+		od := &devopen.Device{Dev: d, Loop: loop, Release: func() error { return nil }, GiveBack: func() {}}
+		return supervisor.NewDevice(od, spec), nil
 	}
-	dev, err := driver.Open(ctx, drivertest.Function(f), driver.Config{ExternalLoop: true})
+	a, err := Open(supervisor.WithHooks(ctx, supervisor.Hooks{Open: open}), Options{SocketDir: dir, Sysfs: sys, Logger: testLogger(t)})
 	if err != nil {
-		t.Fatal(err)
-	}
-	loop, err := pump.New(dev, pump.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &devopen.Device{Dev: dev, Loop: loop, Release: func() error { return nil }, GiveBack: func() {}}
-	a := &Agent{log: testLogger(t), devs: []*devopen.Device{d}, changed: make(chan struct{}), held: map[*driver.Port]*hold{}, sockets: map[*driver.Port]*sockPort{}}
-	if err := a.start(dir); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -59,11 +71,11 @@ func fakeAgent(t *testing.T, dir string) (*Agent, *virtiotest.Console, context.C
 		}
 		f.Close()
 	})
-	return a, m, ctx
+	return a, m, ctx, dev
 }
 
 func TestDialByNameHoldsThePort(t *testing.T) {
-	a, m, ctx := fakeAgent(t, "")
+	a, m, ctx, dev := fakeAgent(t, "")
 	c, err := a.Dial(ctx, "p")
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +111,7 @@ func TestDialByNameHoldsThePort(t *testing.T) {
 	if err := m.HostWrite(1, []byte("nobody")); err != nil {
 		t.Fatal(err)
 	}
-	p := a.devs[0].Dev.Port(1)
+	p := dev.Port(1)
 	for p.RxBuffered() == 0 && ctx.Err() == nil {
 		time.Sleep(time.Millisecond)
 	}
@@ -125,7 +137,7 @@ func TestDialByNameHoldsThePort(t *testing.T) {
 }
 
 func TestDialWaitsForThePort(t *testing.T) {
-	a, m, ctx := fakeAgent(t, "")
+	a, m, ctx, _ := fakeAgent(t, "")
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
 	if _, err := a.Dial(short, "late"); !errors.Is(err, context.DeadlineExceeded) {
@@ -170,7 +182,7 @@ func TestDialTakesOverASocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	a, m, ctx := fakeAgent(t, dir)
+	a, m, ctx, _ := fakeAgent(t, dir)
 	path := filepath.Join(dir, "p")
 	// The ports present at start are served when the agent is up.
 	sc, err := net.Dial("unix", path)
@@ -192,7 +204,7 @@ func TestDialTakesOverASocket(t *testing.T) {
 	sc.Close()
 	// The socket side is done with its client (and closed the port for
 	// it, which must not reach the host while the conn holds it).
-	for clientConnected(a) {
+	for clientConnected(ctx, t, dir) {
 		if ctx.Err() != nil {
 			t.Fatal("the socket side never let its client go")
 		}
@@ -234,12 +246,81 @@ func TestDialTakesOverASocket(t *testing.T) {
 	}
 }
 
-// clientConnected reports whether the socket side has a client on port 1.
-func clientConnected(a *Agent) bool {
-	for _, st := range a.sock.Status() {
-		if st.ID == 1 && st.ClientConnected {
+// clientConnected reports whether the socket side has a client on port 1,
+// as the control socket says.
+func clientConnected(ctx context.Context, t *testing.T, dir string) bool {
+	st, err := agent.QueryStatus(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range st {
+		if p.ID == 1 && p.ClientConnected {
 			return true
 		}
 	}
 	return false
+}
+
+// Ports and Changed follow the ports: the host leaving and coming back, a
+// port plugged, a Dial and its Close, and Close.
+func TestPortsAndChanged(t *testing.T) {
+	a, m, ctx, _ := fakeAgent(t, "")
+	// wait returns Ports once changed fired and ok holds.
+	wait := func(what string, ok func([]PortInfo) bool) []PortInfo {
+		t.Helper()
+		for {
+			changed := a.Changed()
+			ps := a.Ports()
+			if ok(ps) {
+				return ps
+			}
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				t.Fatalf("%s: Ports stayed %+v", what, ps)
+			}
+		}
+	}
+	ps := a.Ports()
+	if len(ps) != 1 || ps[0] != (PortInfo{Device: 0, ID: 1, Name: "p", HostConnected: true}) {
+		t.Fatalf("Ports at start: %+v", ps)
+	}
+	changed := a.Changed()
+	if err := m.HostConnect(1, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	case <-ctx.Done():
+		t.Fatal("Changed did not fire when the host left")
+	}
+	wait("host gone", func(ps []PortInfo) bool { return len(ps) == 1 && !ps[0].HostConnected })
+	if err := m.Plug(2, "q", false); err != nil {
+		t.Fatal(err)
+	}
+	wait("port plugged", func(ps []PortInfo) bool { return len(ps) == 2 && ps[1].ID == 2 && ps[1].Name == "q" })
+	c, err := a.Dial(ctx, "q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps := a.Ports(); !ps[1].Held || ps[0].Held {
+		t.Errorf("after Dial q: %+v", ps)
+	}
+	changed = a.Changed()
+	c.Close()
+	select {
+	case <-changed:
+	case <-ctx.Done():
+		t.Fatal("Changed did not fire at the conn's Close")
+	}
+	if ps := a.Ports(); ps[1].Held {
+		t.Errorf("after Close: %+v", ps)
+	}
+	changed = a.Changed()
+	a.Close()
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Changed still open after Close")
+	}
 }

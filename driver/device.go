@@ -58,6 +58,17 @@ func ParseRingLayout(s string) (RingLayout, error) {
 	return 0, fmt.Errorf("ring layout %q: want auto, split or packed", s)
 }
 
+// String is the name ParseRingLayout takes.
+func (l RingLayout) String() string {
+	switch l {
+	case RingSplit:
+		return "split"
+	case RingPacked:
+		return "packed"
+	}
+	return "auto"
+}
+
 // Queue numbers of the control queues (spec 5.3.2).
 const (
 	controlRxQueue = 2

@@ -83,6 +83,9 @@ func TestParseRingLayout(t *testing.T) {
 		if got, err := ParseRingLayout(s); err != nil || got != want {
 			t.Errorf("ParseRingLayout(%q) = %v, %v", s, got, err)
 		}
+		if got := want.String(); got != s {
+			t.Errorf("%d.String() = %q, want %q", want, got, s)
+		}
 	}
 	if _, err := ParseRingLayout("ring"); err == nil {
 		t.Error("ParseRingLayout accepted \"ring\"")

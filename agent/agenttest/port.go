@@ -15,6 +15,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"testing"
 
 	"github.com/vserial/vserial/agent"
 )
@@ -384,4 +385,20 @@ func (p *Port) SetGuestOpen(ctx context.Context, open bool) error {
 	}
 	p.bumpLocked(false)
 	return nil
+}
+
+// NextEvent reads s until an event of kind want and returns it; it fails
+// the test at the end of the stream. Events skipped are logged.
+func NextEvent(t testing.TB, s *agent.EventStream, want agent.EventKind) agent.Event {
+	t.Helper()
+	for {
+		ev, line, err := s.Next()
+		if err != nil {
+			t.Fatalf("waiting for %s: %v", want, err)
+		}
+		if ev.Event == want {
+			return ev
+		}
+		t.Logf("skipping %s", line)
+	}
 }

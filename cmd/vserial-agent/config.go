@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/vserial/vserial"
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/driver"
 	"github.com/vserial/vserial/internal/devopen"
@@ -39,12 +41,6 @@ func (e *usageError) Unwrap() error { return e.err }
 func usagef(cmd, format string, args ...any) error {
 	return &usageError{cmd: cmd, err: fmt.Errorf(format, args...)}
 }
-
-// defaultMaxPorts is run's port cap per device (--max-ports): a device
-// offering more (QEMU allows 511, the protocol 0x8000) gets this many
-// ports unless the operator asks for more; docs/memory.md says what each
-// port costs.
-const defaultMaxPorts = 64
 
 // Bind modes.
 const (
@@ -151,7 +147,7 @@ func newRunFlags() *runFlags {
 	f.devices = fl.StringArray("device", nil, "PCI address DDDD:BB:DD.F of a virtio-console function to drive (repeatable; default: every virtio-console function no driver holds)")
 	f.bind = fl.String("bind", bindAuto, "how to take the function: vfio (vfio-pci), uio (uio_pci_generic) or auto (vfio in an IOMMU group, else uio; 'list' shows the choice)")
 	f.ringLayout = fl.String("ring", "auto", "virtqueue layout: auto (packed when the device offers it, split otherwise), split, or packed (fail if not offered)")
-	f.maxPorts = fl.Int("max-ports", defaultMaxPorts, "set up at most this many ports per device (0: as many as the device offers, up to the protocol's 32768)")
+	f.maxPorts = fl.Int("max-ports", vserial.DefaultMaxPorts, "set up at most this many ports per device (0: as many as the device offers, up to the protocol's 32768)")
 	f.dmaBudget = fl.String("dma-budget", formatBytes(driver.DefaultDMABudget), "DMA memory one device may take (rings, buffers); beyond it ports get fewer buffers or are capped (docs/memory.md)")
 	f.consolePTY = fl.Bool("console-pty", false, "give every console port (virtconsole) a pseudo-terminal as well as its socket: SOCKET_DIR/NAME.pty → /dev/pts/N")
 	f.consoleExec = fl.String("console-exec", "", "run this program (absolute path, then arguments) on each console terminal, restarted when it exits; a getty, not a shell; implies --console-pty")

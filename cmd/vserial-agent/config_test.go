@@ -261,3 +261,28 @@ func TestBytesRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// run's flags reach vserial.Options with run's meanings: --max-ports 0 is
+// "as many as the device offers" (negative in Options), --shutdown-flush 0
+// "no wait" (negative), and the emergency lines name vserial-agent.
+func TestRunOptions(t *testing.T) {
+	cfg, err := parseRun(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := cfg.options(nil)
+	if o.MaxPorts != 64 || o.Ring != "auto" || o.Poll != "adaptive" || o.ShutdownFlush != 2*time.Second || o.SocketDir != "/run/vserial" ||
+		o.SocketMode != 0o660 || o.ControlMode != 0o600 || o.DirMode != 0o755 || o.Program != "vserial-agent" || o.Sysfs != "/sys" || o.Bind != bindAuto {
+		t.Errorf("default options %+v", o)
+	}
+	cfg, err = parseRun([]string{"--max-ports", "0", "--shutdown-flush", "0", "--poll", "200us", "--ring", "split", "--dma-budget", "24M",
+		"--wait-devices", "--device", "00:03.0", "--port", "org.x socket=y", "--console-pty"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o = cfg.options(nil)
+	if o.MaxPorts >= 0 || o.ShutdownFlush >= 0 || o.Poll != "200µs" || o.Ring != "split" || o.DMABudget != 24<<20 || !o.WaitDevices ||
+		strings.Join(o.Devices, ",") != "0000:00:03.0" || o.Ports["org.x"].Socket != "y" || !o.Console.PTY {
+		t.Errorf("options %+v", o)
+	}
+}

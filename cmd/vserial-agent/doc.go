@@ -3,14 +3,14 @@
 // docs/operating.md describes the commands, bindings, exit codes and how
 // to run it.
 //
-// It composes the packages (as the Go library, package vserial, does for
-// a program that holds ports in-process): for each function it finds
-// (pciscan), internal/devopen chooses a binding and loads its modules,
-// takes the function from its kernel driver (pciscan), opens it (uio),
-// brings the device up (driver) and starts its data-plane loop (pump);
-// wiring.go hands its ports and device events to the agent (agent). Flags exist
-// only here: parseRun turns them into a runConfig, from which the packages'
-// Config values are built.
+// `run` is a user of package vserial, the Go library: parseRun turns the
+// flags into a runConfig, runAgent builds vserial.Options from it, calls
+// vserial.Open (which returns once the ports present at start have their
+// sockets), reports READY, waits for a signal or for every device to stop,
+// and closes. The steps between live in internal/supervisor, vserial's
+// implementation. What is the process's stays here: flags, GOMAXPROCS,
+// signals, the log, systemd notification (notify.go), the last gasp on a
+// panic and fault injection (run.go, inject_on.go). Flags exist only here.
 //
 // # What it promises
 //
@@ -21,7 +21,7 @@
 //     devopen.Open).
 //   - A device that stops, a failed open or a panic in any goroutine is told
 //     to the host through the emergency write before the process exits
-//     (run.go, internal/guard).
+//     (internal/supervisor, run.go, internal/guard).
 //   - Under systemd (Type=notify) READY=1 is sent only once every port
 //     present at start has its socket (notify.go).
 //
@@ -32,6 +32,7 @@
 //     (inject_on.go) can; the production build compiles inject_off.go.
 //
 // The whole CLI runs against fake devices in tests through
-// realMain(ctx, args, stdout, stderr, open), where open is the function
-// that opens one device (openDevice in production).
+// realMain(ctx, args, stdout, stderr, open), where open is the
+// supervisor.Opener that opens one device (nil in production: the real
+// ones); run hands it to vserial.Open in supervisor.Hooks.
 package main

@@ -38,6 +38,7 @@ import (
 
 	"github.com/vserial/vserial/driver"
 	"github.com/vserial/vserial/internal/guard"
+	"github.com/vserial/vserial/internal/supervisor"
 )
 
 // faultMaxResets is the faultinject build's limit of resets a minute: high,
@@ -89,7 +90,11 @@ func parseFaultRequest(line string) (faultRequest, error) {
 	return r, nil
 }
 
-func startFaultInjection(ctx context.Context, devs []device, log *slog.Logger) {
+// startFaultInjection follows SIGUSR1 until ctx ends; devices returns the
+// devices opened so far, by device index. It starts before the devices
+// are opened, so that a signal sent once the ports are up never finds
+// SIGUSR1's default action (the end of the process).
+func startFaultInjection(ctx context.Context, devices func() []supervisor.Device, log *slog.Logger) {
 	path := os.Getenv("VSERIAL_FAULT_FILE")
 	if path == "" {
 		path = "/tmp/vserial-fault"
@@ -118,13 +123,14 @@ func startFaultInjection(ctx context.Context, devs []device, log *slog.Logger) {
 				panic("faultinject: injected panic")
 			}
 			r, err := parseFaultRequest(line)
-			if err == nil && r.dev >= len(devs) {
+			devs := devices()
+			if err == nil && (r.dev >= len(devs) || devs[r.dev] == nil) {
 				err = fmt.Errorf("fault request: no device %d", r.dev)
 			}
-			var inj faultInjector
+			var inj supervisor.FaultInjector
 			if err == nil {
 				var ok bool
-				if inj, ok = devs[r.dev].(faultInjector); !ok {
+				if inj, ok = devs[r.dev].(supervisor.FaultInjector); !ok {
 					err = fmt.Errorf("fault request: device %d cannot inject faults", r.dev)
 				}
 			}
@@ -164,7 +170,7 @@ const faultWait = 10 * time.Second
 // awaitOutcome waits until the device has been reset (Stats takes the
 // driver's lock, which recovery holds until bring-up is done, so a raised
 // reset count means the device is up again) or has used the descriptor.
-func awaitOutcome(ctx context.Context, inj faultInjector, before driver.DeviceStats) (string, driver.DeviceStats) {
+func awaitOutcome(ctx context.Context, inj supervisor.FaultInjector, before driver.DeviceStats) (string, driver.DeviceStats) {
 	deadline := time.Now().Add(faultWait)
 	for {
 		st := inj.Stats()

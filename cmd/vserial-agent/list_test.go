@@ -18,6 +18,7 @@ import (
 
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/agent/agenttest"
+	"github.com/vserial/vserial/internal/supervisor"
 	"github.com/vserial/vserial/pciscan"
 	"github.com/vserial/vserial/pciscan/pciscantest"
 )
@@ -237,7 +238,7 @@ func TestDescribeFeatures(t *testing.T) {
 		{1<<1 | 1<<29 | 1<<32, "split", []string{"multiport", "event_idx", "version_1"}},
 		{fakeFeatures | 1<<0 | 1<<33, "packed", []string{"multiport", "event_idx", "indirect", "emerg_write", "size", "version_1", "access_platform"}},
 	} {
-		got := describeFeatures("vfio type1", c.feat)
+		got := supervisor.DescribeFeatures("vfio type1", c.feat)
 		want := agent.DeviceStatus{Binding: "vfio type1", Features: fmt.Sprintf("%#x", c.feat), Ring: c.ring, Flags: c.flags}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("describeFeatures(%#x) = %+v, want %+v", c.feat, got, want)
@@ -283,7 +284,7 @@ func TestListDevicesOfRunningAgent(t *testing.T) {
 		rep = listJSON(t, h.dir, sys)
 	}
 	for i, addr := range []string{"0000:00:03.0", "0000:00:04.0"} {
-		want := describeFeatures("uio", fakeFeatures)
+		want := supervisor.DescribeFeatures("uio", fakeFeatures)
 		want.Index, want.Addr = i, addr
 		if !reflect.DeepEqual(rep.Agent.Devices[i], want) {
 			t.Errorf("device %d: %+v, want %+v", i, rep.Agent.Devices[i], want)

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/vserial/vserial/internal/guard"
+	"github.com/vserial/vserial/internal/supervisor"
 )
 
 // minProcs is the least GOMAXPROCS the agent runs with. On a one-CPU guest
@@ -38,12 +39,13 @@ func main() {
 		<-ctx.Done()
 		stop()
 	}()
-	os.Exit(realMain(ctx, os.Args[1:], os.Stdout, os.Stderr, openDevice))
+	os.Exit(realMain(ctx, os.Args[1:], os.Stdout, os.Stderr, nil))
 }
 
 // realMain runs one command and returns the exit code. ctx ends at
-// SIGTERM/SIGINT.
-func realMain(ctx context.Context, args []string, stdout, stderr io.Writer, open deviceOpener) int {
+// SIGTERM/SIGINT. open opens one device for run (nil: the real devices;
+// tests pass fakes).
+func realMain(ctx context.Context, args []string, stdout, stderr io.Writer, open supervisor.Opener) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, mainUsage)
 		return exitUsage

@@ -2,154 +2,152 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"sync"
 
-	"github.com/vserial/vserial/agent"
-	"github.com/vserial/vserial/internal/devopen"
+	"github.com/vserial/vserial"
 	"github.com/vserial/vserial/internal/guard"
-	"github.com/vserial/vserial/pciscan"
+	"github.com/vserial/vserial/internal/hotplug"
+	"github.com/vserial/vserial/internal/supervisor"
 )
 
-// runAgent is `vserial-agent run`: it opens the functions, publishes their
-// ports until ctx ends (SIGTERM/SIGINT) or every device stopped, then shuts
-// down: the agent first (clients see EOF, the host sees PORT_OPEN 0), the
-// devices after. With --wait-devices it also adopts functions that appear
-// and lets go of those that go (supervisor.go), and runs with none.
-func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open deviceOpener) int {
+// program names the agent in the lines the host reads on its console
+// (emergency writes).
+const program = "vserial-agent"
+
+// runAgent is `vserial-agent run`, a user of package vserial: it builds
+// vserial.Options from the flags, opens the functions (vserial.Open
+// returns once the ports present at start have their sockets), reports
+// READY, serves until ctx ends (SIGTERM/SIGINT) or every device stopped,
+// and closes. What is the process's stays here: the log, systemd
+// notification, the last gasp on a panic and fault injection.
+func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open supervisor.Opener) int {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	notify, err := newNotifier()
-	if err != nil {
-		// Not fatal: the supervisor will time the start out and say so.
-		log.Warn("readiness notification disabled", "err", err)
-	}
-	failed := func(msg string, err error) int {
-		log.Error(msg, "err", err)
-		if nerr := notify.send("STATUS=" + msg + ": " + err.Error()); nerr != nil {
-			log.Warn("readiness notification failed", "err", nerr)
-		}
-		return exitFailure
-	}
-	fns, err := selectFunctions(cfg, log)
-	if err != nil {
-		if !cfg.WaitDevices {
-			return failed("no device to drive", err)
-		}
-		log.Info("no device to drive yet, or not every one named; waiting (--wait-devices)", "why", err.Error())
-		fns = presentFunctions(cfg, log)
-	}
-	cfg.Agent.Logger = log
-	a, err := agent.New(cfg.Agent)
-	if err != nil {
-		return failed("cannot start the agent", err)
-	}
-	ctl, err := a.ListenControl()
-	if err != nil {
-		a.Close()
-		return failed("cannot create the control socket", err)
-	}
-	s := newSupervisor(ctx, cfg, log, open, a)
-	go func() {
-		defer guard.Recover()
-		s.served <- a.ServeControl(ctl)
-	}()
+	notify := newNotify(log)
+	h := newRunHooks(log, open)
 	// The last gasp: if anything panics, in this goroutine or any other
 	// the agent started, the host hears why (internal/guard).
-	guard.SetHandler(s.words.panicked)
+	guard.SetHandler(h.words.panicked)
 	defer guard.SetHandler(nil)
 	defer guard.Recover()
+	startFaultInjection(ctx, h.devices, log)
 
-	if code, ok := s.openStart(fns); !ok {
-		s.shutdown()
-		if code != exitOK {
-			return failed("cannot open device", s.openErr)
+	a, err := vserial.Open(supervisor.WithHooks(ctx, h.hooks()), cfg.options(log))
+	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped while opening devices", "err", err)
+			return exitOK
 		}
-		return code
+		log.Error("cannot start", "err", err)
+		notify("STATUS=cannot start: " + err.Error())
+		return exitFailure
 	}
-	startFaultInjection(ctx, s.startDevices(), log)
-	n := s.publishStart()
-	log.Info("ready", "devices", len(fns), "ports", n, "socket_dir", a.Dir())
-	if err := notify.send("READY=1", fmt.Sprintf("STATUS=serving %d ports of %d devices in %s", n, len(fns), a.Dir())); err != nil {
-		log.Warn("readiness notification failed", "err", err)
+	log.Info("ready", "devices", h.startDevices, "ports", h.startPorts, "socket_dir", cfg.Agent.SocketDir)
+	notify("READY=1", fmt.Sprintf("STATUS=serving %d ports of %d devices in %s", h.startPorts, h.startDevices, cfg.Agent.SocketDir))
+	code := exitOK
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case <-a.Done():
+		code = exitFailure
 	}
-	if cfg.WaitDevices {
-		if err := s.watchHotplug(); err != nil {
-			log.Warn("hot-plug of functions disabled: cannot follow kernel uevents", "err", err)
-		}
-	}
-	code := s.serve()
-	if err := notify.send("STOPPING=1", "STATUS=shutting down"); err != nil {
-		log.Warn("readiness notification failed", "err", err)
-	}
-	s.shutdown()
+	notify("STOPPING=1", "STATUS=shutting down")
+	a.Close()
 	log.Info("stopped", "exit_code", code)
 	return code
 }
 
-// presentFunctions is, for --wait-devices, the functions that may be
-// driven now (devopen.Eligible); the others are adopted when they appear.
-func presentFunctions(cfg runConfig, log *slog.Logger) []pciscan.Function {
-	all, err := pciscan.Scan(cfg.Sysfs)
+// options is the run configuration as package vserial takes it.
+func (cfg runConfig) options(log *slog.Logger) vserial.Options {
+	maxPorts := cfg.MaxPorts
+	if maxPorts == 0 {
+		maxPorts = -1 // --max-ports 0: as many as the device offers
+	}
+	return vserial.Options{
+		Devices:       cfg.Devices,
+		Bind:          cfg.Bind,
+		SocketDir:     cfg.Agent.SocketDir,
+		Poll:          cfg.Poll.String(),
+		Logger:        log,
+		SocketMode:    cfg.Agent.SocketMode,
+		ControlMode:   cfg.Agent.ControlMode,
+		DirMode:       cfg.Agent.DirMode,
+		Ports:         cfg.Agent.Ports,
+		DefaultPort:   cfg.Agent.Default,
+		Console:       cfg.Agent.Console,
+		MaxPorts:      maxPorts,
+		DMABudget:     cfg.DMABudget,
+		Ring:          cfg.Ring.String(),
+		ShutdownFlush: cfg.ShutdownFlush,
+		WaitDevices:   cfg.WaitDevices,
+		Sysfs:         cfg.Sysfs,
+		Program:       program,
+	}
+}
+
+// newNotify returns a function sending systemd notifications (sd_notify;
+// none without $NOTIFY_SOCKET); a failure is logged, never fatal: the
+// supervisor will time the start out and say so.
+func newNotify(log *slog.Logger) func(lines ...string) {
+	n, err := newNotifier()
 	if err != nil {
-		log.Warn("cannot list PCI functions", "err", err)
-		return nil
+		log.Warn("readiness notification disabled", "err", err)
 	}
-	var out []pciscan.Function
-	for _, f := range all {
-		if devopen.Eligible(f, cfg.Devices) {
-			out = append(out, f)
+	return func(lines ...string) {
+		if err := n.send(lines...); err != nil {
+			log.Warn("readiness notification failed", "err", err)
 		}
 	}
-	return out
 }
 
-// reportDevice puts a device's event on the agent's event stream.
-func reportDevice(a *agent.Agent, ev agent.DeviceEvent, log *slog.Logger) {
-	if err := a.ReportDevice(ev); err != nil && !errors.Is(err, agent.ErrClosed) {
-		log.Warn("device event not reported", "dev", ev.Device, "event", ev.Kind, "err", err)
+// runHooks is what run learns from package vserial beyond its API
+// (supervisor.Hooks): each device as it is opened, for the last gasp and
+// fault injection, and what was published at start, for READY.
+type runHooks struct {
+	open  supervisor.Opener // nil: the real devices
+	words *lastWords
+
+	mu   sync.Mutex
+	devs []supervisor.Device // by device index
+
+	startDevices, startPorts int // set before vserial.Open returns
+}
+
+func newRunHooks(log *slog.Logger, open supervisor.Opener) *runHooks {
+	return &runHooks{open: open, words: &lastWords{log: log}}
+}
+
+func (h *runHooks) hooks() supervisor.Hooks {
+	return supervisor.Hooks{
+		Open:      h.open,
+		Opened:    h.opened,
+		Started:   func(devices, ports int) { h.startDevices, h.startPorts = devices, ports },
+		MaxResets: maxResets,
+		Uevents:   newUevents,
 	}
 }
 
-// selectFunctions returns the functions to drive: those named with
-// --device, or every virtio-console function no driver holds.
-func selectFunctions(cfg runConfig, log *slog.Logger) ([]pciscan.Function, error) {
-	return devopen.Select(cfg.Sysfs, cfg.Devices, log)
+// newUevents opens the kernel's uevent stream for --wait-devices (nil:
+// pciscan.Watch; tests replace it).
+var newUevents func() (hotplug.Events, error)
+
+func (h *runHooks) opened(index int, addr string, d supervisor.Device) {
+	h.words.add(d, addr)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for len(h.devs) <= index {
+		h.devs = append(h.devs, nil)
+	}
+	h.devs[index] = d
 }
 
-// maxEmergencyLine bounds a line written through the emergency channel: each
-// byte is a register write the host handles on its own.
-const maxEmergencyLine = 240
-
-// emergencyLine writes "vserial-agent: MSG\n" through d's emergency channel
-// (VIRTIO_CONSOLE_F_EMERG_WRITE: QEMU puts it on the first virtconsole,
-// usually port 0), for the host to see while no port is up or after the
-// device failed. Control characters in msg become spaces and long messages
-// are cut, so one call is one line. Best effort: a device without the
-// channel is logged at debug level.
-func emergencyLine(d device, addr string, log *slog.Logger, msg string) {
-	writeLine(d.EmergencyWrite, addr, log, msg)
-}
-
-func writeLine(write func([]byte) error, addr string, log *slog.Logger, msg string) {
-	b := []byte("vserial-agent: ")
-	for _, c := range []byte(msg) {
-		if c < 0x20 || c == 0x7f {
-			c = ' '
-		}
-		b = append(b, c)
-	}
-	if len(b) > maxEmergencyLine-1 {
-		b = append(b[:maxEmergencyLine-4], "..."...)
-	}
-	b = append(b, '\n')
-	if err := write(b); err != nil {
-		log.Debug("no emergency write", "pci", addr, "err", err)
-		return
-	}
-	log.Debug("emergency write", "pci", addr, "line", string(b[:len(b)-1]))
+// devices returns the devices opened so far, by index (nil: none there).
+func (h *runHooks) devices() []supervisor.Device {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]supervisor.Device(nil), h.devs...)
 }
 
 // lastWords is run's answer to a panic in any goroutine the agent started
@@ -160,11 +158,11 @@ func writeLine(write func([]byte) error, addr string, log *slog.Logger, msg stri
 type lastWords struct {
 	log   *slog.Logger
 	mu    sync.Mutex
-	devs  []device
+	devs  []supervisor.Device
 	addrs []string
 }
 
-func (w *lastWords) add(d device, addr string) {
+func (w *lastWords) add(d supervisor.Device, addr string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.devs = append(w.devs, d)
@@ -176,11 +174,14 @@ func (w *lastWords) panicked(v any, stack []byte) {
 	w.mu.Lock()
 	devs, addrs := w.devs, w.addrs
 	w.mu.Unlock()
+	line := supervisor.Line(program, fmt.Sprintf("fatal: panic: %v", v))
 	for i, d := range devs {
 		write := d.EmergencyWrite
 		if g, ok := d.(interface{ LastGasp([]byte) error }); ok {
 			write = g.LastGasp
 		}
-		writeLine(write, addrs[i], w.log, fmt.Sprintf("fatal: panic: %v", v))
+		if err := write(line); err != nil {
+			w.log.Debug("no emergency write", "pci", addrs[i], "err", err)
+		}
 	}
 }

@@ -16,6 +16,8 @@ import (
 
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/agent/agenttest"
+	"github.com/vserial/vserial/internal/devopen"
+	"github.com/vserial/vserial/internal/supervisor"
 )
 
 const patience = 30 * time.Second
@@ -62,7 +64,9 @@ func (d *fakeDevice) Ports() <-chan agent.Port { return d.ports }
 const fakeFeatures = 1<<1 | 1<<2 | 1<<28 | 1<<29 | 1<<32 | 1<<34
 
 // Describe is a packed device under uio (describer).
-func (d *fakeDevice) Describe() agent.DeviceStatus { return describeFeatures("uio", fakeFeatures) }
+func (d *fakeDevice) Describe() agent.DeviceStatus {
+	return supervisor.DescribeFeatures("uio", fakeFeatures)
+}
 
 func (d *fakeDevice) Present() []agent.Port { return d.present }
 
@@ -115,7 +119,7 @@ type runHarness struct {
 	done   chan int
 	logs   *syncBuffer
 	mu     sync.Mutex
-	specs  []deviceSpec
+	specs  []supervisor.Spec
 	devs   []*fakeDevice
 }
 
@@ -133,7 +137,7 @@ func startRunPresent(t *testing.T, sys string, extra []string, openErr error, pr
 	h := &runHarness{t: t, sys: sys, dir: filepath.Join(shortTempDir(t), "run"), done: make(chan int, 1), logs: &syncBuffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
-	open := func(ctx context.Context, spec deviceSpec) (device, error) {
+	open := func(ctx context.Context, spec supervisor.Spec) (supervisor.Device, error) {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		h.specs = append(h.specs, spec)
@@ -214,7 +218,7 @@ func TestRunServesAndShutsDownCleanly(t *testing.T) {
 	waitFile(t, sock)
 
 	h.mu.Lock()
-	specs := append([]deviceSpec(nil), h.specs...)
+	specs := append([]supervisor.Spec(nil), h.specs...)
 	h.mu.Unlock()
 	if len(specs) != 1 || specs[0].Function.Addr != "0000:00:03.0" || specs[0].Index != 0 || specs[0].Explicit || specs[0].Bind != bindAuto || specs[0].MaxPorts != 4 {
 		t.Fatalf("opened %+v; want only the free console 0000:00:03.0, not explicit, auto, 4 ports", specs)
@@ -342,7 +346,7 @@ func TestRunEmergencyOnOpenFailure(t *testing.T) {
 	h := &runHarness{t: t, sys: sys, dir: filepath.Join(shortTempDir(t), "run"), done: make(chan int, 1), logs: &syncBuffer{}}
 	first := newFakeDevice(h.dir)
 	n := 0
-	open := func(ctx context.Context, spec deviceSpec) (device, error) {
+	open := func(ctx context.Context, spec supervisor.Spec) (supervisor.Device, error) {
 		n++
 		if n == 1 {
 			return first, nil
@@ -365,7 +369,7 @@ func TestRunTakesFunctionLeftOnUIOByEarlierRun(t *testing.T) {
 	fakeFunction(t, sys, "0000:00:03.0", "0x1af4", "0x1043", "0x1100", "uio_pci_generic")
 	fakeFunction(t, sys, "0000:00:04.0", "0x1af4", "0x1043", "0x1100", "virtio-pci")
 	var logs strings.Builder
-	fns, err := selectFunctions(runConfig{Sysfs: sys}, slog.New(slog.NewTextHandler(&logs, nil)))
+	fns, err := devopen.Select(sys, nil, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

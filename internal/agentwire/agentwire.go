@@ -1,6 +1,6 @@
 // Package agentwire converts the driver's and the data plane's terms into
-// the socket agent's (package agent knows neither), for the two programs
-// that wire them together: cmd/vserial-agent and package vserial.
+// the socket agent's (package agent knows neither), for internal/supervisor,
+// which wires them together for `vserial-agent run` and package vserial.
 package agentwire
 
 import (

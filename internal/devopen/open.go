@@ -1,8 +1,8 @@
 // Package devopen takes virtio-console functions from the kernel and
 // brings them up with their data-plane loop: the binding (uio_pci_generic
 // or vfio-pci, Choose for auto), the kernel modules, the device files, the
-// driver and the loop. `vserial-agent run` and package vserial both open
-// their devices through it, so the two cannot drift apart.
+// driver and the loop. internal/supervisor opens every device through it,
+// for `vserial-agent run` and package vserial alike.
 package devopen
 
 import (

@@ -1,7 +1,9 @@
-package vserial
+package supervisor
 
 import (
 	"context"
+	"errors"
+	"log/slog"
 	"sync"
 
 	"github.com/vserial/vserial/agent"
@@ -10,25 +12,53 @@ import (
 	"github.com/vserial/vserial/pump"
 )
 
-// sockPort is a port as the socket side (package agent) serves it when
-// Options.SocketDir is set: its clients are served by the device's loop,
-// and a Dial takes it over. While a conn holds the port, the socket's
-// clients are refused at once (the agent logs why), and the socket side's
-// opening and closing of the port are left to the conn.
+// errTakenOver ends a socket client whose port an in-process Dial took.
+var errTakenOver = errors.New("the port was dialed in-process")
+
+// sockPort is a port of a consoleDevice: as the socket side (package
+// agent) serves it, its clients are served by the device's loop; as Dial
+// takes it, it is held. While it is held, the socket's clients are refused
+// at once (the agent logs why), and the socket side's opening and closing
+// of the port are left to the conn.
 type sockPort struct {
 	*driver.Port
-	a    *Agent
 	loop *pump.Loop
+	log  *slog.Logger
 
 	mu     sync.Mutex
+	held   bool                    // a Dial holds the port (or is taking it)
 	cancel context.CancelCauseFunc // the socket client being served, or nil
 	done   chan struct{}           // closed when its ServeFD returned
+}
+
+// hold marks the port held; false if it already was.
+func (p *sockPort) hold() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.held {
+		return false
+	}
+	p.held = true
+	return true
+}
+
+// release lets go of the hold: the socket takes clients again.
+func (p *sockPort) release() {
+	p.mu.Lock()
+	p.held = false
+	p.mu.Unlock()
+}
+
+func (p *sockPort) isHeld() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.held
 }
 
 // SetGuestOpen opens or closes the port for a socket client, unless a conn
 // holds it.
 func (p *sockPort) SetGuestOpen(ctx context.Context, open bool) error {
-	if p.a.isHeld(p.Port) {
+	if p.isHeld() {
 		if open {
 			return errTakenOver
 		}
@@ -41,7 +71,7 @@ func (p *sockPort) SetGuestOpen(ctx context.Context, open bool) error {
 // Dial takes the port over.
 func (p *sockPort) ServeFD(ctx context.Context, fd int) error {
 	p.mu.Lock()
-	if p.a.isHeld(p.Port) {
+	if p.held {
 		p.mu.Unlock()
 		return errTakenOver
 	}
@@ -70,13 +100,13 @@ func (p *sockPort) takeOver() {
 	if cancel == nil {
 		return
 	}
-	p.a.log.Info("vserial: socket client disconnected: the port was dialed in-process", "port", p.ID(), "name", p.Name())
+	p.log.Info("vserial: socket client disconnected: the port was dialed in-process", "port", p.ID(), "name", p.Name())
 	cancel(errTakenOver)
 	<-done
 }
 
 // Stats are the port's counters with the loop's (the device's under
-// "loop_"), as run reports them.
+// "loop_").
 func (p *sockPort) Stats() agent.PortStats { return agentwire.Stats(p.Port, p.loop) }
 
 var (

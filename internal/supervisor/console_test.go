@@ -1,4 +1,4 @@
-package main
+package supervisor
 
 import (
 	"context"
@@ -10,26 +10,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vserial/vserial/agent"
-	"github.com/vserial/vserial/dma"
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/driver/drivertest"
 	"github.com/vserial/vserial/driver/virtiotest"
+	"github.com/vserial/vserial/internal/agentwire"
 )
-
-// fakeFn adapts *virtiotest.Function to driver.Function, as uioFunction
-// does for uio.
-type fakeFn struct{ f *virtiotest.Function }
-
-func (a fakeFn) Config() driver.ConfigSpace { return a.f.Config() }
-func (a fakeFn) BAR(i int) (driver.BAR, error) {
-	b, err := a.f.BAR(i)
-	if err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-func (a fakeFn) IRQ() driver.IRQ    { return a.f.IRQ() }
-func (a fakeFn) DMA() dma.Allocator { return a.f.DMA() }
-func (a fakeFn) IOMMU() bool        { return a.f.IOMMU() }
 
 // RESIZE from the device (QEMU 7.2 never sends one, so the fake does)
 // reaches the console's terminal through the driver and the agent: the pty
@@ -43,7 +28,7 @@ func TestConsoleResizeFromFakeDevice(t *testing.T) {
 	f := newFakeFunction(t, m)
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
-	dev, err := driver.Open(ctx, fakeFn{f}, driver.Config{ResizeOrder: driver.ResizeColsRows})
+	dev, err := driver.Open(ctx, drivertest.Function(f), driver.Config{ResizeOrder: driver.ResizeColsRows})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +47,7 @@ func TestConsoleResizeFromFakeDevice(t *testing.T) {
 	if p == nil {
 		t.Fatal("no port 0")
 	}
-	if err := a.AddPort(0, port{p}); err != nil {
+	if err := a.AddPort(0, plainPort{p}); err != nil {
 		t.Fatal(err)
 	}
 	link := filepath.Join(dir, "con"+agent.PTYSuffix)
@@ -114,14 +99,7 @@ func TestConsoleResizeFromFakeDevice(t *testing.T) {
 	}
 }
 
-// newFakeFunction is a transitional fake PCI function serving m, closed
-// when the test ends.
-func newFakeFunction(t *testing.T, m *virtiotest.Console) *virtiotest.Function {
-	t.Helper()
-	f, err := virtiotest.New(m, virtiotest.Options{Transitional: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
-}
+// plainPort is a driver port as an agent.Port, without a data-plane loop.
+type plainPort struct{ *driver.Port }
+
+func (p plainPort) Stats() agent.PortStats { return agentwire.Stats(p.Port, nil) }
