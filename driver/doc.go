@@ -5,7 +5,7 @@
 // data-plane loop, through the poll face in poll.go).
 //
 // It reaches hardware only through the interfaces in hw.go (Function,
-// ConfigSpace, BAR, IRQ, VectorIRQ), which package uio implements for
+// ConfigSpace, BAR, IRQ, VectorIRQ), which packages uio and vfio implement for
 // uio_pci_generic and VFIO and package virtiotest fakes for tests. It knows
 // nothing of sockets, paths or how the function was bound.
 //

@@ -15,8 +15,8 @@ import (
 	"github.com/vserial/vserial/driver/virtiotest"
 )
 
-// fakeFn adapts *virtiotest.Function to driver.Function, as uioFunction
-// does for uio.
+// fakeFn adapts *virtiotest.Function to driver.Function, as devopen
+// does for uio and vfio.
 type fakeFn struct{ f *virtiotest.Function }
 
 func (a fakeFn) Config() driver.ConfigSpace { return a.f.Config() }

@@ -1,4 +1,4 @@
-package uio
+package vfio
 
 import (
 	"errors"
@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vserial/vserial/uio/internal/vfioabi"
+	"github.com/vserial/vserial/vfio/internal/vfioabi"
 )
 
 // iovaChunk is the size of each piece of DMA memory the type1 backend maps.
@@ -20,7 +20,7 @@ const iovaChunk = 2 << 20
 // window (0xfee00000) and other low reserved ranges.
 const iovaBase = 1 << 32
 
-// iovaSource is the pageSource of the VFIO type1 backend: 2 MiB of ordinary
+// iovaSource is the PageSource of the VFIO type1 backend: 2 MiB of ordinary
 // anonymous memory per chunk, mapped into the IOMMU with VFIO_IOMMU_MAP_DMA
 // at an IOVA we choose. Chunk k sits at start + 2k·2 MiB: every mapping is
 // followed by a 2 MiB guard gap that is never mapped, so a device access
@@ -49,10 +49,10 @@ const iovaStride = 2 * iovaChunk
 // guard is the first guard gap, an IOVA never mapped.
 func (s *iovaSource) guard() uint64 { return s.start + iovaChunk }
 
-func (s *iovaSource) chunkSize() int   { return iovaChunk }
-func (s *iovaSource) describe() string { return "IOMMU-mapped 2 MiB chunks" }
+func (s *iovaSource) ChunkSize() int   { return iovaChunk }
+func (s *iovaSource) Describe() string { return "IOMMU-mapped 2 MiB chunks" }
 
-func (s *iovaSource) get() ([]byte, uint64, error) {
+func (s *iovaSource) Get() ([]byte, uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.end-s.next < iovaChunk || s.next >= s.end {
@@ -82,7 +82,7 @@ func (s *iovaSource) get() ([]byte, uint64, error) {
 }
 
 // put unmaps the chunk from the IOMMU, then from the process.
-func (s *iovaSource) put(mem []byte) error {
+func (s *iovaSource) Put(mem []byte) error {
 	s.mu.Lock()
 	iova, ok := s.live[addrOf(mem)]
 	delete(s.live, addrOf(mem))

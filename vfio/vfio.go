@@ -1,9 +1,9 @@
-package uio
+package vfio
 
-// The vfio-pci binding (OpenVFIO, VFIOFunction; VIRTIO-NOTES §8), step by
+// The vfio-pci binding (Open, Function; VIRTIO-NOTES §8), step by
 // step.
 //
-//   - OpenVFIO(sysfs, dev, addr, opts) expects the function to be bound to
+//   - Open(sysfs, dev, addr, opts) expects the function to be bound to
 //     vfio-pci already. It reads the IOMMU group from sysfs and uses
 //     /dev/vfio/GROUP (type1: an IOMMU translates the device's addresses)
 //     or /dev/vfio/noiommu-GROUP (no-IOMMU mode: it does not). The group
@@ -43,7 +43,7 @@ package uio
 //     page (a used-ring write faulted at IOVA 0x48, the offset into the
 //     ring, in the IOMMU guest tests). In no-IOMMU mode DMA memory is the
 //     hugepage allocator of the uio binding (physical addresses), IOMMU is
-//     false, and confidential guests are refused as with uio.
+//     false, and confidential guests are refused as with
 //   - Close clears Bus Master, disables MSI-X, closes the eventfds, unmaps
 //     BARs and DMA memory (IOMMU first, then the process), and closes the
 //     device, group and container descriptors. It is idempotent.
@@ -63,25 +63,26 @@ import (
 	"github.com/vserial/vserial/dma"
 	"github.com/vserial/vserial/internal/guard"
 	"github.com/vserial/vserial/pciscan"
-	"github.com/vserial/vserial/uio/internal/vfioabi"
+	"github.com/vserial/vserial/uio"
+	"github.com/vserial/vserial/vfio/internal/vfioabi"
 )
 
-// VFIODriver is the kernel driver a function must be bound to for OpenVFIO.
-const VFIODriver = "vfio-pci"
+// Driver is the kernel driver a function must be bound to for Open.
+const Driver = "vfio-pci"
 
-// maxVectors is the most MSI-X vectors OpenVFIO routes: the driver puts
+// maxVectors is the most MSI-X vectors Open routes: the driver puts
 // configuration changes and control on vector 0 and spreads the ports'
 // data queues over the others (QEMU's default is vectors=2: all data on
 // vector 1). Each routed vector costs an eventfd and a host interrupt, so
 // the count is capped; more ports share vectors.
 const maxVectors = 16
 
-// VFIOFunction is a PCI function opened through vfio-pci, either behind an
+// Function is a PCI function opened through vfio-pci, either behind an
 // IOMMU (type1: the device reaches only memory we mapped, at IOVAs we
 // chose) or in no-IOMMU mode (/dev/vfio/noiommu-N: physical addresses as
 // with uio, but MSI-X interrupts). Its method set matches driver.Function
 // with concrete types; cmd adapts it.
-type VFIOFunction struct {
+type Function struct {
 	addr    string
 	group   string
 	noIOMMU bool
@@ -89,29 +90,30 @@ type VFIOFunction struct {
 	sys     vfioSys
 
 	container, groupFD, devFD int
-	cfg                       *Config
+	cfg                       *uio.Config
 	irq                       *MSIX
 	req                       *os.File      // the request eventfd, nil if the kernel has none
 	requested                 chan struct{} // closed when the kernel asks for the device back
-	alloc                     *Allocator
-	res                       []Resource
+	alloc                     *uio.Allocator
+	iova                      *iovaSource // the allocator's source on type1, nil otherwise
+	res                       []uio.Resource
 
 	mu     sync.Mutex
-	bars   [6]*BAR
+	bars   uio.BARs
 	closed bool
 }
 
-// vfioConfigFile is configuration space as the VFIO config region: pread
+// configFile is configuration space as the VFIO config region: pread
 // and pwrite of exactly the asked length at the region's offset in the
 // device fd (vfio-pci virtualizes parts of it, VIRTIO-NOTES §8.3).
-type vfioConfigFile struct {
+type configFile struct {
 	fd         int
 	base, size int64
 }
 
-func (c vfioConfigFile) ReadAt(p []byte, off int64) (int, error) {
+func (c configFile) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > c.size-int64(len(p)) {
-		return 0, fmt.Errorf("%w: %d bytes at %#x (config region is %#x bytes)", ErrBadAccess, len(p), off, c.size)
+		return 0, fmt.Errorf("%w: %d bytes at %#x (config region is %#x bytes)", uio.ErrBadAccess, len(p), off, c.size)
 	}
 	n, err := unix.Pread(c.fd, p, c.base+off)
 	if err == nil && n != len(p) {
@@ -120,9 +122,9 @@ func (c vfioConfigFile) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-func (c vfioConfigFile) WriteAt(p []byte, off int64) (int, error) {
+func (c configFile) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > c.size-int64(len(p)) {
-		return 0, fmt.Errorf("%w: %d bytes at %#x (config region is %#x bytes)", ErrBadAccess, len(p), off, c.size)
+		return 0, fmt.Errorf("%w: %d bytes at %#x (config region is %#x bytes)", uio.ErrBadAccess, len(p), off, c.size)
 	}
 	n, err := unix.Pwrite(c.fd, p, c.base+off)
 	if err == nil && n != len(p) {
@@ -131,8 +133,8 @@ func (c vfioConfigFile) WriteAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-// Close does nothing: the device fd belongs to the VFIOFunction.
-func (vfioConfigFile) Close() error { return nil }
+// Close does nothing: the device fd belongs to the Function.
+func (configFile) Close() error { return nil }
 
 // GroupMember is one function of an IOMMU group as sysfs describes it.
 type GroupMember struct {
@@ -179,7 +181,7 @@ func CheckGroup(addr, group string, members []GroupMember) error {
 		case m.Addr == addr:
 			found = true
 		case m.Class>>8 == 0x0604: // PCI-to-PCI bridge
-		case m.Driver == "" || m.Driver == VFIODriver:
+		case m.Driver == "" || m.Driver == Driver:
 		default:
 			bad = append(bad, fmt.Sprintf("%s (bound to %s)", m.Addr, m.Driver))
 		}
@@ -194,29 +196,31 @@ func CheckGroup(addr, group string, members []GroupMember) error {
 	return nil
 }
 
-// OpenVFIO opens the function at addr, which must already be bound to
+// Open opens the function at addr, which must already be bound to
 // vfio-pci (package pciscan does that). sysfs is the sysfs root ("/sys"),
 // dev the device directory ("/dev"). It picks type1 when /dev/vfio/GROUP
 // exists and no-IOMMU mode when /dev/vfio/noiommu-GROUP does. See the
 // package documentation for what it sets up.
-func OpenVFIO(sysfs, dev, addr string, opts Options) (*VFIOFunction, error) {
-	return openVFIO(sysfs, dev, addr, opts, vfioSys{ioctl: rawIoctl})
+func Open(sysfs, dev, addr string, opts uio.Options) (*Function, error) {
+	return openWith(sysfs, dev, addr, opts, vfioSys{ioctl: rawIoctl}, nil)
 }
 
-func openVFIO(sysfs, dev, addr string, opts Options, sys vfioSys) (_ *VFIOFunction, err error) {
-	fail := func(err error) (*VFIOFunction, error) {
-		return nil, &OpError{Op: "vfio open", Addr: addr, Err: err}
+// openWith is Open with the ioctls sys and, unless nil, the page source
+// src (tests pass fakes of both).
+func openWith(sysfs, dev, addr string, opts uio.Options, sys vfioSys, src uio.PageSource) (_ *Function, err error) {
+	fail := func(err error) (*Function, error) {
+		return nil, &OpError{Op: "open", Addr: addr, Err: err}
 	}
-	dir, log, err := checkFunction(sysfs, addr, opts)
+	dir, log, err := uio.CheckFunction(sysfs, addr, opts)
 	if err != nil {
 		return fail(err)
 	}
-	if t, err := os.Readlink(filepath.Join(dir, "driver")); err != nil || filepath.Base(t) != VFIODriver {
+	if t, err := os.Readlink(filepath.Join(dir, "driver")); err != nil || filepath.Base(t) != Driver {
 		drv := "no driver"
 		if err == nil {
 			drv = filepath.Base(t)
 		}
-		return fail(fmt.Errorf("%w (held by %s)", ErrNotBoundVFIO, drv))
+		return fail(fmt.Errorf("%w (held by %s)", ErrNotBound, drv))
 	}
 	gl, err := os.Readlink(filepath.Join(dir, "iommu_group"))
 	if err != nil {
@@ -228,7 +232,7 @@ func openVFIO(sysfs, dev, addr string, opts Options, sys vfioSys) (_ *VFIOFuncti
 		return fail(err)
 	}
 	if noIOMMU && !opts.IgnoreConfidential {
-		if err := refuseConfidential(opts, dev, log); err != nil {
+		if err := uio.RefuseConfidential(opts, dev, log); err != nil {
 			return fail(err)
 		}
 	}
@@ -240,7 +244,7 @@ func openVFIO(sysfs, dev, addr string, opts Options, sys vfioSys) (_ *VFIOFuncti
 		return fail(err)
 	}
 
-	f := &VFIOFunction{addr: addr, group: group, noIOMMU: noIOMMU, log: log, sys: sys, container: -1, groupFD: -1, devFD: -1}
+	f := &Function{addr: addr, group: group, noIOMMU: noIOMMU, log: log, sys: sys, container: -1, groupFD: -1, devFD: -1}
 	defer func() {
 		if err != nil {
 			f.release()
@@ -252,14 +256,10 @@ func openVFIO(sysfs, dev, addr string, opts Options, sys vfioSys) (_ *VFIOFuncti
 	if err := f.openDevice(); err != nil {
 		return fail(err)
 	}
-	rb, err := os.ReadFile(filepath.Join(dir, "resource"))
-	if err != nil {
+	if f.res, err = uio.ReadResources(dir); err != nil {
 		return fail(err)
 	}
-	if f.res, err = parseResources(string(rb)); err != nil {
-		return fail(fmt.Errorf("%s: %w", filepath.Join(dir, "resource"), err))
-	}
-	if err := f.cfg.enable(); err != nil {
+	if err := f.cfg.Enable(); err != nil {
 		return fail(fmt.Errorf("set Bus Master: %w", err))
 	}
 	if err := f.enableMSIX(); err != nil {
@@ -268,14 +268,14 @@ func openVFIO(sysfs, dev, addr string, opts Options, sys vfioSys) (_ *VFIOFuncti
 	if err := f.enableRequest(); err != nil {
 		return fail(err)
 	}
-	if err := f.setupDMA(sysfs, opts); err != nil {
+	if err := f.setupDMA(sysfs, opts, src); err != nil {
 		return fail(fmt.Errorf("dma memory: %w", err))
 	}
 	mode := "type1"
 	if noIOMMU {
 		mode = "noiommu"
 	}
-	log.Info("vfio: opened", "addr", addr, "group", node, "mode", mode, "msix_vectors", f.irq.MSIXVectors(), "dma", f.alloc.describe())
+	log.Info("vfio: opened", "addr", addr, "group", node, "mode", mode, "msix_vectors", f.irq.MSIXVectors(), "dma", f.alloc.Describe())
 	return f, nil
 }
 
@@ -293,28 +293,10 @@ func groupNode(dev, group string) (node string, noIOMMU bool, err error) {
 	return "", false, fmt.Errorf("%w: neither %s nor %s exists (is devtmpfs mounted on %s?)", ErrNoGroup, p, q, dev)
 }
 
-// refuseConfidential fails in an SEV/TDX guest, where a device cannot reach
-// private memory by its physical address.
-func refuseConfidential(opts Options, dev string, log *slog.Logger) error {
-	ci := opts.CPUInfo
-	if ci == "" {
-		ci = "/proc/cpuinfo"
-	}
-	kind, err := Confidential(ci, dev)
-	if err != nil {
-		log.Warn("uio: cannot tell whether this is a confidential guest", "err", err)
-		return nil
-	}
-	if kind != "" {
-		return fmt.Errorf("%w (%s): the device can only reach memory the kernel shares, so a driver that gives it physical addresses cannot work; use the in-kernel virtio_console driver", ErrConfidential, kind)
-	}
-	return nil
-}
-
 // attach runs the container/group flow of VIRTIO-NOTES §8.5/§8.6: open the
 // container, check the API version and the IOMMU extension, open the group,
 // check it is viable, put it in the container and set the IOMMU type.
-func (f *VFIOFunction) attach(dev, node string) error {
+func (f *Function) attach(dev, node string) error {
 	cpath := filepath.Join(dev, "vfio", "vfio")
 	fd, err := unix.Open(cpath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -369,7 +351,7 @@ func (f *VFIOFunction) attach(dev, node string) error {
 
 // openDevice gets the device fd, checks it is a PCI device with the
 // regions and interrupts vfio-pci has, and opens configuration space.
-func (f *VFIOFunction) openDevice() error {
+func (f *Function) openDevice() error {
 	fd, err := f.sys.deviceFD(f.groupFD, f.addr)
 	if err != nil {
 		return err
@@ -389,7 +371,7 @@ func (f *VFIOFunction) openDevice() error {
 	if ri.Size < 64 || ri.Size > 4096 || ri.Flags&(vfioabi.RegionFlagRead|vfioabi.RegionFlagWrite) != vfioabi.RegionFlagRead|vfioabi.RegionFlagWrite || ri.Offset > 1<<62 {
 		return fmt.Errorf("config region: size %#x flags %#x offset %#x", ri.Size, ri.Flags, ri.Offset)
 	}
-	f.cfg = newConfig(vfioConfigFile{fd: fd, base: int64(ri.Offset), size: int64(ri.Size)})
+	f.cfg = uio.NewConfig(configFile{fd: fd, base: int64(ri.Offset), size: int64(ri.Size)})
 	return nil
 }
 
@@ -397,7 +379,7 @@ func (f *VFIOFunction) openDevice() error {
 // on the function's MSI-X enable bit, which must happen before the driver
 // looks at the legacy register layout (its device config moves to offset
 // 24). INTx through VFIO is not used: it was not delivered in our tests.
-func (f *VFIOFunction) enableMSIX() error {
+func (f *Function) enableMSIX() error {
 	ii, err := f.sys.irqInfo(f.devFD, vfioabi.PCIMSIXIRQ)
 	if err != nil {
 		return err
@@ -424,7 +406,7 @@ func (f *VFIOFunction) enableMSIX() error {
 // request to user"). Requested reports it; the owner then closes the
 // function, which lets the removal finish. A kernel without the index
 // (count 0) leaves Requested nil.
-func (f *VFIOFunction) enableRequest() error {
+func (f *Function) enableRequest() error {
 	ii, err := f.sys.irqInfo(f.devFD, vfioabi.PCIReqIRQ)
 	if err != nil || ii.Count == 0 || ii.Flags&vfioabi.IRQInfoEventfd == 0 {
 		f.log.Debug("vfio: no request interrupt; an unplug waits for the agent to exit", "addr", f.addr, "err", err)
@@ -446,7 +428,7 @@ func (f *VFIOFunction) enableRequest() error {
 
 // awaitRequest closes requested when the kernel signals the request
 // eventfd; it ends without closing it when the eventfd is closed.
-func (f *VFIOFunction) awaitRequest(req *os.File, requested chan struct{}) {
+func (f *Function) awaitRequest(req *os.File, requested chan struct{}) {
 	defer guard.Recover()
 	var b [8]byte
 	if n, err := req.Read(b[:]); err == nil && n == 8 {
@@ -459,74 +441,65 @@ func (f *VFIOFunction) awaitRequest(req *os.File, requested chan struct{}) {
 // being hot-unplugged or unbound): the owner must stop the device and
 // Close the function, which lets the removal complete. Nil when the
 // kernel offers no request interrupt.
-func (f *VFIOFunction) Requested() <-chan struct{} { return f.requested }
+func (f *Function) Requested() <-chan struct{} { return f.requested }
 
 // setupDMA makes the allocator: IOMMU-mapped chunks on type1, physical
-// addresses of hugepages (as uio) in no-IOMMU mode. It maps the first chunk
-// now so a problem shows at start-up.
-func (f *VFIOFunction) setupDMA(sysfs string, opts Options) error {
+// addresses of hugepages (as uio) in no-IOMMU mode, or src if not nil. It
+// maps the first chunk now so a problem shows at start-up.
+func (f *Function) setupDMA(sysfs string, opts uio.Options, src uio.PageSource) error {
 	if f.noIOMMU {
-		warnMigration(sysfs, opts, f.log, "vfio no-IOMMU")
+		uio.WarnMigration(sysfs, opts, f.log, "vfio no-IOMMU")
 	}
-	var src, fallback pageSource
+	var fallback uio.PageSource
 	switch {
-	case opts.source != nil:
-		src = opts.source
+	case src != nil:
 	case f.noIOMMU:
-		src, fallback = physSources(sysfs, opts)
+		src, fallback = uio.PhysicalPages(sysfs, opts)
 	default:
-		info, caps, err := f.sys.iommuInfo(f.container)
-		if err != nil {
+		var err error
+		if f.iova, err = f.iovaWindow(); err != nil {
 			return err
 		}
-		if info.Flags&vfioabi.IOMMUInfoPgsizes != 0 && info.IOVAPgsizes&uint64(os.Getpagesize()) == 0 {
-			return fmt.Errorf("the IOMMU does not map %d-byte pages (page sizes %#x)", os.Getpagesize(), info.IOVAPgsizes)
-		}
-		var ranges []vfioabi.IOVARange
-		if caps != nil {
-			err := vfioabi.Caps(caps, info.CapOffset, vfioabi.SizeofIOMMUType1Info, func(id, _ uint16, body []byte) error {
-				if id != vfioabi.IOMMUTypeCapIOVARange {
-					return nil
-				}
-				var err error
-				ranges, err = vfioabi.ParseIOVARanges(body)
-				return err
-			})
-			if err != nil {
-				return err
-			}
-		}
-		start, end, err := pickIOVA(ranges, 64*iovaChunk)
-		if err != nil {
-			return err
-		}
-		f.log.Debug("vfio: iova window", "start", fmt.Sprintf("%#x", start), "end", fmt.Sprintf("%#x", end))
-		src = newIOVASource(f.sys, f.container, start, end)
+		src = f.iova
 	}
-	f.alloc = newAllocator(src, fallback, f.log)
-	return f.alloc.prime()
+	f.alloc = uio.NewAllocator(src, fallback, f.log)
+	return f.alloc.Prime()
 }
 
-// physSources are the page sources of physical-address DMA (uio and
-// VFIO no-IOMMU): hugepages, with 4 KiB pages as an opt-in fallback.
-func physSources(sysfs string, opts Options) (src, fallback pageSource) {
-	pm := opts.Pagemap
-	if pm == "" {
-		pm = "/proc/self/pagemap"
+// iovaWindow asks the IOMMU for its page sizes and usable IOVA ranges and
+// returns a page source that maps chunks inside them.
+func (f *Function) iovaWindow() (*iovaSource, error) {
+	info, caps, err := f.sys.iommuInfo(f.container)
+	if err != nil {
+		return nil, err
 	}
-	nr := opts.HugepagesFile
-	if nr == "" {
-		nr = filepath.Join(sysfs, "kernel", "mm", "hugepages", "hugepages-2048kB", "nr_hugepages")
+	if info.Flags&vfioabi.IOMMUInfoPgsizes != 0 && info.IOVAPgsizes&uint64(os.Getpagesize()) == 0 {
+		return nil, fmt.Errorf("the IOMMU does not map %d-byte pages (page sizes %#x)", os.Getpagesize(), info.IOVAPgsizes)
 	}
-	src = &hugeSource{pagemap: pm, nrFile: nr, reserve: !opts.NoReserve}
-	if opts.AllowSmallPages {
-		fallback = &smallSource{pagemap: pm}
+	var ranges []vfioabi.IOVARange
+	if caps != nil {
+		err := vfioabi.Caps(caps, info.CapOffset, vfioabi.SizeofIOMMUType1Info, func(id, _ uint16, body []byte) error {
+			if id != vfioabi.IOMMUTypeCapIOVARange {
+				return nil
+			}
+			var err error
+			ranges, err = vfioabi.ParseIOVARanges(body)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
-	return src, fallback
+	start, end, err := pickIOVA(ranges, 64*iovaChunk)
+	if err != nil {
+		return nil, err
+	}
+	f.log.Debug("vfio: iova window", "start", fmt.Sprintf("%#x", start), "end", fmt.Sprintf("%#x", end))
+	return newIOVASource(f.sys, f.container, start, end), nil
 }
 
 // Addr is the function's PCI address.
-func (f *VFIOFunction) Addr() string { return f.addr }
+func (f *Function) Addr() string { return f.addr }
 
 // UnmappedIOVA returns a device address that is guaranteed never to be
 // mapped for as long as the function is open (type1 only; ok is false in
@@ -534,60 +507,59 @@ func (f *VFIOFunction) Addr() string { return f.addr }
 // gap after the first DMA chunk. A DMA the device makes to it faults in the
 // IOMMU. Tests use it to check that the device cannot reach memory we did
 // not give it.
-func (f *VFIOFunction) UnmappedIOVA() (iova uint64, ok bool) {
-	if s, isIOVA := f.alloc.src.(*iovaSource); isIOVA {
-		return s.guard(), true
+func (f *Function) UnmappedIOVA() (iova uint64, ok bool) {
+	if f.iova != nil {
+		return f.iova.guard(), true
 	}
 	return 0, false
 }
 
 // Group is the IOMMU group's number.
-func (f *VFIOFunction) Group() string { return f.group }
+func (f *Function) Group() string { return f.group }
 
 // NoIOMMU reports no-IOMMU mode (physical addresses).
-func (f *VFIOFunction) NoIOMMU() bool { return f.noIOMMU }
+func (f *Function) NoIOMMU() bool { return f.noIOMMU }
 
 // Config returns configuration space (the VFIO config region).
-func (f *VFIOFunction) Config() *Config { return f.cfg }
+func (f *Function) Config() *uio.Config { return f.cfg }
 
 // IRQ returns the MSI-X vectors.
-func (f *VFIOFunction) IRQ() *MSIX { return f.irq }
+func (f *Function) IRQ() *MSIX { return f.irq }
 
 // DMA returns the allocator of device-visible memory.
-func (f *VFIOFunction) DMA() dma.Allocator { return f.alloc }
+func (f *Function) DMA() dma.Allocator { return f.alloc }
 
 // Allocator is DMA with its concrete type, for statistics.
-func (f *VFIOFunction) Allocator() *Allocator { return f.alloc }
+func (f *Function) Allocator() *uio.Allocator { return f.alloc }
 
 // IOMMU reports whether device addresses go through an IOMMU: true on
 // type1, false in no-IOMMU mode.
-func (f *VFIOFunction) IOMMU() bool { return !f.noIOMMU }
+func (f *Function) IOMMU() bool { return !f.noIOMMU }
 
 // BAR returns region i (0-5): mapped from the device fd when VFIO allows
 // mmap of the whole region, accessed with width-exact pread/pwrite on the
 // device fd otherwise (I/O-port BARs, regions with a sparse mmap).
-func (f *VFIOFunction) BAR(i int) (*BAR, error) {
+func (f *Function) BAR(i int) (*uio.BAR, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return cachedBAR(&f.bars, f.closed, f.addr, i, func() (*BAR, error) { return f.openBAR(i) })
+	return f.bars.Get(f.closed, f.addr, i, func() (*uio.BAR, error) { return f.openBAR(i) })
 }
 
-func (f *VFIOFunction) openBAR(i int) (*BAR, error) {
+func (f *Function) openBAR(i int) (*uio.BAR, error) {
 	ri, caps, err := f.sys.regionInfo(f.devFD, uint32(i))
 	if err != nil {
 		return nil, err
 	}
 	if ri.Size == 0 {
-		return nil, ErrNoBAR
+		return nil, uio.ErrNoBAR
 	}
 	if ri.Offset > 1<<62 || ri.Size > 1<<40 {
 		return nil, fmt.Errorf("region %d: offset %#x size %#x out of range", i, ri.Offset, ri.Size)
 	}
-	var res Resource
+	var res uio.Resource
 	if i < len(f.res) {
 		res = f.res[i]
 	}
-	b := &BAR{index: i, res: res, size: ri.Size, iofd: -1}
 	whole := ri.Flags&vfioabi.RegionFlagMmap != 0
 	if whole && caps != nil {
 		err := vfioabi.Caps(caps, ri.CapOffset, vfioabi.SizeofRegionInfo, func(id, _ uint16, body []byte) error {
@@ -612,26 +584,24 @@ func (f *VFIOFunction) openBAR(i int) (*BAR, error) {
 		n := (ri.Size + page - 1) &^ (page - 1)
 		m, err := unix.Mmap(f.devFD, int64(ri.Offset), int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 		if err == nil {
-			b.mem = m
-			return b, nil
+			return uio.MappedBAR(i, res, ri.Size, m), nil
 		}
-		f.log.Warn("vfio: cannot map BAR, using read/write", "bar", i, "err", err)
+		f.log.Warn("vfio: cannot map uio.BAR, using read/write", "bar", i, "err", err)
 	}
 	if ri.Flags&(vfioabi.RegionFlagRead|vfioabi.RegionFlagWrite) != vfioabi.RegionFlagRead|vfioabi.RegionFlagWrite {
 		return nil, fmt.Errorf("region %d is neither mappable nor readable and writable (flags %#x)", i, ri.Flags)
 	}
-	b.iofd, b.ioBase = f.devFD, int64(ri.Offset)
-	return b, nil
+	return uio.FileBAR(i, res, ri.Size, f.devFD, int64(ri.Offset)), nil
 }
 
-// Close releases everything OpenVFIO acquired, in this order: Bus Master
+// Close releases everything Open acquired, in this order: Bus Master
 // off (the device can no longer reach memory, even if it was not reset),
 // MSI-X disabled and its eventfds closed (a blocked Wait returns
 // os.ErrClosed), BARs unmapped, DMA memory unmapped from the IOMMU and the
 // process, then the device, group and container descriptors closed (the
 // kernel resets the function when the device fd closes if it can). The
 // caller resets the virtio device first. Close is idempotent.
-func (f *VFIOFunction) Close() error {
+func (f *Function) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -639,17 +609,17 @@ func (f *VFIOFunction) Close() error {
 	}
 	f.closed = true
 	if err := f.release(); err != nil {
-		return &OpError{Op: "vfio close", Addr: f.addr, Err: err}
+		return &OpError{Op: "close", Addr: f.addr, Err: err}
 	}
 	f.log.Info("vfio: closed", "addr", f.addr)
 	return nil
 }
 
-// release undoes whatever part of OpenVFIO succeeded.
-func (f *VFIOFunction) release() error {
+// release undoes whatever part of Open succeeded.
+func (f *Function) release() error {
 	var errs []error
 	if f.cfg != nil {
-		errs = append(errs, f.cfg.disableBusMaster())
+		errs = append(errs, f.cfg.DisableBusMaster())
 	}
 	if f.irq != nil {
 		if f.devFD >= 0 {
@@ -664,12 +634,7 @@ func (f *VFIOFunction) release() error {
 		errs = append(errs, f.req.Close())
 		f.req = nil
 	}
-	for i, b := range f.bars {
-		if b != nil {
-			errs = append(errs, b.close())
-			f.bars[i] = nil
-		}
-	}
+	errs = append(errs, f.bars.Close())
 	if f.alloc != nil {
 		errs = append(errs, f.alloc.Close())
 	}

@@ -1,4 +1,4 @@
-package uio
+package vfio
 
 import (
 	"context"

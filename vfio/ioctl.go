@@ -1,10 +1,10 @@
-package uio
+package vfio
 
 import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/vserial/vserial/uio/internal/vfioabi"
+	"github.com/vserial/vserial/vfio/internal/vfioabi"
 )
 
 // ioctlFunc issues one request: arg is the argument buffer (nil for a
