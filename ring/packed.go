@@ -54,9 +54,7 @@ type packedState struct {
 //   - driver event suppression: the driver, stored atomically;
 //   - device event suppression: the device, loaded atomically.
 type Packed struct {
-	cfg   Config
-	mem   []dma.Region
-	alloc dma.Allocator
+	core
 
 	desc     []byte // descriptor ring, 16·N bytes
 	events   []byte // driver event (offset 0) and device event (offset 4) words
@@ -64,11 +62,9 @@ type Packed struct {
 
 	descAddr, indirectAddr uint64
 
-	state    []packedState
-	freeID   uint16
-	numFree  int // free ring descriptors
-	inFlight int
-	multi    int // chains in flight that took more than one descriptor
+	state  []packedState
+	freeID uint16
+	multi  int // chains in flight that took more than one descriptor
 
 	nextAvail uint16 // next ring slot to fill
 	availWrap bool   // driver ring wrap counter (spec 2.8.1), starts at 1
@@ -86,10 +82,6 @@ type Packed struct {
 	evFlags  uint16 // shadow of the driver event suppression flags
 	evOffset uint16 // shadow of its off_wrap
 	irqOff   bool
-
-	broken error
-	stats  Stats
-	closed bool
 }
 
 // NewPacked allocates and zeroes a packed queue's memory from alloc. Size
@@ -111,14 +103,14 @@ func NewPacked(alloc dma.Allocator, cfg Config) (*Packed, error) {
 	if cfg.Indirect < 0 || cfg.Indirect > n {
 		return nil, fmt.Errorf("ring: new packed: indirect table of %d descriptors: want 0..%d", cfg.Indirect, n)
 	}
-	q := &Packed{cfg: cfg, alloc: alloc}
+	q := &Packed{core: core{cfg: cfg, alloc: alloc}}
 	ok := false
 	defer func() {
 		if !ok {
 			q.Close()
 		}
 	}()
-	r, err := allocRegion(alloc, &q.mem, packedRingSize(n), 16)
+	r, err := q.allocate(packedRingSize(n), 16)
 	if err != nil {
 		return nil, fmt.Errorf("ring: new packed: %w", err)
 	}
@@ -126,7 +118,7 @@ func NewPacked(alloc dma.Allocator, cfg Config) (*Packed, error) {
 	q.desc, q.events = b[:descSize*n:descSize*n], b[descSize*n:]
 	q.descAddr = r.Addr()
 	if cfg.Indirect > 0 {
-		t, err := allocRegion(alloc, &q.mem, descSize*cfg.Indirect*n, 16)
+		t, err := q.allocate(descSize*cfg.Indirect*n, 16)
 		if err != nil {
 			return nil, fmt.Errorf("ring: new packed: %w", err)
 		}
@@ -144,23 +136,6 @@ func NewPacked(alloc dma.Allocator, cfg Config) (*Packed, error) {
 // packedRingSize is the ring allocation of a packed queue of n: the
 // descriptors, then the driver and the device event suppression words.
 func packedRingSize(n int) int { return descSize*n + 8 }
-
-// allocRegion allocates size bytes, recording the region in *mem so Close
-// frees it even when the length is wrong.
-func allocRegion(alloc dma.Allocator, mem *[]dma.Region, size, align int) (dma.Region, error) {
-	r, err := alloc.Alloc(size, align)
-	if err != nil {
-		return dma.Region{}, fmt.Errorf("allocate %d bytes: %w", size, err)
-	}
-	*mem = append(*mem, r)
-	if r.Len() != size {
-		return dma.Region{}, fmt.Errorf("allocator returned %d bytes, asked for %d", r.Len(), size)
-	}
-	return r, nil
-}
-
-// Size returns the number of descriptors.
-func (q *Packed) Size() uint16 { return q.cfg.Size }
 
 // DescAddr, DriverAddr and DeviceAddr return the device addresses of the
 // descriptor ring and of the driver and device event suppression
@@ -411,11 +386,6 @@ func (q *Packed) pubInFlight() int {
 	return int(q.cfg.Size) - q.numFree - q.unpub
 }
 
-func (q *Packed) violate(what string, v uint64) {
-	q.stats.Violations++
-	q.broken = &ProtocolError{What: what, Value: v}
-}
-
 // Pop returns the next used chain and frees its descriptors. ok is false when
 // nothing is pending. A device protocol violation is returned as an error
 // matching ErrDeviceProtocol, and the queue stays broken until Reset.
@@ -577,12 +547,6 @@ func (q *Packed) Pending() bool {
 	return used || q.broken != nil
 }
 
-// NumFree returns the number of free descriptors.
-func (q *Packed) NumFree() int { return q.numFree }
-
-// InFlight returns the number of chains added and not yet returned.
-func (q *Packed) InFlight() int { return q.inFlight }
-
 // InFlightHeads calls fn for every buffer id still owned by the device
 // (published or not yet published).
 func (q *Packed) InFlightHeads(fn func(head uint16)) {
@@ -615,22 +579,12 @@ func (q *Packed) Reset() {
 	q.broken = nil
 }
 
-// Err returns the protocol violation that broke the queue (ErrClosed after
-// Close), or nil.
-func (q *Packed) Err() error { return q.broken }
-
-// Stats returns the queue's counters.
-func (q *Packed) Stats() Stats { return q.stats }
-
 // Close frees the queue's memory. It is idempotent.
 func (q *Packed) Close() error {
-	if q.closed {
+	done, err := q.free()
+	if done {
 		return nil
 	}
-	q.closed = true
-	q.broken = ErrClosed
-	err := freeRegions(q.alloc, q.mem)
-	q.mem = nil
 	q.desc, q.events, q.indirect = nil, nil, nil
 	return err
 }

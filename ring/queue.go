@@ -124,9 +124,7 @@ type descState struct {
 //     loaded with 32-bit atomics;
 //   - used ring entries: the device only, read after the used idx load.
 type Queue struct {
-	cfg   Config
-	mem   []dma.Region
-	alloc dma.Allocator
+	core
 
 	desc     []byte // descriptor table, 16·N bytes
 	avail    []byte // driver area: flags, idx, ring[N], used_event (+padding)
@@ -149,8 +147,6 @@ type Queue struct {
 
 	state    []descState
 	freeHead uint16
-	numFree  int
-	inFlight int
 
 	availIdx   uint16 // next avail slot to fill, including unpublished chains
 	published  uint16 // the avail idx last stored to memory
@@ -160,84 +156,23 @@ type Queue struct {
 	usedEvent  uint16 // shadow of used_event
 	irqOff     bool   // DisableInterrupts in effect
 
-	broken error
-	stats  Stats
-	closed bool
 }
 
 // New allocates and zeroes the queue's memory from alloc and returns the queue.
 func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
-	if !shm.LittleEndian() {
-		return nil, errors.New("ring: new: big-endian hosts are not supported (the split ring is little-endian and published with 32-bit atomics)")
+	if err := checkConfig(alloc, cfg); err != nil {
+		return nil, err
 	}
 	n := int(cfg.Size)
-	if n == 0 || n > 32768 || n&(n-1) != 0 {
-		return nil, fmt.Errorf("ring: new: queue size %d is not a power of two in 1..32768", cfg.Size)
-	}
-	if alloc == nil {
-		return nil, errors.New("ring: new: nil allocator")
-	}
-	if cfg.Layout == PackedRing {
-		return nil, errors.New("ring: new: a packed ring is created with NewPacked")
-	}
-	if cfg.Layout != Modern && cfg.Layout != Legacy {
-		return nil, fmt.Errorf("ring: new: unknown layout %d", cfg.Layout)
-	}
-	if cfg.Indirect < 0 || cfg.Indirect > n {
-		// Spec 2.7.5.3.1: no chain longer than the queue size, indirect or not.
-		return nil, fmt.Errorf("ring: new: indirect table of %d descriptors: want 0..%d", cfg.Indirect, n)
-	}
-	q := &Queue{cfg: cfg, alloc: alloc, mask: uint16(n - 1)}
+	q := &Queue{core: core{cfg: cfg, alloc: alloc}, mask: uint16(n - 1)}
 	ok := false
 	defer func() {
 		if !ok {
 			q.Close()
 		}
 	}()
-	availSize, usedSize := ringSizes(n)
-	switch cfg.Layout {
-	case Modern:
-		d, err := q.allocate(descSize*n, 16)
-		if err != nil {
-			return nil, err
-		}
-		a, err := q.allocate(availSize, 4)
-		if err != nil {
-			return nil, err
-		}
-		u, err := q.allocate(usedSize, 4)
-		if err != nil {
-			return nil, err
-		}
-		q.desc, q.avail, q.used = d.Bytes(), a.Bytes(), u.Bytes()
-		q.descAddr, q.driverAddr, q.deviceAddr = d.Addr(), a.Addr(), u.Addr()
-	case Legacy:
-		// Spec 2.7.2 / VIRTIO-NOTES §3.3: one block, avail right after the
-		// descriptors, used at the next 4096 boundary. The padding before
-		// the used ring already holds the used_event word; 4 bytes past
-		// the spec's size hold the avail_event word.
-		usedOff, total := legacySizes(n)
-		b, err := q.allocate(total, legacyAlign)
-		if err != nil {
-			return nil, err
-		}
-		mem := b.Bytes()
-		q.desc = mem[: descSize*n : descSize*n]
-		q.avail = mem[descSize*n : usedOff : usedOff]
-		q.used = mem[usedOff:total:total]
-		q.descAddr = b.Addr()
-		q.driverAddr = b.Addr() + uint64(descSize*n)
-		q.deviceAddr = b.Addr() + uint64(usedOff)
-	}
-	if cfg.Indirect > 0 {
-		t, err := q.allocate(descSize*cfg.Indirect*n, 16)
-		if err != nil {
-			return nil, err
-		}
-		q.indirect, q.indirectAddr = t.Bytes(), t.Addr()
-	}
-	if !shm.Aligned4(q.avail) || !shm.Aligned4(q.used) {
-		return nil, errors.New("ring: new: allocator returned memory that is not 4-byte aligned for the CPU; 32-bit atomics need it")
+	if err := q.layOut(n); err != nil {
+		return nil, fmt.Errorf("ring: new: %w", err)
 	}
 	ue := 4 + 2*n
 	q.usedEventWord, q.usedEventHigh = ue&^3, ue&3 != 0
@@ -251,12 +186,83 @@ func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
 	return q, nil
 }
 
-func (q *Queue) allocate(size, align int) (dma.Region, error) {
-	r, err := allocRegion(q.alloc, &q.mem, size, align)
-	if err != nil {
-		return dma.Region{}, fmt.Errorf("ring: new: %w", err)
+// checkConfig refuses what New cannot build: a size that is not a power of
+// two up to 32768, no allocator, a layout New does not make, an indirect
+// table longer than the queue.
+func checkConfig(alloc dma.Allocator, cfg Config) error {
+	if !shm.LittleEndian() {
+		return errors.New("ring: new: big-endian hosts are not supported (the split ring is little-endian and published with 32-bit atomics)")
 	}
-	return r, nil
+	n := int(cfg.Size)
+	if n == 0 || n > 32768 || n&(n-1) != 0 {
+		return fmt.Errorf("ring: new: queue size %d is not a power of two in 1..32768", cfg.Size)
+	}
+	if alloc == nil {
+		return errors.New("ring: new: nil allocator")
+	}
+	if cfg.Layout == PackedRing {
+		return errors.New("ring: new: a packed ring is created with NewPacked")
+	}
+	if cfg.Layout != Modern && cfg.Layout != Legacy {
+		return fmt.Errorf("ring: new: unknown layout %d", cfg.Layout)
+	}
+	if cfg.Indirect < 0 || cfg.Indirect > n {
+		// Spec 2.7.5.3.1: no chain longer than the queue size, indirect or not.
+		return fmt.Errorf("ring: new: indirect table of %d descriptors: want 0..%d", cfg.Indirect, n)
+	}
+	return nil
+}
+
+// layOut allocates the descriptor table, the driver and device areas in the
+// configured layout, and the indirect tables, and checks the CPU alignment
+// the 32-bit atomics need.
+func (q *Queue) layOut(n int) error {
+	availSize, usedSize := ringSizes(n)
+	switch q.cfg.Layout {
+	case Modern:
+		d, err := q.allocate(descSize*n, 16)
+		if err != nil {
+			return err
+		}
+		a, err := q.allocate(availSize, 4)
+		if err != nil {
+			return err
+		}
+		u, err := q.allocate(usedSize, 4)
+		if err != nil {
+			return err
+		}
+		q.desc, q.avail, q.used = d.Bytes(), a.Bytes(), u.Bytes()
+		q.descAddr, q.driverAddr, q.deviceAddr = d.Addr(), a.Addr(), u.Addr()
+	case Legacy:
+		// Spec 2.7.2 / VIRTIO-NOTES §3.3: one block, avail right after the
+		// descriptors, used at the next 4096 boundary. The padding before
+		// the used ring already holds the used_event word; 4 bytes past
+		// the spec's size hold the avail_event word.
+		usedOff, total := legacySizes(n)
+		b, err := q.allocate(total, legacyAlign)
+		if err != nil {
+			return err
+		}
+		mem := b.Bytes()
+		q.desc = mem[: descSize*n : descSize*n]
+		q.avail = mem[descSize*n : usedOff : usedOff]
+		q.used = mem[usedOff:total:total]
+		q.descAddr = b.Addr()
+		q.driverAddr = b.Addr() + uint64(descSize*n)
+		q.deviceAddr = b.Addr() + uint64(usedOff)
+	}
+	if q.cfg.Indirect > 0 {
+		t, err := q.allocate(descSize*q.cfg.Indirect*n, 16)
+		if err != nil {
+			return err
+		}
+		q.indirect, q.indirectAddr = t.Bytes(), t.Addr()
+	}
+	if !shm.Aligned4(q.avail) || !shm.Aligned4(q.used) {
+		return errors.New("allocator returned memory that is not 4-byte aligned for the CPU; 32-bit atomics need it")
+	}
+	return nil
 }
 
 func alignUp(x, a int) int { return (x + a - 1) &^ (a - 1) }
@@ -289,9 +295,6 @@ func Footprint(cfg Config) int {
 	a, u := ringSizes(n)
 	return total + descSize*n + a + u
 }
-
-// Size returns the number of descriptors.
-func (q *Queue) Size() uint16 { return q.cfg.Size }
 
 // DescAddr, DriverAddr and DeviceAddr return the device addresses of the
 // descriptor table, the driver (avail) area and the device (used) area. For
@@ -475,11 +478,6 @@ func (q *Queue) reload() bool {
 	return moved != 0
 }
 
-func (q *Queue) violate(what string, v uint64) {
-	q.stats.Violations++
-	q.broken = &ProtocolError{What: what, Value: v}
-}
-
 // Pop returns the next used chain and frees its descriptors. ok is false when
 // nothing is pending. A device protocol violation is returned as an error
 // matching ErrDeviceProtocol, and the queue stays broken until Reset.
@@ -631,12 +629,6 @@ func (q *Queue) EnableInterruptsAfter(n uint16) (pending bool) {
 	return uint16(atomic.LoadUint32(q.usedHdr)>>16)-q.lastUsed >= n
 }
 
-// NumFree returns the number of free descriptors.
-func (q *Queue) NumFree() int { return q.numFree }
-
-// InFlight returns the number of chains added and not yet returned.
-func (q *Queue) InFlight() int { return q.inFlight }
-
 // InFlightHeads calls fn for every chain still owned by the device
 // (published or not yet published).
 func (q *Queue) InFlightHeads(fn func(head uint16)) {
@@ -669,37 +661,13 @@ func (q *Queue) Reset() {
 	q.broken = nil
 }
 
-// Err returns the protocol violation that broke the queue (ErrClosed after
-// Close), or nil.
-func (q *Queue) Err() error { return q.broken }
-
-// Stats returns the queue's counters.
-func (q *Queue) Stats() Stats { return q.stats }
-
 // Close frees the queue's memory. It is idempotent.
 func (q *Queue) Close() error {
-	if q.closed {
+	done, err := q.free()
+	if done {
 		return nil
 	}
-	q.closed = true
-	q.broken = ErrClosed
-	err := freeRegions(q.alloc, q.mem)
-	q.mem = nil
 	q.desc, q.avail, q.used, q.indirect = nil, nil, nil, nil
 	q.availHdr, q.usedHdr, q.availEvent, q.usedEventP = nil, nil, nil, nil
 	return err
-}
-
-// freeRegions returns every region to alloc (Close of either layout).
-func freeRegions(alloc dma.Allocator, mem []dma.Region) error {
-	var errs []error
-	for _, r := range mem {
-		if err := alloc.Free(r); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("ring: close: %w", err)
-	}
-	return nil
 }
