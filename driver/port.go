@@ -340,5 +340,3 @@ func boolValue(b bool) uint16 {
 	}
 	return 0
 }
-
-// --- slot helpers (d.mu held) ---

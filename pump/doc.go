@@ -1,5 +1,5 @@
 // Package pump is vserial's data plane: one event loop per device that
-// owns the device's rings (through driver's poll face, driver/poll.go) and
+// owns the device's rings (through driver's poll face, driver/poll*.go) and
 // every client descriptor attached to its ports, and moves bytes straight
 // between them.
 //
