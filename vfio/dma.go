@@ -3,11 +3,13 @@ package vfio
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vserial/vserial/uio"
 	"github.com/vserial/vserial/vfio/internal/vfioabi"
 )
 
@@ -145,4 +147,59 @@ func pickIOVA(ranges []vfioabi.IOVARange, need uint64) (start, end uint64, err e
 		return 0, 0, fmt.Errorf("no usable IOVA range of %d bytes in %x", need, ranges)
 	}
 	return bs, be, nil
+}
+
+// setupDMA makes the allocator: IOMMU-mapped chunks on type1, physical
+// addresses of hugepages (as uio) in no-IOMMU mode, or src if not nil. It
+// maps the first chunk now so a problem shows at start-up.
+func (f *Function) setupDMA(sysfs string, opts uio.Options, src uio.PageSource) error {
+	if f.noIOMMU {
+		uio.WarnMigration(sysfs, opts, f.log, "vfio no-IOMMU")
+	}
+	var fallback uio.PageSource
+	switch {
+	case src != nil:
+	case f.noIOMMU:
+		src, fallback = uio.PhysicalPages(sysfs, opts)
+	default:
+		var err error
+		if f.iova, err = f.iovaWindow(); err != nil {
+			return err
+		}
+		src = f.iova
+	}
+	f.alloc = uio.NewAllocator(src, fallback, f.log)
+	return f.alloc.Prime()
+}
+
+// iovaWindow asks the IOMMU for its page sizes and usable IOVA ranges and
+// returns a page source that maps chunks inside them.
+func (f *Function) iovaWindow() (*iovaSource, error) {
+	info, caps, err := f.sys.iommuInfo(f.container)
+	if err != nil {
+		return nil, err
+	}
+	if info.Flags&vfioabi.IOMMUInfoPgsizes != 0 && info.IOVAPgsizes&uint64(os.Getpagesize()) == 0 {
+		return nil, fmt.Errorf("the IOMMU does not map %d-byte pages (page sizes %#x)", os.Getpagesize(), info.IOVAPgsizes)
+	}
+	var ranges []vfioabi.IOVARange
+	if caps != nil {
+		err := vfioabi.Caps(caps, info.CapOffset, vfioabi.SizeofIOMMUType1Info, func(id, _ uint16, body []byte) error {
+			if id != vfioabi.IOMMUTypeCapIOVARange {
+				return nil
+			}
+			var err error
+			ranges, err = vfioabi.ParseIOVARanges(body)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	start, end, err := pickIOVA(ranges, 64*iovaChunk)
+	if err != nil {
+		return nil, err
+	}
+	f.log.Debug("vfio: iova window", "start", fmt.Sprintf("%#x", start), "end", fmt.Sprintf("%#x", end))
+	return newIOVASource(f.sys, f.container, start, end), nil
 }
