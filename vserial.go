@@ -224,7 +224,7 @@ func (a *Agent) watch(i int, d *devopen.Device, published map[*driver.Port]bool)
 
 // reportDevice puts a reset, a protocol violation or a limit reached on
 // the sockets' event stream.
-func (a *Agent) reportDevice(i int, ev driver.PortEvent) {
+func (a *Agent) reportDevice(i int, ev driver.Event) {
 	if a.sock == nil {
 		return
 	}

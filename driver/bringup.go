@@ -263,7 +263,7 @@ func (d *Device) goLiveLocked(first bool) error {
 	// VIRTIO-NOTES §7.5 step 3. QEMU answers synchronously with PORT_ADD
 	// for every port, which the drain below handles.
 	answered := d.stats.ControlIn
-	d.sendControlLocked(badPortID, eventDeviceReady, 1)
+	d.sendControlLocked(badPortID, ctrlDeviceReady, 1)
 	// Bounded: a device that answers every answer must not hold bring-up
 	// forever; what is left goes to the event loop.
 	more, err := d.serviceControlPassesLocked(4*int(d.nslots) + maxControlPasses)

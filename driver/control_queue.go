@@ -109,7 +109,7 @@ func (d *Device) sendControlLocked(id uint32, event, value uint16) {
 		return
 	}
 	if len(d.ctrlQueue) >= maxEventBacklog {
-		d.violationLocked(fmt.Errorf("%w: control transmitq stalled, %s for port %d dropped", ErrDeviceProtocolConsole, eventName(event), id), nil)
+		d.violationLocked(fmt.Errorf("%w: control transmitq stalled, %s for port %d dropped", ErrDeviceProtocolConsole, ctrlName(event), id), nil)
 		return
 	}
 	d.ctrlQueue = append(d.ctrlQueue, ctrlOut{id: id, event: event, value: value})

@@ -130,16 +130,16 @@ type Config struct {
 
 // DeviceStats counts what the driver has seen of the device.
 type DeviceStats struct {
-	Violations    uint64 // device protocol violations (rings and control messages)
-	Resets        uint64 // recoveries by device reset
-	UnknownEvents uint64 // control events with an unknown or driver-only code
-	Dropped       uint64 // port and device events dropped because nobody read Events
-	IgnoredPorts  uint64 // PORT_ADD beyond the configured cap
-	Discarded     uint64 // host→guest bytes for no live port
-	Undelivered   uint64 // guest→host bytes dropped before the device took them (PortStats.Undelivered)
-	ControlIn     uint64 // control messages received
-	ControlOut    uint64 // control messages sent
-	Interrupts    uint64 // wake-ups of the event loop
+	Violations     uint64 // device protocol violations (rings and control messages)
+	Resets         uint64 // recoveries by device reset
+	UnknownControl uint64 // control messages with an unknown or driver-only code
+	Dropped        uint64 // port and device events dropped because nobody read Events
+	IgnoredPorts   uint64 // PORT_ADD beyond the configured cap
+	Discarded      uint64 // host→guest bytes for no live port
+	Undelivered    uint64 // guest→host bytes dropped before the device took them (PortStats.Undelivered)
+	ControlIn      uint64 // control messages received
+	ControlOut     uint64 // control messages sent
+	Interrupts     uint64 // wake-ups of the event loop
 	// LogsSuppressed counts device-driven log lines held back by the rate
 	// limit (ratelog.go).
 	LogsSuppressed uint64
@@ -223,9 +223,9 @@ type Device struct {
 	held    int // buffers in use outside the lock
 	freed   bool
 	done    chan struct{}
-	evq     []PortEvent
+	evq     []Event
 	evWake  chan struct{}
-	events  chan PortEvent
+	events  chan Event
 }
 
 type ctrlOut struct {
@@ -263,7 +263,7 @@ func Open(ctx context.Context, fn Function, cfg Config) (*Device, error) {
 		maxResets: cfg.MaxResets,
 		done:      make(chan struct{}),
 		evWake:    make(chan struct{}, 1),
-		events:    make(chan PortEvent, 64),
+		events:    make(chan Event, 64),
 		fwdDone:   make(chan struct{}),
 		loopDone:  make(chan struct{}),
 	}
@@ -344,7 +344,7 @@ func (d *Device) Port(id uint32) *Port {
 
 // Events returns the channel of port and device events. It is closed when
 // the device is closed or fails.
-func (d *Device) Events() <-chan PortEvent { return d.events }
+func (d *Device) Events() <-chan Event { return d.events }
 
 // Stats returns the device's counters.
 func (d *Device) Stats() DeviceStats {

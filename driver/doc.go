@@ -58,7 +58,7 @@
 // How each step works is described next to its code: the transport and its
 // registers (transport.go), the bring-up (bringup.go), each control message
 // (control_handlers.go), data (port.go, rx.go, tx.go), interrupts and
-// MSI-X vectors (eventloop.go, vectors.go, poll.go), recovery (fault.go).
+// MSI-X vectors (irqloop.go, vectors.go, poll.go), recovery (fault.go).
 // Tests run the driver against virtiotest.Console, a model of QEMU 7.2's
 // virtio-serial bus with its quirks and with switches for each way a device
 // can misbehave.

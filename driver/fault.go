@@ -52,7 +52,7 @@ func (d *Device) violationLocked(err error, p *Port) {
 	// then one in a thousand with the running count.
 	if n := d.stats.Violations; n <= 32 || n%1000 == 0 {
 		d.log.Warn("virtio-console: device protocol violation", "err", err, "violations", n)
-		d.emitDeviceLocked(PortEvent{Port: p, Kind: ProtocolViolation, Err: err, Violations: n})
+		d.emitDeviceLocked(Event{Port: p, Kind: ProtocolViolation, Err: err, Violations: n})
 	}
 }
 
@@ -88,7 +88,7 @@ func (d *Device) faultLocked(cause error) {
 		d.resetTimes = append(d.resetTimes, now)
 		d.stats.Resets++
 		d.log.Warn("virtio-console: device fault, resetting", "err", cause, "resets", d.stats.Resets)
-		d.emitDeviceLocked(PortEvent{Kind: DeviceReset, Err: cause, Violations: d.stats.Violations})
+		d.emitDeviceLocked(Event{Kind: DeviceReset, Err: cause, Violations: d.stats.Violations})
 		d.resetCause = cause
 		err := d.bringUpLocked(false)
 		if err == nil {

@@ -318,7 +318,7 @@ func (p *Port) SetGuestOpen(ctx context.Context, open bool) error {
 		p.discardRxLocked()
 	}
 	if d.multiport && !p.reannounce {
-		d.sendControlLocked(p.id, eventPortOpen, boolValue(open))
+		d.sendControlLocked(p.id, ctrlPortOpen, boolValue(open))
 		if open && p.s.rxBufs != nil {
 			// A notify on the port's receiveq after PORT_OPEN 1: QEMU
 			// answers it with guest_writable, which makes its main loop

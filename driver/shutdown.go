@@ -35,7 +35,7 @@ func (d *Device) Close() error {
 	if !d.failed && d.multiport {
 		for _, s := range d.slots {
 			if s != nil && s.port != nil && !s.port.removed && s.port.guestOpen && !s.port.reannounce {
-				d.sendControlLocked(s.id, eventPortOpen, 0)
+				d.sendControlLocked(s.id, ctrlPortOpen, 0)
 			}
 		}
 		// QEMU handles the control transmitq synchronously on the kick;

@@ -316,7 +316,7 @@ func (s *supervisor) shutdown() {
 }
 
 // newUevents opens the kernel's uevent stream (tests replace it).
-var newUevents = func() (hotplug.Events, error) { return pciscan.Watch() }
+var newUevents = func() (hotplug.Uevents, error) { return pciscan.Watch() }
 
 // watchHotplug starts following the kernel's uevents (run --wait-devices).
 func (s *supervisor) watchHotplug() error {

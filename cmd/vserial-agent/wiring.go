@@ -212,7 +212,7 @@ func (d *consoleDevice) forward() {
 }
 
 // reportEvent hands a driver's device event to report, in the agent's terms.
-func (d *consoleDevice) reportEvent(ev driver.PortEvent) {
+func (d *consoleDevice) reportEvent(ev driver.Event) {
 	if d.report == nil {
 		return
 	}
