@@ -40,6 +40,9 @@ var forbidden = map[string][]string{
 	// internal/rawio is the data plane's raw system calls (pump, agent):
 	// a leaf that knows nothing of vserial.
 	"internal/rawio": {"dma", "ring", "driver", "uio", "vfio", "pciscan", "agent", "cmd", "pump"},
+	// internal/kcmdline reads module parameters off the kernel command
+	// line for devopen and the guest helper: a leaf too.
+	"internal/kcmdline": {"dma", "ring", "driver", "uio", "vfio", "pciscan", "agent", "cmd", "pump"},
 }
 
 // layer names the entry of forbidden that a package path (relative to the

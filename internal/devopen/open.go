@@ -20,6 +20,7 @@ import (
 
 	"github.com/vserial/vserial/dma"
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/kcmdline"
 	"github.com/vserial/vserial/pciscan"
 	"github.com/vserial/vserial/pump"
 	"github.com/vserial/vserial/uio"
@@ -264,7 +265,7 @@ func ensureModule(sysfs, name, drv string, log *slog.Logger) error {
 	if present() {
 		return nil
 	}
-	if err := kmodule.Probe(name, cmdlineParams(readCmdline(), name)); err != nil {
+	if err := kmodule.Probe(name, kcmdline.ModuleParams(readCmdline(), name)); err != nil {
 		var u unix.Utsname
 		_ = unix.Uname(&u)
 		rel := unix.ByteSliceToString(u.Release[:])
@@ -284,26 +285,6 @@ func ensureModule(sysfs, name, drv string, log *slog.Logger) error {
 func readCmdline() string {
 	b, _ := os.ReadFile("/proc/cmdline")
 	return string(b)
-}
-
-// cmdlineParams picks the parameters for module out of a kernel command
-// line ("module.param=value" words; dashes and underscores in the module
-// name are the same), as modprobe does: the kernel applies them by itself
-// only to built-in modules.
-func cmdlineParams(cmdline, module string) string {
-	want := strings.ReplaceAll(module, "-", "_") + "."
-	var out []string
-	for _, w := range strings.Fields(cmdline) {
-		mod, param, ok := strings.Cut(w, ".")
-		if !ok || param == "" || strings.ReplaceAll(mod, "-", "_")+"." != want {
-			continue
-		}
-		if k, _, _ := strings.Cut(param, "="); k == "" || strings.ContainsAny(k, "/") {
-			continue
-		}
-		out = append(out, param)
-	}
-	return strings.Join(out, " ")
 }
 
 func restore(sysfs, addr, prev string, log *slog.Logger) {
