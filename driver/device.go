@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vserial/vserial/dma"
+	"github.com/vserial/vserial/internal/ratelimit"
 	"github.com/vserial/vserial/ring"
 )
 
@@ -194,10 +195,10 @@ type Device struct {
 	ctrlTxFree []int32
 	ctrlQueue  []ctrlOut // control messages waiting for a descriptor
 	ctrlCopy   [bufSize]byte
-	lines      lineLimiter
-	resetCause error     // the fault a recovery answers (salvageLocked)
-	salvaging  bool      // taking used buffers after a reset: no kicks
-	ctrlWindow time.Time // control flood detection (control_queue.go)
+	lines      *ratelimit.Gate // device-driven Info lines (ratelog.go)
+	resetCause error           // the fault a recovery answers (salvageLocked)
+	salvaging  bool            // taking used buffers after a reset: no kicks
+	ctrlWindow time.Time       // control flood detection (control_queue.go)
 	ctrlCount  int
 	popped     uint64 // used buffers taken from any queue (HandleIRQ: was it ours?) // a control message, copied out of device memory before it is parsed
 	slots      []*slot
@@ -261,6 +262,7 @@ func Open(ctx context.Context, fn Function, cfg Config) (*Device, error) {
 		cfg: cfg, log: log, fn: fn, t: t, alloc: mem, mem: mem,
 		order:     binary.LittleEndian,
 		maxResets: cfg.MaxResets,
+		lines:     ratelimit.New(logBurst, logRate),
 		done:      make(chan struct{}),
 		evWake:    make(chan struct{}, 1),
 		events:    make(chan Event, 64),
