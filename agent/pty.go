@@ -16,7 +16,9 @@ import (
 )
 
 // openPTY opens a new pseudo-terminal pair (/dev/ptmx, unlock, TIOCGPTN)
-// and puts the slave in a sane cooked mode.
+// and puts the slave in a sane cooked mode. Not u-root's pty.New: it needs
+// the process's own terminal (/dev/tty, which a service has not) and opens
+// the master blocking, outside Go's poller.
 func openPTY() (master, slave *os.File, tty string, err error) {
 	mfd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
