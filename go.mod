@@ -6,6 +6,7 @@ require (
 	github.com/spf13/pflag v1.1.0
 	github.com/u-root/u-root v0.16.0
 	golang.org/x/sys v0.50.0
+	golang.org/x/time v0.16.0
 )
 
 require (

@@ -18,6 +18,21 @@ import (
 // directly; every declaration of that name must then begin with the defer.
 // Test files, test-support packages (…test/) and tests/ are not checked.
 func TestEveryGoroutineIsGuarded(t *testing.T) {
+	fset, pkgs := productionFiles(t)
+	checked := 0
+	for dir, files := range pkgs {
+		checked += checkGuarded(t, fset, dir, files)
+	}
+	if checked < 10 {
+		t.Fatalf("found only %d go statements: the walk missed the production packages", checked)
+	}
+}
+
+// productionFiles parses the production Go files of the module, by
+// directory. Test files, test-support packages (…test/), tests/ and
+// examples/ are left out.
+func productionFiles(t *testing.T) (*token.FileSet, map[string][]*ast.File) {
+	t.Helper()
 	pkgs := map[string][]*ast.File{} // by directory
 	fset := token.NewFileSet()
 	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
@@ -45,13 +60,7 @@ func TestEveryGoroutineIsGuarded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checked := 0
-	for dir, files := range pkgs {
-		checked += checkGuarded(t, fset, dir, files)
-	}
-	if checked < 10 {
-		t.Fatalf("found only %d go statements: the walk missed the production packages", checked)
-	}
+	return fset, pkgs
 }
 
 // checkGuarded reports the unguarded go statements of one package and

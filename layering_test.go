@@ -20,28 +20,33 @@ const module = "github.com/vserial/vserial"
 // direction of their imports"). Test-support packages are checked too: they
 // live under the package they fake.
 var forbidden = map[string][]string{
-	"dma":     {"ring", "driver", "uio", "pciscan", "agent", "cmd"},
-	"ring":    {"driver", "uio", "pciscan", "agent", "cmd", "pump"},
-	"driver":  {"uio", "pciscan", "agent", "cmd", "pump"},
-	"uio":     {"ring", "driver", "agent", "cmd", "pump"},
-	"pciscan": {"ring", "driver", "uio", "agent", "dma", "cmd"},
-	"agent":   {"ring", "driver", "uio", "dma", "pciscan", "cmd", "pump"},
+	"dma":    {"ring", "driver", "uio", "vfio", "pciscan", "agent", "cmd"},
+	"ring":   {"driver", "uio", "vfio", "pciscan", "agent", "cmd", "pump"},
+	"driver": {"uio", "vfio", "pciscan", "agent", "cmd", "pump"},
+	"uio":    {"ring", "driver", "vfio", "agent", "cmd", "pump"},
+	// vfio builds on uio's pieces (config space, BARs, the allocator).
+	"vfio":    {"ring", "driver", "agent", "cmd", "pump"},
+	"pciscan": {"ring", "driver", "uio", "vfio", "agent", "dma", "cmd"},
+	"agent":   {"ring", "driver", "uio", "vfio", "dma", "pciscan", "cmd", "pump"},
 	// pump owns client descriptors and the device's loop above driver's
 	// poll face; it never reaches the hardware itself.
-	"pump": {"uio", "pciscan", "agent", "cmd"},
+	"pump": {"uio", "vfio", "pciscan", "agent", "cmd"},
 	// internal/devopen takes a function from the kernel and brings it up
 	// with its loop, for internal/supervisor; it knows
 	// nothing of sockets. internal/agentwire converts between the driver
 	// and the agent for internal/supervisor.
 	"internal/devopen":   {"agent", "cmd"},
-	"internal/agentwire": {"uio", "pciscan", "cmd"},
+	"internal/agentwire": {"uio", "vfio", "pciscan", "cmd"},
 	// internal/supervisor is the one implementation of run's and the
 	// library's semantics (devopen, the loop, the sockets, Dial); the
 	// root package fronts it and cmd reaches it through the root.
 	"internal/supervisor": {"cmd"},
 	// internal/rawio is the data plane's raw system calls (pump, agent):
 	// a leaf that knows nothing of vserial.
-	"internal/rawio": {"dma", "ring", "driver", "uio", "pciscan", "agent", "cmd", "pump"},
+	"internal/rawio": {"dma", "ring", "driver", "uio", "vfio", "pciscan", "agent", "cmd", "pump"},
+	// internal/kcmdline reads module parameters off the kernel command
+	// line for devopen and the guest helper: a leaf too.
+	"internal/kcmdline": {"dma", "ring", "driver", "uio", "vfio", "pciscan", "agent", "cmd", "pump"},
 }
 
 // layer names the entry of forbidden that a package path (relative to the

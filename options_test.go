@@ -102,7 +102,7 @@ func openStopDevice(t *testing.T, opts Options) (*Agent, *stopDevice) {
 	d := newStopDevice()
 	h := supervisor.Hooks{
 		Open:    func(context.Context, supervisor.Spec) (supervisor.Device, error) { return d, nil },
-		Uevents: func() (hotplug.Events, error) { return nil, errors.New("no uevents in this test") },
+		Uevents: func() (hotplug.Uevents, error) { return nil, errors.New("no uevents in this test") },
 	}
 	opts.Logger = testLogger(t)
 	a, err := Open(supervisor.WithHooks(ctx, h), opts)

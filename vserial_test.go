@@ -225,7 +225,7 @@ func TestDialTakesOverASocket(t *testing.T) {
 	// The host saw the port open from the socket client's session to
 	// the conn's Close: the socket side's own close never reached it.
 	for _, msg := range m.GuestControl() {
-		if msg.ID == 1 && msg.Event == virtiotest.EventPortOpen && msg.Value == 0 {
+		if msg.ID == 1 && msg.Event == virtiotest.CtrlPortOpen && msg.Value == 0 {
 			t.Fatal("the socket client's end closed the port under the conn")
 		}
 	}

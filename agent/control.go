@@ -145,7 +145,7 @@ func (a *Agent) ServeControl(l net.Listener) error {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			if !acceptPause(a.ctx, b, &a.ctl.acceptLog, a.log.With("socket", ControlName).Error, err) {
+			if !acceptPause(a.ctx, b, a.ctl.acceptLog, a.log.With("socket", ControlName).Error, err) {
 				return nil
 			}
 			continue
@@ -198,7 +198,7 @@ func (a *Agent) refuseControl(c net.Conn, uid uint32) {
 	c.SetWriteDeadline(time.Now().Add(refuseWait))
 	writeLine(c, controlError{Error: msg})
 	c.Close()
-	if ok, held := a.ctl.refuseLog.allow(); ok {
+	if ok, held := a.ctl.refuseLog.Allow(); ok {
 		a.log.Warn("control connection refused: too many at once", "peer_uid", uid, "refused_total", n, "lines_suppressed_before", held)
 	}
 }

@@ -1,9 +1,7 @@
 package agent_test
 
 import (
-	"bufio"
 	"errors"
-	"net"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -12,29 +10,6 @@ import (
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/agent/agenttest"
 )
-
-func serveControl(t *testing.T, a *agent.Agent) {
-	t.Helper()
-	l, err := a.ListenControl()
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveOn(t, a, l)
-}
-
-// serveOn runs ServeControl on l until the end of the test.
-func serveOn(t *testing.T, a *agent.Agent, l net.Listener) {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- a.ServeControl(l) }()
-	t.Cleanup(func() {
-		a.Close()
-		// ErrClosed: the test ended before ServeControl started.
-		if err := <-done; err != nil && !errors.Is(err, agent.ErrClosed) {
-			t.Errorf("ServeControl: %v", err)
-		}
-	})
-}
 
 func TestControlStatus(t *testing.T) {
 	a := newAgent(t, agent.Config{})
@@ -117,19 +92,4 @@ func TestQueryStatusNoAgent(t *testing.T) {
 	if !errors.Is(err, agent.ErrNotRunning) {
 		t.Errorf("stale control socket: %v, want ErrNotRunning", err)
 	}
-}
-
-// controlExchange sends one request line on a's control socket and returns
-// the first line of the answer.
-func controlExchange(t *testing.T, a *agent.Agent, req string) (string, error) {
-	t.Helper()
-	c, err := net.Dial("unix", agent.ControlPath(a.Dir()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte(req + "\n")); err != nil {
-		return "", err
-	}
-	return bufio.NewReader(c).ReadString('\n')
 }

@@ -15,24 +15,6 @@ import (
 	"github.com/vserial/vserial/agent/agenttest"
 )
 
-// subscribe opens an event stream and returns it with its snapshot.
-func subscribe(t *testing.T, a *agent.Agent) (*agent.EventStream, agent.Event) {
-	t.Helper()
-	s, err := agent.SubscribeEvents(waitCtx(t), a.Dir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	ev, _, err := s.Next()
-	if err != nil {
-		t.Fatalf("snapshot: %v", err)
-	}
-	if ev.Event != agent.EventSnapshot || ev.Status == nil {
-		t.Fatalf("first line %+v, want the snapshot", ev)
-	}
-	return s, ev
-}
-
 // next reads the next event of s, skipping none, and checks its kind.
 func next(t *testing.T, s *agent.EventStream, want agent.EventKind) agent.Event {
 	t.Helper()
@@ -269,14 +251,7 @@ func TestEventsSubscriberLimit(t *testing.T) {
 		subscribe(t, a)
 	}
 	setUID(2000)
-	s, err := agent.SubscribeEvents(waitCtx(t), a.Dir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if _, _, err := s.Next(); err == nil || !strings.Contains(err.Error(), "too many event subscribers") {
-		t.Errorf("subscriber %d: %v, want too many subscribers", agent.MaxSubscribers+1, err)
-	}
+	subscribeRefused(t, a, agent.MaxSubscribers+1)
 	// Status still answers.
 	if _, err := agent.QueryStatus(waitCtx(t), a.Dir()); err != nil {
 		t.Errorf("status with a full house of subscribers: %v", err)

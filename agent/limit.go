@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/vserial/vserial/internal/ratelimit"
 )
 
 // Limits of the control socket.
@@ -33,8 +35,8 @@ type controlLimits struct {
 	mu        sync.Mutex
 	slots     slots // control connections being answered
 	refused   atomic.Uint64
-	refuseLog rateGate
-	acceptLog rateGate
+	refuseLog *ratelimit.Gate
+	acceptLog *ratelimit.Gate
 }
 
 func (a *Agent) initControlLimits() {
@@ -43,8 +45,8 @@ func (a *Agent) initControlLimits() {
 	l.snapWait = snapshotWait
 	l.slots = slots{total: MaxControlConns, perUID: MaxControlConnsPerUID}
 	// A burst, then a line a second: enough to see what happens.
-	l.refuseLog.init(5, 1)
-	l.acceptLog.init(5, 1)
+	l.refuseLog = ratelimit.New(5, 1)
+	l.acceptLog = ratelimit.New(5, 1)
 }
 
 // unknownUID is the bucket of peers whose credentials the kernel does not
@@ -91,42 +93,6 @@ func (s *slots) give(uid uint32) {
 	}
 }
 
-// rateGate is a token bucket for lines and events that a client or device
-// can trigger at will: a burst, then rate a second. What it holds back is
-// counted, and the next one let through says how many.
-type rateGate struct {
-	burst, rate float64
-
-	mu         sync.Mutex
-	tokens     float64
-	last       time.Time
-	suppressed uint64
-}
-
-func (g *rateGate) init(burst, rate float64) { g.burst, g.rate = burst, rate }
-
-// allow reports whether one more may go now, and how many were held back
-// since the last that went (reset when it says yes).
-func (g *rateGate) allow() (bool, uint64) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	now := time.Now()
-	if g.last.IsZero() {
-		g.tokens = g.burst
-	} else {
-		g.tokens = min(g.burst, g.tokens+now.Sub(g.last).Seconds()*g.rate)
-	}
-	g.last = now
-	if g.tokens < 1 {
-		g.suppressed++
-		return false, 0
-	}
-	g.tokens--
-	n := g.suppressed
-	g.suppressed = 0
-	return true, n
-}
-
 // Back-off of an accept loop after an error (EMFILE, ENFILE, ENOBUFS...):
 // the wait doubles from acceptWaitMin up to acceptWaitMax, and starts again
 // after a successful accept.
@@ -141,9 +107,9 @@ func (b *backoff) reset() { b.next = b.min }
 // acceptPause is the error path of an accept loop: it logs err (within
 // gate) and waits the back-off b gives. It returns false when ctx ends
 // first.
-func acceptPause(ctx context.Context, b *backoff, gate *rateGate, logf func(msg string, args ...any), err error) bool {
+func acceptPause(ctx context.Context, b *backoff, gate *ratelimit.Gate, logf func(msg string, args ...any), err error) bool {
 	wait := b.failed()
-	if ok, n := gate.allow(); ok {
+	if ok, n := gate.Allow(); ok {
 		logf("accept failed; backing off", "err", err, "retry_in", wait, "lines_suppressed_before", n)
 	}
 	return sleepCtx(ctx, wait)

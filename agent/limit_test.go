@@ -2,14 +2,11 @@ package agent_test
 
 import (
 	"bufio"
-	"fmt"
 	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -17,74 +14,6 @@ import (
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/agent/agenttest"
 )
-
-// uidSeam makes the agent see a control connection made by dialAs as
-// coming from the uid given there, and any other as coming from the uid
-// last given to the returned function (which only holds for a connection
-// the agent answered before the next call).
-func uidSeam(a *agent.Agent) func(uid uint32) {
-	var cur atomic.Uint32
-	agent.SetPeerUID(a, func(c net.Conn) uint32 {
-		var uid uint32
-		if _, err := fmt.Sscanf(c.RemoteAddr().String(), "@vserial-test-uid-%d-", &uid); err == nil {
-			return uid
-		}
-		return cur.Load()
-	})
-	return func(uid uint32) { cur.Store(uid) }
-}
-
-var dialSeq atomic.Uint64
-
-// dialAs connects to the control socket of a from an abstract address that
-// names uid (see uidSeam).
-func dialAs(t *testing.T, a *agent.Agent, uid uint32) *net.UnixConn {
-	t.Helper()
-	laddr := &net.UnixAddr{Name: fmt.Sprintf("@vserial-test-uid-%d-%d-%d", uid, os.Getpid(), dialSeq.Add(1)), Net: "unix"}
-	c, err := net.DialUnix("unix", laddr, &net.UnixAddr{Name: agent.ControlPath(a.Dir()), Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// fakeListener hands out what its script says: an error or a connection,
-// then blocks until closed. It records when each Accept was called.
-type fakeListener struct {
-	script chan func() (net.Conn, error)
-	done   chan struct{}
-	once   sync.Once
-
-	mu    sync.Mutex
-	calls []time.Time
-}
-
-func newFakeListener() *fakeListener {
-	return &fakeListener{script: make(chan func() (net.Conn, error), 16), done: make(chan struct{})}
-}
-
-func (l *fakeListener) Accept() (net.Conn, error) {
-	l.mu.Lock()
-	l.calls = append(l.calls, time.Now())
-	l.mu.Unlock()
-	select {
-	case f := <-l.script:
-		return f()
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *fakeListener) Close() error   { l.once.Do(func() { close(l.done) }); return nil }
-func (l *fakeListener) Addr() net.Addr { return &net.UnixAddr{Name: "fake", Net: "unix"} }
-
-// pipeConn queues a connection on l and returns the client's end.
-func (l *fakeListener) pipeConn() net.Conn {
-	client, server := net.Pipe()
-	l.script <- func() (net.Conn, error) { return server, nil }
-	return client
-}
 
 // Regression test: an accept error (EMFILE) ended ServeControl for good,
 // leaving .control accepting into its backlog with nobody answering.
@@ -118,25 +47,6 @@ func TestControlAcceptErrorBacksOff(t *testing.T) {
 			t.Errorf("wait after accept error %d: %v, want at least %v", i, got, want)
 		}
 		want *= 2
-	}
-}
-
-// readRefusal reads what the agent answers on c within a second.
-func readRefusal(t *testing.T, c net.Conn) string {
-	t.Helper()
-	c.SetReadDeadline(time.Now().Add(time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		t.Fatalf("no answer on a connection beyond the limit: %v", err)
-	}
-	return line
-}
-
-// idleConns opens n control connections of uid that send nothing.
-func idleConns(t *testing.T, a *agent.Agent, uid uint32, n int) {
-	t.Helper()
-	for range n {
-		dialAs(t, a, uid)
 	}
 }
 
@@ -181,14 +91,7 @@ func TestEventsSubscriberLimitPerUID(t *testing.T) {
 	for range agent.MaxSubscribersPerUID {
 		subscribe(t, a)
 	}
-	s, err := agent.SubscribeEvents(waitCtx(t), a.Dir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if _, _, err := s.Next(); err == nil || !strings.Contains(err.Error(), "too many event subscribers") {
-		t.Fatalf("subscriber %d of one uid: %v, want too many subscribers", agent.MaxSubscribersPerUID+1, err)
-	}
+	subscribeRefused(t, a, agent.MaxSubscribersPerUID+1)
 	setUID(1001)
 	_, snap := subscribe(t, a)
 	if snap.Status.ControlRefused != 1 {
@@ -257,16 +160,6 @@ func TestRejectedClientsThrottled(t *testing.T) {
 	if last == 0 || last > n {
 		t.Errorf("last rejected_total %d, want a running count up to %d", last, n)
 	}
-}
-
-// nextAny reads the next event of s, whatever its kind.
-func nextAny(t *testing.T, s *agent.EventStream) agent.Event {
-	t.Helper()
-	ev, _, err := s.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ev
 }
 
 func perm(t *testing.T, path string) fs.FileMode {

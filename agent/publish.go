@@ -4,14 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"log/slog"
 	"net"
 	"path/filepath"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vserial/vserial/internal/guard"
+	"github.com/vserial/vserial/internal/ratelimit"
 )
 
 // port is the agent's state for one published Port.
@@ -27,7 +29,7 @@ type port struct {
 	rejected atomic.Uint64
 	// Rejected clients and accept errors are the clients' doing: their
 	// log lines and events go through these gates.
-	rejectGate, acceptLog rateGate
+	rejectGate, acceptLog *ratelimit.Gate
 
 	// Guarded by a.mu.
 	gone bool
@@ -72,8 +74,8 @@ func newPort(a *Agent, dev int, p Port) *port {
 
 		hostSeen: p.HostConnected(),
 
-		rejectGate: rateGate{burst: rejectBurst, rate: rejectRate},
-		acceptLog:  rateGate{burst: 5, rate: 1},
+		rejectGate: ratelimit.New(rejectBurst, rejectRate),
+		acceptLog:  ratelimit.New(5, 1),
 	}
 }
 
@@ -374,7 +376,7 @@ func (pt *port) accept(ln *net.UnixListener) {
 			}
 			// Out of file descriptors and the like: say so, give the
 			// system a moment, and carry on.
-			if !acceptPause(pt.ctx, b, &pt.acceptLog, pt.log.Error, err) {
+			if !acceptPause(pt.ctx, b, pt.acceptLog, pt.log.Error, err) {
 				return
 			}
 			continue
@@ -422,7 +424,7 @@ func (pt *port) connectAfter(c *net.UnixConn, mayWait bool) *session {
 		ev := pt.eventLocked(EventClientRejected)
 		a.mu.Unlock()
 		defer c.Close()
-		ok, held := pt.rejectGate.allow()
+		ok, held := pt.rejectGate.Allow()
 		if !ok {
 			return nil // counted in rejected_total
 		}

@@ -4,9 +4,9 @@
 //
 // It is the vocabulary shared by the packages that meet at device memory:
 // package uio implements Allocator (hugepages with physical addresses from
-// /proc/self/pagemap, or VFIO IOVA mappings), package dmatest implements it
-// over the Go heap for tests, and packages ring and driver lay rings and
-// buffers out in the regions they get.
+// /proc/self/pagemap, or IOVA mappings that package vfio makes), package
+// dmatest implements it over the Go heap for tests, and packages ring and
+// driver lay rings and buffers out in the regions they get.
 //
 // What an Allocator promises: Alloc returns zeroed memory, contiguous for
 // the device, whose device address is a multiple of the requested

@@ -201,7 +201,7 @@ func (d *Device) limitedLocked(once *bool, s *slot, err error) {
 	}
 	*once = true
 	d.log.Warn("virtio-console: DMA budget", "err", err, "budget", d.mem.limit)
-	ev := PortEvent{Kind: DeviceLimited, Err: err, Violations: d.stats.Violations}
+	ev := Event{Kind: DeviceLimited, Err: err, Violations: d.stats.Violations}
 	if s != nil && s.port != nil {
 		ev.Port = s.port
 	}

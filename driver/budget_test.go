@@ -13,7 +13,7 @@ import (
 // eventLog collects a device's events until it closes Events.
 type eventLog struct {
 	mu  sync.Mutex
-	evs []PortEvent
+	evs []Event
 }
 
 func collectEvents(d *Device) *eventLog {
@@ -28,10 +28,10 @@ func collectEvents(d *Device) *eventLog {
 	return l
 }
 
-func (l *eventLog) kind(k PortEventKind) []PortEvent {
+func (l *eventLog) kind(k EventKind) []Event {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []PortEvent
+	var out []Event
 	for _, ev := range l.evs {
 		if ev.Kind == k {
 			out = append(out, ev)
@@ -129,7 +129,7 @@ func hostileDevice(t *testing.T, fn virtiotest.Options, size uint16) {
 		if id > 0 && id%uint32(maxControlRate*3/4) == 0 {
 			time.Sleep(1100 * time.Millisecond)
 		}
-		r.until("a free control buffer", func() bool { return r.m.SendControl(id, virtiotest.EventPortAdd, 1, nil) })
+		r.until("a free control buffer", func() bool { return r.m.SendControl(id, virtiotest.CtrlPortAdd, 1, nil) })
 	}
 	r.until("every served port added", func() bool { return len(d.Ports()) == int(nslots) })
 	st := d.Stats()

@@ -83,7 +83,7 @@ func TestPortAddReplayedOnDeviceReady(t *testing.T) {
 	}
 	var ready []uint32
 	for _, m := range r.m.GuestControl() {
-		if m.Event == virtiotest.EventPortReady {
+		if m.Event == virtiotest.CtrlPortReady {
 			if m.Value != 1 {
 				t.Errorf("PORT_READY(%d) for port %d", m.Value, m.ID)
 			}
@@ -94,7 +94,7 @@ func TestPortAddReplayedOnDeviceReady(t *testing.T) {
 		t.Errorf("PORT_READY order %v, want plug order [5 2 0]", ready)
 	}
 	first := r.m.GuestControl()[0]
-	if first.Event != virtiotest.EventDeviceReady || first.ID != badPortID || first.Value != 1 {
+	if first.Event != virtiotest.CtrlDeviceReady || first.ID != badPortID || first.Value != 1 {
 		t.Errorf("first control message %+v, want DEVICE_READY(0xffffffff, 1)", first)
 	}
 }
@@ -212,7 +212,7 @@ func TestGuestCloseDiscardsUnreadAndCounts(t *testing.T) {
 	if st := p.Stats(); st.Discarded != 6 {
 		t.Errorf("Discarded = %d, want 6", st.Discarded)
 	}
-	if msgs := r.guestControl(1, virtiotest.EventPortOpen); len(msgs) != 2 || msgs[1].Value != 0 {
+	if msgs := r.guestControl(1, virtiotest.CtrlPortOpen); len(msgs) != 2 || msgs[1].Value != 0 {
 		t.Errorf("PORT_OPEN messages %+v, want open then close", msgs)
 	}
 	r.modelWait("guest closed", func() bool { return !r.m.GuestConnected(1) })
@@ -363,7 +363,7 @@ func TestDuplicatePortAddReAcked(t *testing.T) {
 		bad:  &virtiotest.ConsoleMisbehaviour{DuplicatePortAdd: true},
 	})
 	p := r.port(1, "p")
-	if got := r.guestControl(1, virtiotest.EventPortReady); len(got) != 2 || got[0].Value != 1 || got[1].Value != 1 {
+	if got := r.guestControl(1, virtiotest.CtrlPortReady); len(got) != 2 || got[0].Value != 1 || got[1].Value != 1 {
 		t.Errorf("PORT_READY for a duplicated PORT_ADD: %+v, want two PORT_READY(1)", got)
 	}
 	if st := r.d.Stats(); st.Violations != 1 || st.Resets != 0 {
@@ -448,7 +448,7 @@ func TestConfigMaxPortsCapIgnoresHigherPorts(t *testing.T) {
 	if r.d.Port(5) != nil {
 		t.Error("port 5 exists beyond the cap of 3")
 	}
-	if got := r.guestControl(5, virtiotest.EventPortReady); len(got) != 0 {
+	if got := r.guestControl(5, virtiotest.CtrlPortReady); len(got) != 0 {
 		t.Errorf("PORT_READY sent for a port beyond the cap: %+v", got)
 	}
 	st := r.d.Stats()
@@ -473,7 +473,7 @@ func TestPortAddForIDBeyondMaxIgnored(t *testing.T) {
 	})
 	r.port(1, "p")
 	r.until("violation counted", func() bool { return r.d.Stats().Violations == 1 })
-	if got := r.guestControl(31, virtiotest.EventPortReady); len(got) != 0 {
+	if got := r.guestControl(31, virtiotest.CtrlPortReady); len(got) != 0 {
 		t.Errorf("PORT_READY for id ≥ max_nr_ports: %+v", got)
 	}
 	if st := r.d.Stats(); st.Resets != 0 {
@@ -489,14 +489,14 @@ func TestMisbehavingControlMessagesCountedAndIgnored(t *testing.T) {
 		unknown    uint64
 	}{
 		{"short message", func(m *virtiotest.Console) bool { return m.SendRaw([]byte{1, 0, 0}) }, 1, 0},
-		{"remove unknown port", func(m *virtiotest.Console) bool { return m.SendControl(7, virtiotest.EventPortRemove, 1, nil) }, 1, 0},
-		{"open unknown port", func(m *virtiotest.Console) bool { return m.SendControl(9, virtiotest.EventPortOpen, 1, nil) }, 1, 0},
+		{"remove unknown port", func(m *virtiotest.Console) bool { return m.SendControl(7, virtiotest.CtrlPortRemove, 1, nil) }, 1, 0},
+		{"open unknown port", func(m *virtiotest.Console) bool { return m.SendControl(9, virtiotest.CtrlPortOpen, 1, nil) }, 1, 0},
 		{"bogus event", func(m *virtiotest.Console) bool { return m.SendControl(1, 99, 1, nil) }, 0, 1},
-		{"driver-only event", func(m *virtiotest.Console) bool { return m.SendControl(1, virtiotest.EventPortReady, 1, nil) }, 0, 1},
+		{"driver-only event", func(m *virtiotest.Console) bool { return m.SendControl(1, virtiotest.CtrlPortReady, 1, nil) }, 0, 1},
 		{"resize non-console", func(m *virtiotest.Console) bool {
-			return m.SendControl(1, virtiotest.EventResize, 0, []byte{24, 0, 80, 0})
+			return m.SendControl(1, virtiotest.CtrlResize, 0, []byte{24, 0, 80, 0})
 		}, 1, 0},
-		{"id beyond max", func(m *virtiotest.Console) bool { return m.SendControl(1000, virtiotest.EventPortOpen, 1, nil) }, 1, 0},
+		{"id beyond max", func(m *virtiotest.Console) bool { return m.SendControl(1000, virtiotest.CtrlPortOpen, 1, nil) }, 1, 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -508,7 +508,7 @@ func TestMisbehavingControlMessagesCountedAndIgnored(t *testing.T) {
 			}
 			r.until("counted", func() bool {
 				st := r.d.Stats()
-				return st.Violations == c.violations && st.UnknownEvents == c.unknown
+				return st.Violations == c.violations && st.UnknownControl == c.unknown
 			})
 			if st := r.d.Stats(); st.Resets != 0 {
 				t.Errorf("reset: %+v", st)
@@ -516,7 +516,7 @@ func TestMisbehavingControlMessagesCountedAndIgnored(t *testing.T) {
 			if c.violations > 0 && !r.log.Contains("device protocol violation") {
 				t.Error("violation not logged")
 			}
-			if c.unknown > 0 && !r.log.Contains("ignored control event") {
+			if c.unknown > 0 && !r.log.Contains("ignored control message") {
 				t.Error("ignored event not logged")
 			}
 			// The device keeps working.
@@ -566,9 +566,9 @@ func TestBadPortNamesRejectedPortStaysUnnamed(t *testing.T) {
 func TestPortNameStoredOnce(t *testing.T) {
 	r := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 1, name: "first"})})
 	p := r.port(1, "first")
-	r.m.SendControl(1, virtiotest.EventPortName, 1, []byte("second\x00"))
+	r.m.SendControl(1, virtiotest.CtrlPortName, 1, []byte("second\x00"))
 	r.m.SendControl(1, 99, 0, nil) // a marker: once counted, the name message was handled
-	r.until("marker", func() bool { return r.d.Stats().UnknownEvents == 1 })
+	r.until("marker", func() bool { return r.d.Stats().UnknownControl == 1 })
 	if got := p.Name(); got != "first" {
 		t.Errorf("name changed to %q", got)
 	}
@@ -595,7 +595,7 @@ func TestHostConnectDisconnectFiresChanged(t *testing.T) {
 		// added, then changes for named, connected, disconnected, connected:
 		// changes that come while one is still queued are one event ("look
 		// again"), so there are one to four of them.
-		var kinds []PortEventKind
+		var kinds []EventKind
 		for done := false; !done; {
 			select {
 			case ev := <-r.d.Events():
@@ -622,7 +622,7 @@ func TestResizeSurfacedForConsolePort(t *testing.T) {
 		r.until("console", p.IsConsole)
 		ch := p.Changed()
 		payload := []byte{24, 0, 80, 0}
-		r.m.SendControl(0, virtiotest.EventResize, 0, payload)
+		r.m.SendControl(0, virtiotest.CtrlResize, 0, payload)
 		<-ch
 		cols, rows := p.Size()
 		want := [2]uint16{80, 24}
@@ -657,7 +657,7 @@ func TestCloseSendsPortOpenZeroAndResets(t *testing.T) {
 	}
 	var last virtiotest.ControlMsg
 	for _, c := range m.GuestControl() {
-		if c.Event == virtiotest.EventPortOpen {
+		if c.Event == virtiotest.CtrlPortOpen {
 			last = c
 		}
 	}
@@ -866,7 +866,7 @@ func TestPersistentMisbehaviourFailsDeviceAfterBoundedResets(t *testing.T) {
 	// Every control message the device returns carries a bad id, so every
 	// re-initialisation fails again.
 	r.m.MisbehaveRing(virtiotest.ControlRxQueue, ringtest.Misbehaviour{BadID: true}, true)
-	r.m.SendControl(1, virtiotest.EventPortOpen, 0, nil)
+	r.m.SendControl(1, virtiotest.CtrlPortOpen, 0, nil)
 	select {
 	case <-r.d.Done():
 	case <-r.ctx.Done():

@@ -148,7 +148,7 @@ func TestEmergencyWriteAfterFailureNotAfterClose(t *testing.T) {
 	// Every control message comes back with a bad id: the reset does not
 	// help and the device fails.
 	r.m.MisbehaveRing(virtiotest.ControlRxQueue, ringtest.Misbehaviour{BadID: true}, true)
-	r.m.SendControl(1, virtiotest.EventPortOpen, 0, nil)
+	r.m.SendControl(1, virtiotest.CtrlPortOpen, 0, nil)
 	select {
 	case <-r.d.Done():
 	case <-r.ctx.Done():

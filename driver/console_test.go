@@ -63,6 +63,6 @@ func TestEndToEndBringUpNamesAndDataBothWays(t *testing.T) {
 		if v := r.d.Stats().Violations; v != 0 {
 			t.Errorf("violations = %d on a well-behaved device\n%s", v, r.log)
 		}
-		_ = virtiotest.EventPortAdd
+		_ = virtiotest.CtrlPortAdd
 	})
 }

@@ -9,16 +9,19 @@ import (
 	"unicode/utf8"
 )
 
-// Control event codes (spec 5.3.6.2; Linux virtio_console.h names).
+// Control message codes: the values of the "event" field of struct
+// virtio_console_control (spec 5.3.6.2; Linux virtio_console.h names). The
+// spec calls them events; here they are control messages, so that "event"
+// means only what the driver reports on Events (docs/README.md, glossary).
 const (
-	eventDeviceReady = 0 // driver → device
-	eventPortAdd     = 1 // device → driver (spec: DEVICE_ADD)
-	eventPortRemove  = 2 // device → driver (spec: DEVICE_REMOVE)
-	eventPortReady   = 3 // driver → device
-	eventConsolePort = 4 // device → driver
-	eventResize      = 5 // device → driver, payload {u16, u16}
-	eventPortOpen    = 6 // both directions
-	eventPortName    = 7 // device → driver, payload = name bytes
+	ctrlDeviceReady = 0 // driver → device
+	ctrlPortAdd     = 1 // device → driver (spec: DEVICE_ADD)
+	ctrlPortRemove  = 2 // device → driver (spec: DEVICE_REMOVE)
+	ctrlPortReady   = 3 // driver → device
+	ctrlConsolePort = 4 // device → driver
+	ctrlResize      = 5 // device → driver, payload {u16, u16}
+	ctrlPortOpen    = 6 // both directions
+	ctrlPortName    = 7 // device → driver, payload = name bytes
 )
 
 // badPortID is VIRTIO_CONSOLE_BAD_ID, the id Linux puts in DEVICE_READY.
@@ -45,7 +48,7 @@ var ErrControl = errors.New("driver: malformed control message")
 // parsed from.
 type controlMsg struct {
 	ID      uint32
-	Event   uint16
+	Event   uint16 // the message code (ctrl*): the spec's field name
 	Value   uint16
 	Payload []byte
 }
@@ -134,24 +137,24 @@ func parseResize(p []byte, order binary.ByteOrder, ro ResizeOrder) (cols, rows u
 	return cols, rows, nil
 }
 
-// eventName names an event code for logs.
-func eventName(ev uint16) string {
+// ctrlName names a control message code for logs.
+func ctrlName(ev uint16) string {
 	switch ev {
-	case eventDeviceReady:
+	case ctrlDeviceReady:
 		return "DEVICE_READY"
-	case eventPortAdd:
+	case ctrlPortAdd:
 		return "PORT_ADD"
-	case eventPortRemove:
+	case ctrlPortRemove:
 		return "PORT_REMOVE"
-	case eventPortReady:
+	case ctrlPortReady:
 		return "PORT_READY"
-	case eventConsolePort:
+	case ctrlConsolePort:
 		return "CONSOLE_PORT"
-	case eventResize:
+	case ctrlResize:
 		return "RESIZE"
-	case eventPortOpen:
+	case ctrlPortOpen:
 		return "PORT_OPEN"
-	case eventPortName:
+	case ctrlPortName:
 		return "PORT_NAME"
 	}
 	return fmt.Sprintf("event(%d)", ev)

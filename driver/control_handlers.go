@@ -36,7 +36,7 @@ import "fmt"
 // id the device never announced.
 func (d *Device) lookupLocked(m controlMsg) (*Port, bool) {
 	if m.ID >= d.maxNr {
-		d.violationLocked(fmt.Errorf("%w: %s for port %d, max_nr_ports is %d", ErrControl, eventName(m.Event), m.ID, d.maxNr), nil)
+		d.violationLocked(fmt.Errorf("%w: %s for port %d, max_nr_ports is %d", ErrControl, ctrlName(m.Event), m.ID, d.maxNr), nil)
 		return nil, false
 	}
 	if m.ID >= uint32(len(d.slots)) || d.slots[m.ID] == nil {
@@ -44,7 +44,7 @@ func (d *Device) lookupLocked(m controlMsg) (*Port, bool) {
 	}
 	p := d.slots[m.ID].port
 	if p == nil || p.removed {
-		d.violationLocked(fmt.Errorf("%w: %s for port %d, which does not exist", ErrControl, eventName(m.Event), m.ID), nil)
+		d.violationLocked(fmt.Errorf("%w: %s for port %d, which does not exist", ErrControl, ctrlName(m.Event), m.ID), nil)
 		return nil, false
 	}
 	return p, true
@@ -59,14 +59,14 @@ func (d *Device) handleControlLocked(b []byte) {
 		return
 	}
 	switch m.Event {
-	case eventPortAdd:
+	case ctrlPortAdd:
 		d.portAddLocked(m.ID)
-	case eventPortRemove:
+	case ctrlPortRemove:
 		if p, ok := d.lookupLocked(m); ok {
 			d.infoLocked("virtio-console: port removed", "port", p.id, "name", p.name)
 			d.removePortLocked(p.s)
 		}
-	case eventConsolePort:
+	case ctrlConsolePort:
 		p, ok := d.lookupLocked(m)
 		if !ok || m.Value == 0 { // Linux ignores CONSOLE_PORT(0)
 			return
@@ -80,9 +80,9 @@ func (d *Device) handleControlLocked(b []byte) {
 		// Spec 5.3.6.2: answer CONSOLE_PORT with PORT_OPEN(1).
 		if !p.guestOpen {
 			p.guestOpen = true
-			d.sendControlLocked(p.id, eventPortOpen, 1)
+			d.sendControlLocked(p.id, ctrlPortOpen, 1)
 		}
-	case eventPortOpen:
+	case ctrlPortOpen:
 		p, ok := d.lookupLocked(m)
 		if !ok {
 			return
@@ -94,13 +94,13 @@ func (d *Device) handleControlLocked(b []byte) {
 			d.emitLocked(p, PortChanged)
 			wake(p.txWake)
 		}
-	case eventPortName:
+	case ctrlPortName:
 		p, ok := d.lookupLocked(m)
 		if !ok {
 			return
 		}
 		d.portNameLocked(p, m.Payload)
-	case eventResize:
+	case ctrlResize:
 		p, ok := d.lookupLocked(m)
 		if !ok {
 			return
@@ -122,8 +122,8 @@ func (d *Device) handleControlLocked(b []byte) {
 		d.setSizeLocked(p, cols, rows)
 	default:
 		// Unknown codes, and driver→device codes coming back: ignored.
-		d.stats.UnknownEvents++
-		d.log.Debug("virtio-console: ignored control event", "event", eventName(m.Event), "port", m.ID)
+		d.stats.UnknownControl++
+		d.log.Debug("virtio-console: ignored control message", "code", ctrlName(m.Event), "port", m.ID)
 	}
 }
 
@@ -144,7 +144,7 @@ func (d *Device) portAddLocked(id uint32) {
 		if !p.reannounce {
 			// The spec forbids it; Linux re-acknowledges.
 			d.violationLocked(fmt.Errorf("%w: duplicate PORT_ADD for port %d", ErrControl, id), p)
-			d.sendControlLocked(id, eventPortReady, 1)
+			d.sendControlLocked(id, ctrlPortReady, 1)
 			return
 		}
 		// Back after a device reset.
@@ -153,16 +153,16 @@ func (d *Device) portAddLocked(id uint32) {
 		s.posting = true
 		d.postRxLocked(s)
 		d.kickRxLocked(s)
-		d.sendControlLocked(id, eventPortReady, 1)
+		d.sendControlLocked(id, ctrlPortReady, 1)
 		if p.guestOpen {
-			d.sendControlLocked(id, eventPortOpen, 1)
+			d.sendControlLocked(id, ctrlPortOpen, 1)
 		}
 		p.wakeAll()
 		return
 	}
 	if err := d.ensureRxLocked(s); err != nil {
 		d.log.Warn("virtio-console: port setup failed", "port", id, "err", err)
-		d.sendControlLocked(id, eventPortReady, 0)
+		d.sendControlLocked(id, ctrlPortReady, 0)
 		return
 	}
 	s.posting = true
@@ -173,7 +173,7 @@ func (d *Device) portAddLocked(id uint32) {
 	s.gen++
 	d.infoLocked("virtio-console: port added", "port", id)
 	d.emitLocked(p, PortAdded)
-	d.sendControlLocked(id, eventPortReady, 1)
+	d.sendControlLocked(id, ctrlPortReady, 1)
 }
 
 // portNameLocked handles PORT_NAME: the name is stored once per port.
@@ -192,7 +192,7 @@ func (d *Device) portNameLocked(p *Port, payload []byte) {
 			s, wasOpen := p.s, p.guestOpen
 			d.removePortLocked(s)
 			if wasOpen {
-				d.sendControlLocked(s.id, eventPortOpen, 0)
+				d.sendControlLocked(s.id, ctrlPortOpen, 0)
 			}
 			np := newPort(d, s)
 			np.name = name

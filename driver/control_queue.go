@@ -109,7 +109,7 @@ func (d *Device) sendControlLocked(id uint32, event, value uint16) {
 		return
 	}
 	if len(d.ctrlQueue) >= maxEventBacklog {
-		d.violationLocked(fmt.Errorf("%w: control transmitq stalled, %s for port %d dropped", ErrDeviceProtocolConsole, eventName(event), id), nil)
+		d.violationLocked(fmt.Errorf("%w: control transmitq stalled, %s for port %d dropped", ErrDeviceProtocolConsole, ctrlName(event), id), nil)
 		return
 	}
 	d.ctrlQueue = append(d.ctrlQueue, ctrlOut{id: id, event: event, value: value})
@@ -198,4 +198,44 @@ func (d *Device) drainControlTxLocked(limit time.Duration) {
 		time.Sleep(time.Millisecond)
 		d.mu.Lock()
 	}
+}
+
+// allocControlLocked allocates the control receive buffers (one page per
+// descriptor, filling the queue as Linux does, up to maxRxBuffers) and the
+// control transmit messages (8 bytes each, in one region).
+func (d *Device) allocControlLocked() error {
+	rq, tq := d.queues[controlRxQueue], d.queues[controlTxQueue]
+	d.ctrlRxHead = newHeadMap(int(rq.Size()))
+	for range min(int(rq.Size()), maxRxBuffers) {
+		r, err := d.alloc.Alloc(bufSize, 8)
+		if err != nil {
+			return fmt.Errorf("control receive buffers: %w", err)
+		}
+		d.ctrlRxBufs = append(d.ctrlRxBufs, r)
+	}
+	n := int(tq.Size())
+	r, err := d.alloc.Alloc(n*controlHeaderLen, 8)
+	if err != nil {
+		return fmt.Errorf("control transmit buffers: %w", err)
+	}
+	d.ctrlTxMem = r
+	d.ctrlTxHead = newHeadMap(n)
+	for i := n - 1; i >= 0; i-- {
+		d.ctrlTxFree = append(d.ctrlTxFree, int32(i))
+	}
+	return nil
+}
+
+// fillControlRxLocked posts every control receive buffer.
+func (d *Device) fillControlRxLocked() (notify bool, err error) {
+	q := d.queues[controlRxQueue]
+	for i, r := range d.ctrlRxBufs {
+		d.seg[0] = ring.Segment{Addr: r.Addr(), Len: uint32(r.Len()), Write: true}
+		head, err := q.Add(d.seg[:])
+		if err != nil {
+			return false, fmt.Errorf("post control buffer: %w", err)
+		}
+		d.ctrlRxHead[head] = int32(i)
+	}
+	return q.Publish(), nil
 }

@@ -19,19 +19,19 @@ func TestControlMessageShorterThanHeaderRejected(t *testing.T) {
 func TestControlMessageRoundTrip(t *testing.T) {
 	for _, order := range []binary.ByteOrder{binary.LittleEndian, binary.BigEndian} {
 		b := make([]byte, 12)
-		putControl(b, order, 0xdeadbeef, eventPortOpen, 1)
+		putControl(b, order, 0xdeadbeef, ctrlPortOpen, 1)
 		copy(b[8:], "abcd")
 		m, err := parseControl(b, order)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m.ID != 0xdeadbeef || m.Event != eventPortOpen || m.Value != 1 || string(m.Payload) != "abcd" {
+		if m.ID != 0xdeadbeef || m.Event != ctrlPortOpen || m.Value != 1 || string(m.Payload) != "abcd" {
 			t.Errorf("%v: got %+v", order, m)
 		}
 	}
 	// The wire layout is spec 5.3.6.2: le32 id, le16 event, le16 value.
 	b := make([]byte, 8)
-	putControl(b, binary.LittleEndian, badPortID, eventDeviceReady, 1)
+	putControl(b, binary.LittleEndian, badPortID, ctrlDeviceReady, 1)
 	if want := []byte{0xff, 0xff, 0xff, 0xff, 0, 0, 1, 0}; string(b) != string(want) {
 		t.Errorf("DEVICE_READY encodes as % x, want % x", b, want)
 	}
@@ -92,12 +92,12 @@ func FuzzControlMessage(f *testing.F) {
 		copy(b[8:], payload)
 		return b
 	}
-	f.Add(seed(1, eventPortAdd, 1, ""))
-	f.Add(seed(1, eventPortName, 1, "org.qemu.guest_agent.0\x00"))
-	f.Add(seed(2, eventPortName, 1, "a/b"))
-	f.Add(seed(0, eventConsolePort, 1, ""))
-	f.Add(seed(0, eventResize, 0, "\x18\x00\x50\x00"))
-	f.Add(seed(3, eventPortOpen, 1, ""))
+	f.Add(seed(1, ctrlPortAdd, 1, ""))
+	f.Add(seed(1, ctrlPortName, 1, "org.qemu.guest_agent.0\x00"))
+	f.Add(seed(2, ctrlPortName, 1, "a/b"))
+	f.Add(seed(0, ctrlConsolePort, 1, ""))
+	f.Add(seed(0, ctrlResize, 0, "\x18\x00\x50\x00"))
+	f.Add(seed(3, ctrlPortOpen, 1, ""))
 	f.Add(seed(0xffffffff, 99, 7, "junk"))
 	f.Add([]byte{1, 2, 3})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -122,6 +122,6 @@ func FuzzControlMessage(f *testing.F) {
 				t.Fatalf("accepted size %dx%d", c, r)
 			}
 		}
-		_ = eventName(m.Event)
+		_ = ctrlName(m.Event)
 	})
 }

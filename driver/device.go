@@ -1,13 +1,14 @@
 package driver
 
-// The console device: its configuration, state and counters, Open, Close,
-// and what callers ask of it. Bring-up is in bringup.go, buffers in
-// buffers.go, faults and recovery in fault.go, events in events.go.
+// The console device: its configuration, state and counters, Open, and
+// what callers ask of it. Bring-up is in bringup.go (queues in queue.go,
+// vectors in vectors.go, announcements in announce.go), shutting down in
+// shutdown.go, buffers in buffers.go, faults and recovery in fault.go,
+// events in events.go, emergency writes in emergency.go.
 
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vserial/vserial/dma"
+	"github.com/vserial/vserial/internal/ratelimit"
 	"github.com/vserial/vserial/ring"
 )
 
@@ -140,16 +142,16 @@ type Config struct {
 
 // DeviceStats counts what the driver has seen of the device.
 type DeviceStats struct {
-	Violations    uint64 // device protocol violations (rings and control messages)
-	Resets        uint64 // recoveries by device reset
-	UnknownEvents uint64 // control events with an unknown or driver-only code
-	Dropped       uint64 // port and device events dropped because nobody read Events
-	IgnoredPorts  uint64 // PORT_ADD beyond the configured cap
-	Discarded     uint64 // host→guest bytes for no live port
-	Undelivered   uint64 // guest→host bytes dropped before the device took them (PortStats.Undelivered)
-	ControlIn     uint64 // control messages received
-	ControlOut    uint64 // control messages sent
-	Interrupts    uint64 // wake-ups of the event loop
+	Violations     uint64 // device protocol violations (rings and control messages)
+	Resets         uint64 // recoveries by device reset
+	UnknownControl uint64 // control messages with an unknown or driver-only code
+	Dropped        uint64 // port and device events dropped because nobody read Events
+	IgnoredPorts   uint64 // PORT_ADD beyond the configured cap
+	Discarded      uint64 // host→guest bytes for no live port
+	Undelivered    uint64 // guest→host bytes dropped before the device took them (PortStats.Undelivered)
+	ControlIn      uint64 // control messages received
+	ControlOut     uint64 // control messages sent
+	Interrupts     uint64 // wake-ups of the event loop
 	// LogsSuppressed counts device-driven log lines held back by the rate
 	// limit (ratelog.go).
 	LogsSuppressed uint64
@@ -204,10 +206,10 @@ type Device struct {
 	ctrlTxFree []int32
 	ctrlQueue  []ctrlOut // control messages waiting for a descriptor
 	ctrlCopy   [bufSize]byte
-	lines      lineLimiter
-	resetCause error     // the fault a recovery answers (salvageLocked)
-	salvaging  bool      // taking used buffers after a reset: no kicks
-	ctrlWindow time.Time // control flood detection (control_queue.go)
+	lines      *ratelimit.Gate // device-driven Info lines (ratelog.go)
+	resetCause error           // the fault a recovery answers (salvageLocked)
+	salvaging  bool            // taking used buffers after a reset: no kicks
+	ctrlWindow time.Time       // control flood detection (control_queue.go)
 	ctrlCount  int
 	popped     uint64 // used buffers taken from any queue (HandleIRQ: was it ours?) // a control message, copied out of device memory before it is parsed
 	slots      []*slot
@@ -233,9 +235,9 @@ type Device struct {
 	held    int // buffers in use outside the lock
 	freed   bool
 	done    chan struct{}
-	evq     []PortEvent
+	evq     []Event
 	evWake  chan struct{}
-	events  chan PortEvent
+	events  chan Event
 }
 
 type ctrlOut struct {
@@ -271,9 +273,10 @@ func Open(ctx context.Context, fn Function, cfg Config) (*Device, error) {
 		cfg: cfg, log: log, fn: fn, t: t, alloc: mem, mem: mem,
 		order:     binary.LittleEndian,
 		maxResets: cfg.MaxResets,
+		lines:     ratelimit.New(logBurst, logRate),
 		done:      make(chan struct{}),
 		evWake:    make(chan struct{}, 1),
-		events:    make(chan PortEvent, 64),
+		events:    make(chan Event, 64),
 		fwdDone:   make(chan struct{}),
 		loopDone:  make(chan struct{}),
 	}
@@ -354,7 +357,7 @@ func (d *Device) Port(id uint32) *Port {
 
 // Events returns the channel of port and device events. It is closed when
 // the device is closed or fails.
-func (d *Device) Events() <-chan PortEvent { return d.events }
+func (d *Device) Events() <-chan Event { return d.events }
 
 // Stats returns the device's counters.
 func (d *Device) Stats() DeviceStats {
@@ -378,213 +381,3 @@ func (d *Device) Err() error {
 // KernelName returns the name Linux would give the port's device node,
 // "vport<D>p<ID>", for ports the host did not name.
 func (p *Port) KernelName() string { return fmt.Sprintf("vport%dp%d", p.d.cfg.Index, p.id) }
-
-// Close tells the host that guest-open ports are closed (PORT_OPEN 0),
-// resets the device and frees its memory (once no buffer is in use by a
-// reader or writer). It is idempotent.
-func (d *Device) Close() error {
-	d.closing.Store(true)
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		<-d.loopDone
-		return nil
-	}
-	if flush := d.cfg.CloseFlush; !d.failed && flush >= 0 {
-		if flush == 0 {
-			flush = defaultCloseFlush
-		}
-		d.flushTxLocked(flush)
-	}
-	for _, s := range d.slots {
-		if s != nil && s.port != nil && !s.port.removed {
-			d.dropInflightLocked(s.port, "device closed")
-		}
-	}
-	if !d.failed && d.multiport {
-		for _, s := range d.slots {
-			if s != nil && s.port != nil && !s.port.removed && s.port.guestOpen && !s.port.reannounce {
-				d.sendControlLocked(s.id, eventPortOpen, 0)
-			}
-		}
-		// QEMU handles the control transmitq synchronously on the kick;
-		// give a slower device a moment, bounded.
-		d.drainControlTxLocked(100 * time.Millisecond)
-	}
-	d.closed = true
-	var err error
-	if rerr := d.t.Reset(); rerr != nil && !d.failed {
-		err = fmt.Errorf("driver: close: reset: %w", rerr)
-	}
-	d.stopLocked(ErrClosed)
-	d.mu.Unlock()
-	d.loopCancel()
-	<-d.loopDone
-	<-d.fwdDone
-	d.mu.Lock()
-	d.finishLocked()
-	d.mu.Unlock()
-	return err
-}
-
-// stopLocked marks every port removed, wakes all waiters and closes Done.
-func (d *Device) stopLocked(err error) {
-	if d.err == nil {
-		d.err = err
-	}
-	if d.reannounceTimer != nil {
-		d.reannounceTimer.Stop()
-		d.reannounceTimer = nil
-	}
-	for _, s := range d.slots {
-		if s == nil || s.port == nil {
-			continue
-		}
-		p := s.port
-		if !p.removed {
-			p.removed = true
-			p.changedLocked()
-			d.emitLocked(p, PortRemoved)
-		}
-		p.wakeAll()
-	}
-	select {
-	case <-d.done:
-	default:
-		close(d.done)
-	}
-	wake(d.evWake)
-	d.wakeLoopLocked()
-}
-
-// finishLocked frees all device memory once the device is closed and no
-// buffer is in use outside the lock.
-func (d *Device) finishLocked() {
-	if !d.closed || d.held > 0 || d.freed {
-		return
-	}
-	d.releaseLocked()
-}
-
-// releaseLocked frees every allocation. The device must be reset.
-func (d *Device) releaseLocked() {
-	d.freed = true
-	free := func(r dma.Region) {
-		if r.Len() > 0 {
-			if err := d.alloc.Free(r); err != nil {
-				d.log.Warn("virtio-console: free dma memory", "err", err)
-			}
-		}
-	}
-	for _, s := range d.slots {
-		if s == nil {
-			continue
-		}
-		for _, b := range s.rxBufs {
-			free(b.mem)
-		}
-		for _, b := range s.txBufs {
-			free(b.mem)
-		}
-		s.rxBufs, s.txBufs = nil, nil
-	}
-	for _, r := range d.ctrlRxBufs {
-		free(r)
-	}
-	d.ctrlRxBufs = nil
-	free(d.ctrlTxMem)
-	d.ctrlTxMem = dma.Region{}
-	for i, q := range d.queues {
-		if q != nil {
-			if err := q.Close(); err != nil {
-				d.log.Warn("virtio-console: free queue", "queue", i, "err", err)
-			}
-		}
-	}
-	d.queues = nil
-}
-
-// broken reports whether the device can no longer be used.
-func (d *Device) broken() bool { return d.closed || d.failed }
-
-// --- bring-up ---
-
-// ErrDeviceProtocolConsole is matched by violations of the console protocol
-// that stop bring-up (max_nr_ports 0, a device refusing DRIVER_OK).
-var ErrDeviceProtocolConsole = errors.New("driver: console device protocol violation")
-
-func (d *Device) failStatus() {
-	if err := d.t.AddStatus(StatusFailed); err != nil {
-		d.log.Warn("virtio-console: set FAILED", "err", err)
-	}
-}
-
-// ErrNoEmergencyWrite is returned by EmergencyWrite when the device did not
-// offer VIRTIO_CONSOLE_F_EMERG_WRITE (QEMU: emergency-write=off, or
-// machine types up to 2.7).
-var ErrNoEmergencyWrite = errors.New("driver: emergency write not negotiated")
-
-// emergWrOffset is the offset of emerg_wr in the configuration (spec 5.3.4).
-const emergWrOffset = 8
-
-// EmergencyWrite writes b through the emerg_wr configuration field
-// (VIRTIO_CONSOLE_F_EMERG_WRITE, spec 5.3.5), one 32-bit write per byte.
-// It needs no queue, buffer or interrupt, so it works while the ports are
-// not up yet and after the device failed (not after Close). QEMU puts each
-// byte on the first host-connected console port (a virtconsole, usually
-// port 0) and drops it when there is none. A zero byte cannot be expressed
-// (the device takes 0 as "nothing written") and is skipped. It returns
-// ErrNoEmergencyWrite when the feature was not negotiated.
-func (d *Device) EmergencyWrite(b []byte) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.emergencyWriteLocked(b)
-}
-
-func (d *Device) emergencyWriteLocked(b []byte) error {
-	switch {
-	case d.closed:
-		return ErrClosed
-	case !d.emergF:
-		return ErrNoEmergencyWrite
-	}
-	var w [4]byte
-	for _, c := range b {
-		if c == 0 {
-			continue
-		}
-		d.order.PutUint32(w[:], uint32(c))
-		if err := d.t.WriteConfig(emergWrOffset, w[:]); err != nil {
-			return fmt.Errorf("driver: emergency write: %w", err)
-		}
-	}
-	return nil
-}
-
-// lastGaspWait bounds LastGasp's wait for the driver's lock.
-const lastGaspWait = 100 * time.Millisecond
-
-// LastGasp is EmergencyWrite for a process that is about to die of a
-// panic: the goroutine that panicked may hold the driver's lock forever,
-// so LastGasp waits for it at most lastGaspWait and then writes without
-// it (one register write per byte, which the device handles on its own).
-// It refuses once Close has started releasing the device's memory.
-func (d *Device) LastGasp(b []byte) error {
-	deadline := time.Now().Add(lastGaspWait)
-	for {
-		if d.mu.TryLock() {
-			defer d.mu.Unlock()
-			return d.emergencyWriteLocked(b)
-		}
-		if !time.Now().Before(deadline) {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if d.closing.Load() || !d.emergF {
-		return ErrClosed
-	}
-	return d.emergencyWriteLocked(b)
-}
-
-// --- buffers ---

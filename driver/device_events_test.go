@@ -11,7 +11,7 @@ import (
 
 // nextEvent returns the next event of kind want from Events, skipping the
 // others (port events are covered elsewhere).
-func (r *rig) nextEvent(want PortEventKind) PortEvent {
+func (r *rig) nextEvent(want EventKind) Event {
 	r.t.Helper()
 	for {
 		select {
@@ -76,13 +76,13 @@ func TestProtocolViolationReportedOnEvents(t *testing.T) {
 	p := r.port(1, "p")
 
 	// An event for a port that does not exist: no port concerned.
-	r.m.SendControl(5, virtiotest.EventPortOpen, 1, nil)
+	r.m.SendControl(5, virtiotest.CtrlPortOpen, 1, nil)
 	ev := r.nextEvent(ProtocolViolation)
 	if ev.Port != nil || !errors.Is(ev.Err, ErrControl) || ev.Violations != 1 {
 		t.Errorf("violation for a missing port: port %v err %v violations %d", ev.Port, ev.Err, ev.Violations)
 	}
 	// RESIZE for a port that is not a console: that port.
-	r.m.SendControl(1, virtiotest.EventResize, 0, []byte{24, 0, 80, 0})
+	r.m.SendControl(1, virtiotest.CtrlResize, 0, []byte{24, 0, 80, 0})
 	ev = r.nextEvent(ProtocolViolation)
 	if ev.Port != p || ev.Violations != 2 {
 		t.Errorf("RESIZE on a plain port: port %v violations %d, want port 1, 2", ev.Port, ev.Violations)
@@ -95,10 +95,10 @@ func TestProtocolViolationReportedOnEvents(t *testing.T) {
 	// (QEMU, and the model, drop a control message that finds no buffer:
 	// one at a time.)
 	for i := range uint64(100) {
-		r.m.SendControl(5, virtiotest.EventPortOpen, 1, nil)
+		r.m.SendControl(5, virtiotest.CtrlPortOpen, 1, nil)
 		r.until("violation counted", func() bool { return r.d.Stats().Violations == 3+i })
 	}
-	r.m.SendControl(1, virtiotest.EventPortOpen, 1, nil) // a good one, as a marker
+	r.m.SendControl(1, virtiotest.CtrlPortOpen, 1, nil) // a good one, as a marker
 	r.until("marker", p.HostConnected)
 	n := 0
 	for {

@@ -2,10 +2,10 @@
 // device up, runs the console's multiport control protocol and moves port
 // data through the virtqueues. Its callers are cmd/vserial-agent (one Device
 // per function, whose Ports it hands to package agent) and package pump (the
-// data-plane loop, through the poll face in poll.go).
+// data-plane loop, through the poll face in poll.go and poll_port.go).
 //
 // It reaches hardware only through the interfaces in hw.go (Function,
-// ConfigSpace, BAR, IRQ, VectorIRQ), which package uio implements for
+// ConfigSpace, BAR, IRQ, VectorIRQ), which packages uio and vfio implement for
 // uio_pci_generic and VFIO and package virtiotest fakes for tests. It knows
 // nothing of sockets, paths or how the function was bound.
 //
@@ -57,8 +57,9 @@
 //
 // How each step works is described next to its code: the transport and its
 // registers (transport.go), the bring-up (bringup.go), each control message
-// (control_handlers.go), data (port.go), interrupts and MSI-X vectors
-// (eventloop.go, poll.go), recovery (fault.go). Tests run the driver against
-// virtiotest.Console, a model of QEMU 7.2's virtio-serial bus with its
-// quirks and with switches for each way a device can misbehave.
+// (control_handlers.go), data (port.go, rx.go, tx.go), interrupts and
+// MSI-X vectors (irqloop.go, vectors.go, poll.go), recovery (fault.go).
+// Tests run the driver against virtiotest.Console, a model of QEMU 7.2's
+// virtio-serial bus with its quirks and with switches for each way a device
+// can misbehave.
 package driver

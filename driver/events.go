@@ -10,13 +10,14 @@ import (
 	"github.com/vserial/vserial/internal/guard"
 )
 
-// PortEventKind says what happened to a port.
-type PortEventKind uint8
+// EventKind says what happened: to a port (PortAdded, PortRemoved,
+// PortChanged) or to the whole device (the other kinds).
+type EventKind uint8
 
 const (
-	PortAdded   PortEventKind = iota + 1 // the device announced the port (PORT_ADD)
-	PortRemoved                          // unplugged, or gone with the device
-	PortChanged                          // name, host connection, console state or size
+	PortAdded   EventKind = iota + 1 // the device announced the port (PORT_ADD)
+	PortRemoved                      // unplugged, or gone with the device
+	PortChanged                      // name, host connection, console state or size
 
 	// Device-level kinds: Err says what happened, Violations is the
 	// device's count of protocol violations so far.
@@ -37,7 +38,7 @@ const (
 	DeviceLimited
 )
 
-func (k PortEventKind) String() string {
+func (k EventKind) String() string {
 	switch k {
 	case PortAdded:
 		return "added"
@@ -52,14 +53,17 @@ func (k PortEventKind) String() string {
 	case DeviceLimited:
 		return "limited"
 	}
-	return fmt.Sprintf("PortEventKind(%d)", uint8(k))
+	return fmt.Sprintf("EventKind(%d)", uint8(k))
 }
 
-// PortEvent reports a change of a port, or of the device (DeviceReset,
-// ProtocolViolation, DeviceLimited).
-type PortEvent struct {
+// Event is what the driver reports to its owner on Events: a change of a
+// port, or something that happened to the device (DeviceReset,
+// ProtocolViolation, DeviceLimited). It is not a control message (the
+// device's PORT_ADD, RESIZE...; control.go) nor a line of the agent's
+// event stream, though it often causes both.
+type Event struct {
 	Port       *Port
-	Kind       PortEventKind
+	Kind       EventKind
 	Err        error  // device-level kinds: the fault or violation
 	Violations uint64 // device-level kinds: DeviceStats.Violations then
 }
@@ -75,7 +79,7 @@ func (d *Device) wakeLoopLocked() {
 }
 
 // emitLocked queues a port event for Events.
-func (d *Device) emitLocked(p *Port, k PortEventKind) {
+func (d *Device) emitLocked(p *Port, k EventKind) {
 	switch {
 	case k == PortChanged && p.changeQueued:
 		// One change per port waits at a time: it says "look again", and
@@ -93,7 +97,7 @@ func (d *Device) emitLocked(p *Port, k PortEventKind) {
 	if k == PortChanged {
 		p.changeQueued = true
 	}
-	d.evq = append(d.evq, PortEvent{Port: p, Kind: k})
+	d.evq = append(d.evq, Event{Port: p, Kind: k})
 	wake(d.evWake)
 	d.wakeLoopLocked()
 }
@@ -104,7 +108,7 @@ func (d *Device) forward() {
 	defer guard.Recover()
 	defer close(d.fwdDone)
 	defer close(d.events)
-	var batch []PortEvent
+	var batch []Event
 	for {
 		d.mu.Lock()
 		batch = append(batch[:0], d.evq...)
@@ -145,7 +149,7 @@ func (d *Device) forward() {
 
 // emitDeviceLocked queues a device-level event for Events, in order with
 // the port events around it.
-func (d *Device) emitDeviceLocked(ev PortEvent) {
+func (d *Device) emitDeviceLocked(ev Event) {
 	if len(d.evq) >= maxEventBacklog {
 		d.stats.Dropped++
 		return

@@ -41,8 +41,6 @@ func (e *portFault) Error() string { return fmt.Sprintf("port %d %s: %v", e.id, 
 
 func (e *portFault) Unwrap() error { return e.err }
 
-// --- control queues ---
-
 // violationLocked counts and logs a device protocol violation that does not
 // need a reset (the message or the port is isolated instead).
 func (d *Device) violationLocked(err error, p *Port) {
@@ -54,7 +52,7 @@ func (d *Device) violationLocked(err error, p *Port) {
 	// then one in a thousand with the running count.
 	if n := d.stats.Violations; n <= 32 || n%1000 == 0 {
 		d.log.Warn("virtio-console: device protocol violation", "err", err, "violations", n)
-		d.emitDeviceLocked(PortEvent{Port: p, Kind: ProtocolViolation, Err: err, Violations: n})
+		d.emitDeviceLocked(Event{Port: p, Kind: ProtocolViolation, Err: err, Violations: n})
 	}
 }
 
@@ -90,7 +88,7 @@ func (d *Device) faultLocked(cause error) {
 		d.resetTimes = append(d.resetTimes, now)
 		d.stats.Resets++
 		d.log.Warn("virtio-console: device fault, resetting", "err", cause, "resets", d.stats.Resets)
-		d.emitDeviceLocked(PortEvent{Kind: DeviceReset, Err: cause, Violations: d.stats.Violations})
+		d.emitDeviceLocked(Event{Kind: DeviceReset, Err: cause, Violations: d.stats.Violations})
 		d.resetCause = cause
 		err := d.bringUpLocked(false)
 		if err == nil {
@@ -155,4 +153,71 @@ func (d *Device) fatalLocked(err error) {
 	}
 	d.failed = true
 	d.stopLocked(err)
+}
+
+// forgetInFlightLocked is the buffer side of a reset: posted buffers are
+// the driver's again, in-flight transmissions are lost.
+func (d *Device) forgetInFlightLocked() {
+	for _, s := range d.slots {
+		if s == nil {
+			continue
+		}
+		if p := s.port; p != nil && !p.removed {
+			d.dropInflightLocked(p, "device reset")
+		}
+		s.posting = false
+		for i := range s.rxBufs {
+			if s.rxBufs[i].state == rxPosted {
+				s.rxBufs[i].state = rxFree
+			}
+		}
+		for h := range s.rxByHead {
+			s.rxByHead[h] = -1
+		}
+		s.gen++
+		s.txFree = s.txFree[:0]
+		for i := range s.txBufs {
+			if !s.txBufs[i].owned {
+				s.txFree = append(s.txFree, int32(i))
+			}
+		}
+		for h := range s.txByHead {
+			s.txByHead[h] = -1
+		}
+		s.injectedOut = 0
+		if p := s.port; p != nil && !p.removed {
+			if p.txInflight > 0 {
+				p.txLost = true
+			}
+			p.txInflight = 0
+			if d.multiport {
+				p.reannounce = true
+				if p.hostConnected {
+					p.hostConnected = false
+					p.changedLocked()
+					d.emitLocked(p, PortChanged)
+				}
+			}
+			p.wakeAll()
+		}
+	}
+	for h := range d.ctrlRxHead {
+		d.ctrlRxHead[h] = -1
+	}
+	d.ctrlTxFree = d.ctrlTxFree[:0]
+	for i := len(d.ctrlTxHead) - 1; i >= 0; i-- {
+		d.ctrlTxHead[i] = -1
+		d.ctrlTxFree = append(d.ctrlTxFree, int32(i))
+	}
+	d.ctrlQueue = d.ctrlQueue[:0]
+}
+
+// ErrDeviceProtocolConsole is matched by violations of the console protocol
+// that stop bring-up (max_nr_ports 0, a device refusing DRIVER_OK).
+var ErrDeviceProtocolConsole = errors.New("driver: console device protocol violation")
+
+func (d *Device) failStatus() {
+	if err := d.t.AddStatus(StatusFailed); err != nil {
+		d.log.Warn("virtio-console: set FAILED", "err", err)
+	}
 }

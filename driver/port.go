@@ -318,7 +318,7 @@ func (p *Port) SetGuestOpen(ctx context.Context, open bool) error {
 		p.discardRxLocked()
 	}
 	if d.multiport && !p.reannounce {
-		d.sendControlLocked(p.id, eventPortOpen, boolValue(open))
+		d.sendControlLocked(p.id, ctrlPortOpen, boolValue(open))
 		if open && p.s.rxBufs != nil {
 			// A notify on the port's receiveq after PORT_OPEN 1: QEMU
 			// answers it with guest_writable, which makes its main loop
@@ -340,5 +340,3 @@ func boolValue(b bool) uint16 {
 	}
 	return 0
 }
-
-// --- slot helpers (d.mu held) ---

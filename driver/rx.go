@@ -1,7 +1,7 @@
 package driver
 
 // Host → guest: used receive buffers become a port's filled FIFO, which Recv,
-// Read (and RecvTo, poll.go) hand to the reader and re-post.
+// Read (and RecvTo, poll_port.go) hand to the reader and re-post.
 
 import (
 	"context"
@@ -230,8 +230,6 @@ func (p *Port) discardRxLocked() {
 	}
 	p.d.kickRxLocked(s)
 }
-
-// --- guest → host ---
 
 func (s *slot) fifoPush(i int32) {
 	s.fifo[(s.fHead+s.fLen)%len(s.fifo)] = i

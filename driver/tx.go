@@ -1,7 +1,7 @@
 package driver
 
 // Guest → host: transmit buffers are filled by Send, Write (and SendFrom,
-// poll.go), queued with one publish and kick per batch, and reclaimed when
+// poll_port.go), queued with one publish and kick per batch, and reclaimed when
 // the device has used them; Flush waits for that.
 
 import (
@@ -86,8 +86,6 @@ func (p *Port) waitTx(ctx context.Context, c chan struct{}) error {
 	}
 	return err
 }
-
-// --- host → guest ---
 
 // canSendLocked reports whether bytes queued now would reach the host.
 // QEMU discards guest→host bytes of a virtserialport whose host side is

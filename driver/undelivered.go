@@ -46,15 +46,6 @@ func (d *Device) dropInflightLocked(p *Port, why string) {
 		"why", why, "undelivered", n, "buffers", bufs, "delivered", p.stats.BytesOut)
 }
 
-// warnLocked is infoLocked at Warn level, within the same limit.
-func (d *Device) warnLocked(msg string, args ...any) {
-	if args, ok := d.lines.take(args); ok {
-		d.log.Warn(msg, args...)
-	} else {
-		d.stats.LogsSuppressed++
-	}
-}
-
 // flushTxLocked waits, at most timeout, until the device has taken every
 // transmit buffer of every live port. It polls the used rings (Close runs
 // when the event loop may be gone) and gives up the lock while it sleeps.

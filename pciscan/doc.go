@@ -28,5 +28,7 @@
 // Package pciscan does not load kernel modules (cmd does that); ModuleLoaded
 // and DriverRegistered only report whether it has happened. It knows nothing
 // about virtio beyond the IDs in IsConsole and imports no other vserial
-// package.
+// package. It does not use u-root's pkg/pci: that reads vendor, device and
+// class, but not the subsystem IDs, driver and IOMMU group matched on here,
+// and binds nothing.
 package pciscan

@@ -34,7 +34,10 @@ const ActionOverflow = "overflow"
 // Watcher receives the kernel's uevents (NETLINK_KOBJECT_UEVENT, the
 // kernel's multicast group 1) and keeps those about PCI functions. Only
 // messages the kernel itself sent are accepted (sender port id 0): udev
-// and other processes may send on the same family.
+// and other processes may send on the same family. Hand-written over
+// x/sys/unix: the socket is one call and a message is NUL-separated
+// KEY=VALUE text (ParseUevent, fuzzed); a netlink library would add a
+// module for neither.
 type Watcher struct {
 	f      *os.File
 	closed atomic.Bool

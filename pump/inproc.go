@@ -1,5 +1,27 @@
 package pump
 
+// In-process clients (Attach, Endpoint), step by step.
+//
+// Attach holds a port in-process: an Endpoint is a client
+// with no descriptor. Its Read and Write run in the caller's goroutine
+// and call Port.RecvTo and Port.SendFrom themselves, copying once
+// between the caller's slice and the device's buffers under the
+// driver's lock; the loop never calls them for such a client (that is
+// what makes the direct calls safe), it only wakes a waiting caller
+// through a channel when Port.Ready says waiting is over. A caller
+// announces that it waits before it looks, so no wake-up is lost. A
+// writer that finds every transmit buffer with the device, and a
+// Close that waits for the device to take what was written, wake the
+// loop once so that its next Arm asks for the transmit interrupt.
+// After a small Write (a request), Read spins for the reply itself,
+// within the loop's polling policy and a budget learnt like a socket
+// client's: the port's receive interrupt off (Port.QuietRx), the ring
+// looked at without a system call (Port.TakeRx); before it waits it
+// turns the interrupt on again and takes what came meanwhile
+// (Port.ArmRx), as the loop's Arm does. The semantics are Serve's: one
+// client per port, writes wait while the host is away, errors are the
+// driver's.
+
 import (
 	"errors"
 	"fmt"

@@ -43,26 +43,10 @@
 //
 // # The packed ring (spec 2.8)
 //
-// Packed (NewPacked, Layout PackedRing) is one descriptor ring both sides
-// write, plus a driver and a device event suppression word. Ownership of a
-// descriptor is its AVAIL/USED flag bits against the wrap counters: the
-// driver's (avail, flips when Add wraps) and its copy of the device's (used,
-// flips when Pop wraps). Buffer ids come from a free list of their own; the
-// device returns one used element per chain, and the driver skips the
-// chain's other slots using its private record of the chain length. Add
-// writes every descriptor except the first flags of the batch, which Publish
-// stores last with a 32-bit atomic (the release of spec 2.8.21,
-// virtqueue_add_packed's virtio_wmb); Pop loads a slot's id|flags word
-// atomically (the acquire of virtqueue_get_buf_ctx_packed's virtio_rmb)
-// before reading len. Event suppression (spec 2.8.10) is ENABLE, DISABLE,
-// or DESC with an offset and wrap bit when EVENT_IDX is negotiated; kick
-// and interrupt decisions use the split ring's need_event arithmetic with
-// the offset moved back a lap when its wrap bit is not the current one
-// (virtqueue_kick_prepare_packed). Device writes are checked as for the
-// split ring: an id out of range, not in flight or not yet published, a used
-// element where nothing was made available, a slot whose flags match neither
-// the driver's marking nor a used one for the current lap, a chain running
-// past the published slots — each a *ProtocolError; lengths are clamped.
+// Packed (NewPacked, Layout PackedRing) keeps the same promises: device
+// writes are checked as for the split ring, each violation a
+// *ProtocolError. How ownership, wrap counters, publishing and event
+// suppression work is told at the top of packed.go.
 //
 // A Queue is not safe for concurrent use; its owner serialises access. The
 // device may run concurrently on another CPU (or goroutine, see ringtest).

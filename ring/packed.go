@@ -1,5 +1,28 @@
 package ring
 
+// The packed ring (spec 2.8), step by step.
+//
+// Packed (NewPacked, Layout PackedRing) is one descriptor ring both sides
+// write, plus a driver and a device event suppression word. Ownership of a
+// descriptor is its AVAIL/USED flag bits against the wrap counters: the
+// driver's (avail, flips when Add wraps) and its copy of the device's (used,
+// flips when Pop wraps). Buffer ids come from a free list of their own; the
+// device returns one used element per chain, and the driver skips the
+// chain's other slots using its private record of the chain length. Add
+// writes every descriptor except the first flags of the batch, which Publish
+// stores last with a 32-bit atomic (the release of spec 2.8.21,
+// virtqueue_add_packed's virtio_wmb); Pop loads a slot's id|flags word
+// atomically (the acquire of virtqueue_get_buf_ctx_packed's virtio_rmb)
+// before reading len. Event suppression (spec 2.8.10) is ENABLE, DISABLE,
+// or DESC with an offset and wrap bit when EVENT_IDX is negotiated; kick
+// and interrupt decisions use the split ring's need_event arithmetic with
+// the offset moved back a lap when its wrap bit is not the current one
+// (virtqueue_kick_prepare_packed). Device writes are checked as for the
+// split ring: an id out of range, not in flight or not yet published, a used
+// element where nothing was made available, a slot whose flags match neither
+// the driver's marking nor a used one for the current lap, a chain running
+// past the published slots — each a *ProtocolError; lengths are clamped.
+
 import (
 	"encoding/binary"
 	"errors"
@@ -54,9 +77,7 @@ type packedState struct {
 //   - driver event suppression: the driver, stored atomically;
 //   - device event suppression: the device, loaded atomically.
 type Packed struct {
-	cfg   Config
-	mem   []dma.Region
-	alloc dma.Allocator
+	core
 
 	desc     []byte // descriptor ring, 16·N bytes
 	events   []byte // driver event (offset 0) and device event (offset 4) words
@@ -64,11 +85,9 @@ type Packed struct {
 
 	descAddr, indirectAddr uint64
 
-	state    []packedState
-	freeID   uint16
-	numFree  int // free ring descriptors
-	inFlight int
-	multi    int // chains in flight that took more than one descriptor
+	state  []packedState
+	freeID uint16
+	multi  int // chains in flight that took more than one descriptor
 
 	nextAvail uint16 // next ring slot to fill
 	availWrap bool   // driver ring wrap counter (spec 2.8.1), starts at 1
@@ -86,10 +105,6 @@ type Packed struct {
 	evFlags  uint16 // shadow of the driver event suppression flags
 	evOffset uint16 // shadow of its off_wrap
 	irqOff   bool
-
-	broken error
-	stats  Stats
-	closed bool
 }
 
 // NewPacked allocates and zeroes a packed queue's memory from alloc. Size
@@ -111,14 +126,14 @@ func NewPacked(alloc dma.Allocator, cfg Config) (*Packed, error) {
 	if cfg.Indirect < 0 || cfg.Indirect > n {
 		return nil, fmt.Errorf("ring: new packed: indirect table of %d descriptors: want 0..%d", cfg.Indirect, n)
 	}
-	q := &Packed{cfg: cfg, alloc: alloc}
+	q := &Packed{core: core{cfg: cfg, alloc: alloc}}
 	ok := false
 	defer func() {
 		if !ok {
 			q.Close()
 		}
 	}()
-	r, err := allocRegion(alloc, &q.mem, packedRingSize(n), 16)
+	r, err := q.allocate(packedRingSize(n), 16)
 	if err != nil {
 		return nil, fmt.Errorf("ring: new packed: %w", err)
 	}
@@ -126,7 +141,7 @@ func NewPacked(alloc dma.Allocator, cfg Config) (*Packed, error) {
 	q.desc, q.events = b[:descSize*n:descSize*n], b[descSize*n:]
 	q.descAddr = r.Addr()
 	if cfg.Indirect > 0 {
-		t, err := allocRegion(alloc, &q.mem, descSize*cfg.Indirect*n, 16)
+		t, err := q.allocate(descSize*cfg.Indirect*n, 16)
 		if err != nil {
 			return nil, fmt.Errorf("ring: new packed: %w", err)
 		}
@@ -144,23 +159,6 @@ func NewPacked(alloc dma.Allocator, cfg Config) (*Packed, error) {
 // packedRingSize is the ring allocation of a packed queue of n: the
 // descriptors, then the driver and the device event suppression words.
 func packedRingSize(n int) int { return descSize*n + 8 }
-
-// allocRegion allocates size bytes, recording the region in *mem so Close
-// frees it even when the length is wrong.
-func allocRegion(alloc dma.Allocator, mem *[]dma.Region, size, align int) (dma.Region, error) {
-	r, err := alloc.Alloc(size, align)
-	if err != nil {
-		return dma.Region{}, fmt.Errorf("allocate %d bytes: %w", size, err)
-	}
-	*mem = append(*mem, r)
-	if r.Len() != size {
-		return dma.Region{}, fmt.Errorf("allocator returned %d bytes, asked for %d", r.Len(), size)
-	}
-	return r, nil
-}
-
-// Size returns the number of descriptors.
-func (q *Packed) Size() uint16 { return q.cfg.Size }
 
 // DescAddr, DriverAddr and DeviceAddr return the device addresses of the
 // descriptor ring and of the driver and device event suppression
@@ -411,11 +409,6 @@ func (q *Packed) pubInFlight() int {
 	return int(q.cfg.Size) - q.numFree - q.unpub
 }
 
-func (q *Packed) violate(what string, v uint64) {
-	q.stats.Violations++
-	q.broken = &ProtocolError{What: what, Value: v}
-}
-
 // Pop returns the next used chain and frees its descriptors. ok is false when
 // nothing is pending. A device protocol violation is returned as an error
 // matching ErrDeviceProtocol, and the queue stays broken until Reset.
@@ -485,104 +478,6 @@ func (q *Packed) Pop() (u Used, ok bool, err error) {
 	return Used{Head: id, Len: n}, true, nil
 }
 
-// usedOffWrap is the event off_wrap naming slot lastUsed in the current
-// device lap.
-func (q *Packed) usedOffWrap() uint16 { return offWrap(q.lastUsed, q.usedWrap) }
-
-func offWrap(off uint16, wrap bool) uint16 {
-	if wrap {
-		return off | eventWrapBit
-	}
-	return off
-}
-
-// storeEvent writes the driver event suppression structure with one 32-bit
-// atomic store: off_wrap in the low half, flags in the high half.
-func (q *Packed) storeEvent(flags, ow uint16) {
-	q.evFlags, q.evOffset = flags, ow
-	shm.Store32(q.events, 0, uint32(ow)|uint32(flags)<<16)
-}
-
-// DisableInterrupts asks the device not to interrupt for used buffers
-// (virtqueue_disable_cb_packed: flags DISABLE). Advisory (spec 2.8.10).
-func (q *Packed) DisableInterrupts() {
-	if q.irqOff || q.closed {
-		return
-	}
-	q.irqOff = true
-	q.storeEvent(eventDisable, q.evOffset)
-}
-
-// EnableInterrupts asks for an interrupt at the next used buffer and reports
-// whether used buffers are already pending (then the caller must Pop again).
-func (q *Packed) EnableInterrupts() (pending bool) {
-	if q.broken != nil {
-		return true
-	}
-	q.irqOff = false
-	// virtqueue_enable_cb_prepare_packed: with EVENT_IDX, DESC at the next
-	// used slot; otherwise ENABLE ...
-	flags, ow := uint16(eventEnable), q.evOffset
-	if q.cfg.EventIdx {
-		flags, ow = eventDesc, q.usedOffWrap()
-	}
-	if flags != q.evFlags || ow != q.evOffset {
-		q.storeEvent(flags, ow)
-	}
-	// ... then (virtqueue_poll_packed after virtio_mb) a fresh look at
-	// the slot: the seq-cst store precedes this load, so a buffer used
-	// before the device saw the request is found here rather than lost.
-	_, used := q.usedAt()
-	return used || q.broken != nil
-}
-
-// EnableInterruptsAfter is EnableInterrupts that asks for the interrupt only
-// once n more chains have been used (virtqueue_enable_cb_delayed_packed). A
-// used element advances the device's position by its chain's descriptor
-// count, so only while every chain in flight took one descriptor does the
-// n-th land exactly at lastUsed + n - 1; otherwise, without EVENT_IDX, or
-// with n ≤ 1, it is EnableInterrupts. pending reports that n chains are
-// already used.
-func (q *Packed) EnableInterruptsAfter(n uint16) (pending bool) {
-	if !q.cfg.EventIdx || n <= 1 || n > q.cfg.Size || q.multi != 0 {
-		return q.EnableInterrupts()
-	}
-	if q.broken != nil {
-		return true
-	}
-	q.irqOff = false
-	slot, wrap := int(q.lastUsed)+int(n)-1, q.usedWrap
-	if slot >= int(q.cfg.Size) {
-		slot -= int(q.cfg.Size)
-		wrap = !wrap
-	}
-	if ow := offWrap(uint16(slot), wrap); q.evFlags != eventDesc || q.evOffset != ow {
-		q.storeEvent(eventDesc, ow)
-	}
-	// As in EnableInterrupts: the store above precedes this load. The
-	// n-th used element is at the event slot, marked with that lap's wrap.
-	flags := uint16(shm.Load32(q.desc, slot*descSize+12) >> 16)
-	a, u := flags&packedFAvail != 0, flags&packedFUsed != 0
-	return a == u && a == wrap
-}
-
-// Pending reports whether the device has returned chains that Pop has not
-// taken yet (or the queue is broken: Pop then says why). It moves no event
-// offset, so a poll loop can spin on it while interrupts are off.
-func (q *Packed) Pending() bool {
-	if q.broken != nil {
-		return true
-	}
-	_, used := q.usedAt()
-	return used || q.broken != nil
-}
-
-// NumFree returns the number of free descriptors.
-func (q *Packed) NumFree() int { return q.numFree }
-
-// InFlight returns the number of chains added and not yet returned.
-func (q *Packed) InFlight() int { return q.inFlight }
-
 // InFlightHeads calls fn for every buffer id still owned by the device
 // (published or not yet published).
 func (q *Packed) InFlightHeads(fn func(head uint16)) {
@@ -615,22 +510,12 @@ func (q *Packed) Reset() {
 	q.broken = nil
 }
 
-// Err returns the protocol violation that broke the queue (ErrClosed after
-// Close), or nil.
-func (q *Packed) Err() error { return q.broken }
-
-// Stats returns the queue's counters.
-func (q *Packed) Stats() Stats { return q.stats }
-
 // Close frees the queue's memory. It is idempotent.
 func (q *Packed) Close() error {
-	if q.closed {
+	done, err := q.free()
+	if done {
 		return nil
 	}
-	q.closed = true
-	q.broken = ErrClosed
-	err := freeRegions(q.alloc, q.mem)
-	q.mem = nil
 	q.desc, q.events, q.indirect = nil, nil, nil
 	return err
 }

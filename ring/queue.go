@@ -2,89 +2,12 @@ package ring
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"sync/atomic"
 
 	"github.com/vserial/vserial/dma"
 	"github.com/vserial/vserial/ring/internal/shm"
 )
-
-// Layout selects the virtqueue format and, for the split ring, how its three
-// parts sit in memory.
-type Layout uint8
-
-const (
-	// Modern places the descriptor table, driver area and device area in
-	// three separate allocations (virtio 1.x, spec 2.7).
-	Modern Layout = iota
-	// Legacy places them in one contiguous block with the used ring aligned
-	// to 4096 (spec 2.7.2), addressed by QUEUE_PFN.
-	Legacy
-	// PackedRing is the packed virtqueue (spec 2.8, VIRTIO_F_RING_PACKED):
-	// a descriptor ring and two event suppression structures, created with
-	// NewPacked (modern transport only).
-	PackedRing
-)
-
-// Config describes a queue to create.
-type Config struct {
-	Size     uint16 // power of two, 1..32768
-	Layout   Layout
-	EventIdx bool // VIRTIO_F_EVENT_IDX negotiated
-	// Indirect, when > 0, means VIRTIO_F_INDIRECT_DESC was negotiated: chains
-	// of more than one segment (and at most Indirect segments) are placed in
-	// an indirect table so that they use one ring descriptor.
-	Indirect int
-}
-
-// Segment is one buffer of a chain.
-type Segment struct {
-	Addr  uint64
-	Len   uint32
-	Write bool // device-writable (receive); false means device-readable
-}
-
-// Used is a chain the device has returned.
-type Used struct {
-	Head uint16 // the id Add returned
-	Len  uint32 // bytes written by the device, clamped to the writable length posted
-}
-
-// Stats counts what the queue has seen of the device.
-type Stats struct {
-	Added, Used uint64
-	Clamped     uint64 // used lengths larger than posted, clamped
-	Violations  uint64 // protocol violations detected
-}
-
-var (
-	// ErrFull means there are not enough free descriptors for the chain.
-	ErrFull = errors.New("ring: queue full")
-	// ErrDeviceProtocol is matched (errors.Is) by every violation of the
-	// split-ring rules by the device.
-	ErrDeviceProtocol = errors.New("ring: device protocol violation")
-	// ErrBadChain means Add was given a chain the split ring cannot carry:
-	// no segments, a device-readable segment after a device-writable one, or
-	// more than 2^32-1 bytes in total.
-	ErrBadChain = errors.New("ring: invalid chain")
-	// ErrClosed is returned by Add and Pop after Close.
-	ErrClosed = errors.New("ring: queue closed")
-)
-
-// ProtocolError is a violation of the split-ring rules by the device. It
-// matches ErrDeviceProtocol.
-type ProtocolError struct {
-	What  string // the rule that was broken, in the spec's words
-	Value uint64 // the offending value the device wrote
-}
-
-func (e *ProtocolError) Error() string {
-	return fmt.Sprintf("ring: device protocol violation: %s (%d)", e.What, e.Value)
-}
-
-// Is makes errors.Is(err, ErrDeviceProtocol) true.
-func (e *ProtocolError) Is(target error) bool { return target == ErrDeviceProtocol }
 
 // Descriptor flags (spec 2.7.5).
 const (
@@ -99,8 +22,6 @@ const (
 	availFNoInterrupt = 1
 	usedFNoNotify     = 1
 )
-
-const legacyAlign = 4096
 
 // descState is the driver's private copy of what it knows about a
 // descriptor. The descriptor table itself is device-visible memory, so the
@@ -124,9 +45,7 @@ type descState struct {
 //     loaded with 32-bit atomics;
 //   - used ring entries: the device only, read after the used idx load.
 type Queue struct {
-	cfg   Config
-	mem   []dma.Region
-	alloc dma.Allocator
+	core
 
 	desc     []byte // descriptor table, 16·N bytes
 	avail    []byte // driver area: flags, idx, ring[N], used_event (+padding)
@@ -149,8 +68,6 @@ type Queue struct {
 
 	state    []descState
 	freeHead uint16
-	numFree  int
-	inFlight int
 
 	availIdx   uint16 // next avail slot to fill, including unpublished chains
 	published  uint16 // the avail idx last stored to memory
@@ -160,84 +77,23 @@ type Queue struct {
 	usedEvent  uint16 // shadow of used_event
 	irqOff     bool   // DisableInterrupts in effect
 
-	broken error
-	stats  Stats
-	closed bool
 }
 
 // New allocates and zeroes the queue's memory from alloc and returns the queue.
 func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
-	if !shm.LittleEndian() {
-		return nil, errors.New("ring: new: big-endian hosts are not supported (the split ring is little-endian and published with 32-bit atomics)")
+	if err := checkConfig(alloc, cfg); err != nil {
+		return nil, err
 	}
 	n := int(cfg.Size)
-	if n == 0 || n > 32768 || n&(n-1) != 0 {
-		return nil, fmt.Errorf("ring: new: queue size %d is not a power of two in 1..32768", cfg.Size)
-	}
-	if alloc == nil {
-		return nil, errors.New("ring: new: nil allocator")
-	}
-	if cfg.Layout == PackedRing {
-		return nil, errors.New("ring: new: a packed ring is created with NewPacked")
-	}
-	if cfg.Layout != Modern && cfg.Layout != Legacy {
-		return nil, fmt.Errorf("ring: new: unknown layout %d", cfg.Layout)
-	}
-	if cfg.Indirect < 0 || cfg.Indirect > n {
-		// Spec 2.7.5.3.1: no chain longer than the queue size, indirect or not.
-		return nil, fmt.Errorf("ring: new: indirect table of %d descriptors: want 0..%d", cfg.Indirect, n)
-	}
-	q := &Queue{cfg: cfg, alloc: alloc, mask: uint16(n - 1)}
+	q := &Queue{core: core{cfg: cfg, alloc: alloc}, mask: uint16(n - 1)}
 	ok := false
 	defer func() {
 		if !ok {
 			q.Close()
 		}
 	}()
-	availSize, usedSize := ringSizes(n)
-	switch cfg.Layout {
-	case Modern:
-		d, err := q.allocate(descSize*n, 16)
-		if err != nil {
-			return nil, err
-		}
-		a, err := q.allocate(availSize, 4)
-		if err != nil {
-			return nil, err
-		}
-		u, err := q.allocate(usedSize, 4)
-		if err != nil {
-			return nil, err
-		}
-		q.desc, q.avail, q.used = d.Bytes(), a.Bytes(), u.Bytes()
-		q.descAddr, q.driverAddr, q.deviceAddr = d.Addr(), a.Addr(), u.Addr()
-	case Legacy:
-		// Spec 2.7.2 / VIRTIO-NOTES §3.3: one block, avail right after the
-		// descriptors, used at the next 4096 boundary. The padding before
-		// the used ring already holds the used_event word; 4 bytes past
-		// the spec's size hold the avail_event word.
-		usedOff, total := legacySizes(n)
-		b, err := q.allocate(total, legacyAlign)
-		if err != nil {
-			return nil, err
-		}
-		mem := b.Bytes()
-		q.desc = mem[: descSize*n : descSize*n]
-		q.avail = mem[descSize*n : usedOff : usedOff]
-		q.used = mem[usedOff:total:total]
-		q.descAddr = b.Addr()
-		q.driverAddr = b.Addr() + uint64(descSize*n)
-		q.deviceAddr = b.Addr() + uint64(usedOff)
-	}
-	if cfg.Indirect > 0 {
-		t, err := q.allocate(descSize*cfg.Indirect*n, 16)
-		if err != nil {
-			return nil, err
-		}
-		q.indirect, q.indirectAddr = t.Bytes(), t.Addr()
-	}
-	if !shm.Aligned4(q.avail) || !shm.Aligned4(q.used) {
-		return nil, errors.New("ring: new: allocator returned memory that is not 4-byte aligned for the CPU; 32-bit atomics need it")
+	if err := q.layOut(n); err != nil {
+		return nil, fmt.Errorf("ring: new: %w", err)
 	}
 	ue := 4 + 2*n
 	q.usedEventWord, q.usedEventHigh = ue&^3, ue&3 != 0
@@ -250,48 +106,6 @@ func New(alloc dma.Allocator, cfg Config) (*Queue, error) {
 	ok = true
 	return q, nil
 }
-
-func (q *Queue) allocate(size, align int) (dma.Region, error) {
-	r, err := allocRegion(q.alloc, &q.mem, size, align)
-	if err != nil {
-		return dma.Region{}, fmt.Errorf("ring: new: %w", err)
-	}
-	return r, nil
-}
-
-func alignUp(x, a int) int { return (x + a - 1) &^ (a - 1) }
-
-// ringSizes are the sizes of the modern avail and used rings of n entries:
-// spec 2.7 (VIRTIO-NOTES §4.2), plus 2 bytes after each ring so the 32-bit
-// word holding used_event / avail_event lies inside.
-func ringSizes(n int) (avail, used int) { return 6 + 2*n + 2, 6 + 8*n + 2 }
-
-// legacySizes is the legacy block of n entries (spec 2.7.2): the used ring's
-// offset and the size of the whole block.
-func legacySizes(n int) (usedOff, total int) {
-	usedOff = alignUp(descSize*n+6+2*n, legacyAlign)
-	return usedOff, usedOff + 6 + 8*n + 4
-}
-
-// Footprint is how many bytes of device memory New (NewPacked for
-// PackedRing) allocates for cfg, so
-// a caller can check a budget before allocating. cfg is not validated.
-func Footprint(cfg Config) int {
-	n := int(cfg.Size)
-	total := descSize * cfg.Indirect * n
-	if cfg.Layout == PackedRing {
-		return total + packedRingSize(n)
-	}
-	if cfg.Layout == Legacy {
-		_, l := legacySizes(n)
-		return total + l
-	}
-	a, u := ringSizes(n)
-	return total + descSize*n + a + u
-}
-
-// Size returns the number of descriptors.
-func (q *Queue) Size() uint16 { return q.cfg.Size }
 
 // DescAddr, DriverAddr and DeviceAddr return the device addresses of the
 // descriptor table, the driver (avail) area and the device (used) area. For
@@ -449,12 +263,6 @@ func (q *Queue) Publish() (notify bool) {
 	return atomic.LoadUint32(q.usedHdr)&usedFNoNotify == 0
 }
 
-// needEvent reports whether moving an index from old to new crossed event,
-// i.e. event lies in [old, new) modulo 2^16 (spec 2.7.10, vring_need_event).
-func needEvent(event, new, old uint16) bool {
-	return new-event-1 < new-old
-}
-
 // reload reads used.idx once (one 32-bit load of used flags|idx, an acquire
 // that pairs with the device's release store) and validates how far it moved.
 // It reports whether new used entries are pending.
@@ -473,11 +281,6 @@ func (q *Queue) reload() bool {
 	}
 	q.usedIdx = idx
 	return moved != 0
-}
-
-func (q *Queue) violate(what string, v uint64) {
-	q.stats.Violations++
-	q.broken = &ProtocolError{What: what, Value: v}
 }
 
 // Pop returns the next used chain and frees its descriptors. ok is false when
@@ -541,102 +344,6 @@ func (q *Queue) unpublished(pos uint16) bool {
 	return pos-q.published < q.availIdx-q.published
 }
 
-// storeUsedEvent writes used_event with a 32-bit atomic store.
-func (q *Queue) storeUsedEvent(v uint16) {
-	q.usedEvent = v
-	if q.usedEventHigh {
-		w := atomic.LoadUint32(q.usedEventP) // our own word
-		atomic.StoreUint32(q.usedEventP, w&0xffff|uint32(v)<<16)
-		return
-	}
-	// The high half is padding we own; keep it zero.
-	atomic.StoreUint32(q.usedEventP, uint32(v))
-}
-
-// DisableInterrupts asks the device not to interrupt for used buffers.
-// The request is advisory (spec 2.7.7); interrupts may still arrive.
-func (q *Queue) DisableInterrupts() {
-	if q.irqOff || q.closed {
-		return
-	}
-	q.irqOff = true
-	if q.cfg.EventIdx {
-		// Spec 2.7.10: with EVENT_IDX avail.flags stays 0. Park used_event
-		// just behind what we consumed, where the device reaches it only
-		// after a full 2^16 wrap (virtqueue_disable_cb_split writes a far
-		// value for the same reason).
-		q.storeUsedEvent(q.lastUsed - 1)
-		return
-	}
-	q.availFlags = availFNoInterrupt
-	atomic.StoreUint32(q.availHdr, uint32(q.availFlags)|uint32(q.published)<<16)
-}
-
-// EnableInterrupts asks for an interrupt at the next used buffer and reports
-// whether used buffers are already pending (then the caller must Pop again).
-func (q *Queue) EnableInterrupts() (pending bool) {
-	if q.broken != nil {
-		return true
-	}
-	q.irqOff = false
-	// Spec 2.7.14.4 (virtqueue_enable_cb_prepare_split): write used_event
-	// or clear NO_INTERRUPT ...
-	if q.cfg.EventIdx {
-		if q.usedEvent != q.lastUsed {
-			q.storeUsedEvent(q.lastUsed)
-		}
-	} else if q.availFlags != 0 {
-		q.availFlags = 0
-		atomic.StoreUint32(q.availHdr, uint32(q.published)<<16)
-	}
-	if q.lastUsed != q.usedIdx {
-		return true
-	}
-	// ... then a full barrier and a fresh look at used.idx
-	// (virtqueue_poll_split after virtio_mb): the seq-cst store above
-	// precedes this load, so a buffer the device used before seeing our
-	// request is found here rather than lost.
-	return uint16(atomic.LoadUint32(q.usedHdr)>>16) != q.lastUsed
-}
-
-// Pending reports whether the device has returned chains that Pop has not
-// taken yet (or the queue is broken: Pop then says why). It reads used.idx
-// at most once and moves no event index, so a poll loop can spin on it
-// while interrupts are off.
-func (q *Queue) Pending() bool {
-	if q.broken != nil {
-		return true
-	}
-	return q.lastUsed != q.usedIdx || q.reload() || q.broken != nil
-}
-
-// EnableInterruptsAfter is EnableInterrupts that asks for the interrupt
-// only once n more chains have been used (EVENT_IDX: used_event = last
-// used + n - 1; virtqueue_enable_cb_delayed_split does the same with 3/4
-// of the chains in flight), to move a stream in fewer, larger batches.
-// Without EVENT_IDX, or with n ≤ 1, it is EnableInterrupts. pending
-// reports that n chains are already used.
-func (q *Queue) EnableInterruptsAfter(n uint16) (pending bool) {
-	if !q.cfg.EventIdx || n <= 1 {
-		return q.EnableInterrupts()
-	}
-	if q.broken != nil {
-		return true
-	}
-	q.irqOff = false
-	if ev := q.lastUsed + n - 1; q.usedEvent != ev {
-		q.storeUsedEvent(ev)
-	}
-	// As in EnableInterrupts: the store above precedes this load.
-	return uint16(atomic.LoadUint32(q.usedHdr)>>16)-q.lastUsed >= n
-}
-
-// NumFree returns the number of free descriptors.
-func (q *Queue) NumFree() int { return q.numFree }
-
-// InFlight returns the number of chains added and not yet returned.
-func (q *Queue) InFlight() int { return q.inFlight }
-
 // InFlightHeads calls fn for every chain still owned by the device
 // (published or not yet published).
 func (q *Queue) InFlightHeads(fn func(head uint16)) {
@@ -669,37 +376,13 @@ func (q *Queue) Reset() {
 	q.broken = nil
 }
 
-// Err returns the protocol violation that broke the queue (ErrClosed after
-// Close), or nil.
-func (q *Queue) Err() error { return q.broken }
-
-// Stats returns the queue's counters.
-func (q *Queue) Stats() Stats { return q.stats }
-
 // Close frees the queue's memory. It is idempotent.
 func (q *Queue) Close() error {
-	if q.closed {
+	done, err := q.free()
+	if done {
 		return nil
 	}
-	q.closed = true
-	q.broken = ErrClosed
-	err := freeRegions(q.alloc, q.mem)
-	q.mem = nil
 	q.desc, q.avail, q.used, q.indirect = nil, nil, nil, nil
 	q.availHdr, q.usedHdr, q.availEvent, q.usedEventP = nil, nil, nil, nil
 	return err
-}
-
-// freeRegions returns every region to alloc (Close of either layout).
-func freeRegions(alloc dma.Allocator, mem []dma.Region) error {
-	var errs []error
-	for _, r := range mem {
-		if err := alloc.Free(r); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("ring: close: %w", err)
-	}
-	return nil
 }

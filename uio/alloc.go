@@ -10,28 +10,33 @@ import (
 	"github.com/vserial/vserial/dma"
 )
 
-// pageSource hands out chunks of zeroed, locked, physically contiguous
-// memory with their physical address. The allocator carves regions out of
-// them; a region never spans two chunks.
-type pageSource interface {
-	// chunkSize is the size of every chunk (2 MiB or 4 KiB).
-	chunkSize() int
-	get() (mem []byte, phys uint64, err error)
-	put(mem []byte) error
-	describe() string
+// PageSource hands out chunks of zeroed, locked memory that the device can
+// reach, each with the address the device must use for it: a physical
+// address (hugepages, small pages) or an IOVA (package vfio maps chunks in
+// the IOMMU). The allocator carves regions out of them; a region never
+// spans two chunks.
+type PageSource interface {
+	// ChunkSize is the size of every chunk (2 MiB or 4 KiB).
+	ChunkSize() int
+	// Get maps one chunk.
+	Get() (mem []byte, addr uint64, err error)
+	// Put unmaps a chunk Get returned.
+	Put(mem []byte) error
+	// Describe names the source for log lines.
+	Describe() string
 }
 
-// Allocator is the dma.Allocator of a uio Function: device addresses are
-// physical addresses. It sub-allocates chunks from a page source (2 MiB
+// Allocator is the dma.Allocator of an opened function: device addresses
+// are what its page source says (physical addresses under uio). It sub-allocates chunks from a page source (2 MiB
 // hugepages, or 4 KiB pages as a fallback) first-fit with alignment, never
 // across a chunk boundary, and maps another chunk when none has room.
 // Chunks stay mapped until Close.
 type Allocator struct {
 	mu       sync.Mutex
-	src      pageSource
-	fallback pageSource // used instead of src if src cannot supply the first chunk
+	src      PageSource
+	fallback PageSource // used instead of src if src cannot supply the first chunk
 	log      *slog.Logger
-	sources  []pageSource // src and fallback as created: Close releases both
+	sources  []PageSource // src and fallback as created: Close releases both
 	chunks   []*chunk
 	live     map[uint64]allocation // by device address
 	closed   bool
@@ -55,11 +60,11 @@ type allocation struct {
 // spans stay 8-byte aligned.
 const granule = 8
 
-func newAllocator(src, fallback pageSource, log *slog.Logger) *Allocator {
+func NewAllocator(src, fallback PageSource, log *slog.Logger) *Allocator {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Allocator{src: src, fallback: fallback, sources: []pageSource{src, fallback}, log: log, live: map[uint64]allocation{}}
+	return &Allocator{src: src, fallback: fallback, sources: []PageSource{src, fallback}, log: log, live: map[uint64]allocation{}}
 }
 
 // ChunkSize is the largest allocation and alignment the allocator serves:
@@ -67,7 +72,7 @@ func newAllocator(src, fallback pageSource, log *slog.Logger) *Allocator {
 func (a *Allocator) ChunkSize() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.src.chunkSize()
+	return a.src.ChunkSize()
 }
 
 // Alloc implements dma.Allocator: a zeroed region of size bytes whose
@@ -93,9 +98,9 @@ func (a *Allocator) Alloc(size, align int) (dma.Region, error) {
 			return fail(err)
 		}
 	}
-	cs := a.src.chunkSize()
+	cs := a.src.ChunkSize()
 	if size > cs || align > cs {
-		return fail(fmt.Errorf("%w: %d bytes aligned to %d, %s serve at most %d", ErrTooBig, size, align, a.src.describe(), cs))
+		return fail(fmt.Errorf("%w: %d bytes aligned to %d, %s serve at most %d", ErrTooBig, size, align, a.src.Describe(), cs))
 	}
 	n := (size + granule - 1) &^ (granule - 1)
 	for {
@@ -121,13 +126,13 @@ func (a *Allocator) hand(c *chunk, off, n, size int) dma.Region {
 // grow maps one more chunk, switching to the fallback source if the primary
 // has no hugepage for the very first one.
 func (a *Allocator) grow() error {
-	mem, phys, err := a.src.get()
+	mem, phys, err := a.src.Get()
 	if errors.Is(err, ErrNoHugepages) && len(a.chunks) == 0 && a.fallback != nil {
 		a.log.Warn("uio: dma: falling back to small pages",
-			"from", a.src.describe(), "to", a.fallback.describe(), "err", err,
+			"from", a.src.Describe(), "to", a.fallback.Describe(), "err", err,
 			"caveat", "4 KiB pages may be migrated by the kernel despite mlock; set vm.compact_unevictable_allowed=0 or reserve hugepages")
 		a.src, a.fallback = a.fallback, nil
-		mem, phys, err = a.src.get()
+		mem, phys, err = a.src.Get()
 	}
 	if err != nil {
 		return err
@@ -228,7 +233,7 @@ func (a *Allocator) Close() error {
 	a.closed = true
 	var errs []error
 	for _, c := range a.chunks {
-		errs = append(errs, a.src.put(c.mem))
+		errs = append(errs, a.src.Put(c.mem))
 	}
 	a.chunks, a.live = nil, nil
 	for _, src := range a.sources {
@@ -248,7 +253,7 @@ func (a *Allocator) Close() error {
 }
 
 // prime maps the first chunk if there is none yet.
-func (a *Allocator) prime() error {
+func (a *Allocator) Prime() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
@@ -261,8 +266,8 @@ func (a *Allocator) prime() error {
 }
 
 // describe names the page source in use.
-func (a *Allocator) describe() string {
+func (a *Allocator) Describe() string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.src.describe()
+	return a.src.Describe()
 }

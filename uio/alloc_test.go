@@ -25,10 +25,10 @@ func newFakeSource(size, limit int) *fakeSource {
 	return &fakeSource{size: size, limit: limit, next: 0x4000_0000, out: map[*byte]bool{}}
 }
 
-func (f *fakeSource) chunkSize() int   { return f.size }
-func (f *fakeSource) describe() string { return fmt.Sprintf("fake %d-byte pages", f.size) }
+func (f *fakeSource) ChunkSize() int   { return f.size }
+func (f *fakeSource) Describe() string { return fmt.Sprintf("fake %d-byte pages", f.size) }
 
-func (f *fakeSource) get() ([]byte, uint64, error) {
+func (f *fakeSource) Get() ([]byte, uint64, error) {
 	if f.err != nil {
 		return nil, 0, f.err
 	}
@@ -45,7 +45,7 @@ func (f *fakeSource) get() ([]byte, uint64, error) {
 	return m, p, nil
 }
 
-func (f *fakeSource) put(m []byte) error {
+func (f *fakeSource) Put(m []byte) error {
 	if !f.out[&m[0]] {
 		return errors.New("fake: put of a chunk not handed out")
 	}
@@ -66,7 +66,7 @@ func mustAlloc(t *testing.T, a *Allocator, size, align int) dma.Region {
 
 func TestAllocAlignmentAndZero(t *testing.T) {
 	src := newFakeSource(huge, 4)
-	a := newAllocator(src, nil, nil)
+	a := NewAllocator(src, nil, nil)
 	defer a.Close()
 	mustAlloc(t, a, 3, 1) // misalign the bump position
 	for _, align := range []int{1, 2, 4, 8, 16, 64, 4096, 1 << 20, huge} {
@@ -87,7 +87,7 @@ func TestAllocAlignmentAndZero(t *testing.T) {
 
 func TestAllocNeverCrossesChunk(t *testing.T) {
 	src := newFakeSource(huge, 8)
-	a := newAllocator(src, nil, nil)
+	a := NewAllocator(src, nil, nil)
 	defer a.Close()
 	// 1.5 MiB then 1 MiB: the second cannot fit after the first and must go
 	// to a new chunk instead of straddling the boundary.
@@ -114,7 +114,7 @@ func TestAllocNeverCrossesChunk(t *testing.T) {
 
 func TestAllocFreeReuse(t *testing.T) {
 	src := newFakeSource(huge, 1)
-	a := newAllocator(src, nil, nil)
+	a := NewAllocator(src, nil, nil)
 	defer a.Close()
 	var rs []dma.Region
 	for i := 0; i < 512; i++ {
@@ -153,7 +153,7 @@ func TestAllocFreeReuse(t *testing.T) {
 }
 
 func TestAllocFreeErrors(t *testing.T) {
-	a := newAllocator(newFakeSource(huge, 2), nil, nil)
+	a := NewAllocator(newFakeSource(huge, 2), nil, nil)
 	r := mustAlloc(t, a, 64, 8)
 	sub, _ := r.Sub(8, 8)
 	if err := a.Free(sub); err == nil {
@@ -190,7 +190,7 @@ func TestAllocFreeErrors(t *testing.T) {
 func TestAllocFallbackToSmallPages(t *testing.T) {
 	hugeSrc := newFakeSource(huge, 0)
 	small := newFakeSource(4096, 100)
-	a := newAllocator(hugeSrc, small, quiet)
+	a := NewAllocator(hugeSrc, small, quiet)
 	r := mustAlloc(t, a, 1024, 64)
 	if a.ChunkSize() != 4096 || len(small.out) != 1 {
 		t.Fatalf("chunk size %d, small chunks %d: fallback not taken", a.ChunkSize(), len(small.out))
@@ -216,7 +216,7 @@ func TestAllocFallbackToSmallPages(t *testing.T) {
 func TestAllocNoFallbackOnceHugepagesWork(t *testing.T) {
 	hugeSrc := newFakeSource(huge, 1)
 	small := newFakeSource(4096, 100)
-	a := newAllocator(hugeSrc, small, quiet)
+	a := NewAllocator(hugeSrc, small, quiet)
 	defer a.Close()
 	mustAlloc(t, a, huge, 1)
 	if _, err := a.Alloc(8, 8); !errors.Is(err, ErrNoHugepages) {
@@ -231,7 +231,7 @@ func TestAllocNoFallbackOnceHugepagesWork(t *testing.T) {
 // regions never overlap, stay inside one chunk and keep their alignment.
 func TestAllocRandomNoOverlap(t *testing.T) {
 	src := newFakeSource(64<<10, 64)
-	a := newAllocator(src, nil, nil)
+	a := NewAllocator(src, nil, nil)
 	defer a.Close()
 	rng := rand.New(rand.NewPCG(1, 2))
 	type liveR struct {
@@ -310,7 +310,7 @@ func TestChunkTakeSplits(t *testing.T) {
 }
 
 func BenchmarkAllocFree(b *testing.B) {
-	a := newAllocator(newFakeSource(huge, 1), nil, nil)
+	a := NewAllocator(newFakeSource(huge, 1), nil, nil)
 	defer a.Close()
 	keep, _ := a.Alloc(100, 8) // a live neighbour, so the free list splits
 	_ = keep
@@ -333,7 +333,7 @@ var quiet = slog.New(slog.DiscardHandler)
 // guest test saw a DMA write fault at IOVA 0x48). Larger areas may span
 // pages (the IOVA or hugepage behind them is contiguous).
 func TestAllocSmallAreasStayInOnePage(t *testing.T) {
-	a := newAllocator(newFakeSource(huge, 4), nil, nil)
+	a := NewAllocator(newFakeSource(huge, 4), nil, nil)
 	defer a.Close()
 	// Queue-like sizes in the order the ring allocates them (desc, avail,
 	// used for 128, 32 and 256 entries), repeated so offsets drift.

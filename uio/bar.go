@@ -2,6 +2,7 @@ package uio
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -247,7 +248,23 @@ func (b *BAR) pwrite(p []byte, off uint64) error {
 	return nil
 }
 
-func (b *BAR) close() error {
+// MappedBAR makes BAR i of a function from mem, a shared mapping of the
+// region (page-rounded) that the BAR unmaps on Close. It is for another
+// binding (package vfio) that mapped the region itself.
+func MappedBAR(i int, res Resource, size uint64, mem []byte) *BAR {
+	return &BAR{index: i, res: res, size: size, mem: mem, iofd: -1}
+}
+
+// FileBAR makes BAR i of a function accessed with width-exact pread and
+// pwrite at base+off on fd, which stays the caller's: Close does not close
+// it. It is for another binding (package vfio: the device fd).
+func FileBAR(i int, res Resource, size uint64, fd int, base int64) *BAR {
+	return &BAR{index: i, res: res, size: size, iofd: fd, ioBase: base}
+}
+
+// Close unmaps the BAR or closes the descriptor it owns. Later accesses
+// return ErrClosed. The function's Close calls it; it is idempotent.
+func (b *BAR) Close() error {
 	if b.closed.Swap(true) {
 		return nil
 	}
@@ -260,4 +277,41 @@ func (b *BAR) close() error {
 		return unix.Close(b.iofd)
 	}
 	return nil
+}
+
+// BARs are the six BARs of a function, each opened at its first use. The
+// function's lock guards them.
+type BARs [6]*BAR
+
+// Get returns BAR i, opening it with open first if needed; errors are
+// OpErrors "bar I" for the function at addr.
+func (t *BARs) Get(closed bool, addr string, i int, open func() (*BAR, error)) (*BAR, error) {
+	op := fmt.Sprintf("bar %d", i)
+	if closed {
+		return nil, &OpError{Op: op, Addr: addr, Err: ErrClosed}
+	}
+	if i < 0 || i >= len(t) {
+		return nil, &OpError{Op: op, Addr: addr, Err: fmt.Errorf("%w: index out of range", ErrNoBAR)}
+	}
+	if t[i] != nil {
+		return t[i], nil
+	}
+	b, err := open()
+	if err != nil {
+		return nil, &OpError{Op: op, Addr: addr, Err: err}
+	}
+	t[i] = b
+	return b, nil
+}
+
+// Close closes every BAR opened and forgets it.
+func (t *BARs) Close() error {
+	var errs []error
+	for i, b := range t {
+		if b != nil {
+			errs = append(errs, b.Close())
+			t[i] = nil
+		}
+	}
+	return errors.Join(errs...)
 }

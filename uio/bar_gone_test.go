@@ -25,7 +25,7 @@ func TestBARAccessAfterTheMappingWentAway(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := &BAR{index: 4, size: 4096, mem: m, iofd: -1}
-	defer b.close()
+	defer b.Close()
 	if err := b.Write32(8, 0xdeadbeef); err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestBARAccessAfterTheMappingWentAway(t *testing.T) {
 		t.Fatal(err)
 	}
 	b2 := &BAR{index: 0, size: 4096, mem: m2, iofd: -1}
-	defer b2.close()
+	defer b2.Close()
 	if err := b2.Write16(2, 7); err != nil {
 		t.Fatal(err)
 	}

@@ -94,7 +94,7 @@ func TestMemBAR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.close()
+	defer b.Close()
 	if b.Len() != 0x4000 || b.IO() {
 		t.Fatalf("Len = %#x IO = %v", b.Len(), b.IO())
 	}
@@ -124,8 +124,8 @@ func TestMemBAR(t *testing.T) {
 		t.Errorf("file bytes % x", got)
 	}
 	checkBadAccesses(t, b)
-	must(b.close())
-	must(b.close()) // idempotent
+	must(b.Close())
+	must(b.Close()) // idempotent
 	if _, err := b.Read32(0); !errors.Is(err, ErrClosed) {
 		t.Errorf("Read32 after close = %v, want ErrClosed", err)
 	}
@@ -171,7 +171,7 @@ func TestIOBAR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.close()
+	defer b.Close()
 	if b.Len() != 0x40 || !b.IO() {
 		t.Fatalf("Len = %#x IO = %v", b.Len(), b.IO())
 	}
@@ -300,7 +300,7 @@ func BenchmarkMemBARRead32(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer bar.close()
+	defer bar.Close()
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := bar.Read32(0x1000); err != nil {

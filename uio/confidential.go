@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,4 +69,22 @@ func cpuFlags(f *os.File) (map[string]bool, error) {
 		return nil, err
 	}
 	return nil, errors.New("no flags line")
+}
+
+// RefuseConfidential fails in an SEV/TDX guest, where a device cannot reach
+// private memory by its physical address.
+func RefuseConfidential(opts Options, dev string, log *slog.Logger) error {
+	ci := opts.CPUInfo
+	if ci == "" {
+		ci = "/proc/cpuinfo"
+	}
+	kind, err := Confidential(ci, dev)
+	if err != nil {
+		log.Warn("uio: cannot tell whether this is a confidential guest", "err", err)
+		return nil
+	}
+	if kind != "" {
+		return fmt.Errorf("%w (%s): the device can only reach memory the kernel shares, so a driver that gives it physical addresses cannot work; use the in-kernel virtio_console driver", ErrConfidential, kind)
+	}
+	return nil
 }

@@ -21,7 +21,7 @@ const (
 // len(p) bytes, which the kernel performs as one config access of that width
 // when len(p) is 1, 2 or 4 and off is aligned to it.
 type Config struct {
-	f configFile
+	f ConfigFile
 
 	// mu guards the cached command register used by IRQ.Unmask.
 	mu      sync.Mutex
@@ -29,14 +29,14 @@ type Config struct {
 	haveCmd bool
 }
 
-// configFile is the sysfs config file; tests record the accesses.
-type configFile interface {
+// ConfigFile is the sysfs config file; tests record the accesses.
+type ConfigFile interface {
 	io.ReaderAt
 	io.WriterAt
 	io.Closer
 }
 
-func newConfig(f configFile) *Config { return &Config{f: f} }
+func NewConfig(f ConfigFile) *Config { return &Config{f: f} }
 
 // ReadAt reads len(p) bytes at off.
 func (c *Config) ReadAt(p []byte, off int64) (int, error) {
@@ -88,7 +88,7 @@ func (c *Config) write16(off int64, v uint16) error {
 // Disable, with one 16-bit read and one 16-bit write of the command
 // register only: a wider write would hit the status register, whose error
 // bits are write-one-to-clear. It primes the cache Unmask works from.
-func (c *Config) enable() error {
+func (c *Config) Enable() error {
 	cmd, err := c.read16(cfgCommand)
 	if err != nil {
 		return err
@@ -140,9 +140,9 @@ func (c *Config) unmaskIntx() error {
 
 func (c *Config) close() error { return c.f.Close() }
 
-// disableBusMaster clears Bus Master so the device can no longer reach
+// DisableBusMaster clears Bus Master so the device can no longer reach
 // memory (QEMU also drops DRIVER_OK then).
-func (c *Config) disableBusMaster() error {
+func (c *Config) DisableBusMaster() error {
 	cmd, err := c.read16(cfgCommand)
 	if err != nil {
 		return err

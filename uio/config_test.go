@@ -44,12 +44,12 @@ func fakeConfig(t *testing.T) (*Config, *recorder, string) {
 	}
 	rec := &recorder{File: f}
 	t.Cleanup(func() { f.Close() })
-	return newConfig(rec), rec, path
+	return NewConfig(rec), rec, path
 }
 
 func TestConfigEnableTouchesOnlyCommand(t *testing.T) {
 	c, rec, path := fakeConfig(t)
-	if err := c.enable(); err != nil {
+	if err := c.Enable(); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"r 0x4 2", "w 0x4 07 00"}
@@ -64,7 +64,7 @@ func TestConfigEnableTouchesOnlyCommand(t *testing.T) {
 
 func TestConfigUnmaskCachedRMW(t *testing.T) {
 	c, rec, path := fakeConfig(t)
-	if err := c.enable(); err != nil {
+	if err := c.Enable(); err != nil {
 		t.Fatal(err)
 	}
 	// The kernel masks INTx on an interrupt (a 16-bit read-modify-write of
@@ -115,7 +115,7 @@ func TestConfigUnmaskWithoutEnableReadsOnce(t *testing.T) {
 
 func TestConfigUnmaskFollowsOwnCommandWrites(t *testing.T) {
 	c, rec, _ := fakeConfig(t)
-	if err := c.enable(); err != nil {
+	if err := c.Enable(); err != nil {
 		t.Fatal(err)
 	}
 	// The driver clears Bus Master through WriteAt (as a recovery or
@@ -130,7 +130,7 @@ func TestConfigUnmaskFollowsOwnCommandWrites(t *testing.T) {
 	if want := []string{"w 0x4 03 00"}; !reflect.DeepEqual(rec.log, want) {
 		t.Errorf("accesses %q, want %q", rec.log, want)
 	}
-	if err := c.disableBusMaster(); err != nil {
+	if err := c.DisableBusMaster(); err != nil {
 		t.Fatal(err)
 	}
 	rec.log = nil
@@ -138,7 +138,7 @@ func TestConfigUnmaskFollowsOwnCommandWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := []string{"w 0x4 03 00"}; !reflect.DeepEqual(rec.log, want) {
-		t.Errorf("after disableBusMaster: accesses %q, want %q", rec.log, want)
+		t.Errorf("after DisableBusMaster: accesses %q, want %q", rec.log, want)
 	}
 }
 
@@ -209,9 +209,9 @@ func TestUnmaskDeliversInterruptRaisedWhileMasked(t *testing.T) {
 	for _, enabled := range []bool{true, false} {
 		m := &qemuINTx{}
 		m.cfg[4] = 0x07
-		c := newConfig(m)
+		c := NewConfig(m)
 		if enabled {
-			if err := c.enable(); err != nil {
+			if err := c.Enable(); err != nil {
 				t.Fatal(err)
 			}
 		}

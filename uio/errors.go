@@ -48,17 +48,3 @@ func (e *OpError) Error() string {
 }
 
 func (e *OpError) Unwrap() error { return e.Err }
-
-// Sentinel errors of the VFIO backend.
-var (
-	// ErrNotBoundVFIO: the function exists but is not bound to vfio-pci.
-	ErrNotBoundVFIO = errors.New("not bound to vfio-pci")
-	// ErrNoGroup: the function has no IOMMU group or its /dev/vfio node
-	// is missing.
-	ErrNoGroup = errors.New("no usable IOMMU group")
-	// ErrGroupShared: the IOMMU group holds a device some other driver
-	// uses, so VFIO cannot give it to us.
-	ErrGroupShared = errors.New("IOMMU group shared with another driver")
-	// ErrNoMSIX: the function has no usable MSI-X vectors.
-	ErrNoMSIX = errors.New("no MSI-X")
-)

@@ -113,9 +113,9 @@ func meminfoKB(path, field string) uint64 {
 	return 0
 }
 
-// warnMigration logs the migration risks of physical-address DMA once per
+// WarnMigration logs the migration risks of physical-address DMA once per
 // opened function: Warn for a likely one, Info for offlining alone.
-func warnMigration(sysfs string, opts Options, log *slog.Logger, mode string) {
+func WarnMigration(sysfs string, opts Options, log *slog.Logger, mode string) {
 	mi := opts.Meminfo
 	if mi == "" {
 		mi = "/proc/meminfo"

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,15 +36,15 @@ type hugeSource struct {
 	reserved int // pages this source added to the pool and not given back
 }
 
-func (h *hugeSource) chunkSize() int   { return hugeSize }
-func (h *hugeSource) describe() string { return "2 MiB hugepages" }
+func (h *hugeSource) ChunkSize() int   { return hugeSize }
+func (h *hugeSource) Describe() string { return "2 MiB hugepages" }
 
 func mapHuge() ([]byte, error) {
 	return unix.Mmap(-1, 0, hugeSize, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_SHARED|unix.MAP_ANONYMOUS|unix.MAP_HUGETLB|unix.MAP_HUGE_2MB|unix.MAP_POPULATE|unix.MAP_LOCKED)
 }
 
-func (h *hugeSource) get() ([]byte, uint64, error) {
+func (h *hugeSource) Get() ([]byte, uint64, error) {
 	mapFn := h.mapFn
 	if mapFn == nil {
 		mapFn = mapHuge
@@ -84,7 +85,7 @@ func (h *hugeSource) get() ([]byte, uint64, error) {
 	return mem, phys, nil
 }
 
-func (h *hugeSource) put(mem []byte) error { return unix.Munmap(mem) }
+func (h *hugeSource) Put(mem []byte) error { return unix.Munmap(mem) }
 
 // close gives back the pages this source added to the pool. The caller
 // has unmapped its chunks; pages other devices still map are not freed by
@@ -173,10 +174,10 @@ type smallSource struct {
 	pagemap string
 }
 
-func (s *smallSource) chunkSize() int   { return os.Getpagesize() }
-func (s *smallSource) describe() string { return "locked 4 KiB pages" }
+func (s *smallSource) ChunkSize() int   { return os.Getpagesize() }
+func (s *smallSource) Describe() string { return "locked 4 KiB pages" }
 
-func (s *smallSource) get() ([]byte, uint64, error) {
+func (s *smallSource) Get() ([]byte, uint64, error) {
 	page := os.Getpagesize()
 	mem, err := unix.Mmap(-1, 0, page, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
@@ -200,4 +201,22 @@ func (s *smallSource) get() ([]byte, uint64, error) {
 	return mem, phys, nil
 }
 
-func (s *smallSource) put(mem []byte) error { return unix.Munmap(mem) }
+func (s *smallSource) Put(mem []byte) error { return unix.Munmap(mem) }
+
+// PhysicalPages returns the page sources of physical-address DMA (uio and
+// VFIO no-IOMMU): hugepages, with 4 KiB pages as an opt-in fallback.
+func PhysicalPages(sysfs string, opts Options) (src, fallback PageSource) {
+	pm := opts.Pagemap
+	if pm == "" {
+		pm = "/proc/self/pagemap"
+	}
+	nr := opts.HugepagesFile
+	if nr == "" {
+		nr = filepath.Join(sysfs, "kernel", "mm", "hugepages", "hugepages-2048kB", "nr_hugepages")
+	}
+	src = &hugeSource{pagemap: pm, nrFile: nr, reserve: !opts.NoReserve}
+	if opts.AllowSmallPages {
+		fallback = &smallSource{pagemap: pm}
+	}
+	return src, fallback
+}

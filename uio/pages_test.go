@@ -38,11 +38,11 @@ func skipUnlessHugepage(t *testing.T) {
 func TestHugeSourceReal(t *testing.T) {
 	skipUnlessHugepage(t)
 	h := &hugeSource{pagemap: "/proc/self/pagemap", nrFile: filepath.Join(hugeDir, "nr_hugepages")}
-	mem, phys, err := h.get()
+	mem, phys, err := h.Get()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.put(mem)
+	defer h.Put(mem)
 	if len(mem) != hugeSize || phys == 0 || phys%hugeSize != 0 {
 		t.Fatalf("hugepage: %d bytes at physical %#x", len(mem), phys)
 	}
@@ -68,7 +68,7 @@ func TestHugeSourceNoneFree(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &hugeSource{pagemap: "/proc/self/pagemap", nrFile: nr, reserve: true}
-	_, _, err := h.get()
+	_, _, err := h.Get()
 	if !errors.Is(err, ErrNoHugepages) {
 		t.Fatalf("get = %v, want ErrNoHugepages", err)
 	}
@@ -83,7 +83,7 @@ func TestHugeSourceNoneFree(t *testing.T) {
 	// Without permission to reserve, the file is left alone.
 	os.WriteFile(nr, []byte("0\n"), 0o644)
 	h.reserve = false
-	if _, _, err := h.get(); !errors.Is(err, ErrNoHugepages) {
+	if _, _, err := h.Get(); !errors.Is(err, ErrNoHugepages) {
 		t.Fatalf("get = %v, want ErrNoHugepages", err)
 	}
 	if b, _ := os.ReadFile(nr); string(b) != "0\n" {
@@ -116,7 +116,7 @@ func TestSmallSourceReal(t *testing.T) {
 		t.Skip("needs root (CAP_SYS_ADMIN) to read physical addresses from /proc/self/pagemap")
 	}
 	s := &smallSource{pagemap: "/proc/self/pagemap"}
-	mem, phys, err := s.get()
+	mem, phys, err := s.Get()
 	if errors.Is(err, ErrNoPhysAddr) {
 		t.Skipf("pagemap hides PFNs here: %v", err)
 	}
@@ -127,7 +127,7 @@ func TestSmallSourceReal(t *testing.T) {
 		t.Errorf("page: %d bytes at physical %#x", len(mem), phys)
 	}
 	mem[0], mem[len(mem)-1] = 1, 2
-	if err := s.put(mem); err != nil {
+	if err := s.Put(mem); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -138,7 +138,7 @@ func TestAllocatorSmallPagesReal(t *testing.T) {
 	}
 	// A hugepage source that cannot have pages, with the small-page fallback:
 	// what a guest without hugepages and AllowSmallPages gets.
-	a := newAllocator(&fakeSource{size: huge, limit: 0, out: map[*byte]bool{}}, &smallSource{pagemap: "/proc/self/pagemap"}, quiet)
+	a := NewAllocator(&fakeSource{size: huge, limit: 0, out: map[*byte]bool{}}, &smallSource{pagemap: "/proc/self/pagemap"}, quiet)
 	defer a.Close()
 	r1, err := a.Alloc(16*256, 4096)
 	if errors.Is(err, ErrNoPhysAddr) {
@@ -176,7 +176,7 @@ func TestHugepagesGivenBackOnClose(t *testing.T) {
 	nr := filepath.Join(t.TempDir(), "nr_hugepages")
 	writeCount(t, nr, 3)
 	h := &hugeSource{pagemap: "/proc/self/pagemap", nrFile: nr, reserve: true, mapFn: noFreeHugepage}
-	a := newAllocator(h, nil, quiet)
+	a := NewAllocator(h, nil, quiet)
 	for range 4 {
 		if _, err := a.Alloc(4096, 8); !errors.Is(err, ErrNoHugepages) {
 			t.Fatalf("Alloc = %v, want ErrNoHugepages", err)
@@ -193,7 +193,7 @@ func TestHugepagesGivenBackOnClose(t *testing.T) {
 	}
 	// Only what it added: someone else's change to the pool stays.
 	h2 := &hugeSource{pagemap: "/proc/self/pagemap", nrFile: nr, reserve: true, mapFn: noFreeHugepage}
-	a2 := newAllocator(h2, nil, quiet)
+	a2 := NewAllocator(h2, nil, quiet)
 	a2.Alloc(4096, 8)
 	writeCount(t, nr, 10) // the operator raised it meanwhile (4 + 6)
 	a2.Close()
@@ -202,7 +202,7 @@ func TestHugepagesGivenBackOnClose(t *testing.T) {
 	}
 	// A pool file that cannot be read back makes Close fail, with a log line.
 	h3 := &hugeSource{pagemap: "/proc/self/pagemap", nrFile: nr, reserve: true, mapFn: noFreeHugepage}
-	a3 := newAllocator(h3, nil, quiet)
+	a3 := NewAllocator(h3, nil, quiet)
 	a3.Alloc(4096, 8)
 	os.WriteFile(nr, []byte("garbage\n"), 0o644)
 	if err := a3.Close(); err == nil {
@@ -221,7 +221,7 @@ func TestHugepagesGivenBackConcurrently(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 20 {
-				a := newAllocator(&hugeSource{nrFile: nr, reserve: true, mapFn: noFreeHugepage}, nil, quiet)
+				a := NewAllocator(&hugeSource{nrFile: nr, reserve: true, mapFn: noFreeHugepage}, nil, quiet)
 				a.Alloc(4096, 8)
 				a.Alloc(4096, 8)
 				if err := a.Close(); err != nil {

@@ -2,6 +2,8 @@ package uio
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -78,4 +80,19 @@ func parseResources(s string) ([]Resource, error) {
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// ReadResources reads and parses dir/resource, the resource file of the
+// function whose sysfs directory is dir.
+func ReadResources(dir string) ([]Resource, error) {
+	path := filepath.Join(dir, "resource")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	res, err := parseResources(string(b))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return res, nil
 }

@@ -86,7 +86,7 @@ type Options struct {
 	Logger *slog.Logger
 
 	// source replaces the page sources in tests.
-	source pageSource
+	source PageSource
 }
 
 // Function is a PCI function opened through uio_pci_generic. Its method set
@@ -101,7 +101,7 @@ type Function struct {
 	alloc  *Allocator
 	res    []Resource
 	mu     sync.Mutex
-	bars   [6]*BAR
+	bars   BARs
 	closed bool
 }
 
@@ -115,12 +115,12 @@ var uioNameRE = regexp.MustCompile(`^uio[0-9]+$`)
 // Open sets up.
 func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 	fail := func(err error) (*Function, error) { return nil, &OpError{Op: "open", Addr: addr, Err: err} }
-	dir, log, err := checkFunction(sysfs, addr, opts)
+	dir, log, err := CheckFunction(sysfs, addr, opts)
 	if err != nil {
 		return fail(err)
 	}
 	if !opts.IgnoreConfidential {
-		if err := refuseConfidential(opts, dev, log); err != nil {
+		if err := RefuseConfidential(opts, dev, log); err != nil {
 			return fail(err)
 		}
 	}
@@ -149,34 +149,30 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 	if err != nil {
 		return fail(err)
 	}
-	cfg := newConfig(cf)
+	cfg := NewConfig(cf)
 	undo = append(undo, func() { cf.Close() })
 
-	rb, err := os.ReadFile(filepath.Join(dir, "resource"))
+	res, err := ReadResources(dir)
 	if err != nil {
 		return fail(err)
 	}
-	res, err := parseResources(string(rb))
-	if err != nil {
-		return fail(fmt.Errorf("%s: %w", filepath.Join(dir, "resource"), err))
-	}
 
-	if err := cfg.enable(); err != nil {
+	if err := cfg.Enable(); err != nil {
 		return fail(fmt.Errorf("set Bus Master: %w", err))
 	}
 
-	warnMigration(sysfs, opts, log, "uio")
-	src, fallback := opts.source, pageSource(nil)
+	WarnMigration(sysfs, opts, log, "uio")
+	src, fallback := opts.source, PageSource(nil)
 	if src == nil {
-		src, fallback = physSources(sysfs, opts)
+		src, fallback = PhysicalPages(sysfs, opts)
 	}
-	alloc := newAllocator(src, fallback, log)
+	alloc := NewAllocator(src, fallback, log)
 	// Closed on failure even if no chunk was mapped: a hugepage the pool
 	// was raised for is given back.
 	undo = append(undo, func() { alloc.Close() })
 	// Map the first chunk now, so a missing hugepage or privilege shows up
 	// at start-up rather than at the first queue setup.
-	if err := alloc.prime(); err != nil {
+	if err := alloc.Prime(); err != nil {
 		return fail(fmt.Errorf("dma memory: %w", err))
 	}
 
@@ -184,7 +180,7 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 		addr: addr, dir: dir, log: log,
 		cfg: cfg, irq: newIRQ(irqFile, cfg), alloc: alloc, res: res,
 	}
-	log.Info("uio: opened", "addr", addr, "uio", uioName, "dma", alloc.describe())
+	log.Info("uio: opened", "addr", addr, "uio", uioName, "dma", alloc.Describe())
 	return f, nil
 }
 
@@ -205,10 +201,10 @@ func openUIONode(dir, dev, uioName string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), devPath), nil
 }
 
-// checkFunction does the checks both bindings start with: a canonical
+// CheckFunction does the checks both bindings start with: a canonical
 // address, a little-endian host, and the function's sysfs directory (which
 // it returns with the logger to use).
-func checkFunction(sysfs, addr string, opts Options) (string, *slog.Logger, error) {
+func CheckFunction(sysfs, addr string, opts Options) (string, *slog.Logger, error) {
 	if !addrRE.MatchString(addr) {
 		return "", nil, fmt.Errorf("malformed PCI address %q (want DDDD:BB:DD.F)", addr)
 	}
@@ -265,33 +261,12 @@ func (f *Function) Config() *Config { return f.cfg }
 func (f *Function) BAR(i int) (*BAR, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return cachedBAR(&f.bars, f.closed, f.addr, i, func() (*BAR, error) {
+	return f.bars.Get(f.closed, f.addr, i, func() (*BAR, error) {
 		if i >= len(f.res) {
 			return nil, ErrNoBAR
 		}
 		return openBAR(f.dir, i, f.res[i])
 	})
-}
-
-// cachedBAR returns bars[i], opening it first if needed; errors are
-// OpErrors "bar I". The caller holds the function's lock.
-func cachedBAR(bars *[6]*BAR, closed bool, addr string, i int, open func() (*BAR, error)) (*BAR, error) {
-	op := fmt.Sprintf("bar %d", i)
-	if closed {
-		return nil, &OpError{Op: op, Addr: addr, Err: ErrClosed}
-	}
-	if i < 0 || i >= len(bars) {
-		return nil, &OpError{Op: op, Addr: addr, Err: fmt.Errorf("%w: index out of range", ErrNoBAR)}
-	}
-	if bars[i] != nil {
-		return bars[i], nil
-	}
-	b, err := open()
-	if err != nil {
-		return nil, &OpError{Op: op, Addr: addr, Err: err}
-	}
-	bars[i] = b
-	return b, nil
 }
 
 // IRQ returns the INTx interrupt.
@@ -320,16 +295,11 @@ func (f *Function) Close() error {
 	}
 	f.closed = true
 	var errs []error
-	if err := f.cfg.disableBusMaster(); err != nil {
+	if err := f.cfg.DisableBusMaster(); err != nil {
 		errs = append(errs, err)
 	}
 	errs = append(errs, f.irq.close())
-	for i, b := range f.bars {
-		if b != nil {
-			errs = append(errs, b.close())
-			f.bars[i] = nil
-		}
-	}
+	errs = append(errs, f.bars.Close())
 	errs = append(errs, f.alloc.Close(), f.cfg.close())
 	if err := errors.Join(errs...); err != nil {
 		return &OpError{Op: "close", Addr: f.addr, Err: err}

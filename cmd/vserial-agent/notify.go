@@ -13,7 +13,8 @@ import (
 // sends newline-separated VAR=VALUE assignments to it. The agent sends
 // READY=1 once every port present at start has its socket, STATUS= lines
 // saying what it serves, and STOPPING=1 when shutdown begins. Without
-// $NOTIFY_SOCKET nothing is sent.
+// $NOTIFY_SOCKET nothing is sent. Written out rather than taken from
+// go-systemd: one datagram send does not pay for a dependency.
 
 // notifyEnv is the variable systemd (or any supervisor speaking the
 // protocol) sets.

@@ -131,7 +131,7 @@ func (h *runHooks) hooks() supervisor.Hooks {
 
 // newUevents opens the kernel's uevent stream for --wait-devices (nil:
 // pciscan.Watch; tests replace it).
-var newUevents func() (hotplug.Events, error)
+var newUevents func() (hotplug.Uevents, error)
 
 func (h *runHooks) opened(index int, addr string, d supervisor.Device) {
 	h.words.add(d, addr)

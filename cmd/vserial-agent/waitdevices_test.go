@@ -39,7 +39,7 @@ func (f *fakeUevents) Close() error { f.once.Do(func() { close(f.done) }); retur
 func TestRunWaitDevicesAdoptsAndLetsGo(t *testing.T) {
 	ev := &fakeUevents{c: make(chan pciscan.Uevent, 8), done: make(chan struct{})}
 	old := newUevents
-	newUevents = func() (hotplug.Events, error) { return ev, nil }
+	newUevents = func() (hotplug.Uevents, error) { return ev, nil }
 	t.Cleanup(func() { newUevents = old })
 
 	sys := shortTempDir(t)

@@ -25,16 +25,16 @@ const (
 	FeatureEventIdx   = 1 << 29
 )
 
-// Control event codes (spec 5.3.6.2).
+// Control message codes (spec 5.3.6.2: the "event" field).
 const (
-	EventDeviceReady = 0
-	EventPortAdd     = 1
-	EventPortRemove  = 2
-	EventPortReady   = 3
-	EventConsolePort = 4
-	EventResize      = 5
-	EventPortOpen    = 6
-	EventPortName    = 7
+	CtrlDeviceReady = 0
+	CtrlPortAdd     = 1
+	CtrlPortRemove  = 2
+	CtrlPortReady   = 3
+	CtrlConsolePort = 4
+	CtrlResize      = 5
+	CtrlPortOpen    = 6
+	CtrlPortName    = 7
 )
 
 // Queue numbers of the control queues (spec 5.3.2).
@@ -376,7 +376,7 @@ func (c *Console) Plug(id uint32, name string, console bool) error {
 	p := &conPort{id: id, name: name, console: console, host: console}
 	c.ports = append(c.ports, p)
 	if c.started && c.multiport {
-		c.sendControl(id, EventPortAdd, 1, nil)
+		c.sendControl(id, CtrlPortAdd, 1, nil)
 		c.configChanged()
 	}
 	c.signal()
@@ -394,7 +394,7 @@ func (c *Console) Unplug(id uint32) error {
 	if c.started {
 		c.discardTx(TxQueue(id))
 		if c.multiport {
-			c.sendControl(id, EventPortRemove, 1, nil)
+			c.sendControl(id, CtrlPortRemove, 1, nil)
 		}
 	}
 	c.signal()
@@ -440,7 +440,7 @@ func (c *Console) HostConnect(id uint32, connected bool) error {
 	p.host = connected
 	if c.started {
 		if c.multiport {
-			c.sendControl(id, EventPortOpen, boolValue(connected), nil)
+			c.sendControl(id, CtrlPortOpen, boolValue(connected), nil)
 		}
 		if !connected {
 			p.throttled = false
@@ -604,7 +604,7 @@ func (c *Console) Resize(id uint32, cols, rows uint16, colsFirst bool) bool {
 		le.PutUint16(b[0:], rows)
 		le.PutUint16(b[2:], cols)
 	}
-	return c.SendControl(id, EventResize, 0, b[:])
+	return c.SendControl(id, CtrlResize, 0, b[:])
 }
 
 // EmergencyBytes returns bytes written through emerg_wr that found no
@@ -910,20 +910,20 @@ func (c *Console) handleControl(b []byte) {
 		return
 	}
 	p := c.port(m.ID)
-	if p == nil && m.Event != EventDeviceReady {
+	if p == nil && m.Event != CtrlDeviceReady {
 		c.stats.ControlBad++ // QEMU: "invalid port id" error, ignored
 		return
 	}
 	switch m.Event {
-	case EventDeviceReady:
+	case CtrlDeviceReady:
 		if m.Value == 0 {
 			return // QEMU only logs the failure
 		}
 		c.deviceReady = true
 		for _, p := range append([]*conPort(nil), c.ports...) {
-			c.sendControl(p.id, EventPortAdd, 1, nil)
+			c.sendControl(p.id, CtrlPortAdd, 1, nil)
 			if c.bad.DuplicatePortAdd {
-				c.sendControl(p.id, EventPortAdd, 1, nil)
+				c.sendControl(p.id, CtrlPortAdd, 1, nil)
 			}
 		}
 		if c.bad.PortAddOutOfRange {
@@ -931,27 +931,27 @@ func (c *Console) handleControl(b []byte) {
 			if c.bad.OverrideMaxNrPorts {
 				mx = c.bad.MaxNrPorts
 			}
-			c.sendControl(mx, EventPortAdd, 1, nil)
+			c.sendControl(mx, CtrlPortAdd, 1, nil)
 		}
-	case EventPortReady:
+	case CtrlPortReady:
 		if m.Value == 0 {
 			return
 		}
 		p.ready = true
 		if p.console {
-			c.sendControl(p.id, EventConsolePort, 1, nil)
+			c.sendControl(p.id, CtrlConsolePort, 1, nil)
 		}
 		if name := c.wireName(p); name != nil {
-			c.sendControl(p.id, EventPortName, 1, name)
+			c.sendControl(p.id, CtrlPortName, 1, name)
 		}
 		if p.host {
-			c.sendControl(p.id, EventPortOpen, 1, nil)
+			c.sendControl(p.id, CtrlPortOpen, 1, nil)
 		}
 		if c.bad.ReAddOnPortReady {
-			c.sendControl(p.id, EventPortAdd, 1, nil)
+			c.sendControl(p.id, CtrlPortAdd, 1, nil)
 		}
 		c.flushToGuest(p)
-	case EventPortOpen:
+	case CtrlPortOpen:
 		p.guest = m.Value != 0
 		if p.guest {
 			c.flushToGuest(p)

@@ -175,7 +175,7 @@ func TestConsolePortAddReplayedOnEveryDeviceReady(t *testing.T) {
 	b := startConsole(t, c, multiport)
 	b.post(2, 32, 64)
 	for round := 0; round < 2; round++ {
-		b.send(c, 3, ctl(0xffffffff, virtiotest.EventDeviceReady, 1))
+		b.send(c, 3, ctl(0xffffffff, virtiotest.CtrlDeviceReady, 1))
 		data, _ := b.used(2)
 		got := parse(t, data)
 		want := []msg{{4, 1, 1, ""}, {1, 1, 1, ""}, {0, 1, 1, ""}}
@@ -188,7 +188,7 @@ func TestConsolePortAddReplayedOnEveryDeviceReady(t *testing.T) {
 		t.Errorf("control transmit used lengths %v, want 0s", lens)
 	}
 	// DEVICE_READY(0) announces nothing.
-	b.send(c, 3, ctl(0xffffffff, virtiotest.EventDeviceReady, 0))
+	b.send(c, 3, ctl(0xffffffff, virtiotest.CtrlDeviceReady, 0))
 	if data, _ := b.used(2); len(data) != 0 {
 		t.Errorf("DEVICE_READY(0) answered with %d messages", len(data))
 	}
@@ -207,15 +207,15 @@ func TestConsolePortReadySequenceWithTrailingNUL(t *testing.T) {
 	}
 	b := startConsole(t, c, multiport)
 	b.post(2, 32, 64)
-	b.send(c, 3, ctl(0, virtiotest.EventPortReady, 1))
-	b.send(c, 3, ctl(1, virtiotest.EventPortReady, 1))
+	b.send(c, 3, ctl(0, virtiotest.CtrlPortReady, 1))
+	b.send(c, 3, ctl(1, virtiotest.CtrlPortReady, 1))
 	got := parse(t, func() [][]byte { d, _ := b.used(2); return d }())
 	want := []msg{
-		{0, virtiotest.EventConsolePort, 1, ""},
-		{0, virtiotest.EventPortName, 1, "hvc\x00"},
-		{0, virtiotest.EventPortOpen, 1, ""}, // a virtconsole with a chardev is host-connected
-		{1, virtiotest.EventPortName, 1, "org.qemu.guest_agent.0\x00"},
-		{1, virtiotest.EventPortOpen, 1, ""},
+		{0, virtiotest.CtrlConsolePort, 1, ""},
+		{0, virtiotest.CtrlPortName, 1, "hvc\x00"},
+		{0, virtiotest.CtrlPortOpen, 1, ""}, // a virtconsole with a chardev is host-connected
+		{1, virtiotest.CtrlPortName, 1, "org.qemu.guest_agent.0\x00"},
+		{1, virtiotest.CtrlPortOpen, 1, ""},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %+v\nwant %+v", got, want)
@@ -237,12 +237,12 @@ func TestConsoleDropsControlWithoutBufferAndReportsFullLength(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := startConsole(t, c, multiport)
-	b.send(c, 3, ctl(1, virtiotest.EventPortReady, 1)) // no control buffer: PORT_NAME dropped
+	b.send(c, 3, ctl(1, virtiotest.CtrlPortReady, 1)) // no control buffer: PORT_NAME dropped
 	if st := c.Stats(); st.ControlDropped != 1 {
 		t.Errorf("dropped %d, want 1", st.ControlDropped)
 	}
 	b.post(2, 1, 32) // too small for header + 100 + NUL
-	b.send(c, 3, ctl(1, virtiotest.EventPortReady, 1))
+	b.send(c, 3, ctl(1, virtiotest.CtrlPortReady, 1))
 	data, lens := b.used(2)
 	// QEMU reports the full 8+100+1 bytes; the ring clamps to the 32
 	// posted and counts it.
@@ -308,7 +308,7 @@ func TestConsoleHostDataHeldUntilGuestOpens(t *testing.T) {
 	if data, _ := b.used(rx); len(data) != 0 || c.HostPending(1) != 10 {
 		t.Fatalf("delivered %d buffers to a closed guest port", len(data))
 	}
-	b.send(c, 3, ctl(1, virtiotest.EventPortOpen, 1))
+	b.send(c, 3, ctl(1, virtiotest.CtrlPortOpen, 1))
 	data, lens := b.used(rx)
 	if len(data) != 3 || string(bytes.Join(data, nil)) != "0123456789" || lens[2] != 2 {
 		t.Errorf("got %q lens %v", data, lens)
@@ -327,7 +327,7 @@ func TestConsoleResetDisconnectsGuestKeepsHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := startConsole(t, c, multiport)
-	b.send(c, 3, ctl(1, virtiotest.EventPortOpen, 1))
+	b.send(c, 3, ctl(1, virtiotest.CtrlPortOpen, 1))
 	if !c.GuestConnected(1) {
 		t.Fatal("guest not connected")
 	}
@@ -337,9 +337,9 @@ func TestConsoleResetDisconnectsGuestKeepsHost(t *testing.T) {
 	}
 	b = startConsole(t, c, multiport)
 	b.post(2, 8, 64)
-	b.send(c, 3, ctl(1, virtiotest.EventPortReady, 1))
+	b.send(c, 3, ctl(1, virtiotest.CtrlPortReady, 1))
 	got := parse(t, func() [][]byte { d, _ := b.used(2); return d }())
-	if len(got) != 2 || got[1] != (msg{1, virtiotest.EventPortOpen, 1, ""}) {
+	if len(got) != 2 || got[1] != (msg{1, virtiotest.CtrlPortOpen, 1, ""}) {
 		t.Errorf("after reset %+v: host connection re-announced after PORT_READY", got)
 	}
 }
@@ -363,7 +363,7 @@ func TestConsoleHotPlugAndUnplug(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := parse(t, func() [][]byte { d, _ := b.used(2); return d }())
-	want := []msg{{2, virtiotest.EventPortAdd, 1, ""}, {2, virtiotest.EventPortOpen, 1, ""}, {2, virtiotest.EventPortRemove, 1, ""}}
+	want := []msg{{2, virtiotest.CtrlPortAdd, 1, ""}, {2, virtiotest.CtrlPortOpen, 1, ""}, {2, virtiotest.CtrlPortRemove, 1, ""}}
 	if len(got) != 3 || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
 		t.Errorf("got %+v, want %+v", got, want)
 	}

@@ -26,7 +26,7 @@ func Stats(p *driver.Port, loop *pump.Loop) agent.PortStats {
 
 // DeviceEvent is a driver's device event (a reset, a protocol violation,
 // a limit reached) of device dev for the agent's event stream.
-func DeviceEvent(dev int, ev driver.PortEvent) agent.DeviceEvent {
+func DeviceEvent(dev int, ev driver.Event) agent.DeviceEvent {
 	out := agent.DeviceEvent{Kind: agent.EventDeviceReset, Device: dev, Violations: ev.Violations, Reason: "unknown"}
 	switch ev.Kind {
 	case driver.ProtocolViolation:

@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vserial/vserial/pciscan"
-	"github.com/vserial/vserial/uio"
+	"github.com/vserial/vserial/vfio"
 )
 
 // Kernel modules the bindings load. vfio-pci pulls in vfio, vfio-pci-core
@@ -65,7 +65,7 @@ func Choose(env Env, f pciscan.Function) Choice {
 	if isNoIOMMUGroup(env.Sysfs, f.IOMMUGroup) {
 		return Choice{BindUIO, fmt.Sprintf("IOMMU group %s is vfio no-IOMMU, no IOMMU translates", f.IOMMUGroup)}
 	}
-	if !pciscan.DriverRegistered(env.Sysfs, uio.VFIODriver) && !moduleAvailable(env.Modules, vfioModule) {
+	if !pciscan.DriverRegistered(env.Sysfs, vfio.Driver) && !moduleAvailable(env.Modules, vfioModule) {
 		return Choice{BindUIO, fmt.Sprintf("IOMMU group %s, but vfio-pci is neither registered nor loadable", f.IOMMUGroup)}
 	}
 	return Choice{BindVFIO, "IOMMU group " + f.IOMMUGroup}
@@ -142,11 +142,11 @@ type vfioMode struct {
 // error otherwise. Failing here leaves the function where it was.
 func checkVFIO(sysfs string, f pciscan.Function) (vfioMode, error) {
 	if f.IOMMUGroup != "" && !isNoIOMMUGroup(sysfs, f.IOMMUGroup) {
-		members, err := uio.ReadGroup(sysfs, f.IOMMUGroup)
+		members, err := vfio.ReadGroup(sysfs, f.IOMMUGroup)
 		if err != nil {
 			return vfioMode{}, fmt.Errorf("--bind vfio: read IOMMU group %s of %s: %w", f.IOMMUGroup, f.Addr, err)
 		}
-		if err := uio.CheckGroup(f.Addr, f.IOMMUGroup, members); err != nil {
+		if err := vfio.CheckGroup(f.Addr, f.IOMMUGroup, members); err != nil {
 			return vfioMode{}, fmt.Errorf("--bind vfio: %w", err)
 		}
 		return vfioMode{Group: f.IOMMUGroup}, nil

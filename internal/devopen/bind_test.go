@@ -194,17 +194,3 @@ func TestCheckVFIO(t *testing.T) {
 		}
 	})
 }
-
-func TestCmdlineParams(t *testing.T) {
-	const cmdline = "console=ttyS0 vfio.enable_unsafe_noiommu_mode=1 vfio_pci.ids=1af4:1043 vfio-pci.disable_idle_d3=1 vfio.x vfiox.y=2 intel_iommu=on\n"
-	for mod, want := range map[string]string{
-		"vfio":            "enable_unsafe_noiommu_mode=1 x", // a bare name sets a boolean
-		"vfio-pci":        "ids=1af4:1043 disable_idle_d3=1",
-		"vfio_pci":        "ids=1af4:1043 disable_idle_d3=1",
-		"uio_pci_generic": "",
-	} {
-		if got := cmdlineParams(cmdline, mod); got != want {
-			t.Errorf("cmdlineParams(%s) = %q, want %q", mod, got, want)
-		}
-	}
-}

@@ -20,9 +20,11 @@ import (
 
 	"github.com/vserial/vserial/dma"
 	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/internal/kcmdline"
 	"github.com/vserial/vserial/pciscan"
 	"github.com/vserial/vserial/pump"
 	"github.com/vserial/vserial/uio"
+	"github.com/vserial/vserial/vfio"
 )
 
 // The bindings (run's --bind, vserial.Options.Bind).
@@ -175,9 +177,10 @@ func Open(ctx context.Context, spec Spec) (_ *Device, err error) {
 		giveBack = func() { restore(spec.Sysfs, addr, prev, log) }
 	}
 	d := &Device{Dev: dev, Loop: loop, Release: release, GiveBack: giveBack, Binding: BindingName(bind, fn)}
-	if vf, ok := fn.(vfioFunction); ok {
-		d.Unmapped = vf.f.UnmappedIOVA
-		d.Requested = vf.f.Requested()
+	if a, ok := fn.(adapted[*vfio.MSIX]); ok {
+		vf := a.f.(*vfio.Function)
+		d.Unmapped = vf.UnmappedIOVA
+		d.Requested = vf.Requested()
 	}
 	return d, nil
 }
@@ -201,7 +204,7 @@ func loadBinding(spec Spec, log *slog.Logger) (bind, drv string, err error) {
 		if err := ensureModule(spec.Sysfs, "vfio", "", log); err != nil {
 			return "", "", err
 		}
-		if err := ensureModule(spec.Sysfs, vfioModule, uio.VFIODriver, log); err != nil {
+		if err := ensureModule(spec.Sysfs, vfioModule, vfio.Driver, log); err != nil {
 			return "", "", err
 		}
 		mode, err := checkVFIO(spec.Sysfs, spec.Function)
@@ -213,7 +216,7 @@ func loadBinding(spec Spec, log *slog.Logger) (bind, drv string, err error) {
 				return "", "", err
 			}
 		}
-		return bind, uio.VFIODriver, nil
+		return bind, vfio.Driver, nil
 	}
 	return "", "", fmt.Errorf("unknown binding %q", bind)
 }
@@ -225,17 +228,17 @@ func loadBinding(spec Spec, log *slog.Logger) (bind, drv string, err error) {
 func openFunction(spec Spec, bind string, log *slog.Logger) (fn driver.Function, release func() error, err error) {
 	addr := spec.Function.Addr
 	if bind == BindVFIO {
-		vf, err := uio.OpenVFIO(spec.Sysfs, "/dev", addr, uio.Options{Logger: log})
+		vf, err := vfio.Open(spec.Sysfs, "/dev", addr, uio.Options{Logger: log})
 		if err != nil {
 			return nil, nil, err
 		}
-		fn, release = vfioFunction{vf}, vf.Close
+		fn, release = adapted[*vfio.MSIX]{vf}, vf.Close
 	} else {
 		uf, err := uio.Open(spec.Sysfs, "/dev", addr, uio.Options{Logger: log})
 		if err != nil {
 			return nil, nil, err
 		}
-		fn, release = uioFunction{uf}, uf.Close
+		fn, release = adapted[*uio.IRQ]{uf}, uf.Close
 	}
 	pi, ok := fn.IRQ().(driver.PollIRQ)
 	if !ok {
@@ -262,7 +265,7 @@ func ensureModule(sysfs, name, drv string, log *slog.Logger) error {
 	if present() {
 		return nil
 	}
-	if err := kmodule.Probe(name, cmdlineParams(readCmdline(), name)); err != nil {
+	if err := kmodule.Probe(name, kcmdline.ModuleParams(readCmdline(), name)); err != nil {
 		var u unix.Utsname
 		_ = unix.Uname(&u)
 		rel := unix.ByteSliceToString(u.Release[:])
@@ -284,26 +287,6 @@ func readCmdline() string {
 	return string(b)
 }
 
-// cmdlineParams picks the parameters for module out of a kernel command
-// line ("module.param=value" words; dashes and underscores in the module
-// name are the same), as modprobe does: the kernel applies them by itself
-// only to built-in modules.
-func cmdlineParams(cmdline, module string) string {
-	want := strings.ReplaceAll(module, "-", "_") + "."
-	var out []string
-	for _, w := range strings.Fields(cmdline) {
-		mod, param, ok := strings.Cut(w, ".")
-		if !ok || param == "" || strings.ReplaceAll(mod, "-", "_")+"." != want {
-			continue
-		}
-		if k, _, _ := strings.Cut(param, "="); k == "" || strings.ContainsAny(k, "/") {
-			continue
-		}
-		out = append(out, param)
-	}
-	return strings.Join(out, " ")
-}
-
 func restore(sysfs, addr, prev string, log *slog.Logger) {
 	if err := pciscan.Restore(sysfs, addr, prev); err != nil {
 		log.Warn("cannot give the function back", "driver", driverName(prev), "err", err)
@@ -319,42 +302,37 @@ func driverName(d string) string {
 	return d
 }
 
-// uioFunction adapts *uio.Function to driver.Function (uio must not import
-// driver, so its methods return concrete types).
-type uioFunction struct{ f *uio.Function }
+// pciFunction is what uio.Function and vfio.Function have in common: the
+// method set of driver.Function with concrete types (uio and vfio must not
+// import driver), I being the interrupt type of the binding.
+type pciFunction[I driver.IRQ] interface {
+	Config() *uio.Config
+	BAR(i int) (*uio.BAR, error)
+	IRQ() I
+	DMA() dma.Allocator
+	IOMMU() bool
+}
 
-func (a uioFunction) Config() driver.ConfigSpace { return a.f.Config() }
-func (a uioFunction) BAR(i int) (driver.BAR, error) {
+// adapted adapts a uio or vfio function to driver.Function.
+type adapted[I driver.IRQ] struct{ f pciFunction[I] }
+
+func (a adapted[I]) Config() driver.ConfigSpace { return a.f.Config() }
+func (a adapted[I]) BAR(i int) (driver.BAR, error) {
 	b, err := a.f.BAR(i)
 	if err != nil {
-		return nil, err
+		return nil, err // not a typed nil in a driver.BAR
 	}
 	return b, nil
 }
-func (a uioFunction) IRQ() driver.IRQ    { return a.f.IRQ() }
-func (a uioFunction) DMA() dma.Allocator { return a.f.DMA() }
-func (a uioFunction) IOMMU() bool        { return a.f.IOMMU() }
-
-// vfioFunction adapts *uio.VFIOFunction to driver.Function.
-type vfioFunction struct{ f *uio.VFIOFunction }
-
-func (a vfioFunction) Config() driver.ConfigSpace { return a.f.Config() }
-func (a vfioFunction) BAR(i int) (driver.BAR, error) {
-	b, err := a.f.BAR(i)
-	if err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-func (a vfioFunction) IRQ() driver.IRQ    { return a.f.IRQ() }
-func (a vfioFunction) DMA() dma.Allocator { return a.f.DMA() }
-func (a vfioFunction) IOMMU() bool        { return a.f.IOMMU() }
+func (a adapted[I]) IRQ() driver.IRQ    { return a.f.IRQ() }
+func (a adapted[I]) DMA() dma.Allocator { return a.f.DMA() }
+func (a adapted[I]) IOMMU() bool        { return a.f.IOMMU() }
 
 var (
-	_ driver.Function = vfioFunction{}
-	_ driver.Function = uioFunction{}
+	_ pciFunction[*uio.IRQ]   = (*uio.Function)(nil)
+	_ pciFunction[*vfio.MSIX] = (*vfio.Function)(nil)
 	// The driver services only the queues on the vectors that fired.
-	_ driver.VectorIRQ = (*uio.MSIX)(nil)
+	_ driver.VectorIRQ = (*vfio.MSIX)(nil)
 )
 
 // Select returns the functions to drive: those named in devices (PCI

@@ -20,8 +20,8 @@ import (
 	"github.com/vserial/vserial/pciscan"
 )
 
-// Events is the uevent source (*pciscan.Watcher).
-type Events interface {
+// Uevents is the source of the kernel's uevents (*pciscan.Watcher).
+type Uevents interface {
 	Next() (pciscan.Uevent, error)
 	Close() error
 }
@@ -60,7 +60,7 @@ type Config struct {
 }
 
 // Run follows ev until ctx ends (it then closes ev) or ev fails.
-func Run(ctx context.Context, ev Events, cfg Config, o Owner) error {
+func Run(ctx context.Context, ev Uevents, cfg Config, o Owner) error {
 	if cfg.Settle <= 0 {
 		cfg.Settle = DefaultSettle
 	}
@@ -92,14 +92,14 @@ func Run(ctx context.Context, ev Events, cfg Config, o Owner) error {
 	}
 }
 
-// next is one result of Events.Next.
+// next is one result of Uevents.Next.
 type next struct {
 	ev  pciscan.Uevent
 	err error
 }
 
 // read passes ev's events on until one fails or ctx ends.
-func read(ctx context.Context, ev Events, out chan<- next) {
+func read(ctx context.Context, ev Uevents, out chan<- next) {
 	defer guard.Recover()
 	for {
 		e, err := ev.Next()

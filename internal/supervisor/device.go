@@ -145,7 +145,7 @@ func (d *consoleDevice) forward() {
 	defer close(d.done)
 	defer close(d.ports)
 	for {
-		var ev driver.PortEvent
+		var ev driver.Event
 		var ok bool
 		select {
 		case ev, ok = <-d.od.Dev.Events():

@@ -106,7 +106,7 @@ func TestDeviceEventsReachTheStream(t *testing.T) {
 	agenttest.NextEvent(t, s, agent.EventSnapshot)
 
 	// A RESIZE for a port that is not a console: a violation of port 1.
-	m.SendControl(1, virtiotest.EventResize, 0, []byte{24, 0, 80, 0})
+	m.SendControl(1, virtiotest.CtrlResize, 0, []byte{24, 0, 80, 0})
 	ev := agenttest.NextEvent(t, s, agent.EventProtocolViolation)
 	if deref(ev.Device) != 2 || deref(ev.Port) != uint32(1) || ev.Name != "p" || ev.Socket != filepath.Join(dir, "p") || !strings.Contains(ev.Reason, "RESIZE") || ev.Violations != 1 {
 		t.Errorf("protocol_violation %+v", ev)

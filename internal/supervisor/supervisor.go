@@ -54,8 +54,8 @@ type Hooks struct {
 	// Started, when not nil, is called by Open once the ports present at
 	// start are published: how many devices and ports.
 	Started   func(devices, ports int)
-	MaxResets int                            // Spec.MaxResets of every device
-	Uevents   func() (hotplug.Events, error) // nil: pciscan.Watch
+	MaxResets int                             // Spec.MaxResets of every device
+	Uevents   func() (hotplug.Uevents, error) // nil: pciscan.Watch
 }
 
 type hooksKey struct{}
@@ -153,7 +153,7 @@ func newSupervisor(ctx context.Context, cfg Config) *Supervisor {
 		h.Open = OpenDevice
 	}
 	if h.Uevents == nil {
-		h.Uevents = func() (hotplug.Events, error) { return pciscan.Watch() }
+		h.Uevents = func() (hotplug.Uevents, error) { return pciscan.Watch() }
 	}
 	if cfg.Sysfs == "" {
 		cfg.Sysfs = "/sys"

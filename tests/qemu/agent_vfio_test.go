@@ -314,7 +314,7 @@ func faultAgentAt(t *testing.T, dst string) File {
 }
 
 // checkStrayDMA has the device DMA where the agent mapped nothing: the
-// faultinject agent posts one transmit descriptor at VFIOFunction's
+// faultinject agent posts one transmit descriptor at vfio.Function's
 // UnmappedIOVA (the guard gap after the agent's DMA memory), then one at
 // 16 MiB, guest RAM that a device without an IOMMU reads as it is. The
 // IOMMU must stop both: the guest's Intel IOMMU driver logs a read fault

@@ -34,6 +34,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vserial/vserial/internal/kcmdline"
 	"github.com/vserial/vserial/tests/qemu/internal/wire"
 	"golang.org/x/sys/unix"
 )
@@ -258,7 +259,9 @@ func exitCode(err error) int {
 // /lib/modules/$(uname -r)/modules.dep with finit_module(2). Modules that are
 // already loaded (or built in) are fine. As kmod's modprobe does, it gives
 // each module the MODULE.PARAM=VALUE parameters of the kernel command line
-// (e.g. vfio.enable_unsafe_noiommu_mode=1).
+// (e.g. vfio.enable_unsafe_noiommu_mode=1). Not u-root's kmodule.Probe
+// (which the agent uses): that passes parameters to the named module only,
+// so vfio pulled in by vfio-pci would miss its no-IOMMU switch.
 func modprobe(args []string) error {
 	// Flags of kmod's modprobe (-q, -b, ...) change nothing here.
 	for len(args) > 0 && strings.HasPrefix(args[0], "-") {
@@ -295,7 +298,7 @@ func modprobe(args []string) error {
 			}
 		}
 		loaded[rel] = true
-		return insmod(filepath.Join(dir, rel), cmdlineParams(string(cmdline), moduleName(rel)))
+		return insmod(filepath.Join(dir, rel), kcmdline.ModuleParams(string(cmdline), moduleName(rel)))
 	}
 	for _, name := range args {
 		rel := findModule(deps, name)
@@ -338,20 +341,6 @@ func findModule(deps map[string][]string, name string) string {
 		}
 	}
 	return ""
-}
-
-// cmdlineParams returns the parameters a kernel command line gives module
-// (its MODULE.PARAM=VALUE words, "-" and "_" alike in MODULE) in the form
-// finit_module takes: "PARAM=VALUE PARAM2=VALUE2".
-func cmdlineParams(cmdline, module string) string {
-	var params []string
-	for _, w := range strings.Fields(cmdline) {
-		mod, param, ok := strings.Cut(w, ".")
-		if ok && param != "" && !strings.Contains(mod, "=") && strings.ReplaceAll(mod, "-", "_") == module {
-			params = append(params, param)
-		}
-	}
-	return strings.Join(params, " ")
 }
 
 func insmod(path, params string) error {

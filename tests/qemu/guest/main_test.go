@@ -195,23 +195,6 @@ func TestModulesDep(t *testing.T) {
 	}
 }
 
-func TestCmdlineParams(t *testing.T) {
-	const cmdline = "console=ttyS0 vfio.enable_unsafe_noiommu_mode=1 panic=-1 vfio_pci.ids=1af4:1003 vfio-pci.x=y vfio.\n"
-	for _, c := range []struct{ module, want string }{
-		{"vfio", "enable_unsafe_noiommu_mode=1"},
-		{"vfio_pci", "ids=1af4:1003 x=y"}, // - and _ alike
-		{"vfio_pci_core", ""},
-		{"console", ""},
-	} {
-		if got := cmdlineParams(cmdline, c.module); got != c.want {
-			t.Errorf("cmdlineParams(%s) = %q, want %q", c.module, got, c.want)
-		}
-	}
-	if got := cmdlineParams("a=b.c d.e=f", "a"); got != "" {
-		t.Errorf("a=b.c gave module a the parameters %q", got)
-	}
-}
-
 func TestCputimeOfSelf(t *testing.T) {
 	out := captureStdout(t)
 	if err := cputime([]string{strconv.Itoa(os.Getpid())}); err != nil {

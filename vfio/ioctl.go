@@ -1,10 +1,10 @@
-package uio
+package vfio
 
 import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/vserial/vserial/uio/internal/vfioabi"
+	"github.com/vserial/vserial/vfio/internal/vfioabi"
 )
 
 // ioctlFunc issues one request: arg is the argument buffer (nil for a
@@ -12,7 +12,9 @@ import (
 // tests install a fake kernel.
 type ioctlFunc func(fd int, req uint, arg []byte, val uintptr) (int, error)
 
-// vfioSys has one typed method per VFIO request the backend uses. Each one
+// vfioSys has one typed method per VFIO request the backend uses (x/sys/unix
+// has no VFIO requests; gVisor's abi/linux has the data but would bring
+// gVisor in, so the ABI is vfio/internal/vfioabi). Each one
 // marshals its structure into a buffer (native byte order, the C layout of
 // package vfioabi), calls the chokepoint and decodes the reply.
 type vfioSys struct{ ioctl ioctlFunc }

@@ -1,4 +1,4 @@
-package uio
+package vfio
 
 import (
 	"runtime"
@@ -26,3 +26,8 @@ func rawIoctl(fd int, req uint, arg []byte, val uintptr) (int, error) {
 	}
 	return int(r), nil
 }
+
+// addrOf returns the virtual address of b's first byte, the vaddr
+// VFIO_IOMMU_MAP_DMA maps. b is always an mmap'd chunk outside the Go heap,
+// so the address is stable.
+func addrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }

@@ -1,4 +1,4 @@
-package uio
+package vfio
 
 import (
 	"context"
@@ -15,7 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vserial/vserial/uio/internal/vfioabi"
+	"github.com/vserial/vserial/uio"
+	"github.com/vserial/vserial/vfio/internal/vfioabi"
 )
 
 // fakeVFIO is the kernel side of VFIO for unit tests: a sysfs tree with the
@@ -27,7 +28,7 @@ type fakeVFIO struct {
 	t               testing.TB
 	sysfs, dev, dir string
 	regions         string // the device's region file
-	opts            Options
+	opts            uio.Options
 	src             *fakeSource
 	version         int
 	exts            map[uintptr]bool
@@ -66,12 +67,12 @@ func newFakeVFIO(t *testing.T, noIOMMU bool) *fakeVFIO {
 	}
 	fv.dir = filepath.Join(fv.sysfs, "bus", "pci", "devices", testAddr)
 	groupDir := filepath.Join(fv.sysfs, "kernel", "iommu_groups", "5", "devices")
-	for _, d := range []string{fv.dir, groupDir, filepath.Join(fv.dev, "vfio"), filepath.Join(fv.sysfs, "bus", "pci", "drivers", VFIODriver)} {
+	for _, d := range []string{fv.dir, groupDir, filepath.Join(fv.dev, "vfio"), filepath.Join(fv.sysfs, "bus", "pci", "drivers", Driver)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	fv.addSysfsFunction(testAddr, VFIODriver, "0x078000")
+	fv.addSysfsFunction(testAddr, Driver, "0x078000")
 	if err := os.Symlink("../../../../kernel/iommu_groups/5", filepath.Join(fv.dir, "iommu_group")); err != nil {
 		t.Fatal(err)
 	}
@@ -103,10 +104,9 @@ func newFakeVFIO(t *testing.T, noIOMMU bool) *fakeVFIO {
 	if err := os.WriteFile(ci, []byte("processor\t: 0\nflags\t\t: fpu hypervisor\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	fv.opts = Options{CPUInfo: ci, Logger: quiet}
+	fv.opts = uio.Options{CPUInfo: ci, Logger: quiet}
 	if noIOMMU {
-		fv.src = newFakeSource(huge, 4)
-		fv.opts.source = fv.src
+		fv.src = newFakeSource()
 	}
 	return fv
 }
@@ -135,8 +135,12 @@ func (fv *fakeVFIO) addSysfsFunction(addr, driver, class string) {
 
 func (fv *fakeVFIO) sys() vfioSys { return vfioSys{ioctl: fv.ioctl} }
 
-func (fv *fakeVFIO) open() (*VFIOFunction, error) {
-	return openVFIO(fv.sysfs, fv.dev, testAddr, fv.opts, fv.sys())
+func (fv *fakeVFIO) open() (*Function, error) {
+	var src uio.PageSource // a nil *fakeSource would not be a nil interface
+	if fv.src != nil {
+		src = fv.src
+	}
+	return openWith(fv.sysfs, fv.dev, testAddr, fv.opts, fv.sys(), src)
 }
 
 // fdPath names what fd refers to, to tell container, group and device apart.
@@ -417,11 +421,11 @@ func TestVFIOOpenType1(t *testing.T) {
 	if v := ne.Uint16(fv.regionBytes(t, 0, 0x10, 2)); v != 0x1234 {
 		t.Errorf("BAR0 write landed as %#x", v)
 	}
-	if _, err := b0.Read32(0x3e); !errors.Is(err, ErrBadAccess) {
+	if _, err := b0.Read32(0x3e); !errors.Is(err, uio.ErrBadAccess) {
 		t.Errorf("misaligned read: %v", err)
 	}
-	if _, err := f.BAR(2); !errors.Is(err, ErrNoBAR) {
-		t.Errorf("BAR2: %v, want ErrNoBAR", err)
+	if _, err := f.BAR(2); !errors.Is(err, uio.ErrNoBAR) {
+		t.Errorf("BAR2: %v, want uio.ErrNoBAR", err)
 	}
 	// DMA memory sits at IOMMU-mapped IOVAs above 4 GiB.
 	r, err := f.DMA().Alloc(4096, 4096)
@@ -499,7 +503,7 @@ func TestVFIOOpenType1(t *testing.T) {
 	if !fv.irqsDisabled || len(fv.maps) != 0 {
 		t.Errorf("after Close: irqs disabled %v, mappings %x", fv.irqsDisabled, fv.maps)
 	}
-	if cmd := binary.LittleEndian.Uint16(fv.regionBytes(t, 7, 4, 2)); cmd&cmdBusMaster != 0 {
+	if cmd := binary.LittleEndian.Uint16(fv.regionBytes(t, 7, 4, 2)); cmd&0x0004 != 0 { // Bus Master
 		t.Errorf("Bus Master still set after Close: %#04x", cmd)
 	}
 	if n := openFDs(t); n != fds {
@@ -508,8 +512,8 @@ func TestVFIOOpenType1(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	if _, err := f.BAR(4); !errors.Is(err, ErrClosed) {
-		t.Errorf("BAR after Close: %v", err)
+	if _, err := f.BAR(4); !errors.Is(err, uio.ErrClosed) {
+		t.Errorf("uio.BAR after Close: %v", err)
 	}
 }
 
@@ -543,8 +547,8 @@ func TestVFIOOpenNoIOMMU(t *testing.T) {
 func TestVFIONoIOMMUConfidential(t *testing.T) {
 	fv := newFakeVFIO(t, true)
 	os.WriteFile(fv.opts.CPUInfo, []byte("processor\t: 0\nflags\t\t: fpu hypervisor tdx_guest\n"), 0o644)
-	if _, err := fv.open(); !errors.Is(err, ErrConfidential) {
-		t.Fatalf("open = %v, want ErrConfidential", err)
+	if _, err := fv.open(); !errors.Is(err, uio.ErrConfidential) {
+		t.Fatalf("open = %v, want uio.ErrConfidential", err)
 	}
 	// Type1 in the same guest is not refused for that reason.
 	fv1 := newFakeVFIO(t, false)
@@ -589,7 +593,7 @@ func TestVFIOOpenErrors(t *testing.T) {
 		{"not bound", func(fv *fakeVFIO) {
 			os.Remove(filepath.Join(fv.dir, "driver"))
 			os.Symlink("../../../bus/pci/drivers/virtio-pci", filepath.Join(fv.dir, "driver"))
-		}, ErrNotBoundVFIO, "held by virtio-pci"},
+		}, ErrNotBound, "held by virtio-pci"},
 		{"no iommu group", func(fv *fakeVFIO) { os.Remove(filepath.Join(fv.dir, "iommu_group")) }, ErrNoGroup, "intel_iommu=on"},
 		{"no group node", func(fv *fakeVFIO) { os.Remove(filepath.Join(fv.dev, "vfio", "5")) }, ErrNoGroup, "noiommu-5"},
 		{"group shared", func(fv *fakeVFIO) { fv.addSysfsFunction("0000:00:04.0", "e1000e", "0x020000") }, ErrGroupShared, "0000:00:04.0 (bound to e1000e)"},
@@ -613,7 +617,7 @@ func TestVFIOOpenErrors(t *testing.T) {
 			if c.is != nil && !errors.Is(err, c.is) {
 				t.Errorf("error %v, want %v", err, c.is)
 			}
-			if !strings.Contains(err.Error(), c.msg) || !strings.HasPrefix(err.Error(), "uio: vfio open "+testAddr+": ") {
+			if !strings.Contains(err.Error(), c.msg) || !strings.HasPrefix(err.Error(), "vfio: open "+testAddr+": ") {
 				t.Errorf("error %q, want it to start with the op and say %q", err, c.msg)
 			}
 			if n := openFDs(t); n != fds {
@@ -627,7 +631,7 @@ func TestVFIOOpenErrors(t *testing.T) {
 }
 
 func TestCheckGroup(t *testing.T) {
-	me := GroupMember{Addr: testAddr, Driver: VFIODriver, Class: 0x078000}
+	me := GroupMember{Addr: testAddr, Driver: Driver, Class: 0x078000}
 	for _, c := range []struct {
 		name    string
 		members []GroupMember
@@ -636,7 +640,7 @@ func TestCheckGroup(t *testing.T) {
 		{"alone", []GroupMember{me}, true},
 		{"with a bridge", []GroupMember{{Addr: "0000:00:01.0", Driver: "pcieport", Class: 0x060400}, me}, true},
 		{"with an unbound function", []GroupMember{me, {Addr: "0000:00:03.1", Class: 0x078000}}, true},
-		{"with another vfio function", []GroupMember{me, {Addr: "0000:00:03.1", Driver: VFIODriver}}, true},
+		{"with another vfio function", []GroupMember{me, {Addr: "0000:00:03.1", Driver: Driver}}, true},
 		{"with a kernel-driven function", []GroupMember{me, {Addr: "0000:00:03.1", Driver: "virtio-pci", Class: 0x078000}}, false},
 		{"without us", []GroupMember{{Addr: "0000:00:04.0"}}, false},
 	} {

@@ -1,14 +1,16 @@
-package uio
+package vfio
 
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vserial/vserial/uio/internal/vfioabi"
+	"github.com/vserial/vserial/uio"
+	"github.com/vserial/vserial/vfio/internal/vfioabi"
 )
 
 // iovaChunk is the size of each piece of DMA memory the type1 backend maps.
@@ -20,7 +22,7 @@ const iovaChunk = 2 << 20
 // window (0xfee00000) and other low reserved ranges.
 const iovaBase = 1 << 32
 
-// iovaSource is the pageSource of the VFIO type1 backend: 2 MiB of ordinary
+// iovaSource is the PageSource of the VFIO type1 backend: 2 MiB of ordinary
 // anonymous memory per chunk, mapped into the IOMMU with VFIO_IOMMU_MAP_DMA
 // at an IOVA we choose. Chunk k sits at start + 2k·2 MiB: every mapping is
 // followed by a 2 MiB guard gap that is never mapped, so a device access
@@ -49,10 +51,10 @@ const iovaStride = 2 * iovaChunk
 // guard is the first guard gap, an IOVA never mapped.
 func (s *iovaSource) guard() uint64 { return s.start + iovaChunk }
 
-func (s *iovaSource) chunkSize() int   { return iovaChunk }
-func (s *iovaSource) describe() string { return "IOMMU-mapped 2 MiB chunks" }
+func (s *iovaSource) ChunkSize() int   { return iovaChunk }
+func (s *iovaSource) Describe() string { return "IOMMU-mapped 2 MiB chunks" }
 
-func (s *iovaSource) get() ([]byte, uint64, error) {
+func (s *iovaSource) Get() ([]byte, uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.end-s.next < iovaChunk || s.next >= s.end {
@@ -82,7 +84,7 @@ func (s *iovaSource) get() ([]byte, uint64, error) {
 }
 
 // put unmaps the chunk from the IOMMU, then from the process.
-func (s *iovaSource) put(mem []byte) error {
+func (s *iovaSource) Put(mem []byte) error {
 	s.mu.Lock()
 	iova, ok := s.live[addrOf(mem)]
 	delete(s.live, addrOf(mem))
@@ -145,4 +147,59 @@ func pickIOVA(ranges []vfioabi.IOVARange, need uint64) (start, end uint64, err e
 		return 0, 0, fmt.Errorf("no usable IOVA range of %d bytes in %x", need, ranges)
 	}
 	return bs, be, nil
+}
+
+// setupDMA makes the allocator: IOMMU-mapped chunks on type1, physical
+// addresses of hugepages (as uio) in no-IOMMU mode, or src if not nil. It
+// maps the first chunk now so a problem shows at start-up.
+func (f *Function) setupDMA(sysfs string, opts uio.Options, src uio.PageSource) error {
+	if f.noIOMMU {
+		uio.WarnMigration(sysfs, opts, f.log, "vfio no-IOMMU")
+	}
+	var fallback uio.PageSource
+	switch {
+	case src != nil:
+	case f.noIOMMU:
+		src, fallback = uio.PhysicalPages(sysfs, opts)
+	default:
+		var err error
+		if f.iova, err = f.iovaWindow(); err != nil {
+			return err
+		}
+		src = f.iova
+	}
+	f.alloc = uio.NewAllocator(src, fallback, f.log)
+	return f.alloc.Prime()
+}
+
+// iovaWindow asks the IOMMU for its page sizes and usable IOVA ranges and
+// returns a page source that maps chunks inside them.
+func (f *Function) iovaWindow() (*iovaSource, error) {
+	info, caps, err := f.sys.iommuInfo(f.container)
+	if err != nil {
+		return nil, err
+	}
+	if info.Flags&vfioabi.IOMMUInfoPgsizes != 0 && info.IOVAPgsizes&uint64(os.Getpagesize()) == 0 {
+		return nil, fmt.Errorf("the IOMMU does not map %d-byte pages (page sizes %#x)", os.Getpagesize(), info.IOVAPgsizes)
+	}
+	var ranges []vfioabi.IOVARange
+	if caps != nil {
+		err := vfioabi.Caps(caps, info.CapOffset, vfioabi.SizeofIOMMUType1Info, func(id, _ uint16, body []byte) error {
+			if id != vfioabi.IOMMUTypeCapIOVARange {
+				return nil
+			}
+			var err error
+			ranges, err = vfioabi.ParseIOVARanges(body)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	start, end, err := pickIOVA(ranges, 64*iovaChunk)
+	if err != nil {
+		return nil, err
+	}
+	f.log.Debug("vfio: iova window", "start", fmt.Sprintf("%#x", start), "end", fmt.Sprintf("%#x", end))
+	return newIOVASource(f.sys, f.container, start, end), nil
 }

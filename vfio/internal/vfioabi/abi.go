@@ -2,7 +2,7 @@
 // data: request numbers, flag and index constants, and structures laid out
 // exactly like their C counterparts, plus the encoders for the two requests
 // whose argument is not a fixed structure (VFIO_DEVICE_SET_IRQS and
-// VFIO_GROUP_GET_DEVICE_FD). It issues no system calls; package uio does,
+// VFIO_GROUP_GET_DEVICE_FD). It issues no system calls; package vfio does,
 // through one chokepoint. Each structure names its C struct; abi_test.go
 // checks sizes and field offsets against VIRTIO-NOTES §8.2, which were taken
 // from the 6.1 uapi header.
