@@ -107,6 +107,7 @@ func (d *Device) postOneRxLocked(s *slot, i int32) {
 func (d *Device) releaseRxLocked(s *slot, i int32) {
 	b := &s.rxBufs[i]
 	b.state, b.n, b.off = rxFree, 0, 0
+	s.rxMoved = d.clock()
 	if s.posting && !d.broken() {
 		d.postOneRxLocked(s, i)
 	}
