@@ -105,6 +105,9 @@ type slot struct {
 	// device filled a receive buffer, or a reader emptied one and it was
 	// posted again (salvageLocked: QEMU may have dropped bytes then).
 	rxMoved time.Time
+	// rxReleased: a reader handed buffers back since the last kick
+	// (kickRxLocked stamps rxMoved then).
+	rxReleased bool
 
 	// plan is the buffer set the DMA budget gave the slot at its first
 	// PORT_ADD (planned); txReserved the bytes still reserved for its

@@ -51,10 +51,14 @@ func (r *rig) recvSteps(p *Port, want int) []recvStep {
 // (rxLossLocked). The fake device drops nothing, so "def" below stands for
 // such bytes: the host wrote them, they never arrive. A port whose bytes
 // moved within rxLossWindow before the reset gets the bytes that arrived
-// before the reset, then ErrDeviceReset, then the bytes after it; a port
-// quiet for longer carries on without an error.
+// before the reset, then ErrDeviceReset, then the bytes after it. So does
+// a port whose reader emptied buffers just before the reset, although the
+// device filled them long before: the traced loss hit such a port, its
+// buffers posted again just before the fault (QEMU then reads the chardev
+// again). A port quiet for longer carries on without an error.
 func TestResetTellsPortsWhoseHostWasStreaming(t *testing.T) {
-	r := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 1, name: "p", host: true}, portSpec{id: 2, name: "q", host: true})})
+	r := newRig(t, rigOpts{plug: plugPorts(portSpec{id: 1, name: "p", host: true}, portSpec{id: 2, name: "q", host: true},
+		portSpec{id: 3, name: "s", host: true})})
 	var now atomic.Int64
 	now.Store(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC).UnixNano())
 	r.d.mu.Lock()
@@ -62,21 +66,27 @@ func TestResetTellsPortsWhoseHostWasStreaming(t *testing.T) {
 	r.d.mu.Unlock()
 	advance := func(d time.Duration) { now.Add(int64(d)) }
 
-	p, q := r.port(1, "p"), r.port(2, "q")
-	r.until("host connected", func() bool { return p.HostConnected() && q.HostConnected() })
-	for _, x := range []*Port{p, q} {
+	p, q, s := r.port(1, "p"), r.port(2, "q"), r.port(3, "s")
+	r.until("host connected", func() bool { return p.HostConnected() && q.HostConnected() && s.HostConnected() })
+	for _, x := range []*Port{p, q, s} {
 		if err := x.SetGuestOpen(r.ctx, true); err != nil {
 			t.Fatal(err)
 		}
 	}
-	r.modelWait("guest open", func() bool { return r.m.GuestConnected(1) && r.m.GuestConnected(2) })
+	r.modelWait("guest open", func() bool { return r.m.GuestConnected(1) && r.m.GuestConnected(2) && r.m.GuestConnected(3) })
 
 	// q: a request answered long before the reset.
 	if err := r.m.HostWrite(2, []byte("old")); err != nil {
 		t.Fatal(err)
 	}
 	r.recvSteps(q, 3)
+	// s: bytes that waited in the driver until just before the reset.
+	if err := r.m.HostWrite(3, []byte("lmn")); err != nil {
+		t.Fatal(err)
+	}
+	r.until("lmn buffered", func() bool { return s.RxBuffered() == 1 })
 	advance(5 * time.Second)
+	r.recvSteps(s, 3)
 	// p: streaming. "abc" is read; "xyz" arrives and waits in the
 	// driver; "def" is what QEMU read from the chardev and dropped.
 	if err := r.m.HostWrite(1, []byte("abc")); err != nil {
@@ -91,12 +101,15 @@ func TestResetTellsPortsWhoseHostWasStreaming(t *testing.T) {
 
 	r.m.NeedsReset()
 	r.until("reset", func() bool { return r.d.Stats().Resets == 1 })
-	r.until("ports back", func() bool { return p.settled() && q.settled() })
-	r.modelWait("guest open again", func() bool { return r.m.GuestConnected(1) && r.m.GuestConnected(2) })
+	r.until("ports back", func() bool { return p.settled() && q.settled() && s.settled() })
+	r.modelWait("guest open again", func() bool { return r.m.GuestConnected(1) && r.m.GuestConnected(2) && r.m.GuestConnected(3) })
 	if err := r.m.HostWrite(1, []byte("ghi")); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.m.HostWrite(2, []byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.m.HostWrite(3, []byte("opq")); err != nil {
 		t.Fatal(err)
 	}
 
@@ -112,6 +125,9 @@ func TestResetTellsPortsWhoseHostWasStreaming(t *testing.T) {
 	}
 	if steps := r.recvSteps(q, 3); len(steps) != 1 || steps[0] != (recvStep{"new", nil}) {
 		t.Errorf("quiet port: RecvTo gave %v, want \"new\" and no error", steps)
+	}
+	if steps := r.recvSteps(s, 3); len(steps) != 2 || !errors.Is(steps[0].err, ErrDeviceReset) || steps[1] != (recvStep{"opq", nil}) {
+		t.Errorf("port read just before the reset: RecvTo gave %v, want ErrDeviceReset, then \"opq\"", steps)
 	}
 }
 
