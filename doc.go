@@ -40,10 +40,11 @@
 // nothing is lost; host bytes that arrive while no conn holds the port are
 // discarded and counted, as Linux does; deadlines work and end calls with
 // os.ErrDeadlineExceeded. Read and Write return ErrPortRemoved once the host
-// unplugged the port, and ErrDeviceReset once when bytes were lost in a
-// reset of the device (the conn goes on). Dial waits for a port that does
-// not exist yet (hot-plug), until its context ends. Ports lists the live
-// ports and Changed says when that list or a host connection changes.
+// unplugged the port, and ErrDeviceReset once when bytes were, or may have
+// been, lost in a reset of the device (the conn goes on). Dial waits for a
+// port that does not exist yet (hot-plug), until its context ends. Ports
+// lists the live ports and Changed says when that list or a host
+// connection changes.
 //
 // # What the program must provide
 //

@@ -97,7 +97,8 @@ var (
 	// unplugged the port (or its device stopped).
 	ErrPortRemoved = driver.ErrPortRemoved
 	// ErrDeviceReset is returned once by a conn's Read or Write when bytes
-	// were lost in a reset of the device; the conn goes on after it.
+	// were, or may have been, lost in a reset of the device (docs/go-api.md
+	// says when); the conn goes on after it.
 	ErrDeviceReset = driver.ErrDeviceReset
 	// ErrEveryDeviceStopped is Err once every device stopped.
 	ErrEveryDeviceStopped = supervisor.ErrEveryDeviceStopped

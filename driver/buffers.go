@@ -107,6 +107,7 @@ func (d *Device) postOneRxLocked(s *slot, i int32) {
 func (d *Device) releaseRxLocked(s *slot, i int32) {
 	b := &s.rxBufs[i]
 	b.state, b.n, b.off = rxFree, 0, 0
+	s.rxReleased = true
 	if s.posting && !d.broken() {
 		d.postOneRxLocked(s, i)
 	}
@@ -114,6 +115,12 @@ func (d *Device) releaseRxLocked(s *slot, i int32) {
 
 // kickRxLocked publishes re-posted receive buffers and notifies if needed.
 func (d *Device) kickRxLocked(s *slot) {
+	if s.rxReleased {
+		// Every reader calls this after handing buffers back: one clock
+		// read per batch, not per buffer.
+		s.rxReleased = false
+		s.rxMoved = d.clock()
+	}
 	if d.broken() || !s.posting {
 		return
 	}

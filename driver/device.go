@@ -206,10 +206,11 @@ type Device struct {
 	ctrlTxFree []int32
 	ctrlQueue  []ctrlOut // control messages waiting for a descriptor
 	ctrlCopy   [bufSize]byte
-	lines      *ratelimit.Gate // device-driven Info lines (ratelog.go)
-	resetCause error           // the fault a recovery answers (salvageLocked)
-	salvaging  bool            // taking used buffers after a reset: no kicks
-	ctrlWindow time.Time       // control flood detection (control_queue.go)
+	lines      *ratelimit.Gate  // device-driven Info lines (ratelog.go)
+	resetCause error            // the fault a recovery answers (salvageLocked)
+	now        func() time.Time // the clock (tests set it; nil: time.Now)
+	salvaging  bool             // taking used buffers after a reset: no kicks
+	ctrlWindow time.Time        // control flood detection (control_queue.go)
 	ctrlCount  int
 	popped     uint64 // used buffers taken from any queue (HandleIRQ: was it ours?) // a control message, copied out of device memory before it is parsed
 	slots      []*slot

@@ -24,8 +24,11 @@
 //     straight into transmit buffers. The steady-state path allocates nothing.
 //   - Send waits while the host side of a non-console port is disconnected
 //     (QEMU would drop the bytes). Bytes a device reset may have lost are
-//     reported to the port's writer (ErrDeviceReset); bytes never delivered
-//     are counted (PortStats).
+//     reported once (ErrDeviceReset): to the port's writer when it had
+//     bytes queued, to its RecvTo reader, after the bytes that arrived
+//     before the reset, when host→guest bytes moved in the second before it
+//     (QEMU drops a chardev read that lands as the device breaks). Bytes
+//     never delivered are counted (PortStats).
 //   - A device that breaks the protocol is answered by isolating the message
 //     or port, or by a reset and a new bring-up on the same memory, within
 //     Config.MaxResets per minute; after that the device fails: every port

@@ -104,12 +104,12 @@ func (d *Device) faultLocked(cause error) {
 // queue the fault does not concern, so their bytes reach the reader. QEMU
 // keeps filling receive buffers until the reset lands, and throwing those
 // away left a stream with a silent 4 KiB gap, or many (the
-// reset-during-transfer guest test, 1 round in 10–30). A port whose own
-// receive queue broke may have lost bytes: its loop client is told once
-// (ErrDeviceReset from RecvTo, and the agent ends it with the reason; a
-// terminal's blocking Recv carries on). Nothing is kicked: the device is
-// reset. Transmit buffers the device used are taken back the same way, so
-// that only those it never took count as undelivered (undelivered.go).
+// reset-during-transfer guest test, 1 round in 10–30). Transmit buffers
+// the device used are taken back the same way, so that only those it
+// never took count as undelivered (undelivered.go). Nothing is kicked:
+// the device is reset.
+//
+// Then it marks the ports that may have lost host→guest bytes (rxLossLocked).
 func (d *Device) salvageLocked(cause error) {
 	badRx, badTx := ^uint32(0), ^uint32(0)
 	var pf *portFault
@@ -127,18 +127,55 @@ func (d *Device) salvageLocked(cause error) {
 			}
 		}
 	}
-	bad := badRx
+	now := d.clock()
 	for _, s := range d.slots {
 		if s == nil || s.rxBufs == nil {
 			continue
 		}
-		if s.id != bad && d.serviceRxLocked(s) == nil {
-			continue
-		}
-		if p := s.port; p != nil && !p.removed && (p.guestOpen || p.console) {
-			p.rxLost = true
-		}
+		broke := s.id == badRx || d.serviceRxLocked(s) != nil
+		d.rxLossLocked(s, broke, now)
 	}
+}
+
+// rxLossWindow is how recently host→guest bytes must have moved on a port
+// for a device reset to count as a possible loss (rxLossLocked).
+const rxLossWindow = time.Second
+
+// rxLossLocked marks the port of slot s, if a client has it open (or it is
+// a console), as having possibly lost host→guest bytes in the reset at
+// now: its loop client is told once, after the bytes that arrived before
+// the reset (ErrDeviceReset from RecvTo; the agent ends the client with
+// the reason; a terminal's blocking Recv carries on). That is the case when
+// its own receive queue broke, and when bytes moved on it within
+// rxLossWindow before the reset. QEMU reads a port's chardev (4 KiB at a
+// time) when its main loop last saw receive buffers available; a read that
+// lands after the device marked itself broken (the fault before
+// DEVICE_NEEDS_RESET), or after the reset, finds no buffer, and QEMU drops
+// those bytes (virtio-serial's write_to_port, whose result chr_read
+// ignores). A QEMU trace of the reset soak showed it: right after the
+// refused descriptor, one 4 KiB read on each streaming port never reached
+// a buffer, and the guest's streams had a 4 KiB gap there. A port whose
+// host was quiet for rxLossWindow had no such read pending, and its client
+// carries on.
+func (d *Device) rxLossLocked(s *slot, broke bool, now time.Time) {
+	p := s.port
+	if p == nil || p.removed || !(p.guestOpen || p.console) {
+		return
+	}
+	if broke || now.Sub(s.rxMoved) < rxLossWindow {
+		if !p.rxLost {
+			p.rxKeep = s.fLen
+		}
+		p.rxLost = true
+	}
+}
+
+// clock is the driver's time.Now (tests replace it).
+func (d *Device) clock() time.Time {
+	if d.now != nil {
+		return d.now()
+	}
+	return time.Now()
 }
 
 // fatalLocked stops the device for good: it is reset so that it no longer

@@ -35,16 +35,21 @@ func (p *Port) RecvTo(w BuffersWriter) (n int, more bool, err error) {
 	if err := p.errLocked(); err != nil {
 		return 0, false, err
 	}
+	limit := maxRecvBuffers
 	if p.rxLost {
-		p.rxLost = false
-		return 0, s.fLen > 0, ErrDeviceReset
+		// The bytes that arrived before the reset first, then the error.
+		limit = min(limit, p.rxKeep, s.fLen)
+		if limit == 0 || s.port != p {
+			p.rxLost, p.rxKeep = false, 0
+			return 0, s.fLen > 0, ErrDeviceReset
+		}
 	}
 	if s.port != p || s.fLen == 0 {
 		return 0, false, nil
 	}
 	bufs := p.recvVec[:0]
 	want := 0
-	for k := 0; k < s.fLen && k < maxRecvBuffers; k++ {
+	for k := 0; k < s.fLen && k < limit; k++ {
 		b := &s.rxBufs[s.fifo[(s.fHead+k)%len(s.fifo)]]
 		data := b.mem.Bytes()[b.off:b.n]
 		bufs = append(bufs, data)
@@ -64,12 +69,15 @@ func (p *Port) RecvTo(w BuffersWriter) (n int, more bool, err error) {
 		if b.off == b.n {
 			s.fifoPop()
 			d.releaseRxLocked(s, i)
+			if p.rxKeep > 0 {
+				p.rxKeep--
+			}
 		}
 	}
 	if n > 0 {
 		d.kickRxLocked(s)
 	}
-	return n, s.fLen > 0, err
+	return n, s.fLen > 0 || p.rxLost, err
 }
 
 // SendFrom fills every free transmit buffer (up to maxSendBuffers) with one

@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/vserial/vserial/dma"
 )
@@ -100,6 +101,13 @@ type slot struct {
 	fHead    int
 	fLen     int
 	posting  bool // the device announced this id since the last reset
+	// rxMoved is when host→guest bytes last moved on the slot: the
+	// device filled a receive buffer, or a reader emptied one and it was
+	// posted again (salvageLocked: QEMU may have dropped bytes then).
+	rxMoved time.Time
+	// rxReleased: a reader handed buffers back since the last kick
+	// (kickRxLocked stamps rxMoved then).
+	rxReleased bool
 
 	// plan is the buffer set the DMA budget gave the slot at its first
 	// PORT_ADD (planned); txReserved the bytes still reserved for its
@@ -153,9 +161,13 @@ type Port struct {
 	txInflight    int
 	txLost        bool
 	rxLost        bool // host→guest bytes may have been lost in a reset
-	stats         PortStats
-	changed       chan struct{}
-	changeQueued  bool // a PortChanged waits in the event queue
+	// rxKeep counts the filled buffers (from the head of the FIFO) that
+	// arrived before the reset rxLost reports: RecvTo hands them over
+	// before the error, bytes after the possible gap only after it.
+	rxKeep       int
+	stats        PortStats
+	changed      chan struct{}
+	changeQueued bool // a PortChanged waits in the event queue
 
 	// Scratch for vectored Send and Recv (one sender and one receiver).
 	// sendWide: the last Send filled every buffer it had, so the next one
@@ -316,6 +328,8 @@ func (p *Port) SetGuestOpen(ctx context.Context, open bool) error {
 	p.guestOpen = open
 	if !open {
 		p.discardRxLocked()
+		// A loss in a reset belonged to the session that ends here.
+		p.rxLost, p.rxKeep, p.txLost = false, 0, false
 	}
 	if d.multiport && !p.reannounce {
 		d.sendControlLocked(p.id, ctrlPortOpen, boolValue(open))

@@ -59,6 +59,7 @@ func (d *Device) serviceRxLocked(s *slot) error {
 	}
 	d.kickRxLocked(s)
 	if got {
+		s.rxMoved = d.clock()
 		wake(p.rxWake)
 	}
 	return nil

@@ -182,7 +182,7 @@ func (e *Endpoint) Port() *driver.Port { return e.port }
 // Read copies host bytes into b: at least one, waiting for them. While the
 // host side is away it waits (nothing is lost). It returns
 // driver.ErrPortRemoved once the port went, driver.ErrDeviceReset when host
-// bytes were lost in a reset (the next Read goes on), net.ErrClosed after
+// bytes were or may have been lost in a reset (the next Read goes on), net.ErrClosed after
 // Close, and ErrDeadline once the read deadline passed.
 func (e *Endpoint) Read(b []byte) (int, error) {
 	e.rmu.Lock()

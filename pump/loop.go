@@ -188,7 +188,7 @@ func (l *Loop) submit(c command) bool {
 // io.EOF once the client closed its end and the device took every byte it
 // sent; the read or write error that ended it; driver.ErrPortRemoved,
 // driver.ErrDeviceReset (bytes the client sent were lost in a device
-// reset), ErrClosed; or ctx.Err() when ctx ends first. Bytes from the
+// reset, or host bytes may have been: see docs/sockets.md), ErrClosed; or ctx.Err() when ctx ends first. Bytes from the
 // client are read only while the host side is connected; a client that
 // hangs up with nothing unread ends even while the host is away. fd stays
 // the caller's: the loop stops watching it before Serve returns.

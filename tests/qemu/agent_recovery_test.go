@@ -127,8 +127,11 @@ func TestAgentRecovery(t *testing.T) {
 		}
 		// QEMU emits VSERPORT_CHANGE at most once a second per port and
 		// folds what happens within that second into its last state:
-		// wait it out so the reset's open=false is seen.
-		time.Sleep(1200 * time.Millisecond)
+		// wait it out so the reset's open=false is seen. The wait also
+		// makes the host quiet for longer than the driver's loss window
+		// (a second): a client whose host was streaming would be told
+		// about bytes QEMU may have dropped (driver: rxLossLocked).
+		time.Sleep(1500 * time.Millisecond)
 		if _, err := inject(ctx, 1); err != nil {
 			t.Fatal(err)
 		}

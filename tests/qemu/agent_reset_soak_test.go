@@ -16,12 +16,13 @@ const EnvResetRounds = "VSERIAL_RESET_ROUNDS"
 // defaultResetRounds is how many rounds the soak runs without it: one in
 // CI, where TestAgentResetDuringTransfer runs the same round again. On
 // 2026-12-03 a clean-clone CI run found a silent host→guest gap in round 3
-// (the port whose transmitq took the injected fault; 1 round in about 20
-// that day, under the full suite's load; 8 rounds alone were clean). It is
-// open: run VSERIAL_RESET_ROUNDS=30 to look for it. The likely place is
-// QEMU itself: once the fault marks the device broken it stops popping
-// receive buffers, and bytes it had already read from the chardev for
-// that port are dropped before the driver's reset (docs/reliability.md).
+// (1 round in about 20 under the full suite's load); with two busy loops on
+// the host it came back in round 9 of 30, and a QEMU trace showed QEMU
+// dropping a chardev read on each streaming port after the fault
+// (TestAgentResetDuringTransfer's comment). Since the agent tells the
+// clients of ports that were streaming toward the guest, 30 rounds under
+// the same load found no gap, QEMU's drop being traced again in one of
+// them (docs/reliability.md). VSERIAL_RESET_ROUNDS=30 runs more.
 const defaultResetRounds = 1
 
 // TestAgentResetDuringTransferSoak repeats the round of

@@ -34,17 +34,24 @@ import (
 //   - the agent survives, reports device_reset, keeps every port published
 //     and host-connected, and each port moves data both ways afterwards.
 //
-// Both outcomes happen (seen over a dozen runs): a port with guest→host
-// buffers in flight at the reset has its client ended (the guest sees
-// ECONNRESET on read and EPIPE on write, not a clean end of file, since
-// the agent closes a socket with unread bytes); one without (host→guest
-// only, or between two sends) carries on byte-exact. A silent gap in a
-// host→guest stream whose session goes on is a failure (padStalled): in a
-// few rounds in thirty (TestAgentResetDuringTransferSoak) the driver lost
-// the receive buffers the device had filled just before the reset (one to
-// 28 of 4 KiB; a QEMU trace of virtqueue_fill showed them filled right
-// before status 0), until it learnt to take them after the reset write
-// (driver: salvageLocked).
+// Both outcomes happen: a port with guest→host buffers in flight at the
+// reset, or whose host→guest bytes moved in the second before it (ports A
+// and B, always), has its client ended: one with bytes the agent had not
+// read sees ECONNRESET on read and EPIPE on write (the agent closes a
+// socket with unread bytes), one that only reads sees end of file before
+// its count (nothing else ends a stream from the host). One with neither
+// (port C between two sends) carries on byte-exact. A silent gap in a host→guest stream whose session
+// goes on is a failure (padStalled). The soak
+// (TestAgentResetDuringTransferSoak) found two causes. The driver lost the
+// receive buffers the device had filled just before the reset (one to 28
+// of 4 KiB; a QEMU trace of virtqueue_fill showed them filled right before
+// status 0) until it learnt to take them after the reset write (driver:
+// salvageLocked). And QEMU drops a 4 KiB chardev read that lands after the
+// refused descriptor marked the device broken (a trace showed chr_read on
+// ports 1 and 2 with no virtqueue_pop after them, and both streams had a
+// gap; 1 round in 9 with the host loaded): no driver sees those bytes, so
+// the client of a port that was streaming toward the guest is now told
+// (driver: rxLossLocked).
 func TestAgentResetDuringTransfer(t *testing.T) {
 	t.Parallel()
 	const big = 64 << 20
