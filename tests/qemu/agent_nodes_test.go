@@ -148,4 +148,32 @@ func TestAgentNodes(t *testing.T) {
 			}
 		}
 	})
+	t.Run("hotplug", func(t *testing.T) {
+		// The same port plugged again gets its node and link back.
+		if _, err := g.HotplugPort(ctx, Port{Name: names[1], Nr: 2}); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.WaitPath(ctx, link(names[1]), 20*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		check(t, "revents=IN|HUP", link(names[1]), "poll")
+	})
+	t.Run("sigterm-with-node-open", func(t *testing.T) {
+		// The agent stops while a program holds a node: it exits 0, and
+		// the nodes and links go.
+		p, err := g.Start(ctx, "nodecheck", node, "hold", "30")
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		if out, err := a.stop(ctx); err != nil {
+			t.Fatalf("vserial-agent after SIGTERM with a node open: %v\n%s", err, out)
+		}
+		for _, p := range []string{link(names[0]), link(names[1]), nodes[0], nodes[1], console} {
+			if _, err := g.Run(ctx, "wait-gone", p, "10"); err != nil {
+				t.Errorf("%s after the agent stopped: %v", p, err)
+			}
+		}
+		_ = p.Signal(ctx, 9)
+	})
 }
