@@ -294,6 +294,9 @@ func (n *nodeState) teardown(removed bool) {
 			pt.awaitClose(n.d.ctx)
 			srv.Close()
 			<-served
+			// Closed by Close with the file still open: the kernel
+			// sends no release for it now.
+			pt.forceRelease()
 		}()
 		return
 	}

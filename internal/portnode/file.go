@@ -90,7 +90,7 @@ func (pt *Port) Open(ctx context.Context, r cuse.Request) (uint64, syscall.Errno
 	return f.fh, 0
 }
 
-// awaitRelease waits (within handoverWait) for the release of the
+// awaitRelease waits (within handoverWait and PORT_OPEN 0) for the release of the
 // previous opener to finish.
 func (pt *Port) awaitRelease(ctx context.Context) syscall.Errno {
 	pt.mu.Lock()
@@ -99,7 +99,9 @@ func (pt *Port) awaitRelease(ctx context.Context) syscall.Errno {
 	if rel == nil {
 		return 0
 	}
-	t := time.NewTimer(handoverWait)
+	// The release waits up to handoverWait for the device, then tells
+	// the host.
+	t := time.NewTimer(handoverWait + openTimeout)
 	defer t.Stop()
 	select {
 	case <-rel:
@@ -255,17 +257,21 @@ func (pt *Port) Write(ctx context.Context, r cuse.Request, b []byte) (int, sysca
 		f.ep.WatchAlso(pump.WatchWrite) // poll hears when to try again
 		return pt.nonblockWrite(r)
 	}
-	f.ep.SetWriteDeadline(time.Time{})
-	stop := context.AfterFunc(ctx, func() { f.ep.SetWriteDeadline(past) })
-	n, err := f.ep.Write(b)
-	stop()
-	if n > 0 {
-		return n, 0
+	for {
+		f.ep.SetWriteDeadline(time.Time{})
+		stop := context.AfterFunc(ctx, func() { f.ep.SetWriteDeadline(past) })
+		n, err := f.ep.Write(b)
+		stop()
+		switch {
+		case n > 0:
+			return n, 0
+		case ctx.Err() != nil:
+			return 0, syscall.EINTR
+		case errors.Is(err, pump.ErrDeadline):
+			continue // a deadline left over from an interrupt that came late
+		}
+		return writeErr(err)
 	}
-	if ctx.Err() != nil {
-		return 0, syscall.EINTR
-	}
-	return writeErr(err)
 }
 
 // nonblockWrite is a write that would block: EAGAIN, or 0 for the later
@@ -367,10 +373,9 @@ func (f *file) watch() {
 		}
 		select {
 		case <-ch:
+			// A waiting read looks again (the host may have left: end
+			// of file). A waiting write goes on waiting, as Linux's.
 			f.ep.SetReadDeadline(past)
-			if !f.pt.p.HostConnected() {
-				f.ep.SetWriteDeadline(past)
-			}
 		case <-sig:
 		case <-f.stop:
 			return

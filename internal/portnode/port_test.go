@@ -92,6 +92,14 @@ func (r *rig) waitGuest(id uint32, open bool) {
 	}
 }
 
+// release is the node's last close, waited for (PORT_OPEN 0 and the
+// endpoint's close run after the call returns).
+func (r *rig) release(pt *Port, fh uint64) {
+	r.t.Helper()
+	pt.Release(cuse.Request{FH: fh})
+	pt.awaitClose(r.ctx)
+}
+
 func (r *rig) open(pt *Port, flags uint32) uint64 {
 	r.t.Helper()
 	fh, e := pt.Open(r.ctx, cuse.Request{Flags: flags})
@@ -151,7 +159,7 @@ func TestOpenReadWriteRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	fh = r.open(pt, unix.O_RDWR)
-	pt.Release(cuse.Request{FH: fh})
+	r.release(pt, fh)
 }
 
 // A console port refuses the node (ENXIO), as Linux's does.
@@ -169,7 +177,7 @@ func TestReadInterruptAndEOF(t *testing.T) {
 	r := newRig(t)
 	pt := r.port(1)
 	fh := r.open(pt, unix.O_RDWR)
-	defer pt.Release(cuse.Request{FH: fh})
+	defer r.release(pt, fh)
 	type res struct {
 		n int
 		e syscall.Errno
@@ -260,7 +268,7 @@ func TestPollNotifyAfterEAGAIN(t *testing.T) {
 	pt.srv = srv
 	pt.mu.Unlock()
 	fh := r.open(pt, unix.O_RDWR)
-	defer pt.Release(cuse.Request{FH: fh})
+	defer r.release(pt, fh)
 	const kh = 0xabcdef
 	// The poll finds bytes: it watches for nothing more.
 	if err := r.m.HostWrite(1, []byte("first")); err != nil {
