@@ -39,6 +39,10 @@ type Config struct {
 	Failed func(port uint32, reason string)
 }
 
+// retryWait is how long a port whose node could not be made waits before
+// the next try.
+const retryWait = 2 * time.Second
+
 // NodeBase is the first node index: far above the index of any
 // virtio device the kernel drives in a guest, so that vserial's
 // /dev/vport<D>p<ID> never takes a kernel port's name.
@@ -152,8 +156,15 @@ func (d *Device) follow(pt *Port) {
 		if removed {
 			return
 		}
+		// A node that could not be made is tried again (the name of an
+		// unplugged port's node may still be held by an open file).
+		var retry <-chan time.Time
+		if want && n.srv == nil {
+			retry = time.After(retryWait)
+		}
 		select {
 		case <-ch:
+		case <-retry:
 		case <-d.ctx.Done():
 			n.reconcile(false, "", false)
 			return
@@ -262,9 +273,9 @@ func (n *nodeState) ensureNode(name string) error {
 }
 
 // teardown removes the node. A port unplugged under an open file keeps
-// serving that file as Linux serves an unplugged port (reads at end of
-// file, writes ENODEV, poll POLLHUP) until it is closed, with its node
-// already unlinked.
+// serving that file as Linux serves an unplugged port (reads and writes
+// ENODEV, poll POLLHUP) until it is closed, with its node already
+// unlinked.
 func (n *nodeState) teardown(removed bool) {
 	srv, served := n.srv, n.served
 	n.srv, n.served = nil, nil
@@ -283,6 +294,9 @@ func (n *nodeState) teardown(removed bool) {
 			pt.awaitClose(n.d.ctx)
 			srv.Close()
 			<-served
+			// Closed by Close with the file still open: the kernel
+			// sends no release for it now.
+			pt.forceRelease()
 		}()
 		return
 	}

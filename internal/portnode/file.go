@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,7 +28,10 @@ type file struct {
 	stop chan struct{} // closed at release: ends the watcher
 	done chan struct{} // closed when the watcher returned
 
-	kh chan uint64 // the poll handle to wake (at most one pending)
+	// kh is the kernel's poll handle of the file (one per open file,
+	// valid until release), known once a poll asked for notifications.
+	kh    atomic.Uint64
+	hasKH atomic.Bool
 }
 
 // past is a deadline that has passed: a Read or Write with it does not wait.
@@ -75,7 +79,6 @@ func (pt *Port) Open(ctx context.Context, r cuse.Request) (uint64, syscall.Errno
 		pt: pt, ep: ep,
 		rsem: make(chan struct{}, 1), wsem: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{}),
-		kh: make(chan uint64, 1),
 	}
 	pt.mu.Lock()
 	pt.nextFH++
@@ -87,7 +90,7 @@ func (pt *Port) Open(ctx context.Context, r cuse.Request) (uint64, syscall.Errno
 	return f.fh, 0
 }
 
-// awaitRelease waits (within handoverWait) for the release of the
+// awaitRelease waits (within handoverWait and PORT_OPEN 0) for the release of the
 // previous opener to finish.
 func (pt *Port) awaitRelease(ctx context.Context) syscall.Errno {
 	pt.mu.Lock()
@@ -96,7 +99,9 @@ func (pt *Port) awaitRelease(ctx context.Context) syscall.Errno {
 	if rel == nil {
 		return 0
 	}
-	t := time.NewTimer(handoverWait)
+	// The release waits up to handoverWait for the device, then tells
+	// the host.
+	t := time.NewTimer(handoverWait + openTimeout)
 	defer t.Stop()
 	select {
 	case <-rel:
@@ -159,7 +164,10 @@ func (pt *Port) Release(r cuse.Request) {
 func (pt *Port) Read(ctx context.Context, r cuse.Request, b []byte) (int, syscall.Errno) {
 	f := pt.fileFor(r.FH)
 	if f == nil {
-		return pt.closedRead()
+		return 0, syscall.ENODEV
+	}
+	if pt.p.Removed() {
+		return 0, syscall.ENODEV // Linux: the port is hot-unplugged
 	}
 	if len(b) == 0 {
 		return 0, 0
@@ -182,6 +190,7 @@ func (pt *Port) Read(ctx context.Context, r cuse.Request, b []byte) (int, syscal
 			return 0, 0 // end of file (or the end of a split read)
 		}
 		if nonblock {
+			f.ep.WatchAlso(pump.WatchRead) // poll hears when to try again
 			return 0, syscall.EAGAIN
 		}
 		// Wait. The watcher moves the deadline to the past when the port
@@ -209,27 +218,21 @@ func (pt *Port) Read(ctx context.Context, r cuse.Request, b []byte) (int, syscal
 func readErr(err error) (int, syscall.Errno) {
 	switch {
 	case errors.Is(err, driver.ErrPortRemoved), errors.Is(err, net.ErrClosed), errors.Is(err, driver.ErrClosed):
-		return 0, 0 // Linux: the unplugged port reads as end of file
-	case errors.Is(err, driver.ErrDeviceReset):
-		return 0, syscall.EIO
+		return 0, syscall.ENODEV // Linux: unplugged while the read waited
 	}
-	return 0, syscall.EIO
+	return 0, syscall.EIO // a device reset lost host bytes, or worse
 }
-
-// closedRead answers a read on a file that is no longer the open one (the
-// port was unplugged under it).
-func (pt *Port) closedRead() (int, syscall.Errno) { return 0, 0 }
 
 // Write is Linux's port_fops_write: it waits while the host is away or no
 // transmit buffer is free (EAGAIN without blocking), then queues what fits
 // and returns.
 func (pt *Port) Write(ctx context.Context, r cuse.Request, b []byte) (int, syscall.Errno) {
 	f := pt.fileFor(r.FH)
-	if f == nil {
-		return 0, syscall.ENODEV
-	}
 	if len(b) == 0 {
 		return 0, 0
+	}
+	if f == nil || pt.p.Removed() {
+		return 0, syscall.ENODEV // Linux: the port is hot-unplugged
 	}
 	if !acquire(ctx, f.wsem) {
 		return 0, syscall.EINTR
@@ -248,19 +251,24 @@ func (pt *Port) Write(ctx context.Context, r cuse.Request, b []byte) (int, sysca
 		if err != nil && !errors.Is(err, pump.ErrDeadline) {
 			return writeErr(err)
 		}
+		f.ep.WatchAlso(pump.WatchWrite) // poll hears when to try again
 		return pt.nonblockWrite(r)
 	}
-	f.ep.SetWriteDeadline(time.Time{})
-	stop := context.AfterFunc(ctx, func() { f.ep.SetWriteDeadline(past) })
-	n, err := f.ep.Write(b)
-	stop()
-	if n > 0 {
-		return n, 0
+	for {
+		f.ep.SetWriteDeadline(time.Time{})
+		stop := context.AfterFunc(ctx, func() { f.ep.SetWriteDeadline(past) })
+		n, err := f.ep.Write(b)
+		stop()
+		switch {
+		case n > 0:
+			return n, 0
+		case ctx.Err() != nil:
+			return 0, syscall.EINTR
+		case errors.Is(err, pump.ErrDeadline):
+			continue // a deadline left over from an interrupt that came late
+		}
+		return writeErr(err)
 	}
-	if ctx.Err() != nil {
-		return 0, syscall.EINTR
-	}
-	return writeErr(err)
 }
 
 // nonblockWrite is a write that would block: EAGAIN, or 0 for the later
@@ -310,11 +318,8 @@ func (pt *Port) Poll(r cuse.Request, kh uint64, schedule bool, events uint32) ui
 	if !schedule {
 		return f.revents()
 	}
-	select {
-	case <-f.kh:
-	default:
-	}
-	f.kh <- kh
+	f.kh.Store(kh)
+	f.hasKH.Store(true)
 	// Watch before looking, then watch only for what is not there yet:
 	// the kernel hears of changes, never of a state that stays (an
 	// edge-triggered epoll would otherwise poll in a loop).
@@ -365,10 +370,9 @@ func (f *file) watch() {
 		}
 		select {
 		case <-ch:
+			// A waiting read looks again (the host may have left: end
+			// of file). A waiting write goes on waiting, as Linux's.
 			f.ep.SetReadDeadline(past)
-			if !f.pt.p.HostConnected() {
-				f.ep.SetWriteDeadline(past)
-			}
 		case <-sig:
 		case <-f.stop:
 			return
@@ -377,17 +381,17 @@ func (f *file) watch() {
 	}
 }
 
-// notify wakes the scheduled poll, if any.
+// notify wakes the file's pollers, if the kernel polls it: the kernel
+// then polls again.
 func (f *file) notify() {
-	select {
-	case kh := <-f.kh:
-		f.pt.mu.Lock()
-		srv := f.pt.srv
-		f.pt.mu.Unlock()
-		if srv != nil {
-			srv.NotifyPoll(kh)
-		}
-	default:
+	if !f.hasKH.Load() {
+		return
+	}
+	f.pt.mu.Lock()
+	srv := f.pt.srv
+	f.pt.mu.Unlock()
+	if srv != nil {
+		srv.NotifyPoll(f.kh.Load())
 	}
 }
 
