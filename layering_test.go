@@ -47,6 +47,13 @@ var forbidden = map[string][]string{
 	// internal/kcmdline reads module parameters off the kernel command
 	// line for devopen and the guest helper: a leaf too.
 	"internal/kcmdline": {"dma", "ring", "driver", "uio", "vfio", "pciscan", "agent", "cmd", "pump"},
+	// cuse speaks Linux's CUSE protocol for any character device: a leaf
+	// that knows nothing of virtio. internal/portnode serves a port
+	// through it with Linux's virtio_console semantics, above the loop,
+	// and knows nothing of sockets (internal/supervisor shares the port
+	// between both).
+	"cuse":              {"dma", "ring", "driver", "uio", "vfio", "pciscan", "agent", "cmd", "pump"},
+	"internal/portnode": {"uio", "vfio", "pciscan", "agent", "cmd"},
 }
 
 // layer names the entry of forbidden that a package path (relative to the

@@ -73,6 +73,12 @@ type Options struct {
 	// (--wait-devices). Without it, Done is closed once every device
 	// stopped.
 	WaitDevices bool
+	// Nodes: every port also gets a character device node like the
+	// kernel driver's, /dev/vport<D>p<ID> with the /dev/virtio-ports/NAME
+	// link (CUSE; --nodes), unless its PortConfig.Node says otherwise. The
+	// node, the socket and Dial share the port: whoever opens first holds
+	// it. docs/nodes.md.
+	Nodes bool
 	// Sysfs is where functions are found and bound ("": /sys; for tests).
 	Sysfs string
 	// Program names the program in the lines written to the host through
@@ -142,6 +148,7 @@ func (o Options) config() (supervisor.Config, error) {
 		ShutdownFlush: o.ShutdownFlush,
 		Sysfs:         o.Sysfs,
 		WaitDevices:   o.WaitDevices,
+		Nodes:         supervisor.NodeWant(o.Nodes, o.Ports, o.DefaultPort),
 		Program:       o.Program,
 		Logger:        o.Logger,
 	}

@@ -82,6 +82,7 @@ func (cfg runConfig) options(log *slog.Logger) vserial.Options {
 		Ring:          cfg.Ring.String(),
 		ShutdownFlush: cfg.ShutdownFlush,
 		WaitDevices:   cfg.WaitDevices,
+		Nodes:         cfg.Nodes,
 		Sysfs:         cfg.Sysfs,
 		Program:       program,
 	}

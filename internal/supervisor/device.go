@@ -13,6 +13,7 @@ import (
 	"github.com/vserial/vserial/internal/agentwire"
 	"github.com/vserial/vserial/internal/devopen"
 	"github.com/vserial/vserial/internal/guard"
+	"github.com/vserial/vserial/internal/portnode"
 	"github.com/vserial/vserial/pciscan"
 	"github.com/vserial/vserial/pump"
 )
@@ -65,6 +66,9 @@ type Spec struct {
 	// changed, removed), to wake a Dial waiting for a port. It must not
 	// block.
 	Changed func()
+	// Nodes, when not nil, says which ports also get a device node
+	// (Config.Nodes); nil: none.
+	Nodes func(name string) bool
 }
 
 // Opener brings one function up (Hooks.Open; OpenDevice in production).
@@ -110,6 +114,7 @@ func NewDevice(od *devopen.Device, spec Spec) Device {
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
+	d.nodes = newNodes(spec, d.log)
 	for _, p := range od.Dev.Ports() {
 		d.present = append(d.present, d.adapt(p))
 	}
@@ -127,6 +132,8 @@ type consoleDevice struct {
 	log     *slog.Logger
 	ports   chan agent.Port
 	present []agent.Port
+
+	nodes *portnode.Device // the ports' device nodes; nil: none
 
 	mu     sync.Mutex
 	byPort map[*driver.Port]*sockPort // the live ports
@@ -191,6 +198,9 @@ func (d *consoleDevice) adapt(p *driver.Port) *sockPort {
 	sp := d.byPort[p]
 	if sp == nil {
 		sp = &sockPort{Port: p, loop: d.od.Loop, log: d.log}
+		if d.nodes != nil && d.od.Loop != nil {
+			sp.node = d.nodes.Add(p, d.od.Loop)
+		}
 		d.byPort[p] = sp
 	}
 	return sp
@@ -239,6 +249,9 @@ func (d *consoleDevice) Close() error {
 	d.once.Do(func() {
 		close(d.stop)
 		<-d.done
+		if d.nodes != nil {
+			d.nodes.Close() // the nodes go before the device resets
+		}
 		d.closeErr = d.od.Close()
 	})
 	return d.closeErr

@@ -42,7 +42,7 @@ func (h *Held) Close() error {
 	h.once.Do(func() {
 		err := h.Endpoint.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
-		cerr := h.Port.SetGuestOpen(ctx, false)
+		cerr := h.sp.guestOpen(ctx, false)
 		cancel()
 		if err == nil && cerr != nil && !errors.Is(cerr, driver.ErrPortRemoved) && !errors.Is(cerr, driver.ErrClosed) {
 			err = cerr
@@ -109,13 +109,13 @@ func (s *Supervisor) take(ctx context.Context, sp *sockPort, name string) (*Held
 	}
 	// A socket client the loop serves on the port ends first.
 	sp.takeOver()
-	if err := sp.Port.SetGuestOpen(ctx, true); err != nil {
+	if err := sp.guestOpen(ctx, true); err != nil {
 		sp.release()
 		return nil, fmt.Errorf("vserial: Dial %s: open the port: %w", name, err)
 	}
 	e, err := sp.loop.Attach(sp.Port)
 	if err != nil {
-		sp.Port.SetGuestOpen(context.WithoutCancel(ctx), false)
+		sp.guestOpen(context.WithoutCancel(ctx), false)
 		sp.release()
 		return nil, fmt.Errorf("vserial: Dial %s: %w", name, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/vserial/vserial/agent"
 	"github.com/vserial/vserial/driver"
 	"github.com/vserial/vserial/internal/agentwire"
+	"github.com/vserial/vserial/internal/portnode"
 	"github.com/vserial/vserial/pump"
 )
 
@@ -24,6 +25,10 @@ type sockPort struct {
 	*driver.Port
 	loop *pump.Loop
 	log  *slog.Logger
+	// node, when not nil, is the port's device node (run --nodes): the
+	// port's opens and closes go through it, so that whoever opens first
+	// (socket client, node opener or Dial) holds the port.
+	node *portnode.Port
 
 	mu     sync.Mutex
 	held   bool                    // a Dial holds the port (or is taking it)
@@ -63,6 +68,15 @@ func (p *sockPort) SetGuestOpen(ctx context.Context, open bool) error {
 			return errTakenOver
 		}
 		return nil
+	}
+	return p.guestOpen(ctx, open)
+}
+
+// guestOpen opens or closes the port, through its device node if it has
+// one (refused with portnode.ErrHeldByNode while a program holds the node).
+func (p *sockPort) guestOpen(ctx context.Context, open bool) error {
+	if p.node != nil {
+		return p.node.SetGuestOpen(ctx, open)
 	}
 	return p.Port.SetGuestOpen(ctx, open)
 }

@@ -32,6 +32,10 @@ type Config struct {
 	// and let go of each that goes (kernel uevents); the supervisor then
 	// never stops on its own.
 	WaitDevices bool
+	// Nodes, when not nil, says which ports (by the name their socket
+	// configuration is looked up by) also get a character device node
+	// through CUSE (docs/nodes.md); nil: none.
+	Nodes func(name string) bool
 	// Sockets, when not nil, is the socket side's configuration: every
 	// port nobody holds in-process is served as a socket, with the control
 	// socket. Its Logger is filled in from Logger.
@@ -251,6 +255,7 @@ func (s *Supervisor) spec(i int, fn pciscan.Function) Spec {
 		Logger:        s.log.With("pci", fn.Addr, "dev", i),
 		Report:        s.report,
 		Changed:       s.bump,
+		Nodes:         s.cfg.Nodes,
 	}
 }
 
