@@ -19,18 +19,14 @@
 //
 // # What Open does
 //
-// Open takes PCI functions from the kernel as `vserial-agent run` does:
-// the free virtio-console functions (or those named in Options.Devices),
-// each bound to uio_pci_generic, or to vfio-pci when it sits in a real
-// IOMMU group (Options.Bind), brought up with MULTIPORT and served by one
-// data-plane goroutine per device, and returns once the ports present at
-// start are published. Close resets the devices and gives the functions
-// back. Options.SocketDir additionally serves every port no conn holds as
-// a Unix socket there, as run does; a Dial takes such a port over (its
-// socket client is disconnected, the socket refuses clients until the
-// conn is closed). Every other field of Options is one of run's flags,
-// its zero value the flag's default: `vserial-agent run` is itself a user
-// of this package, so the two share one implementation.
+// Open takes PCI functions from the kernel as `vserial-agent run` does
+// (the free virtio-console functions, or Options.Devices; uio_pci_generic,
+// or vfio-pci in a real IOMMU group), brings each up with MULTIPORT and
+// one data-plane goroutine, and returns once the ports present at start
+// are published. With Options.SocketDir every port no conn holds is also
+// served as a Unix socket there; a Dial takes such a port over. Every
+// other field of Options is one of run's flags, its zero value the flag's
+// default: run is itself a user of this package.
 //
 // # Port semantics
 //
@@ -72,12 +68,7 @@
 //
 // # Repository-wide tests
 //
-// This package's tests keep the packages' promises to each other:
-// TestImportDirections (imports point one way, as ARCHITECTURE says),
-// TestProductionCodeDoesNotImportTests, and TestEveryGoroutineIsGuarded
-// (every goroutine production code starts begins with defer
-// guard.Recover(), package internal/guard, so a panic anywhere gets the
-// last gasp), and TestUnsafeOnlyInUnsafeFiles ("unsafe" is imported only
-// from files named *_unsafe.go, or *_unsafe_test.go).
-// README.md is the front door; docs/README.md indexes the rest.
+// This package's tests also keep the packages' promises to each other
+// (import direction, guarded goroutines, unsafe only in *_unsafe.go files,
+// short production functions); docs/testing.md lists them.
 package vserial

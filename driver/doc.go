@@ -1,7 +1,7 @@
 // Package driver drives one virtio-console PCI function: it brings the
 // device up, runs the console's multiport control protocol and moves port
-// data through the virtqueues. Its callers are cmd/vserial-agent (one Device
-// per function, whose Ports it hands to package agent) and package pump (the
+// data through the virtqueues. Its callers are internal/devopen (one Device
+// per function, opened for internal/supervisor) and package pump (the
 // data-plane loop, through the poll face in poll.go and poll_port.go).
 //
 // It reaches hardware only through the interfaces in hw.go (Function,
@@ -58,11 +58,8 @@
 //   - Start a goroutine with Config.ExternalLoop: the caller's loop drives it.
 //   - Log per buffer.
 //
-// How each step works is described next to its code: the transport and its
-// registers (transport.go), the bring-up (bringup.go), each control message
-// (control_handlers.go), data (port.go, rx.go, tx.go), interrupts and
-// MSI-X vectors (irqloop.go, vectors.go, poll.go), recovery (fault.go).
-// Tests run the driver against virtiotest.Console, a model of QEMU 7.2's
-// virtio-serial bus with its quirks and with switches for each way a device
-// can misbehave.
+// How each step works is described next to its code (transport.go,
+// bringup.go, control_handlers.go, rx.go, tx.go, irqloop.go, fault.go).
+// Tests run it against virtiotest.Console, a model of QEMU 7.2's
+// virtio-serial bus with its quirks and a switch for each misbehaviour.
 package driver
