@@ -274,9 +274,7 @@ func TestNodeSemanticsMatchKernel(t *testing.T) {
 	}
 	t.Cleanup(func() { logIfFailed(t, "vserial-agent", agent) })
 	node := filepath.Join("/dev/virtio-ports", vname)
-	if err := g.WaitPath(ctx, node, 30*time.Second); err != nil {
-		t.Fatalf("vserial's node: %v", err)
-	}
+	waitAgentPath(ctx, t, g, agent, node)
 	vcons := semConsoleNode(t, g, kern.console)
 	vs := &semArm{name: "vserial", dev: node, console: vcons, portID: "vport1", host: NewHostEnd(vsock)}
 	if vs.probe, err = StartNodeProbe(ctx, g, vs.dev, "/tmp/probe-v.sock"); err != nil {
@@ -322,4 +320,20 @@ func semCompare(t *testing.T, kobs, vobs []semObs) {
 		fmt.Fprintf(&table, "| %s | %s | %s | %s |\n", k.step, k.got, v.got, verdict)
 	}
 	t.Logf("kernel vs vserial:\n| step | kernel | vserial | |\n|---|---|---|---|\n%s", table.String())
+}
+
+// waitAgentPath waits up to 30 s for path (a node, its link) to appear,
+// failing at once if the agent exits first.
+func waitAgentPath(ctx context.Context, t *testing.T, g *Guest, agent *Proc, path string) {
+	t.Helper()
+	for range 30 {
+		if err := g.WaitPath(ctx, path, time.Second); err == nil {
+			return
+		}
+		if agent.Exited() {
+			out, err := agent.Wait(ctx)
+			t.Fatalf("vserial-agent exited (%v) before %s appeared:\n%s", err, path, out)
+		}
+	}
+	t.Fatalf("%s did not appear within 30 s", path)
 }
