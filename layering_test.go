@@ -38,6 +38,12 @@ var forbidden = map[string][]string{
 	// internal/rawio is the data plane's raw system calls (pump, agent):
 	// a leaf that knows nothing of vserial.
 	"internal/rawio": {"dma", "ring", "driver", "uio", "pciscan", "agent", "cmd", "pump"},
+	// cuse speaks Linux's CUSE protocol for any character device: a leaf
+	// that knows nothing of virtio. internal/portnode serves a port
+	// through it with Linux's virtio_console semantics, above the loop,
+	// and knows nothing of sockets (cmd shares the port between both).
+	"cuse":              {"dma", "ring", "driver", "uio", "pciscan", "agent", "cmd", "pump"},
+	"internal/portnode": {"uio", "pciscan", "agent", "cmd"},
 }
 
 // layer names the entry of forbidden that a package path (relative to the

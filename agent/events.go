@@ -77,6 +77,10 @@ const (
 	// away (hot-unplugged, or taken by someone else; Reason says which);
 	// its ports are removed.
 	EventDeviceRemoved EventKind = "device_removed"
+	// EventNodeFailed: the port's device node (run --nodes, node=on)
+	// could not be made (Reason: /dev/cuse missing, the kernel refused
+	// the device...); the port keeps its socket. Once per port and reason.
+	EventNodeFailed EventKind = "node_failed"
 	// EventOverflow is the last line a subscriber gets when it did not keep
 	// up: events after it were not sent; the stream closes.
 	EventOverflow EventKind = "overflow"
@@ -328,7 +332,8 @@ func writeLine(c net.Conn, v any) error {
 // by the code that drives it (ReportDevice).
 type DeviceEvent struct {
 	// Kind is EventDeviceReset, EventProtocolViolation, EventDeviceLimited,
-	// EventDeviceFailed, EventDeviceAdded or EventDeviceRemoved.
+	// EventDeviceFailed, EventDeviceAdded, EventDeviceRemoved or
+	// EventNodeFailed.
 	Kind   EventKind
 	Device int
 	// Port is the port concerned, nil if none (or not known).
@@ -349,7 +354,7 @@ const maxReason = 512
 // logs nothing: the driver has logged it). It checks ev first.
 func (a *Agent) ReportDevice(ev DeviceEvent) error {
 	switch ev.Kind {
-	case EventDeviceReset, EventProtocolViolation, EventDeviceLimited, EventDeviceFailed, EventDeviceAdded, EventDeviceRemoved:
+	case EventDeviceReset, EventProtocolViolation, EventDeviceLimited, EventDeviceFailed, EventDeviceAdded, EventDeviceRemoved, EventNodeFailed:
 	default:
 		return fmt.Errorf("agent: report device event: kind %q is not a device event", ev.Kind)
 	}

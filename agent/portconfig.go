@@ -50,6 +50,11 @@ type PortConfig struct {
 	Owner, Group *int
 	// SocketMode is the permission of the socket file (0: Config.SocketMode).
 	SocketMode fs.FileMode
+	// Node, when not nil, says whether the port also gets a character
+	// device node (/dev/vport<D>p<ID> and /dev/virtio-ports/NAME; see
+	// docs/nodes.md); nil leaves it to run --nodes. The agent itself only
+	// carries it: cmd/vserial-agent makes the nodes.
+	Node *bool
 }
 
 // Check reports the first inconsistency of c, in words an operator can act

@@ -57,7 +57,9 @@ type Endpoint struct {
 	rsig, wsig   chan struct{}
 	rwait        atomic.Bool
 	wwait        atomic.Int32
-	rdl, wdl     atomic.Int64 // deadlines, Unix ns; 0: none
+	pwatch       atomic.Int32  // WatchRead|WatchWrite (inproc_watch.go)
+	psig         chan struct{} // signalled when pwatch is met
+	rdl, wdl     atomic.Int64  // deadlines, Unix ns; 0: none
 	rtimer       *time.Timer
 	wtimer       *time.Timer
 	closing      chan struct{} // closed by Close
@@ -131,7 +133,7 @@ func (l *Loop) Attach(p *driver.Port) (*Endpoint, error) {
 func newEndpoint(l *Loop, p *driver.Port) *Endpoint {
 	e := &Endpoint{
 		loop: l, port: p,
-		rsig: make(chan struct{}, 1), wsig: make(chan struct{}, 1),
+		rsig: make(chan struct{}, 1), wsig: make(chan struct{}, 1), psig: make(chan struct{}, 1),
 		rtimer: stoppedTimer(), wtimer: stoppedTimer(),
 		closing: make(chan struct{}), gone: make(chan struct{}),
 		spin: newSpinner(l.poll),
@@ -425,6 +427,7 @@ func (e *Endpoint) spinRx() bool {
 // bytes and so never counts as progress.
 func (l *Loop) serveEndpoint(c *client) {
 	e := c.ep
+	e.serveWatch()
 	rw, ww := e.rwait.Load(), e.wwait.Load()
 	if !rw && ww == waitNone {
 		return

@@ -65,6 +65,9 @@ type runConfig struct {
 	// WaitDevices: run with no function at all, adopt each that appears
 	// and let go of each that goes (kernel uevents; --wait-devices).
 	WaitDevices bool
+	// Nodes: every port also gets a character device node through CUSE
+	// unless its configuration says node=off (--nodes; docs/nodes.md).
+	Nodes bool
 	// ShutdownFlush bounds the wait at shutdown for the device to take
 	// guest→host bytes already read from clients (--shutdown-flush;
 	// negative: no wait).
@@ -127,6 +130,7 @@ type runFlags struct {
 	consolePTY    *bool
 	consoleExec   *string
 	waitDevices   *bool
+	nodes         *bool
 	consoleMax    *int
 	consoleEnv    *[]string
 	poll          *string
@@ -156,6 +160,7 @@ func newRunFlags() *runFlags {
 	f.consolePTY = fl.Bool("console-pty", false, "give every console port (virtconsole) a pseudo-terminal as well as its socket: SOCKET_DIR/NAME.pty → /dev/pts/N")
 	f.consoleExec = fl.String("console-exec", "", "run this program (absolute path, then arguments) on each console terminal, restarted when it exits; a getty, not a shell; implies --console-pty")
 	f.waitDevices = fl.Bool("wait-devices", false, "keep running with no virtio-console function, adopt each that appears (hot-plug) and let go of each that goes; without it run exits when no device is left")
+	f.nodes = fl.Bool("nodes", false, "also serve each port as a device node like Linux's: /dev/vport<D>p<ID>, /dev/virtio-ports/NAME (CUSE; per port node=on|off; docs/nodes.md)")
 	f.consoleMax = fl.Int("console-max", agent.DefaultMaxConsoles, "give at most this many console ports of one device a terminal and a program; further consoles stay plain sockets")
 	f.consoleEnv = fl.StringArray("console-env", nil, "KEY=VALUE for the --console-exec program's environment, added to the minimal one (PATH, TERM=vt220, HOME=/; repeatable)")
 	f.poll = fl.String("poll", "adaptive", "poll for a reply after a small send before sleeping: adaptive (learns per port; never idle), off, or a budget such as 200us")
@@ -236,6 +241,7 @@ func (f *runFlags) dataPlane(cfg *runConfig) error {
 		return usagef(cmd, "--shutdown-flush %v: want 0 to %v", *f.shutdownFlush, maxShutdownFlush)
 	}
 	cfg.WaitDevices = *f.waitDevices
+	cfg.Nodes = *f.nodes
 	cfg.ShutdownFlush = *f.shutdownFlush
 	if cfg.ShutdownFlush == 0 {
 		cfg.ShutdownFlush = -1 // driver.Config.CloseFlush: no wait

@@ -288,7 +288,7 @@ func (m portModel) apply(ev agent.Event) {
 	st := m[k]
 	if st == nil {
 		switch ev.Event {
-		case agent.EventDeviceReset, agent.EventProtocolViolation, agent.EventDeviceLimited, agent.EventDeviceFailed:
+		case agent.EventDeviceReset, agent.EventProtocolViolation, agent.EventDeviceLimited, agent.EventDeviceFailed, agent.EventNodeFailed:
 			return // says nothing of the port's existence
 		}
 		st = &portState{}

@@ -60,7 +60,7 @@ func TestDeviceEventsReachTheStream(t *testing.T) {
 		if err := a.ReportDevice(ev); err != nil {
 			t.Errorf("ReportDevice(%+v): %v", ev, err)
 		}
-	})
+	}, nil)
 	defer cd.Close()
 	for _, p := range cd.Present() {
 		if err := a.AddPort(2, p); err != nil {

@@ -238,7 +238,7 @@ func parseEntry(where, name string, kvs []string, lk lookups) (configEntry, erro
 }
 
 // configKeys lists the keys, for error messages.
-const configKeys = "mode, socket, target, owner, group, socket-mode"
+const configKeys = "mode, socket, target, owner, group, socket-mode, node"
 
 func parseSetting(k, v string, lk lookups) (setting, error) {
 	s := setting{key: k}
@@ -275,6 +275,16 @@ func parseSetting(k, v string, lk lookups) (setting, error) {
 			return s, err
 		}
 		s.apply = func(c *agent.PortConfig) { c.SocketMode = m }
+	case "node":
+		var on bool
+		switch v {
+		case "on":
+			on = true
+		case "off":
+		default:
+			return s, fmt.Errorf("node=%q: want on or off", v)
+		}
+		s.apply = func(c *agent.PortConfig) { c.Node = &on }
 	default:
 		return s, fmt.Errorf("unknown key %q (keys: %s)", k, configKeys)
 	}

@@ -97,6 +97,7 @@ func (s *supervisor) spec(i int, fn pciscan.Function) deviceSpec {
 		Sysfs:         s.cfg.Sysfs,
 		Logger:        s.log.With("pci", fn.Addr, "dev", i),
 		Report:        func(ev agent.DeviceEvent) { reportDevice(s.a, ev, s.log) },
+		Nodes:         nodeWant(s.cfg),
 	}
 }
 

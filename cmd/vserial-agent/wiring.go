@@ -12,6 +12,7 @@ import (
 	"github.com/vserial/vserial/internal/agentwire"
 	"github.com/vserial/vserial/internal/devopen"
 	"github.com/vserial/vserial/internal/guard"
+	"github.com/vserial/vserial/internal/portnode"
 	"github.com/vserial/vserial/pciscan"
 	"github.com/vserial/vserial/pump"
 )
@@ -61,6 +62,9 @@ type deviceSpec struct {
 	// Report, when not nil, receives the device's own events (resets,
 	// protocol violations) for the agent's event stream. It must not block.
 	Report func(agent.DeviceEvent)
+	// Nodes, when not nil, says which ports also get a device node
+	// (nodes.go); nil: none.
+	Nodes func(name string) bool
 }
 
 // deviceOpener brings one function up. realMain takes it as a parameter so
@@ -87,7 +91,7 @@ func openDevice(ctx context.Context, spec deviceSpec) (device, error) {
 	if err != nil {
 		return nil, err
 	}
-	cd := newConsoleDevice(od.Dev, od.Loop, od.Release, od.GiveBack, spec.Index, spec.Report)
+	cd := newConsoleDevice(od.Dev, od.Loop, od.Release, od.GiveBack, spec.Index, spec.Report, newNodes(spec))
 	cd.unmapped = od.Unmapped
 	cd.requested = od.Requested
 	cd.binding = od.Binding
@@ -137,8 +141,9 @@ func describeFeatures(binding string, feat uint64) agent.DeviceStatus {
 // driver ran on (the uio function) after the device is closed; restore then
 // gives the function back. report (nil: none) gets the device's resets and
 // protocol violations, as device index.
-func newConsoleDevice(dev *driver.Device, loop *pump.Loop, release func() error, restore func(), index int, report func(agent.DeviceEvent)) *consoleDevice {
+func newConsoleDevice(dev *driver.Device, loop *pump.Loop, release func() error, restore func(), index int, report func(agent.DeviceEvent), nodes *portnode.Device) *consoleDevice {
 	d := &consoleDevice{
+		nodes:   nodes,
 		dev:     dev,
 		loop:    loop,
 		release: release,
@@ -172,7 +177,8 @@ type consoleDevice struct {
 	requested <-chan struct{}
 	index     int
 	report    func(agent.DeviceEvent)
-	binding   string // devopen.Device.Binding ("" if unknown)
+	binding   string           // devopen.Device.Binding ("" if unknown)
+	nodes     *portnode.Device // the ports' device nodes; nil: none
 
 	once     sync.Once
 	closeErr error
@@ -247,6 +253,9 @@ func (d *consoleDevice) Close() error {
 	d.once.Do(func() {
 		close(d.stop)
 		<-d.done
+		if d.nodes != nil {
+			d.nodes.Close()
+		}
 		if d.loop != nil {
 			d.loop.Close()
 		}
@@ -265,6 +274,9 @@ func (d *consoleDevice) Close() error {
 func (d *consoleDevice) adapt(p *driver.Port) agent.Port {
 	if d.loop == nil {
 		return port{p}
+	}
+	if d.nodes != nil {
+		return nodePort{loopPort{port{p}, d.loop}, d.nodes.Add(p, d.loop)}
 	}
 	return loopPort{port{p}, d.loop}
 }

@@ -74,6 +74,8 @@ func statFile(args []string) error {
 		typ = "dir"
 	case fs.ModeSymlink:
 		typ = "symlink"
+	case fs.ModeDevice | fs.ModeCharDevice:
+		typ = "char"
 	}
 	fmt.Fprintf(stdout, "type=%s perm=%04o uid=%d gid=%d\n", typ, fi.Mode().Perm(), st.Uid, st.Gid)
 	return nil

@@ -78,6 +78,7 @@ func init() {
 		"stat":         {"stat PATH", statFile},
 		"signal":       {"signal PID SIGNUM", signal},
 		"minish":       {"minish", minish},
+		"nodecheck":    {"nodecheck PATH CHECK [ARG]", nodecheck},
 		"ptyxfer":      {"ptyxfer PATH N SEED", ptyXfer},
 		"calib":        {"calib PINGS ITERATIONS", calib},
 		"calib-peer":   {"calib-peer [poller]", calibPeer},
