@@ -151,8 +151,8 @@ func (p *prober) serveConn(c net.Conn) {
 	_, _ = c.Write(append(b, '\n'))
 }
 
-// result is a system call's outcome as a ProbeResult.
-func result(ret int, err error) wire.ProbeResult {
+// probeResult is a system call's outcome as a ProbeResult.
+func probeResult(ret int, err error) wire.ProbeResult {
 	if err != nil {
 		var en unix.Errno
 		if errors.As(err, &en) {
@@ -203,7 +203,7 @@ func (p *prober) fdStep(fd int, op string, args []string) wire.ProbeResult {
 			}
 			_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
 		}
-		return result(0, err)
+		return probeResult(0, err)
 	case op == "read" && len(args) == 1:
 		n, err := strconv.Atoi(args[0])
 		if err != nil || n <= 0 {
@@ -211,13 +211,13 @@ func (p *prober) fdStep(fd int, op string, args []string) wire.ProbeResult {
 		}
 		buf := make([]byte, n)
 		k, err := unix.Read(fd, buf)
-		r := result(k, err)
+		r := probeResult(k, err)
 		if k > 0 {
 			r.Data = string(buf[:k])
 		}
 		return r
 	case op == "write" && len(args) == 1:
-		return result(unix.Write(fd, []byte(args[0])))
+		return probeResult(unix.Write(fd, []byte(args[0])))
 	case op == "fill" && len(args) == 4:
 		return fill(fd, args)
 	case op == "poll":
@@ -225,19 +225,19 @@ func (p *prober) fdStep(fd int, op string, args []string) wire.ProbeResult {
 	case op == "epoll":
 		return p.epoll()
 	case op == "fsync":
-		return result(0, unix.Fsync(fd))
+		return probeResult(0, unix.Fsync(fd))
 	case op == "ioctl" && len(args) == 1 && args[0] == "TCGETS":
 		_, err := unix.IoctlGetTermios(fd, unix.TCGETS)
-		return result(0, err)
+		return probeResult(0, err)
 	case op == "ioctl" && len(args) == 1 && args[0] == "FIONREAD":
-		return result(unix.IoctlGetInt(fd, unix.TIOCINQ)) // the value of FIONREAD
+		return probeResult(unix.IoctlGetInt(fd, unix.TIOCINQ)) // the value of FIONREAD
 	case op == "lseek":
 		off, err := unix.Seek(fd, 0, io.SeekCurrent)
-		return result(int(off), err)
+		return probeResult(int(off), err)
 	case op == "fstat":
 		var st unix.Stat_t
 		err := unix.Fstat(fd, &st)
-		r := result(0, err)
+		r := probeResult(0, err)
 		if err == nil {
 			r.Type = fileType(st.Mode)
 		}
@@ -258,14 +258,14 @@ func (p *prober) open(nonblock bool) wire.ProbeResult {
 	}
 	fd, err := unix.Open(p.path, flags, 0)
 	if err != nil {
-		return result(fd, err)
+		return probeResult(fd, err)
 	}
 	p.fd = fd
 	if p.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err == nil {
 		err = unix.EpollCtl(p.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: probeEvents, Fd: int32(fd)})
 	}
 	if err != nil {
-		r := result(-1, err)
+		r := probeResult(-1, err)
 		r.Errno = "epoll: " + r.Errno
 		return r
 	}
@@ -283,13 +283,13 @@ func (p *prober) close() wire.ProbeResult {
 	}
 	err := unix.Close(p.fd)
 	p.fd, p.ep = -1, -1
-	return result(0, err)
+	return probeResult(0, err)
 }
 
 func openClose(path string) wire.ProbeResult {
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return result(fd, err)
+		return probeResult(fd, err)
 	}
 	unix.Close(fd)
 	return wire.ProbeResult{Ret: 0}
@@ -301,7 +301,7 @@ func (p *prober) epoll() wire.ProbeResult {
 	p.mu.Unlock()
 	evs := make([]unix.EpollEvent, 4)
 	n, err := unix.EpollWait(ep, evs, 0)
-	r := result(n, err)
+	r := probeResult(n, err)
 	if err == nil {
 		var ev uint32
 		for _, e := range evs[:n] {
@@ -333,12 +333,12 @@ func pollStep(fd int, args []string) wire.ProbeResult {
 		pfd := []unix.PollFd{{Fd: int32(fd), Events: probeEvents}}
 		n, err := unix.Poll(pfd, 0)
 		if err != nil && !errors.Is(err, unix.EINTR) {
-			return result(n, err)
+			return probeResult(n, err)
 		}
 		ev := uint32(uint16(pfd[0].Revents))
 		settled := ev&mask == want
 		if len(args) == 0 || settled || time.Now().After(deadline) {
-			r := result(n, nil)
+			r := probeResult(n, nil)
 			r.Events = eventList(ev)
 			if len(args) != 0 {
 				r.Settled = &settled
@@ -376,7 +376,7 @@ func fill(fd int, args []string) wire.ProbeResult {
 			pending -= k
 		}
 		if err != nil {
-			r := result(k, err)
+			r := probeResult(k, err)
 			r.Bytes = total
 			return r
 		}
