@@ -27,8 +27,9 @@ const (
 func TestQGAThroughNode(t *testing.T) {
 	t.Parallel()
 	g := Boot(t, Options{
-		QGA:   true,
-		Ports: []Port{{Name: qgaNodeName}},
+		QGA:     true,
+		Ports:   []Port{{Name: qgaNodeName}},
+		Modules: []string{"cuse"},
 		// qemu-ga's defaults keep its pid file and state in /var/run.
 		Files: []File{BuildAgent(t), {Dst: "/var/run/.keep", Data: nil}},
 	})
