@@ -323,6 +323,12 @@ func (s *Server) reply(unique uint64, errno int32, data []byte) error {
 // send fills in the header at the start of b and writes b. A request the
 // kernel gave up on (ENOENT) is not an error.
 func (s *Server) send(b []byte, errno int32, unique uint64) error {
+	if unique != 0 {
+		// Answered: an INTERRUPT from now on finds nothing to cancel.
+		s.mu.Lock()
+		delete(s.inflight, unique)
+		s.mu.Unlock()
+	}
 	putOutHeader(b, len(b), errno, unique)
 	_, err := s.f.Write(b)
 	if err != nil && !errors.Is(err, syscall.ENOENT) && !s.closing.Load() {

@@ -472,7 +472,8 @@ func (p *Port) Ready() (recv, send, drained bool) {
 		return true, true, true
 	}
 	recv = p.rxLost || s.fLen > 0
-	send = p.txLost || (p.canSendLocked() && len(s.txFree) > 0)
+	// Transmit buffers come with the first send: none yet is room.
+	send = p.txLost || (p.canSendLocked() && (len(s.txFree) > 0 || s.txBufs == nil))
 	drained = p.txLost || p.txInflight == 0
 	return recv, send, drained
 }

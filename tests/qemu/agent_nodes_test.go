@@ -118,12 +118,30 @@ func TestAgentNodes(t *testing.T) {
 		check(t, "revents=IN|HUP", node, "poll")
 	})
 	t.Run("unplug", func(t *testing.T) {
+		// A program holds the node while its port is unplugged: the node
+		// and its symlink go at once, and the open descriptor reads end
+		// of file, writes ENODEV and polls HUP, as Linux's does.
+		p, err := g.Start(ctx, "nodecheck", nodes[1], "unplugged")
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
 		if err := g.UnplugPort(ctx, names[1]); err != nil {
 			t.Fatal(err)
 		}
 		for _, p := range []string{link(names[1]), nodes[1]} {
 			if _, err := g.Run(ctx, "wait-gone", p, "20"); err != nil {
 				t.Errorf("%s after the port was unplugged: %v", p, err)
+			}
+		}
+		out, err := p.Wait(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("open descriptor after the unplug: %s", strings.Join(strings.Fields(out), " "))
+		for _, want := range []string{"read=0", "write=ENODEV", "revents=HUP"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("open descriptor after the unplug: %q, want %s", out, want)
 			}
 		}
 	})

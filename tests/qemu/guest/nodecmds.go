@@ -20,11 +20,12 @@ import (
 //	eagain               open(O_RDWR|O_NONBLOCK), read
 //	eof                  open, read (blocking)
 //	hold SECONDS         open, sleep, close (holds the port)
+//	unplugged            open, wait until PATH is gone, then read, write, poll
 //	fsync, ioctl         open, then fsync / ioctl(TCGETS)
 //	poll                 open, poll(POLLIN|POLLOUT, 0): the revents
 func nodecheck(args []string) error {
 	if len(args) < 2 {
-		return errors.New("usage: nodecheck PATH open|busy|eagain|eof|hold SECONDS|fsync|ioctl|poll")
+		return errors.New("usage: nodecheck PATH open|busy|eagain|eof|hold SECONDS|unplugged|fsync|ioctl|poll")
 	}
 	path, what := args[0], args[1]
 	flags := unix.O_RDWR | unix.O_CLOEXEC
@@ -61,6 +62,27 @@ func nodecheck(args []string) error {
 		}
 		fmt.Fprintln(stdout, "holding")
 		time.Sleep(time.Duration(s * float64(time.Second)))
+	case "unplugged":
+		// Hold the node open until its path is gone (the port was
+		// unplugged), then read, write and poll the open descriptor.
+		fmt.Fprintln(stdout, "holding")
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if err := unix.Stat(path, new(unix.Stat_t)); err != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return errors.New("the node is still there after 60s")
+			}
+		}
+		n, err := unix.Read(fd, b[:])
+		fmt.Fprintf(stdout, "read=%s\n", result(n, err))
+		n, err = unix.Write(fd, []byte("x"))
+		fmt.Fprintf(stdout, "write=%s\n", result(n, err))
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLOUT}}
+		if _, err := unix.Poll(fds, 0); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "revents=%s\n", pollNames(fds[0].Revents))
 	case "fsync":
 		fmt.Fprintf(stdout, "fsync=%s\n", errName(unix.Fsync(fd)))
 	case "ioctl":

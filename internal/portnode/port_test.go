@@ -1,0 +1,239 @@
+package portnode
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vserial/vserial/cuse"
+	"github.com/vserial/vserial/driver"
+	"github.com/vserial/vserial/driver/drivertest"
+	"github.com/vserial/vserial/driver/virtiotest"
+	"github.com/vserial/vserial/pump"
+)
+
+const patience = 20 * time.Second
+
+// rig is a device on the QEMU-like fake with its loop: port 1 ("p",
+// host connected) and console port 2 ("con").
+type rig struct {
+	t   *testing.T
+	m   *virtiotest.Console
+	d   *driver.Device
+	l   *pump.Loop
+	ctx context.Context
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	m := virtiotest.NewConsole(virtiotest.ConsoleConfig{})
+	if err := m.Plug(1, "p", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.HostConnect(1, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Plug(2, "con", true); err != nil {
+		t.Fatal(err)
+	}
+	f, err := virtiotest.New(m, virtiotest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	t.Cleanup(cancel)
+	if _, err := f.IRQ().PollFDs(); err != nil {
+		t.Fatal(err)
+	}
+	d, err := driver.Open(ctx, drivertest.Function(f), driver.Config{ExternalLoop: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := pump.New(d, pump.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		l.Close()
+		if err := d.Close(); err != nil {
+			t.Errorf("device close: %v", err)
+		}
+		f.Close()
+	})
+	return &rig{t: t, m: m, d: d, l: l, ctx: ctx}
+}
+
+// port is the shared port of id, once the device named it.
+func (r *rig) port(id uint32) *Port {
+	r.t.Helper()
+	for {
+		if p := r.d.Port(id); p != nil && p.Name() != "" {
+			return NewPort(p, r.l, nil)
+		}
+		select {
+		case <-r.ctx.Done():
+			r.t.Fatalf("port %d never appeared", id)
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+func (r *rig) waitGuest(id uint32, open bool) {
+	r.t.Helper()
+	if err := r.m.WaitFor(r.ctx, func() bool { return r.m.GuestConnected(id) == open }); err != nil {
+		r.t.Fatalf("the host never saw PORT_OPEN %v: %v", open, err)
+	}
+}
+
+func (r *rig) open(pt *Port, flags uint32) uint64 {
+	r.t.Helper()
+	fh, e := pt.Open(r.ctx, cuse.Request{Flags: flags})
+	if e != 0 {
+		r.t.Fatalf("open: %v", e)
+	}
+	return fh
+}
+
+// The node's open, read, write and release, against Linux's port_fops,
+// and the one holder shared with the socket side.
+func TestOpenReadWriteRelease(t *testing.T) {
+	r := newRig(t)
+	pt := r.port(1)
+	fh := r.open(pt, unix.O_RDWR)
+	r.waitGuest(1, true)
+	if _, e := pt.Open(r.ctx, cuse.Request{}); e != syscall.EBUSY {
+		t.Fatalf("second open: %v, want EBUSY", e)
+	}
+	if err := pt.SetGuestOpen(r.ctx, true); !errors.Is(err, ErrHeldByNode) {
+		t.Fatalf("socket open while the node is held: %v, want ErrHeldByNode", err)
+	}
+	b := make([]byte, 64)
+	nb := cuse.Request{FH: fh, Flags: unix.O_NONBLOCK}
+	if n, e := pt.Read(r.ctx, nb, b); n != 0 || e != syscall.EAGAIN {
+		t.Fatalf("non-blocking read with nothing buffered: %d %v, want EAGAIN", n, e)
+	}
+	if ev := pt.Poll(cuse.Request{FH: fh}, 1, false, unix.POLLIN|unix.POLLOUT); ev != unix.POLLOUT {
+		t.Fatalf("poll: %#x, want POLLOUT", ev)
+	}
+	if err := r.m.HostWrite(1, []byte("from the host")); err != nil {
+		t.Fatal(err)
+	}
+	n, e := pt.Read(r.ctx, cuse.Request{FH: fh}, b)
+	if e != 0 || string(b[:n]) != "from the host" {
+		t.Fatalf("read: %q %v", b[:n], e)
+	}
+	msg := bytes.Repeat([]byte("guest→host "), 1000)
+	if n, e := pt.Write(r.ctx, cuse.Request{FH: fh}, msg); n != len(msg) || e != 0 {
+		t.Fatalf("write: %d %v", n, e)
+	}
+	got, err := r.m.HostReadFull(r.ctx, 1, len(msg))
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("host got %d bytes (%v)", len(got), err)
+	}
+	pt.Release(cuse.Request{FH: fh})
+	r.waitGuest(1, false)
+	pt.awaitClose(r.ctx)
+	// The socket side may have it now, and the node is then busy.
+	if err := pt.SetGuestOpen(r.ctx, true); err != nil {
+		t.Fatalf("socket open after the node's release: %v", err)
+	}
+	if _, e := pt.Open(r.ctx, cuse.Request{}); e != syscall.EBUSY {
+		t.Fatalf("node open while the socket holds the port: %v, want EBUSY", e)
+	}
+	if err := pt.SetGuestOpen(r.ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	fh = r.open(pt, unix.O_RDWR)
+	pt.Release(cuse.Request{FH: fh})
+}
+
+// A console port refuses the node (ENXIO), as Linux's does.
+func TestConsoleENXIO(t *testing.T) {
+	r := newRig(t)
+	if _, e := r.port(2).Open(r.ctx, cuse.Request{}); e != syscall.ENXIO {
+		t.Fatalf("open of a console port: %v, want ENXIO", e)
+	}
+}
+
+// A read that waits ends with EINTR when its request is interrupted, and
+// the next read works; a read waiting when the host leaves returns 0 (end
+// of file), and so does every read while the host is away.
+func TestReadInterruptAndEOF(t *testing.T) {
+	r := newRig(t)
+	pt := r.port(1)
+	fh := r.open(pt, unix.O_RDWR)
+	defer pt.Release(cuse.Request{FH: fh})
+	type res struct {
+		n int
+		e syscall.Errno
+	}
+	read := func(ctx context.Context) chan res {
+		c := make(chan res, 1)
+		go func() {
+			n, e := pt.Read(ctx, cuse.Request{FH: fh}, make([]byte, 16))
+			c <- res{n, e}
+		}()
+		return c
+	}
+	ctx, cancel := context.WithCancel(r.ctx)
+	c := read(ctx)
+	select {
+	case x := <-c:
+		t.Fatalf("read returned %+v with nothing to read", x)
+	case <-time.After(100 * time.Millisecond):
+	}
+	cancel()
+	if x := <-c; x.n != 0 || x.e != syscall.EINTR {
+		t.Fatalf("interrupted read: %+v, want EINTR", x)
+	}
+	c = read(r.ctx)
+	time.Sleep(50 * time.Millisecond)
+	if err := r.m.HostWrite(1, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if x := <-c; x.n != 1 || x.e != 0 {
+		t.Fatalf("read after the interrupt: %+v", x)
+	}
+	c = read(r.ctx)
+	time.Sleep(50 * time.Millisecond)
+	if err := r.m.HostConnect(1, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case x := <-c:
+		if x.n != 0 || x.e != 0 {
+			t.Fatalf("read waiting when the host left: %+v, want 0 (end of file)", x)
+		}
+	case <-time.After(patience):
+		t.Fatal("a waiting read did not end when the host left")
+	}
+	if n, e := pt.Read(r.ctx, cuse.Request{FH: fh, Flags: unix.O_NONBLOCK}, make([]byte, 4)); n != 0 || e != 0 {
+		t.Fatalf("non-blocking read while the host is away: %d %v, want 0", n, e)
+	}
+	want := uint32(unix.POLLIN | pollRdnorm | unix.POLLHUP)
+	if ev := pt.Poll(cuse.Request{FH: fh}, 1, false, unix.POLLIN|unix.POLLOUT); ev != want {
+		t.Fatalf("poll while the host is away: %#x, want %#x", ev, want)
+	}
+	if n, e := pt.Write(r.ctx, cuse.Request{FH: fh, Flags: unix.O_NONBLOCK}, []byte("x")); n != 0 || e != syscall.EAGAIN {
+		t.Fatalf("non-blocking write while the host is away: %d %v, want EAGAIN", n, e)
+	}
+}
+
+func TestValidLinkName(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"org.qemu.guest_agent.0": true, "a b": true, "": true,
+		".": false, "..": false, "a/b": false, "x\n": false, string(bytes.Repeat([]byte("a"), 256)): false,
+	} {
+		if name == "" {
+			continue
+		}
+		if validLinkName(name) != ok {
+			t.Errorf("validLinkName(%q) = %v", name, !ok)
+		}
+	}
+}
