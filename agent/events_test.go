@@ -151,6 +151,14 @@ func TestEventsSnapshotThenEventsInOrder(t *testing.T) {
 	}
 	ev = next(t, s, agent.EventProtocolViolation)
 	checkPort(t, ev, 0, 1, "one", sock1)
+	if err := a.ReportDevice(agent.DeviceEvent{Kind: agent.EventNodeFailed, Device: 0, Port: &id, Reason: "device node: /dev/cuse missing"}); err != nil {
+		t.Fatal(err)
+	}
+	ev = next(t, s, agent.EventNodeFailed)
+	checkPort(t, ev, 0, 1, "one", sock1)
+	if ev.Reason != "device node: /dev/cuse missing" {
+		t.Errorf("node_failed reason %q", ev.Reason)
+	}
 
 	// Unplug.
 	p2.Remove()

@@ -13,12 +13,13 @@
 //     (opcode 4096) with FUSE 7.x, the limits of Config and DEVNAME (and a
 //     device number: 0 lets the kernel choose), after which the kernel
 //     registers the device and devtmpfs makes /dev/DEVNAME.
-//   - OPEN, RELEASE, POLL, IOCTL, FLUSH and FSYNC are answered by the
-//     reader itself (the Handler must not block in them). READ and WRITE
-//     run each in a goroutine of their own, so a read that waits for data
-//     never stalls the channel; at most Config.MaxInflight run at once
-//     (past that a request gets EAGAIN), each with a buffer of at most
-//     Config.MaxRead or MaxWrite bytes.
+//   - POLL, IOCTL, FLUSH and FSYNC are answered by the reader itself (the
+//     Handler must not block in them). OPEN, READ, WRITE and RELEASE run
+//     each in a goroutine of its own, so a read that waits for data never
+//     stalls the channel; at most Config.MaxInflight opens, reads and
+//     writes run at once (past that a request gets EAGAIN; a release is
+//     never refused), each read with a buffer of at most Config.MaxRead
+//     bytes.
 //   - INTERRUPT (a signal reached the process blocked in read or write)
 //     cancels the context of the request it names; the Handler returns and
 //     the request is answered EINTR.

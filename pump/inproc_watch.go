@@ -24,6 +24,14 @@ func (e *Endpoint) Watch(what int32) <-chan struct{} {
 	return e.psig
 }
 
+// WatchAlso adds what to what the endpoint waits for (a non-blocking
+// Read or Write that found nothing to do: its caller hears when it may
+// try again).
+func (e *Endpoint) WatchAlso(what int32) {
+	e.pwatch.Or(what)
+	e.loop.wake()
+}
+
 // Ready says whether Read would return bytes (or an error) without
 // waiting, and whether Write would take bytes without waiting.
 func (e *Endpoint) Ready() (read, write bool) {

@@ -59,6 +59,10 @@ type Loop struct {
 
 	ep, cmdFD int
 	irqFDs    []int
+	// fdMu keeps cmdFD open while a wake writes to it: wakes come from
+	// other goroutines (the driver, endpoints, submit) and may race with
+	// Close.
+	fdMu sync.RWMutex
 
 	mu     sync.Mutex // guards cmds, closed and ports
 	cmds   []command
@@ -157,17 +161,23 @@ func (l *Loop) closeFDs() {
 		unix.Close(l.ep)
 		l.ep = -1
 	}
+	l.fdMu.Lock()
 	if l.cmdFD >= 0 {
 		unix.Close(l.cmdFD)
 		l.cmdFD = -1
 	}
+	l.fdMu.Unlock()
 }
 
 // wake makes the loop look at everything again (the driver calls it on port
 // changes; commands use it too). It never blocks.
 func (l *Loop) wake() {
 	l.stats.wakes.Add(1)
-	rawio.EventfdAdd(l.cmdFD)
+	l.fdMu.RLock()
+	if l.cmdFD >= 0 {
+		rawio.EventfdAdd(l.cmdFD)
+	}
+	l.fdMu.RUnlock()
 }
 
 // submit queues a command for the loop; false once the loop is closed.

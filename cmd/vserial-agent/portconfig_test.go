@@ -106,6 +106,7 @@ func TestConfigFileErrors(t *testing.T) {
 		{"port a mode=ignore socket=x\n", `:1: port "a": socket is only for modes listen and pty`},
 		{"port a socket=../x\n", `:1: port "a": socket "../x"`},
 		{"default mode=connect target=/t\n", ":1: default: mode connect needs one target per port"},
+		{"port a node=yes\n", `:1: node="yes": want on or off`},
 	} {
 		path := writeConfig(t, tc.text)
 		_, err := loadPortConfigs(path, nil, nil, fakeLookups)

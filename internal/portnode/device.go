@@ -39,6 +39,10 @@ type Config struct {
 	Failed func(port uint32, reason string)
 }
 
+// retryWait is how long a port whose node could not be made waits before
+// the next try.
+const retryWait = 2 * time.Second
+
 // NodeBase is the first node index: far above the index of any
 // virtio device the kernel drives in a guest, so that vserial's
 // /dev/vport<D>p<ID> never takes a kernel port's name.
@@ -152,8 +156,15 @@ func (d *Device) follow(pt *Port) {
 		if removed {
 			return
 		}
+		// A node that could not be made is tried again (the name of an
+		// unplugged port's node may still be held by an open file).
+		var retry <-chan time.Time
+		if want && n.srv == nil {
+			retry = time.After(retryWait)
+		}
 		select {
 		case <-ch:
+		case <-retry:
 		case <-d.ctx.Done():
 			n.reconcile(false, "", false)
 			return
@@ -283,6 +294,9 @@ func (n *nodeState) teardown(removed bool) {
 			pt.awaitClose(n.d.ctx)
 			srv.Close()
 			<-served
+			// Closed by Close with the file still open: the kernel
+			// sends no release for it now.
+			pt.forceRelease()
 		}()
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,7 +28,10 @@ type file struct {
 	stop chan struct{} // closed at release: ends the watcher
 	done chan struct{} // closed when the watcher returned
 
-	kh chan uint64 // the poll handle to wake (at most one pending)
+	// kh is the kernel's poll handle of the file (one per open file,
+	// valid until release), known once a poll asked for notifications.
+	kh    atomic.Uint64
+	hasKH atomic.Bool
 }
 
 // past is a deadline that has passed: a Read or Write with it does not wait.
@@ -75,7 +79,6 @@ func (pt *Port) Open(ctx context.Context, r cuse.Request) (uint64, syscall.Errno
 		pt: pt, ep: ep,
 		rsem: make(chan struct{}, 1), wsem: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{}),
-		kh: make(chan uint64, 1),
 	}
 	pt.mu.Lock()
 	pt.nextFH++
@@ -87,7 +90,7 @@ func (pt *Port) Open(ctx context.Context, r cuse.Request) (uint64, syscall.Errno
 	return f.fh, 0
 }
 
-// awaitRelease waits (within handoverWait) for the release of the
+// awaitRelease waits (within handoverWait and PORT_OPEN 0) for the release of the
 // previous opener to finish.
 func (pt *Port) awaitRelease(ctx context.Context) syscall.Errno {
 	pt.mu.Lock()
@@ -96,7 +99,9 @@ func (pt *Port) awaitRelease(ctx context.Context) syscall.Errno {
 	if rel == nil {
 		return 0
 	}
-	t := time.NewTimer(handoverWait)
+	// The release waits up to handoverWait for the device, then tells
+	// the host.
+	t := time.NewTimer(handoverWait + openTimeout)
 	defer t.Stop()
 	select {
 	case <-rel:
@@ -182,6 +187,7 @@ func (pt *Port) Read(ctx context.Context, r cuse.Request, b []byte) (int, syscal
 			return 0, 0 // end of file (or the end of a split read)
 		}
 		if nonblock {
+			f.ep.WatchAlso(pump.WatchRead) // poll hears when to try again
 			return 0, syscall.EAGAIN
 		}
 		// Wait. The watcher moves the deadline to the past when the port
@@ -248,19 +254,24 @@ func (pt *Port) Write(ctx context.Context, r cuse.Request, b []byte) (int, sysca
 		if err != nil && !errors.Is(err, pump.ErrDeadline) {
 			return writeErr(err)
 		}
+		f.ep.WatchAlso(pump.WatchWrite) // poll hears when to try again
 		return pt.nonblockWrite(r)
 	}
-	f.ep.SetWriteDeadline(time.Time{})
-	stop := context.AfterFunc(ctx, func() { f.ep.SetWriteDeadline(past) })
-	n, err := f.ep.Write(b)
-	stop()
-	if n > 0 {
-		return n, 0
+	for {
+		f.ep.SetWriteDeadline(time.Time{})
+		stop := context.AfterFunc(ctx, func() { f.ep.SetWriteDeadline(past) })
+		n, err := f.ep.Write(b)
+		stop()
+		switch {
+		case n > 0:
+			return n, 0
+		case ctx.Err() != nil:
+			return 0, syscall.EINTR
+		case errors.Is(err, pump.ErrDeadline):
+			continue // a deadline left over from an interrupt that came late
+		}
+		return writeErr(err)
 	}
-	if ctx.Err() != nil {
-		return 0, syscall.EINTR
-	}
-	return writeErr(err)
 }
 
 // nonblockWrite is a write that would block: EAGAIN, or 0 for the later
@@ -310,11 +321,8 @@ func (pt *Port) Poll(r cuse.Request, kh uint64, schedule bool, events uint32) ui
 	if !schedule {
 		return f.revents()
 	}
-	select {
-	case <-f.kh:
-	default:
-	}
-	f.kh <- kh
+	f.kh.Store(kh)
+	f.hasKH.Store(true)
 	// Watch before looking, then watch only for what is not there yet:
 	// the kernel hears of changes, never of a state that stays (an
 	// edge-triggered epoll would otherwise poll in a loop).
@@ -365,10 +373,9 @@ func (f *file) watch() {
 		}
 		select {
 		case <-ch:
+			// A waiting read looks again (the host may have left: end
+			// of file). A waiting write goes on waiting, as Linux's.
 			f.ep.SetReadDeadline(past)
-			if !f.pt.p.HostConnected() {
-				f.ep.SetWriteDeadline(past)
-			}
 		case <-sig:
 		case <-f.stop:
 			return
@@ -377,17 +384,17 @@ func (f *file) watch() {
 	}
 }
 
-// notify wakes the scheduled poll, if any.
+// notify wakes the file's pollers, if the kernel polls it: the kernel
+// then polls again.
 func (f *file) notify() {
-	select {
-	case kh := <-f.kh:
-		f.pt.mu.Lock()
-		srv := f.pt.srv
-		f.pt.mu.Unlock()
-		if srv != nil {
-			srv.NotifyPoll(kh)
-		}
-	default:
+	if !f.hasKH.Load() {
+		return
+	}
+	f.pt.mu.Lock()
+	srv := f.pt.srv
+	f.pt.mu.Unlock()
+	if srv != nil {
+		srv.NotifyPoll(f.kh.Load())
 	}
 }
 

@@ -17,6 +17,10 @@ import (
 // cuseLoad is taken while EnsureCUSE loads the module.
 var cuseLoad sync.Mutex
 
+// probeModule loads a kernel module with its dependencies (tests replace
+// it).
+var probeModule = kmodule.Probe
+
 // EnsureCUSE makes sure the CUSE channel at path is there: it loads the
 // cuse module (and fuse, its dependency) from /lib/modules/$(uname -r)
 // when the channel is missing, and makes the channel's node from sysfs
@@ -32,7 +36,7 @@ func EnsureCUSE(path, sys string, log *slog.Logger) error {
 	}
 	sysdev := filepath.Join(sys, "class", "misc", "cuse", "dev")
 	if _, err := os.Stat(sysdev); err != nil {
-		if err := kmodule.Probe("cuse", ""); err != nil {
+		if err := probeModule("cuse", ""); err != nil {
 			var u unix.Utsname
 			_ = unix.Uname(&u)
 			rel := unix.ByteSliceToString(u.Release[:])

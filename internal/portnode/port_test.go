@@ -3,7 +3,9 @@ package portnode
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -90,6 +92,14 @@ func (r *rig) waitGuest(id uint32, open bool) {
 	}
 }
 
+// release is the node's last close, waited for (PORT_OPEN 0 and the
+// endpoint's close run after the call returns).
+func (r *rig) release(pt *Port, fh uint64) {
+	r.t.Helper()
+	pt.Release(cuse.Request{FH: fh})
+	pt.awaitClose(r.ctx)
+}
+
 func (r *rig) open(pt *Port, flags uint32) uint64 {
 	r.t.Helper()
 	fh, e := pt.Open(r.ctx, cuse.Request{Flags: flags})
@@ -149,7 +159,7 @@ func TestOpenReadWriteRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	fh = r.open(pt, unix.O_RDWR)
-	pt.Release(cuse.Request{FH: fh})
+	r.release(pt, fh)
 }
 
 // A console port refuses the node (ENXIO), as Linux's does.
@@ -167,7 +177,7 @@ func TestReadInterruptAndEOF(t *testing.T) {
 	r := newRig(t)
 	pt := r.port(1)
 	fh := r.open(pt, unix.O_RDWR)
-	defer pt.Release(cuse.Request{FH: fh})
+	defer r.release(pt, fh)
 	type res struct {
 		n int
 		e syscall.Errno
@@ -234,6 +244,71 @@ func TestValidLinkName(t *testing.T) {
 		}
 		if validLinkName(name) != ok {
 			t.Errorf("validLinkName(%q) = %v", name, !ok)
+		}
+	}
+}
+
+// After a poll asked for notifications, a non-blocking read that found
+// nothing (EAGAIN) is followed by FUSE_NOTIFY_POLL once bytes arrive: an
+// edge-triggered epoll (Go's poller) hears when to read again.
+func TestPollNotifyAfterEAGAIN(t *testing.T) {
+	r := newRig(t)
+	pt := r.port(1)
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[1])
+	srv, err := cuse.NewServer(os.NewFile(uintptr(fds[0]), "fake-cuse"), cuse.Config{Name: "t"}, pt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	pt.mu.Lock()
+	pt.srv = srv
+	pt.mu.Unlock()
+	fh := r.open(pt, unix.O_RDWR)
+	defer r.release(pt, fh)
+	const kh = 0xabcdef
+	// The poll finds bytes: it watches for nothing more.
+	if err := r.m.HostWrite(1, []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	want := uint32(unix.POLLIN | pollRdnorm | unix.POLLOUT)
+	for ev := uint32(0); ev != want; {
+		ev = pt.Poll(cuse.Request{FH: fh}, kh, true, unix.POLLIN|unix.POLLOUT)
+		if r.ctx.Err() != nil {
+			t.Fatalf("poll: %#x, want %#x", ev, want)
+		}
+	}
+	nb := cuse.Request{FH: fh, Flags: unix.O_NONBLOCK}
+	if n, e := pt.Read(r.ctx, nb, make([]byte, 8)); n != 5 || e != 0 {
+		t.Fatalf("non-blocking read: %d %v", n, e)
+	}
+	if n, e := pt.Read(r.ctx, nb, make([]byte, 8)); n != 0 || e != syscall.EAGAIN {
+		t.Fatalf("non-blocking read: %d %v", n, e)
+	}
+	drain(fds[1]) // notifications sent meanwhile
+	if err := r.m.HostWrite(1, []byte("wake")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 64)
+	pfd := []unix.PollFd{{Fd: int32(fds[1]), Events: unix.POLLIN}}
+	if n, _ := unix.Poll(pfd, int(patience.Milliseconds())); n != 1 {
+		t.Fatal("no FUSE_NOTIFY_POLL after bytes arrived")
+	}
+	n, err := unix.Read(fds[1], b)
+	if err != nil || n != 24 || int32(binary.LittleEndian.Uint32(b[4:])) != 1 || binary.LittleEndian.Uint64(b[16:]) != kh {
+		t.Fatalf("notification % x (%v), want FUSE_NOTIFY_POLL for kh %#x", b[:n], err, kh)
+	}
+}
+
+// drain reads whatever is queued on fd without waiting.
+func drain(fd int) {
+	b := make([]byte, 64)
+	for {
+		if n, _, err := unix.Recvfrom(fd, b, unix.MSG_DONTWAIT); n <= 0 || err != nil {
+			return
 		}
 	}
 }

@@ -103,6 +103,9 @@ func TestAgentNodes(t *testing.T) {
 	t.Run("linux-errnos", func(t *testing.T) {
 		time.Sleep(500 * time.Millisecond) // the socket client's close
 		check(t, "read=EAGAIN", node, "eagain")
+		// A signal during a waiting read: EINTR (SA_RESTART cannot be
+		// honoured through CUSE; docs/nodes.md), and the node works on.
+		check(t, "read=EINTR", node, "eintr")
 		check(t, "revents=OUT", node, "poll")
 		check(t, "fsync=EINVAL", node, "fsync")
 		check(t, "ioctl=ENOTTY", node, "ioctl")
@@ -144,5 +147,33 @@ func TestAgentNodes(t *testing.T) {
 				t.Errorf("open descriptor after the unplug: %q, want %s", out, want)
 			}
 		}
+	})
+	t.Run("hotplug", func(t *testing.T) {
+		// The same port plugged again gets its node and link back.
+		if _, err := g.HotplugPort(ctx, Port{Name: names[1], Nr: 2}); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.WaitPath(ctx, link(names[1]), 20*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		check(t, "revents=IN|HUP", link(names[1]), "poll")
+	})
+	t.Run("sigterm-with-node-open", func(t *testing.T) {
+		// The agent stops while a program holds a node: it exits 0, and
+		// the nodes and links go.
+		p, err := g.Start(ctx, "nodecheck", node, "hold", "30")
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		if out, err := a.stop(ctx); err != nil {
+			t.Fatalf("vserial-agent after SIGTERM with a node open: %v\n%s", err, out)
+		}
+		for _, p := range []string{link(names[0]), link(names[1]), nodes[0], nodes[1], console} {
+			if _, err := g.Run(ctx, "wait-gone", p, "10"); err != nil {
+				t.Errorf("%s after the agent stopped: %v", p, err)
+			}
+		}
+		_ = p.Signal(ctx, 9)
 	})
 }

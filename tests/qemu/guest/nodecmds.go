@@ -3,6 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	ossignal "os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -21,11 +24,12 @@ import (
 //	eof                  open, read (blocking)
 //	hold SECONDS         open, sleep, close (holds the port)
 //	unplugged            open, wait until PATH is gone, then read, write, poll
+//	eintr                open, read (blocking), a signal after 300 ms
 //	fsync, ioctl         open, then fsync / ioctl(TCGETS)
 //	poll                 open, poll(POLLIN|POLLOUT, 0): the revents
 func nodecheck(args []string) error {
 	if len(args) < 2 {
-		return errors.New("usage: nodecheck PATH open|busy|eagain|eof|hold SECONDS|unplugged|fsync|ioctl|poll")
+		return errors.New("usage: nodecheck PATH open|busy|eagain|eof|eintr|hold SECONDS|unplugged|fsync|ioctl|poll")
 	}
 	path, what := args[0], args[1]
 	flags := unix.O_RDWR | unix.O_CLOEXEC
@@ -83,6 +87,19 @@ func nodecheck(args []string) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "revents=%s\n", pollNames(fds[0].Revents))
+	case "eintr":
+		// A blocking read with nothing to read, hit by a signal whose
+		// handler has SA_RESTART (Go installs its handlers so): the
+		// thread's read returns what the node gives back.
+		ossignal.Notify(make(chan os.Signal, 1), unix.SIGUSR1)
+		runtime.LockOSThread()
+		tid := unix.Gettid()
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			unix.Tgkill(unix.Getpid(), tid, unix.SIGUSR1)
+		}()
+		n, err := unix.Read(fd, b[:])
+		fmt.Fprintf(stdout, "read=%s\n", result(n, err))
 	case "fsync":
 		fmt.Fprintf(stdout, "fsync=%s\n", errName(unix.Fsync(fd)))
 	case "ioctl":
