@@ -273,9 +273,9 @@ func (n *nodeState) ensureNode(name string) error {
 }
 
 // teardown removes the node. A port unplugged under an open file keeps
-// serving that file as Linux serves an unplugged port (reads at end of
-// file, writes ENODEV, poll POLLHUP) until it is closed, with its node
-// already unlinked.
+// serving that file as Linux serves an unplugged port (reads and writes
+// ENODEV, poll POLLHUP) until it is closed, with its node already
+// unlinked.
 func (n *nodeState) teardown(removed bool) {
 	srv, served := n.srv, n.served
 	n.srv, n.served = nil, nil

@@ -25,8 +25,7 @@
 //     0); an INTERRUPT ends a waiting read or write with EINTR.
 //   - A node exists while its port does and Config.Want says so; its
 //     symlink while the port has a usable name. An unplugged port's open
-//     file is served as Linux serves it (end of file, ENODEV, POLLHUP) until
-//     closed, with the node already unlinked. Close removes every node and
+//     file is served as Linux serves it (ENODEV, POLLHUP) until closed, with the node already unlinked. Close removes every node and
 //     link and returns once every goroutine the package started for the
 //     device has returned.
 //   - It never imports agent: sockets are cmd's business.

@@ -164,7 +164,10 @@ func (pt *Port) Release(r cuse.Request) {
 func (pt *Port) Read(ctx context.Context, r cuse.Request, b []byte) (int, syscall.Errno) {
 	f := pt.fileFor(r.FH)
 	if f == nil {
-		return pt.closedRead()
+		return 0, syscall.ENODEV
+	}
+	if pt.p.Removed() {
+		return 0, syscall.ENODEV // Linux: the port is hot-unplugged
 	}
 	if len(b) == 0 {
 		return 0, 0
@@ -215,27 +218,21 @@ func (pt *Port) Read(ctx context.Context, r cuse.Request, b []byte) (int, syscal
 func readErr(err error) (int, syscall.Errno) {
 	switch {
 	case errors.Is(err, driver.ErrPortRemoved), errors.Is(err, net.ErrClosed), errors.Is(err, driver.ErrClosed):
-		return 0, 0 // Linux: the unplugged port reads as end of file
-	case errors.Is(err, driver.ErrDeviceReset):
-		return 0, syscall.EIO
+		return 0, syscall.ENODEV // Linux: unplugged while the read waited
 	}
-	return 0, syscall.EIO
+	return 0, syscall.EIO // a device reset lost host bytes, or worse
 }
-
-// closedRead answers a read on a file that is no longer the open one (the
-// port was unplugged under it).
-func (pt *Port) closedRead() (int, syscall.Errno) { return 0, 0 }
 
 // Write is Linux's port_fops_write: it waits while the host is away or no
 // transmit buffer is free (EAGAIN without blocking), then queues what fits
 // and returns.
 func (pt *Port) Write(ctx context.Context, r cuse.Request, b []byte) (int, syscall.Errno) {
 	f := pt.fileFor(r.FH)
-	if f == nil {
-		return 0, syscall.ENODEV
-	}
 	if len(b) == 0 {
 		return 0, 0
+	}
+	if f == nil || pt.p.Removed() {
+		return 0, syscall.ENODEV // Linux: the port is hot-unplugged
 	}
 	if !acquire(ctx, f.wsem) {
 		return 0, syscall.EINTR

@@ -312,3 +312,34 @@ func drain(fd int) {
 		}
 	}
 }
+
+// A port unplugged under the open file: reads and writes fail with
+// ENODEV, blocking or not, and poll says POLLHUP, as Linux's
+// port_fops_read and wait_port_writable do.
+func TestUnpluggedENODEV(t *testing.T) {
+	r := newRig(t)
+	pt := r.port(1)
+	fh := r.open(pt, unix.O_RDWR)
+	defer r.release(pt, fh)
+	if err := r.m.Unplug(1); err != nil {
+		t.Fatal(err)
+	}
+	for !pt.p.Removed() {
+		if r.ctx.Err() != nil {
+			t.Fatal("the driver never removed the port")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for _, flags := range []uint32{0, unix.O_NONBLOCK} {
+		q := cuse.Request{FH: fh, Flags: flags}
+		if n, e := pt.Read(r.ctx, q, make([]byte, 8)); n != 0 || e != syscall.ENODEV {
+			t.Errorf("read (flags %#x) after the unplug: %d %v, want ENODEV", flags, n, e)
+		}
+		if n, e := pt.Write(r.ctx, q, []byte("x")); n != 0 || e != syscall.ENODEV {
+			t.Errorf("write (flags %#x) after the unplug: %d %v, want ENODEV", flags, n, e)
+		}
+	}
+	if ev := pt.Poll(cuse.Request{FH: fh}, 1, false, unix.POLLIN|unix.POLLOUT); ev != unix.POLLHUP {
+		t.Errorf("poll after the unplug: %#x, want POLLHUP", ev)
+	}
+}

@@ -82,6 +82,13 @@ func nodecheck(args []string) error {
 		fmt.Fprintf(stdout, "read=%s\n", result(n, err))
 		n, err = unix.Write(fd, []byte("x"))
 		fmt.Fprintf(stdout, "write=%s\n", result(n, err))
+		if err := unix.SetNonblock(fd, true); err != nil {
+			return err
+		}
+		n, err = unix.Read(fd, b[:])
+		fmt.Fprintf(stdout, "read-nonblock=%s\n", result(n, err))
+		n, err = unix.Write(fd, []byte("x"))
+		fmt.Fprintf(stdout, "write-nonblock=%s\n", result(n, err))
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLOUT}}
 		if _, err := unix.Poll(fds, 0); err != nil {
 			return err
