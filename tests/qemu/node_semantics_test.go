@@ -242,10 +242,6 @@ type semDiff struct {
 var semKnown = map[string]semDiff{
 	"lseek": {why: "CUSE seeks as a no-op (its file operations use noop_llseek, and its open ignores " +
 		"FOPEN_NONSEEKABLE): lseek returns the position, 0, where Linux's port fails with ESPIPE"},
-	"unplugged/read": {bug: true, why: "an fd still open on an unplugged port reads 0 (end of file); " +
-		"Linux's port_fops_read returns ENODEV once unplug_port cleared guest_connected"},
-	"unplugged/write": {bug: true, why: "a non-blocking write on an unplugged port gets EAGAIN (the host-away " +
-		"check comes first); Linux's wait_port_writable returns ENODEV"},
 }
 
 // TestNodeSemanticsMatchKernel runs the same probe, step by step with the
