@@ -21,6 +21,7 @@ Usage:
   vserial-agent run [flags]    drive virtio-console functions and serve their ports
   vserial-agent list [flags]   show virtio-console functions and a running agent's ports
   vserial-agent events [flags] follow a running agent's events, or wait for one (host connected...)
+  vserial-agent udev-env NODE  print VSERIAL_PORT_NAME=NAME of a port node, for udev (contrib/udev)
   vserial-agent help [command] show help ("vserial-agent COMMAND --help" too)
   vserial-agent version        module version and VCS revision of this binary (--version too)
 

@@ -86,6 +86,8 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer, open
 			return fail(stderr, cmd, err)
 		}
 		return list(ctx, cfg, stdout, stderr)
+	case "udev-env":
+		return udevEnv(rest, stdout, stderr)
 	case "events":
 		cfg, err := parseEvents(rest, stdout)
 		if err != nil {

@@ -22,22 +22,7 @@ import (
 // and `systemctl stop` ends it cleanly with the function given back.
 func TestAgentUnderSystemd(t *testing.T) {
 	t.Parallel()
-	cache, err := CacheDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := moduleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	unit, err := os.ReadFile(filepath.Join(root, "contrib", "systemd", "vserial-agent.service"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := SystemdFiles(cache, BuildAgent(t), unit)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, files := contribSystemdFiles(t)
 	// No journald in this guest: the agent's log goes to a file (a
 	// drop-in, as an operator might add; systemd opens it before the
 	// sandbox is set up).
@@ -50,21 +35,7 @@ func TestAgentUnderSystemd(t *testing.T) {
 	sock := AgentSocket(name)
 	show := func(props ...string) map[string]string {
 		t.Helper()
-		args := []string{systemctlPath, "show", "vserial-agent.service"}
-		for _, p := range props {
-			args = append(args, "-p", p)
-		}
-		out, err := g.Run(ctx, args...)
-		if err != nil {
-			t.Fatalf("systemctl show: %v %s", err, out)
-		}
-		m := map[string]string{}
-		for line := range strings.Lines(out) {
-			if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok {
-				m[k] = v
-			}
-		}
-		return m
+		return systemctlShow(ctx, t, g, "vserial-agent.service", props...)
 	}
 	defer func() {
 		if t.Failed() {
@@ -160,4 +131,54 @@ func TestAgentUnderSystemd(t *testing.T) {
 			t.Logf("agent under the unit: %s", strings.TrimSpace(line))
 		}
 	}
+}
+
+// contribSystemdFiles are the systemd guest's files (SystemdFiles) with
+// contrib/systemd/vserial-agent.service installed and enabled, and the
+// cache they came from.
+func contribSystemdFiles(t *testing.T) (string, []File) {
+	t.Helper()
+	cache, err := CacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit, err := os.ReadFile(contribFile(t, "systemd", "vserial-agent.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := SystemdFiles(cache, BuildAgent(t), unit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cache, files
+}
+
+// contribFile is the host path of a file under contrib/.
+func contribFile(t *testing.T, elem ...string) string {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(append([]string{root, "contrib"}, elem...)...)
+}
+
+// systemctlShow returns the properties of unit in the systemd guest.
+func systemctlShow(ctx context.Context, t *testing.T, g *Guest, unit string, props ...string) map[string]string {
+	t.Helper()
+	args := []string{systemctlPath, "show", unit}
+	for _, p := range props {
+		args = append(args, "-p", p)
+	}
+	out, err := g.Run(ctx, args...)
+	if err != nil {
+		t.Fatalf("systemctl show %s: %v %s", unit, err, out)
+	}
+	m := map[string]string{}
+	for line := range strings.Lines(out) {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok {
+			m[k] = v
+		}
+	}
+	return m
 }

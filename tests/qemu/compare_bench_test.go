@@ -215,6 +215,13 @@ func runSuite(b *testing.B, opts Options, bind string, cfg benchConfig) {
 // also goes to the benchmark's log.
 func (s *suite) publish(table string) {
 	report := fmt.Sprintf("==== %s (%s)\n%s", s.b.Name(), time.Now().UTC().Format(time.RFC3339), s.out.String())
+	appendBenchReport(s.b, report)
+	s.b.Log(table)
+}
+
+// appendBenchReport writes a benchmark's report to standard output and,
+// when VSERIAL_BENCH_REPORT names a file, appends it there.
+func appendBenchReport(b *testing.B, report string) {
 	fmt.Print(report)
 	if name := os.Getenv(EnvBenchReport); name != "" {
 		f, err := os.OpenFile(name, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
@@ -223,10 +230,9 @@ func (s *suite) publish(table string) {
 			err = errors.Join(err, f.Close())
 		}
 		if err != nil {
-			s.b.Errorf("%s: %v", EnvBenchReport, err)
+			b.Errorf("%s: %v", EnvBenchReport, err)
 		}
 	}
-	s.b.Log(table)
 }
 
 // functions lists the PCI functions the in-kernel virtio-pci driver holds.

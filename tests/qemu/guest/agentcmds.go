@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -147,4 +148,24 @@ func greet(args []string) error {
 	}
 	fmt.Fprintf(stdout, "wrote=%s\n", strconv.Quote(args[1]))
 	return f.Close()
+}
+
+// symlink makes LINK a symbolic link to TARGET, creating LINK's directory
+// (what udev does for /dev/virtio-ports/NAME in a guest without udev).
+func symlink(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: symlink TARGET LINK")
+	}
+	if err := os.MkdirAll(filepath.Dir(args[1]), 0o755); err != nil {
+		return err
+	}
+	return os.Symlink(args[0], args[1])
+}
+
+// rm removes PATH (a file, a link or an empty directory).
+func rm(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: rm PATH")
+	}
+	return os.Remove(args[0])
 }

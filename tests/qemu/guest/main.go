@@ -91,6 +91,10 @@ func init() {
 		"wait-nochild": {"wait-nochild PID SECONDS", waitNoChild},
 		"as-uid":       {"as-uid UID ARGV [ARGS]", asUID},
 		"ctlflood":     {"ctlflood UID DIR IDLE SUBS READYFILE SECONDS", ctlflood},
+		"symlink":      {"symlink TARGET LINK", symlink},
+		"rm":           {"rm PATH", rm},
+		"probe-serve":  {"probe-serve PATH SOCK", probeServe},
+		"probe":        {"probe SOCK OP [ARGS...]", probe},
 		"poweroff":     {"poweroff", func([]string) error { return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) }},
 		"help":         {"help", help},
 	}
