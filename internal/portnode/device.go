@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -128,8 +129,32 @@ func (d *Device) Add(p *driver.Port, loop *pump.Loop) *Port {
 	return pt
 }
 
+// closeGrace bounds how long Close waits for programs that hold a node
+// open to let go, once told the port is gone.
+const closeGrace = time.Second
+
 // Close removes every node and symlink of the device and waits for them.
+// A program that holds a node open is first told, as of an unplug, that
+// the port is gone (ENODEV, POLLHUP), and given closeGrace to close it
+// before the device goes from under it.
 func (d *Device) Close() {
+	d.mu.Lock()
+	ports := slices.Clone(d.ports)
+	d.mu.Unlock()
+	var open []*Port
+	for _, pt := range ports {
+		if pt.stop() {
+			open = append(open, pt)
+		}
+	}
+	if len(open) > 0 {
+		d.log.Info("telling the programs that hold device nodes that their ports are gone", "open", len(open))
+		ctx, cancel := context.WithTimeout(context.Background(), closeGrace)
+		for _, pt := range open {
+			pt.awaitClose(ctx)
+		}
+		cancel()
+	}
 	d.stop()
 	d.wg.Wait()
 	indexes.Lock()

@@ -46,7 +46,7 @@ func (pt *Port) Open(ctx context.Context, r cuse.Request) (uint64, syscall.Errno
 		return 0, err
 	}
 	pt.mu.Lock()
-	if pt.gone || pt.p.Removed() {
+	if pt.gone || pt.unplugged() {
 		pt.mu.Unlock()
 		return 0, syscall.ENXIO
 	}
@@ -166,7 +166,7 @@ func (pt *Port) Read(ctx context.Context, r cuse.Request, b []byte) (int, syscal
 	if f == nil {
 		return 0, syscall.ENODEV
 	}
-	if pt.p.Removed() {
+	if pt.unplugged() {
 		return 0, syscall.ENODEV // Linux: the port is hot-unplugged
 	}
 	if len(b) == 0 {
@@ -208,6 +208,9 @@ func (pt *Port) Read(ctx context.Context, r cuse.Request, b []byte) (int, syscal
 		if ctx.Err() != nil {
 			return 0, syscall.EINTR
 		}
+		if pt.unplugged() {
+			return 0, syscall.ENODEV
+		}
 		if err != nil && !errors.Is(err, pump.ErrDeadline) {
 			return readErr(err)
 		}
@@ -231,7 +234,7 @@ func (pt *Port) Write(ctx context.Context, r cuse.Request, b []byte) (int, sysca
 	if len(b) == 0 {
 		return 0, 0
 	}
-	if f == nil || pt.p.Removed() {
+	if f == nil || pt.unplugged() {
 		return 0, syscall.ENODEV // Linux: the port is hot-unplugged
 	}
 	if !acquire(ctx, f.wsem) {
@@ -264,6 +267,8 @@ func (pt *Port) Write(ctx context.Context, r cuse.Request, b []byte) (int, sysca
 			return n, 0
 		case ctx.Err() != nil:
 			return 0, syscall.EINTR
+		case pt.unplugged():
+			return 0, syscall.ENODEV
 		case errors.Is(err, pump.ErrDeadline):
 			continue // a deadline left over from an interrupt that came late
 		}
@@ -338,7 +343,7 @@ func (pt *Port) Poll(r cuse.Request, kh uint64, schedule bool, events uint32) ui
 // revents is what poll reports now.
 func (f *file) revents() uint32 {
 	p := f.pt.p
-	if p.Removed() {
+	if f.pt.unplugged() {
 		return unix.POLLHUP
 	}
 	read, write := f.ep.Ready()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vserial/vserial/cuse"
@@ -45,7 +46,10 @@ type Port struct {
 	releasing chan struct{} // closed when the last release is done; nil if none
 	nextFH    uint64
 	gone      bool // the port was removed: the node answers as Linux's unplugged port
-	srv       *cuse.Server
+	// stopping: the agent is stopping; the node answers as Linux's
+	// unplugged port (ENODEV, POLLHUP) so that its holder lets go.
+	stopping atomic.Bool
+	srv      *cuse.Server
 }
 
 // NewPort makes p shareable between its socket and a node served through
@@ -133,4 +137,25 @@ func (pt *Port) awaitClose(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// unplugged reports whether the node answers as Linux's unplugged port:
+// the port was removed, or the agent is stopping (Device.Close).
+func (pt *Port) unplugged() bool { return pt.stopping.Load() || pt.p.Removed() }
+
+// stop makes the node answer as an unplugged port from now on and wakes
+// its open file's waiting read, write and poll, so that its holder hears
+// of it as it would of an unplug. It reports whether a file is open.
+func (pt *Port) stop() bool {
+	pt.stopping.Store(true)
+	pt.mu.Lock()
+	f := pt.f
+	open := f != nil || pt.releasing != nil
+	pt.mu.Unlock()
+	if f != nil {
+		f.ep.SetReadDeadline(past)
+		f.ep.SetWriteDeadline(past)
+		f.notify()
+	}
+	return open
 }

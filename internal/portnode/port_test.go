@@ -343,3 +343,73 @@ func TestUnpluggedENODEV(t *testing.T) {
 		t.Errorf("poll after the unplug: %#x, want POLLHUP", ev)
 	}
 }
+
+// Stopping the agent with a node held open: the holder hears, as of an
+// unplug, that the port is gone (its waiting read ends with ENODEV, poll
+// says POLLHUP, a new open gets ENXIO) and Close waits, within closeGrace,
+// for it to close the node.
+func TestCloseTellsTheHolderFirst(t *testing.T) {
+	r := newRig(t)
+	d := NewDevice(Config{Index: 0})
+	pt := d.Add(r.d.Port(1), r.l)
+	for pt.p.Name() == "" {
+		if r.ctx.Err() != nil {
+			t.Fatal("port 1 was never named")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	fh := r.open(pt, unix.O_RDWR)
+	readErr := make(chan syscall.Errno, 1)
+	released := make(chan time.Time, 1)
+	go func() {
+		_, e := pt.Read(r.ctx, cuse.Request{FH: fh}, make([]byte, 8)) // waits: the host sends nothing
+		readErr <- e
+		if ev := pt.Poll(cuse.Request{FH: fh}, 1, false, unix.POLLIN); ev != unix.POLLHUP {
+			t.Errorf("poll while stopping: %#x, want POLLHUP", ev)
+		}
+		if _, e := pt.Write(r.ctx, cuse.Request{FH: fh}, []byte("x")); e != syscall.ENODEV {
+			t.Errorf("write while stopping: %v, want ENODEV", e)
+		}
+		pt.Release(cuse.Request{FH: fh}) // the holder lets go, as qemu-ga does on ENODEV
+		released <- time.Now()
+	}()
+	time.Sleep(50 * time.Millisecond) // let the read wait
+	start := time.Now()
+	d.Close()
+	took := time.Since(start)
+	select {
+	case e := <-readErr:
+		if e != syscall.ENODEV {
+			t.Errorf("waiting read when the agent stops: %v, want ENODEV", e)
+		}
+	default:
+		t.Fatal("Close returned with the holder's read still waiting")
+	}
+	at := <-released
+	if at.After(start.Add(took)) {
+		t.Error("Close returned before the holder released the node")
+	}
+	if took >= closeGrace {
+		t.Errorf("Close took %v although the holder let go at once", took)
+	}
+	if _, e := pt.Open(r.ctx, cuse.Request{}); e != syscall.ENXIO {
+		t.Errorf("open after Close: %v, want ENXIO", e)
+	}
+	r.waitGuest(1, false)
+}
+
+// A holder that never lets go costs Close closeGrace, no more.
+func TestCloseGraceIsBounded(t *testing.T) {
+	r := newRig(t)
+	d := NewDevice(Config{Index: 0})
+	pt := d.Add(r.d.Port(1), r.l)
+	for pt.p.Name() == "" {
+		time.Sleep(time.Millisecond)
+	}
+	r.open(pt, unix.O_RDWR)
+	start := time.Now()
+	d.Close()
+	if took := time.Since(start); took < closeGrace || took > closeGrace+5*time.Second {
+		t.Errorf("Close with a node nobody closes took %v, want about %v", took, closeGrace)
+	}
+}

@@ -148,21 +148,21 @@ func TestQGAUnitStartsOnNode(t *testing.T) {
 				t.Logf("agent: %s", strings.TrimSpace(line))
 			}
 		}
-		// qemu-ga is stopped before the agent: stopped by BindsTo= as
-		// the agent's shutdown removed the node, Debian's qemu-ga 7.2
-		// hung in 2 runs of 4 (a futex wait, no system call on the
-		// node) until systemd's SIGKILL 90 s later; on a port unplug it
-		// never did (docs/nodes.md).
-		if out, err := g.Run(ctx, systemctlPath, "stop", "qemu-guest-agent.service"); err != nil {
-			t.Fatalf("systemctl stop qemu-guest-agent: %v %s", err, out)
-		}
-		if st := show(t, "qemu-guest-agent.service", "ActiveState", "Result"); st["ActiveState"] != "inactive" || st["Result"] != "success" {
-			t.Errorf("qemu-guest-agent.service after stop: %v, want inactive, success", st)
-		}
-		// The agent stops: its node goes, and with it the device unit.
+		// The agent stops with qemu-ga running on its node: the node
+		// answers as an unplugged port first (ENODEV, POLLHUP) and goes
+		// within a second; BindsTo= then stops qemu-ga, which must exit
+		// cleanly (before the grace, Debian's qemu-ga 7.2 hung in 2 runs
+		// of 4 until systemd's SIGKILL 90 s later).
 		if out, err := g.Run(ctx, systemctlPath, "stop", "vserial-agent.service"); err != nil {
 			t.Fatalf("systemctl stop vserial-agent: %v %s", err, out)
 		}
+		if st := waitUnit(t, "inactive", 20*time.Second); st["ActiveState"] != "inactive" {
+			t.Fatalf("qemu-guest-agent.service %v 20 s after the agent stopped, want inactive", st)
+		}
+		if st := show(t, "qemu-guest-agent.service", "ActiveState", "Result"); st["Result"] != "success" {
+			t.Errorf("qemu-guest-agent.service after the agent stopped: %v, want inactive, success", st)
+		}
+		// The node went, and with it the device unit.
 		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(250 * time.Millisecond) {
 			d := show(t, qgaDeviceUnit, "ActiveState")
 			if d["ActiveState"] == "inactive" {
