@@ -532,6 +532,8 @@ type roundResult struct {
 	// deltas of the counters over each phase: host→guest, guest→host,
 	// round trips
 	phases [3]counterSet
+	// QEMU's threads over each transfer, sampled on the host
+	h2gQEMU, g2hQEMU ThreadLoad
 }
 
 // abba is the order of the arms in round r (0 is the warm-up): the arms
@@ -566,6 +568,7 @@ func (s *suite) mainRounds() map[byte][]roundResult {
 			}
 			s.printf("  %-8s %c: host→guest %7.1f MB/s, guest→host %7.1f MB/s, round trip p50 %6.0f µs p99 %6.0f µs [load %s]\n",
 				roundLabel(r), arm, rr.h2g, rr.g2h, percentile(rr.rtt, 50), percentile(rr.rtt, 99), load)
+			s.printf("      %c qemu threads, host→guest: %s; guest→host: %s\n", arm, rr.h2gQEMU, rr.g2hQEMU)
 			if r > 0 {
 				res[arm] = append(res[arm], rr)
 				s.printPhases(rr)
@@ -592,7 +595,7 @@ func (s *suite) measure(se *session) (roundResult, error) {
 	if err != nil {
 		return rr, fmt.Errorf("host→guest: %w", err)
 	}
-	rr.h2g = tr.MBps
+	rr.h2g, rr.h2gQEMU = tr.MBps, tr.QEMU
 	if err := s.settle(se); err != nil {
 		return rr, err
 	}
@@ -600,7 +603,7 @@ func (s *suite) measure(se *session) (roundResult, error) {
 	if tr, err = benchFromGuest(s.ctx, s.g, conn, p, s.cfg.Bytes, 7); err != nil {
 		return rr, fmt.Errorf("guest→host: %w", err)
 	}
-	rr.g2h = tr.MBps
+	rr.g2h, rr.g2hQEMU = tr.MBps, tr.QEMU
 	if err := s.settle(se); err != nil {
 		return rr, err
 	}
@@ -817,7 +820,7 @@ func (s *suite) multiFromGuest(se *session, n int64) (float64, error) {
 		done := deadline(s.ctx, c)
 		wg.Go(func() {
 			defer done()
-			firsts[i], lasts[i], errs[i] = readBlocks(c, n, block)
+			firsts[i], lasts[i], errs[i] = readBlocks(c, n, block, nil)
 		})
 	}
 	_, err := s.g.Run(s.ctx, append([]string{"msource", strconv.FormatInt(n, 10), strconv.Itoa(seed)}, se.paths...)...)
@@ -1029,6 +1032,7 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 	s.b.ReportMetric(cpu(0, mib), "A-cpu-ms/MiB-h2g")
 	s.b.ReportMetric(cpu(1, mib), "A-cpu-ms/MiB-g2h")
 	s.b.ReportMetric(cpu(2, float64(s.cfg.RTTs))*1e3, "A-cpu-µs/rtt")
+	s.qemuSummary(res)
 	for _, arm := range []byte("KSAG") {
 		s.b.ReportMetric(median(col(arm, h2g)), string(arm)+"-h2g-MB/s")
 		s.b.ReportMetric(median(col(arm, g2h)), string(arm)+"-g2h-MB/s")
