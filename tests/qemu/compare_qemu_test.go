@@ -25,6 +25,16 @@ func (s *suite) qemuSummary(res map[byte][]roundResult) {
 			}
 			med, line := summarizeLoads(loads)
 			s.printf("  %s %c: %s\n", dir.name, arm, line)
+			if dir.key == "h2g" && s.cfg.Trace {
+				var count, size []float64
+				for _, r := range res[arm] {
+					if r.h2gReads.Count > 0 {
+						count = append(count, float64(r.h2gReads.Count))
+						size = append(size, float64(r.h2gReads.Bytes)/float64(r.h2gReads.Count))
+					}
+				}
+				s.printf("      chardev reads (trace on): median %.0f reads per transfer, mean %.0f B per read\n", median(count), median(size))
+			}
 			if dir.key == "h2g" {
 				s.b.ReportMetric(100*med["main"], fmt.Sprintf("%c-h2g-qemu-main-%%", arm))
 				s.b.ReportMetric(100*med["cpu0"], fmt.Sprintf("%c-h2g-qemu-cpu0-%%", arm))

@@ -69,3 +69,18 @@ func TestThreadLoadString(t *testing.T) {
 		t.Errorf("summarizeLoads: %v %q", med, line)
 	}
 }
+
+func TestParseChrReads(t *testing.T) {
+	log := "handle_qmp_command mon 0x1 req: {}\n" +
+		"virtio_console_chr_read port 1, size 4096\n" +
+		"12@1.000002:virtio_console_chr_read port 1, size 100\n" +
+		"virtio_console_chr_read port 3, size 7\n" +
+		"virtio_console_chr_read port 1, size" // cut off: left out
+	got := parseChrReads(log)
+	if got[1] != (ReadSizes{Count: 2, Bytes: 4196, Max: 4096}) || got[3] != (ReadSizes{Count: 1, Bytes: 7, Max: 7}) || len(got) != 2 {
+		t.Errorf("parseChrReads: %+v", got)
+	}
+	if s := got[1].String(); s != "2 reads, mean 2098 B, max 4096 B" {
+		t.Errorf("String: %q", s)
+	}
+}
