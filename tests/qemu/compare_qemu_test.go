@@ -45,7 +45,8 @@ func (s *suite) qemuSummary(res map[byte][]roundResult) {
 
 // summarizeLoads gives each thread name's median share over loads (a
 // round without the name counts 0) and a line of them, main and the
-// vCPUs always, other threads from a median of 1 % on.
+// vCPUs always, other threads from a median of 1 % on, and the median
+// wait for a CPU from 1 % on.
 func summarizeLoads(loads []ThreadLoad) (map[string]float64, string) {
 	all := ThreadLoad{Busy: map[string]float64{}}
 	for _, l := range loads {
@@ -60,12 +61,20 @@ func summarizeLoads(loads []ThreadLoad) (map[string]float64, string) {
 		for i, l := range loads {
 			xs[i] = 100 * l.Busy[n]
 		}
-		sp := spreadOf(xs)
+		qs := make([]float64, len(loads))
+		for i, l := range loads {
+			qs[i] = 100 * l.Queued[n]
+		}
+		sp, q := spreadOf(xs), median(qs)
 		med[n] = sp.Med / 100
 		if n != "main" && !strings.HasPrefix(n, "cpu") && sp.Med < 1 {
 			continue
 		}
-		parts = append(parts, fmt.Sprintf("%s %.0f%% [%.0f–%.0f]", n, sp.Med, sp.Min, sp.Max))
+		p := fmt.Sprintf("%s %.0f%% [%.0f–%.0f]", n, sp.Med, sp.Min, sp.Max)
+		if q >= 1 {
+			p += fmt.Sprintf(" (queued %.0f%%)", q)
+		}
+		parts = append(parts, p)
 	}
 	if len(parts) == 0 {
 		return med, "(no samples)"

@@ -26,6 +26,7 @@ type ThreadSample struct {
 type threadCPU struct {
 	name string // the short name: see shortThreadName
 	ns   int64  // time on a CPU so far
+	wait int64  // time runnable but waiting for a CPU so far (0: unknown)
 }
 
 // SampleThreads reads the CPU time of each thread of process pid from
@@ -52,51 +53,60 @@ func SampleThreads(pid int) ThreadSample {
 		if err != nil {
 			continue
 		}
-		ns, ok := threadNS(filepath.Join(dir, e.Name()))
+		ns, wait, ok := threadNS(filepath.Join(dir, e.Name()))
 		if !ok {
 			continue
 		}
-		s.threads[tid] = threadCPU{name: shortThreadName(strings.TrimSpace(string(comm))), ns: ns}
+		name := shortThreadName(strings.TrimSpace(string(comm)))
+		if tid == pid {
+			name = "main" // the main loop runs in the process's first thread
+		}
+		s.threads[tid] = threadCPU{name: name, ns: ns, wait: wait}
 	}
 	return s
 }
 
-// threadNS is a thread's time on a CPU in ns: schedstat's first field,
-// else stat's utime+stime (fields 14 and 15) at 100 ticks a second.
-func threadNS(dir string) (int64, bool) {
+// threadNS is a thread's time on a CPU and its time waiting for one in
+// ns: schedstat's first two fields, else stat's utime+stime (fields 14
+// and 15) at 100 ticks a second and no wait.
+func threadNS(dir string) (ns, wait int64, ok bool) {
 	if b, err := os.ReadFile(filepath.Join(dir, "schedstat")); err == nil {
-		if f := strings.Fields(string(b)); len(f) > 0 {
-			if ns, err := strconv.ParseInt(f[0], 10, 64); err == nil {
-				return ns, true
+		if f := strings.Fields(string(b)); len(f) > 1 {
+			ns, err1 := strconv.ParseInt(f[0], 10, 64)
+			wait, err2 := strconv.ParseInt(f[1], 10, 64)
+			if err1 == nil && err2 == nil {
+				return ns, wait, true
 			}
 		}
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "stat"))
 	if err != nil {
-		return 0, false
+		return 0, 0, false
 	}
 	// The fields after the command, which is in parentheses and may hold
 	// spaces: state is field 3, utime 14, stime 15.
 	_, rest, ok := strings.Cut(string(b), ") ")
 	f := strings.Fields(rest)
 	if !ok || len(f) < 13 {
-		return 0, false
+		return 0, 0, false
 	}
 	ut, err1 := strconv.ParseInt(f[11], 10, 64)
 	st, err2 := strconv.ParseInt(f[12], 10, 64)
 	if err1 != nil || err2 != nil {
-		return 0, false
+		return 0, 0, false
 	}
-	return (ut + st) * 10_000_000, true
+	return (ut + st) * 10_000_000, 0, true
 }
 
-// shortThreadName names QEMU's threads for the report: "main" for the
-// main loop (comm "qemu-system-x86", the process's name cut to 15 bytes),
-// "cpuN" for "CPU N/TCG" (or /KVM), any other name with its spaces
-// replaced.
+// shortThreadName names QEMU's threads for the report (the harness starts
+// QEMU with -name debug-threads=on, which names them): "cpuN" for
+// "CPU N/TCG" (or /KVM), "unnamed" for a thread that kept the process's
+// name ("qemu-system-x86", cut to 15 bytes), any other name with its
+// spaces replaced. The main loop, the process's first thread, is "main"
+// (SampleThreads).
 func shortThreadName(comm string) string {
 	if strings.HasPrefix(comm, "qemu-system") {
-		return "main"
+		return "unnamed"
 	}
 	if n, ok := strings.CutPrefix(comm, "CPU "); ok {
 		if nr, _, ok := strings.Cut(n, "/"); ok {
@@ -106,28 +116,27 @@ func shortThreadName(comm string) string {
 	return strings.ReplaceAll(comm, " ", "_")
 }
 
-// ThreadLoad is what each thread of a process spent on a CPU over a span,
-// as a share of the span's wall time (1 = one core all the time), threads
-// with the same short name summed.
+// ThreadLoad is what each thread of a process spent on a CPU over a span
+// (Busy) and runnable but waiting for a CPU (Queued: the host's cores
+// were taken), as shares of the span's wall time (1 = one core all the
+// time), threads with the same short name summed.
 type ThreadLoad struct {
-	Wall time.Duration
-	Busy map[string]float64
+	Wall         time.Duration
+	Busy, Queued map[string]float64
 }
 
 // Since is the load of the threads between an earlier sample and s. A
 // thread born within the span counts with all its time; one that ended
 // within it is missing.
 func (s ThreadSample) Since(earlier ThreadSample) ThreadLoad {
-	l := ThreadLoad{Wall: s.At.Sub(earlier.At), Busy: map[string]float64{}}
+	l := ThreadLoad{Wall: s.At.Sub(earlier.At), Busy: map[string]float64{}, Queued: map[string]float64{}}
 	if l.Wall <= 0 || len(s.threads) == 0 {
 		return l
 	}
 	for tid, t := range s.threads {
-		d := t.ns - earlier.threads[tid].ns
-		if d < 0 {
-			d = 0
-		}
-		l.Busy[t.name] += float64(d) / float64(l.Wall.Nanoseconds())
+		was := earlier.threads[tid]
+		l.Busy[t.name] += float64(max(t.ns-was.ns, 0)) / float64(l.Wall.Nanoseconds())
+		l.Queued[t.name] += float64(max(t.wait-was.wait, 0)) / float64(l.Wall.Nanoseconds())
 	}
 	return l
 }
@@ -163,8 +172,9 @@ func (l ThreadLoad) Names() []string {
 	return names
 }
 
-// String is e.g. "main 97% cpu0 60% worker 2% (62 ms)": main and the
-// vCPUs always, other threads from 1 % on.
+// String is e.g. "main 97% (queued 3%) cpu0 60% worker 2% (62 ms)":
+// main and the vCPUs always, other threads from 1 % on, with their wait
+// for a CPU from 1 % on.
 func (l ThreadLoad) String() string {
 	if len(l.Busy) == 0 {
 		return "(no sample)"
@@ -175,7 +185,11 @@ func (l ThreadLoad) String() string {
 		if n != "main" && !strings.HasPrefix(n, "cpu") && v < 0.01 {
 			continue
 		}
-		parts = append(parts, fmt.Sprintf("%s %.0f%%", n, 100*v))
+		p := fmt.Sprintf("%s %.0f%%", n, 100*v)
+		if q := l.Queued[n]; q >= 0.01 {
+			p += fmt.Sprintf(" (queued %.0f%%)", 100*q)
+		}
+		parts = append(parts, p)
 	}
 	return fmt.Sprintf("%s (%.0f ms)", strings.Join(parts, " "), float64(l.Wall.Microseconds())/1e3)
 }

@@ -10,7 +10,7 @@ import (
 
 func TestShortThreadName(t *testing.T) {
 	for comm, want := range map[string]string{
-		"qemu-system-x86": "main",
+		"qemu-system-x86": "unnamed",
 		"CPU 0/TCG":       "cpu0",
 		"CPU 1/KVM":       "cpu1",
 		"call_rcu":        "call_rcu",
@@ -53,18 +53,19 @@ func TestSampleThreadsSeesBusyThread(t *testing.T) {
 func TestThreadLoadString(t *testing.T) {
 	l := ThreadLoad{Wall: 62 * time.Millisecond, Busy: map[string]float64{
 		"cpu0": 0.6, "main": 0.97, "worker": 0.02, "call_rcu": 0.001,
-	}}
-	if got, want := l.String(), "main 97% cpu0 60% worker 2% (62 ms)"; got != want {
+	}, Queued: map[string]float64{"main": 0.03, "cpu0": 0.004}}
+	if got, want := l.String(), "main 97% (queued 3%) cpu0 60% worker 2% (62 ms)"; got != want {
 		t.Errorf("String() = %q, want %q", got, want)
 	}
-	t0 := ThreadSample{At: time.Unix(0, 0), threads: map[int]threadCPU{1: {"main", 0}, 2: {"cpu0", 5e6}}}
-	t1 := ThreadSample{At: time.Unix(0, 100e6), threads: map[int]threadCPU{1: {"main", 90e6}, 2: {"cpu0", 55e6}, 3: {"worker", 10e6}}}
+	t0 := ThreadSample{At: time.Unix(0, 0), threads: map[int]threadCPU{1: {"main", 0, 1e6}, 2: {"cpu0", 5e6, 0}}}
+	t1 := ThreadSample{At: time.Unix(0, 100e6), threads: map[int]threadCPU{1: {"main", 90e6, 6e6}, 2: {"cpu0", 55e6, 0}, 3: {"worker", 10e6, 0}}}
 	got := t1.Since(t0)
-	if !strings.HasPrefix(got.String(), "main 90% cpu0 50% worker 10%") {
+	if !strings.HasPrefix(got.String(), "main 90% (queued 5%) cpu0 50% worker 10%") {
 		t.Errorf("Since: %v", got)
 	}
 	med, line := summarizeLoads([]ThreadLoad{got, {Busy: map[string]float64{"main": 0.7, "cpu0": 0.3}}, {Busy: map[string]float64{"main": 0.8, "cpu0": 0.4}}})
 	// worker's median is 0 %: left out of the line.
+	// main's median wait is 0 % (queued 5 % in one round of three): left out.
 	if med["main"] != 0.8 || line != "main 80% [70–90], cpu0 40% [30–50]" {
 		t.Errorf("summarizeLoads: %v %q", med, line)
 	}
