@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vserial/vserial/tests/qemu/internal/wire"
@@ -66,44 +67,59 @@ func patternBlock(seed uint64) []byte {
 	return b
 }
 
-// benchToGuest streams n bytes of a repeated block; the guest only counts.
+// benchToGuest streams n bytes of a repeated block once the guest's sink
+// has the port; the guest only counts. The transfer's QEMU is QEMU's
+// threads from the sink's ready byte to the host's last write (then at
+// most a socket buffer is left to move).
 func benchToGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string, n int64) (Transfer, error) {
 	defer deadline(ctx, conn)()
-	p, err := g.Start(ctx, "sink", guestPath, strconv.FormatInt(n, 10), "count")
+	p, err := g.Start(ctx, "sink", guestPath, strconv.FormatInt(n, 10), "count", "ready")
 	if err != nil {
 		return Transfer{}, err
 	}
+	if err := awaitReady(conn); err != nil {
+		out, werr := p.Wait(ctx)
+		return Transfer{}, fmt.Errorf("%w (sink: %v %s)", err, werr, strings.TrimSpace(out))
+	}
 	block := patternBlock(3)
-	werr := make(chan error, 1)
+	type written struct {
+		qemu ThreadLoad
+		err  error
+	}
+	wc := make(chan written, 1)
 	go func() {
+		t0 := SampleThreads(g.QEMUPid())
 		for left := n; left > 0; {
 			k := min(int64(len(block)), left)
 			if _, err := conn.Write(block[:k]); err != nil {
-				werr <- err
+				wc <- written{err: err}
 				return
 			}
 			left -= k
 		}
-		werr <- nil
+		wc <- written{qemu: SampleThreads(g.QEMUPid()).Since(t0)}
 	}()
 	out, err := p.Wait(ctx)
 	if err != nil {
 		_ = conn.SetDeadline(time.Unix(1, 0))
-		<-werr
+		<-wc
 		return Transfer{}, err
 	}
-	if err := <-werr; err != nil {
-		return Transfer{}, fmt.Errorf("host write: %w", err)
+	w := <-wc
+	if w.err != nil {
+		return Transfer{}, fmt.Errorf("host write: %w", w.err)
 	}
 	tr, err := parseTransfer(out)
 	if err == nil && tr.Bytes != n {
 		err = fmt.Errorf("guest counted %d bytes, host sent %d", tr.Bytes, n)
 	}
+	tr.QEMU = w.qemu
 	return tr, err
 }
 
 // benchFromGuest has the guest send n bytes of a repeated block and checks
-// each byte on the host against the same block.
+// each byte on the host against the same block. The transfer's QEMU is
+// QEMU's threads from the first byte to the last.
 func benchFromGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string, n int64, seed uint64) (Transfer, error) {
 	defer deadline(ctx, conn)()
 	block := patternBlock(seed)
@@ -113,12 +129,13 @@ func benchFromGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath stri
 	}
 	rc := make(chan result, 1)
 	go func() {
-		first, last, err := readBlocks(conn, n, block)
+		var t0 ThreadSample
+		first, last, err := readBlocks(conn, n, block, func() { t0 = SampleThreads(g.QEMUPid()) })
 		if err != nil {
 			rc <- result{err: err}
 			return
 		}
-		tr := Transfer{Bytes: n, SHA256: "none", Secs: last.Sub(first).Seconds()}
+		tr := Transfer{Bytes: n, SHA256: "none", Secs: last.Sub(first).Seconds(), QEMU: SampleThreads(g.QEMUPid()).Since(t0)}
 		if tr.Secs > 0 {
 			tr.MBps = float64(n) / tr.Secs / 1e6
 		}
@@ -135,14 +152,18 @@ func benchFromGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath stri
 }
 
 // readBlocks reads n bytes from conn, checks that they repeat block, and
-// returns when the first and the last byte arrived.
-func readBlocks(conn net.Conn, n int64, block []byte) (first, last time.Time, err error) {
+// returns when the first and the last byte arrived. atFirst, if not nil,
+// is called when the first byte has arrived.
+func readBlocks(conn net.Conn, n int64, block []byte, atFirst func()) (first, last time.Time, err error) {
 	buf := make([]byte, 256<<10)
 	var got int64
 	for got < n {
 		k, err := conn.Read(buf[:min(int64(len(buf)), n-got)])
 		if k > 0 && got == 0 {
 			first = time.Now()
+			if atFirst != nil {
+				atFirst()
+			}
 		}
 		for i := 0; i < k; {
 			off := int((got + int64(i)) % int64(len(block)))

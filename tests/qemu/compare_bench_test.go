@@ -105,12 +105,17 @@ const (
 	// the benchmark starts, e.g. "--poll off", to compare policies. Its
 	// --poll also sets the G arm's polling (vserial.Options.Poll).
 	EnvBenchAgentArgs = "VSERIAL_BENCH_AGENT_ARGS"
+	// EnvBenchQEMUTrace, when 1, counts QEMU's chardev reads of each
+	// host→guest transfer (trace event virtio_console_chr_read); each
+	// read then costs QEMU a write to its log, so the rates suffer.
+	EnvBenchQEMUTrace = "VSERIAL_BENCH_QEMU_TRACE"
 )
 
 type benchConfig struct {
 	Bytes  int64 // each way, per round, on the main port
 	RTTs   int   // per round
 	Rounds int   // measured rounds per arm, after one warm-up round
+	Trace  bool  // count QEMU's chardev reads host→guest
 }
 
 func benchConfigFromEnv() (benchConfig, error) {
@@ -128,7 +133,8 @@ func benchConfigFromEnv() (benchConfig, error) {
 	mib, err1 := num(EnvBenchMiB, 16)
 	rtts, err2 := num(EnvBenchRTTs, 1000)
 	rounds, err3 := num(EnvBenchRounds, 5)
-	return benchConfig{Bytes: int64(mib) << 20, RTTs: rtts, Rounds: rounds}, errors.Join(err1, err2, err3)
+	trace := os.Getenv(EnvBenchQEMUTrace) == "1"
+	return benchConfig{Bytes: int64(mib) << 20, RTTs: rtts, Rounds: rounds, Trace: trace}, errors.Join(err1, err2, err3)
 }
 
 const (
@@ -532,6 +538,9 @@ type roundResult struct {
 	// deltas of the counters over each phase: host→guest, guest→host,
 	// round trips
 	phases [3]counterSet
+	// QEMU's threads over each transfer, sampled on the host
+	h2gQEMU, g2hQEMU ThreadLoad
+	h2gReads         ReadSizes // with VSERIAL_BENCH_QEMU_TRACE=1
 }
 
 // abba is the order of the arms in round r (0 is the warm-up): the arms
@@ -566,6 +575,10 @@ func (s *suite) mainRounds() map[byte][]roundResult {
 			}
 			s.printf("  %-8s %c: host→guest %7.1f MB/s, guest→host %7.1f MB/s, round trip p50 %6.0f µs p99 %6.0f µs [load %s]\n",
 				roundLabel(r), arm, rr.h2g, rr.g2h, percentile(rr.rtt, 50), percentile(rr.rtt, 99), load)
+			s.printf("      %c qemu threads, host→guest: %s; guest→host: %s\n", arm, rr.h2gQEMU, rr.g2hQEMU)
+			if s.cfg.Trace {
+				s.printf("      %c chardev reads host→guest: %s\n", arm, rr.h2gReads)
+			}
 			if r > 0 {
 				res[arm] = append(res[arm], rr)
 				s.printPhases(rr)
@@ -588,11 +601,26 @@ func (s *suite) measure(se *session) (roundResult, error) {
 	rr := roundResult{arm: se.arm}
 	conn, p := s.conns[0], se.paths[0]
 	_, b0 := s.snap(se)
+	var trace *ChrReadTrace
+	if s.cfg.Trace {
+		var err error
+		if trace, err = StartChrReadTrace(s.ctx, s.g); err != nil {
+			return rr, fmt.Errorf("trace: %w", err)
+		}
+	}
 	tr, err := benchToGuest(s.ctx, s.g, conn, p, s.cfg.Bytes)
 	if err != nil {
 		return rr, fmt.Errorf("host→guest: %w", err)
 	}
-	rr.h2g = tr.MBps
+	rr.h2g, rr.h2gQEMU = tr.MBps, tr.QEMU
+	if trace != nil {
+		reads, err := trace.Stop(s.ctx)
+		if err != nil {
+			return rr, fmt.Errorf("trace: %w", err)
+		}
+		port, _ := s.g.Port(s.names[0])
+		rr.h2gReads = reads[port.Nr]
+	}
 	if err := s.settle(se); err != nil {
 		return rr, err
 	}
@@ -600,7 +628,7 @@ func (s *suite) measure(se *session) (roundResult, error) {
 	if tr, err = benchFromGuest(s.ctx, s.g, conn, p, s.cfg.Bytes, 7); err != nil {
 		return rr, fmt.Errorf("guest→host: %w", err)
 	}
-	rr.g2h = tr.MBps
+	rr.g2h, rr.g2hQEMU = tr.MBps, tr.QEMU
 	if err := s.settle(se); err != nil {
 		return rr, err
 	}
@@ -817,7 +845,7 @@ func (s *suite) multiFromGuest(se *session, n int64) (float64, error) {
 		done := deadline(s.ctx, c)
 		wg.Go(func() {
 			defer done()
-			firsts[i], lasts[i], errs[i] = readBlocks(c, n, block)
+			firsts[i], lasts[i], errs[i] = readBlocks(c, n, block, nil)
 		})
 	}
 	_, err := s.g.Run(s.ctx, append([]string{"msource", strconv.FormatInt(n, 10), strconv.Itoa(seed)}, se.paths...)...)
@@ -1029,6 +1057,7 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 	s.b.ReportMetric(cpu(0, mib), "A-cpu-ms/MiB-h2g")
 	s.b.ReportMetric(cpu(1, mib), "A-cpu-ms/MiB-g2h")
 	s.b.ReportMetric(cpu(2, float64(s.cfg.RTTs))*1e3, "A-cpu-µs/rtt")
+	s.qemuSummary(res)
 	for _, arm := range []byte("KSAG") {
 		s.b.ReportMetric(median(col(arm, h2g)), string(arm)+"-h2g-MB/s")
 		s.b.ReportMetric(median(col(arm, g2h)), string(arm)+"-g2h-MB/s")

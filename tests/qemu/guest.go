@@ -330,6 +330,9 @@ func (g *Guest) commandLine(opts Options, initrd string) []string {
 	args := []string{
 		"qemu-system-x86_64",
 		"-machine", machine, "-accel", "tcg", "-m", mem,
+		// Threads named after their role ("CPU 0/TCG", "worker"), for
+		// the benchmark's per-thread CPU (qemuthreads.go).
+		"-name", "debug-threads=on",
 	}
 	if opts.CPUs > 0 {
 		args = append(args, "-smp", strconv.Itoa(opts.CPUs))

@@ -29,6 +29,9 @@ type Transfer struct {
 	// its last.
 	Secs float64
 	MBps float64
+	// QEMU is the load of QEMU's threads over the transfer, sampled on
+	// the host (benchToGuest and benchFromGuest only).
+	QEMU ThreadLoad
 }
 
 // RoundTrips are 1-byte round-trip latencies measured by the guest.
