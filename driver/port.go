@@ -105,8 +105,9 @@ type slot struct {
 	// device filled a receive buffer, or a reader emptied one and it was
 	// posted again (salvageLocked: QEMU may have dropped bytes then).
 	rxMoved time.Time
-	// rxReleased: a reader handed buffers back since the last kick
-	// (kickRxLocked stamps rxMoved then).
+	// rxReleased: host→guest bytes moved since the last kick (a reader
+	// handed buffers back, or the device filled some); kickRxLocked
+	// stamps rxMoved then, with one clock read per batch.
 	rxReleased bool
 
 	// plan is the buffer set the DMA budget gave the slot at its first

@@ -57,9 +57,11 @@ func (d *Device) serviceRxLocked(s *slot) error {
 			got = true
 		}
 	}
+	if got {
+		s.rxReleased = true // the device filled buffers: kickRxLocked stamps rxMoved
+	}
 	d.kickRxLocked(s)
 	if got {
-		s.rxMoved = d.clock()
 		wake(p.rxWake)
 	}
 	return nil
