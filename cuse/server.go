@@ -242,9 +242,9 @@ func (s *Server) open(r Request, args []byte) {
 			s.replyErr(r.Unique, e)
 			return
 		}
-		out := make([]byte, openOutLen)
-		le.PutUint64(out[0:], fh)
-		s.reply(r.Unique, 0, out)
+		b := make([]byte, outHeaderLen+openOutLen)
+		le.PutUint64(b[outHeaderLen:], fh)
+		s.send(b, 0, r.Unique)
 	})
 }
 
@@ -275,9 +275,9 @@ func (s *Server) poll(r Request, args []byte) {
 		events = ^uint32(0) // before 7.21 the field was padding: every event
 	}
 	rev := s.h.Poll(r, kh, flags&pollScheduled != 0, events)
-	out := make([]byte, pollOutLen)
-	le.PutUint32(out[0:], rev)
-	s.reply(r.Unique, 0, out)
+	b := make([]byte, outHeaderLen+pollOutLen)
+	le.PutUint32(b[outHeaderLen:], rev)
+	s.send(b, 0, r.Unique)
 }
 
 func (s *Server) ioctl(r Request, args []byte) {
@@ -437,9 +437,9 @@ func (s *Server) write(ctx context.Context, r Request, data []byte) {
 		s.replyErr(r.Unique, e)
 		return
 	}
-	out := make([]byte, writeOutLen)
-	le.PutUint32(out[0:], uint32(min(max(n, 0), len(data))))
-	s.reply(r.Unique, 0, out)
+	b := make([]byte, outHeaderLen+writeOutLen)
+	le.PutUint32(b[outHeaderLen:], uint32(min(max(n, 0), len(data))))
+	s.send(b, 0, r.Unique)
 }
 
 // interrupt cancels the request an INTERRUPT names. One already answered
