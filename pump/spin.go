@@ -16,7 +16,9 @@ const (
 	// moving average), within [minBudget, maxBudget]; halved
 	// after a spin that saw no reply and off after three in a row; back on
 	// when a reply arrives (by interrupt) soon enough that a spin would have
-	// caught it. Never after a bulk send, never while idle.
+	// caught it, or when one of the probes made while off (one spin every
+	// 16 small sends, backing off to every 1024) sees it. Never after a
+	// bulk send, never while idle.
 	PollAdaptive PollMode = iota
 	// PollOff never spins: every reply comes by interrupt.
 	PollOff
@@ -34,6 +36,13 @@ const (
 	bulkSend = 32 << 10
 	// missesOff is how many spins in a row may miss before spinning stops.
 	missesOff = 3
+	// While spinning is off, every probeFirst-th small send (then twice
+	// as far apart after each probe that misses, up to probeLast) spins
+	// once with probeBudget: a probe that sees the reply turns spinning
+	// back on.
+	probeFirst  = 16
+	probeLast   = 1024
+	probeBudget = maxBudget / 2
 )
 
 // Poll is the polling policy of a loop (run's --poll).
@@ -79,6 +88,10 @@ type spinner struct {
 	high   time.Duration // the slowest recent reply, decaying
 	misses int
 	kickAt int64 // monotonic ns of the last small send still awaiting a reply, 0: none
+	// While off: small sends since the last probe, the sends between
+	// probes, and whether the spin in progress is a probe.
+	sinceProbe, probeEvery int
+	probing                bool
 }
 
 func newSpinner(p Poll) spinner {
@@ -88,7 +101,7 @@ func newSpinner(p Poll) spinner {
 	case PollFixed:
 		return spinner{mode: PollFixed, budget: p.Budget}
 	}
-	return spinner{mode: PollAdaptive, budget: initialBudget}
+	return spinner{mode: PollAdaptive, budget: initialBudget, probeEvery: probeFirst}
 }
 
 // sent records a send of n bytes at now; it reports whether a spin is in
@@ -99,6 +112,17 @@ func (s *spinner) sent(n int, now int64) bool {
 		return false
 	}
 	s.kickAt = now
+	if s.budget == 0 && s.mode == PollAdaptive {
+		// Off: a reply that comes by interrupt takes the slow path, often
+		// beyond maxBudget, so it alone would never turn spinning back on
+		// once the host had a slow spell. Probe now and then.
+		s.sinceProbe++
+		if s.sinceProbe >= s.probeEvery {
+			s.sinceProbe = 0
+			s.probing = true
+			s.budget = probeBudget
+		}
+	}
 	return s.budget > 0
 }
 
@@ -127,15 +151,16 @@ func (s *spinner) reply(now int64, spun bool) {
 	// loop a sleep and the interrupt wake-up (two process switches, far
 	// more than the spin), so the budget covers the tail, not the mean.
 	s.high = max(l, s.high-s.high/16)
+	s.probing = false
 	switch {
 	case spun:
-		s.misses = 0
+		s.misses, s.probeEvery = 0, probeFirst
 		s.budget = clamp(max(3*s.avg, s.high+s.high/2))
 	case l <= maxBudget:
 		// Late for the spin (or none ran), but within reach: a
 		// request/reply port, not a trickle. Spin (again), long enough
 		// for this one.
-		s.misses = 0
+		s.misses, s.probeEvery = 0, probeFirst
 		s.budget = clamp(max(3*s.avg, s.high+s.high/2))
 	}
 }
@@ -145,9 +170,17 @@ func (s *spinner) missed() {
 	if s.mode != PollAdaptive {
 		return
 	}
+	if s.probing {
+		// A probe that missed: off again, and probe half as often.
+		s.probing = false
+		s.budget = 0
+		s.probeEvery = min(2*s.probeEvery, probeLast)
+		return
+	}
 	s.misses++
 	s.budget /= 2
 	if s.misses >= missesOff || s.budget < minBudget {
 		s.budget = 0
+		s.sinceProbe, s.probeEvery = 0, probeFirst
 	}
 }

@@ -92,3 +92,75 @@ func TestSpinnerFixedAndOff(t *testing.T) {
 		t.Fatal("off: spun")
 	}
 }
+
+// TestSpinnerProbesWhileOff pins the way back from "off" when replies by
+// interrupt are slower than any budget (the interrupt path itself can take
+// over a millisecond under TCG): a probe every probeFirst small sends,
+// backing off while probes miss, and spinning on again at a probe's hit.
+func TestSpinnerProbesWhileOff(t *testing.T) {
+	s := newSpinner(Poll{Mode: PollAdaptive})
+	now := int64(0)
+	off := func() {
+		t.Helper()
+		for range missesOff {
+			now += 1000 * us
+			s.sent(1, now)
+			s.missed()
+		}
+		if s.budget != 0 {
+			t.Fatalf("budget %v after %d misses", s.budget, missesOff)
+		}
+	}
+	// spinsIn counts the sends, of n, that spin; each spin misses and each
+	// reply comes by interrupt after 2 ms (beyond maxBudget).
+	spinsIn := func(n int) (spins int) {
+		for range n {
+			now += 1000 * us
+			if s.sent(1, now) {
+				spins++
+				if s.budget != probeBudget {
+					t.Fatalf("probe budget %v, want %v", s.budget, probeBudget)
+				}
+				s.missed()
+			}
+			s.reply(now+2000*us, false)
+		}
+		return spins
+	}
+	off()
+	if got := spinsIn(probeFirst - 1); got != 0 {
+		t.Fatalf("%d probes in the first %d sends", got, probeFirst-1)
+	}
+	if got := spinsIn(1); got != 1 {
+		t.Fatalf("no probe at send %d", probeFirst)
+	}
+	// Probes that miss come ever further apart: 32, 64, ... sends.
+	if got := spinsIn(2*probeFirst + 4*probeFirst); got != 2 {
+		t.Fatalf("%d probes in the next %d sends, want 2", got, 6*probeFirst)
+	}
+	// A trickle costs at most one probe per probeLast sends in the end.
+	spinsIn(4 * probeLast)
+	if got := spinsIn(2 * probeLast); got > 2 {
+		t.Fatalf("%d probes in %d sends once backed off", got, 2*probeLast)
+	}
+	// A probe that sees the reply turns spinning back on for good.
+	off()
+	for i := 0; ; i++ {
+		now += 1000 * us
+		if s.sent(1, now) {
+			s.reply(now+150*us, true)
+			break
+		}
+		s.reply(now+2000*us, false)
+		if i > probeFirst {
+			t.Fatal("no probe")
+		}
+	}
+	for range 10 {
+		now += 1000 * us
+		if !s.sent(1, now) {
+			t.Fatal("not spinning after a probe's hit")
+		}
+		s.reply(now+150*us, true)
+	}
+}
