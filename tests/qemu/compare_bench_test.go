@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -109,6 +110,11 @@ const (
 	// host→guest transfer (trace event virtio_console_chr_read); each
 	// read then costs QEMU a write to its log, so the rates suffer.
 	EnvBenchQEMUTrace = "VSERIAL_BENCH_QEMU_TRACE"
+	// EnvBenchSchedTrace names a host directory: each round's round trips
+	// then run under the guest kernel's scheduler trace (sched_switch,
+	// sched_wakeup, interrupts), saved there as trace-NN-ARM.txt. Small
+	// counts (VSERIAL_BENCH_RTTS=300) keep the traces readable.
+	EnvBenchSchedTrace = "VSERIAL_BENCH_SCHEDTRACE"
 )
 
 type benchConfig struct {
@@ -116,6 +122,9 @@ type benchConfig struct {
 	RTTs   int   // per round
 	Rounds int   // measured rounds per arm, after one warm-up round
 	Trace  bool  // count QEMU's chardev reads host→guest
+	// SchedTrace: a directory for the guest's scheduler traces of the
+	// round trips ("": none).
+	SchedTrace string
 }
 
 func benchConfigFromEnv() (benchConfig, error) {
@@ -134,7 +143,13 @@ func benchConfigFromEnv() (benchConfig, error) {
 	rtts, err2 := num(EnvBenchRTTs, 1000)
 	rounds, err3 := num(EnvBenchRounds, 5)
 	trace := os.Getenv(EnvBenchQEMUTrace) == "1"
-	return benchConfig{Bytes: int64(mib) << 20, RTTs: rtts, Rounds: rounds, Trace: trace}, errors.Join(err1, err2, err3)
+	cfg := benchConfig{Bytes: int64(mib) << 20, RTTs: rtts, Rounds: rounds, Trace: trace, SchedTrace: os.Getenv(EnvBenchSchedTrace)}
+	if cfg.SchedTrace != "" {
+		if err := os.MkdirAll(cfg.SchedTrace, 0o755); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, errors.Join(err1, err2, err3)
 }
 
 const (
@@ -159,6 +174,8 @@ type suite struct {
 	names []string // port names; names[0] is the main port
 	conns []*net.UnixConn
 	out   strings.Builder // the report, logged at the end
+	// traces counts the scheduler traces saved (EnvBenchSchedTrace).
+	traces int
 }
 
 func runSuite(b *testing.B, opts Options, bind string, cfg benchConfig) {
@@ -597,6 +614,18 @@ func roundLabel(r int) string {
 
 // measure runs one round on the main port: host→guest, guest→host, round
 // trips, reading the counters before and after each.
+// saveSchedTrace stops the guest's scheduler trace of a round's round
+// trips and writes it to the next trace-NN-ARM.txt in cfg.SchedTrace.
+func (s *suite) saveSchedTrace(arm byte) error {
+	out, err := s.g.Run(s.ctx, "schedtrace", "stop")
+	if err != nil {
+		return fmt.Errorf("scheduler trace: %w", err)
+	}
+	s.traces++
+	name := filepath.Join(s.cfg.SchedTrace, fmt.Sprintf("trace-%02d-%c.txt", s.traces, arm))
+	return os.WriteFile(name, []byte(out), 0o644)
+}
+
 func (s *suite) measure(se *session) (roundResult, error) {
 	rr := roundResult{arm: se.arm}
 	conn, p := s.conns[0], se.paths[0]
@@ -633,8 +662,18 @@ func (s *suite) measure(se *session) (roundResult, error) {
 		return rr, err
 	}
 	e2, b2 := s.snap(se)
+	if s.cfg.SchedTrace != "" {
+		if _, err := s.g.Run(s.ctx, "schedtrace", "start"); err != nil {
+			return rr, fmt.Errorf("scheduler trace: %w", err)
+		}
+	}
 	if _, rr.rtt, err = PingPongSamples(s.ctx, s.g, conn, p, s.cfg.RTTs); err != nil {
 		return rr, fmt.Errorf("round trips: %w", err)
+	}
+	if s.cfg.SchedTrace != "" {
+		if err := s.saveSchedTrace(se.arm); err != nil {
+			return rr, err
+		}
 	}
 	if err := s.settle(se); err != nil {
 		return rr, err

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -176,6 +177,13 @@ func PingPong(ctx context.Context, g *Guest, conn net.Conn, guestPath string, co
 	return rt, err
 }
 
+// EnvBenchClient, when "raw", has the guest's round-trip client use
+// blocking raw system calls on its descriptor, as a client written in C
+// would, instead of Go's poller (whose runtime threads wake around each
+// call: on one vCPU each such wake-up during a relay's round trip is a
+// process switch). The in-process library arm (G) is not affected.
+const EnvBenchClient = "VSERIAL_BENCH_CLIENT"
+
 // PingPongSamples is PingPong that also returns every round trip, in µs,
 // in the order measured.
 func PingPongSamples(ctx context.Context, g *Guest, conn net.Conn, guestPath string, count int) (RoundTrips, []float64, error) {
@@ -202,6 +210,9 @@ func pingPong(ctx context.Context, g *Guest, conn net.Conn, guestPath string, co
 	argv := []string{"pingpong", guestPath, strconv.Itoa(count)}
 	if samples {
 		argv = append(argv, "samples")
+	}
+	if os.Getenv(EnvBenchClient) == "raw" {
+		argv = append(argv, "raw")
 	}
 	out, err := g.Run(ctx, argv...)
 	if err != nil {

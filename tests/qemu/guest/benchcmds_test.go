@@ -53,6 +53,32 @@ func TestPingpongSamples(t *testing.T) {
 	}
 }
 
+// TestPingpongRaw runs the round trips on a blocking descriptor with raw
+// system calls (a C-like client), in either order of the options, and
+// checks that the echo really came back (a wrong byte fails pingpong).
+func TestPingpongRaw(t *testing.T) {
+	for _, opts := range [][]string{{"samples", "raw"}, {"raw", "samples"}} {
+		out := captureStdout(t)
+		sock, conns := peer(t)
+		go func() {
+			c := <-conns
+			io.Copy(c, c)
+		}()
+		if err := pingpong(append([]string{sock, "9"}, opts...)); err != nil {
+			t.Fatal(err)
+		}
+		if s := kv(out.String())["samples_us"]; len(strings.Split(s, ",")) != 9 {
+			t.Errorf("pingpong %v printed %q", opts, out)
+		}
+	}
+	if err := pingpong([]string{"/nonexistent", "1", "raw"}); err == nil {
+		t.Error("raw pingpong on a missing path succeeded")
+	}
+	if err := pingpong([]string{"x", "1", "fast"}); err == nil {
+		t.Error("an unknown option was accepted")
+	}
+}
+
 // listeners stands in for n ports: n Unix sockets, each handing its first
 // connection to f.
 func listeners(t *testing.T, n int, f func(i int, c net.Conn)) []string {

@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -61,7 +62,7 @@ func init() {
 		"sink":         {"sink PATH N [count] [ready]", sink},
 		"source":       {"source PATH N SEED [block]", source},
 		"echo":         {"echo PATH", echo},
-		"pingpong":     {"pingpong PATH COUNT [samples]", pingpong},
+		"pingpong":     {"pingpong PATH COUNT [samples] [raw]", pingpong},
 		"cputime":      {"cputime PID", cputime},
 		"sleep":        {"sleep SECONDS", sleep},
 		"ls":           {"ls DIR...", ls},
@@ -95,6 +96,7 @@ func init() {
 		"rm":           {"rm PATH", rm},
 		"probe-serve":  {"probe-serve PATH SOCK", probeServe},
 		"probe":        {"probe SOCK OP [ARGS...]", probe},
+		"schedtrace":   {"schedtrace start|stop", schedtrace},
 		"poweroff":     {"poweroff", func([]string) error { return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) }},
 		"help":         {"help", help},
 	}
@@ -587,20 +589,36 @@ func echo(args []string) error {
 // pingpong sends one byte and waits for it to come back, COUNT times, and
 // prints the round-trip statistics. The host side echoes. With "samples"
 // it also prints every round trip, in µs (samples_us=12.3,45.6,...), so
-// that the host can pool the samples of several runs.
+// that the host can pool the samples of several runs. With "raw" it uses
+// a blocking descriptor and raw system calls (rawfd.go), as a client
+// written in C would, instead of Go's poller.
 func pingpong(args []string) error {
-	withSamples := len(args) == 3 && args[2] == "samples"
-	if withSamples {
-		args = args[:2]
+	withSamples, raw := false, false
+	for len(args) > 2 {
+		switch args[len(args)-1] {
+		case "samples":
+			withSamples = true
+		case "raw":
+			raw = true
+		default:
+			return errors.New("usage: pingpong PATH COUNT [samples] [raw]")
+		}
+		args = args[:len(args)-1]
 	}
 	if len(args) != 2 {
-		return errors.New("usage: pingpong PATH COUNT [samples]")
+		return errors.New("usage: pingpong PATH COUNT [samples] [raw]")
 	}
 	count, err := strconv.Atoi(args[1])
 	if err != nil || count <= 0 {
 		return fmt.Errorf("bad count %q", args[1])
 	}
-	f, err := openPath(args[0])
+	open := openPath
+	if raw && !strings.HasPrefix(args[0], wire.VserialPrefix) {
+		open = openRaw
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
+	f, err := open(args[0])
 	if err != nil {
 		return err
 	}
