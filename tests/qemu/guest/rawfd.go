@@ -3,7 +3,6 @@ package main
 import (
 	"io"
 	"os"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -36,24 +35,6 @@ func openRaw(path string) (io.ReadWriteCloser, error) {
 		return nil, err
 	}
 	return rawFD(fd), nil
-}
-
-func (f rawFD) call(nr uintptr, b []byte) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	for {
-		n, _, e := unix.RawSyscall(nr, uintptr(f), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-		switch {
-		case e == unix.EINTR:
-			continue
-		case e != 0:
-			return 0, e
-		case n == 0 && nr == unix.SYS_READ:
-			return 0, io.EOF
-		}
-		return int(n), nil
-	}
 }
 
 func (f rawFD) Read(b []byte) (int, error)  { return f.call(unix.SYS_READ, b) }
