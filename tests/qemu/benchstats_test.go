@@ -120,3 +120,19 @@ func TestProcCountersAndDeltas(t *testing.T) {
 		t.Errorf("abba order %q", got)
 	}
 }
+
+// TestBenchConfigFromEnv pins the knobs that change what a round measures:
+// the raw round-trip client and the scheduler-trace directory.
+func TestBenchConfigFromEnv(t *testing.T) {
+	t.Setenv(EnvBenchClient, "raw")
+	t.Setenv(EnvBenchSchedTrace, "/tmp/traces")
+	cfg, err := benchConfigFromEnv()
+	if err != nil || !cfg.RawClient || cfg.SchedTrace != "/tmp/traces" {
+		t.Fatalf("got %+v, %v", cfg, err)
+	}
+	t.Setenv(EnvBenchClient, "")
+	t.Setenv(EnvBenchSchedTrace, "")
+	if cfg, err = benchConfigFromEnv(); err != nil || cfg.RawClient || cfg.SchedTrace != "" {
+		t.Fatalf("defaults: got %+v, %v", cfg, err)
+	}
+}

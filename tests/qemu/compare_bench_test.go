@@ -115,6 +115,9 @@ const (
 	// sched_wakeup, interrupts), saved there as trace-NN-ARM.txt. Small
 	// counts (VSERIAL_BENCH_RTTS=300) keep the traces readable.
 	EnvBenchSchedTrace = "VSERIAL_BENCH_SCHEDTRACE"
+	// EnvBenchClient, when "raw", has the round-trip client use blocking
+	// raw system calls, as a client written in C would (PingPongSamples).
+	EnvBenchClient = "VSERIAL_BENCH_CLIENT"
 )
 
 type benchConfig struct {
@@ -125,6 +128,7 @@ type benchConfig struct {
 	// SchedTrace: a directory for the guest's scheduler traces of the
 	// round trips ("": none).
 	SchedTrace string
+	RawClient  bool // the round-trip client uses raw system calls
 }
 
 func benchConfigFromEnv() (benchConfig, error) {
@@ -143,12 +147,8 @@ func benchConfigFromEnv() (benchConfig, error) {
 	rtts, err2 := num(EnvBenchRTTs, 1000)
 	rounds, err3 := num(EnvBenchRounds, 5)
 	trace := os.Getenv(EnvBenchQEMUTrace) == "1"
-	cfg := benchConfig{Bytes: int64(mib) << 20, RTTs: rtts, Rounds: rounds, Trace: trace, SchedTrace: os.Getenv(EnvBenchSchedTrace)}
-	if cfg.SchedTrace != "" {
-		if err := os.MkdirAll(cfg.SchedTrace, 0o755); err != nil {
-			return cfg, err
-		}
-	}
+	cfg := benchConfig{Bytes: int64(mib) << 20, RTTs: rtts, Rounds: rounds, Trace: trace,
+		SchedTrace: os.Getenv(EnvBenchSchedTrace), RawClient: os.Getenv(EnvBenchClient) == "raw"}
 	return cfg, errors.Join(err1, err2, err3)
 }
 
@@ -612,8 +612,6 @@ func roundLabel(r int) string {
 	return fmt.Sprintf("round %d", r)
 }
 
-// measure runs one round on the main port: host→guest, guest→host, round
-// trips, reading the counters before and after each.
 // saveSchedTrace stops the guest's scheduler trace of a round's round
 // trips and writes it to the next trace-NN-ARM.txt in cfg.SchedTrace.
 func (s *suite) saveSchedTrace(arm byte) error {
@@ -621,11 +619,16 @@ func (s *suite) saveSchedTrace(arm byte) error {
 	if err != nil {
 		return fmt.Errorf("scheduler trace: %w", err)
 	}
+	if err := os.MkdirAll(s.cfg.SchedTrace, 0o755); err != nil {
+		return err
+	}
 	s.traces++
 	name := filepath.Join(s.cfg.SchedTrace, fmt.Sprintf("trace-%02d-%c.txt", s.traces, arm))
 	return os.WriteFile(name, []byte(out), 0o644)
 }
 
+// measure runs one round on the main port: host→guest, guest→host, round
+// trips, reading the counters before and after each.
 func (s *suite) measure(se *session) (roundResult, error) {
 	rr := roundResult{arm: se.arm}
 	conn, p := s.conns[0], se.paths[0]
@@ -667,7 +670,7 @@ func (s *suite) measure(se *session) (roundResult, error) {
 			return rr, fmt.Errorf("scheduler trace: %w", err)
 		}
 	}
-	if _, rr.rtt, err = PingPongSamples(s.ctx, s.g, conn, p, s.cfg.RTTs); err != nil {
+	if _, rr.rtt, err = PingPongSamples(s.ctx, s.g, conn, p, s.cfg.RTTs, s.cfg.RawClient); err != nil {
 		return rr, fmt.Errorf("round trips: %w", err)
 	}
 	if s.cfg.SchedTrace != "" {

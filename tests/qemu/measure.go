@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -173,24 +172,21 @@ func ReceiveFromGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath st
 // echoed by the host on conn before the next, and returns the round trips
 // the guest measured.
 func PingPong(ctx context.Context, g *Guest, conn net.Conn, guestPath string, count int) (RoundTrips, error) {
-	rt, _, err := pingPong(ctx, g, conn, guestPath, count, false)
+	rt, _, err := pingPong(ctx, g, conn, guestPath, count, false, false)
 	return rt, err
 }
 
-// EnvBenchClient, when "raw", has the guest's round-trip client use
-// blocking raw system calls on its descriptor, as a client written in C
-// would, instead of Go's poller (whose runtime threads wake around each
-// call: on one vCPU each such wake-up during a relay's round trip is a
-// process switch). The in-process library arm (G) is not affected.
-const EnvBenchClient = "VSERIAL_BENCH_CLIENT"
-
 // PingPongSamples is PingPong that also returns every round trip, in µs,
-// in the order measured.
-func PingPongSamples(ctx context.Context, g *Guest, conn net.Conn, guestPath string, count int) (RoundTrips, []float64, error) {
-	return pingPong(ctx, g, conn, guestPath, count, true)
+// in the order measured. With raw the guest's client uses blocking raw
+// system calls on its descriptor, as a client written in C would, instead
+// of Go's poller (whose runtime threads wake around each call: on one vCPU
+// each such wake-up during a relay's round trip is a process switch); the
+// in-process library's path (vserial:) is not affected.
+func PingPongSamples(ctx context.Context, g *Guest, conn net.Conn, guestPath string, count int, raw bool) (RoundTrips, []float64, error) {
+	return pingPong(ctx, g, conn, guestPath, count, true, raw)
 }
 
-func pingPong(ctx context.Context, g *Guest, conn net.Conn, guestPath string, count int, samples bool) (RoundTrips, []float64, error) {
+func pingPong(ctx context.Context, g *Guest, conn net.Conn, guestPath string, count int, samples, raw bool) (RoundTrips, []float64, error) {
 	defer deadline(ctx, conn)()
 	echoed := make(chan error, 1)
 	go func() {
@@ -211,7 +207,7 @@ func pingPong(ctx context.Context, g *Guest, conn net.Conn, guestPath string, co
 	if samples {
 		argv = append(argv, "samples")
 	}
-	if os.Getenv(EnvBenchClient) == "raw" {
+	if raw {
 		argv = append(argv, "raw")
 	}
 	out, err := g.Run(ctx, argv...)

@@ -27,7 +27,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -584,77 +583,6 @@ func echo(args []string) error {
 	n, err := io.CopyBuffer(struct{ io.Writer }{f}, struct{ io.Reader }{f}, make([]byte, 64<<10))
 	fmt.Fprintf(stdout, "bytes=%d\n", n)
 	return err
-}
-
-// pingpong sends one byte and waits for it to come back, COUNT times, and
-// prints the round-trip statistics. The host side echoes. With "samples"
-// it also prints every round trip, in µs (samples_us=12.3,45.6,...), so
-// that the host can pool the samples of several runs. With "raw" it uses
-// a blocking descriptor and raw system calls (rawfd.go), as a client
-// written in C would, instead of Go's poller.
-func pingpong(args []string) error {
-	withSamples, raw := false, false
-	for len(args) > 2 {
-		switch args[len(args)-1] {
-		case "samples":
-			withSamples = true
-		case "raw":
-			raw = true
-		default:
-			return errors.New("usage: pingpong PATH COUNT [samples] [raw]")
-		}
-		args = args[:len(args)-1]
-	}
-	if len(args) != 2 {
-		return errors.New("usage: pingpong PATH COUNT [samples] [raw]")
-	}
-	count, err := strconv.Atoi(args[1])
-	if err != nil || count <= 0 {
-		return fmt.Errorf("bad count %q", args[1])
-	}
-	open := openPath
-	if raw && !strings.HasPrefix(args[0], wire.VserialPrefix) {
-		open = openRaw
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-	}
-	f, err := open(args[0])
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	rtts := make([]time.Duration, count)
-	var b [1]byte
-	for i := range count {
-		out := byte(i)
-		t0 := time.Now()
-		if _, err := f.Write([]byte{out}); err != nil {
-			return fmt.Errorf("round %d: %w", i, err)
-		}
-		if _, err := io.ReadFull(f, b[:]); err != nil {
-			return fmt.Errorf("round %d: %w", i, err)
-		}
-		rtts[i] = time.Since(t0)
-		if b[0] != out {
-			return fmt.Errorf("round %d: sent %#x, got %#x back", i, out, b[0])
-		}
-	}
-	var sum time.Duration
-	var samples []string
-	for _, d := range rtts {
-		sum += d
-		if withSamples {
-			samples = append(samples, strconv.FormatFloat(float64(d)/1e3, 'f', 1, 64))
-		}
-	}
-	if withSamples {
-		fmt.Fprintf(stdout, "samples_us=%s\n", strings.Join(samples, ","))
-	}
-	slices.Sort(rtts)
-	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
-	fmt.Fprintf(stdout, "count=%d mean_us=%.1f p50_us=%.1f p99_us=%.1f max_us=%.1f\n",
-		count, us(sum/time.Duration(count)), us(rtts[count/2]), us(rtts[(count*99)/100]), us(rtts[count-1]))
-	return nil
 }
 
 // ---- small tools ----
