@@ -2,6 +2,8 @@ package pump
 
 import (
 	"golang.org/x/sys/unix"
+
+	"github.com/vserial/vserial/internal/rawio"
 )
 
 // While a port streams, every client write (or every interrupt) would wake
@@ -47,7 +49,7 @@ func (l *Loop) setPolicy(batch bool) {
 	if batch {
 		attr.Policy = unix.SCHED_BATCH
 	}
-	if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
+	if err := rawio.SchedSetAttr(&attr); err != 0 {
 		l.batchBroken = true
 		l.log.Warn("pump: cannot change the loop's scheduling policy; streams are not batched", "err", err)
 		return
@@ -81,7 +83,7 @@ func (l *Loop) rtCall(total int, call func()) {
 		return
 	}
 	fifo := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 1}
-	if err := unix.SchedSetAttr(0, &fifo, 0); err != nil {
+	if err := rawio.SchedSetAttr(&fifo); err != 0 {
 		l.rtBroken = true
 		l.log.Info("pump: bulk transfers cannot run real-time; they may be preempted per skb", "err", err)
 		call()
@@ -90,12 +92,12 @@ func (l *Loop) rtCall(total int, call func()) {
 	l.stats.rtCalls.Add(1)
 	call()
 	back := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH}
-	if err := unix.SchedSetAttr(0, &back, 0); err != nil {
+	if err := rawio.SchedSetAttr(&back); err != 0 {
 		// Never stay real-time: fall back to the default policy.
 		l.log.Warn("pump: leave SCHED_FIFO", "err", err)
 		l.rtBroken = true
 		def := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
-		_ = unix.SchedSetAttr(0, &def, 0)
+		_ = rawio.SchedSetAttr(&def)
 		l.batch = false
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"runtime"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vserial/vserial/internal/rawio"
 )
 
 // On one vCPU the loop and its clients take turns, and a client's next
@@ -39,16 +41,16 @@ func (l *Loop) pollClients() int {
 	start := nanotime()
 	deadline := start + int64(l.cpoll.budget)
 	for {
-		n, err := unix.EpollWait(l.ep, l.evs, 0)
+		n, err := rawio.EpollWait(l.ep, l.evs, 0)
 		l.stats.epollPolls.Add(1)
-		if err == nil && n > 0 {
+		if err == 0 && n > 0 {
 			now := nanotime()
 			l.stats.clientPollHits.Add(1)
 			l.stats.spinNanos.Add(uint64(now - start))
 			l.cpoll.reply(now, true)
 			return n
 		}
-		if err != nil && err != unix.EINTR {
+		if err != 0 && err != unix.EINTR {
 			return 0
 		}
 		if now := nanotime(); now >= deadline {

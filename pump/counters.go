@@ -12,7 +12,7 @@ type loopCounters struct {
 	peeks                            atomic.Uint64
 	irqSpurious, irqStorms           atomic.Uint64
 	policySwitches, rtCalls          atomic.Uint64
-	epollPolls                       atomic.Uint64
+	epollPolls, rawWaits             atomic.Uint64
 	clientPollHits, clientPollMisses atomic.Uint64
 }
 
@@ -48,6 +48,7 @@ func (l *Loop) Counters() map[string]uint64 {
 		"batch_toggles":      s.policySwitches.Load(),
 		"rt_calls":           s.rtCalls.Load(),
 		"epoll_polls":        s.epollPolls.Load(),
+		"raw_waits":          s.rawWaits.Load(),
 		"client_poll_hits":   s.clientPollHits.Load(),
 		"client_poll_misses": s.clientPollMisses.Load(),
 		"interrupts":         ds.Interrupts,

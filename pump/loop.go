@@ -91,6 +91,7 @@ type Loop struct {
 	// Receive streams moved in batches (rxbatch.go).
 	rxStreams int  // clients in rxStream mode
 	rxFlush   bool // deliver what is buffered, batch or not
+	rawIdle   bool // the last raw wait timed out: sleep the ordinary way
 	small     int  // small transfers in a row while batched
 }
 
@@ -298,7 +299,7 @@ func (l *Loop) run() {
 		if n == 0 {
 			l.stats.sleeps.Add(1)
 			var err error
-			n, err = unix.EpollWait(l.ep, l.evs, l.timeout())
+			n, err = l.wait()
 			l.stats.epollWaits.Add(1)
 			if n == 0 && err == nil && l.rxStreams > 0 {
 				// Woken by the clock: the tail of a stream is due.

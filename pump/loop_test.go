@@ -423,6 +423,39 @@ func TestInterruptStormIsBounded(t *testing.T) {
 	}
 }
 
+// TestTxStreamWaitsRawThenGoesIdle: while a guest→host stream runs in
+// batch mode the loop sleeps with raw waits (which Go's scheduler does not
+// see), and once the stream ends it stops waking within one raw wait and
+// sleeps the ordinary way, with no deadline (an idle agent costs no CPU).
+func TestTxStreamWaitsRawThenGoesIdle(t *testing.T) {
+	r := newRig(t, rigOpts{})
+	s := r.attach(1)
+	out := pattern(8<<20, 5)
+	go func() {
+		for off := 0; off < len(out); off += 64 << 10 {
+			s.conn.Write(out[off : off+64<<10])
+		}
+	}()
+	got, err := r.m.HostReadFull(r.ctx, 1, len(out))
+	if err != nil || !bytes.Equal(got, out) {
+		t.Fatalf("host got %d bytes, %v", len(got), err)
+	}
+	c := r.l.Counters()
+	if os.Geteuid() == 0 && c["batch_toggles"] == 0 {
+		t.Errorf("a stream did not run batched (as root): %v", c)
+	}
+	if c["batch_toggles"] > 0 && c["raw_waits"] == 0 {
+		t.Errorf("a batched stream made no raw wait: %v", c)
+	}
+	time.Sleep(3 * rawWaitMax * time.Millisecond)
+	before := r.l.Counters()
+	time.Sleep(100 * time.Millisecond)
+	if after := r.l.Counters(); after["epoll_waits"] != before["epoll_waits"] || after["raw_waits"] != before["raw_waits"] || after["passes"] != before["passes"] {
+		t.Errorf("after the stream the loop kept waking: %d → %d waits (%d → %d raw)",
+			before["epoll_waits"], after["epoll_waits"], before["raw_waits"], after["raw_waits"])
+	}
+}
+
 // TestStreamBatchesAndGoesIdle: a host→guest stream is handed over in
 // batches (far fewer writes than buffers), arrives byte-exact with its
 // tail, and once it ends the loop stops waking by the clock.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 )
 
@@ -37,6 +38,20 @@ type ConfigFile interface {
 }
 
 func NewConfig(f ConfigFile) *Config { return &Config{f: f} }
+
+// rawConfigFile reads and writes the sysfs config file with raw system
+// calls (RawPread): the INTx unmask is on the data plane's path.
+type rawConfigFile struct{ f *os.File }
+
+func (r rawConfigFile) ReadAt(p []byte, off int64) (int, error) {
+	return RawPread(int(r.f.Fd()), p, off)
+}
+
+func (r rawConfigFile) WriteAt(p []byte, off int64) (int, error) {
+	return RawPwrite(int(r.f.Fd()), p, off)
+}
+
+func (r rawConfigFile) Close() error { return r.f.Close() }
 
 // ReadAt reads len(p) bytes at off.
 func (c *Config) ReadAt(p []byte, off int64) (int, error) {

@@ -23,7 +23,7 @@ func (c configFile) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > c.size-int64(len(p)) {
 		return 0, fmt.Errorf("%w: %d bytes at %#x (config region is %#x bytes)", uio.ErrBadAccess, len(p), off, c.size)
 	}
-	n, err := unix.Pread(c.fd, p, c.base+off)
+	n, err := uio.RawPread(c.fd, p, c.base+off)
 	if err == nil && n != len(p) {
 		err = fmt.Errorf("short read: %d of %d bytes", n, len(p))
 	}
@@ -34,7 +34,7 @@ func (c configFile) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > c.size-int64(len(p)) {
 		return 0, fmt.Errorf("%w: %d bytes at %#x (config region is %#x bytes)", uio.ErrBadAccess, len(p), off, c.size)
 	}
-	n, err := unix.Pwrite(c.fd, p, c.base+off)
+	n, err := uio.RawPwrite(c.fd, p, c.base+off)
 	if err == nil && n != len(p) {
 		err = fmt.Errorf("short write: %d of %d bytes", n, len(p))
 	}

@@ -2,6 +2,7 @@ package rawio
 
 import (
 	"bytes"
+	"runtime"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -124,5 +125,80 @@ func TestAllocatesNothing(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("%v allocations per round", allocs)
+	}
+}
+
+// TestEpollWait: a raw wait times out with nothing, returns a ready
+// descriptor's event, and allocates nothing.
+func TestEpollWait(t *testing.T) {
+	a, b := socketpair(t)
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ep)
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, b, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(b)}); err != nil {
+		t.Fatal(err)
+	}
+	evs := make([]unix.EpollEvent, 4)
+	if n, e := EpollWait(ep, evs, 1); n != 0 || e != 0 {
+		t.Fatalf("idle wait: %d events, %v", n, e)
+	}
+	unix.Write(a, []byte("x"))
+	if n, e := EpollWait(ep, evs, 1000); n != 1 || e != 0 || evs[0].Fd != int32(b) || evs[0].Events&unix.EPOLLIN == 0 {
+		t.Fatalf("wait after a write: %d events %+v, %v", n, evs[0], e)
+	}
+	if _, e := EpollWait(ep, nil, 0); e != unix.EINVAL {
+		t.Errorf("no room for events: %v, want EINVAL", e)
+	}
+	if allocs := testing.AllocsPerRun(50, func() { EpollWait(ep, evs, 0) }); allocs != 0 {
+		t.Errorf("%v allocations per wait", allocs)
+	}
+}
+
+// TestPreadPwrite: positioned accesses of exact widths, as the register
+// and configuration-space files take them.
+func TestPreadPwrite(t *testing.T) {
+	fd, err := unix.Open(t.TempDir()+"/regs", unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if n, e := Pwrite(fd, []byte{1, 2, 3, 4}, 8); n != 4 || e != 0 {
+		t.Fatalf("pwrite: %d, %v", n, e)
+	}
+	b := make([]byte, 2)
+	if n, e := Pread(fd, b, 9); n != 2 || e != 0 || !bytes.Equal(b, []byte{2, 3}) {
+		t.Fatalf("pread: %d %v, %v", n, b, e)
+	}
+	if n, e := Pread(fd, nil, 0); n != 0 || e != 0 {
+		t.Errorf("empty pread: %d, %v", n, e)
+	}
+	if _, e := Pread(-1, b, 0); e != unix.EBADF {
+		t.Errorf("pread on a bad descriptor: %v, want EBADF", e)
+	}
+	if allocs := testing.AllocsPerRun(50, func() { Pwrite(fd, b, 0); Pread(fd, b, 0) }); allocs != 0 {
+		t.Errorf("%v allocations per access", allocs)
+	}
+}
+
+// TestSchedSetAttr moves the calling thread to SCHED_BATCH and back (no
+// privilege needed) and reads the policy back each time.
+func TestSchedSetAttr(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for _, policy := range []uint32{unix.SCHED_BATCH, unix.SCHED_NORMAL} {
+		attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: policy}
+		if e := SchedSetAttr(&attr); e != 0 {
+			t.Fatalf("policy %d: %v", policy, e)
+		}
+		got, err := unix.SchedGetAttr(0, 0)
+		if err != nil || got.Policy != policy {
+			t.Fatalf("policy after setting %d: %+v, %v", policy, got, err)
+		}
+	}
+	bad := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: 99}
+	if e := SchedSetAttr(&bad); e != unix.EINVAL {
+		t.Errorf("an unknown policy: %v, want EINVAL", e)
 	}
 }

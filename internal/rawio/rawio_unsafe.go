@@ -77,3 +77,52 @@ func EventfdDrain(fd int) unix.Errno {
 	_, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&v)), 8)
 	return e
 }
+
+// EpollWait is epoll_pwait(2) on ep with no signal mask, waiting at most
+// msec milliseconds (-1: no limit; callers on the hot path always pass a
+// bound). Unlike unix.EpollWait it does not tell Go's scheduler that the
+// thread blocks: the caller's P stays with it, which is what a loop that
+// owns its thread wants for its short waits while traffic flows (the
+// runtime's sysmon neither takes the P nor wakes to watch it). A signal
+// (the runtime's preemption among them) ends the wait with EINTR.
+func EpollWait(ep int, evs []unix.EpollEvent, msec int) (int, unix.Errno) {
+	if len(evs) == 0 {
+		return 0, unix.EINVAL
+	}
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&evs[0])), uintptr(len(evs)), uintptr(msec), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), 0
+}
+
+// Pread is pread(2) of len(b) bytes at off on fd (a register or
+// configuration-space file: the access never sleeps).
+func Pread(fd int, b []byte, off int64) (int, unix.Errno) {
+	if len(b) == 0 {
+		return 0, 0
+	}
+	r, _, e := unix.RawSyscall6(unix.SYS_PREAD64, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), 0
+}
+
+// Pwrite is pwrite(2) of b at off on fd, as Pread.
+func Pwrite(fd int, b []byte, off int64) (int, unix.Errno) {
+	if len(b) == 0 {
+		return 0, 0
+	}
+	r, _, e := unix.RawSyscall6(unix.SYS_PWRITE64, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), 0
+}
+
+// SchedSetAttr is sched_setattr(2) on the calling thread.
+func SchedSetAttr(attr *unix.SchedAttr) unix.Errno {
+	_, _, e := unix.RawSyscall(unix.SYS_SCHED_SETATTR, 0, uintptr(unsafe.Pointer(attr)), 0)
+	return e
+}
