@@ -80,11 +80,11 @@ func TestAgentDataPathAfterKernelDriver(t *testing.T) {
 			}
 		}
 		step("host→guest", func(ctx context.Context) error {
-			_, err := benchToGuest(ctx, g, conn, sock, 8<<20)
+			_, err := benchToGuest(ctx, g, conn, sock, 8<<20, false)
 			return err
 		})
 		step("guest→host", func(ctx context.Context) error {
-			_, err := benchFromGuest(ctx, g, conn, sock, 64<<20, uint64(round)+1)
+			_, err := benchFromGuest(ctx, g, conn, sock, 64<<20, uint64(round)+1, false)
 			return err
 		})
 		step("round trips", func(ctx context.Context) error {

@@ -49,10 +49,10 @@ func MeasurePort(ctx context.Context, g *Guest, conn net.Conn, guestPath string,
 	}
 	var m Measurement
 	var err error
-	if m.HostToGuest, err = benchToGuest(ctx, g, conn, guestPath, cfg.Bytes); err != nil {
+	if m.HostToGuest, err = benchToGuest(ctx, g, conn, guestPath, cfg.Bytes, false); err != nil {
 		return m, fmt.Errorf("host→guest: %w", err)
 	}
-	if m.GuestToHost, err = benchFromGuest(ctx, g, conn, guestPath, cfg.Bytes, 7); err != nil {
+	if m.GuestToHost, err = benchFromGuest(ctx, g, conn, guestPath, cfg.Bytes, 7, false); err != nil {
 		return m, fmt.Errorf("guest→host: %w", err)
 	}
 	if m.RoundTrips, err = PingPong(ctx, g, conn, guestPath, cfg.RoundTrips); err != nil {
@@ -67,13 +67,24 @@ func patternBlock(seed uint64) []byte {
 	return b
 }
 
+// clientArgs appends "raw" to a guest client's arguments when raw is set:
+// the client then uses a blocking descriptor and raw system calls, as a
+// client written in C would, instead of Go's poller.
+func clientArgs(raw bool, argv ...string) []string {
+	if raw {
+		argv = append(argv, "raw")
+	}
+	return argv
+}
+
 // benchToGuest streams n bytes of a repeated block once the guest's sink
-// has the port; the guest only counts. The transfer's QEMU is QEMU's
-// threads from the sink's ready byte to the host's last write (then at
-// most a socket buffer is left to move).
-func benchToGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string, n int64) (Transfer, error) {
+// has the port; the guest only counts (with raw, on a blocking descriptor:
+// clientArgs). The transfer's QEMU is QEMU's threads from the sink's ready
+// byte to the host's last write (then at most a socket buffer is left to
+// move).
+func benchToGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string, n int64, raw bool) (Transfer, error) {
 	defer deadline(ctx, conn)()
-	p, err := g.Start(ctx, "sink", guestPath, strconv.FormatInt(n, 10), "count", "ready")
+	p, err := g.Start(ctx, clientArgs(raw, "sink", guestPath, strconv.FormatInt(n, 10), "count", "ready")...)
 	if err != nil {
 		return Transfer{}, err
 	}
@@ -118,9 +129,9 @@ func benchToGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string
 }
 
 // benchFromGuest has the guest send n bytes of a repeated block and checks
-// each byte on the host against the same block. The transfer's QEMU is
-// QEMU's threads from the first byte to the last.
-func benchFromGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string, n int64, seed uint64) (Transfer, error) {
+// each byte on the host against the same block (raw: clientArgs). The
+// transfer's QEMU is QEMU's threads from the first byte to the last.
+func benchFromGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string, n int64, seed uint64, raw bool) (Transfer, error) {
 	defer deadline(ctx, conn)()
 	block := patternBlock(seed)
 	type result struct {
@@ -141,7 +152,7 @@ func benchFromGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath stri
 		}
 		rc <- result{tr: tr}
 	}()
-	_, err := g.Run(ctx, "source", guestPath, strconv.FormatInt(n, 10), strconv.FormatUint(seed, 10), "block")
+	_, err := g.Run(ctx, clientArgs(raw, "source", guestPath, strconv.FormatInt(n, 10), strconv.FormatUint(seed, 10), "block")...)
 	if err != nil {
 		_ = conn.SetDeadline(time.Unix(1, 0))
 		<-rc

@@ -180,8 +180,9 @@ func numbers(v any, path string, out counterSet) {
 }
 
 // procCounters turns procsnap's output into counters: cpu_ms (utime +
-// stime), sched_ms, vcsw, ivcsw, and "irq N NAME" for each interrupt
-// line.
+// stime), sched_ms, vcsw, ivcsw, sysmon_vcsw (the voluntary switches of
+// the process's second thread, Go's sysmon: each is a wake-up of it), and
+// "irq N NAME" for each interrupt line.
 func procCounters(out string) counterSet {
 	kv := ParseKV(out)
 	c := counterSet{}
@@ -201,6 +202,9 @@ func procCounters(out string) counterSet {
 		if v, ok := num(k); ok {
 			c[k] = v
 		}
+	}
+	if v, ok := num("vcsw_t1"); ok {
+		c["sysmon_vcsw"] = v
 	}
 	for k := range kv {
 		if n, ok := strings.CutPrefix(k, "irq:"); ok {

@@ -2,6 +2,8 @@ package qemu
 
 import (
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 )
@@ -95,10 +97,10 @@ func TestListCountersFindsAnyCountersObject(t *testing.T) {
 }
 
 func TestProcCountersAndDeltas(t *testing.T) {
-	before := procCounters("utime_ticks=10 stime_ticks=5 sched_ns=2000000 vcsw=7 ivcsw=1 irq:11=100 irqname:11=IO-APIC_11-fasteoi_uio_pci_generic")
-	after := procCounters("utime_ticks=12 stime_ticks=6 sched_ns=5000000 vcsw=9 ivcsw=1 irq:11=130 irqname:11=IO-APIC_11-fasteoi_uio_pci_generic irq:24=3 irqname:24=virtio0-input.0")
+	before := procCounters("utime_ticks=10 stime_ticks=5 sched_ns=2000000 vcsw=7 ivcsw=1 vcsw_t1=1 irq:11=100 irqname:11=IO-APIC_11-fasteoi_uio_pci_generic")
+	after := procCounters("utime_ticks=12 stime_ticks=6 sched_ns=5000000 vcsw=9 ivcsw=1 vcsw_t1=4 irq:11=130 irqname:11=IO-APIC_11-fasteoi_uio_pci_generic irq:24=3 irqname:24=virtio0-input.0")
 	d := after.sub(before)
-	want := counterSet{"cpu_ms": 30, "sched_ms": 3, "vcsw": 2, "ivcsw": 0,
+	want := counterSet{"cpu_ms": 30, "sched_ms": 3, "vcsw": 2, "ivcsw": 0, "sysmon_vcsw": 3,
 		"irq 11 IO-APIC_11-fasteoi_uio_pci_generic": 30, "irq 24 virtio0-input.0": 3}
 	for k, v := range want {
 		if math.Abs(d[k]-v) > 1e-9 {
@@ -122,17 +124,37 @@ func TestProcCountersAndDeltas(t *testing.T) {
 }
 
 // TestBenchConfigFromEnv pins the knobs that change what a round measures:
-// the raw round-trip client and the scheduler-trace directory.
+// the clients (C-like by default, Go's poller on request) and the
+// scheduler-trace directory.
 func TestBenchConfigFromEnv(t *testing.T) {
-	t.Setenv(EnvBenchClient, "raw")
+	t.Setenv(EnvBenchClient, "go")
 	t.Setenv(EnvBenchSchedTrace, "/tmp/traces")
 	cfg, err := benchConfigFromEnv()
-	if err != nil || !cfg.RawClient || cfg.SchedTrace != "/tmp/traces" {
+	if err != nil || cfg.RawClient || cfg.SchedTrace != "/tmp/traces" {
 		t.Fatalf("got %+v, %v", cfg, err)
 	}
+	for _, v := range []string{"", "c", "raw"} {
+		t.Setenv(EnvBenchClient, v)
+		t.Setenv(EnvBenchSchedTrace, "")
+		if cfg, err = benchConfigFromEnv(); err != nil || !cfg.RawClient || cfg.SchedTrace != "" {
+			t.Fatalf("%s=%q: got %+v, %v", EnvBenchClient, v, cfg, err)
+		}
+	}
+	t.Setenv(EnvBenchClient, "python")
+	if _, err = benchConfigFromEnv(); err == nil {
+		t.Error("an unknown client was accepted")
+	}
 	t.Setenv(EnvBenchClient, "")
-	t.Setenv(EnvBenchSchedTrace, "")
-	if cfg, err = benchConfigFromEnv(); err != nil || cfg.RawClient || cfg.SchedTrace != "" {
-		t.Fatalf("defaults: got %+v, %v", cfg, err)
+	t.Setenv(EnvBenchBAgent, filepath.Join(t.TempDir(), "missing"))
+	if _, err = benchConfigFromEnv(); err == nil {
+		t.Error("a missing B agent was accepted")
+	}
+	bin := filepath.Join(t.TempDir(), "vserial-agent")
+	if err := os.WriteFile(bin, []byte("x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(EnvBenchBAgent, bin)
+	if cfg, err = benchConfigFromEnv(); err != nil || cfg.BAgent != bin || (&suite{cfg: cfg}).arms() != "KSAGB" {
+		t.Errorf("B agent: got %+v, %v", cfg, err)
 	}
 }

@@ -115,8 +115,16 @@ const (
 	// sched_wakeup, interrupts), saved there as trace-NN-ARM.txt. Small
 	// counts (VSERIAL_BENCH_RTTS=300) keep the traces readable.
 	EnvBenchSchedTrace = "VSERIAL_BENCH_SCHEDTRACE"
-	// EnvBenchClient, when "raw", has the round-trip client use blocking
-	// raw system calls, as a client written in C would (PingPongSamples).
+	// EnvBenchBAgent names a vserial-agent binary on the host (built from
+	// another commit, say) to run as a fifth arm, B, in the main rounds
+	// beside A, with the same flags: two builds compared in one boot.
+	EnvBenchBAgent = "VSERIAL_BENCH_B_AGENT"
+	// EnvBenchClient chooses the guest clients of the K, S and A arms:
+	// "c" (the default; "raw" is the same) uses blocking descriptors and
+	// system calls that Go's runtime does not see, as a client written in
+	// C would (qemu-ga, socat); "go" uses Go's poller, as a Go program on
+	// net.Conn or os.File would. The G arm holds its port in-process
+	// either way.
 	EnvBenchClient = "VSERIAL_BENCH_CLIENT"
 )
 
@@ -128,7 +136,22 @@ type benchConfig struct {
 	// SchedTrace: a directory for the guest's scheduler traces of the
 	// round trips ("": none).
 	SchedTrace string
-	RawClient  bool // the round-trip client uses raw system calls
+	// RawClient: the K, S and A clients use blocking descriptors and
+	// raw system calls (EnvBenchClient).
+	RawClient bool
+	// BAgent: a host path of the B arm's agent binary ("": no B arm).
+	BAgent string
+}
+
+// benchAgentB is where the B arm's agent goes in the guest.
+const benchAgentB = "/bin/vserial-agent-b"
+
+// arms are the main rounds' arms: K, S, A, G, and B with EnvBenchBAgent.
+func (s *suite) arms() string {
+	if s.cfg.BAgent != "" {
+		return "KSAGB"
+	}
+	return "KSAG"
 }
 
 func benchConfigFromEnv() (benchConfig, error) {
@@ -147,9 +170,25 @@ func benchConfigFromEnv() (benchConfig, error) {
 	rtts, err2 := num(EnvBenchRTTs, 1000)
 	rounds, err3 := num(EnvBenchRounds, 5)
 	trace := os.Getenv(EnvBenchQEMUTrace) == "1"
+	var err4 error
+	raw := true
+	switch v := os.Getenv(EnvBenchClient); v {
+	case "", "c", "raw":
+	case "go":
+		raw = false
+	default:
+		err4 = fmt.Errorf("%s=%q: want c or go", EnvBenchClient, v)
+	}
+	var err5 error
+	bAgent := os.Getenv(EnvBenchBAgent)
+	if bAgent != "" {
+		if fi, err := os.Stat(bAgent); err != nil || !fi.Mode().IsRegular() {
+			err5 = fmt.Errorf("%s=%q: want an agent binary (%v)", EnvBenchBAgent, bAgent, err)
+		}
+	}
 	cfg := benchConfig{Bytes: int64(mib) << 20, RTTs: rtts, Rounds: rounds, Trace: trace,
-		SchedTrace: os.Getenv(EnvBenchSchedTrace), RawClient: os.Getenv(EnvBenchClient) == "raw"}
-	return cfg, errors.Join(err1, err2, err3)
+		SchedTrace: os.Getenv(EnvBenchSchedTrace), RawClient: raw, BAgent: bAgent}
+	return cfg, errors.Join(err1, err2, err3, err4, err5)
 }
 
 const (
@@ -191,6 +230,9 @@ func runSuite(b *testing.B, opts Options, bind string, cfg benchConfig) {
 	opts.MaxPorts = benchPorts + 1
 	opts.Socat = true
 	opts.Files = append(opts.Files, BuildAgent(b))
+	if cfg.BAgent != "" {
+		opts.Files = append(opts.Files, File{Dst: benchAgentB, Src: cfg.BAgent, Mode: 0o755})
+	}
 	s.g = Boot(b, opts)
 	ctx, cancel := context.WithTimeout(b.Context(), 100*time.Minute)
 	defer cancel()
@@ -210,8 +252,12 @@ func runSuite(b *testing.B, opts Options, bind string, cfg benchConfig) {
 	for _, n := range s.names {
 		s.conns = append(s.conns, s.g.DialPort(b, n))
 	}
-	fmt.Fprintf(&s.out, "%s, %d vCPU, agent --bind %s, function %s; %d MiB each way and %d round trips per round, %d rounds per arm after a warm-up\n",
-		b.Name(), max(opts.CPUs, 1), bind, s.addr, cfg.Bytes>>20, cfg.RTTs, cfg.Rounds)
+	client := "C-like (blocking descriptors, raw system calls)"
+	if !cfg.RawClient {
+		client = "Go (the runtime's poller)"
+	}
+	fmt.Fprintf(&s.out, "%s, %d vCPU, agent --bind %s, function %s; %d MiB each way and %d round trips per round, %d rounds per arm after a warm-up; K, S and A clients: %s\n",
+		b.Name(), max(opts.CPUs, 1), bind, s.addr, cfg.Bytes>>20, cfg.RTTs, cfg.Rounds, client)
 
 	// A failed run still shows what it measured up to the failure.
 	published := false
@@ -296,8 +342,8 @@ func (s *suite) calibrate(when string) calibration {
 			c[k] = x
 		}
 	}
-	s.printf("calibration (%s): getppid %.2f µs; copy %.2f µs/KiB, through a pipe %.2f µs/KiB; 1-byte round trip p50 (mean): processes over a Unix socket %.0f µs (%.0f), over pipes %.0f µs (%.0f); threads over a Unix socket %.0f µs (%.0f), over pipes %.0f µs (%.0f); processes over a Unix socket through Go's poller %.0f µs (%.0f)\n",
-		when, c["getppid_us"], c["copy_us_per_kib"], c["pipecopy_us_per_kib"],
+	s.printf("calibration (%s): getppid %.2f µs; copy %.2f µs/KiB, through a pipe %.2f µs/KiB, through a Unix socket %.2f µs/KiB; 1-byte round trip p50 (mean): processes over a Unix socket %.0f µs (%.0f), over pipes %.0f µs (%.0f); threads over a Unix socket %.0f µs (%.0f), over pipes %.0f µs (%.0f); processes over a Unix socket through Go's poller %.0f µs (%.0f)\n",
+		when, c["getppid_us"], c["copy_us_per_kib"], c["pipecopy_us_per_kib"], c["unixcopy_us_per_kib"],
 		c["proc_unix_p50_us"], c["proc_unix_mean_us"], c["proc_pipe_p50_us"], c["proc_pipe_mean_us"],
 		c["thread_unix_p50_us"], c["thread_unix_mean_us"], c["thread_pipe_p50_us"], c["thread_pipe_mean_us"],
 		c["proc_unix_go_p50_us"], c["proc_unix_go_mean_us"])
@@ -329,11 +375,15 @@ func (se *session) pid() int {
 // output.
 func (s *suite) open(arm byte, extra ...string) (*session, error) {
 	se := &session{arm: arm}
-	if arm == 'A' {
-		args := []string{"--log-level", "info", "--bind", s.bind, "--device", s.addr}
+	if arm == 'A' || arm == 'B' {
+		path := AgentPath
+		if arm == 'B' {
+			path = benchAgentB
+		}
+		args := []string{path, "run", "--socket-dir", AgentSocketDir, "--log-level", "info", "--bind", s.bind, "--device", s.addr}
 		args = append(args, strings.Fields(os.Getenv(EnvBenchAgentArgs))...)
 		args = append(args, extra...)
-		p, err := StartAgent(s.ctx, s.g, args...)
+		p, err := s.g.Start(s.ctx, args...)
 		if err != nil {
 			return nil, err
 		}
@@ -577,7 +627,7 @@ func (s *suite) mainRounds() map[byte][]roundResult {
 	res := map[byte][]roundResult{}
 	s.printf("\nmain port, one arm at a time (host load average at the start of each round in brackets):\n")
 	for r := 0; r <= s.cfg.Rounds; r++ {
-		for _, arm := range []byte(abba("KSAG", r)) {
+		for _, arm := range []byte(abba(s.arms(), r)) {
 			load := hostLoad()
 			se, err := s.open(arm)
 			if err != nil {
@@ -640,7 +690,7 @@ func (s *suite) measure(se *session) (roundResult, error) {
 			return rr, fmt.Errorf("trace: %w", err)
 		}
 	}
-	tr, err := benchToGuest(s.ctx, s.g, conn, p, s.cfg.Bytes)
+	tr, err := benchToGuest(s.ctx, s.g, conn, p, s.cfg.Bytes, s.cfg.RawClient)
 	if err != nil {
 		return rr, fmt.Errorf("host→guest: %w", err)
 	}
@@ -657,7 +707,7 @@ func (s *suite) measure(se *session) (roundResult, error) {
 		return rr, err
 	}
 	e1, b1 := s.snap(se)
-	if tr, err = benchFromGuest(s.ctx, s.g, conn, p, s.cfg.Bytes, 7); err != nil {
+	if tr, err = benchFromGuest(s.ctx, s.g, conn, p, s.cfg.Bytes, 7, s.cfg.RawClient); err != nil {
 		return rr, fmt.Errorf("guest→host: %w", err)
 	}
 	rr.g2h, rr.g2hQEMU = tr.MBps, tr.QEMU
@@ -708,15 +758,15 @@ func (s *suite) printPhases(rr roundResult) {
 // figures share a line.
 func formatCounters(c counterSet, per float64) []string {
 	keys := c.keys()
-	rank := map[string]int{"cpu_ms": 0, "sched_ms": 1, "vcsw": 2, "ivcsw": 3}
+	rank := map[string]int{"cpu_ms": 0, "sched_ms": 1, "vcsw": 2, "ivcsw": 3, "sysmon_vcsw": 4}
 	order := func(k string) int {
 		if r, ok := rank[k]; ok {
 			return r
 		}
 		if strings.HasPrefix(k, "irq ") {
-			return 4
+			return 5
 		}
-		return 5
+		return 6
 	}
 	slices.SortStableFunc(keys, func(a, b string) int { return order(a) - order(b) })
 	type field struct{ name, text string }
@@ -833,7 +883,8 @@ func (s *suite) multiRounds() {
 // multiToGuest has the guest read n bytes from every port at once (msink)
 // while the host writes them, and returns the guest's aggregate MB/s.
 func (s *suite) multiToGuest(se *session, n int64) (float64, error) {
-	p, err := s.g.Start(s.ctx, append([]string{"msink", strconv.FormatInt(n, 10)}, se.paths...)...)
+	argv := append(clientArgs(s.cfg.RawClient, "msink"), strconv.FormatInt(n, 10))
+	p, err := s.g.Start(s.ctx, append(argv, se.paths...)...)
 	if err != nil {
 		return 0, err
 	}
@@ -890,7 +941,8 @@ func (s *suite) multiFromGuest(se *session, n int64) (float64, error) {
 			firsts[i], lasts[i], errs[i] = readBlocks(c, n, block, nil)
 		})
 	}
-	_, err := s.g.Run(s.ctx, append([]string{"msource", strconv.FormatInt(n, 10), strconv.Itoa(seed)}, se.paths...)...)
+	argv := append(clientArgs(s.cfg.RawClient, "msource"), strconv.FormatInt(n, 10), strconv.Itoa(seed))
+	_, err := s.g.Run(s.ctx, append(argv, se.paths...)...)
 	if err := s.collect(err, &wg, errs); err != nil {
 		return 0, err
 	}
@@ -1025,6 +1077,26 @@ func (s *suite) idle() {
 
 // ---- summary ----
 
+// throughputCeiling prints what a relay's throughput can be at most when
+// the copy it adds is on the critical path, the throughput counterpart of
+// the relay floor. A relay through a Unix socket copies every byte twice
+// in the kernel (into the socket's buffer and out of it) where K copies
+// it once, so it adds half a socket hop (unixcopy_us_per_kib / 2, mean of
+// the two calibrations) to K's time per byte; process switches come on
+// top. Where K and the relay are capped by QEMU (host→guest on uio, whose
+// main loop reads 4 KiB per pass) the guest's copy can overlap QEMU's
+// work and a relay can beat the figure.
+func (s *suite) throughputCeiling(kh2g, kg2h, ah2g, ag2h float64, cal0, cal1 calibration) {
+	hop := (cal0["unixcopy_us_per_kib"] + cal1["unixcopy_us_per_kib"]) / 2
+	extra := hop / 2 / 1024 // µs per byte
+	ceil := func(k float64) float64 { return 1 / (1/k + extra) }
+	ch, cg := ceil(kh2g), ceil(kg2h)
+	s.printf("relay ceiling = K's time per byte + one kernel copy (half a Unix-socket hop, %.2f µs/KiB): host→guest %.1f MB/s (%.2f× K; A %.2f× it), guest→host %.1f MB/s (%.2f× K; A %.2f× it)\n",
+		hop/2, ch, ch/kh2g, ah2g/ch, cg, cg/kg2h, ag2h/cg)
+	s.b.ReportMetric(ah2g/ch, "h2g-A/ceiling")
+	s.b.ReportMetric(ag2h/cg, "g2h-A/ceiling")
+}
+
 // summary prints the table of the main rounds and the relay floor, and
 // returns them in short for the benchmark's log (which keeps ten lines).
 func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) string {
@@ -1077,6 +1149,19 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 	fmt.Fprintf(tw, "round trip p99.9 µs\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f× (pooled)\t%.2f× (pooled)\t%.2f× (pooled)\t%.2f× (pooled)\t\n", k999, s999, a999, g999, a999/k999, a999/s999, g999/k999, g999/s999)
 	_ = tw.Flush()
 	s.out.WriteString(table.String())
+	if len(res['B']) > 0 {
+		var line []string
+		for _, m := range []struct {
+			name, key string
+			f         func(roundResult) float64
+		}{{"host→guest", "h2g", h2g}, {"guest→host", "g2h", g2h}, {"round trip p50", "rtt-p50", p50}, {"p99", "rtt-p99", p99}} {
+			a, bb := col('A', m.f), col('B', m.f)
+			sp := spreadOf(ratios(a, bb))
+			line = append(line, fmt.Sprintf("%s %.1f, A/B %s", m.name, median(bb), sp))
+			s.b.ReportMetric(sp.Med, m.key+"-A/B")
+		}
+		s.printf("B (%s, medians of the rounds): %s\n", EnvBenchBAgent, strings.Join(line, "; "))
+	}
 
 	kp50 := percentile(pooled('K'), 50)
 	proc := (cal0["proc_unix_p50_us"] + cal1["proc_unix_p50_us"]) / 2
@@ -1094,6 +1179,7 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 	s.b.ReportMetric(ap99/floor, "rtt-p99-A/floor")
 	s.b.ReportMetric(sp50/floor, "rtt-p50-S/floor")
 	s.b.ReportMetric(kp99/floor, "rtt-p99-K/floor")
+	s.throughputCeiling(median(col('K', h2g)), median(col('K', g2h)), median(col('A', h2g)), median(col('A', g2h)), cal0, cal1)
 	// The agent's CPU (utime+stime) per MiB and per round trip, medians
 	// over its rounds.
 	mib := float64(s.cfg.Bytes) / (1 << 20)

@@ -31,6 +31,9 @@ import (
 //	getppid_us            one getppid(2)
 //	copy_us_per_kib       copy() of a 64 KiB buffer, per KiB
 //	pipecopy_us_per_kib   64 KiB written into a pipe and read back, per KiB
+//	unixcopy_us_per_kib   the same through a Unix stream socketpair: the
+//	                      kernel copies (and buffers) of one hop through a
+//	                      socket, which a relay adds to every byte
 //	proc_unix_p50_us      1-byte round trip between two processes over a
 //	                      Unix stream socket (socketpair), median
 //	proc_pipe_p50_us      the same over two pipes
@@ -80,18 +83,19 @@ func calib(args []string) error {
 	if err := unix.Pipe(p[:]); err != nil {
 		return err
 	}
-	t0 = time.Now()
-	for range copies {
-		if err := writeFull(p[1], src); err != nil {
-			return err
-		}
-		if err := readFull(p[0], dst); err != nil {
-			return err
-		}
+	us, err := hopCopy(p, src, dst, copies)
+	if err != nil {
+		return err
 	}
-	put("pipecopy_us_per_kib", float64(time.Since(t0))/1e3/float64(copies)/64)
-	unix.Close(p[0])
-	unix.Close(p[1])
+	put("pipecopy_us_per_kib", us)
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	if us, err = hopCopy([2]int{sp[0], sp[1]}, src, dst, copies); err != nil {
+		return err
+	}
+	put("unixcopy_us_per_kib", us)
 
 	for _, c := range []struct {
 		name   string
@@ -120,6 +124,23 @@ func calib(args []string) error {
 	put("proc_unix_go_mean_us", mean)
 	fmt.Fprintln(stdout, strings.Join(out, " "))
 	return nil
+}
+
+// hopCopy writes src into fds[1] and reads it back from fds[0] as dst,
+// copies times, closes both and returns the time per KiB in µs.
+func hopCopy(fds [2]int, src, dst []byte, copies int) (float64, error) {
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	t0 := time.Now()
+	for range copies {
+		if err := writeFull(fds[1], src); err != nil {
+			return 0, err
+		}
+		if err := readFull(fds[0], dst); err != nil {
+			return 0, err
+		}
+	}
+	return float64(time.Since(t0)) / 1e3 / float64(copies) / float64(len(src)>>10), nil
 }
 
 // pingPeer sends one byte and waits for it to come back, count times,
@@ -326,10 +347,15 @@ func medianMean(v []float64) (p50, mean float64) {
 
 // msink reads N bytes from each PATH at once (one goroutine each) and
 // prints the aggregate rate from the first byte on any port to the last
-// byte on all, and the slowest and fastest port's own rate.
+// byte on all, and the slowest and fastest port's own rate. With raw, on
+// blocking descriptors (openThreaded).
 func msink(args []string) error {
+	raw := len(args) > 0 && args[0] == "raw"
+	if raw {
+		args = args[1:]
+	}
 	if len(args) < 2 {
-		return errors.New("usage: msink N PATH [PATH ...]")
+		return errors.New("usage: msink [raw] N PATH [PATH ...]")
 	}
 	n, err := parseSize(args[0])
 	if err != nil {
@@ -340,7 +366,7 @@ func msink(args []string) error {
 	errs := make([]error, len(spans))
 	var wg sync.WaitGroup
 	for i, path := range args[1:] {
-		f, err := openPath(path)
+		f, err := openThreaded(path, raw)
 		if err != nil {
 			return err
 		}
@@ -390,11 +416,16 @@ func msink(args []string) error {
 }
 
 // msource writes N bytes of the first wire.BlockSize bytes of
-// wire.Pattern(SEED), repeated, to each PATH at once (one goroutine each).
+// wire.Pattern(SEED), repeated, to each PATH at once (one goroutine each;
+// with raw, on blocking descriptors: openThreaded).
 // The host checks and times what arrives.
 func msource(args []string) error {
+	raw := len(args) > 0 && args[0] == "raw"
+	if raw {
+		args = args[1:]
+	}
 	if len(args) < 3 {
-		return errors.New("usage: msource N SEED PATH [PATH ...]")
+		return errors.New("usage: msource [raw] N SEED PATH [PATH ...]")
 	}
 	n, seed, err := parseSizeSeed(args[0], args[1])
 	if err != nil {
@@ -405,7 +436,7 @@ func msource(args []string) error {
 	errs := make([]error, len(args)-2)
 	var wg sync.WaitGroup
 	for i, path := range args[2:] {
-		f, err := openPath(path)
+		f, err := openThreaded(path, raw)
 		if err != nil {
 			return err
 		}
@@ -526,6 +557,16 @@ func procCounters(dir string) ([]string, error) {
 		return nil, err
 	}
 	var schedNS, vcsw, ivcsw uint64
+	// The second thread of a Go program (the second lowest TID) is the
+	// runtime's sysmon.
+	tids := make([]int, 0, len(tasks))
+	for _, t := range tasks {
+		if id, err := strconv.Atoi(t.Name()); err == nil {
+			tids = append(tids, id)
+		}
+	}
+	slices.Sort(tids)
+	sysmon := -1
 	for _, t := range tasks {
 		td := filepath.Join(dir, "task", t.Name())
 		if b, err := os.ReadFile(filepath.Join(td, "schedstat")); err == nil {
@@ -545,11 +586,17 @@ func procCounters(dir string) ([]string, error) {
 			switch k {
 			case "voluntary_ctxt_switches":
 				vcsw += n
+				if len(tids) > 1 && t.Name() == strconv.Itoa(tids[1]) {
+					sysmon = int(n)
+				}
 			case "nonvoluntary_ctxt_switches":
 				ivcsw += n
 			}
 		}
 		st.Close()
+	}
+	if sysmon >= 0 {
+		kv = append(kv, fmt.Sprintf("vcsw_t1=%d", sysmon))
 	}
 	return append(kv, fmt.Sprintf("sched_ns=%d vcsw=%d ivcsw=%d", schedNS, vcsw, ivcsw)), nil
 }

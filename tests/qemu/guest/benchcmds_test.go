@@ -30,7 +30,7 @@ func TestCalibPrintsEveryFigure(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := kv(out.String())
-	for _, k := range []string{"getppid_us", "copy_us_per_kib", "pipecopy_us_per_kib",
+	for _, k := range []string{"getppid_us", "copy_us_per_kib", "pipecopy_us_per_kib", "unixcopy_us_per_kib",
 		"proc_unix_p50_us", "proc_pipe_p50_us", "thread_unix_p50_us", "thread_pipe_p50_us", "thread_pipe_mean_us", "proc_unix_go_p50_us"} {
 		if v, err := strconv.ParseFloat(m[k], 64); err != nil || v <= 0 {
 			t.Errorf("%s = %q in %q", k, m[k], out)
@@ -102,29 +102,33 @@ func listeners(t *testing.T, n int, f func(i int, c net.Conn)) []string {
 	return paths
 }
 
+// TestMsinkAndMsource runs both through Go's poller and, with raw, on
+// blocking descriptors.
 func TestMsinkAndMsource(t *testing.T) {
-	out := captureStdout(t)
-	const n = 200000
-	paths := listeners(t, 3, func(_ int, c net.Conn) { io.CopyN(c, wire.Pattern(1), n) })
-	if err := msink(append([]string{strconv.Itoa(n)}, paths...)); err != nil {
-		t.Fatal(err)
-	}
-	if m := kv(out.String()); m["bytes"] != strconv.Itoa(3*n) || m["port_min_mbps"] == "" {
-		t.Errorf("msink printed %q", out)
-	}
+	for _, opts := range [][]string{nil, {"raw"}} {
+		out := captureStdout(t)
+		const n = 200000
+		paths := listeners(t, 3, func(_ int, c net.Conn) { io.CopyN(c, wire.Pattern(1), n) })
+		if err := msink(append(append(opts, strconv.Itoa(n)), paths...)); err != nil {
+			t.Fatal(opts, err)
+		}
+		if m := kv(out.String()); m["bytes"] != strconv.Itoa(3*n) || m["port_min_mbps"] == "" {
+			t.Errorf("msink %v printed %q", opts, out)
+		}
 
-	out.Reset()
-	got := make(chan int64, 3)
-	paths = listeners(t, 3, func(_ int, c net.Conn) {
-		k, _ := io.Copy(io.Discard, c)
-		got <- k
-	})
-	if err := msource(append([]string{strconv.Itoa(n), "4"}, paths...)); err != nil {
-		t.Fatal(err)
-	}
-	for range 3 {
-		if k := <-got; k != n {
-			t.Errorf("a port got %d bytes, want %d", k, n)
+		out.Reset()
+		got := make(chan int64, 3)
+		paths = listeners(t, 3, func(_ int, c net.Conn) {
+			k, _ := io.Copy(io.Discard, c)
+			got <- k
+		})
+		if err := msource(append(append(opts, strconv.Itoa(n), "4"), paths...)); err != nil {
+			t.Fatal(opts, err)
+		}
+		for range 3 {
+			if k := <-got; k != n {
+				t.Errorf("msource %v: a port got %d bytes, want %d", opts, k, n)
+			}
 		}
 	}
 }
@@ -159,7 +163,8 @@ func TestProcsnapOfSelf(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := kv(out.String())
-	for _, k := range []string{"utime_ticks", "stime_ticks", "sched_ns", "vcsw", "ivcsw"} {
+	// A Go test binary has more than one thread: vcsw_t1 is its sysmon's.
+	for _, k := range []string{"utime_ticks", "stime_ticks", "sched_ns", "vcsw", "ivcsw", "vcsw_t1"} {
 		if _, err := strconv.ParseUint(m[k], 10, 64); err != nil {
 			t.Errorf("%s = %q in %q", k, m[k], out)
 		}

@@ -58,8 +58,8 @@ func init() {
 		"serve":        {"serve", func([]string) error { return serve() }},
 		"modprobe":     {"modprobe MODULE...", modprobe},
 		"vports":       {"vports", vports},
-		"sink":         {"sink PATH N [count] [ready]", sink},
-		"source":       {"source PATH N SEED [block]", source},
+		"sink":         {"sink PATH N [count] [ready] [raw]", sink},
+		"source":       {"source PATH N SEED [block] [raw]", source},
 		"echo":         {"echo PATH", echo},
 		"pingpong":     {"pingpong PATH COUNT [samples] [raw]", pingpong},
 		"cputime":      {"cputime PID", cputime},
@@ -83,8 +83,8 @@ func init() {
 		"ptyxfer":      {"ptyxfer PATH N SEED", ptyXfer},
 		"calib":        {"calib PINGS ITERATIONS", calib},
 		"calib-peer":   {"calib-peer [poller]", calibPeer},
-		"msink":        {"msink N PATH...", msink},
-		"msource":      {"msource N SEED PATH...", msource},
+		"msink":        {"msink [raw] N PATH...", msink},
+		"msource":      {"msource [raw] N SEED PATH...", msource},
 		"trickle":      {"trickle PATH COUNT INTERVAL_US", trickle},
 		"hold":         {"hold READYFILE SECONDS PATH...", hold},
 		"procsnap":     {"procsnap PID ADDR", procsnap},
@@ -469,17 +469,19 @@ func report(n int64, h hash.Hash, d time.Duration) {
 // measured from the first byte to the last. With "count" it only counts:
 // hashing under TCG is slower than the transport being measured.
 func sink(args []string) error {
-	const usage = "usage: sink PATH N [count] [ready]"
+	const usage = "usage: sink PATH N [count] [ready] [raw]"
 	if len(args) < 2 {
 		return errors.New(usage)
 	}
-	count, ready := false, false
+	count, ready, raw := false, false, false
 	for _, o := range args[2:] {
 		switch o {
 		case "count":
 			count = true
 		case "ready":
 			ready = true
+		case "raw":
+			raw = true
 		default:
 			return errors.New(usage)
 		}
@@ -488,7 +490,7 @@ func sink(args []string) error {
 	if err != nil {
 		return err
 	}
-	f, err := openPath(args[0])
+	f, err := openClient(args[0], raw)
 	if err != nil {
 		return err
 	}
@@ -532,14 +534,26 @@ func sink(args []string) error {
 // the first wire.BlockSize bytes of the pattern and does not hash, so that
 // the guest's CPU goes to the transport (the host checks the data).
 func source(args []string) error {
-	if len(args) != 3 && !(len(args) == 4 && args[3] == "block") {
-		return errors.New("usage: source PATH N SEED [block]")
+	const usage = "usage: source PATH N SEED [block] [raw]"
+	if len(args) < 3 {
+		return errors.New(usage)
+	}
+	block, raw := false, false
+	for _, o := range args[3:] {
+		switch o {
+		case "block":
+			block = true
+		case "raw":
+			raw = true
+		default:
+			return errors.New(usage)
+		}
 	}
 	n, seed, err := parseSizeSeed(args[1], args[2])
 	if err != nil {
 		return err
 	}
-	f, err := openPath(args[0])
+	f, err := openClient(args[0], raw)
 	if err != nil {
 		return err
 	}
@@ -547,7 +561,6 @@ func source(args []string) error {
 	p := wire.Pattern(seed)
 	var h hash.Hash = sha256.New()
 	buf := make([]byte, wire.BlockSize)
-	block := len(args) == 4
 	if block {
 		_, _ = p.Read(buf)
 		h = nil

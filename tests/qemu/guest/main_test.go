@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,19 +66,23 @@ func kv(out string) map[string]string {
 	return m
 }
 
+// TestSinkChecksWhatArrives reads through Go's poller and, with raw, on a
+// blocking descriptor (the benchmark's C-like client).
 func TestSinkChecksWhatArrives(t *testing.T) {
-	out := captureStdout(t)
-	sock, conns := peer(t)
-	const n = 300000
-	go func() {
-		c := <-conns
-		io.CopyN(c, wire.Pattern(5), n)
-	}()
-	if err := sink([]string{sock, strconv.Itoa(n)}); err != nil {
-		t.Fatal(err)
-	}
-	if got := kv(out.String()); got["bytes"] != strconv.Itoa(n) || got["sha256"] != patternSum(5, n) {
-		t.Errorf("sink printed %q", out)
+	for _, opts := range [][]string{nil, {"raw"}} {
+		out := captureStdout(t)
+		sock, conns := peer(t)
+		const n = 300000
+		go func() {
+			c := <-conns
+			io.CopyN(c, wire.Pattern(5), n)
+		}()
+		if err := sink(append([]string{sock, strconv.Itoa(n)}, opts...)); err != nil {
+			t.Fatal(opts, err)
+		}
+		if got := kv(out.String()); got["bytes"] != strconv.Itoa(n) || got["sha256"] != patternSum(5, n) {
+			t.Errorf("sink %v printed %q", opts, out)
+		}
 	}
 }
 
@@ -123,21 +128,41 @@ func TestSinkFailsOnShortInput(t *testing.T) {
 	}
 }
 
+// TestSourceWritesThePattern writes through Go's poller and, with raw, on
+// a blocking descriptor; "block raw" repeats the pattern's first block.
 func TestSourceWritesThePattern(t *testing.T) {
-	out := captureStdout(t)
-	sock, conns := peer(t)
-	const n = 200001
-	got := make(chan string, 1)
-	go func() {
-		h := sha256.New()
-		io.Copy(h, <-conns) // until source closes
-		got <- hex.EncodeToString(h.Sum(nil))
-	}()
-	if err := source([]string{sock, strconv.Itoa(n), "9"}); err != nil {
-		t.Fatal(err)
+	for _, opts := range [][]string{nil, {"raw"}, {"block", "raw"}, {"raw", "block"}} {
+		out := captureStdout(t)
+		sock, conns := peer(t)
+		const n = 200001
+		got := make(chan string, 1)
+		go func() {
+			h := sha256.New()
+			io.Copy(h, <-conns) // until source closes
+			got <- hex.EncodeToString(h.Sum(nil))
+		}()
+		if err := source(append([]string{sock, strconv.Itoa(n), "9"}, opts...)); err != nil {
+			t.Fatal(opts, err)
+		}
+		want := patternSum(9, n)
+		if slices.Contains(opts, "block") {
+			block := make([]byte, wire.BlockSize)
+			io.ReadFull(wire.Pattern(9), block)
+			h := sha256.New()
+			for left := n; left > 0; left -= min(left, len(block)) {
+				h.Write(block[:min(left, len(block))])
+			}
+			want = hex.EncodeToString(h.Sum(nil))
+		}
+		if sum := <-got; sum != want {
+			t.Errorf("source %v: peer got sha256 %s, want %s (source printed %q)", opts, sum, want, out)
+		}
+		if sum := kv(out.String())["sha256"]; !slices.Contains(opts, "block") && sum != want {
+			t.Errorf("source %v printed sha256 %s, want %s", opts, sum, want)
+		}
 	}
-	if sum := <-got; sum != patternSum(9, n) || kv(out.String())["sha256"] != sum {
-		t.Errorf("peer got sha256 %s, source printed %q, pattern is %s", sum, out, patternSum(9, n))
+	if err := source([]string{"x", "1", "2", "fast"}); err == nil {
+		t.Error("source accepted an unknown option")
 	}
 }
 

@@ -7,17 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
-
-	"github.com/vserial/vserial/internal/rawio"
-	"github.com/vserial/vserial/tests/qemu/internal/wire"
 )
 
 // pingpong sends one byte and waits for it to come back, COUNT times, and
@@ -46,13 +39,7 @@ func pingpong(args []string) error {
 	if err != nil || count <= 0 {
 		return fmt.Errorf("bad count %q", args[1])
 	}
-	open := openPath
-	if raw && !strings.HasPrefix(args[0], wire.VserialPrefix) {
-		open = openRaw
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-	}
-	f, err := open(args[0])
+	f, err := openClient(args[0], raw)
 	if err != nil {
 		return err
 	}
@@ -90,66 +77,3 @@ func pingpong(args []string) error {
 		count, us(sum/time.Duration(count)), us(rtts[count/2]), us(rtts[(count*99)/100]), us(rtts[count-1]))
 	return nil
 }
-
-// rawFD is a blocking descriptor read and written with raw system calls,
-// which Go's runtime does not see: no netpoller, and no wake-up of the
-// runtime's sysmon thread around each call. It stands for a client
-// written in C (qemu-ga, socat, a shell tool) in the round-trip
-// benchmark: on one vCPU every extra thread of the client that wakes
-// during a round trip costs a process switch with the relay. Only for a
-// single goroutine locked to its thread.
-type rawFD int
-
-// openRaw opens path (a Unix socket or a device node) as a blocking rawFD.
-func openRaw(path string) (io.ReadWriteCloser, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
-		return rawFD(fd), err
-	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	return rawFD(fd), nil
-}
-
-// Read is one raw read(2), again on EINTR; 0 bytes is io.EOF.
-func (f rawFD) Read(b []byte) (int, error) {
-	for {
-		n, e := rawio.Read(int(f), b)
-		switch {
-		case e == unix.EINTR:
-			continue
-		case e != 0:
-			return 0, e
-		case n == 0 && len(b) > 0:
-			return 0, io.EOF
-		}
-		return n, nil
-	}
-}
-
-// Write is one raw write(2) of b (a writev of one buffer), again on EINTR.
-func (f rawFD) Write(b []byte) (int, error) {
-	var iov rawio.Iovecs
-	for {
-		n, e := iov.Writev(int(f), [][]byte{b})
-		switch {
-		case e == unix.EINTR:
-			continue
-		case e != 0:
-			return 0, e
-		}
-		return n, nil
-	}
-}
-
-func (f rawFD) Close() error { return unix.Close(int(f)) }
