@@ -33,6 +33,12 @@
 //     bulk host→guest writev runs SCHED_FIFO so the client cannot preempt
 //     it per skb, and host→guest streams go in batches of 256 KiB with the
 //     receive interrupt delayed until then (rxbatch.go).
+//   - Go's scheduler never sees the loop in a system call on its path:
+//     kicks, the ISR read, the INTx unmask, policy switches and, while a
+//     port streams, its waits (at most 5 ms each) are raw (internal/rawio),
+//     so the runtime's sysmon neither takes the loop's P nor polls fast.
+//     A raw wait that finds nothing sends the loop back to the ordinary,
+//     unbounded epoll_wait.
 //   - After a small send (below 32 KiB) the loop may spin on the port's
 //     receive queue for the reply, within the client's budget (Poll:
 //     adaptive, off or fixed; see PollAdaptive). It never spins without a
