@@ -140,6 +140,18 @@ func TestBenchConfigFromEnv(t *testing.T) {
 			t.Fatalf("%s=%q: got %+v, %v", EnvBenchClient, v, cfg, err)
 		}
 	}
+	if cfg.TracePhase != "rtt" {
+		t.Errorf("default trace phase %q, want rtt", cfg.TracePhase)
+	}
+	t.Setenv(EnvBenchTracePhase, "g2h")
+	if cfg, err = benchConfigFromEnv(); err != nil || cfg.TracePhase != "g2h" {
+		t.Errorf("trace phase g2h: got %+v, %v", cfg, err)
+	}
+	t.Setenv(EnvBenchTracePhase, "idle")
+	if _, err = benchConfigFromEnv(); err == nil {
+		t.Error("an unknown trace phase was accepted")
+	}
+	t.Setenv(EnvBenchTracePhase, "")
 	t.Setenv(EnvBenchClient, "python")
 	if _, err = benchConfigFromEnv(); err == nil {
 		t.Error("an unknown client was accepted")

@@ -110,11 +110,15 @@ const (
 	// host→guest transfer (trace event virtio_console_chr_read); each
 	// read then costs QEMU a write to its log, so the rates suffer.
 	EnvBenchQEMUTrace = "VSERIAL_BENCH_QEMU_TRACE"
-	// EnvBenchSchedTrace names a host directory: each round's round trips
-	// then run under the guest kernel's scheduler trace (sched_switch,
-	// sched_wakeup, interrupts), saved there as trace-NN-ARM.txt. Small
-	// counts (VSERIAL_BENCH_RTTS=300) keep the traces readable.
+	// EnvBenchSchedTrace names a host directory: one phase of each round
+	// (EnvBenchTracePhase) then runs under the guest kernel's scheduler
+	// trace (sched_switch, sched_wakeup, interrupts), saved there as
+	// trace-NN-ARM-PHASE.txt. Small sizes (VSERIAL_BENCH_RTTS=300,
+	// VSERIAL_BENCH_MIB=4) keep the traces readable.
 	EnvBenchSchedTrace = "VSERIAL_BENCH_SCHEDTRACE"
+	// EnvBenchTracePhase is the phase EnvBenchSchedTrace traces: rtt (the
+	// default), h2g or g2h.
+	EnvBenchTracePhase = "VSERIAL_BENCH_TRACE_PHASE"
 	// EnvBenchBAgent names a vserial-agent binary on the host (built from
 	// another commit, say) to run as a fifth arm, B, in the main rounds
 	// beside A, with the same flags: two builds compared in one boot.
@@ -133,9 +137,11 @@ type benchConfig struct {
 	RTTs   int   // per round
 	Rounds int   // measured rounds per arm, after one warm-up round
 	Trace  bool  // count QEMU's chardev reads host→guest
-	// SchedTrace: a directory for the guest's scheduler traces of the
-	// round trips ("": none).
+	// SchedTrace: a directory for the guest's scheduler traces of one
+	// phase of each round ("": none).
 	SchedTrace string
+	// TracePhase: the phase traced (EnvBenchTracePhase).
+	TracePhase string
 	// RawClient: the K, S and A clients use blocking descriptors and
 	// raw system calls (EnvBenchClient).
 	RawClient bool
@@ -186,9 +192,18 @@ func benchConfigFromEnv() (benchConfig, error) {
 			err5 = fmt.Errorf("%s=%q: want an agent binary (%v)", EnvBenchBAgent, bAgent, err)
 		}
 	}
+	var err6 error
+	phase := os.Getenv(EnvBenchTracePhase)
+	switch phase {
+	case "":
+		phase = "rtt"
+	case "rtt", "h2g", "g2h":
+	default:
+		err6 = fmt.Errorf("%s=%q: want rtt, h2g or g2h", EnvBenchTracePhase, phase)
+	}
 	cfg := benchConfig{Bytes: int64(mib) << 20, RTTs: rtts, Rounds: rounds, Trace: trace,
-		SchedTrace: os.Getenv(EnvBenchSchedTrace), RawClient: raw, BAgent: bAgent}
-	return cfg, errors.Join(err1, err2, err3, err4, err5)
+		SchedTrace: os.Getenv(EnvBenchSchedTrace), TracePhase: phase, RawClient: raw, BAgent: bAgent}
+	return cfg, errors.Join(err1, err2, err3, err4, err5, err6)
 }
 
 const (
@@ -662,18 +677,27 @@ func roundLabel(r int) string {
 	return fmt.Sprintf("round %d", r)
 }
 
-// saveSchedTrace stops the guest's scheduler trace of a round's round
-// trips and writes it to the next trace-NN-ARM.txt in cfg.SchedTrace.
-func (s *suite) saveSchedTrace(arm byte) error {
-	out, err := s.g.Run(s.ctx, "schedtrace", "stop")
-	if err != nil {
+// traced runs one phase of a round (h2g, g2h or rtt) and, when it is
+// the phase cfg.TracePhase names and cfg.SchedTrace is set, under the
+// guest's scheduler trace, saved as the next trace-NN-ARM-PHASE.txt in
+// cfg.SchedTrace.
+func (s *suite) traced(arm byte, phase string, run func() error) error {
+	if s.cfg.SchedTrace == "" || s.cfg.TracePhase != phase {
+		return run()
+	}
+	if _, err := s.g.Run(s.ctx, "schedtrace", "start"); err != nil {
 		return fmt.Errorf("scheduler trace: %w", err)
+	}
+	runErr := run()
+	out, err := s.g.Run(s.ctx, "schedtrace", "stop")
+	if err = errors.Join(runErr, err); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(s.cfg.SchedTrace, 0o755); err != nil {
 		return err
 	}
 	s.traces++
-	name := filepath.Join(s.cfg.SchedTrace, fmt.Sprintf("trace-%02d-%c.txt", s.traces, arm))
+	name := filepath.Join(s.cfg.SchedTrace, fmt.Sprintf("trace-%02d-%c-%s.txt", s.traces, arm, phase))
 	return os.WriteFile(name, []byte(out), 0o644)
 }
 
@@ -690,7 +714,11 @@ func (s *suite) measure(se *session) (roundResult, error) {
 			return rr, fmt.Errorf("trace: %w", err)
 		}
 	}
-	tr, err := benchToGuest(s.ctx, s.g, conn, p, s.cfg.Bytes, s.cfg.RawClient)
+	var tr Transfer
+	err := s.traced(se.arm, "h2g", func() (err error) {
+		tr, err = benchToGuest(s.ctx, s.g, conn, p, s.cfg.Bytes, s.cfg.RawClient)
+		return err
+	})
 	if err != nil {
 		return rr, fmt.Errorf("host→guest: %w", err)
 	}
@@ -707,7 +735,11 @@ func (s *suite) measure(se *session) (roundResult, error) {
 		return rr, err
 	}
 	e1, b1 := s.snap(se)
-	if tr, err = benchFromGuest(s.ctx, s.g, conn, p, s.cfg.Bytes, 7, s.cfg.RawClient); err != nil {
+	err = s.traced(se.arm, "g2h", func() (err error) {
+		tr, err = benchFromGuest(s.ctx, s.g, conn, p, s.cfg.Bytes, 7, s.cfg.RawClient)
+		return err
+	})
+	if err != nil {
 		return rr, fmt.Errorf("guest→host: %w", err)
 	}
 	rr.g2h, rr.g2hQEMU = tr.MBps, tr.QEMU
@@ -715,18 +747,12 @@ func (s *suite) measure(se *session) (roundResult, error) {
 		return rr, err
 	}
 	e2, b2 := s.snap(se)
-	if s.cfg.SchedTrace != "" {
-		if _, err := s.g.Run(s.ctx, "schedtrace", "start"); err != nil {
-			return rr, fmt.Errorf("scheduler trace: %w", err)
-		}
-	}
-	if _, rr.rtt, err = PingPongSamples(s.ctx, s.g, conn, p, s.cfg.RTTs, s.cfg.RawClient); err != nil {
+	err = s.traced(se.arm, "rtt", func() (err error) {
+		_, rr.rtt, err = PingPongSamples(s.ctx, s.g, conn, p, s.cfg.RTTs, s.cfg.RawClient)
+		return err
+	})
+	if err != nil {
 		return rr, fmt.Errorf("round trips: %w", err)
-	}
-	if s.cfg.SchedTrace != "" {
-		if err := s.saveSchedTrace(se.arm); err != nil {
-			return rr, err
-		}
 	}
 	if err := s.settle(se); err != nil {
 		return rr, err
