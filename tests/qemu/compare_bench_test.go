@@ -880,18 +880,27 @@ func (s *suite) multiRounds() {
 			if err != nil {
 				s.b.Fatalf("8 ports, round %d %c: %v", r, arm, err)
 			}
+			_, b0 := s.snap(se)
 			h2g, err := s.multiToGuest(se, perPort)
 			if err != nil {
 				s.b.Fatalf("8 ports, round %d %c: host→guest: %v", r, arm, err)
 			}
+			e1, b1 := s.snap(se)
 			g2h, err := s.multiFromGuest(se, perPort)
 			if err != nil {
 				s.b.Fatalf("8 ports, round %d %c: guest→host: %v", r, arm, err)
 			}
+			e2, _ := s.snap(se)
 			if err := s.close(se); err != nil {
 				s.b.Fatalf("8 ports, round %d %c: %v", r, arm, err)
 			}
 			s.printf("  %-8s %c: host→guest %7.1f MB/s, guest→host %7.1f MB/s\n", roundLabel(r), arm, h2g, g2h)
+			if r > 0 && se.agent != nil {
+				// The agent's counters per MiB of all eight ports.
+				mib := float64(perPort*benchPorts) / (1 << 20)
+				s.printCounters("      ", fmt.Sprintf("%c host→guest, per MiB: ", arm), e1.sub(b0), mib)
+				s.printCounters("      ", fmt.Sprintf("%c guest→host, per MiB: ", arm), e2.sub(b1), mib)
+			}
 			if r > 0 {
 				agg[string(arm)+"h2g"] = append(agg[string(arm)+"h2g"], h2g)
 				agg[string(arm)+"g2h"] = append(agg[string(arm)+"g2h"], g2h)
