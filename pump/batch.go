@@ -73,31 +73,53 @@ func (l *Loop) setPolicy(batch bool) {
 // reschedules at once, the client runs in the middle of the pass, and the
 // loop woke twice as often (24 sleeps per MiB against 9–12, 55–64 MB/s
 // against 155); keeping the loop real-time for its whole pass did no
-// better. Guest→host streams run SCHED_BATCH alone.
+// better. Guest→host streams on one client run SCHED_BATCH alone; a pass
+// over several clients while streaming runs real-time as a whole
+// (enterRT).
 
-// rtCall runs call with the loop's thread SCHED_FIFO when the loop is
-// streaming and the transfer is large; otherwise it just runs it.
-func (l *Loop) rtCall(total int, call func()) {
-	if !l.batch || l.rtBroken || total < streamBytes {
-		call()
-		return
+// enterRT makes the loop's thread SCHED_FIFO priority 1 (rtBack ends it)
+// and reports whether it did. It is used for one bulk host→guest writev
+// (rtCall) and for one pass over several clients while streaming (pass):
+// each readv or writev frees or fills a client's buffer and wakes that
+// client, which would otherwise preempt the loop before the next client's
+// turn (a pair of process switches per client per pass on one vCPU); with
+// the pass real-time, the woken clients run after it.
+func (l *Loop) enterRT() bool {
+	if l.rtBroken || l.inRT {
+		return false
 	}
 	fifo := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 1}
 	if err := rawio.SchedSetAttr(&fifo); err != 0 {
 		l.rtBroken = true
 		l.log.Info("pump: bulk transfers cannot run real-time; they may be preempted per skb", "err", err)
-		call()
-		return
+		return false
 	}
+	l.inRT = true
 	l.stats.rtCalls.Add(1)
-	call()
+	return true
+}
+
+// rtBack leaves SCHED_FIFO for SCHED_BATCH; never stays real-time: if that
+// fails, the default policy.
+func (l *Loop) rtBack() {
+	l.inRT = false
 	back := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH}
 	if err := rawio.SchedSetAttr(&back); err != 0 {
-		// Never stay real-time: fall back to the default policy.
 		l.log.Warn("pump: leave SCHED_FIFO", "err", err)
 		l.rtBroken = true
 		def := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
 		_ = rawio.SchedSetAttr(&def)
 		l.batch = false
 	}
+}
+
+// rtCall runs call with the loop's thread SCHED_FIFO when the loop is
+// streaming and the transfer is large; otherwise it just runs it.
+func (l *Loop) rtCall(total int, call func()) {
+	if !l.batch || total < streamBytes || !l.enterRT() {
+		call()
+		return
+	}
+	call()
+	l.rtBack()
 }

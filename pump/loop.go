@@ -92,6 +92,7 @@ type Loop struct {
 	rxStreams int  // clients in rxStream mode
 	rxFlush   bool // deliver what is buffered, batch or not
 	rawIdle   bool // the last raw wait timed out: sleep the ordinary way
+	inRT      bool // the loop's thread is SCHED_FIFO for a pass (batch.go)
 	small     int  // small transfers in a row while batched
 }
 

@@ -17,6 +17,8 @@ import (
 func (l *Loop) pass() (progress bool) {
 	l.stats.passes.Add(1)
 	progress = l.dev.Poll()
+	// Several clients while streaming: the whole pass real-time (batch.go).
+	rt := l.batch && len(l.active) > 1 && l.enterRT()
 	for i := 0; i < len(l.active); {
 		c := l.active[i]
 		if l.serve(c) {
@@ -25,6 +27,9 @@ func (l *Loop) pass() (progress bool) {
 		if !c.ended {
 			i++
 		}
+	}
+	if rt {
+		l.rtBack()
 	}
 	if !progress {
 		l.rxFlush = false

@@ -875,7 +875,11 @@ func (s *suite) multiRounds() {
 	s.printf("\n%d ports at once, %d KiB per port each way, aggregate MB/s:\n", benchPorts, perPort>>10)
 	agg := map[string][]float64{}
 	for r := 0; r <= s.cfg.Rounds; r++ {
-		for _, arm := range []byte(abba("KA", r)) {
+		arms := "KA"
+		if s.cfg.BAgent != "" {
+			arms = "KAB"
+		}
+		for _, arm := range []byte(abba(arms, r)) {
 			se, err := s.open(arm)
 			if err != nil {
 				s.b.Fatalf("8 ports, round %d %c: %v", r, arm, err)
@@ -912,6 +916,9 @@ func (s *suite) multiRounds() {
 		sp := spreadOf(ratios(a, k))
 		s.printf("  %s: K %.1f MB/s, A %.1f MB/s (medians); A/K %s\n", dir, median(k), median(a), sp)
 		s.b.ReportMetric(sp.Med, "8port-"+dir+"-A/K")
+		if bb := agg["B"+dir]; len(bb) > 0 {
+			s.printf("  %s: B %.1f MB/s (median); A/B %s\n", dir, median(bb), spreadOf(ratios(a, bb)))
+		}
 	}
 }
 
