@@ -229,7 +229,8 @@ func (b *BAR) faulted(old bool, off uint64, err *error) {
 // inb/inw/inl or ioread8/16/32 for an aligned 1/2/4-byte access. The
 // kernel stores the value in CPU byte order, hence NativeEndian above.
 func (b *BAR) pread(p []byte, off uint64) error {
-	n, err := RawPread(b.iofd, p, b.ioBase+int64(off))
+	n, e := rawio.Pread(b.iofd, p, b.ioBase+int64(off))
+	err := rawio.Err(e)
 	if err == nil && n != len(p) {
 		err = fmt.Errorf("short read: %d of %d bytes", n, len(p))
 	}
@@ -239,39 +240,9 @@ func (b *BAR) pread(p []byte, off uint64) error {
 	return nil
 }
 
-// RawPread and RawPwrite are one pread(2) or pwrite(2) of a register or
-// configuration-space file as raw system calls (internal/rawio): the data
-// plane makes them (a kick, the legacy ISR, the INTx unmask) from the
-// loop's thread, and a call that Go's scheduler sees lets its sysmon take
-// the loop's P away and hand it back (thread switches, and sysmon's fast
-// polling, which on one vCPU preempts the client). They never sleep;
-// EINTR is retried.
-func RawPread(fd int, p []byte, off int64) (int, error) { return rawAccess(false, fd, p, off) }
-
-// RawPwrite: see RawPread.
-func RawPwrite(fd int, p []byte, off int64) (int, error) { return rawAccess(true, fd, p, off) }
-
-func rawAccess(write bool, fd int, p []byte, off int64) (int, error) {
-	for {
-		var n int
-		var e unix.Errno
-		if write {
-			n, e = rawio.Pwrite(fd, p, off)
-		} else {
-			n, e = rawio.Pread(fd, p, off)
-		}
-		switch e {
-		case 0:
-			return n, nil
-		case unix.EINTR:
-			continue
-		}
-		return 0, e
-	}
-}
-
 func (b *BAR) pwrite(p []byte, off uint64) error {
-	n, err := RawPwrite(b.iofd, p, b.ioBase+int64(off))
+	n, e := rawio.Pwrite(b.iofd, p, b.ioBase+int64(off))
+	err := rawio.Err(e)
 	if err == nil && n != len(p) {
 		err = fmt.Errorf("short write: %d of %d bytes", n, len(p))
 	}

@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"sync"
+
+	"github.com/vserial/vserial/internal/rawio"
 )
 
 // PCI configuration space offsets and bits used here (PCI Local Bus 3.0 §6.2).
@@ -40,15 +42,23 @@ type ConfigFile interface {
 func NewConfig(f ConfigFile) *Config { return &Config{f: f} }
 
 // rawConfigFile reads and writes the sysfs config file with raw system
-// calls (RawPread): the INTx unmask is on the data plane's path.
-type rawConfigFile struct{ f *os.File }
+// calls (internal/rawio): the INTx unmask is on the data plane's path,
+// where a call Go's scheduler sees lets its sysmon take the loop's P.
+type rawConfigFile struct {
+	f  *os.File
+	fd int
+}
+
+func newRawConfigFile(f *os.File) rawConfigFile { return rawConfigFile{f: f, fd: int(f.Fd())} }
 
 func (r rawConfigFile) ReadAt(p []byte, off int64) (int, error) {
-	return RawPread(int(r.f.Fd()), p, off)
+	n, e := rawio.Pread(r.fd, p, off)
+	return n, rawio.Err(e)
 }
 
 func (r rawConfigFile) WriteAt(p []byte, off int64) (int, error) {
-	return RawPwrite(int(r.f.Fd()), p, off)
+	n, e := rawio.Pwrite(r.fd, p, off)
+	return n, rawio.Err(e)
 }
 
 func (r rawConfigFile) Close() error { return r.f.Close() }

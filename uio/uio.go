@@ -149,7 +149,7 @@ func Open(sysfs, dev, addr string, opts Options) (_ *Function, err error) {
 	if err != nil {
 		return fail(err)
 	}
-	cfg := NewConfig(rawConfigFile{cf})
+	cfg := NewConfig(newRawConfigFile(cf))
 	undo = append(undo, func() { cf.Close() })
 
 	res, err := ReadResources(dir)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/vserial/vserial/internal/rawio"
 	"github.com/vserial/vserial/uio"
 	"github.com/vserial/vserial/vfio/internal/vfioabi"
 	"golang.org/x/sys/unix"
@@ -23,7 +24,8 @@ func (c configFile) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > c.size-int64(len(p)) {
 		return 0, fmt.Errorf("%w: %d bytes at %#x (config region is %#x bytes)", uio.ErrBadAccess, len(p), off, c.size)
 	}
-	n, err := uio.RawPread(c.fd, p, c.base+off)
+	n, e := rawio.Pread(c.fd, p, c.base+off)
+	err := rawio.Err(e)
 	if err == nil && n != len(p) {
 		err = fmt.Errorf("short read: %d of %d bytes", n, len(p))
 	}
@@ -34,7 +36,8 @@ func (c configFile) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > c.size-int64(len(p)) {
 		return 0, fmt.Errorf("%w: %d bytes at %#x (config region is %#x bytes)", uio.ErrBadAccess, len(p), off, c.size)
 	}
-	n, err := uio.RawPwrite(c.fd, p, c.base+off)
+	n, e := rawio.Pwrite(c.fd, p, c.base+off)
+	err := rawio.Err(e)
 	if err == nil && n != len(p) {
 		err = fmt.Errorf("short write: %d of %d bytes", n, len(p))
 	}

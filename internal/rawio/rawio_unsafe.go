@@ -96,29 +96,41 @@ func EpollWait(ep int, evs []unix.EpollEvent, msec int) (int, unix.Errno) {
 	return int(r), 0
 }
 
-// Pread is pread(2) of len(b) bytes at off on fd (a register or
-// configuration-space file: the access never sleeps).
+// Pread is pread(2) of len(b) bytes at off on fd: a register or
+// configuration-space file, whose accesses never sleep (EINTR, which such
+// a call cannot really see, is retried all the same).
 func Pread(fd int, b []byte, off int64) (int, unix.Errno) {
-	if len(b) == 0 {
-		return 0, 0
-	}
-	r, _, e := unix.RawSyscall6(unix.SYS_PREAD64, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), 0
+	return positioned(unix.SYS_PREAD64, fd, b, off)
 }
 
 // Pwrite is pwrite(2) of b at off on fd, as Pread.
 func Pwrite(fd int, b []byte, off int64) (int, unix.Errno) {
+	return positioned(unix.SYS_PWRITE64, fd, b, off)
+}
+
+func positioned(trap uintptr, fd int, b []byte, off int64) (int, unix.Errno) {
 	if len(b) == 0 {
 		return 0, 0
 	}
-	r, _, e := unix.RawSyscall6(unix.SYS_PWRITE64, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
-	if e != 0 {
+	for {
+		r, _, e := unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
+		switch e {
+		case 0:
+			return int(r), 0
+		case unix.EINTR:
+			continue
+		}
 		return 0, e
 	}
-	return int(r), 0
+}
+
+// Err is e as an error: nil for 0 (a zero Errno in an error interface
+// would not be nil).
+func Err(e unix.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
 }
 
 // SchedSetAttr is sched_setattr(2) on the calling thread.
