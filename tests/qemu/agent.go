@@ -19,7 +19,13 @@ func AgentSocket(name string) string { return path.Join(AgentSocketDir, name) }
 // in the guest, in the background. Boot the guest with BuildAgent(t) in
 // Options.Files. Stop it with Proc.Signal(ctx, 15) and Proc.Wait.
 func StartAgent(ctx context.Context, g *Guest, args ...string) (*Proc, error) {
-	argv := append([]string{AgentPath, "run", "--socket-dir", AgentSocketDir}, args...)
+	return StartAgentAt(ctx, g, AgentPath, args...)
+}
+
+// StartAgentAt is StartAgent for the agent binary at path in the guest
+// (another build beside AgentPath, as the benchmark's B arm).
+func StartAgentAt(ctx context.Context, g *Guest, path string, args ...string) (*Proc, error) {
+	argv := append([]string{path, "run", "--socket-dir", AgentSocketDir}, args...)
 	return g.Start(ctx, argv...)
 }
 

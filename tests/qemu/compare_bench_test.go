@@ -395,10 +395,10 @@ func (s *suite) open(arm byte, extra ...string) (*session, error) {
 		if arm == 'B' {
 			path = benchAgentB
 		}
-		args := []string{path, "run", "--socket-dir", AgentSocketDir, "--log-level", "info", "--bind", s.bind, "--device", s.addr}
+		args := []string{"--log-level", "info", "--bind", s.bind, "--device", s.addr}
 		args = append(args, strings.Fields(os.Getenv(EnvBenchAgentArgs))...)
 		args = append(args, extra...)
-		p, err := s.g.Start(s.ctx, args...)
+		p, err := StartAgentAt(s.ctx, s.g, path, args...)
 		if err != nil {
 			return nil, err
 		}
@@ -1165,10 +1165,11 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 	var table strings.Builder
 	tw := tabwriter.NewWriter(&table, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "metric\tK\tS\tA\tG\tA/K\tA/S\tG/K\tG/S\t\n")
-	for _, m := range []struct {
+	metrics := []struct {
 		name, key string
 		f         func(roundResult) float64
-	}{{"host→guest MB/s", "h2g", h2g}, {"guest→host MB/s", "g2h", g2h}, {"round trip p50 µs", "rtt-p50", p50}, {"round trip p99 µs", "rtt-p99", p99}} {
+	}{{"host→guest MB/s", "h2g", h2g}, {"guest→host MB/s", "g2h", g2h}, {"round trip p50 µs", "rtt-p50", p50}, {"round trip p99 µs", "rtt-p99", p99}}
+	for _, m := range metrics {
 		k, sv, a, gl := col('K', m.f), col('S', m.f), col('A', m.f), col('G', m.f)
 		abs := func(arm byte, xs []float64) float64 {
 			switch m.key {
@@ -1193,10 +1194,7 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 	s.out.WriteString(table.String())
 	if len(res['B']) > 0 {
 		var line []string
-		for _, m := range []struct {
-			name, key string
-			f         func(roundResult) float64
-		}{{"host→guest", "h2g", h2g}, {"guest→host", "g2h", g2h}, {"round trip p50", "rtt-p50", p50}, {"p99", "rtt-p99", p99}} {
+		for _, m := range metrics {
 			a, bb := col('A', m.f), col('B', m.f)
 			sp := spreadOf(ratios(a, bb))
 			line = append(line, fmt.Sprintf("%s %.1f, A/B %s", m.name, median(bb), sp))

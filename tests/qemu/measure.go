@@ -207,10 +207,7 @@ func pingPong(ctx context.Context, g *Guest, conn net.Conn, guestPath string, co
 	if samples {
 		argv = append(argv, "samples")
 	}
-	if raw {
-		argv = append(argv, "raw")
-	}
-	out, err := g.Run(ctx, argv...)
+	out, err := g.Run(ctx, clientArgs(raw, argv...)...)
 	if err != nil {
 		_ = conn.SetDeadline(time.Unix(1, 0))
 		<-echoed
