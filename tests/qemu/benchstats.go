@@ -9,7 +9,7 @@ import (
 	"strings"
 )
 
-// The arithmetic of BenchmarkSocketPaths: medians and percentiles over
+// The arithmetic of BenchmarkKernelVsAgent: medians and percentiles over
 // rounds and pooled samples, and the counters it reads before and after
 // each phase, as flat name → number maps that can be subtracted.
 

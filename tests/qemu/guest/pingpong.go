@@ -20,21 +20,15 @@ import (
 // a blocking descriptor and raw system calls (rawFD), as a client
 // written in C would, instead of Go's poller.
 func pingpong(args []string) error {
-	withSamples, raw := false, false
-	for len(args) > 2 {
-		switch args[len(args)-1] {
-		case "samples":
-			withSamples = true
-		case "raw":
-			raw = true
-		default:
-			return errors.New("usage: pingpong PATH COUNT [samples] [raw]")
-		}
-		args = args[:len(args)-1]
+	const usage = "usage: pingpong PATH COUNT [samples] [raw]"
+	if len(args) < 2 {
+		return errors.New(usage)
 	}
-	if len(args) != 2 {
-		return errors.New("usage: pingpong PATH COUNT [samples] [raw]")
+	opt, ok := words(args[2:], "samples", "raw")
+	if !ok {
+		return errors.New(usage)
 	}
+	withSamples, raw := opt["samples"], opt["raw"]
 	count, err := strconv.Atoi(args[1])
 	if err != nil || count <= 0 {
 		return fmt.Errorf("bad count %q", args[1])

@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -72,6 +73,19 @@ func report(n int64, h hash.Hash, d time.Duration) {
 	fmt.Fprintf(stdout, "bytes=%d sha256=%s secs=%.6f mbps=%.3f\n", n, sum, secs, mbps)
 }
 
+// words reads a built-in's trailing option words, in any order: which of
+// known were given, and false for a word it does not know.
+func words(args []string, known ...string) (map[string]bool, bool) {
+	got := map[string]bool{}
+	for _, a := range args {
+		if !slices.Contains(known, a) {
+			return nil, false
+		}
+		got[a] = true
+	}
+	return got, true
+}
+
 // sink reads exactly N bytes and prints their sha256 and the throughput
 // measured from the first byte to the last. With "count" it only counts:
 // hashing under TCG is slower than the transport being measured.
@@ -80,19 +94,11 @@ func sink(args []string) error {
 	if len(args) < 2 {
 		return errors.New(usage)
 	}
-	count, ready, raw := false, false, false
-	for _, o := range args[2:] {
-		switch o {
-		case "count":
-			count = true
-		case "ready":
-			ready = true
-		case "raw":
-			raw = true
-		default:
-			return errors.New(usage)
-		}
+	opt, ok := words(args[2:], "count", "ready", "raw")
+	if !ok {
+		return errors.New(usage)
 	}
+	count, ready, raw := opt["count"], opt["ready"], opt["raw"]
 	n, err := parseSize(args[1])
 	if err != nil {
 		return err
@@ -145,17 +151,11 @@ func source(args []string) error {
 	if len(args) < 3 {
 		return errors.New(usage)
 	}
-	block, raw := false, false
-	for _, o := range args[3:] {
-		switch o {
-		case "block":
-			block = true
-		case "raw":
-			raw = true
-		default:
-			return errors.New(usage)
-		}
+	opt, ok := words(args[3:], "block", "raw")
+	if !ok {
+		return errors.New(usage)
 	}
+	block, raw := opt["block"], opt["raw"]
 	n, seed, err := parseSizeSeed(args[1], args[2])
 	if err != nil {
 		return err
