@@ -95,7 +95,6 @@ func (l *Loop) enterRT() bool {
 		return false
 	}
 	l.inRT = true
-	l.stats.rtCalls.Add(1)
 	return true
 }
 
@@ -120,6 +119,7 @@ func (l *Loop) rtCall(total int, call func()) {
 		call()
 		return
 	}
+	l.stats.rtCalls.Add(1)
 	call()
 	l.rtBack()
 }

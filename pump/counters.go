@@ -11,7 +11,7 @@ type loopCounters struct {
 	spinHits, spinMisses, spinNanos  atomic.Uint64
 	peeks                            atomic.Uint64
 	irqSpurious, irqStorms           atomic.Uint64
-	policySwitches, rtCalls          atomic.Uint64
+	policySwitches, rtCalls, rtPass  atomic.Uint64
 	epollPolls, rawWaits             atomic.Uint64
 	clientPollHits, clientPollMisses atomic.Uint64
 }
@@ -47,6 +47,7 @@ func (l *Loop) Counters() map[string]uint64 {
 		"irq_storms":         s.irqStorms.Load(),
 		"batch_toggles":      s.policySwitches.Load(),
 		"rt_calls":           s.rtCalls.Load(),
+		"rt_passes":          s.rtPass.Load(),
 		"epoll_polls":        s.epollPolls.Load(),
 		"raw_waits":          s.rawWaits.Load(),
 		"client_poll_hits":   s.clientPollHits.Load(),

@@ -485,7 +485,7 @@ func TestSeveralStreamsPassRealTime(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if c := r.l.Counters(); os.Geteuid() == 0 && c["rt_calls"] == 0 {
+	if c := r.l.Counters(); os.Geteuid() == 0 && c["rt_passes"] == 0 {
 		t.Errorf("two streams, but no pass ran real-time (as root): %v", c)
 	}
 }

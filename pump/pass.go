@@ -19,6 +19,9 @@ func (l *Loop) pass() (progress bool) {
 	progress = l.dev.Poll()
 	// Several clients while streaming: the whole pass real-time (batch.go).
 	rt := l.batch && len(l.active) > 1 && l.enterRT()
+	if rt {
+		l.stats.rtPass.Add(1)
+	}
 	for i := 0; i < len(l.active); {
 		c := l.active[i]
 		if l.serve(c) {

@@ -228,7 +228,9 @@ func multiportListJSON(t *testing.T, env *multiportEnv) {
 }
 
 // multiportDataThreePortsAtOnce: three named ports carry data both ways at
-// once, byte-exact, from 1 byte to 24 MiB.
+// once, byte-exact, from 1 byte to 24 MiB, and the loop's counters show
+// the stream paths at work (raw waits, real-time passes over several
+// clients).
 func multiportDataThreePortsAtOnce(t *testing.T, env *multiportEnv) {
 	ctx := caseCtx(t, 3*time.Minute)
 	sizes := map[string][]int64{
@@ -252,6 +254,24 @@ func multiportDataThreePortsAtOnce(t *testing.T, env *multiportEnv) {
 	t.Logf("three ports, both ways: %v", time.Since(t0).Round(time.Millisecond))
 	if t.Failed() {
 		env.a.logList(t)
+		return
+	}
+	// The streams ran the data plane's stream paths: waits that Go's
+	// scheduler does not see, and passes over several clients at once
+	// run real-time (the agent is root here). The device's counters are
+	// repeated on each of its ports.
+	l, out, err := env.a.list(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok := l.port(env.sockOf(mpNamed[0]))
+	if !ok {
+		t.Fatalf("no port %s in list --json: %s", mpNamed[0], out)
+	}
+	for _, k := range []string{"loop_raw_waits", "loop_rt_passes"} {
+		if p.Counters[k] == 0 {
+			t.Errorf("three streams at once, but %s is 0: %v", k, p.Counters)
+		}
 	}
 }
 
