@@ -45,10 +45,13 @@ func (l *Loop) setPolicy(batch bool) {
 	if l.batchBroken {
 		return
 	}
-	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
-	if batch {
-		attr.Policy = unix.SCHED_BATCH
+	if l.inRT {
+		// Real-time for now: rtBack applies the fair policy chosen here.
+		l.batch = batch
+		l.stats.policySwitches.Add(1)
+		return
 	}
+	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: l.fairPolicy(batch)}
 	if err := rawio.SchedSetAttr(&attr); err != 0 {
 		l.batchBroken = true
 		l.log.Warn("pump: cannot change the loop's scheduling policy; streams are not batched", "err", err)
@@ -98,11 +101,20 @@ func (l *Loop) enterRT() bool {
 	return true
 }
 
-// rtBack leaves SCHED_FIFO for SCHED_BATCH; never stays real-time: if that
-// fails, the default policy.
+// fairPolicy is the policy the loop's thread runs outside real-time:
+// SCHED_BATCH while streaming, SCHED_OTHER otherwise.
+func (l *Loop) fairPolicy(batch bool) uint32 {
+	if batch {
+		return unix.SCHED_BATCH
+	}
+	return unix.SCHED_NORMAL
+}
+
+// rtBack leaves SCHED_FIFO for the fair policy of the moment (fairPolicy);
+// never stays real-time: if that fails, the default policy.
 func (l *Loop) rtBack() {
 	l.inRT = false
-	back := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH}
+	back := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: l.fairPolicy(l.batch)}
 	if err := rawio.SchedSetAttr(&back); err != 0 {
 		l.log.Warn("pump: leave SCHED_FIFO", "err", err)
 		l.rtBroken = true
