@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -80,7 +81,11 @@ func TestAgentDataPathAfterKernelDriver(t *testing.T) {
 			}
 		}
 		step("host→guest", func(ctx context.Context) error {
-			_, err := benchToGuest(ctx, g, conn, sock, 8<<20, false)
+			tr, err := benchToGuest(ctx, g, conn, sock, 8<<20, false)
+			if err == nil && tr.Nudges > 0 {
+				// The agent's driver notifies after PORT_OPEN (nudge.go).
+				err = fmt.Errorf("stalled in QEMU until its main loop was woken (%d nudges)", tr.Nudges)
+			}
 			return err
 		})
 		step("guest→host", func(ctx context.Context) error {

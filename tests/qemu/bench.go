@@ -22,8 +22,12 @@ type Measurement struct {
 }
 
 func (m Measurement) String() string {
-	return fmt.Sprintf("host→guest %.1f MB/s, guest→host %.1f MB/s (%d bytes each way); 1-byte round trip mean %.0f µs, p99 %.0f µs (%d)",
+	s := fmt.Sprintf("host→guest %.1f MB/s, guest→host %.1f MB/s (%d bytes each way); 1-byte round trip mean %.0f µs, p99 %.0f µs (%d)",
 		m.HostToGuest.MBps, m.GuestToHost.MBps, m.HostToGuest.Bytes, m.RoundTrips.MeanUS, m.RoundTrips.P99US, m.RoundTrips.Count)
+	if m.HostToGuest.Nudges > 0 {
+		s += fmt.Sprintf("; host→guest stalled in QEMU, its main loop woken %d times (nudge.go)", m.HostToGuest.Nudges)
+	}
+	return s
 }
 
 // MeasureConfig sizes a measurement; zero fields take the defaults.
@@ -98,6 +102,7 @@ func benchToGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string
 		err  error
 	}
 	wc := make(chan written, 1)
+	watch := watchStall(ctx, g)
 	go func() {
 		t0 := SampleThreads(g.QEMUPid())
 		for left := n; left > 0; {
@@ -107,10 +112,13 @@ func benchToGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string
 				return
 			}
 			left -= k
+			watch.moved.Add(k)
 		}
+		watch.finished.Store(true)
 		wc <- written{qemu: SampleThreads(g.QEMUPid()).Since(t0)}
 	}()
 	out, err := p.Wait(ctx)
+	nudges := watch.stop()
 	if err != nil {
 		_ = conn.SetDeadline(time.Unix(1, 0))
 		<-wc
@@ -124,7 +132,7 @@ func benchToGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string
 	if err == nil && tr.Bytes != n {
 		err = fmt.Errorf("guest counted %d bytes, host sent %d", tr.Bytes, n)
 	}
-	tr.QEMU = w.qemu
+	tr.QEMU, tr.Nudges = w.qemu, nudges
 	return tr, err
 }
 

@@ -210,6 +210,20 @@ func fakeQMP(t *testing.T, script func(r *bufio.Reader, w io.Writer)) string {
 	return sock
 }
 
+// dialFakeQMP connects a client to a fakeQMP socket, with a context of
+// ten seconds; both end with the test.
+func dialFakeQMP(t *testing.T, sock string) (context.Context, *QMP) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	t.Cleanup(cancel)
+	q, err := DialQMP(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	return ctx, q
+}
+
 func TestQMPClient(t *testing.T) {
 	sock := fakeQMP(t, func(r *bufio.Reader, w io.Writer) {
 		r.ReadString('\n') // device_del
@@ -220,15 +234,9 @@ func TestQMPClient(t *testing.T) {
 		io.WriteString(w, `{"return": {"status": "running"}}`+"\n")
 		r.ReadString('\n')
 	})
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	q, err := DialQMP(ctx, sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	ctx, q := dialFakeQMP(t, sock)
 	mark := q.Mark()
-	_, err = q.Execute(ctx, "device_del", map[string]any{"id": "port9"})
+	_, err := q.Execute(ctx, "device_del", map[string]any{"id": "port9"})
 	var qe *QMPError
 	if !errors.As(err, &qe) || qe.Class != "DeviceNotFound" || qe.Command != "device_del" {
 		t.Fatalf("device_del error = %v, want a DeviceNotFound QMPError", err)

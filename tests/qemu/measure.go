@@ -32,6 +32,9 @@ type Transfer struct {
 	// QEMU is the load of QEMU's threads over the transfer, sampled on
 	// the host (benchToGuest and benchFromGuest only).
 	QEMU ThreadLoad
+	// Nudges counts the times QEMU's main loop had to be woken because the
+	// host's bytes stopped moving (benchToGuest only; nudge.go).
+	Nudges int
 }
 
 // RoundTrips are 1-byte round-trip latencies measured by the guest.
