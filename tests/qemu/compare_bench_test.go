@@ -1033,7 +1033,7 @@ func (s *suite) trickles() {
 		name  string
 		extra []string
 	}{{"default", nil}, {"--poll off", []string{"--poll", "off"}}} {
-		v, err := s.trickle(c.name, c.extra...)
+		v, err := s.trickle('A', c.name, c.extra...)
 		var exited *errAgentExited
 		var usage *ExitError
 		switch {
@@ -1052,6 +1052,38 @@ func (s *suite) trickles() {
 			s.printf("  default/off %.2f×\n", def/v)
 		}
 	}
+	if s.cfg.BAgent != "" {
+		s.trickleAB(def)
+	}
+}
+
+// trickleAB runs the default trickle through B and A again, alternated
+// (B A A B after the A run of trickles, whose figure is a), and prints
+// A/B of the CPU per message: the median of the three A runs over the
+// median of the two B runs, with each run's figure.
+func (s *suite) trickleAB(a float64) {
+	as, bs := []float64{a}, []float64(nil)
+	for _, arm := range []byte("BAAB") {
+		v, err := s.trickle(arm, fmt.Sprintf("default, %c", arm))
+		if err != nil {
+			s.b.Fatalf("trickle (%c): %v", arm, err)
+		}
+		if arm == 'A' {
+			as = append(as, v)
+		} else {
+			bs = append(bs, v)
+		}
+	}
+	s.printf("  CPU per message, default: A %.0f µs %v, B %.0f µs %v; A/B %.2f×\n",
+		median(as), roundAll(as), median(bs), roundAll(bs), median(as)/median(bs))
+}
+
+func roundAll(vs []float64) []float64 {
+	out := make([]float64, len(vs))
+	for i, v := range vs {
+		out[i] = math.Round(v)
+	}
+	return out
 }
 
 func firstLine(s string) string {
@@ -1063,10 +1095,10 @@ func firstLine(s string) string {
 	return ""
 }
 
-// trickle runs the trickle through an agent started with extra and
-// returns its CPU time per message in µs (from schedstat).
-func (s *suite) trickle(name string, extra ...string) (float64, error) {
-	se, err := s.open('A', extra...)
+// trickle runs the trickle through an agent (arm A or B) started with
+// extra and returns its CPU time per message in µs (from schedstat).
+func (s *suite) trickle(arm byte, name string, extra ...string) (float64, error) {
+	se, err := s.open(arm, extra...)
 	if err != nil {
 		return 0, err
 	}
