@@ -34,11 +34,12 @@
 //     it per skb, and host→guest streams go in batches of 256 KiB with the
 //     receive interrupt delayed until then (rxbatch.go).
 //   - Go's scheduler never sees the loop in a system call on its path:
-//     kicks, the ISR read, the INTx unmask, policy switches and, while a
-//     port streams, its waits (at most 5 ms each) are raw (internal/rawio),
+//     kicks, the ISR read, the INTx unmask, policy switches and, while
+//     traffic moves, its waits (at most 5 ms each) are raw (internal/rawio),
 //     so the runtime's sysmon neither takes the loop's P nor polls fast.
 //     A raw wait that finds nothing sends the loop back to the ordinary,
-//     unbounded epoll_wait.
+//     unbounded epoll_wait. While an in-process endpoint is attached only
+//     streams wait raw: its goroutines need the P a raw wait keeps.
 //   - After a small send (below 32 KiB) the loop may spin on the port's
 //     receive queue for the reply, within the client's budget (Poll:
 //     adaptive, off or fixed; see PollAdaptive). It never spins without a

@@ -92,6 +92,7 @@ type Loop struct {
 	rxStreams int  // clients in rxStream mode
 	rxFlush   bool // deliver what is buffered, batch or not
 	rawIdle   bool // the last raw wait timed out: sleep the ordinary way
+	endpoints int  // in-process clients attached (inproc.go)
 	inRT      bool // the loop's thread is SCHED_FIFO for a pass (batch.go)
 	small     int  // small transfers in a row while batched
 }
@@ -123,6 +124,8 @@ func newLoop(dev *driver.Device, opts Options) (_ *Loop, err error) {
 		byPort:  map[uint32]*client{},
 		evs:     make([]unix.EpollEvent, 64),
 		cpoll:   newSpinner(opts.Poll),
+		// Idle until a client or the device says otherwise (wait.go).
+		rawIdle: true,
 	}
 	defer func() {
 		if err != nil {
@@ -412,6 +415,7 @@ func (l *Loop) attach(c *client) {
 	l.nextID++
 	c.id = l.nextID
 	if c.ep != nil {
+		l.endpoints++
 		l.byPort[id] = c
 		l.active = append(l.active, c)
 		c.pc.sessions.Add(1)
@@ -435,6 +439,9 @@ func (l *Loop) end(c *client, err error) {
 		return
 	}
 	c.ended = true
+	if c.ep != nil {
+		l.endpoints--
+	}
 	if c.fd >= 0 { // an in-process client has none
 		if derr := unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, c.fd, nil); derr != nil && derr != unix.EBADF && derr != unix.ENOENT {
 			l.log.Warn("pump: epoll del", "port", c.port.ID(), "err", derr)

@@ -519,3 +519,52 @@ func TestStreamBatchesAndGoesIdle(t *testing.T) {
 		t.Errorf("after the stream the loop kept waking: %d → %d waits", before["epoll_waits"], after["epoll_waits"])
 	}
 }
+
+// TestRequestReplyWaitsRawUnlessInProcess: between the round trips of a
+// socket client the loop sleeps with raw waits (Go's scheduler neither
+// retakes its P nor wakes sysmon per message), goes back to the ordinary
+// wait once the traffic stops, and never waits raw for request/reply
+// while an in-process endpoint is attached: that endpoint's goroutines
+// need the P the loop would keep.
+func TestRequestReplyWaitsRawUnlessInProcess(t *testing.T) {
+	roundTrips := func(t *testing.T, r *rig, rw io.ReadWriter) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(r.ctx)
+		defer cancel()
+		go echoHost(ctx, r)
+		b := make([]byte, 1)
+		for i := range 200 {
+			if _, err := rw.Write([]byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(rw, b); err != nil || b[0] != byte(i) {
+				t.Fatalf("round trip %d: %v %v", i, b, err)
+			}
+			// Replies spaced beyond any spin, so the loop sleeps.
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	t.Run("socket", func(t *testing.T) {
+		r := newRig(t, rigOpts{poll: Poll{Mode: PollOff}})
+		s := r.attach(1)
+		roundTrips(t, r, s.conn)
+		if c := r.l.Counters(); c["raw_waits"] < 100 {
+			t.Errorf("200 spaced round trips, %d raw waits: %v", c["raw_waits"], c)
+		}
+		time.Sleep(3 * rawWaitMax * time.Millisecond)
+		before := r.l.Counters()
+		time.Sleep(100 * time.Millisecond)
+		if after := r.l.Counters(); after["epoll_waits"] != before["epoll_waits"] || after["passes"] != before["passes"] {
+			t.Errorf("after the round trips the loop kept waking: %d → %d waits", before["epoll_waits"], after["epoll_waits"])
+		}
+	})
+	t.Run("in-process", func(t *testing.T) {
+		r := newRig(t, rigOpts{poll: Poll{Mode: PollOff}})
+		e := r.hold(1)
+		e.SetDeadline(time.Now().Add(testTimeout))
+		roundTrips(t, r, e)
+		if c := r.l.Counters(); c["raw_waits"] != 0 {
+			t.Errorf("an in-process endpoint attached, yet %d raw waits: %v", c["raw_waits"], c)
+		}
+	})
+}

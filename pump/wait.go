@@ -6,11 +6,13 @@ import (
 	"github.com/vserial/vserial/internal/rawio"
 )
 
-// wait sleeps in epoll_wait until an event or l.timeout(). While a port
-// streams (batch mode) it waits with a raw system call (rawio.EpollWait),
-// at most rawWaitMax at a time; otherwise, and once a raw wait ended with
-// nothing to do, the ordinary way (unix.EpollWait), so that an idle loop
-// sleeps without a deadline.
+// wait sleeps in epoll_wait until an event or l.timeout(). While traffic
+// moves (after a client's or the device's event) it waits with a raw
+// system call (rawio.EpollWait), at most rawWaitMax at a time; once a raw
+// wait ended with nothing to do, the ordinary way (unix.EpollWait), so
+// that an idle loop sleeps without a deadline. With an in-process endpoint
+// attached only streams wait raw: the endpoint's goroutines need the P
+// that a raw wait keeps (GOMAXPROCS is 1 on one vCPU).
 //
 // Why: Go's scheduler sees the loop goroutine, which never yields (it is
 // locked to its thread and its hot system calls are raw), as running for
@@ -20,10 +22,13 @@ import (
 // millisecond or so. On one vCPU each sysmon wake-up preempts the client:
 // a process switch. Measured in the guest, a stream woke sysmon 8–16
 // times per MiB with the ordinary wait and 4–6 with the raw one
-// (sysmon_vcsw in the benchmark's counters).
+// (sysmon_vcsw in the benchmark's counters). Between messages the same
+// holds: each ordinary wait gives the P up, and the wake-up after it
+// takes one back and wakes sysmon, which then polls every 20 µs for a
+// millisecond (1.2–1.8 sysmon wake-ups per message of a 1 ms trickle).
 func (l *Loop) wait() (int, error) {
 	t := l.timeout()
-	if l.batch && !l.rawIdle {
+	if !l.rawIdle && (l.batch || l.endpoints == 0) {
 		if t < 0 || t > rawWaitMax {
 			t = rawWaitMax
 		}
@@ -38,10 +43,22 @@ func (l *Loop) wait() (int, error) {
 		return n, nil
 	}
 	n, err := unix.EpollWait(l.ep, l.evs, t)
-	if n > 0 {
+	if n > 0 && l.dataEvent(n) {
 		l.rawIdle = false
 	}
 	return n, err
+}
+
+// dataEvent reports whether l.evs[:n] holds more than commands: a client's
+// or the device's event, after which traffic may follow soon. A command
+// (the control plane) does not make the loop wait raw.
+func (l *Loop) dataEvent(n int) bool {
+	for _, ev := range l.evs[:n] {
+		if ev.Fd != tagCmd {
+			return true
+		}
+	}
+	return false
 }
 
 // rawWaitMax bounds one raw wait (ms): a stream that stops costs the loop
