@@ -1,13 +1,11 @@
 package qemu
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,8 +15,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/vserial/vserial/tests/qemu/internal/wire"
 )
 
 // Port is a virtserialport (or virtconsole) on the device under test,
@@ -392,69 +388,6 @@ func (g *Guest) addPort(p Port, defNr int) Port {
 	return p
 }
 
-func (g *Guest) readConsole(stdout io.Reader) {
-	br := bufio.NewReaderSize(stdout, 64<<10)
-	for {
-		line, err := br.ReadString('\n')
-		if line != "" {
-			g.consoleLine(line)
-		}
-		if err != nil {
-			break
-		}
-	}
-	err := g.cmd.Wait()
-	g.mu.Lock()
-	g.exitErr = err
-	g.mu.Unlock()
-	close(g.exited)
-}
-
-func (g *Guest) consoleLine(line string) {
-	_, _ = g.conLog.WriteString(line)
-	r, ok, err := wire.ParseReply(line)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if !ok || err != nil {
-		g.tail = append(g.tail, strings.TrimRight(line, "\r\n"))
-		if len(g.tail) > 400 {
-			g.tail = g.tail[len(g.tail)-300:]
-		}
-		return
-	}
-	if r.Kind == wire.KindReady {
-		select {
-		case <-g.ready:
-		default:
-			close(g.ready)
-		}
-		return
-	}
-	c := g.calls[r.ID]
-	if c == nil {
-		return
-	}
-	switch r.Kind {
-	case wire.KindPID:
-		c.pid <- r.Int
-	case wire.KindOut:
-		c.out.Write(r.Data)
-	case wire.KindEnd:
-		c.code = r.Int
-		delete(g.calls, r.ID)
-		entry := fmt.Sprintf("#%d %s → exit %d (%v)", r.ID, shellJoin(c.argv), c.code, time.Since(c.start).Round(time.Millisecond))
-		if c.code != 0 {
-			out := c.out.String()
-			if len(out) > 4096 {
-				out = "..." + out[len(out)-4096:]
-			}
-			entry += "\n\t" + strings.ReplaceAll(strings.TrimSpace(out), "\n", "\n\t")
-		}
-		g.transcript = append(g.transcript, entry)
-		close(c.done)
-	}
-}
-
 func (g *Guest) shutdown(t testing.TB, stderr *os.File) {
 	if g.QMP != nil {
 		g.QMP.Close()
@@ -493,187 +426,6 @@ func (g *Guest) Console() string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return strings.Join(g.tail, "\n")
-}
-
-// Proc is a command started in the guest.
-type Proc struct {
-	g   *Guest
-	id  uint64
-	c   *call
-	Pid int
-}
-
-// Start runs argv in the guest without waiting for it to finish. argv[0] is
-// a helper built-in (see tests/qemu/guest) or a program in the guest's PATH.
-func (g *Guest) Start(ctx context.Context, argv ...string) (*Proc, error) {
-	if len(argv) == 0 {
-		return nil, errors.New("guest: empty command")
-	}
-	c := &call{argv: argv, start: time.Now(), pid: make(chan int, 1), done: make(chan struct{})}
-	g.mu.Lock()
-	g.nextID++
-	id := g.nextID
-	g.calls[id] = c
-	g.mu.Unlock()
-	line := wire.Command{ID: id, Background: true, Argv: argv}.Encode()
-	g.wmu.Lock()
-	_, err := io.WriteString(g.stdin, line)
-	g.wmu.Unlock()
-	if err != nil {
-		return nil, fmt.Errorf("guest: sending %q: %w", argv[0], err)
-	}
-	p := &Proc{g: g, id: id, c: c}
-	select {
-	case p.Pid = <-c.pid:
-		return p, nil
-	case <-c.done: // could not start
-		return p, p.result()
-	case <-g.exited:
-		return nil, ErrGuestExited
-	case <-ctx.Done():
-		return nil, fmt.Errorf("guest: starting %s: %w", strings.Join(argv, " "), ctx.Err())
-	}
-}
-
-func (p *Proc) result() error {
-	if p.c.code != 0 {
-		return &ExitError{Argv: p.c.argv, Code: p.c.code, Output: p.c.out.String()}
-	}
-	return nil
-}
-
-// Exited reports whether the command has finished.
-func (p *Proc) Exited() bool {
-	select {
-	case <-p.c.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// Wait waits for the command to finish and returns its combined output;
-// the error is an *ExitError when it exited non-zero.
-func (p *Proc) Wait(ctx context.Context) (string, error) {
-	select {
-	case <-p.c.done:
-		return p.c.out.String(), p.result()
-	case <-p.g.exited:
-		return "", ErrGuestExited
-	case <-ctx.Done():
-		return "", fmt.Errorf("guest: waiting for %s: %w", strings.Join(p.c.argv, " "), ctx.Err())
-	}
-}
-
-// Run runs argv in the guest and returns its combined output.
-func (g *Guest) Run(ctx context.Context, argv ...string) (string, error) {
-	p, err := g.Start(ctx, argv...)
-	if err != nil {
-		return "", err
-	}
-	return p.Wait(ctx)
-}
-
-// MustRun runs argv and fails the test if it does not exit 0.
-func (g *Guest) MustRun(t testing.TB, argv ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
-	out, err := g.Run(ctx, argv...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-// Port returns the port with the given name (with Nr and ID filled in); an
-// unnamed port is looked up by its ID.
-func (g *Guest) Port(name string) (Port, bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	p, ok := g.ports[name]
-	return p, ok
-}
-
-// PortSocket is the host socket QEMU listens on for the named port (an
-// unnamed one: by ID).
-func (g *Guest) PortSocket(name string) string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.socks[name]
-}
-
-// DialPort connects to the named port's host socket, which makes the port
-// host-connected for the guest. QEMU serves one connection per port at a
-// time. The connection is closed when the test ends.
-func (g *Guest) DialPort(t testing.TB, name string) *net.UnixConn {
-	t.Helper()
-	sock := g.PortSocket(name)
-	if sock == "" {
-		t.Fatalf("guest: no port named %q", name)
-	}
-	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		t.Fatalf("guest: port %s: %v", name, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// HotplugPort adds a port to the running device (chardev-add + device_add)
-// and returns it with Nr and ID filled in; Nr must be set. A port without a
-// Name is hot-plugged without one and known by its ID.
-func (g *Guest) HotplugPort(ctx context.Context, p Port) (Port, error) {
-	if p.Nr == 0 {
-		return p, errors.New("guest: hot-plugged ports need an explicit Nr")
-	}
-	p = g.addPort(p, p.Nr)
-	chardev := fmt.Sprintf("c%d", p.Nr)
-	_, err := g.QMP.Execute(ctx, "chardev-add", map[string]any{
-		"id": chardev,
-		"backend": map[string]any{"type": "socket", "data": map[string]any{
-			"addr":   map[string]any{"type": "unix", "data": map[string]any{"path": g.PortSocket(p.key())}},
-			"server": true, "wait": false,
-		}},
-	})
-	if err != nil {
-		return p, err
-	}
-	dev := map[string]any{
-		"driver": p.device(), "bus": "vs0.0", "chardev": chardev,
-		"nr": p.Nr, "id": p.ID,
-	}
-	if p.Name != "" {
-		dev["name"] = p.Name
-	}
-	_, err = g.QMP.Execute(ctx, "device_add", dev)
-	return p, err
-}
-
-// UnplugPort removes a port (device_del, wait for DEVICE_DELETED,
-// chardev-remove).
-func (g *Guest) UnplugPort(ctx context.Context, name string) error {
-	p, ok := g.Port(name)
-	if !ok {
-		return fmt.Errorf("guest: no port named %q", name)
-	}
-	mark := g.QMP.Mark()
-	if _, err := g.QMP.Execute(ctx, "device_del", map[string]any{"id": p.ID}); err != nil {
-		return err
-	}
-	if _, _, err := g.QMP.WaitEvent(ctx, mark, "DEVICE_DELETED", func(e Event) bool {
-		return bytes.Contains(e.Data, []byte(strconv.Quote(p.ID)))
-	}); err != nil {
-		return err
-	}
-	if _, err := g.QMP.Execute(ctx, "chardev-remove", map[string]any{"id": fmt.Sprintf("c%d", p.Nr)}); err != nil {
-		return err
-	}
-	g.mu.Lock()
-	delete(g.ports, p.key())
-	delete(g.socks, p.key())
-	g.mu.Unlock()
-	return nil
 }
 
 // shellJoin quotes args for a POSIX shell.
