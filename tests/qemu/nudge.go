@@ -17,10 +17,10 @@ import (
 // benchmark's kernel-driver arm stalled that way once for five minutes
 // (2026-12-04). vserial's driver notifies after PORT_OPEN (driver/port.go).
 //
-// nudgeStalled therefore has QEMU's main loop make a pass (any QMP
-// command does) each time a transfer's host side has not moved for
-// stallAfter, and counts those nudges: a kernel-driver round carries on
-// and says so, and a vserial round that needed one has a bug to report.
+// watchStall therefore has QEMU's main loop make a pass (any QMP command
+// does) each time a transfer's host side has not moved for stallAfter,
+// and counts those nudges: a kernel-driver round carries on and says so,
+// and a vserial round that needed one has a bug to report.
 
 // stallAfter is how long a transfer may stand still (a variable for the
 // unit test).
@@ -36,6 +36,8 @@ type stallWatch struct {
 	ended    chan struct{}
 }
 
+// watchStall starts watching a transfer into g; the writer adds to moved
+// as it goes and sets finished at its end, and stop ends the watch.
 func watchStall(ctx context.Context, g *Guest) *stallWatch {
 	w := &stallWatch{done: make(chan struct{}), ended: make(chan struct{})}
 	go func() {
