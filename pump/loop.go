@@ -337,10 +337,12 @@ func (l *Loop) events(n int) (stop bool) {
 				continue
 			}
 			fired |= 1 << min(ev.Pad, 63)
+			l.rawIdle = false // traffic moves: wait raw (wait.go)
 		case tagCmd:
 			stop = l.commands() || stop
 		case tagClient:
 			if c := l.clients[ev.Pad]; c != nil {
+				l.rawIdle = false
 				l.stats.clientEvents.Add(1)
 				c.events(ev.Events)
 				// A request that came while the loop slept still teaches

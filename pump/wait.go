@@ -42,23 +42,9 @@ func (l *Loop) wait() (int, error) {
 		}
 		return n, nil
 	}
-	n, err := unix.EpollWait(l.ep, l.evs, t)
-	if n > 0 && l.dataEvent(n) {
-		l.rawIdle = false
-	}
-	return n, err
-}
-
-// dataEvent reports whether l.evs[:n] holds more than commands: a client's
-// or the device's event, after which traffic may follow soon. A command
-// (the control plane) does not make the loop wait raw.
-func (l *Loop) dataEvent(n int) bool {
-	for _, ev := range l.evs[:n] {
-		if ev.Fd != tagCmd {
-			return true
-		}
-	}
-	return false
+	// events clears rawIdle on a client's or the device's event; a
+	// command (the control plane) does not make the loop wait raw.
+	return unix.EpollWait(l.ep, l.evs, t)
 }
 
 // rawWaitMax bounds one raw wait (ms): a stream that stops costs the loop
