@@ -102,7 +102,7 @@ func benchToGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string
 		err  error
 	}
 	wc := make(chan written, 1)
-	watch := watchStall(ctx, g)
+	watch := watchStall(ctx, g, n)
 	go func() {
 		t0 := SampleThreads(g.QEMUPid())
 		for left := n; left > 0; {
@@ -114,7 +114,6 @@ func benchToGuest(ctx context.Context, g *Guest, conn net.Conn, guestPath string
 			left -= k
 			watch.moved.Add(k)
 		}
-		watch.finished.Store(true)
 		wc <- written{qemu: SampleThreads(g.QEMUPid()).Since(t0)}
 	}()
 	out, err := p.Wait(ctx)

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -91,18 +90,11 @@ func (s *suite) multiToGuest(se *session, n int64) (float64, error) {
 	block := patternBlock(3)
 	var wg sync.WaitGroup
 	errs := make([]error, len(s.conns))
-	watch := watchStall(s.ctx, s.g)
-	var writing atomic.Int32
-	writing.Store(int32(len(s.conns)))
+	watch := watchStall(s.ctx, s.g, n*int64(len(s.conns)))
 	for i, c := range s.conns {
 		done := deadline(s.ctx, c)
 		wg.Go(func() {
 			defer done()
-			defer func() {
-				if writing.Add(-1) == 0 {
-					watch.finished.Store(true)
-				}
-			}()
 			for left := n; left > 0; {
 				k := min(int64(len(block)), left)
 				if _, err := c.Write(block[:k]); err != nil {

@@ -60,16 +60,9 @@ func (s *suite) trickleAB(a float64) {
 			bs = append(bs, v)
 		}
 	}
-	s.printf("  CPU per message, default: A %.0f µs %v, B %.0f µs %v; A/B %.2f×\n",
-		median(as), roundAll(as), median(bs), roundAll(bs), median(as)/median(bs))
-}
-
-func roundAll(vs []float64) []float64 {
-	out := make([]float64, len(vs))
-	for i, v := range vs {
-		out[i] = math.Round(v)
-	}
-	return out
+	// %.0f formats each element of a slice.
+	s.printf("  CPU per message, default: A %.0f µs %.0f, B %.0f µs %.0f; A/B %.2f×\n",
+		median(as), as, median(bs), bs, median(as)/median(bs))
 }
 
 func firstLine(s string) string {

@@ -27,19 +27,21 @@ import (
 var stallAfter = time.Second
 
 // stallWatch follows a host writer's progress (moved, bytes written so
-// far) until stop is called, and nudges QEMU's main loop when it stalls.
+// far, out of total) until stop is called, and nudges QEMU's main loop
+// when it stalls.
 type stallWatch struct {
-	moved    atomic.Int64
-	finished atomic.Bool // the host wrote everything: nothing left to stall
-	nudges   atomic.Int64
-	done     chan struct{}
-	ended    chan struct{}
+	moved  atomic.Int64
+	total  int64
+	nudges atomic.Int64
+	done   chan struct{}
+	ended  chan struct{}
 }
 
-// watchStall starts watching a transfer into g; the writer adds to moved
-// as it goes and sets finished at its end, and stop ends the watch.
-func watchStall(ctx context.Context, g *Guest) *stallWatch {
-	w := &stallWatch{done: make(chan struct{}), ended: make(chan struct{})}
+// watchStall starts watching a transfer of total bytes into g; the writer
+// adds to moved as it goes, and stop ends the watch. Once all is written
+// nothing is left to stall.
+func watchStall(ctx context.Context, g *Guest, total int64) *stallWatch {
+	w := &stallWatch{total: total, done: make(chan struct{}), ended: make(chan struct{})}
 	go func() {
 		defer close(w.ended)
 		t := time.NewTicker(stallAfter)
@@ -53,7 +55,7 @@ func watchStall(ctx context.Context, g *Guest) *stallWatch {
 				return
 			case <-t.C:
 			}
-			if now := w.moved.Load(); now != last || w.finished.Load() {
+			if now := w.moved.Load(); now != last || now >= w.total {
 				last = now
 				continue
 			}

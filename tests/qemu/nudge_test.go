@@ -42,8 +42,10 @@ func TestStallWatchNudgesOnlyAStandingTransfer(t *testing.T) {
 		{"standing", false, false, true},
 	} {
 		before := queries.Load()
-		w := watchStall(ctx, g)
-		w.finished.Store(c.fin)
+		w := watchStall(ctx, g, 1<<20)
+		if c.fin {
+			w.moved.Store(w.total)
+		}
 		for range 40 { // 400 ms: ten times stallAfter
 			if c.move {
 				w.moved.Add(1)
