@@ -14,6 +14,7 @@ type loopCounters struct {
 	policySwitches, rtCalls, rtPass  atomic.Uint64
 	epollPolls, rawWaits             atomic.Uint64
 	clientPollHits, clientPollMisses atomic.Uint64
+	spaceEdges                       atomic.Uint64
 }
 
 // portCounters are one port's loop counters, kept across its clients.
@@ -52,6 +53,7 @@ func (l *Loop) Counters() map[string]uint64 {
 		"raw_waits":          s.rawWaits.Load(),
 		"client_poll_hits":   s.clientPollHits.Load(),
 		"client_poll_misses": s.clientPollMisses.Load(),
+		"client_poll_space":  s.spaceEdges.Load(),
 		"interrupts":         ds.Interrupts,
 		"kicks":              ds.Kicks,
 		"unmasks":            ds.Unmasks,

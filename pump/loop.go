@@ -346,8 +346,12 @@ func (l *Loop) events(n int) (stop bool) {
 				l.stats.clientEvents.Add(1)
 				c.events(ev.Events)
 				// A request that came while the loop slept still teaches
-				// the client poll how soon requests follow replies.
-				l.cpoll.reply(nanotime(), false)
+				// the client poll how soon requests follow replies (an
+				// EPOLLOUT edge alone is the client taking its reply:
+				// spaceOnly).
+				if ev.Events&^uint32(unix.EPOLLOUT) != 0 {
+					l.cpoll.reply(nanotime(), false)
+				}
 			}
 		}
 	}
