@@ -169,4 +169,12 @@ func TestBenchConfigFromEnv(t *testing.T) {
 	if cfg, err = benchConfigFromEnv(); err != nil || cfg.BAgent != bin || (&suite{cfg: cfg}).arms() != "KSAGB" {
 		t.Errorf("B agent: got %+v, %v", cfg, err)
 	}
+	t.Setenv(EnvBenchBAgent, "")
+	if cfg, err = benchConfigFromEnv(); err != nil || (&suite{cfg: cfg}).arms() != "KSAG" {
+		t.Errorf("no B agent, no B flags: got %+v, %v; want no B arm", cfg, err)
+	}
+	t.Setenv(EnvBenchBArgs, " --poll  off ")
+	if cfg, err = benchConfigFromEnv(); err != nil || cfg.BAgent != "" || !slices.Equal(cfg.BArgs, []string{"--poll", "off"}) || (&suite{cfg: cfg}).arms() != "KSAGB" {
+		t.Errorf("B flags alone: got %+v, %v; want A's build with --poll off as B", cfg, err)
+	}
 }

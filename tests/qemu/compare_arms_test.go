@@ -41,11 +41,14 @@ func (s *suite) open(arm byte, extra ...string) (*session, error) {
 	se := &session{arm: arm}
 	if arm == 'A' || arm == 'B' {
 		path := AgentPath
-		if arm == 'B' {
+		if arm == 'B' && s.cfg.BAgent != "" {
 			path = benchAgentB
 		}
 		args := []string{"--log-level", "info", "--bind", s.bind, "--device", s.addr}
 		args = append(args, strings.Fields(os.Getenv(EnvBenchAgentArgs))...)
+		if arm == 'B' {
+			args = append(args, s.cfg.BArgs...)
+		}
 		args = append(args, extra...)
 		p, err := StartAgentAt(s.ctx, s.g, path, args...)
 		if err != nil {

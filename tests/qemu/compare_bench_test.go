@@ -116,6 +116,10 @@ const (
 	// another commit, say) to run as a fifth arm, B, in the main rounds
 	// beside A, with the same flags: two builds compared in one boot.
 	EnvBenchBAgent = "VSERIAL_BENCH_B_AGENT"
+	// EnvBenchBArgs adds `run` flags (split at spaces) to the B arm only,
+	// after EnvBenchAgentArgs. Without EnvBenchBAgent, B is A's own build
+	// with these flags: two settings compared in one boot.
+	EnvBenchBArgs = "VSERIAL_BENCH_B_ARGS"
 	// EnvBenchClient chooses the guest clients of the K, S and A arms:
 	// "c" (the default; "raw" is the same) uses blocking descriptors and
 	// system calls that Go's runtime does not see, as a client written in
@@ -138,16 +142,23 @@ type benchConfig struct {
 	// RawClient: the K, S and A clients use blocking descriptors and
 	// raw system calls (EnvBenchClient).
 	RawClient bool
-	// BAgent: a host path of the B arm's agent binary ("": no B arm).
+	// BAgent: a host path of the B arm's agent binary ("": A's build,
+	// if there is a B arm at all).
 	BAgent string
+	// BArgs: more `run` flags for the B arm (EnvBenchBArgs).
+	BArgs []string
 }
+
+// hasB reports whether the main rounds, the 8-port rounds and the trickle
+// have a B arm: another build, other flags, or both.
+func (c benchConfig) hasB() bool { return c.BAgent != "" || len(c.BArgs) > 0 }
 
 // benchAgentB is where the B arm's agent goes in the guest.
 const benchAgentB = "/bin/vserial-agent-b"
 
 // arms are the main rounds' arms: K, S, A, G, and B with EnvBenchBAgent.
 func (s *suite) arms() string {
-	if s.cfg.BAgent != "" {
+	if s.cfg.hasB() {
 		return "KSAGB"
 	}
 	return "KSAG"
@@ -195,7 +206,8 @@ func benchConfigFromEnv() (benchConfig, error) {
 		err6 = fmt.Errorf("%s=%q: want rtt, h2g or g2h", EnvBenchTracePhase, phase)
 	}
 	cfg := benchConfig{Bytes: int64(mib) << 20, RTTs: rtts, Rounds: rounds, Trace: trace,
-		SchedTrace: os.Getenv(EnvBenchSchedTrace), TracePhase: phase, RawClient: raw, BAgent: bAgent}
+		SchedTrace: os.Getenv(EnvBenchSchedTrace), TracePhase: phase, RawClient: raw, BAgent: bAgent,
+		BArgs: strings.Fields(os.Getenv(EnvBenchBArgs))}
 	return cfg, errors.Join(err1, err2, err3, err4, err5, err6)
 }
 

@@ -18,7 +18,7 @@ func (s *suite) multiRounds() {
 	agg := map[string][]float64{}
 	for r := 0; r <= s.cfg.Rounds; r++ {
 		arms := "KA"
-		if s.cfg.BAgent != "" {
+		if s.cfg.hasB() {
 			arms = "KAB"
 		}
 		for _, arm := range []byte(abba(arms, r)) {

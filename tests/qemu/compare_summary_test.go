@@ -90,7 +90,7 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 			line = append(line, fmt.Sprintf("%s %.1f, A/B %s", m.name, median(bb), sp))
 			s.b.ReportMetric(sp.Med, m.key+"-A/B")
 		}
-		s.printf("B (%s, medians of the rounds): %s\n", EnvBenchBAgent, strings.Join(line, "; "))
+		s.printf("B (%s, medians of the rounds): %s\n", s.bLabel(), strings.Join(line, "; "))
 	}
 
 	kp50 := percentile(pooled('K'), 50)
@@ -126,4 +126,16 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 		s.b.ReportMetric(percentile(pooled(arm), 50), string(arm)+"-rtt-p50-µs")
 	}
 	return fmt.Sprintf("%s (%.0f µs); the full report is on standard output\n%s", floorLine, floor, table.String())
+}
+
+// bLabel says what the B arm is: the other build, its extra flags, or both.
+func (s *suite) bLabel() string {
+	var what []string
+	if s.cfg.BAgent != "" {
+		what = append(what, EnvBenchBAgent)
+	}
+	if len(s.cfg.BArgs) > 0 {
+		what = append(what, fmt.Sprintf("%s=%q", EnvBenchBArgs, strings.Join(s.cfg.BArgs, " ")))
+	}
+	return strings.Join(what, ", ")
 }

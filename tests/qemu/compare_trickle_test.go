@@ -38,7 +38,7 @@ func (s *suite) trickles() {
 			s.printf("  default/off %.2f×\n", def/v)
 		}
 	}
-	if s.cfg.BAgent != "" {
+	if s.cfg.hasB() {
 		s.trickleAB(def)
 	}
 }
