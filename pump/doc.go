@@ -43,7 +43,10 @@
 //   - After a small send (below 32 KiB) the loop may spin on the port's
 //     receive queue for the reply, within the client's budget (Poll:
 //     adaptive, off or fixed; see PollAdaptive). It never spins without a
-//     send just made, so an idle loop costs no CPU.
+//     send just made, so an idle loop costs no CPU. On more than one CPU
+//     it also polls its epoll set after a small reply, for the client's
+//     next request (clientpoll.go); the EPOLLOUT edge of the client taking
+//     that reply is not a request and does not end the poll.
 //   - Serve attaches a descriptor and blocks until the client is done; the
 //     semantics (host gating, hang-up while the host is away, EOF flushed
 //     before the end, one client per port, device resets reported as
