@@ -72,7 +72,7 @@ func (l *Loop) pollClients() int {
 // by the request). They are counted as client events and dropped.
 func (l *Loop) spaceOnly(n int) bool {
 	for _, ev := range l.evs[:n] {
-		if ev.Fd != tagClient || ev.Events&^uint32(unix.EPOLLOUT) != 0 {
+		if ev.Fd != tagClient || !spaceEdge(ev.Events) {
 			return false
 		}
 		if c := l.clients[ev.Pad]; c == nil || !c.writable {
@@ -83,3 +83,7 @@ func (l *Loop) spaceOnly(n int) bool {
 	l.stats.spaceEdges.Add(uint64(n))
 	return true
 }
+
+// spaceEdge reports whether a client's epoll events say only that its
+// descriptor can be written to: the peer took bytes, nothing came in.
+func spaceEdge(events uint32) bool { return events&^uint32(unix.EPOLLOUT) == 0 }

@@ -349,7 +349,7 @@ func (l *Loop) events(n int) (stop bool) {
 				// the client poll how soon requests follow replies (an
 				// EPOLLOUT edge alone is the client taking its reply:
 				// spaceOnly).
-				if ev.Events&^uint32(unix.EPOLLOUT) != 0 {
+				if !spaceEdge(ev.Events) {
 					l.cpoll.reply(nanotime(), false)
 				}
 			}

@@ -156,7 +156,7 @@ func (c benchConfig) hasB() bool { return c.BAgent != "" || len(c.BArgs) > 0 }
 // benchAgentB is where the B arm's agent goes in the guest.
 const benchAgentB = "/bin/vserial-agent-b"
 
-// arms are the main rounds' arms: K, S, A, G, and B with EnvBenchBAgent.
+// arms are the main rounds' arms: K, S, A, G, and B when there is one (hasB).
 func (s *suite) arms() string {
 	if s.cfg.hasB() {
 		return "KSAGB"

@@ -99,11 +99,11 @@ func (s *suite) traced(arm byte, phase string, run func() error) error {
 	name := filepath.Join(s.cfg.SchedTrace, fmt.Sprintf("trace-%02d-%c-%s.txt", s.traces, arm, phase))
 	if phase == "rtt" && (arm == 'A' || arm == 'B') {
 		// Who ran in the slowest round trips (schedtail.go).
-		if st, err := AnalyzeSchedTail(out, s.cfg.RTTs, "vserial-agent"); err == nil {
-			s.printf("      %c scheduler trace (%s): %v\n", arm, filepath.Base(name), st)
-		} else {
-			s.printf("      %c scheduler trace (%s): %v\n", arm, filepath.Base(name), err)
+		var said any
+		if said, err = AnalyzeSchedTail(out, s.cfg.RTTs, "vserial-agent"); err != nil {
+			said = err
 		}
+		s.printf("      %c scheduler trace (%s): %v\n", arm, filepath.Base(name), said)
 	}
 	return os.WriteFile(name, []byte(out), 0o644)
 }

@@ -59,7 +59,7 @@ func AnalyzeSchedTail(trace string, rtts int, agentComm string) (SchedTail, erro
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		m := schedLine.FindStringSubmatch(sc.Text())
-		if m == nil || strings.HasPrefix(strings.TrimSpace(m[0]), "#") {
+		if m == nil { // comments and the trace's header
 			continue
 		}
 		pid, _ := strconv.Atoi(m[2])
