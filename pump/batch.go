@@ -1,6 +1,8 @@
 package pump
 
 import (
+	"runtime"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/vserial/vserial/internal/rawio"
@@ -15,7 +17,8 @@ import (
 // runs, and each switch moves up to the whole buffer. The loop switches
 // back to SCHED_OTHER at the first small transfer, so request/reply
 // traffic keeps its wake-up latency. The loop goroutine is locked to its
-// thread, so the policy stays with it.
+// thread while the policy is not the default (holdThread), so the policy
+// stays with it.
 const (
 	// streamBytes: a readv or writev at least this large means a stream.
 	streamBytes = 16 << 10
@@ -51,14 +54,42 @@ func (l *Loop) setPolicy(batch bool) {
 		l.stats.policySwitches.Add(1)
 		return
 	}
+	if batch {
+		l.holdThread()
+	}
 	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: l.fairPolicy(batch)}
 	if err := rawio.SchedSetAttr(&attr); err != 0 {
 		l.batchBroken = true
 		l.log.Warn("pump: cannot change the loop's scheduling policy; streams are not batched", "err", err)
+		if !batch {
+			// Stuck in SCHED_BATCH: the thread stays the loop's.
+			l.policyStuck = true
+		}
+		l.releaseThread()
 		return
 	}
 	l.batch = batch
 	l.stats.policySwitches.Add(1)
+	l.releaseThread()
+}
+
+// holdThread locks the loop goroutine to its thread before the thread's
+// policy leaves the default; releaseThread unlocks it once the policy is
+// the default again. Between the two Go may run the goroutine on any
+// thread, and parks it in the poller (wait.go); a thread with another
+// policy must never run other goroutines.
+func (l *Loop) holdThread() {
+	if !l.locked {
+		runtime.LockOSThread()
+		l.locked = true
+	}
+}
+
+func (l *Loop) releaseThread() {
+	if l.locked && !l.pinned && !l.batch && !l.inRT && !l.policyStuck {
+		runtime.UnlockOSThread()
+		l.locked = false
+	}
 }
 
 // Even SCHED_BATCH does not keep the client from preempting the loop in
@@ -91,10 +122,12 @@ func (l *Loop) enterRT() bool {
 	if l.rtBroken || l.inRT {
 		return false
 	}
+	l.holdThread()
 	fifo := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 1}
 	if err := rawio.SchedSetAttr(&fifo); err != 0 {
 		l.rtBroken = true
 		l.log.Info("pump: bulk transfers cannot run real-time; they may be preempted per skb", "err", err)
+		l.releaseThread()
 		return false
 	}
 	l.inRT = true
@@ -119,9 +152,13 @@ func (l *Loop) rtBack() {
 		l.log.Warn("pump: leave SCHED_FIFO", "err", err)
 		l.rtBroken = true
 		def := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
-		_ = rawio.SchedSetAttr(&def)
+		if rawio.SchedSetAttr(&def) != 0 {
+			// Stuck in SCHED_FIFO: the thread stays the loop's.
+			l.policyStuck = true
+		}
 		l.batch = false
 	}
+	l.releaseThread()
 }
 
 // rtCall runs call with the loop's thread SCHED_FIFO when the loop is

@@ -14,7 +14,7 @@ type loopCounters struct {
 	policySwitches, rtCalls, rtPass  atomic.Uint64
 	epollPolls, rawWaits             atomic.Uint64
 	clientPollHits, clientPollMisses atomic.Uint64
-	spaceEdges                       atomic.Uint64
+	spaceEdges, parks, yields        atomic.Uint64
 }
 
 // portCounters are one port's loop counters, kept across its clients.
@@ -51,6 +51,8 @@ func (l *Loop) Counters() map[string]uint64 {
 		"rt_passes":          s.rtPass.Load(),
 		"epoll_polls":        s.epollPolls.Load(),
 		"raw_waits":          s.rawWaits.Load(),
+		"parks":              s.parks.Load(),
+		"yields":             s.yields.Load(),
 		"client_poll_hits":   s.clientPollHits.Load(),
 		"client_poll_misses": s.clientPollMisses.Load(),
 		"client_poll_space":  s.spaceEdges.Load(),

@@ -10,9 +10,11 @@
 //
 // # Contract
 //
-//   - One goroutine per device, blocked only in one epoll_wait over the
-//     interrupt descriptors (/dev/uioN, or each MSI-X eventfd), a command
-//     eventfd and the attached client descriptors, all edge-triggered.
+//   - One goroutine per device, sleeping only on one epoll set (in
+//     epoll_wait, or parked in Go's poller on the set's descriptor: see
+//     below) over the interrupt descriptors (/dev/uioN, or each MSI-X
+//     eventfd), a command eventfd and the attached client descriptors, all
+//     edge-triggered.
 //     Client descriptors never enter Go's poller; readiness is kept as flags
 //     and cleared by a short read or write, so no call is made only to hear
 //     EAGAIN.
@@ -34,12 +36,15 @@
 //     it per skb, and host→guest streams go in batches of 256 KiB with the
 //     receive interrupt delayed until then (rxbatch.go).
 //   - Go's scheduler never sees the loop in a system call on its path:
-//     kicks, the ISR read, the INTx unmask, policy switches and, while
-//     traffic moves, its waits (at most 5 ms each) are raw (internal/rawio),
-//     so the runtime's sysmon neither takes the loop's P nor polls fast.
-//     A raw wait that finds nothing sends the loop back to the ordinary,
-//     unbounded epoll_wait. While an in-process endpoint is attached only
-//     streams wait raw: its goroutines need the P a raw wait keeps.
+//     kicks, the ISR read, the INTx unmask and policy switches are raw
+//     (internal/rawio), and so are its waits while a stream runs batched
+//     (at most 5 ms each). Otherwise, on one P (GOMAXPROCS 1) the loop
+//     parks in Go's poller between events and goes through the scheduler
+//     at least every 5 ms when it does not, so that the runtime's sysmon
+//     sleeps and never preempts it; on several Ps it is locked to its
+//     thread and waits raw while traffic moves (not while an in-process
+//     endpoint is attached: its goroutines need the P a raw wait keeps),
+//     and with an ordinary epoll_wait otherwise (wait.go).
 //   - After a small send (below 32 KiB) the loop may spin on the port's
 //     receive queue for the reply, within the client's budget (Poll:
 //     adaptive, off or fixed; see PollAdaptive). It never spins without a

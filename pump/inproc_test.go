@@ -96,56 +96,63 @@ func TestEndpointBytesBothWaysByteExact(t *testing.T) {
 // the host echoing: a wake-up lost between a Read's look and its wait
 // (or a Write's) hangs one of them until the test times out.
 func TestEndpointRoundTripsNoLostWakeup(t *testing.T) {
-	for _, mode := range []string{"adaptive", "off"} {
-		for _, irq := range interrupts {
-			t.Run(mode+"/"+irq.name, func(t *testing.T) {
-				poll, _ := ParsePoll(mode)
-				r := newRig(t, rigOpts{vectors: irq.vectors, poll: poll})
-				e := r.hold(1)
-				ctx, cancel := context.WithCancel(r.ctx)
-				defer cancel()
-				go echoHost(ctx, r)
-				var b [1]byte
-				for i := range 2000 {
-					e.SetDeadline(time.Now().Add(testTimeout))
-					if _, err := e.Write([]byte{byte(i)}); err != nil {
-						t.Fatalf("round trip %d: write: %v", i, err)
-					}
-					if _, err := e.Read(b[:]); err != nil {
-						t.Fatalf("round trip %d: read: %v; loop %v; port %v; host pending %d, rx buffered %d pending %v", i, err, r.l.Counters(), r.l.PortCounters(1), r.m.HostPending(1), e.port.RxBuffered(), e.port.RxPending())
-					}
-					if b[0] != byte(i) {
-						t.Fatalf("round trip %d: got %d", i, b[0])
-					}
-				}
-				pc := r.l.PortCounters(1)
-				spins := pc["spin_hits"] + pc["spin_misses"]
-				if mode == "off" && spins != 0 {
-					t.Errorf("--poll off spun %d times", spins)
-				}
-				if mode != "off" && pc["spin_hits"] == 0 {
-					t.Errorf("--poll %s never caught a reply by spinning in 2000 round trips: %v", mode, pc)
-				}
-				// A reply far beyond any spin budget still wakes the
-				// reader: the receive interrupt is on again before it
-				// waits.
-				cancel()
-				time.Sleep(10 * time.Millisecond)
-				if _, err := e.Write([]byte{1}); err != nil {
-					t.Fatal(err)
-				}
-				go func() {
-					time.Sleep(50 * time.Millisecond)
-					if b, err := r.m.HostReadFull(r.ctx, 1, 1); err == nil {
-						r.m.HostWrite(1, b)
-					}
-				}()
-				e.SetReadDeadline(time.Now().Add(5 * time.Second))
-				if _, err := e.Read(b[:]); err != nil || b[0] != 1 {
-					t.Fatalf("late reply after spinning: %v %v", b[0], err)
-				}
-			})
+	for _, w := range waits {
+		for _, mode := range []string{"adaptive", "off"} {
+			for _, irq := range interrupts {
+				t.Run(w.name+"/"+mode+"/"+irq.name, func(t *testing.T) {
+					testEndpointRoundTrips(t, rigOpts{vectors: irq.vectors, wait: w.mode}, mode)
+				})
+			}
 		}
+	}
+}
+
+func testEndpointRoundTrips(t *testing.T, o rigOpts, mode string) {
+	poll, _ := ParsePoll(mode)
+	o.poll = poll
+	r := newRig(t, o)
+	e := r.hold(1)
+	ctx, cancel := context.WithCancel(r.ctx)
+	defer cancel()
+	go echoHost(ctx, r)
+	var b [1]byte
+	for i := range 2000 {
+		e.SetDeadline(time.Now().Add(testTimeout))
+		if _, err := e.Write([]byte{byte(i)}); err != nil {
+			t.Fatalf("round trip %d: write: %v", i, err)
+		}
+		if _, err := e.Read(b[:]); err != nil {
+			t.Fatalf("round trip %d: read: %v; loop %v; port %v; host pending %d, rx buffered %d pending %v", i, err, r.l.Counters(), r.l.PortCounters(1), r.m.HostPending(1), e.port.RxBuffered(), e.port.RxPending())
+		}
+		if b[0] != byte(i) {
+			t.Fatalf("round trip %d: got %d", i, b[0])
+		}
+	}
+	pc := r.l.PortCounters(1)
+	spins := pc["spin_hits"] + pc["spin_misses"]
+	if mode == "off" && spins != 0 {
+		t.Errorf("--poll off spun %d times", spins)
+	}
+	if mode != "off" && pc["spin_hits"] == 0 {
+		t.Errorf("--poll %s never caught a reply by spinning in 2000 round trips: %v", mode, pc)
+	}
+	// A reply far beyond any spin budget still wakes the
+	// reader: the receive interrupt is on again before it
+	// waits.
+	cancel()
+	time.Sleep(10 * time.Millisecond)
+	if _, err := e.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		if b, err := r.m.HostReadFull(r.ctx, 1, 1); err == nil {
+			r.m.HostWrite(1, b)
+		}
+	}()
+	e.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := e.Read(b[:]); err != nil || b[0] != 1 {
+		t.Fatalf("late reply after spinning: %v %v", b[0], err)
 	}
 }
 

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -27,6 +29,7 @@ var (
 type Options struct {
 	Poll   Poll
 	Logger *slog.Logger // nil: discard
+	wait   waitMode     // tests choose; the default follows GOMAXPROCS
 }
 
 // Epoll tags (EpollEvent.Fd; Pad carries the index or client id).
@@ -58,7 +61,24 @@ type Loop struct {
 	poll Poll
 
 	ep, cmdFD int
-	irqFDs    []int
+	// The epoll descriptor in Go's poller (wait.go), parking loops only:
+	// epFile owns ep when set; epConn is nil if the poller refused it.
+	epFile   *os.File
+	epConn   syscall.RawConn
+	harvest  func(uintptr) bool // l.harvestFn, made once
+	parkN    int
+	parkErr  unix.Errno
+	deadline bool // epFile has a read deadline set
+	// parking: the loop sleeps parked in the poller and is locked to its
+	// thread only while its policy is not the default; otherwise it is
+	// locked for good and waits raw (pinned). wait.go says which when.
+	parking, pinned bool
+	// When the loop last parked or yielded (nanotime; wait.go).
+	lastYield int64
+	// The loop goroutine is locked to its thread while the thread's
+	// policy is not the default (batch.go).
+	locked, policyStuck bool
+	irqFDs              []int
 	// fdMu keeps cmdFD open while a wake writes to it: wakes come from
 	// other goroutines (the driver, endpoints, submit) and may race with
 	// Close.
@@ -91,7 +111,7 @@ type Loop struct {
 	// Receive streams moved in batches (rxbatch.go).
 	rxStreams int  // clients in rxStream mode
 	rxFlush   bool // deliver what is buffered, batch or not
-	rawIdle   bool // the last raw wait timed out: sleep the ordinary way
+	rawIdle   bool // the last raw wait timed out: sleep the parked way
 	endpoints int  // in-process clients attached (inproc.go)
 	inRT      bool // the loop's thread is SCHED_FIFO for a pass (batch.go)
 	small     int  // small transfers in a row while batched
@@ -135,6 +155,19 @@ func newLoop(dev *driver.Device, opts Options) (_ *Loop, err error) {
 	if l.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("pump: epoll_create1: %w", err)
 	}
+	// Parking or pinned (wait.go): only a parking loop's epoll descriptor
+	// goes into Go's poller, which would otherwise wake for nothing on
+	// each of its events.
+	if opts.wait == waitPark || opts.wait == waitAuto && runtime.GOMAXPROCS(0) == 1 {
+		if l.epFile, l.epConn, err = parkable(l.ep); err != nil {
+			return nil, fmt.Errorf("pump: epoll descriptor: %w", err)
+		}
+		if l.epConn == nil {
+			log.Warn("pump: Go's poller refused the epoll descriptor; the loop waits pinned to its thread")
+		}
+		l.parking = l.epConn != nil
+		l.harvest = l.harvestFn
+	}
 	if l.cmdFD, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("pump: eventfd: %w", err)
 	}
@@ -162,7 +195,11 @@ func (l *Loop) watch(fd int, events uint32, tag, pad int32) error {
 }
 
 func (l *Loop) closeFDs() {
-	if l.ep >= 0 {
+	if l.epFile != nil {
+		l.epFile.Close()
+		l.epFile, l.epConn = nil, nil
+		l.ep = -1
+	} else if l.ep >= 0 {
 		unix.Close(l.ep)
 		l.ep = -1
 	}
@@ -264,9 +301,14 @@ func (l *Loop) portCounters(id uint32) *portCounters {
 func (l *Loop) run() {
 	defer guard.Recover()
 	defer close(l.done)
-	// The thread's scheduling policy follows the traffic (batch.go).
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	// The thread's scheduling policy follows the traffic (batch.go). A
+	// parking loop is locked to its thread only while that policy is not
+	// the default (holdThread), a pinned one always (wait.go); a goroutine
+	// that ends locked takes its thread with it.
+	if !l.parking {
+		l.holdThread()
+		l.pinned = true
+	}
 	defer func() {
 		if l.batch {
 			l.setPolicy(false)

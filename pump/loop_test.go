@@ -17,6 +17,7 @@ import (
 
 	"github.com/vserial/vserial/driver"
 	"github.com/vserial/vserial/driver/virtiotest"
+	"github.com/vserial/vserial/internal/rawio"
 )
 
 // interrupts are the two interrupt kinds the loop handles differently:
@@ -110,53 +111,59 @@ func TestRoundTripsEveryPollMode(t *testing.T) {
 // sleep through them (no interrupt will come), which shows the test can
 // fail.
 func TestNoLostWakeupBeforeSleep(t *testing.T) {
-	for _, irq := range interrupts {
-		for _, mutant := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/mutant=%v", irq.name, mutant), func(t *testing.T) {
-				r := newRig(t, rigOpts{vectors: irq.vectors, poll: Poll{Mode: PollOff}})
-				s := r.attach(1)
-				// Let the loop settle asleep.
-				time.Sleep(50 * time.Millisecond)
-				var once sync.Once
-				inject := make(chan struct{})
-				hook := func() {
-					select {
-					case <-inject:
-						once.Do(func() {
-							if err := r.m.HostWrite(1, []byte("late")); err != nil {
-								t.Error(err)
-							}
-						})
-					default:
-					}
-				}
-				testHookBeforeArm.Store(&hook)
-				testIgnoreArm.Store(mutant)
-				t.Cleanup(func() { testHookBeforeArm.Store(nil); testIgnoreArm.Store(false) })
-				close(inject)
-				// Wake the loop with something that is not device data, so
-				// its next sleep goes through the hook.
-				r.l.wake()
-				s.conn.SetReadDeadline(time.Now().Add(time.Second))
-				b := make([]byte, 4)
-				_, err := io.ReadFull(s.conn, b)
-				switch {
-				case !mutant && err != nil:
-					t.Fatalf("bytes that arrived before the sleep were not delivered: %v", err)
-				case !mutant && string(b) != "late":
-					t.Fatalf("got %q, want %q", b, "late")
-				case mutant && err == nil:
-					t.Fatalf("the mutant (Arm ignored) delivered %q: the test cannot tell a lost wake-up", b)
-				}
-				testIgnoreArm.Store(false)
-				if mutant {
-					// Any later wake-up delivers them.
-					r.l.wake()
-					if got := readFull(t, s.conn, 4); string(got) != "late" {
-						t.Fatalf("after the next wake-up: %q", got)
-					}
+	for _, w := range waits {
+		for _, irq := range interrupts {
+			for _, mutant := range []bool{false, true} {
+				t.Run(fmt.Sprintf("%s/%s/mutant=%v", w.name, irq.name, mutant), func(t *testing.T) {
+					testNoLostWakeupBeforeSleep(t, rigOpts{vectors: irq.vectors, poll: Poll{Mode: PollOff}, wait: w.mode}, mutant)
+				})
+			}
+		}
+	}
+}
+
+func testNoLostWakeupBeforeSleep(t *testing.T, o rigOpts, mutant bool) {
+	r := newRig(t, o)
+	s := r.attach(1)
+	// Let the loop settle asleep.
+	time.Sleep(50 * time.Millisecond)
+	var once sync.Once
+	inject := make(chan struct{})
+	hook := func() {
+		select {
+		case <-inject:
+			once.Do(func() {
+				if err := r.m.HostWrite(1, []byte("late")); err != nil {
+					t.Error(err)
 				}
 			})
+		default:
+		}
+	}
+	testHookBeforeArm.Store(&hook)
+	testIgnoreArm.Store(mutant)
+	t.Cleanup(func() { testHookBeforeArm.Store(nil); testIgnoreArm.Store(false) })
+	close(inject)
+	// Wake the loop with something that is not device data, so
+	// its next sleep goes through the hook.
+	r.l.wake()
+	s.conn.SetReadDeadline(time.Now().Add(time.Second))
+	b := make([]byte, 4)
+	_, err := io.ReadFull(s.conn, b)
+	switch {
+	case !mutant && err != nil:
+		t.Fatalf("bytes that arrived before the sleep were not delivered: %v", err)
+	case !mutant && string(b) != "late":
+		t.Fatalf("got %q, want %q", b, "late")
+	case mutant && err == nil:
+		t.Fatalf("the mutant (Arm ignored) delivered %q: the test cannot tell a lost wake-up", b)
+	}
+	testIgnoreArm.Store(false)
+	if mutant {
+		// Any later wake-up delivers them.
+		r.l.wake()
+		if got := readFull(t, s.conn, 4); string(got) != "late" {
+			t.Fatalf("after the next wake-up: %q", got)
 		}
 	}
 }
@@ -301,7 +308,13 @@ func TestAttachDetachRaces(t *testing.T) {
 // TestIdleLoopSleeps: once traffic stops the loop makes no pass, spin or
 // system call at all (an idle agent costs no CPU).
 func TestIdleLoopSleeps(t *testing.T) {
-	r := newRig(t, rigOpts{})
+	for _, w := range waits {
+		t.Run(w.name, func(t *testing.T) { testIdleLoopSleeps(t, w.mode) })
+	}
+}
+
+func testIdleLoopSleeps(t *testing.T, mode waitMode) {
+	r := newRig(t, rigOpts{wait: mode})
 	s := r.attach(1)
 	ctx, cancel := context.WithCancel(r.ctx)
 	defer cancel()
@@ -423,6 +436,32 @@ func TestInterruptStormIsBounded(t *testing.T) {
 	}
 }
 
+// TestParkedWaitAllocatesNothing: a parked wait that an event ends, with
+// and without a deadline, and the yield before it allocate nothing.
+func TestParkedWaitAllocatesNothing(t *testing.T) {
+	r := newRig(t, rigOpts{noRun: true})
+	if !r.l.parking {
+		t.Fatal("the rig's loop does not park")
+	}
+	for _, streams := range []int{0, 1} {
+		r.l.rxStreams = streams // a stream's tail due: a deadline
+		if n := testing.AllocsPerRun(50, func() {
+			r.l.wake()
+			r.l.lastYield = 0
+			if n, err := r.l.wait(); n < 1 || err != nil {
+				t.Fatalf("wait = %d, %v; want the command's event", n, err)
+			}
+			rawio.EventfdDrain(r.l.cmdFD)
+		}); n != 0 {
+			t.Errorf("parked wait (streams %d): %v allocations", streams, n)
+		}
+	}
+	r.l.rxStreams = 0
+	if c := r.l.Counters(); c["yields"] == 0 {
+		t.Errorf("no yield counted: %v", c)
+	}
+}
+
 // TestTxStreamWaitsRawThenGoesIdle: while a guest→host stream runs in
 // batch mode the loop sleeps with raw waits (which Go's scheduler does not
 // see), and once the stream ends it stops waking within one raw wait and
@@ -518,13 +557,12 @@ func TestStreamBatchesAndGoesIdle(t *testing.T) {
 	}
 }
 
-// TestRequestReplyWaitsRawUnlessInProcess: between the round trips of a
-// socket client the loop sleeps with raw waits (Go's scheduler neither
-// retakes its P nor wakes sysmon per message), goes back to the ordinary
-// wait once the traffic stops, and never waits raw for request/reply
-// while an in-process endpoint is attached: that endpoint's goroutines
-// need the P the loop would keep.
-func TestRequestReplyWaitsRawUnlessInProcess(t *testing.T) {
+// TestRequestReplyParksInThePoller: between the round trips of a client
+// (a socket or an in-process endpoint) a parking loop parks in Go's
+// poller, not in a raw wait that keeps its P (and Go's sysmon awake:
+// wait.go), each park ends with the client's or the device's event, and
+// once the traffic stops the loop stops waking. A pinned loop waits raw.
+func TestRequestReplyParksInThePoller(t *testing.T) {
 	roundTrips := func(t *testing.T, r *rig, rw io.ReadWriter) {
 		t.Helper()
 		ctx, cancel := context.WithCancel(r.ctx)
@@ -542,12 +580,36 @@ func TestRequestReplyWaitsRawUnlessInProcess(t *testing.T) {
 			time.Sleep(200 * time.Microsecond)
 		}
 	}
+	check := func(t *testing.T, r *rig, before map[string]uint64) {
+		t.Helper()
+		c := r.l.Counters()
+		if parks := c["parks"] - before["parks"]; parks < 200 {
+			t.Errorf("200 spaced round trips, %d parks in the poller: %v", parks, c)
+		}
+		if raw := c["raw_waits"] - before["raw_waits"]; raw != 0 {
+			t.Errorf("request/reply made %d raw waits: %v", raw, c)
+		}
+		settledAt := settled(t, r)
+		time.Sleep(100 * time.Millisecond)
+		if after := r.l.Counters(); after["epoll_waits"] != settledAt["epoll_waits"] || after["passes"] != settledAt["passes"] || after["parks"] != settledAt["parks"] {
+			t.Errorf("after the round trips the loop kept waking: %d → %d waits", settledAt["epoll_waits"], after["epoll_waits"])
+		}
+	}
 	t.Run("socket", func(t *testing.T) {
 		r := newRig(t, rigOpts{poll: Poll{Mode: PollOff}})
 		s := r.attach(1)
+		before := r.l.Counters()
 		roundTrips(t, r, s.conn)
-		if c := r.l.Counters(); c["raw_waits"] < 100 {
-			t.Errorf("200 spaced round trips, %d raw waits: %v", c["raw_waits"], c)
+		check(t, r, before)
+	})
+	// Pinned (several Ps): raw waits between round trips instead, then
+	// the ordinary wait once they stop; never a park.
+	t.Run("pinned", func(t *testing.T) {
+		r := newRig(t, rigOpts{poll: Poll{Mode: PollOff}, wait: waitRaw})
+		s := r.attach(1)
+		roundTrips(t, r, s.conn)
+		if c := r.l.Counters(); c["raw_waits"] < 100 || c["parks"] != 0 || c["yields"] != 0 {
+			t.Errorf("200 spaced round trips, pinned: %d raw waits, %d parks, %d yields: %v", c["raw_waits"], c["parks"], c["yields"], c)
 		}
 		before := settled(t, r)
 		time.Sleep(100 * time.Millisecond)
@@ -558,15 +620,10 @@ func TestRequestReplyWaitsRawUnlessInProcess(t *testing.T) {
 	t.Run("in-process", func(t *testing.T) {
 		r := newRig(t, rigOpts{poll: Poll{Mode: PollOff}})
 		e := r.hold(1)
-		// Attach returns once the loop took the endpoint; a raw wait
-		// before that (after the device's first interrupt) is counted
-		// by then.
-		before := r.l.Counters()["raw_waits"]
+		before := r.l.Counters()
 		e.SetDeadline(time.Now().Add(testTimeout))
 		roundTrips(t, r, e)
-		if c := r.l.Counters(); c["raw_waits"] != before {
-			t.Errorf("an in-process endpoint attached, yet %d raw waits: %v", c["raw_waits"]-before, c)
-		}
+		check(t, r, before)
 	})
 }
 

@@ -53,7 +53,15 @@ type rigOpts struct {
 	poll     Poll
 	noRun    bool // the test drives the loop by hand
 	ports    int  // ports plugged (ids 1..ports), default 1
+	wait     waitMode
 }
+
+// waits are the loop's two ways of sleeping (wait.go); a rig parks unless
+// told otherwise.
+var waits = []struct {
+	name string
+	mode waitMode
+}{{"park", waitPark}, {"pinned", waitRaw}}
 
 func newRig(t *testing.T, o rigOpts) *rig {
 	t.Helper()
@@ -91,10 +99,13 @@ func newRig(t *testing.T, o rigOpts) *rig {
 		t.Fatal(err)
 	}
 	r := &rig{t: t, m: m, f: f, d: d, ctx: ctx, noRun: o.noRun}
+	if o.wait == waitAuto {
+		o.wait = waitPark
+	}
 	if o.noRun {
-		r.l, err = newLoop(d, Options{Poll: o.poll})
+		r.l, err = newLoop(d, Options{Poll: o.poll, wait: o.wait})
 	} else {
-		r.l, err = New(d, Options{Poll: o.poll})
+		r.l, err = New(d, Options{Poll: o.poll, wait: o.wait})
 	}
 	if err != nil {
 		t.Fatal(err)
