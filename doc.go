@@ -50,11 +50,13 @@
 //     vfio_iommu_type1) built in, loaded, or loadable from
 //     /lib/modules/$(uname -r); Open loads them itself, taking module
 //     parameters from the kernel command line.
-//   - GOMAXPROCS of at least 2 (Go's default on two or more CPUs; on one
-//     vCPU set it, as vserial-agent does): the data plane makes raw system
-//     calls and, when Options.Poll is not "off", spins after a request for
-//     its reply; with a single P the runtime hands that P to another
-//     thread on every long call. Open logs a warning otherwise.
+//   - For conns held in-process (Dial), GOMAXPROCS of at least 2 (Go's
+//     default on two or more CPUs; on one vCPU set it): when Options.Poll
+//     is not "off" the data plane spins after a request for its reply, and
+//     with a single P the conn's goroutine waits for that spin to end. The
+//     first Dial logs a warning otherwise. Sockets alone do best with
+//     Go's default (vserial-agent keeps it: one P on one vCPU, where the
+//     data plane sleeps parked in Go's poller).
 //   - Nothing else in the process driving the same functions. Signals,
 //     systemd notification and what to do on a panic stay the program's.
 //   - A look at Done: it is closed when every device stopped (Err says

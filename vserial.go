@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"sync"
 	"time"
 
 	"github.com/vserial/vserial/agent"
@@ -114,6 +115,9 @@ var (
 // for concurrent use.
 type Agent struct {
 	s *supervisor.Supervisor
+	// onOneP warns, at the first Dial, that an in-process conn shares one
+	// P with the data plane's spin.
+	onOneP func()
 }
 
 // Open takes the virtio-console functions opts name and brings them up as
@@ -128,14 +132,20 @@ func Open(ctx context.Context, opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Poll.Mode != pump.PollOff && runtime.GOMAXPROCS(0) < 2 {
-		cfg.Logger.Warn("vserial: GOMAXPROCS is below 2; polling and the data plane's system calls will hand the only P around (set GOMAXPROCS=2)")
-	}
 	s, err := supervisor.Open(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("vserial: %w", err)
 	}
-	return &Agent{s: s}, nil
+	a := &Agent{s: s, onOneP: func() {}}
+	if cfg.Poll.Mode != pump.PollOff {
+		log := cfg.Logger
+		a.onOneP = sync.OnceFunc(func() {
+			if runtime.GOMAXPROCS(0) < 2 {
+				log.Warn("vserial: GOMAXPROCS is below 2; a conn held in-process waits for the data plane's spin to end before it runs (set GOMAXPROCS=2)")
+			}
+		})
+	}
+	return a, nil
 }
 
 // config checks o and turns it into the supervisor's Config.
@@ -208,6 +218,7 @@ func (o Options) config() (supervisor.Config, error) {
 // socket client, if any, is disconnected (the reason is logged) and the
 // socket refuses clients until the conn is closed.
 func (a *Agent) Dial(ctx context.Context, name string) (net.Conn, error) {
+	a.onOneP()
 	h, err := a.s.Take(ctx, name)
 	if err != nil {
 		return nil, err

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime"
 	"runtime/pprof"
 	"syscall"
 
@@ -17,20 +16,13 @@ import (
 	"github.com/vserial/vserial/internal/supervisor"
 )
 
-// minProcs is the least GOMAXPROCS the agent runs with. On a one-CPU guest
-// GOMAXPROCS is 1, and then the runtime's sysmon takes the only P away from
-// every system call that lasts more than 20 µs (a readv or writev of a few
-// hundred KiB always does under emulation) and starts another thread to
-// run it, which the returning call must then take it back from: thread
-// hand-offs on every transfer. With a second P idle, sysmon leaves a P in
-// a system call alone (runtime.retake), so the data path stays on one
-// thread.
-const minProcs = 2
-
 func main() {
-	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < minProcs {
-		runtime.GOMAXPROCS(minProcs)
-	}
+	// GOMAXPROCS stays Go's default, the CPU count. On one CPU that is one
+	// P, and the data-plane loop then sleeps parked in Go's poller, so that
+	// the runtime's sysmon sleeps too (pump/wait.go); a second P made the
+	// loop's wake-ups and yields start another thread to take it. Builds
+	// before this raised it to 2 for the loop's ordinary system calls,
+	// which are raw now.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	go func() {
 		defer guard.Recover()
