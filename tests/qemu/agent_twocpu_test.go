@@ -32,23 +32,12 @@ func TestAgentTwoCPUsClientPoll(t *testing.T) {
 	if _, err := PingPong(ctx, g, conn, AgentSocket(name), 20); err != nil {
 		t.Fatal(err)
 	}
-	counters := func() map[string]uint64 {
-		l, out, err := a.list(ctx)
-		if err != nil {
-			t.Fatalf("list --json: %v\n%s", err, out)
-		}
-		p, ok := l.byName(name)
-		if !ok {
-			t.Fatalf("no port %s in list --json: %s", name, out)
-		}
-		return p.Counters
-	}
-	before := counters()
+	before := a.listCounters(ctx, t, name)
 	rt, _, err := PingPongSamples(ctx, g, conn, AgentSocket(name), n, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	after := counters()
+	after := a.listCounters(ctx, t, name)
 	d := func(k string) float64 { return float64(after[k]-before[k]) / n }
 	t.Logf("%d round trips, p50 %.0f µs p99 %.0f µs; per round trip: epoll waits %.3f, client poll hits %.3f, misses %.3f, reply-taken edges dropped %.3f",
 		n, rt.P50US, rt.P99US, d("loop_epoll_waits"), d("loop_client_poll_hits"), d("loop_client_poll_misses"), d("loop_client_poll_space"))

@@ -186,6 +186,21 @@ func (a *runningAgent) list(ctx context.Context) (agentList, string, error) {
 	return l, out, nil
 }
 
+// listCounters returns the counters `list --json` gives for port name
+// (its own and its device's, loop_…); it fails the test without them.
+func (a *runningAgent) listCounters(ctx context.Context, t testing.TB, name string) map[string]uint64 {
+	t.Helper()
+	l, out, err := a.list(ctx)
+	if err != nil {
+		t.Fatalf("list --json: %v\n%s", err, out)
+	}
+	p, ok := l.byName(name)
+	if !ok {
+		t.Fatalf("no port %s in list --json: %s", name, out)
+	}
+	return p.Counters
+}
+
 // waitList polls `list --json` until ok accepts it; it fails the test with
 // the last listing otherwise.
 func (a *runningAgent) waitList(ctx context.Context, t testing.TB, what string, ok func(agentList) bool) agentList {
