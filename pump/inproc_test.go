@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -95,7 +96,16 @@ func TestEndpointBytesBothWaysByteExact(t *testing.T) {
 // TestEndpointRoundTripsNoLostWakeup runs many one-byte round trips with
 // the host echoing: a wake-up lost between a Read's look and its wait
 // (or a Write's) hangs one of them until the test times out.
+//
+// The fake host's echo is a goroutine, which a real device's reply is
+// not: Write's kick readies it on the writer's P, and Read then spins on
+// that P for the reply. With two Ps and the loop pinned in an ordinary
+// epoll_wait (which keeps its P until sysmon takes it, up to 10 ms
+// later), no P is idle to take the echo from under the spinning Read, so
+// every spin missed in about half the runs without the race detector. A
+// third P gives it one; a parked loop gives its own back.
 func TestEndpointRoundTripsNoLostWakeup(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(max(3, runtime.GOMAXPROCS(0))))
 	for _, w := range waits {
 		for _, mode := range []string{"adaptive", "off"} {
 			for _, irq := range interrupts {
