@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"runtime"
 	"sync"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -61,24 +58,7 @@ type Loop struct {
 	poll Poll
 
 	ep, cmdFD int
-	// The epoll descriptor in Go's poller (wait.go), parking loops only:
-	// epFile owns ep when set; epConn is nil if the poller refused it.
-	epFile   *os.File
-	epConn   syscall.RawConn
-	harvest  func(uintptr) bool // l.harvestFn, made once
-	parkN    int
-	parkErr  unix.Errno
-	deadline bool // epFile has a read deadline set
-	// parking: the loop sleeps parked in the poller and is locked to its
-	// thread only while its policy is not the default; otherwise it is
-	// locked for good and waits raw (pinned). wait.go says which when.
-	parking, pinned bool
-	// When the loop last parked or yielded (nanotime; wait.go).
-	lastYield int64
-	// The loop goroutine is locked to its thread while the thread's
-	// policy is not the default (batch.go).
-	locked, policyStuck bool
-	irqFDs              []int
+	irqFDs    []int
 	// fdMu keeps cmdFD open while a wake writes to it: wakes come from
 	// other goroutines (the driver, endpoints, submit) and may race with
 	// Close.
@@ -99,19 +79,22 @@ type Loop struct {
 	spinOn  *client // the client whose small send the next spin follows
 	pending []command
 
-	stats loopCounters
-	storm stormState
-	// SCHED_BATCH while streaming (batch.go).
-	batch, batchBroken bool
-	rtBroken           bool // SCHED_FIFO refused: bulk calls run as they are
-	noBatch            bool
+	stats     loopCounters
+	storm     stormState
+	waitState // how it sleeps (wait.go)
+	// SCHED_BATCH while streaming (batch.go); the goroutine is locked to
+	// its thread while the thread's policy is not the default.
+	batch, batchBroken  bool
+	locked, policyStuck bool
+	rtBroken            bool // SCHED_FIFO refused: bulk calls run as they are
+	noBatch             bool
 	// Client polling on more than one vCPU (clientpoll.go).
 	cpoll    spinner
 	cpollDue bool
 	// Receive streams moved in batches (rxbatch.go).
 	rxStreams int  // clients in rxStream mode
 	rxFlush   bool // deliver what is buffered, batch or not
-	rawIdle   bool // the last raw wait timed out: sleep the parked way
+	rawIdle   bool // the last raw wait timed out: sleep without a deadline
 	endpoints int  // in-process clients attached (inproc.go)
 	inRT      bool // the loop's thread is SCHED_FIFO for a pass (batch.go)
 	small     int  // small transfers in a row while batched
@@ -155,18 +138,8 @@ func newLoop(dev *driver.Device, opts Options) (_ *Loop, err error) {
 	if l.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("pump: epoll_create1: %w", err)
 	}
-	// Parking or pinned (wait.go): only a parking loop's epoll descriptor
-	// goes into Go's poller, which would otherwise wake for nothing on
-	// each of its events.
-	if opts.wait == waitPark || opts.wait == waitAuto && runtime.GOMAXPROCS(0) == 1 {
-		if l.epFile, l.epConn, err = parkable(l.ep); err != nil {
-			return nil, fmt.Errorf("pump: epoll descriptor: %w", err)
-		}
-		if l.epConn == nil {
-			log.Warn("pump: Go's poller refused the epoll descriptor; the loop waits pinned to its thread")
-		}
-		l.parking = l.epConn != nil
-		l.harvest = l.harvestFn
+	if err := l.chooseWait(opts.wait); err != nil {
+		return nil, err
 	}
 	if l.cmdFD, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("pump: eventfd: %w", err)

@@ -2,6 +2,7 @@ package pump
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"runtime"
 	"syscall"
@@ -11,6 +12,24 @@ import (
 
 	"github.com/vserial/vserial/internal/rawio"
 )
+
+// waitState is the loop's part for how it sleeps; the loop goroutine
+// owns it.
+type waitState struct {
+	// parking: the loop sleeps parked in Go's poller and is locked to its
+	// thread only while its policy is not the default; otherwise it is
+	// locked for good and waits raw (pinned). wait says which when.
+	parking, pinned bool
+	// The epoll descriptor in Go's poller, parking loops only: epFile owns
+	// the descriptor when set; epConn is nil if the poller refused it.
+	epFile    *os.File
+	epConn    syscall.RawConn
+	harvest   func(uintptr) bool // l.harvestFn, made once
+	parkN     int
+	parkErr   unix.Errno
+	deadline  bool  // epFile has a read deadline set
+	lastYield int64 // when the loop last parked or yielded (nanotime)
+}
 
 // waitMode chooses how the loop sleeps (Options.wait; tests set it).
 type waitMode uint8
@@ -151,6 +170,25 @@ func (l *Loop) harvestFn(uintptr) bool {
 		l.lastYield = nanotime()
 		return false
 	}
+}
+
+// chooseWait makes the loop parking or pinned (wait). Only a parking
+// loop's epoll descriptor goes into Go's poller, which would otherwise
+// wake for nothing on each of its events.
+func (l *Loop) chooseWait(mode waitMode) error {
+	if mode != waitPark && (mode != waitAuto || runtime.GOMAXPROCS(0) != 1) {
+		return nil
+	}
+	var err error
+	if l.epFile, l.epConn, err = parkable(l.ep); err != nil {
+		return fmt.Errorf("pump: epoll descriptor: %w", err)
+	}
+	if l.epConn == nil {
+		l.log.Warn("pump: Go's poller refused the epoll descriptor; the loop waits pinned to its thread")
+	}
+	l.parking = l.epConn != nil
+	l.harvest = l.harvestFn
+	return nil
 }
 
 // parkable puts the epoll descriptor into Go's poller for parkedWait. nil,
