@@ -136,16 +136,12 @@ func Open(ctx context.Context, opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vserial: %w", err)
 	}
-	a := &Agent{s: s, onOneP: func() {}}
-	if cfg.Poll.Mode != pump.PollOff {
-		log := cfg.Logger
-		a.onOneP = sync.OnceFunc(func() {
-			if runtime.GOMAXPROCS(0) < 2 {
-				log.Warn("vserial: GOMAXPROCS is below 2; a conn held in-process waits for the data plane's spin to end before it runs (set GOMAXPROCS=2)")
-			}
-		})
-	}
-	return a, nil
+	spins, log := cfg.Poll.Mode != pump.PollOff, cfg.Logger
+	return &Agent{s: s, onOneP: sync.OnceFunc(func() {
+		if spins && runtime.GOMAXPROCS(0) < 2 {
+			log.Warn("vserial: GOMAXPROCS is below 2; a conn held in-process waits for the data plane's spin to end before it runs (set GOMAXPROCS=2)")
+		}
+	})}, nil
 }
 
 // config checks o and turns it into the supervisor's Config.

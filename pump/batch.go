@@ -86,7 +86,7 @@ func (l *Loop) holdThread() {
 }
 
 func (l *Loop) releaseThread() {
-	if l.locked && !l.pinned && !l.batch && !l.inRT && !l.policyStuck {
+	if l.locked && l.parking && !l.batch && !l.inRT && !l.policyStuck {
 		runtime.UnlockOSThread()
 		l.locked = false
 	}

@@ -169,13 +169,12 @@ func (l *Loop) watch(fd int, events uint32, tag, pad int32) error {
 
 func (l *Loop) closeFDs() {
 	if l.epFile != nil {
-		l.epFile.Close()
+		l.epFile.Close() // it owns ep
 		l.epFile, l.epConn = nil, nil
-		l.ep = -1
 	} else if l.ep >= 0 {
 		unix.Close(l.ep)
-		l.ep = -1
 	}
+	l.ep = -1
 	l.fdMu.Lock()
 	if l.cmdFD >= 0 {
 		unix.Close(l.cmdFD)
@@ -280,7 +279,6 @@ func (l *Loop) run() {
 	// that ends locked takes its thread with it.
 	if !l.parking {
 		l.holdThread()
-		l.pinned = true
 	}
 	defer func() {
 		if l.batch {

@@ -625,6 +625,22 @@ func TestRequestReplyParksInThePoller(t *testing.T) {
 		roundTrips(t, r, e)
 		check(t, r, before)
 	})
+	// Pinned with an in-process endpoint attached: no raw wait for
+	// request/reply, since the endpoint's goroutines need the P a raw
+	// wait keeps.
+	t.Run("pinned in-process", func(t *testing.T) {
+		r := newRig(t, rigOpts{poll: Poll{Mode: PollOff}, wait: waitRaw})
+		e := r.hold(1)
+		// Attach returns once the loop took the endpoint; a raw wait
+		// before that (after the device's first interrupt) is counted
+		// by then.
+		before := r.l.Counters()["raw_waits"]
+		e.SetDeadline(time.Now().Add(testTimeout))
+		roundTrips(t, r, e)
+		if c := r.l.Counters(); c["raw_waits"] != before || c["parks"] != 0 {
+			t.Errorf("an in-process endpoint attached, pinned, yet %d raw waits and %d parks: %v", c["raw_waits"]-before, c["parks"], c)
+		}
+	})
 }
 
 // settled waits until the loop's waits stop for three raw waits' time (a

@@ -19,7 +19,7 @@ type waitState struct {
 	// parking: the loop sleeps parked in Go's poller and is locked to its
 	// thread only while its policy is not the default; otherwise it is
 	// locked for good and waits raw (pinned). wait says which when.
-	parking, pinned bool
+	parking bool
 	// The epoll descriptor in Go's poller, parking loops only: epFile owns
 	// the descriptor when set; epConn is nil if the poller refused it.
 	epFile    *os.File
