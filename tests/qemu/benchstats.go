@@ -131,6 +131,11 @@ func walkCounters(v any, path string, out counterSet) {
 				numbers(e, p, out)
 				continue
 			}
+			if k == "bytes_in" || k == "bytes_out" {
+				// A port's byte counts, beside its counters.
+				numbers(e, p, out)
+				continue
+			}
 			walkCounters(e, p, out)
 		}
 	case []any:

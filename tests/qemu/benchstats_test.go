@@ -78,6 +78,7 @@ func TestListCountersFindsAnyCountersObject(t *testing.T) {
 		"agent.ports[org.a].counters.spins[1]":              2,
 		"agent.ports[/run/vserial/vport0p2].counters.kicks": 0,
 		"agent.ports[2].counters.kicks":                     2,
+		"agent.ports[org.a].bytes_in":                       5, // a port's byte counts too
 	}
 	if len(c) != len(want) {
 		t.Errorf("got %d counters, want %d: %v", len(c), len(want), c)
@@ -87,7 +88,7 @@ func TestListCountersFindsAnyCountersObject(t *testing.T) {
 			t.Errorf("%s = %v (present %v), want %v", k, got, ok, v)
 		}
 	}
-	none, err := listCounters([]byte(`{"agent":{"ports":[{"name":"a","bytes_in":5}]}}`))
+	none, err := listCounters([]byte(`{"agent":{"ports":[{"name":"a","open":true}]}}`))
 	if err != nil || len(none) != 0 {
 		t.Errorf("without counters: %v, %v", none, err)
 	}
@@ -176,5 +177,41 @@ func TestBenchConfigFromEnv(t *testing.T) {
 	t.Setenv(EnvBenchBArgs, " --poll  off ")
 	if cfg, err = benchConfigFromEnv(); err != nil || cfg.BAgent != "" || !slices.Equal(cfg.BArgs, []string{"--poll", "off"}) || (&suite{cfg: cfg}).arms() != "KSAGB" {
 		t.Errorf("B flags alone: got %+v, %v; want A's build with --poll off as B", cfg, err)
+	}
+}
+
+func TestRoundFloorsUseTheRoundsOwnPingPong(t *testing.T) {
+	ks := []roundResult{{rtt: []float64{100, 200, 300}}, {rtt: []float64{150, 150, 150}}}
+	got, err := roundFloorsOf(ks, []float64{400, 600, 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Round 1: K p50 200 + (400+600)/2; round 2: 150 + (600+1000)/2.
+	if want := []float64{700, 950}; !slices.Equal(got, want) {
+		t.Fatalf("floors %v, want %v", got, want)
+	}
+	if _, err := roundFloorsOf(ks, []float64{400, 600}); err == nil {
+		t.Fatal("a ping-pong missing: no error")
+	}
+	if _, err := roundFloorsOf(nil, []float64{400}); err == nil {
+		t.Fatal("no rounds: no error")
+	}
+}
+
+func TestPortCountPicksTheNamedPort(t *testing.T) {
+	c, err := listCounters([]byte(`{"agent":{"ports":[
+		{"name":"org.vserial.bench","bytes_out":1470,"counters":{"sends":1400}},
+		{"name":"org.vserial.bench.2","bytes_out":9}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := portCount(c, "org.vserial.bench", "bytes_out"); got != 1470 {
+		t.Errorf("bytes_out %v, want 1470 (%v)", got, c)
+	}
+	if got := portCount(c, "org.vserial.bench", "sends"); got != 1400 {
+		t.Errorf("sends %v, want 1400", got)
+	}
+	if got := portCount(c, "org.other", "bytes_out"); got != 0 {
+		t.Errorf("bytes_out of a missing port %v, want 0", got)
 	}
 }

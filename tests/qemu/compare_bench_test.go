@@ -215,6 +215,7 @@ const (
 	benchPorts    = 8
 	socatSocket   = "/tmp/socat.sock"
 	calibPings    = 1000
+	roundPings    = 300 // calib-proc's round trips between main rounds
 	calibIters    = 100000
 	trickleCount  = 3000 // one per ms: 3 s
 	trickleSettle = time.Second
@@ -235,6 +236,10 @@ type suite struct {
 	out   strings.Builder // the report, logged at the end
 	// traces counts the scheduler traces saved (EnvBenchSchedTrace).
 	traces int
+	// pings is the process ping-pong p50 (calib-proc) taken before the
+	// first main round and after each: round r's relay floor uses the
+	// mean of pings[r-1] and pings[r].
+	pings []float64
 }
 
 func runSuite(b *testing.B, opts Options, bind string, cfg benchConfig) {
@@ -351,6 +356,21 @@ func hostLoad() string {
 
 type calibration map[string]float64
 
+// pingBetween measures the process ping-pong between two main rounds
+// (calib-proc) and keeps it for those rounds' relay floors.
+func (s *suite) pingBetween() {
+	out, err := s.g.Run(s.ctx, "calib-proc", strconv.Itoa(roundPings))
+	if err != nil {
+		s.b.Fatalf("calib-proc: %v", err)
+	}
+	v, err := strconv.ParseFloat(ParseKV(out)["proc_unix_raw_p50_us"], 64)
+	if err != nil || v <= 0 {
+		s.b.Fatalf("calib-proc: no proc_unix_raw_p50_us in %q", out)
+	}
+	s.pings = append(s.pings, v)
+	s.printf("  process ping-pong p50 %.0f µs\n", v)
+}
+
 func (s *suite) calibrate(when string) calibration {
 	out, err := s.g.Run(s.ctx, "calib", strconv.Itoa(calibPings), strconv.Itoa(calibIters))
 	if err != nil {
@@ -362,10 +382,10 @@ func (s *suite) calibrate(when string) calibration {
 			c[k] = x
 		}
 	}
-	s.printf("calibration (%s): getppid %.2f µs; copy %.2f µs/KiB, through a pipe %.2f µs/KiB, through a Unix socket %.2f µs/KiB; 1-byte round trip p50 (mean): processes over a Unix socket %.0f µs (%.0f), over pipes %.0f µs (%.0f); threads over a Unix socket %.0f µs (%.0f), over pipes %.0f µs (%.0f); processes over a Unix socket through Go's poller %.0f µs (%.0f)\n",
+	s.printf("calibration (%s): getppid %.2f µs; copy %.2f µs/KiB, through a pipe %.2f µs/KiB, through a Unix socket %.2f µs/KiB; 1-byte round trip p50 (mean): processes over a Unix socket %.0f µs (%.0f), over pipes %.0f µs (%.0f); threads over a Unix socket %.0f µs (%.0f), over pipes %.0f µs (%.0f); processes over a Unix socket through Go's poller %.0f µs (%.0f), on raw system calls %.0f µs (%.0f)\n",
 		when, c["getppid_us"], c["copy_us_per_kib"], c["pipecopy_us_per_kib"], c["unixcopy_us_per_kib"],
 		c["proc_unix_p50_us"], c["proc_unix_mean_us"], c["proc_pipe_p50_us"], c["proc_pipe_mean_us"],
 		c["thread_unix_p50_us"], c["thread_unix_mean_us"], c["thread_pipe_p50_us"], c["thread_pipe_mean_us"],
-		c["proc_unix_go_p50_us"], c["proc_unix_go_mean_us"])
+		c["proc_unix_go_p50_us"], c["proc_unix_go_mean_us"], c["proc_unix_raw_p50_us"], c["proc_unix_raw_mean_us"])
 	return c
 }

@@ -22,6 +22,9 @@ type roundResult struct {
 	// QEMU's threads over each transfer, sampled on the host
 	h2gQEMU, g2hQEMU ThreadLoad
 	h2gReads         ReadSizes // with VSERIAL_BENCH_QEMU_TRACE=1
+	// QEMU's threads and this process's (the host's echo) over the
+	// round trips: is the host late with the replies?
+	rttQEMU, rttHost ThreadLoad
 }
 
 // abba is the order of the arms in round r (0 is the warm-up): the arms
@@ -41,6 +44,9 @@ func (s *suite) mainRounds() map[byte][]roundResult {
 	res := map[byte][]roundResult{}
 	s.printf("\nmain port, one arm at a time (host load average at the start of each round in brackets):\n")
 	for r := 0; r <= s.cfg.Rounds; r++ {
+		if r == 1 {
+			s.pingBetween()
+		}
 		for _, arm := range []byte(abba(s.arms(), r)) {
 			load := hostLoad()
 			se, err := s.open(arm)
@@ -57,6 +63,8 @@ func (s *suite) mainRounds() map[byte][]roundResult {
 			s.printf("  %-8s %c: host→guest %7.1f MB/s, guest→host %7.1f MB/s, round trip p50 %6.0f µs p99 %6.0f µs [load %s]\n",
 				roundLabel(r), arm, rr.h2g, rr.g2h, percentile(rr.rtt, 50), percentile(rr.rtt, 99), load)
 			s.printf("      %c qemu threads, host→guest: %s; guest→host: %s\n", arm, rr.h2gQEMU, rr.g2hQEMU)
+			s.printf("      %c round trips, host threads: qemu %s; the echo's process %s; waiting for a core per round trip: %s\n",
+				arm, rr.rttQEMU, rr.rttHost, queuedPerRTT(rr, len(rr.rtt)))
 			if s.cfg.Trace {
 				s.printf("      %c chardev reads host→guest: %s\n", arm, rr.h2gReads)
 			}
@@ -65,8 +73,34 @@ func (s *suite) mainRounds() map[byte][]roundResult {
 				s.printPhases(rr)
 			}
 		}
+		if r > 0 {
+			s.pingBetween()
+		}
 	}
 	return res
+}
+
+// queuedPerRTT is the time QEMU's main loop, its vCPU threads and the
+// echo's process spent runnable but waiting for a host core, per round
+// trip, in µs: a spinning vCPU holds a host core the others may need for
+// the reply.
+func queuedPerRTT(rr roundResult, n int) string {
+	if n == 0 {
+		return "(none)"
+	}
+	per := func(l ThreadLoad, match func(string) bool) float64 {
+		var q float64
+		for name, v := range l.Queued {
+			if match(name) {
+				q += v
+			}
+		}
+		return q * float64(l.Wall.Microseconds()) / float64(n)
+	}
+	mainLoop := per(rr.rttQEMU, func(n string) bool { return n == "main" })
+	vcpus := per(rr.rttQEMU, func(n string) bool { return strings.HasPrefix(n, "cpu") })
+	echo := per(rr.rttHost, func(string) bool { return true })
+	return fmt.Sprintf("qemu main %.0f µs, vCPUs %.0f µs, echo %.0f µs", mainLoop, vcpus, echo)
 }
 
 func roundLabel(r int) string {
@@ -157,10 +191,12 @@ func (s *suite) measure(se *session) (roundResult, error) {
 		return rr, err
 	}
 	e2, b2 := s.snap(se)
+	q0, h0 := SampleThreads(s.g.QEMUPid()), SampleThreads(os.Getpid())
 	err = s.traced(se.arm, "rtt", func() (err error) {
 		_, rr.rtt, err = PingPongSamples(s.ctx, s.g, conn, p, s.cfg.RTTs, s.cfg.RawClient)
 		return err
 	})
+	rr.rttQEMU, rr.rttHost = SampleThreads(s.g.QEMUPid()).Since(q0), SampleThreads(os.Getpid()).Since(h0)
 	if err != nil {
 		return rr, fmt.Errorf("round trips: %w", err)
 	}

@@ -94,7 +94,11 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 	}
 
 	kp50 := percentile(pooled('K'), 50)
-	proc := (cal0["proc_unix_p50_us"] + cal1["proc_unix_p50_us"]) / 2
+	// The ping-pong on raw system calls, as a C relay makes them (the
+	// floor of any relay); the one through Go's system call wrappers,
+	// which this floor used until 2026-12-04 evening, adds Go's runtime
+	// on both sides and is printed below for comparison.
+	proc := (cal0["proc_unix_raw_p50_us"] + cal1["proc_unix_raw_p50_us"]) / 2
 	floor := kp50 + proc
 	ap50, ap99, sp50 := percentile(pooled('A'), 50), percentile(pooled('A'), 99), percentile(pooled('S'), 50)
 	// K's own p99 against the same floor: where the host's noise already
@@ -102,9 +106,13 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 	kp99 := percentile(pooled('K'), 99)
 	floorLine := fmt.Sprintf("A p50 %.2f× the relay floor, A p99 %.2f×, S p50 %.2f×, K p99 %.2f×", ap50/floor, ap99/floor, sp50/floor, kp99/floor)
 	goProc := (cal0["proc_unix_go_p50_us"] + cal1["proc_unix_go_p50_us"]) / 2
-	s.printf("relay floor = K round trip p50 %.0f µs + process ping-pong p50 over a Unix socket %.0f µs (mean of the two calibrations) = %.0f µs; %s\n",
+	s.printf("relay floor = K round trip p50 %.0f µs + process ping-pong p50 over a Unix socket on raw system calls %.0f µs (mean of the two calibrations) = %.0f µs; %s\n",
 		kp50, proc, floor, floorLine)
-	s.printf("  (with Go's poller on both sides of the ping-pong: %.0f µs, floor %.0f µs, A p50 %.2f× it)\n", goProc, kp50+goProc, ap50/(kp50+goProc))
+	goSys := (cal0["proc_unix_p50_us"] + cal1["proc_unix_p50_us"]) / 2
+	s.printf("  (with Go's system calls on both sides of the ping-pong, the floor before 2026-12-04 evening: %.0f µs, floor %.0f µs, A p50 %.2f×, A p99 %.2f× it; with Go's poller on both sides: %.0f µs, floor %.0f µs, A p50 %.2f× it)\n",
+		goSys, kp50+goSys, ap50/(kp50+goSys), ap99/(kp50+goSys), goProc, kp50+goProc, ap50/(kp50+goProc))
+	s.b.ReportMetric(ap99/(kp50+goSys), "rtt-p99-A/floor-gosys")
+	s.roundFloors(res)
 	s.b.ReportMetric(ap50/floor, "rtt-p50-A/floor")
 	s.b.ReportMetric(ap99/floor, "rtt-p99-A/floor")
 	s.b.ReportMetric(sp50/floor, "rtt-p50-S/floor")
@@ -126,6 +134,56 @@ func (s *suite) summary(res map[byte][]roundResult, cal0, cal1 calibration) stri
 		s.b.ReportMetric(percentile(pooled(arm), 50), string(arm)+"-rtt-p50-µs")
 	}
 	return fmt.Sprintf("%s (%.0f µs); the full report is on standard output\n%s", floorLine, floor, table.String())
+}
+
+// roundFloors prints the round-trip ratios against each round's own relay
+// floor: K's p50 in that round plus the process ping-pong measured around
+// it (the mean of the ones before and after, calib-proc). The host's
+// speed drifts within a boot (the calibrations before and after the rounds
+// have differed by 2×), and a floor of the round's own moment keeps that
+// drift out of the ratio; the boot's floor above stays for comparison
+// with older reports.
+func (s *suite) roundFloors(res map[byte][]roundResult) {
+	floors, err := roundFloorsOf(res['K'], s.pings)
+	if err != nil {
+		s.printf("(no relay floor per round: %v)\n", err)
+		return
+	}
+	per := func(arm byte, q float64) spread {
+		var xs []float64
+		for _, rr := range res[arm] {
+			xs = append(xs, percentile(rr.rtt, q))
+		}
+		return spreadOf(ratios(xs, floors))
+	}
+	a50, a99, s50, k99 := per('A', 50), per('A', 99), per('S', 50), per('K', 99)
+	var fl []string
+	for _, f := range floors {
+		fl = append(fl, fmt.Sprintf("%.0f", f))
+	}
+	s.printf("relay floor per round (K's p50 in the round + the raw process ping-pong around it): %s µs; against it, per round: A p50 %s, A p99 %s, S p50 %s, K p99 %s\n",
+		strings.Join(fl, " "), a50, a99, s50, k99)
+	s.b.ReportMetric(a50.Med, "rtt-p50-A/round-floor")
+	s.b.ReportMetric(a99.Med, "rtt-p99-A/round-floor")
+	s.b.ReportMetric(k99.Med, "rtt-p99-K/round-floor")
+	if len(res['B']) == len(floors) {
+		b50, b99 := per('B', 50), per('B', 99)
+		s.printf("  B against it: p50 %s, p99 %s\n", b50, b99)
+	}
+}
+
+// roundFloorsOf is each round's relay floor: K's round-trip p50 in it plus
+// the mean of the ping-pongs before and after it (pings has one more entry
+// than there are rounds).
+func roundFloorsOf(ks []roundResult, pings []float64) ([]float64, error) {
+	if len(ks) == 0 || len(pings) != len(ks)+1 {
+		return nil, fmt.Errorf("%d ping-pongs for %d rounds", len(pings), len(ks))
+	}
+	floors := make([]float64, len(ks))
+	for r, k := range ks {
+		floors[r] = percentile(k.rtt, 50) + (pings[r]+pings[r+1])/2
+	}
+	return floors, nil
 }
 
 // bLabel says what the B arm is: the other build, its extra flags, or both.

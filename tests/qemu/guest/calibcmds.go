@@ -32,6 +32,9 @@ import (
 //	proc_unix_p50_us      1-byte round trip between two processes over a
 //	                      Unix stream socket (socketpair), median
 //	proc_pipe_p50_us      the same over two pipes
+//	proc_unix_raw_p50_us  proc_unix with both sides on raw system calls
+//	                      (rawFD), which Go's runtime does not see: what a
+//	                      C program pays (the relay floor's figure)
 //	thread_unix_p50_us    the same between two threads of this process
 //	thread_pipe_p50_us
 //	proc_unix_go_p50_us   proc_unix with both sides reading and writing
@@ -40,7 +43,11 @@ import (
 //
 // Each ping-pong also prints its mean (…_mean_us). Except for the last,
 // the fds are blocking and both sides use plain read(2) and write(2), so
-// the figures are the kernel's and the CPU's, not Go's poller's.
+// the figures are the kernel's and the CPU's, not Go's poller's; but
+// only proc_unix_raw keeps Go's runtime out entirely (Go's system call
+// wrappers hand the P over in a blocking call and wake its sysmon, which
+// on one vCPU adds process switches and noise: 433 µs before a boot's
+// rounds and 996 µs after them, against 128 and 220 µs on raw calls).
 func calib(args []string) error {
 	if len(args) != 2 {
 		return errors.New("usage: calib PINGS ITERATIONS")
@@ -102,7 +109,7 @@ func calib(args []string) error {
 		{"thread_unix", false, true},
 		{"thread_pipe", false, false},
 	} {
-		rtts, err := pingPeer(pings, c.proc, c.socket)
+		rtts, err := pingPeer(pings, c.proc, c.socket, false)
 		if err != nil {
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
@@ -110,14 +117,47 @@ func calib(args []string) error {
 		put(c.name+"_p50_us", p50)
 		put(c.name+"_mean_us", mean)
 	}
-	rtts, err := pingPollerPeer(pings)
+	rtts, err := pingPeer(pings, true, true, true)
+	if err != nil {
+		return fmt.Errorf("proc_unix_raw: %w", err)
+	}
+	p50, mean := medianMean(rtts)
+	put("proc_unix_raw_p50_us", p50)
+	put("proc_unix_raw_mean_us", mean)
+	rtts, err = pingPollerPeer(pings)
 	if err != nil {
 		return fmt.Errorf("proc_unix_go: %w", err)
 	}
-	p50, mean := medianMean(rtts)
+	p50, mean = medianMean(rtts)
 	put("proc_unix_go_p50_us", p50)
 	put("proc_unix_go_mean_us", mean)
 	fmt.Fprintln(stdout, strings.Join(out, " "))
+	return nil
+}
+
+// calibProc measures only proc_unix_raw (calib's process ping-pong over a
+// Unix stream socket on raw system calls), PINGS round trips, and prints
+// its proc_unix_raw_p50_us and proc_unix_raw_mean_us: the benchmark takes it between
+// rounds, so that each round has a relay floor of its own moment (the
+// host's speed drifts within a boot, up to 2× between the calibrations
+// before and after the rounds).
+func calibProc(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: calib-proc PINGS")
+	}
+	pings, err := strconv.Atoi(args[0])
+	if err != nil || pings <= 0 {
+		return fmt.Errorf("bad count %q", args[0])
+	}
+	// As calib: the same runtime setting, so that the figure is the same
+	// measurement.
+	runtime.GOMAXPROCS(max(2, runtime.GOMAXPROCS(0)))
+	rtts, err := pingPeer(pings, true, true, true)
+	if err != nil {
+		return fmt.Errorf("proc_unix_raw: %w", err)
+	}
+	p50, mean := medianMean(rtts)
+	fmt.Fprintf(stdout, "proc_unix_raw_p50_us=%.3f proc_unix_raw_mean_us=%.3f\n", p50, mean)
 	return nil
 }
 
@@ -142,7 +182,7 @@ func hopCopy(fds [2]int, src, dst []byte, copies int) (float64, error) {
 // with a peer that echoes: another process (calib-peer) or a thread of
 // this one; over a socketpair or two pipes. It returns each round trip in
 // µs.
-func pingPeer(count int, proc, socket bool) ([]float64, error) {
+func pingPeer(count int, proc, socket, raw bool) ([]float64, error) {
 	// mine: the fds this side reads and writes; theirs: the peer's.
 	var mine, theirs [2]int
 	if socket {
@@ -174,7 +214,11 @@ func pingPeer(count int, proc, socket bool) ([]float64, error) {
 		if theirs[1] != theirs[0] {
 			outf = os.NewFile(uintptr(theirs[1]), "peer-out")
 		}
-		cmd := exec.Command("/proc/self/exe", "calib-peer")
+		peerArgs := []string{"calib-peer"}
+		if raw {
+			peerArgs = append(peerArgs, "raw")
+		}
+		cmd := exec.Command("/proc/self/exe", peerArgs...)
 		cmd.Args[0] = "vsguest"
 		cmd.ExtraFiles = []*os.File{in, outf} // fd 3 and fd 4
 		cmd.Stderr = os.Stderr
@@ -190,7 +234,7 @@ func pingPeer(count int, proc, socket bool) ([]float64, error) {
 		done := make(chan error, 1)
 		go func() {
 			runtime.LockOSThread()
-			done <- echoFDs(theirs[0], theirs[1])
+			done <- echoFDs(theirs[0], theirs[1], raw)
 			closeAll(theirs)
 		}()
 		wait = func() error { return <-done }
@@ -202,10 +246,10 @@ func pingPeer(count int, proc, socket bool) ([]float64, error) {
 	var err error
 	for i := range count {
 		t0 := time.Now()
-		if err = writeFull(mine[1], b); err != nil {
+		if err = writeAll(mine[1], b, raw); err != nil {
 			break
 		}
-		if err = readFull(mine[0], b); err != nil {
+		if err = readAll(mine[0], b, raw); err != nil {
 			break
 		}
 		rtts[i] = float64(time.Since(t0)) / 1e3
@@ -277,13 +321,29 @@ func calibPeer(args []string) error {
 			}
 		}
 	}
-	return echoFDs(3, 4)
+	raw := len(args) == 1 && args[0] == "raw"
+	if raw {
+		runtime.LockOSThread()
+	}
+	return echoFDs(3, 4, raw)
 }
 
-func echoFDs(in, out int) error {
+// echoFDs writes to out what it reads from in until end of file; with
+// raw, through raw system calls (rawFD) that Go's runtime does not see,
+// as a C program would.
+func echoFDs(in, out int, raw bool) error {
 	buf := make([]byte, 64)
 	for {
-		n, err := unix.Read(in, buf)
+		var n int
+		var err error
+		if raw {
+			n, err = rawFD(in).Read(buf)
+			if err == io.EOF {
+				return nil
+			}
+		} else {
+			n, err = unix.Read(in, buf)
+		}
 		if n == 0 || errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
 			return nil
 		}
@@ -293,10 +353,37 @@ func echoFDs(in, out int) error {
 			}
 			return err
 		}
-		if err := writeFull(out, buf[:n]); err != nil {
+		if err := writeAll(out, buf[:n], raw); err != nil {
 			return err
 		}
 	}
+}
+
+// writeAll is writeFull, or with raw rawFD's Write.
+func writeAll(fd int, b []byte, raw bool) error {
+	if !raw {
+		return writeFull(fd, b)
+	}
+	_, err := rawFD(fd).Write(b)
+	return err
+}
+
+// readAll is readFull, or with raw the same through rawFD's Read.
+func readAll(fd int, b []byte, raw bool) error {
+	if !raw {
+		return readFull(fd, b)
+	}
+	for len(b) > 0 {
+		n, err := rawFD(fd).Read(b)
+		if err == io.EOF {
+			return io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
 }
 
 func writeFull(fd int, b []byte) error {

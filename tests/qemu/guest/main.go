@@ -78,6 +78,7 @@ func init() {
 		"ptyxfer":      {"ptyxfer PATH N SEED", ptyXfer},
 		"calib":        {"calib PINGS ITERATIONS", calib},
 		"calib-peer":   {"calib-peer [poller]", calibPeer},
+		"calib-proc":   {"calib-proc PINGS", calibProc},
 		"msink":        {"msink [raw] N PATH...", msink},
 		"msource":      {"msource [raw] N SEED PATH...", msource},
 		"trickle":      {"trickle PATH COUNT INTERVAL_US", trickle},
