@@ -52,7 +52,8 @@ func (l *Loop) attach(c *client) {
 		close(c.attached)
 		return
 	}
-	if err := l.watch(c.fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, tagClient, c.id); err != nil {
+	// EPOLLOUT only while a write found the client full (watchSpace).
+	if err := l.watch(c.fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, tagClient, c.id); err != nil {
 		c.ended = true
 		c.done <- err
 		return

@@ -31,11 +31,15 @@ type client struct {
 	attached chan struct{}
 
 	readable, writable bool
-	hup                bool // the peer hung up (EPOLLRDHUP/HUP)
-	peeked             bool // hup looked at while the host is away
-	eof                bool // read the end: flushing, then done
-	ended              bool
-	eofSeen            bool // a read returned 0: the peer's end
+	// spaceWatched: EPOLLOUT is in the descriptor's epoll interest, which
+	// it is only while a writev found the client's buffer full
+	// (watchSpace).
+	spaceWatched bool
+	hup          bool // the peer hung up (EPOLLRDHUP/HUP)
+	peeked       bool // hup looked at while the host is away
+	eof          bool // read the end: flushing, then done
+	ended        bool
+	eofSeen      bool // a read returned 0: the peer's end
 
 	spin spinner
 	// rxStream: host→guest bytes stream to this client and go in
@@ -89,6 +93,9 @@ func (c *client) vector(nr uintptr, op string, bufs [][]byte, ready *bool) (int,
 			continue
 		case unix.EAGAIN:
 			*ready = false
+			if nr == unix.SYS_WRITEV {
+				c.watchSpace(true)
+			}
 			return 0, nil
 		default:
 			*ready = false
@@ -99,6 +106,9 @@ func (c *client) vector(nr uintptr, op string, bufs [][]byte, ready *bool) (int,
 		// on until they meet the end.
 		if n < total && (nr != unix.SYS_READV || !c.hup) {
 			*ready = false
+			if nr == unix.SYS_WRITEV {
+				c.watchSpace(true)
+			}
 		}
 		if n == 0 && nr == unix.SYS_READV && total > 0 {
 			c.eofSeen = true
@@ -112,8 +122,12 @@ func (c *client) events(ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLERR) != 0 {
 		c.readable = true
 	}
+	if ev&unix.EPOLLOUT != 0 {
+		c.loop.stats.spaceEdges.Add(1)
+	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLERR) != 0 {
 		c.writable = true
+		c.watchSpace(false)
 	}
 	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
 		c.hup, c.peeked = true, false
@@ -127,4 +141,27 @@ func (c *client) hungUpEmpty() bool {
 	var b [1]byte
 	n, _, err := unix.Recvfrom(c.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 	return (err == nil && n == 0) || err == unix.ECONNRESET
+}
+
+// watchSpace adds EPOLLOUT to the descriptor's epoll interest (on) or
+// drops it. A Unix socket signals write space each time its reader takes
+// bytes, so with EPOLLOUT always in the interest the client's every read
+// of a reply would wake the loop for nothing; it is watched only while
+// the loop has bytes the client's buffer did not take. Adding it re-polls
+// the descriptor, so space freed before the call still brings an event.
+func (c *client) watchSpace(on bool) {
+	if c.spaceWatched == on || c.ended {
+		return
+	}
+	ev := uint32(unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET)
+	if on {
+		ev |= unix.EPOLLOUT
+	}
+	if e := rawio.EpollMod(c.loop.ep, c.fd, ev, tagClient, c.id); e != 0 {
+		// Keep what was there; a failed MOD on a live descriptor leaves
+		// the old interest, and an ended client is detached anyway.
+		c.loop.log.Warn("pump: epoll_ctl MOD of a client failed", "err", e)
+		return
+	}
+	c.spaceWatched = on
 }

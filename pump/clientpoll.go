@@ -43,7 +43,7 @@ func (l *Loop) pollClients() int {
 	for {
 		n, err := rawio.EpollWait(l.ep, l.evs, 0)
 		l.stats.epollPolls.Add(1)
-		if err == 0 && n > 0 && !l.spaceOnly(n) {
+		if err == 0 && n > 0 {
 			now := nanotime()
 			l.stats.clientPollHits.Add(1)
 			l.stats.spinNanos.Add(uint64(now - start))
@@ -60,28 +60,6 @@ func (l *Loop) pollClients() int {
 			return 0
 		}
 	}
-}
-
-// spaceOnly reports whether the events in l.evs[:n] are all EPOLLOUT
-// edges of clients that were writable already. A Unix socket signals its
-// writer each time the reader takes bytes, so a client that reads its
-// reply brings the loop such an edge about as soon as the reply is
-// handed over; it says nothing new, and the client poll must not take it
-// for the client's next request (it did: on two vCPUs the poll "hit" in
-// 95 % of round trips and the loop still slept once per round trip, woken
-// by the request). They are counted as client events and dropped.
-func (l *Loop) spaceOnly(n int) bool {
-	for _, ev := range l.evs[:n] {
-		if ev.Fd != tagClient || !spaceEdge(ev.Events) {
-			return false
-		}
-		if c := l.clients[ev.Pad]; c == nil || !c.writable {
-			return false
-		}
-	}
-	l.stats.clientEvents.Add(uint64(n))
-	l.stats.spaceEdges.Add(uint64(n))
-	return true
 }
 
 // spaceEdge reports whether a client's epoll events say only that its

@@ -55,7 +55,7 @@ func (l *Loop) Counters() map[string]uint64 {
 		"yields":             s.yields.Load(),
 		"client_poll_hits":   s.clientPollHits.Load(),
 		"client_poll_misses": s.clientPollMisses.Load(),
-		"client_poll_space":  s.spaceEdges.Load(),
+		"space_edges":        s.spaceEdges.Load(),
 		"interrupts":         ds.Interrupts,
 		"kicks":              ds.Kicks,
 		"unmasks":            ds.Unmasks,

@@ -50,8 +50,12 @@
 //     adaptive, off or fixed; see PollAdaptive). It never spins without a
 //     send just made, so an idle loop costs no CPU. On more than one CPU
 //     it also polls its epoll set after a small reply, for the client's
-//     next request (clientpoll.go); the EPOLLOUT edge of the client taking
-//     that reply is not a request and does not end the poll.
+//     next request (clientpoll.go).
+//   - A client descriptor is in the epoll set for EPOLLIN and EPOLLRDHUP,
+//     and for EPOLLOUT only while the loop holds bytes the client's buffer
+//     did not take (client.go, watchSpace): a Unix socket signals its
+//     writer each time the reader takes bytes, and every reply the client
+//     read would otherwise wake the loop for nothing.
 //   - Serve attaches a descriptor and blocks until the client is done; the
 //     semantics (host gating, hang-up while the host is away, EOF flushed
 //     before the end, one client per port, device resets reported as

@@ -88,6 +88,9 @@ type Loop struct {
 	locked, policyStuck bool
 	rtBroken            bool // SCHED_FIFO refused: bulk calls run as they are
 	noBatch             bool
+	// nice is the thread's nice value when the loop started, kept in
+	// every policy change (sched_setattr sets it too).
+	nice int32
 	// Client polling on more than one vCPU (clientpoll.go).
 	cpoll    spinner
 	cpollDue bool
@@ -280,6 +283,10 @@ func (l *Loop) run() {
 	if !l.parking {
 		l.holdThread()
 	}
+	// The process's priority (run --nice) is the loop's in every policy.
+	if n, e := rawio.ThreadNice(); e == 0 {
+		l.nice = n
+	}
 	defer func() {
 		if l.batch {
 			l.setPolicy(false)
@@ -360,8 +367,8 @@ func (l *Loop) events(n int) (stop bool) {
 				c.events(ev.Events)
 				// A request that came while the loop slept still teaches
 				// the client poll how soon requests follow replies (an
-				// EPOLLOUT edge alone is the client taking its reply:
-				// spaceOnly).
+				// EPOLLOUT edge alone is room in a full client, not a
+				// request).
 				if !spaceEdge(ev.Events) {
 					l.cpoll.reply(nanotime(), false)
 				}

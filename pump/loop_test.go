@@ -660,3 +660,33 @@ func settled(t *testing.T, r *rig) map[string]uint64 {
 	}
 	return c
 }
+
+// TestFullClientResumesOnSpace: a client that reads nothing while the host
+// sends more than its socket holds. The loop's writev finds the client's
+// buffer full, and only then watches the descriptor for EPOLLOUT
+// (watchSpace); when the client reads, the room it makes must bring the
+// loop back and every byte must arrive. (The mutant that never watches
+// EPOLLOUT stalls here: nothing else wakes the loop once it holds bytes
+// for a full client and has no receive buffers left to post.)
+func TestFullClientResumesOnSpace(t *testing.T) {
+	for _, irq := range interrupts {
+		t.Run(irq.name, func(t *testing.T) {
+			r := newRig(t, rigOpts{vectors: irq.vectors})
+			s := r.attach(1)
+			const n = 4 << 20
+			in := pattern(n, 3)
+			if err := r.m.HostWrite(1, in); err != nil {
+				t.Fatal(err)
+			}
+			// Let the loop fill the client's buffer and stop.
+			time.Sleep(200 * time.Millisecond)
+			before := r.l.Counters()["space_edges"]
+			if got := readFull(t, s.conn, n); !bytes.Equal(got, in) {
+				t.Fatalf("host→guest %d bytes: not what the host sent", n)
+			}
+			if edges := r.l.Counters()["space_edges"] - before; edges == 0 {
+				t.Errorf("%d bytes reached a client that was full, with no EPOLLOUT edge", n)
+			}
+		})
+	}
+}

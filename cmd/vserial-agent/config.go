@@ -58,6 +58,7 @@ type runConfig struct {
 	DMABudget int               // bytes of DMA memory per device (--dma-budget)
 	Ring      driver.RingLayout // virtqueue layout (--ring)
 	Poll      pump.Poll         // the data-plane loop's polling policy (--poll)
+	Nice      int               // the nice value of every thread of the agent (--nice)
 	// WaitDevices: run with no function at all, adopt each that appears
 	// and let go of each that goes (kernel uevents; --wait-devices).
 	WaitDevices bool
@@ -130,6 +131,7 @@ type runFlags struct {
 	consoleMax    *int
 	consoleEnv    *[]string
 	poll          *string
+	nice          *int
 	shutdownFlush *time.Duration
 	logLevel      *string
 	configFile    *string
@@ -160,6 +162,7 @@ func newRunFlags() *runFlags {
 	f.consoleMax = fl.Int("console-max", agent.DefaultMaxConsoles, "give at most this many console ports of one device a terminal and a program; further consoles stay plain sockets")
 	f.consoleEnv = fl.StringArray("console-env", nil, "KEY=VALUE for the --console-exec program's environment, added to the minimal one (PATH, TERM=vt220, HOME=/; repeatable)")
 	f.poll = fl.String("poll", "adaptive", "poll for a reply after a small send before sleeping: adaptive (learns per port; never idle), off, or a budget such as 200us")
+	f.nice = fl.Int("nice", defaultNice, "nice value of the agent's threads, -20 to 19 (0: leave it); better than its clients' so that a client it wakes does not preempt it")
 	f.shutdownFlush = fl.Duration("shutdown-flush", 2*time.Second, "at shutdown, wait at most this long for the host to take guest→host bytes already read from clients (0: no wait); what is left is counted and logged")
 	f.logLevel = fl.String("log-level", "info", "debug, info, warn or error")
 	f.configFile = fl.String("config", "", "per-port configuration file (format: docs/configuration.md)")
@@ -233,6 +236,10 @@ func (f *runFlags) dataPlane(cfg *runConfig) error {
 	if cfg.Poll, err = pump.ParsePoll(*f.poll); err != nil {
 		return usagef(cmd, "--%v", err)
 	}
+	if *f.nice < -20 || *f.nice > 19 {
+		return usagef(cmd, "--nice %d: want -20 to 19", *f.nice)
+	}
+	cfg.Nice = *f.nice
 	if *f.shutdownFlush < 0 || *f.shutdownFlush > maxShutdownFlush {
 		return usagef(cmd, "--shutdown-flush %v: want 0 to %v", *f.shutdownFlush, maxShutdownFlush)
 	}

@@ -65,6 +65,23 @@ func TestParseRunPoll(t *testing.T) {
 	}
 }
 
+func TestParseRunNice(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want int
+	}{
+		{nil, defaultNice},
+		{[]string{"--nice", "0"}, 0},
+		{[]string{"--nice", "-20"}, -20},
+		{[]string{"--nice", "19"}, 19},
+	} {
+		cfg, err := parseRun(c.args, io.Discard)
+		if err != nil || cfg.Nice != c.want {
+			t.Errorf("%v: nice %d, %v; want %d", c.args, cfg.Nice, err, c.want)
+		}
+	}
+}
+
 func TestParseRunConsole(t *testing.T) {
 	cfg, err := parseRun(nil, io.Discard)
 	if err != nil || cfg.Agent.Console.PTY || cfg.Agent.Console.Exec != nil {
@@ -111,6 +128,9 @@ func TestParseRunRejects(t *testing.T) {
 		{[]string{"--poll", "sometimes"}, `--poll "sometimes": want adaptive, off or a duration`},
 		{[]string{"--poll", "1h"}, "at most 10ms"},
 		{[]string{"--poll", "-5us"}, "above 0"},
+		{[]string{"--nice", "-21"}, "--nice -21: want -20 to 19"},
+		{[]string{"--nice", "20"}, "--nice 20: want -20 to 19"},
+		{[]string{"--nice", "low"}, "invalid argument"},
 		{[]string{"--sysfs", ""}, "--sysfs: empty"},
 		{[]string{"--frobnicate"}, "unknown flag"},
 		{[]string{"--console-exec", " "}, "--console-exec: empty command"},

@@ -25,6 +25,12 @@ const program = "vserial-agent"
 // notification, the last gasp on a panic and fault injection.
 func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open supervisor.Opener) int {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	if cfg.Nice != 0 {
+		// Before vserial.Open starts the loops (nice.go says why).
+		if err := setNice(cfg.Nice); err != nil {
+			log.Warn("cannot set the agent's nice value; round trips may take more process switches", "nice", cfg.Nice, "err", err)
+		}
+	}
 	notify := newNotify(log)
 	h := newRunHooks(log, open)
 	// The last gasp: if anything panics, in this goroutine or any other

@@ -202,3 +202,54 @@ func TestSchedSetAttr(t *testing.T) {
 		t.Errorf("an unknown policy: %v, want EINVAL", e)
 	}
 }
+
+// TestEpollMod: adding EPOLLOUT to a writable descriptor's interest
+// brings an event at once (MOD re-polls it), with the data given; taking
+// it out again leaves nothing to report.
+func TestEpollMod(t *testing.T) {
+	_, b := socketpair(t)
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ep)
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, b, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: 7, Pad: 9}); err != nil {
+		t.Fatal(err)
+	}
+	evs := make([]unix.EpollEvent, 4)
+	if n, _ := EpollWait(ep, evs, 0); n != 0 {
+		t.Fatalf("EPOLLIN only, nothing to read: %d events", n)
+	}
+	if e := EpollMod(ep, b, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLET, 7, 9); e != 0 {
+		t.Fatal(e)
+	}
+	if n, e := EpollWait(ep, evs, 1000); n != 1 || e != 0 || evs[0].Fd != 7 || evs[0].Pad != 9 || evs[0].Events&unix.EPOLLOUT == 0 {
+		t.Fatalf("after adding EPOLLOUT: %d events %+v, %v", n, evs[0], e)
+	}
+	if e := EpollMod(ep, b, unix.EPOLLIN|unix.EPOLLET, 7, 9); e != 0 {
+		t.Fatal(e)
+	}
+	if n, _ := EpollWait(ep, evs, 0); n != 0 {
+		t.Fatalf("after taking EPOLLOUT out: %d events", n)
+	}
+	if e := EpollMod(ep, -1, unix.EPOLLIN, 0, 0); e != unix.EBADF {
+		t.Errorf("bad descriptor: %v, want EBADF", e)
+	}
+	if allocs := testing.AllocsPerRun(50, func() { EpollMod(ep, b, unix.EPOLLIN|unix.EPOLLET, 7, 9) }); allocs != 0 {
+		t.Errorf("%v allocations per MOD", allocs)
+	}
+}
+
+func TestThreadNice(t *testing.T) {
+	n, e := ThreadNice()
+	if e != 0 {
+		t.Fatal(e)
+	}
+	raw, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != int32(20-raw) || n < -20 || n > 19 {
+		t.Errorf("nice %d, getpriority says %d (20 - %d)", n, 20-raw, raw)
+	}
+}

@@ -138,3 +138,22 @@ func SchedSetAttr(attr *unix.SchedAttr) unix.Errno {
 	_, _, e := unix.RawSyscall(unix.SYS_SCHED_SETATTR, 0, uintptr(unsafe.Pointer(attr)), 0)
 	return e
 }
+
+// EpollMod is epoll_ctl(2) EPOLL_CTL_MOD of fd in ep to events, with the
+// event's data set to fd32 and pad (unix.EpollEvent's Fd and Pad).
+func EpollMod(ep, fd int, events uint32, fd32, pad int32) unix.Errno {
+	ev := unix.EpollEvent{Events: events, Fd: fd32, Pad: pad}
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(ep), unix.EPOLL_CTL_MOD, uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0)
+	return e
+}
+
+// ThreadNice is the calling thread's nice value (getpriority(2); Linux
+// keeps it per thread).
+func ThreadNice() (int32, unix.Errno) {
+	r, _, e := unix.RawSyscall(unix.SYS_GETPRIORITY, unix.PRIO_PROCESS, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	// The system call returns 20 - nice, in 1..40.
+	return 20 - int32(r), 0
+}
