@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -131,7 +132,7 @@ type runFlags struct {
 	consoleMax    *int
 	consoleEnv    *[]string
 	poll          *string
-	nice          *int
+	nice          *string
 	shutdownFlush *time.Duration
 	logLevel      *string
 	configFile    *string
@@ -162,7 +163,7 @@ func newRunFlags() *runFlags {
 	f.consoleMax = fl.Int("console-max", agent.DefaultMaxConsoles, "give at most this many console ports of one device a terminal and a program; further consoles stay plain sockets")
 	f.consoleEnv = fl.StringArray("console-env", nil, "KEY=VALUE for the --console-exec program's environment, added to the minimal one (PATH, TERM=vt220, HOME=/; repeatable)")
 	f.poll = fl.String("poll", "adaptive", "poll for a reply after a small send before sleeping: adaptive (learns per port; never idle), off, or a budget such as 200us")
-	f.nice = fl.Int("nice", defaultNice, "nice value of the agent's threads, -20 to 19 (0: leave it); better than its clients' so that a client it wakes does not preempt it")
+	f.nice = fl.String("nice", "auto", "nice value of the agent's threads, -20 to 19 (0: leave it), or auto: -10 on one CPU, where a client it wakes must not preempt it, 0 on more")
 	f.shutdownFlush = fl.Duration("shutdown-flush", 2*time.Second, "at shutdown, wait at most this long for the host to take guest→host bytes already read from clients (0: no wait); what is left is counted and logged")
 	f.logLevel = fl.String("log-level", "info", "debug, info, warn or error")
 	f.configFile = fl.String("config", "", "per-port configuration file (format: docs/configuration.md)")
@@ -236,10 +237,9 @@ func (f *runFlags) dataPlane(cfg *runConfig) error {
 	if cfg.Poll, err = pump.ParsePoll(*f.poll); err != nil {
 		return usagef(cmd, "--%v", err)
 	}
-	if *f.nice < -20 || *f.nice > 19 {
-		return usagef(cmd, "--nice %d: want -20 to 19", *f.nice)
+	if cfg.Nice, err = parseNice(*f.nice, runtime.NumCPU()); err != nil {
+		return usagef(cmd, "--nice %q: %v", *f.nice, err)
 	}
-	cfg.Nice = *f.nice
 	if *f.shutdownFlush < 0 || *f.shutdownFlush > maxShutdownFlush {
 		return usagef(cmd, "--shutdown-flush %v: want 0 to %v", *f.shutdownFlush, maxShutdownFlush)
 	}

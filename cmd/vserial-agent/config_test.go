@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -66,11 +67,16 @@ func TestParseRunPoll(t *testing.T) {
 }
 
 func TestParseRunNice(t *testing.T) {
+	auto := defaultNice
+	if runtime.NumCPU() > 1 {
+		auto = 0
+	}
 	for _, c := range []struct {
 		args []string
 		want int
 	}{
-		{nil, defaultNice},
+		{nil, auto},
+		{[]string{"--nice", "auto"}, auto},
 		{[]string{"--nice", "0"}, 0},
 		{[]string{"--nice", "-20"}, -20},
 		{[]string{"--nice", "19"}, 19},
@@ -78,6 +84,17 @@ func TestParseRunNice(t *testing.T) {
 		cfg, err := parseRun(c.args, io.Discard)
 		if err != nil || cfg.Nice != c.want {
 			t.Errorf("%v: nice %d, %v; want %d", c.args, cfg.Nice, err, c.want)
+		}
+	}
+}
+
+func TestParseNiceAuto(t *testing.T) {
+	for _, c := range []struct {
+		cpus int
+		want int
+	}{{1, defaultNice}, {2, 0}, {8, 0}} {
+		if got, err := parseNice("auto", c.cpus); err != nil || got != c.want {
+			t.Errorf("auto on %d CPUs: %d, %v; want %d", c.cpus, got, err, c.want)
 		}
 	}
 }
@@ -128,9 +145,9 @@ func TestParseRunRejects(t *testing.T) {
 		{[]string{"--poll", "sometimes"}, `--poll "sometimes": want adaptive, off or a duration`},
 		{[]string{"--poll", "1h"}, "at most 10ms"},
 		{[]string{"--poll", "-5us"}, "above 0"},
-		{[]string{"--nice", "-21"}, "--nice -21: want -20 to 19"},
-		{[]string{"--nice", "20"}, "--nice 20: want -20 to 19"},
-		{[]string{"--nice", "low"}, "invalid argument"},
+		{[]string{"--nice", "-21"}, `--nice "-21": want auto or -20 to 19`},
+		{[]string{"--nice", "20"}, "want auto or -20 to 19"},
+		{[]string{"--nice", "low"}, "want auto or -20 to 19"},
 		{[]string{"--sysfs", ""}, "--sysfs: empty"},
 		{[]string{"--frobnicate"}, "unknown flag"},
 		{[]string{"--console-exec", " "}, "--console-exec: empty command"},

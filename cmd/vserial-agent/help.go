@@ -72,9 +72,10 @@ host); a socket path, owner, group and mode.
 One loop per device moves every port's bytes between its socket client and
 the device (docs/data-plane.md). After a small request it polls for the reply
 before sleeping (--poll adaptive: a budget learnt per port, never while idle
-or streaming; off: interrupts only; or a fixed budget such as 200us). Its
-threads run at --nice -10 (0 leaves them alone), so that a client woken by
-a reply does not preempt the loop before it sleeps (docs/operating.md).
+or streaming; off: interrupts only; or a fixed budget such as 200us). On
+one CPU its threads run at --nice -10 (auto; 0 leaves them alone), so that
+a client woken by a reply does not preempt the loop before it sleeps
+(docs/operating.md).
 
 SIGTERM or SIGINT shut down cleanly: clients see end of file; guest→host
 bytes already read from clients get --shutdown-flush (2s) to reach the host,

@@ -453,3 +453,35 @@ type guestCase[E any] struct {
 	name string
 	run  func(t *testing.T, env E)
 }
+
+// threadNices reads the nice value of every thread of process pid in the
+// guest (field 19 of /proc/PID/task/TID/stat), by thread id.
+func threadNices(ctx context.Context, t testing.TB, g *Guest, pid int) map[string]int {
+	t.Helper()
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	out, err := g.Run(ctx, "ls", dir)
+	if err != nil {
+		t.Fatalf("ls %s: %v", dir, err)
+	}
+	nices := map[string]int{}
+	for _, tid := range strings.Fields(out) {
+		stat, err := g.Run(ctx, "cat", dir+"/"+tid+"/stat")
+		if err != nil {
+			continue // the thread ended meanwhile
+		}
+		// After the command, which is in parentheses and may hold spaces.
+		f := strings.Fields(stat[strings.LastIndexByte(stat, ')')+1:])
+		if len(f) < 17 {
+			t.Fatalf("stat of thread %s: %q", tid, stat)
+		}
+		n, err := strconv.Atoi(f[16])
+		if err != nil {
+			t.Fatalf("stat of thread %s: %q", tid, stat)
+		}
+		nices[tid] = n
+	}
+	if len(nices) == 0 {
+		t.Fatalf("no thread of pid %d", pid)
+	}
+	return nices
+}
