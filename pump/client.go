@@ -92,10 +92,7 @@ func (c *client) vector(nr uintptr, op string, bufs [][]byte, ready *bool) (int,
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			*ready = false
-			if nr == unix.SYS_WRITEV {
-				c.watchSpace(true)
-			}
+			c.stalled(nr, ready)
 			return 0, nil
 		default:
 			*ready = false
@@ -105,15 +102,22 @@ func (c *client) vector(nr uintptr, op string, bufs [][]byte, ready *bool) (int,
 		// that a hang-up already seen brings no further edge, so reads go
 		// on until they meet the end.
 		if n < total && (nr != unix.SYS_READV || !c.hup) {
-			*ready = false
-			if nr == unix.SYS_WRITEV {
-				c.watchSpace(true)
-			}
+			c.stalled(nr, ready)
 		}
 		if n == 0 && nr == unix.SYS_READV && total > 0 {
 			c.eofSeen = true
 		}
 		return n, nil
+	}
+}
+
+// stalled records that a readv found the client drained or a writev found
+// it full: the next edge says when to go on, and for a full client that
+// edge is EPOLLOUT, which is watched only from now (watchSpace).
+func (c *client) stalled(nr uintptr, ready *bool) {
+	*ready = false
+	if nr == unix.SYS_WRITEV {
+		c.watchSpace(true)
 	}
 }
 

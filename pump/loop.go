@@ -284,8 +284,8 @@ func (l *Loop) run() {
 		l.holdThread()
 	}
 	// The process's priority (run --nice) is the loop's in every policy.
-	if n, e := rawio.ThreadNice(); e == 0 {
-		l.nice = n
+	if raw, err := unix.Getpriority(unix.PRIO_PROCESS, 0); err == nil {
+		l.nice = int32(20 - raw) // the system call's 20 - nice
 	}
 	defer func() {
 		if l.batch {

@@ -146,14 +146,3 @@ func EpollMod(ep, fd int, events uint32, fd32, pad int32) unix.Errno {
 	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(ep), unix.EPOLL_CTL_MOD, uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0)
 	return e
 }
-
-// ThreadNice is the calling thread's nice value (getpriority(2); Linux
-// keeps it per thread).
-func ThreadNice() (int32, unix.Errno) {
-	r, _, e := unix.RawSyscall(unix.SYS_GETPRIORITY, unix.PRIO_PROCESS, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	// The system call returns 20 - nice, in 1..40.
-	return 20 - int32(r), 0
-}

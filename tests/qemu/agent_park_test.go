@@ -24,13 +24,8 @@ func TestAgentLoopLetsSysmonSleep(t *testing.T) {
 	g := a.g
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
-	// On one CPU every thread of the agent runs at nice -10 (run --nice
-	// auto: a client woken by its reply must not preempt the loop).
-	for tid, n := range threadNices(ctx, t, g, a.proc.Pid) {
-		if n != -10 {
-			t.Errorf("agent thread %s has nice %d, want -10 on one CPU", tid, n)
-		}
-	}
+	// On one CPU a client woken by its reply must not preempt the loop.
+	a.wantNice(ctx, t, -10)
 	conn := g.DialPort(t, name)
 	got := make(chan error, 1)
 	go func() {

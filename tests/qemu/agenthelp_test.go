@@ -454,6 +454,17 @@ type guestCase[E any] struct {
 	run  func(t *testing.T, env E)
 }
 
+// wantNice checks that every thread of the agent runs at nice want (run
+// --nice auto: -10 on one CPU, 0 on more).
+func (a *runningAgent) wantNice(ctx context.Context, t testing.TB, want int) {
+	t.Helper()
+	for tid, n := range threadNices(ctx, t, a.g, a.proc.Pid) {
+		if n != want {
+			t.Errorf("agent thread %s has nice %d, want %d", tid, n, want)
+		}
+	}
+}
+
 // threadNices reads the nice value of every thread of process pid in the
 // guest (field 19 of /proc/PID/task/TID/stat), by thread id.
 func threadNices(ctx context.Context, t testing.TB, g *Guest, pid int) map[string]int {
