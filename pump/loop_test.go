@@ -125,8 +125,8 @@ func TestNoLostWakeupBeforeSleep(t *testing.T) {
 func testNoLostWakeupBeforeSleep(t *testing.T, o rigOpts, mutant bool) {
 	r := newRig(t, o)
 	s := r.attach(1)
-	// Let the loop settle asleep.
-	time.Sleep(50 * time.Millisecond)
+	// Let the loop settle asleep, with no deadline that would wake it.
+	r.settle()
 	var once sync.Once
 	inject := make(chan struct{})
 	hook := func() {

@@ -161,6 +161,23 @@ type session struct {
 
 // attach opens port id for a client (PORT_OPEN 1, as the agent does) and
 // serves it on one end of a socket pair.
+// settle waits until the loop sleeps without a deadline: its count of
+// sleeps holds still for longer than a timed raw wait (rawWaitMax) lasts.
+func (r *rig) settle() {
+	r.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	last := r.l.stats.sleeps.Load()
+	for time.Now().Before(deadline) {
+		time.Sleep(6 * rawWaitMax * time.Millisecond)
+		now := r.l.stats.sleeps.Load()
+		if now == last && now > 0 {
+			return
+		}
+		last = now
+	}
+	r.t.Fatalf("the loop never settled asleep (sleeps still counting: %d)", last)
+}
+
 func (r *rig) attach(id uint32) *session {
 	r.t.Helper()
 	p := r.port(id)
