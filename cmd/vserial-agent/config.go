@@ -60,6 +60,9 @@ type runConfig struct {
 	Ring      driver.RingLayout // virtqueue layout (--ring)
 	Poll      pump.Poll         // the data-plane loop's polling policy (--poll)
 	Nice      int               // the nice value of every thread of the agent (--nice)
+	// ClientSendBuffer: net.core.wmem_default while the agent runs, 0 to
+	// leave it (--client-send-buffer; sndbuf.go).
+	ClientSendBuffer int
 	// WaitDevices: run with no function at all, adopt each that appears
 	// and let go of each that goes (kernel uevents; --wait-devices).
 	WaitDevices bool
@@ -133,6 +136,7 @@ type runFlags struct {
 	consoleEnv    *[]string
 	poll          *string
 	nice          *string
+	clientSndbuf  *string
 	shutdownFlush *time.Duration
 	logLevel      *string
 	configFile    *string
@@ -164,6 +168,7 @@ func newRunFlags() *runFlags {
 	f.consoleEnv = fl.StringArray("console-env", nil, "KEY=VALUE for the --console-exec program's environment, added to the minimal one (PATH, TERM=vt220, HOME=/; repeatable)")
 	f.poll = fl.String("poll", "adaptive", "poll for a reply after a small send before sleeping: adaptive (learns per port; never idle), off, or a budget such as 200us")
 	f.nice = fl.String("nice", "auto", "nice value of the agent's threads, -20 to 19 (0: leave it), or auto: -10 on one CPU, where a client it wakes must not preempt it, 0 on more")
+	f.clientSndbuf = fl.String("client-send-buffer", "0", "while running, set net.core.wmem_default (new sockets' send buffer) to this, e.g. 4MiB: fewer wake-ups guest→host; 0: leave it")
 	f.shutdownFlush = fl.Duration("shutdown-flush", 2*time.Second, "at shutdown, wait at most this long for the host to take guest→host bytes already read from clients (0: no wait); what is left is counted and logged")
 	f.logLevel = fl.String("log-level", "info", "debug, info, warn or error")
 	f.configFile = fl.String("config", "", "per-port configuration file (format: docs/configuration.md)")
@@ -228,7 +233,7 @@ func (f *runFlags) dataPlane(cfg *runConfig) error {
 		return usagef(cmd, "--max-ports %d: want 0 (as many as the device offers) to %d", *f.maxPorts, driver.MaxPorts)
 	}
 	cfg.MaxPorts = *f.maxPorts
-	if cfg.DMABudget, err = parseBytes(*f.dmaBudget); err != nil {
+	if cfg.DMABudget, err = parseBytes(*f.dmaBudget, minDMABudget, maxDMABudget); err != nil {
 		return usagef(cmd, "--dma-budget %q: %v", *f.dmaBudget, err)
 	}
 	if cfg.Ring, err = driver.ParseRingLayout(*f.ringLayout); err != nil {
@@ -239,6 +244,11 @@ func (f *runFlags) dataPlane(cfg *runConfig) error {
 	}
 	if cfg.Nice, err = parseNice(*f.nice, runtime.NumCPU()); err != nil {
 		return usagef(cmd, "--nice %q: %v", *f.nice, err)
+	}
+	if *f.clientSndbuf != "0" {
+		if cfg.ClientSendBuffer, err = parseBytes(*f.clientSndbuf, minClientSendBuffer, maxClientSendBuffer); err != nil {
+			return usagef(cmd, "--client-send-buffer %q: %v (or 0)", *f.clientSndbuf, err)
+		}
 	}
 	if *f.shutdownFlush < 0 || *f.shutdownFlush > maxShutdownFlush {
 		return usagef(cmd, "--shutdown-flush %v: want 0 to %v", *f.shutdownFlush, maxShutdownFlush)
@@ -387,8 +397,8 @@ const (
 )
 
 // parseBytes parses a byte count: a number, optionally followed by K, M or
-// G (KiB, MiB, GiB: powers of 1024), within the DMA budget's bounds.
-func parseBytes(v string) (int, error) {
+// G (KiB, MiB, GiB: powers of 1024), from lo to hi.
+func parseBytes(v string, lo, hi int) (int, error) {
 	num, unit := v, ""
 	if i := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
 		num, unit = v[:i], v[i:]
@@ -398,8 +408,8 @@ func parseBytes(v string) (int, error) {
 	if !ok || err != nil {
 		return 0, errors.New("want a byte count such as 133MiB, 512K or 1073741824")
 	}
-	if n > maxDMABudget>>shift || n<<shift < minDMABudget {
-		return 0, fmt.Errorf("want %s to %s", formatBytes(minDMABudget), formatBytes(maxDMABudget))
+	if n > int64(hi)>>shift || int(n<<shift) < lo {
+		return 0, fmt.Errorf("want %s to %s", formatBytes(lo), formatBytes(hi))
 	}
 	return int(n << shift), nil
 }

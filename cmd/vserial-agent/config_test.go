@@ -289,11 +289,11 @@ func TestBytesRoundTrip(t *testing.T) {
 		in   string
 		want int
 	}{{"1048576", 1 << 20}, {"1024K", 1 << 20}, {"1536KiB", 1536 << 10}, {"133MiB", 133 << 20}, {"2G", 2 << 30}} {
-		got, err := parseBytes(c.in)
+		got, err := parseBytes(c.in, minDMABudget, maxDMABudget)
 		if err != nil || got != c.want {
 			t.Errorf("parseBytes(%q) = %d, %v; want %d", c.in, got, err, c.want)
 		}
-		if back, err := parseBytes(formatBytes(got)); err != nil || back != got {
+		if back, err := parseBytes(formatBytes(got), minDMABudget, maxDMABudget); err != nil || back != got {
 			t.Errorf("formatBytes(%d) = %q reads back as %d, %v", got, formatBytes(got), back, err)
 		}
 	}

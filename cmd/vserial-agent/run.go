@@ -31,6 +31,19 @@ func runAgent(ctx context.Context, cfg runConfig, stderr io.Writer, open supervi
 			log.Warn("cannot set the agent's nice value; round trips may take more process switches", "nice", cfg.Nice, "err", err)
 		}
 	}
+	if cfg.ClientSendBuffer != 0 {
+		old, restore, err := raiseSendBuffer(cfg.ClientSendBuffer)
+		if err != nil {
+			log.Warn("cannot raise the guest's default socket send buffer; clients keep the system's", "client_send_buffer", cfg.ClientSendBuffer, "err", err)
+		} else {
+			log.Info("raised the guest's default socket send buffer (net.core.wmem_default) while the agent runs", "from", old, "to", cfg.ClientSendBuffer)
+			defer func() {
+				if err := restore(); err != nil {
+					log.Warn("cannot put back net.core.wmem_default", "value", old, "err", err)
+				}
+			}()
+		}
+	}
 	notify := newNotify(log)
 	h := newRunHooks(log, open)
 	// The last gasp: if anything panics, in this goroutine or any other

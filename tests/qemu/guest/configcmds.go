@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Built-ins for the per-port configuration tests: a program listening for
@@ -78,5 +80,27 @@ func statFile(args []string) error {
 		typ = "char"
 	}
 	fmt.Fprintf(stdout, "type=%s perm=%04o uid=%d gid=%d\n", typ, fi.Mode().Perm(), st.Uid, st.Gid)
+	return nil
+}
+
+// sndbuf connects to the Unix stream socket PATH and prints the send
+// buffer its new socket got (SO_SNDBUF): sndbuf=N.
+func sndbuf(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: sndbuf PATH")
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: args[0]}); err != nil {
+		return err
+	}
+	n, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "sndbuf=%d\n", n)
 	return nil
 }

@@ -72,6 +72,7 @@ func init() {
 		"greet":        {"greet PATH REPLY", greet},
 		"listen-greet": {"listen-greet PATH COUNT", listenGreet},
 		"stat":         {"stat PATH", statFile},
+		"sndbuf":       {"sndbuf PATH", sndbuf},
 		"signal":       {"signal PID SIGNUM", signal},
 		"minish":       {"minish", minish},
 		"nodecheck":    {"nodecheck PATH CHECK [ARG]", nodecheck},
