@@ -583,7 +583,9 @@ func TestRequestReplyParksInThePoller(t *testing.T) {
 	check := func(t *testing.T, r *rig, before map[string]uint64) {
 		t.Helper()
 		c := r.l.Counters()
-		if parks := c["parks"] - before["parks"]; parks < 200 {
+		// About one park per round trip; a request that lands while the
+		// loop arms (arm_pending) or before its park spares one.
+		if parks := c["parks"] - before["parks"]; parks < 190 {
 			t.Errorf("200 spaced round trips, %d parks in the poller: %v", parks, c)
 		}
 		if raw := c["raw_waits"] - before["raw_waits"]; raw != 0 {
