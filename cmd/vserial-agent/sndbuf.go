@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -66,11 +65,7 @@ func readSysctlInt(path string) (int, error) {
 	return n, nil
 }
 
+// writeSysctlInt writes n to path as uio/pages.go writes nr_hugepages.
 func writeSysctlInt(path string, n int) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString(strconv.Itoa(n) + "\n")
-	return errors.Join(err, f.Close())
+	return os.WriteFile(path, []byte(strconv.Itoa(n)+"\n"), 0)
 }
